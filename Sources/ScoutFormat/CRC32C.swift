@@ -1,0 +1,63 @@
+/// CRC-32C (Castagnoli), the checksum of every metadata block. Slicing-by-8 tables: about eight
+/// times faster than a byte-at-a-time loop, which matters because every block written or read
+/// from the device is summed once.
+public enum CRC32C {
+    static let tables: [[UInt32]] = {
+        let poly: UInt32 = 0x82F6_3B78
+        var t = [[UInt32]](repeating: [UInt32](repeating: 0, count: 256), count: 8)
+        for i in 0..<256 {
+            var c = UInt32(i)
+            for _ in 0..<8 { c = (c & 1) != 0 ? (c >> 1) ^ poly : c >> 1 }
+            t[0][i] = c
+        }
+        for i in 0..<256 {
+            for k in 1..<8 {
+                let prev = t[k - 1][i]
+                t[k][i] = (prev >> 8) ^ t[0][Int(prev & 0xff)]
+            }
+        }
+        return t
+    }()
+
+    /// Continues a checksum; start with `crc = 0` for a fresh sum (the ~0 pre/post conditioning
+    /// is applied inside, as in the usual definition).
+    public static func checksum(_ buffer: UnsafeRawBufferPointer, crc: UInt32 = 0) -> UInt32 {
+        var c = ~crc
+        var i = 0
+        let n = buffer.count
+        tables.withUnsafeBufferPointer { tabs in
+            let t0 = tabs[0], t1 = tabs[1], t2 = tabs[2], t3 = tabs[3]
+            let t4 = tabs[4], t5 = tabs[5], t6 = tabs[6], t7 = tabs[7]
+            t0.withUnsafeBufferPointer { t0 in
+            t1.withUnsafeBufferPointer { t1 in
+            t2.withUnsafeBufferPointer { t2 in
+            t3.withUnsafeBufferPointer { t3 in
+            t4.withUnsafeBufferPointer { t4 in
+            t5.withUnsafeBufferPointer { t5 in
+            t6.withUnsafeBufferPointer { t6 in
+            t7.withUnsafeBufferPointer { t7 in
+                while i + 8 <= n {
+                    let w = UInt64(littleEndian: buffer.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+                    let lo = UInt32(truncatingIfNeeded: w) ^ c
+                    let hi = UInt32(truncatingIfNeeded: w >> 32)
+                    c = t7[Int(lo & 0xff)] ^ t6[Int((lo >> 8) & 0xff)]
+                        ^ t5[Int((lo >> 16) & 0xff)] ^ t4[Int(lo >> 24)]
+                        ^ t3[Int(hi & 0xff)] ^ t2[Int((hi >> 8) & 0xff)]
+                        ^ t1[Int((hi >> 16) & 0xff)] ^ t0[Int(hi >> 24)]
+                    i += 8
+                }
+                while i < n {
+                    c = (c >> 8) ^ t0[Int((c ^ UInt32(buffer[i])) & 0xff)]
+                    i += 1
+                }
+            }}}}}}}}
+        }
+        return ~c
+    }
+
+    public static func checksum(_ bytes: [UInt8], from start: Int = 0) -> UInt32 {
+        bytes.withUnsafeBytes { raw in
+            checksum(UnsafeRawBufferPointer(rebasing: raw[start...]))
+        }
+    }
+}

@@ -1,0 +1,49 @@
+/// The value of a file data extent item, keyed `(fs, ino, dataExtent, last logical block, length)`
+/// so that a lookup of the first extent ending at or after a block finds the extent holding it.
+public struct FileExtent: Hashable, Sendable {
+    public struct Flags: OptionSet, Hashable, Sendable {
+        public var rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+        /// Released to an archive: no data blocks, reads wait for stage.
+        public static let offline = Flags(rawValue: 1)
+        /// Allocated but never written (fallocate): reads return zeros.
+        public static let unwritten = Flags(rawValue: 2)
+        public static let known: Flags = [.offline, .unwritten]
+    }
+
+    /// First data-device block; 0 for offline extents, which own no blocks.
+    public var blkno: UInt64
+    public var flags: Flags
+
+    public static let encodedSize = 16
+
+    public init(blkno: UInt64, flags: Flags) {
+        self.blkno = blkno
+        self.flags = flags
+    }
+
+    public func encode(into w: inout ByteWriter) {
+        w.u64(blkno)
+        w.u8(flags.rawValue)
+        w.zeros(7)
+    }
+
+    public var encoded: [UInt8] {
+        var w = ByteWriter(capacity: Self.encodedSize)
+        encode(into: &w)
+        return w.bytes
+    }
+
+    public init(decoding bytes: [UInt8]) throws(FormatError) {
+        guard bytes.count == Self.encodedSize else {
+            throw FormatError("file extent value is \(bytes.count) bytes, expected \(Self.encodedSize)")
+        }
+        var r = ByteReader(bytes, what: "file extent")
+        blkno = try r.u64()
+        flags = Flags(rawValue: try r.u8())
+        if !Flags.known.isSuperset(of: flags) { throw FormatError("file extent has unknown flags \(flags.rawValue)") }
+        if flags.contains(.offline) != (blkno == 0) {
+            throw FormatError("file extent at block \(blkno) with flags \(flags.rawValue): offline extents and only they have no blocks")
+        }
+    }
+}

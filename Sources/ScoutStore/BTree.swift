@@ -1,0 +1,267 @@
+public import ScoutFormat
+
+/// A copy-on-write btree of items in 64 KiB blocks.
+///
+/// Writers never modify a block that a committed root can reach: the first change to a block in
+/// a transaction copies it to a newly allocated block (`Store.dirtyNode`) and frees the old one,
+/// which the allocator will not hand out again before this transaction commits. So a crash at any
+/// point leaves the last committed root and everything under it intact.
+///
+/// A parent entry's key is the largest key its child's subtree may hold (the right spine holds
+/// `Key.max`), so descending picks the first entry whose key is ≥ the search key. Splits and
+/// merges happen bottom-up after each change along the path the change dirtied.
+public struct BTree: Sendable {
+    public var root: BTreeRoot
+    /// Names the tree in error messages ("fs tree", "meta-free tree").
+    public let name: String
+
+    public init(root: BTreeRoot, name: String) {
+        self.root = root
+        self.name = name
+    }
+
+    // MARK: reading
+
+    /// The item stored under `key`, if any (deletion items are returned as stored).
+    public func lookup(_ key: Key, in store: Store) throws -> Item? {
+        guard !root.isEmpty else { return nil }
+        let leaf = try descend(to: key, in: store).leaf
+        let i = lowerBound(leaf.block.keys, key)
+        guard i < leaf.block.count, leaf.block.keys[i] == key else { return nil }
+        return item(leaf, i)
+    }
+
+    /// The first item whose key is ≥ `key`.
+    public func next(from key: Key, in store: Store) throws -> Item? {
+        var search = key
+        while !root.isEmpty {
+            let d = try descend(to: search, in: store)
+            let i = lowerBound(d.leaf.block.keys, search)
+            if i < d.leaf.block.count { return item(d.leaf, i) }
+            // Everything ≤ the leaf's bound has been seen; carry on in the next subtree.
+            guard let bound = d.upperBound, let after = bound.successor else { return nil }
+            search = after
+        }
+        return nil
+    }
+
+    /// The last item whose key is ≤ `key`.
+    public func prev(from key: Key, in store: Store) throws -> Item? {
+        var search = key
+        while !root.isEmpty {
+            let d = try descend(to: search, in: store)
+            let i = upperBound(d.leaf.block.keys, search)
+            if i > 0 { return item(d.leaf, i - 1) }
+            guard let below = d.lowerBound else { return nil }
+            search = below
+        }
+        return nil
+    }
+
+    /// Calls `body` with each item in `[start, end]` in key order until it returns false.
+    public func forEach(from start: Key = .min, through end: Key = .max, in store: Store, _ body: (Item) throws -> Bool) throws {
+        var search = start
+        while !root.isEmpty {
+            let d = try descend(to: search, in: store)
+            let block = d.leaf.block
+            var i = lowerBound(block.keys, search)
+            while i < block.count {
+                if block.keys[i] > end { return }
+                if try !body(item(d.leaf, i)) { return }
+                i += 1
+            }
+            guard let bound = d.upperBound, bound < end, let after = bound.successor else { return }
+            search = after
+        }
+    }
+
+    /// Every item in `[start, end]`.
+    public func items(from start: Key = .min, through end: Key = .max, in store: Store) throws -> [Item] {
+        var out: [Item] = []
+        try forEach(from: start, through: end, in: store) { out.append($0); return true }
+        return out
+    }
+
+    // MARK: writing
+
+    /// Inserts `item`, replacing any item with the same key.
+    public mutating func insert(_ item: Item, in store: Store) throws {
+        guard item.value.count <= Item.maxValueLength else {
+            throw StoreError(.invalid, "\(name) tree: item \(item.key) value of \(item.value.count) bytes exceeds \(Item.maxValueLength)")
+        }
+        let value = LeafValue(seq: item.seq, flags: item.flags, value: item.value)
+        if root.isEmpty {
+            let leaf = try store.newNode(level: 0)
+            leaf.block.insertLeaf(item.key, value, at: 0)
+            root = BTreeRoot(ref: leaf.ref, height: 1)
+            return
+        }
+        var (path, leaf) = try dirtyPath(to: item.key, in: store)
+        let i = lowerBound(leaf.block.keys, item.key)
+        if i < leaf.block.count && leaf.block.keys[i] == item.key {
+            leaf.block.replaceLeaf(at: i, with: value)
+        } else {
+            leaf.block.insertLeaf(item.key, value, at: i)
+        }
+        try splitUpwards(&path, &leaf, in: store)
+    }
+
+    /// Removes the item stored under `key` and returns it; nil (and no block dirtied) if absent.
+    @discardableResult
+    public mutating func delete(_ key: Key, in store: Store) throws -> Item? {
+        guard let old = try lookup(key, in: store) else { return nil }
+        var (path, leaf) = try dirtyPath(to: key, in: store)
+        let i = lowerBound(leaf.block.keys, key)
+        leaf.block.removeLeaf(at: i)
+        try joinUpwards(&path, leaf, in: store)
+        return old
+    }
+
+    // MARK: internals
+
+    private struct Descent {
+        var leaf: CachedNode
+        /// The nearest parent key bounding the leaf from above (nil: the leaf is the root).
+        var upperBound: Key?
+        /// The bound of the leaf's left neighbour subtree (nil: nothing to the left).
+        var lowerBound: Key?
+    }
+
+    private func descend(to key: Key, in store: Store) throws -> Descent {
+        var node = try store.readNode(root.ref, level: root.height - 1, tree: name)
+        var upper: Key? = nil
+        var lower: Key? = nil
+        while !node.block.isLeaf {
+            let i = lowerBound(node.block.keys, key)
+            guard i < node.block.count else {
+                throw StoreError(.corrupt, "\(name) tree: block \(node.blkno) has no child for key \(key) (right spine bound is not the maximum key); run `scoutfs check`")
+            }
+            upper = node.block.keys[i]
+            if i > 0 { lower = node.block.keys[i - 1] }
+            node = try store.readNode(node.block.children[i], level: node.block.level - 1, tree: name)
+        }
+        return Descent(leaf: node, upperBound: upper, lowerBound: lower)
+    }
+
+    /// Dirties (copies on write) every block from the root to the leaf for `key`.
+    private mutating func dirtyPath(to key: Key, in store: Store) throws -> ([(node: CachedNode, index: Int)], CachedNode) {
+        var node = try store.dirtyNode(root.ref, level: root.height - 1, tree: name)
+        root.ref = node.ref
+        var path: [(node: CachedNode, index: Int)] = []
+        path.reserveCapacity(Int(root.height))
+        while !node.block.isLeaf {
+            let i = lowerBound(node.block.keys, key)
+            guard i < node.block.count else {
+                throw StoreError(.corrupt, "\(name) tree: block \(node.blkno) has no child for key \(key); run `scoutfs check`")
+            }
+            let child = try store.dirtyNode(node.block.children[i], level: node.block.level - 1, tree: name)
+            node.block.children[i] = child.ref
+            path.append((node, i))
+            node = child
+        }
+        return (path, node)
+    }
+
+    private static func bound(of block: BTreeBlock) -> Key {
+        block.keys.last ?? .min
+    }
+
+    private mutating func splitUpwards(_ path: inout [(node: CachedNode, index: Int)], _ node: inout CachedNode, in store: Store) throws {
+        while node.block.usedBytes > store.nodeCapacity {
+            let right = try store.newNode(level: node.block.level)
+            right.block = node.block.split(at: node.block.midpoint())
+            let leftBound = Self.bound(of: node.block)
+            if let (parent, i) = path.popLast() {
+                let rightBound = parent.block.keys[i]
+                parent.block.keys[i] = leftBound
+                parent.block.insertChild(rightBound, right.ref, at: i + 1)
+                node = parent
+            } else {
+                guard root.height < BTreeBlock.maxLevel + 1 else {
+                    throw StoreError(.invalid, "\(name) tree: would grow past the maximum height \(BTreeBlock.maxLevel + 1)")
+                }
+                let newRoot = try store.newNode(level: node.block.level + 1)
+                newRoot.block.insertChild(leftBound, node.ref, at: 0)
+                newRoot.block.insertChild(.max, right.ref, at: 1)
+                root = BTreeRoot(ref: newRoot.ref, height: root.height + 1)
+                return
+            }
+        }
+    }
+
+    private mutating func joinUpwards(_ path: inout [(node: CachedNode, index: Int)], _ start: CachedNode, in store: Store) throws {
+        var node = start
+        let lowWater = store.nodeCapacity / 4
+        while let (parent, i) = path.popLast() {
+            if node.block.count > 0 && node.block.usedBytes >= lowWater { break }
+            if parent.block.count < 2 {
+                node = parent
+                continue
+            }
+            let li = i + 1 < parent.block.count ? i : i - 1
+            let left = try store.dirtyNode(parent.block.children[li], level: node.block.level, tree: name)
+            let right = try store.dirtyNode(parent.block.children[li + 1], level: node.block.level, tree: name)
+            parent.block.children[li] = left.ref
+            parent.block.children[li + 1] = right.ref
+            if left.block.usedBytes + right.block.usedBytes <= store.nodeCapacity {
+                left.block.append(contentsOf: right.block)
+                parent.block.keys[li] = parent.block.keys[li + 1]
+                parent.block.removeChild(at: li + 1)
+                store.freeNode(right)
+            } else {
+                // Too much for one block: even the two out instead.
+                var both = left.block
+                both.append(contentsOf: right.block)
+                let rightHalf = both.split(at: both.midpoint())
+                left.block = both
+                right.block = rightHalf
+                parent.block.keys[li] = Self.bound(of: left.block)
+            }
+            node = parent
+        }
+        // Collapse a root that lost all but one child, or a root leaf that emptied.
+        while true {
+            let top = try store.readNode(root.ref, level: root.height - 1, tree: name)
+            if top.block.isLeaf {
+                if top.block.count == 0 {
+                    store.freeNode(top)
+                    root = .empty
+                }
+                return
+            }
+            guard top.block.count == 1 else { return }
+            let child = top.block.children[0]
+            store.freeNode(top)
+            root = BTreeRoot(ref: child, height: root.height - 1)
+        }
+    }
+
+    private func item(_ leaf: CachedNode, _ i: Int) -> Item {
+        let v = leaf.block.values[i]
+        return Item(key: leaf.block.keys[i], seq: v.seq, flags: v.flags, value: v.value)
+    }
+}
+
+/// Index of the first key ≥ `key`.
+@inline(__always)
+func lowerBound(_ keys: [Key], _ key: Key) -> Int {
+    var lo = 0
+    var hi = keys.count
+    while lo < hi {
+        let mid = (lo + hi) >> 1
+        if keys[mid] < key { lo = mid + 1 } else { hi = mid }
+    }
+    return lo
+}
+
+/// Index of the first key > `key`.
+@inline(__always)
+func upperBound(_ keys: [Key], _ key: Key) -> Int {
+    var lo = 0
+    var hi = keys.count
+    while lo < hi {
+        let mid = (lo + hi) >> 1
+        if key < keys[mid] { hi = mid } else { lo = mid + 1 }
+    }
+    return lo
+}

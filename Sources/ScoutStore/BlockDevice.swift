@@ -1,0 +1,143 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A device the store reads and writes: a regular file or a block device. Offsets and lengths
+/// are in bytes. `flush` returns only when every write before it is durable; the store's commit
+/// order (blocks, flush, superblock, flush) depends on that.
+///
+/// Not thread-safe by itself: the store serializes access.
+public protocol BlockDevice: AnyObject {
+    /// What to call this device in messages (usually its path).
+    var name: String { get }
+    var size: UInt64 { get }
+    func read(at offset: UInt64, count: Int) throws -> [UInt8]
+    func write(at offset: UInt64, _ bytes: [UInt8]) throws
+    func flush() throws
+}
+
+/// A device backed by a file or block device through pread/pwrite/fdatasync.
+public final class FileBlockDevice: BlockDevice {
+    public let name: String
+    public let size: UInt64
+    private let fd: Int32
+
+    /// Opens `path` read-write (or read-only). The size of a block device comes from seeking to
+    /// its end, which works for both files and block devices without an ioctl.
+    public init(path: String, readOnly: Bool = false) throws {
+        name = path
+        let fd = open(path, (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
+        if fd < 0 {
+            let e = Glibc.errno
+            throw StoreError(.io, "cannot open \(path): \(String(cString: strerror(e)))")
+        }
+        let end = lseek(fd, 0, SEEK_END)
+        if end < 0 {
+            let e = Glibc.errno
+            close(fd)
+            throw StoreError(.io, "cannot find the size of \(path): \(String(cString: strerror(e)))")
+        }
+        self.fd = fd
+        size = UInt64(end)
+    }
+
+    deinit { close(fd) }
+
+    public func read(at offset: UInt64, count: Int) throws -> [UInt8] {
+        if offset + UInt64(count) > size {
+            throw StoreError(.io, "\(name): read of \(count) bytes at \(offset) runs past the end of the device (\(size) bytes)")
+        }
+        var out = [UInt8](repeating: 0, count: count)
+        var done = 0
+        try out.withUnsafeMutableBytes { buf in
+            while done < count {
+                let n = pread(fd, buf.baseAddress! + done, count - done, off_t(offset) + off_t(done))
+                if n < 0 {
+                    let e = Glibc.errno
+                    if e == EINTR { continue }
+                    throw StoreError(.io, "\(name): read at byte \(offset): \(String(cString: strerror(e)))")
+                }
+                if n == 0 { throw StoreError(.io, "\(name): unexpected end of device at byte \(offset + UInt64(done))") }
+                done += n
+            }
+        }
+        return out
+    }
+
+    public func write(at offset: UInt64, _ bytes: [UInt8]) throws {
+        if offset + UInt64(bytes.count) > size {
+            throw StoreError(.io, "\(name): write of \(bytes.count) bytes at \(offset) runs past the end of the device (\(size) bytes)")
+        }
+        var done = 0
+        try bytes.withUnsafeBytes { buf in
+            while done < bytes.count {
+                let n = pwrite(fd, buf.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
+                if n < 0 {
+                    let e = Glibc.errno
+                    if e == EINTR { continue }
+                    throw StoreError(.io, "\(name): write at byte \(offset): \(String(cString: strerror(e)))")
+                }
+                done += n
+            }
+        }
+    }
+
+    public func flush() throws {
+        if fdatasync(fd) != 0 {
+            let e = Glibc.errno
+            throw StoreError(.io, "\(name): flush failed: \(String(cString: strerror(e)))")
+        }
+    }
+}
+
+/// A sparse in-memory device, for tests and benchmarks that should not touch a disk.
+public final class MemoryBlockDevice: BlockDevice {
+    public let name: String
+    public let size: UInt64
+    static let pageSize = 4096
+    var pages: [UInt64: [UInt8]] = [:]
+
+    public init(name: String = "memory", size: UInt64) {
+        self.name = name
+        self.size = size
+    }
+
+    public func read(at offset: UInt64, count: Int) throws -> [UInt8] {
+        if offset + UInt64(count) > size { throw StoreError(.io, "\(name): read past the end of the device") }
+        var out = [UInt8](repeating: 0, count: count)
+        forEachPage(offset, count) { page, pageOff, outOff, n in
+            if let p = pages[page] { out.replaceSubrange(outOff..<outOff + n, with: p[pageOff..<pageOff + n]) }
+        }
+        return out
+    }
+
+    public func write(at offset: UInt64, _ bytes: [UInt8]) throws {
+        if offset + UInt64(bytes.count) > size { throw StoreError(.io, "\(name): write past the end of the device") }
+        forEachPage(offset, bytes.count) { page, pageOff, inOff, n in
+            var p = pages[page] ?? [UInt8](repeating: 0, count: Self.pageSize)
+            p.replaceSubrange(pageOff..<pageOff + n, with: bytes[inOff..<inOff + n])
+            pages[page] = p
+        }
+    }
+
+    public func flush() throws {}
+
+    /// A copy of the current contents, so a test can keep a device image across a simulated crash.
+    public func snapshot() -> MemoryBlockDevice {
+        let d = MemoryBlockDevice(name: name, size: size)
+        d.pages = pages
+        return d
+    }
+
+    private func forEachPage(_ offset: UInt64, _ count: Int, _ body: (UInt64, Int, Int, Int) -> Void) {
+        var done = 0
+        while done < count {
+            let at = offset + UInt64(done)
+            let page = at / UInt64(Self.pageSize)
+            let pageOff = Int(at % UInt64(Self.pageSize))
+            let n = min(Self.pageSize - pageOff, count - done)
+            body(page, pageOff, done, n)
+            done += n
+        }
+    }
+}

@@ -1,0 +1,122 @@
+public import ScoutFormat
+
+/// Reads several btrees as one: the fs tree plus committed log trees. For each key the version
+/// with the highest item seq wins; a deletion item hides every older version; delta items add
+/// their Int64 fields to the version below them. Ties in seq go to the tree listed first, so
+/// callers list newer trees first.
+///
+/// Reads that hit a stale block (the roots moved while reading) fetch new roots and retry once;
+/// stale again on the same roots is an I/O error, since the device no longer holds what the
+/// newest superblock points at.
+public struct Forest {
+    public var trees: [BTree]
+
+    public init(trees: [BTree]) {
+        self.trees = trees
+    }
+
+    public init(roots: [BTreeRoot], name: String = "forest") {
+        trees = roots.enumerated().map { BTree(root: $1, name: "\(name)[\($0)]") }
+    }
+
+    /// The visible item for `key`, or nil if absent or deleted.
+    public func lookup(_ key: Key, in store: Store) throws -> Item? {
+        var versions: [Item] = []
+        for t in trees {
+            if let it = try t.lookup(key, in: store) { versions.append(it) }
+        }
+        return Self.resolve(versions)
+    }
+
+    /// The first visible item with a key ≥ `key`.
+    public func next(from key: Key, in store: Store) throws -> Item? {
+        var search = key
+        while true {
+            var best: Key?
+            var versions: [Item] = []
+            for t in trees {
+                guard let it = try t.next(from: search, in: store) else { continue }
+                if best == nil || it.key < best! {
+                    best = it.key
+                    versions = [it]
+                } else if it.key == best! {
+                    versions.append(it)
+                }
+            }
+            guard let k = best else { return nil }
+            if let visible = Self.resolve(versions) { return visible }
+            guard let after = k.successor else { return nil }
+            search = after
+        }
+    }
+
+    /// Every visible item in `[start, end]`, in key order.
+    public func items(from start: Key = .min, through end: Key = .max, in store: Store) throws -> [Item] {
+        var out: [Item] = []
+        var search = start
+        while let it = try next(from: search, in: store), it.key <= end {
+            out.append(it)
+            guard let after = it.key.successor else { break }
+            search = after
+        }
+        return out
+    }
+
+    /// Runs `body` with a forest of the roots `roots()` returns, fetching them again and retrying
+    /// once if a read finds a stale block.
+    public static func reading<T>(
+        in store: Store, roots: () throws -> [BTreeRoot], _ body: (Forest) throws -> T
+    ) throws -> T {
+        var last: [BTreeRoot]?
+        while true {
+            let r = try roots()
+            do {
+                return try body(Forest(roots: r))
+            } catch let e as StoreError where e.code == .stale {
+                if let last, last == r {
+                    throw StoreError(.io, "\(e.message); read stale twice from the same roots")
+                }
+                last = r
+            }
+        }
+    }
+
+    /// Merges the versions of one key found in different trees.
+    static func resolve(_ versions: [Item]) -> Item? {
+        guard !versions.isEmpty else { return nil }
+        // Stable sort keeps the caller's tree order among equal seqs.
+        let ordered = versions.enumerated().sorted {
+            $0.element.seq != $1.element.seq ? $0.element.seq > $1.element.seq : $0.offset < $1.offset
+        }.map(\.element)
+        var deltas: [Item] = []
+        for v in ordered {
+            if v.isDelta {
+                deltas.append(v)
+                continue
+            }
+            if deltas.isEmpty { return v.isDeletion ? nil : v }
+            if v.isDeletion { break }
+            return combine(base: v, deltas: deltas)
+        }
+        guard let newest = deltas.first else { return nil }
+        var sum = combine(base: nil, deltas: deltas)
+        sum.seq = newest.seq
+        return sum
+    }
+
+    /// Adds deltas' little-endian Int64 fields to the base (or to zero), keeping the newest seq.
+    static func combine(base: Item?, deltas: [Item]) -> Item {
+        let width = ([base?.value.count ?? 0] + deltas.map(\.value.count)).max()! / 8
+        var fields = [Int64](repeating: 0, count: width)
+        func add(_ bytes: [UInt8]) {
+            var r = ByteReader(bytes, what: "delta item")
+            for i in 0..<bytes.count / 8 { fields[i] &+= (try? r.i64()) ?? 0 }
+        }
+        if let base { add(base.value) }
+        for d in deltas { add(d.value) }
+        var w = ByteWriter(capacity: width * 8)
+        for f in fields { w.i64(f) }
+        let top = deltas[0]
+        return Item(key: top.key, seq: max(top.seq, base?.seq ?? 0), flags: [], value: w.bytes)
+    }
+}

@@ -1,0 +1,404 @@
+public import ScoutFormat
+
+/// Tunables of an open store.
+public struct StoreOptions: Sendable {
+    /// Clean 64 KiB blocks kept in memory (dirty blocks of the open transaction come on top).
+    public var cacheBlocks: Int
+    /// Bytes of entries a btree block may hold before it splits. The format's block holds
+    /// `BTreeBlock.capacity`; tests lower this to grow tall trees from few items. It decides only
+    /// when blocks split and join, never how they are encoded, so any value reads any device.
+    public var nodeCapacity: Int
+
+    public init(cacheBlocks: Int = 4096, nodeCapacity: Int = BTreeBlock.capacity) {
+        self.cacheBlocks = cacheBlocks
+        self.nodeCapacity = nodeCapacity
+    }
+}
+
+/// The metadata and data devices of one filesystem: superblock, trees, allocators and the open
+/// transaction.
+///
+/// Everything changed since the last commit is "dirty" and lives only in memory; `commit()` makes
+/// it durable atomically: it writes every dirty block to blocks no committed root references,
+/// flushes, then writes the superblock that points at the new roots, and flushes again. Until the
+/// superblock lands nothing new is reachable; after, all of it is.
+///
+/// A `Store` is not thread-safe: one caller at a time (the mount wraps it in its own lock).
+public final class Store {
+    public let meta: any BlockDevice
+    public let data: any BlockDevice
+    public let options: StoreOptions
+    let cache: BlockCache
+    /// The last committed superblock.
+    public private(set) var superblock: SuperBlock
+    /// The seq of the open transaction: stamped on every block it writes, one more than the
+    /// last commit's.
+    public private(set) var txnSeq: UInt64
+    var trees: [TreeID: BTree] = [:]
+    let metaAlloc: ExtentAllocator
+    let dataAlloc: ExtentAllocator
+    public var nextIno: UInt64
+    public var nextSeq: UInt64
+    private var failure: StoreError?
+    /// Set for stores opened for reading only; commit refuses.
+    var readOnly = false
+
+    public var fsid: UInt64 { superblock.fsid }
+    var nodeCapacity: Int { options.nodeCapacity }
+
+    init(meta: any BlockDevice, data: any BlockDevice, superblock: SuperBlock, options: StoreOptions) {
+        precondition(options.nodeCapacity >= 4 * BTreeBlock.leafEntrySize(Item.maxValueLength)
+            && options.nodeCapacity <= BTreeBlock.capacity, "node capacity \(options.nodeCapacity) out of range")
+        self.meta = meta
+        self.data = data
+        self.options = options
+        self.superblock = superblock
+        cache = BlockCache(capacity: options.cacheBlocks)
+        txnSeq = superblock.seq + 1
+        nextIno = superblock.nextIno
+        nextSeq = superblock.nextSeq
+        for t in [TreeID.fs, .logTrees, .mountedClients, .srch] {
+            trees[t] = BTree(root: superblock.root(t), name: t.description)
+        }
+        metaAlloc = ExtentAllocator(kind: .meta, root: superblock.root(.metaFree),
+                                    freeBlocks: superblock.metaFreeBlocks, reserve: superblock.metaReserve)
+        dataAlloc = ExtentAllocator(kind: .data, root: superblock.root(.dataFree), freeBlocks: superblock.dataFreeBlocks)
+    }
+
+    // MARK: opening
+
+    /// Opens a formatted filesystem: the newest valid superblock of the metadata device, checked
+    /// against the copy on the data device.
+    public static func open(meta: any BlockDevice, data: any BlockDevice, options: StoreOptions = StoreOptions()) throws -> Store {
+        let sb = try readSuperblock(meta)
+        try checkDataDevice(data, matches: sb)
+        if meta.size >> Layout.metaBlockShift < sb.metaTotalBlocks {
+            throw StoreError(.invalid, "metadata device \(meta.name) is \(meta.size) bytes but the filesystem spans \(sb.metaTotalBlocks) blocks of 64 KiB: was it truncated?")
+        }
+        return Store(meta: meta, data: data, superblock: sb, options: options)
+    }
+
+    /// The newest superblock copy that verifies. Names the device and what is wrong when none does.
+    public static func readSuperblock(_ meta: any BlockDevice) throws -> SuperBlock {
+        let needed = Layout.superOffset(copy: 1) + UInt64(Layout.smallBlockSize)
+        if meta.size < needed {
+            throw StoreError(.notScoutFS, "\(meta.name) is \(meta.size) bytes, too small to hold a scoutfs superblock; is it the right device?")
+        }
+        var best: SuperBlock?
+        var problems: [String] = []
+        for copy in 0..<2 {
+            let blkno = Layout.superSmallBlkno[copy]
+            let bytes = try meta.read(at: Layout.superOffset(copy: copy), count: Layout.smallBlockSize)
+            if bytes.allSatisfy({ $0 == 0 }) { continue }
+            switch BlockHeader.verify(bytes, magic: BlockMagic.superblock, fsid: nil, blkno: blkno, seq: nil) {
+            case .valid:
+                do {
+                    let sb = try SuperBlock(decoding: bytes)
+                    if best == nil || sb.seq > best!.seq { best = sb }
+                } catch {
+                    problems.append("superblock copy \(copy): \(error)")
+                }
+            case .stale(let why), .corrupt(let why):
+                problems.append("superblock copy \(copy) (block \(blkno)): \(why)")
+            }
+        }
+        if let best {
+            if best.flags.contains(.isDataDevice) {
+                throw StoreError(.notScoutFS, "\(meta.name) is a scoutfs data device; give the metadata device first")
+            }
+            return best
+        }
+        if problems.isEmpty {
+            throw StoreError(.notScoutFS, "\(meta.name) holds no scoutfs filesystem (no superblock at 64 KiB); run `scoutfs mkfs`")
+        }
+        throw StoreError(.notScoutFS, "\(meta.name) holds no readable scoutfs superblock: " + problems.joined(separator: "; "))
+    }
+
+    static func checkDataDevice(_ data: any BlockDevice, matches sb: SuperBlock) throws {
+        if data.size < Layout.dataSuperOffset + UInt64(Layout.smallBlockSize) {
+            throw StoreError(.notScoutFS, "\(data.name) is \(data.size) bytes, too small to be a scoutfs data device")
+        }
+        let bytes = try data.read(at: Layout.dataSuperOffset, count: Layout.smallBlockSize)
+        guard case .valid = BlockHeader.verify(bytes, magic: BlockMagic.superblock, fsid: nil, blkno: Layout.dataSuperSmallBlkno, seq: nil),
+              let dsb = try? SuperBlock(decoding: bytes), dsb.flags.contains(.isDataDevice)
+        else {
+            throw StoreError(.notScoutFS, "\(data.name) is not a scoutfs data device (no data superblock at 64 KiB)")
+        }
+        if dsb.uuid != sb.uuid {
+            throw StoreError(.notScoutFS, "data device \(data.name) belongs to filesystem \(dsb.uuidString), the metadata device to \(sb.uuidString); pair the devices made by the same mkfs")
+        }
+        if data.size >> Layout.dataBlockShift < sb.dataTotalBlocks {
+            throw StoreError(.invalid, "data device \(data.name) is \(data.size) bytes but the filesystem spans \(sb.dataTotalBlocks) blocks of 4 KiB: was it truncated?")
+        }
+    }
+
+    /// True when either superblock copy of `meta` (or the data superblock of `data`) verifies.
+    public static func holdsFilesystem(_ device: any BlockDevice) -> Bool {
+        var offsets = [(Layout.superOffset(copy: 0), Layout.superSmallBlkno[0]), (Layout.superOffset(copy: 1), Layout.superSmallBlkno[1])]
+        offsets.append((Layout.dataSuperOffset, Layout.dataSuperSmallBlkno))
+        for (off, blkno) in offsets where off + UInt64(Layout.smallBlockSize) <= device.size {
+            if let bytes = try? device.read(at: off, count: Layout.smallBlockSize),
+               case .valid = BlockHeader.verify(bytes, magic: BlockMagic.superblock, fsid: nil, blkno: blkno, seq: nil) {
+                return true
+            }
+        }
+        return false
+    }
+
+    // MARK: trees
+
+    /// The working version of a tree (including uncommitted changes).
+    public func tree(_ id: TreeID) -> BTree {
+        switch id {
+        case .metaFree: metaAlloc.tree
+        case .dataFree: dataAlloc.tree
+        default: trees[id]!
+        }
+    }
+
+    /// Replaces the working root of a tree edited by the caller. The free-space trees belong to
+    /// the allocators and cannot be set.
+    public func setTree(_ id: TreeID, _ tree: BTree) {
+        precondition(id != .metaFree && id != .dataFree, "the \(id) tree is owned by its allocator")
+        trees[id] = tree
+    }
+
+    public func lookup(_ key: Key, in id: TreeID) throws -> Item? {
+        try usable()
+        return try tree(id).lookup(key, in: self)
+    }
+
+    public func insert(_ item: Item, into id: TreeID) throws {
+        try usable()
+        var t = tree(id)
+        try preflight(t)
+        defer { setTree(id, t) }
+        try t.insert(item, in: self)
+    }
+
+    @discardableResult
+    public func delete(_ key: Key, from id: TreeID) throws -> Item? {
+        try usable()
+        var t = tree(id)
+        try preflight(t)
+        defer { setTree(id, t) }
+        return try t.delete(key, in: self)
+    }
+
+    /// Metadata blocks kept back from tree edits for the commit itself, which must put the
+    /// transaction's freed blocks into the free tree and cannot fail for want of space.
+    static let commitMargin: UInt64 = 256
+
+    /// Fails an edit with ENOSPC before it touches anything, rather than part way through a split.
+    private func preflight(_ t: BTree) throws {
+        let need = UInt64(4 * (Int(t.root.height) + 2)) + Self.commitMargin
+        if metaAlloc.freeBlocks + UInt64(metaAlloc.reserve.count) < need {
+            throw StoreError(.noSpace, "metadata device \(meta.name) is full (\(metaAlloc.freeBlocks + UInt64(metaAlloc.reserve.count)) free 64 KiB blocks, \(Self.commitMargin) kept for commits); free space or grow the device")
+        }
+    }
+
+    /// The roots as they would be committed now.
+    public var workingRoots: [TreeID: BTreeRoot] {
+        var r: [TreeID: BTreeRoot] = [:]
+        for t in TreeID.allCases where !tree(t).root.isEmpty { r[t] = tree(t).root }
+        return r
+    }
+
+    // MARK: data extents
+
+    /// Up to `count` contiguous data blocks; fewer when free space is fragmented.
+    public func allocData(_ count: UInt64) throws -> Extent {
+        try usable()
+        return try dataAlloc.allocData(count, self)
+    }
+
+    /// Frees data blocks; they become allocatable after the next commit.
+    public func freeData(_ extent: Extent) {
+        dataAlloc.pendingFree.append(extent)
+    }
+
+    /// Free space as a reader of statfs would count it: what is free now plus what the open
+    /// transaction has freed.
+    public var freeMetaBlocks: UInt64 {
+        metaAlloc.freeBlocks + UInt64(metaAlloc.reserve.count) + metaAlloc.pendingFree.reduce(0) { $0 + $1.length }
+    }
+
+    public var freeDataBlocks: UInt64 {
+        dataAlloc.freeBlocks + dataAlloc.pendingFree.reduce(0) { $0 + $1.length }
+    }
+
+    /// Blocks the open transaction has dirtied so far (each becomes a 64 KiB write at commit).
+    public var dirtyBlocks: Int { cache.dirtyCount }
+
+    // MARK: blocks
+
+    /// Reads (or finds cached) the block a reference names, checking that it is that block.
+    func readNode(_ ref: BlockRef, level: UInt8, tree: String) throws -> CachedNode {
+        if let n = cache.get(ref.blkno) {
+            guard n.seq == ref.seq else {
+                throw StoreError(.stale, "metadata block \(ref.blkno) in \(tree) tree: holds seq \(n.seq), reference expects \(ref.seq)")
+            }
+            guard n.block.level == level else {
+                throw StoreError(.corrupt, "metadata block \(ref.blkno) in \(tree) tree: level \(n.block.level), expected \(level); run `scoutfs check`")
+            }
+            return n
+        }
+        let block = try readBlock(ref, tree: tree)
+        guard block.level == level else {
+            throw StoreError(.corrupt, "metadata block \(ref.blkno) in \(tree) tree: level \(block.level), expected \(level); run `scoutfs check`")
+        }
+        let n = CachedNode(blkno: ref.blkno, seq: ref.seq, block: block, dirty: false)
+        cache.insertClean(n)
+        return n
+    }
+
+    /// Reads and verifies a btree block from the device, bypassing the cache.
+    func readBlock(_ ref: BlockRef, tree: String) throws -> BTreeBlock {
+        guard ref.blkno >= Layout.metaFirstBlkno && ref.blkno < superblock.metaTotalBlocks else {
+            throw StoreError(.corrupt, "\(tree) tree references metadata block \(ref.blkno), outside the device's \(superblock.metaTotalBlocks) blocks; run `scoutfs check`")
+        }
+        let bytes = try meta.read(at: ref.blkno << UInt64(Layout.metaBlockShift), count: Layout.metaBlockSize)
+        switch BlockHeader.verify(bytes, magic: BlockMagic.btree, fsid: fsid, blkno: ref.blkno, seq: ref.seq) {
+        case .valid:
+            break
+        case .stale(let why):
+            throw StoreError(.stale, "metadata block \(ref.blkno) in \(tree) tree: \(why)")
+        case .corrupt(let why):
+            throw StoreError(.corrupt, "metadata block \(ref.blkno) in \(tree) tree: \(why); run `scoutfs check`")
+        }
+        do {
+            return try BTreeBlock(decoding: bytes)
+        } catch {
+            throw StoreError(.corrupt, "metadata block \(ref.blkno) in \(tree) tree: \(error); run `scoutfs check`")
+        }
+    }
+
+    /// The block a reference names, made writable in the open transaction: itself if it was
+    /// allocated in this transaction, else a copy in a new block (and the old one freed).
+    func dirtyNode(_ ref: BlockRef, level: UInt8, tree: String) throws -> CachedNode {
+        let n = try readNode(ref, level: level, tree: tree)
+        if n.dirty { return n }
+        let copy = CachedNode(blkno: try metaAlloc.allocMeta(self), seq: txnSeq, block: n.block, dirty: true)
+        cache.insertDirty(copy)
+        metaAlloc.pendingFree.append(Extent(start: n.blkno, length: 1))
+        return copy
+    }
+
+    func newNode(level: UInt8) throws -> CachedNode {
+        let n = CachedNode(blkno: try metaAlloc.allocMeta(self), seq: txnSeq, block: BTreeBlock(level: level), dirty: true)
+        cache.insertDirty(n)
+        return n
+    }
+
+    /// Frees a block that left its tree: at once if this transaction allocated it, else when the
+    /// transaction commits.
+    func freeNode(_ n: CachedNode) {
+        if n.dirty {
+            cache.remove(n.blkno)
+            metaAlloc.reserve.append(n.blkno)
+        } else {
+            metaAlloc.pendingFree.append(Extent(start: n.blkno, length: 1))
+        }
+    }
+
+    // MARK: commit
+
+    /// True when the open transaction holds anything a commit would write.
+    public var hasChanges: Bool {
+        cache.dirtyCount > 0 || !metaAlloc.pendingFree.isEmpty || !dataAlloc.pendingFree.isEmpty
+            || nextIno != superblock.nextIno || nextSeq != superblock.nextSeq
+    }
+
+    /// Makes the open transaction durable and atomic, then opens the next one. After a failure
+    /// part way the store refuses further work: reopen it from the devices.
+    public func commit() throws {
+        try usable()
+        guard hasChanges else { return }
+        if readOnly {
+            throw StoreError(.invalid, "\(meta.name) was opened for reading only; nothing can be committed")
+        }
+        do {
+            try settleAllocators()
+            let dirty = cache.dirtyNodes()
+            try writeNodes(dirty)
+            try data.flush()
+            try meta.flush()
+            var sb = superblock
+            sb.seq = txnSeq
+            sb.roots = workingRoots
+            sb.nextIno = nextIno
+            sb.nextSeq = nextSeq
+            sb.metaFreeBlocks = metaAlloc.freeBlocks
+            sb.dataFreeBlocks = dataAlloc.freeBlocks
+            sb.metaReserve = metaAlloc.reserve.sorted()
+            let copy = Int(sb.seq % 2)
+            try meta.write(at: Layout.superOffset(copy: copy), sb.encode(smallBlkno: Layout.superSmallBlkno[copy]))
+            try meta.flush()
+            superblock = sb
+            metaAlloc.transactionCommitted()
+            dataAlloc.transactionCommitted()
+            cache.markClean(dirty)
+            txnSeq += 1
+        } catch let e as StoreError {
+            fail(e)
+            throw e
+        }
+    }
+
+    /// Puts everything freed in this transaction into the free trees. Editing a free tree frees
+    /// its own committed blocks, so this runs until nothing is pending; it ends because a block
+    /// is copied at most once per transaction.
+    private func settleAllocators() throws {
+        repeat {
+            try dataAlloc.applyPendingFrees(self)
+            try metaAlloc.applyPendingFrees(self)
+            try metaAlloc.trimReserve(self)
+        } while !metaAlloc.pendingFree.isEmpty || !dataAlloc.pendingFree.isEmpty
+            || metaAlloc.reserve.count > SuperBlock.maxReserve
+    }
+
+    /// Writes blocks in block order, gathering runs of adjacent blocks into one write of up to
+    /// 1 MiB: far fewer syscalls for the mostly sequential blocks a transaction allocates.
+    private func writeNodes(_ nodes: [CachedNode]) throws {
+        let maxRun = 16
+        var i = 0
+        while i < nodes.count {
+            var j = i + 1
+            while j < nodes.count && j - i < maxRun && nodes[j].blkno == nodes[j - 1].blkno + 1 { j += 1 }
+            var buf: [UInt8] = []
+            buf.reserveCapacity((j - i) * Layout.metaBlockSize)
+            for n in nodes[i..<j] {
+                buf += n.block.encode(fsid: fsid, seq: n.seq, blkno: n.blkno)
+            }
+            try meta.write(at: nodes[i].blkno << UInt64(Layout.metaBlockShift), buf)
+            i = j
+        }
+    }
+
+    private func usable() throws {
+        if let failure {
+            throw StoreError(.failed, "an earlier commit failed (\(failure.message)); unmount and remount to continue from the last committed state")
+        }
+    }
+
+    private func fail(_ e: StoreError) {
+        failure = e
+        cache.removeAll()
+    }
+}
+
+extension Store {
+    /// Opens only the metadata device, for tools that read trees but never file data (`print`).
+    /// Refuses to commit: without the data device it cannot flush data before the superblock.
+    public static func openMetadataOnly(meta: any BlockDevice, superblock: SuperBlock) throws -> Store {
+        let placeholder = MemoryBlockDevice(name: "(no data device)", size: 0)
+        let store = Store(meta: meta, data: placeholder, superblock: superblock, options: StoreOptions(cacheBlocks: 64))
+        store.readOnly = true
+        return store
+    }
+}
+
+extension Store {
+    /// The cached nodes by block number; for tests that check copy-on-write.
+    func cacheSnapshot() -> [UInt64: CachedNode] { cache.all }
+}

@@ -1,0 +1,56 @@
+import ArgumentParser
+import Foundation
+import ScoutStore
+
+struct CheckCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check",
+        abstract: "Verify an unmounted filesystem: checksums, tree invariants, and that every block is free or referenced exactly once.",
+        discussion: "Exits 0 when clean, 1 with one line per problem otherwise."
+    )
+
+    @Flag(help: "Print JSON instead of text.")
+    var json = false
+
+    @Argument(help: "Metadata device.")
+    var meta: String
+
+    @Argument(help: "Data device.")
+    var data: String
+
+    struct Output: Encodable {
+        var clean: Bool
+        var problems: [String]
+        var metaBlocks: UInt64
+        var metaReferenced: UInt64
+        var metaFree: UInt64
+        var dataBlocks: UInt64
+        var dataReferenced: UInt64
+        var dataFree: UInt64
+    }
+
+    func run() throws {
+        let report: CheckReport
+        do {
+            let m = try openDevice(meta, readOnly: true)
+            let d = try openDevice(data, readOnly: true)
+            report = Checker.check(meta: m, data: d)
+        } catch {
+            throw fail("check", error)
+        }
+        let out = Output(clean: report.isClean, problems: report.problems,
+                         metaBlocks: report.metaBlocks, metaReferenced: report.metaReferenced, metaFree: report.metaFree,
+                         dataBlocks: report.dataBlocks, dataReferenced: report.dataReferenced, dataFree: report.dataFree)
+        if json {
+            try printJSON(out)
+        } else {
+            for p in report.problems { print(p) }
+            if report.isClean {
+                print("clean: \(report.metaReferenced) metadata blocks referenced, \(report.metaFree) free of \(report.metaBlocks); \(report.dataReferenced) data blocks referenced, \(report.dataFree) free of \(report.dataBlocks)")
+            } else {
+                print("\(report.problems.count) problem\(report.problems.count == 1 ? "" : "s") found")
+            }
+        }
+        if !report.isClean { throw ExitCode(1) }
+    }
+}

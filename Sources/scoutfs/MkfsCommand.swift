@@ -1,0 +1,70 @@
+import ArgumentParser
+import Foundation
+import ScoutFormat
+import ScoutStore
+
+struct MkfsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mkfs",
+        abstract: "Format a metadata device and a data device as a new filesystem."
+    )
+
+    @Option(name: [.customShort("Q"), .customLong("quorum-slot")],
+            help: ArgumentHelp("A quorum member: SLOT,ADDRESS,PORT (slot 0 to 14). Repeat for each member.", valueName: "SLOT,ADDRESS,PORT"))
+    var quorumSlots: [String] = []
+
+    @Flag(name: [.short, .long], help: "Overwrite devices that already hold a scoutfs filesystem.")
+    var force = false
+
+    @Argument(help: "Metadata device (block device or file).")
+    var meta: String
+
+    @Argument(help: "Data device (block device or file).")
+    var data: String
+
+    func validate() throws {
+        if quorumSlots.isEmpty {
+            throw ValidationError("at least one -Q SLOT,ADDRESS,PORT is required")
+        }
+        for s in quorumSlots { _ = try Self.parseSlot(s) }
+    }
+
+    static func parseSlot(_ text: String) throws -> QuorumSlot {
+        let parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 3, let slot = UInt8(parts[0]), Int(slot) < Layout.maxQuorumSlots,
+              let port = UInt16(parts[2]), port > 0
+        else {
+            throw ValidationError("quorum slot '\(text)': expected SLOT,ADDRESS,PORT with SLOT 0 to \(Layout.maxQuorumSlots - 1) and PORT 1 to 65535")
+        }
+        var buf = [UInt8](repeating: 0, count: 16)
+        guard inet_pton(AF_INET, parts[1], &buf) == 1 || inet_pton(AF_INET6, parts[1], &buf) == 1 else {
+            throw ValidationError("quorum slot '\(text)': '\(parts[1])' is not an IPv4 or IPv6 address")
+        }
+        return QuorumSlot(slot: slot, address: parts[1], port: port)
+    }
+
+    func run() throws {
+        do {
+            let slots = try quorumSlots.map(Self.parseSlot)
+            let m = try openDevice(meta)
+            let d = try openDevice(data)
+            let store = try Store.format(meta: m, data: d, quorumSlots: slots, force: force)
+            let sb = store.superblock
+            print("""
+                Created scoutfs filesystem:
+                  meta device path:     \(meta)
+                  data device path:     \(data)
+                  fsid:                 \(hex(sb.fsid))
+                  uuid:                 \(sb.uuidString)
+                  format version:       \(sb.formatVersion)
+                  64KB metadata blocks: \(sb.metaTotalBlocks)
+                  4KB data blocks:      \(sb.dataTotalBlocks)
+                  quorum slots:         \(sb.quorumSlots.map { "\($0.slot): \($0.address):\($0.port)" }.joined(separator: ", "))
+                """)
+        } catch let e as ValidationError {
+            throw e
+        } catch {
+            throw fail("mkfs", error)
+        }
+    }
+}

@@ -1,0 +1,83 @@
+import ArgumentParser
+import Foundation
+import ScoutFormat
+import ScoutStore
+
+struct PrintCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "print",
+        abstract: "Print the superblock, a summary of every tree and the allocators of an unmounted filesystem."
+    )
+
+    @Flag(help: "Print JSON instead of text.")
+    var json = false
+
+    @Argument(help: "Metadata device.")
+    var meta: String
+
+    struct Output: Encodable {
+        struct Slot: Encodable { var slot: Int; var address: String; var port: Int }
+        struct Tree: Encodable { var name: String; var height: Int; var items: UInt64; var blocks: UInt64; var rootBlkno: UInt64; var rootSeq: UInt64 }
+        var fsid: String
+        var uuid: String
+        var formatVersion: UInt64
+        var seq: UInt64
+        var metaTotalBlocks: UInt64
+        var dataTotalBlocks: UInt64
+        var nextIno: UInt64
+        var nextSeq: UInt64
+        var quorumSlots: [Slot]
+        var trees: [Tree]
+        var metaFreeBlocks: UInt64
+        var metaReserveBlocks: Int
+        var dataFreeBlocks: UInt64
+        var problems: [String]
+    }
+
+    func run() throws {
+        do {
+            let m = try openDevice(meta, readOnly: true)
+            let sb = try Store.readSuperblock(m)
+            // print needs only the metadata device; reading trees never touches data blocks.
+            let store = try Store.openMetadataOnly(meta: m, superblock: sb)
+            let summary = Checker.summarize(store)
+            let out = Output(
+                fsid: hex(sb.fsid), uuid: sb.uuidString, formatVersion: sb.formatVersion, seq: sb.seq,
+                metaTotalBlocks: sb.metaTotalBlocks, dataTotalBlocks: sb.dataTotalBlocks,
+                nextIno: sb.nextIno, nextSeq: sb.nextSeq,
+                quorumSlots: sb.quorumSlots.map { .init(slot: Int($0.slot), address: $0.address, port: Int($0.port)) },
+                trees: summary.trees.map { t, s in
+                    let r = sb.root(t)
+                    return .init(name: t.description, height: s.height, items: s.items, blocks: s.blocks,
+                                 rootBlkno: r.ref.blkno, rootSeq: r.ref.seq)
+                },
+                metaFreeBlocks: sb.metaFreeBlocks, metaReserveBlocks: sb.metaReserve.count,
+                dataFreeBlocks: sb.dataFreeBlocks, problems: summary.problems)
+            if json {
+                try printJSON(out)
+            } else {
+                printText(out)
+            }
+        } catch {
+            throw fail("print", error)
+        }
+    }
+
+    func printText(_ o: Output) {
+        print("superblock:")
+        print("  fsid \(o.fsid) uuid \(o.uuid) format_version \(o.formatVersion) seq \(o.seq)")
+        print("  meta_total_blocks \(o.metaTotalBlocks) (64 KiB)  data_total_blocks \(o.dataTotalBlocks) (4 KiB)")
+        print("  next_ino \(o.nextIno) next_seq \(o.nextSeq)")
+        print("  quorum_slots:")
+        for s in o.quorumSlots { print("    \(s.slot): \(s.address) port \(s.port)") }
+        print("trees:")
+        for t in o.trees {
+            let name = t.name.padding(toLength: 16, withPad: " ", startingAt: 0)
+            print("  \(name) height \(t.height) items \(t.items) blocks \(t.blocks) root \(t.rootBlkno)@\(t.rootSeq)")
+        }
+        print("allocators:")
+        print("  meta free_blocks \(o.metaFreeBlocks) reserve_blocks \(o.metaReserveBlocks) of \(o.metaTotalBlocks)")
+        print("  data free_blocks \(o.dataFreeBlocks) of \(o.dataTotalBlocks)")
+        for p in o.problems { print("problem: \(p)") }
+    }
+}

@@ -1,0 +1,34 @@
+import ArgumentParser
+import Foundation
+import ScoutStore
+
+@main
+struct ScoutCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "scoutfs",
+        abstract: "A clustered, archival POSIX filesystem in user space.",
+        subcommands: [MkfsCommand.self, PrintCommand.self, CheckCommand.self]
+    )
+}
+
+/// Prints `scoutfs VERB: message` on stderr and exits 1: the one-line failure every verb uses
+/// for errors a user can act on (a bad device, a full disk), as opposed to usage errors.
+func fail(_ verb: String, _ error: any Error) -> ExitCode {
+    FileHandle.standardError.write(Data("scoutfs \(verb): \(error)\n".utf8))
+    return ExitCode(1)
+}
+
+func openDevice(_ path: String, readOnly: Bool = false) throws -> FileBlockDevice {
+    if !FileManager.default.fileExists(atPath: path) {
+        throw StoreError(.io, "\(path) does not exist; give a block device or create a file (truncate -s 1G \(path))")
+    }
+    return try FileBlockDevice(path: path, readOnly: readOnly)
+}
+
+func printJSON(_ value: some Encodable) throws {
+    let enc = JSONEncoder()
+    enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+    let data = try enc.encode(value)
+    FileHandle.standardOutput.write(data)
+    FileHandle.standardOutput.write(Data("\n".utf8))
+}

@@ -1,0 +1,87 @@
+import Testing
+import ScoutFormat
+
+@Suite struct BlockFormatTests {
+    func sampleLeaf() -> BTreeBlock {
+        var b = BTreeBlock(level: 0)
+        for i in 0..<50 as Range<UInt64> {
+            b.insertLeaf(Key(zone: Zone.fs, first: i, type: ItemType.inode),
+                         LeafValue(seq: i * 3, flags: i % 7 == 0 ? .deletion : [], value: Array(repeating: UInt8(i), count: Int(i))), at: Int(i))
+        }
+        return b
+    }
+
+    @Test func leafRoundTrip() throws {
+        let b = sampleLeaf()
+        let bytes = b.encode(fsid: 42, seq: 9, blkno: 100)
+        #expect(bytes.count == Layout.metaBlockSize)
+        #expect(BlockHeader.verify(bytes, magic: BlockMagic.btree, fsid: 42, blkno: 100, seq: 9) == .valid)
+        let d = try BTreeBlock(decoding: bytes)
+        #expect(d.keys == b.keys)
+        #expect(d.values == b.values)
+        #expect(d.usedBytes == b.usedBytes)
+    }
+
+    @Test func parentRoundTrip() throws {
+        var b = BTreeBlock(level: 2)
+        b.insertChild(Key(zone: 1), BlockRef(blkno: 10, seq: 1), at: 0)
+        b.insertChild(.max, BlockRef(blkno: 11, seq: 2), at: 1)
+        let d = try BTreeBlock(decoding: b.encode(fsid: 1, seq: 2, blkno: 5))
+        #expect(d.level == 2)
+        #expect(d.children == b.children)
+        #expect(d.keys == b.keys)
+    }
+
+    @Test func headerMismatchesAreStaleAndDamageIsCorrupt() {
+        let bytes = sampleLeaf().encode(fsid: 42, seq: 9, blkno: 100)
+        if case .stale = BlockHeader.verify(bytes, magic: BlockMagic.btree, fsid: 42, blkno: 100, seq: 8) {} else { Issue.record("old seq not stale") }
+        if case .stale = BlockHeader.verify(bytes, magic: BlockMagic.btree, fsid: 42, blkno: 101, seq: 9) {} else { Issue.record("wrong blkno not stale") }
+        if case .stale = BlockHeader.verify(bytes, magic: BlockMagic.btree, fsid: 43, blkno: 100, seq: 9) {} else { Issue.record("wrong fsid not stale") }
+        if case .stale = BlockHeader.verify(bytes, magic: BlockMagic.superblock, fsid: 42, blkno: 100, seq: 9) {} else { Issue.record("wrong magic not stale") }
+        for at in [0, 5, 31, 40, 1000, Layout.metaBlockSize - 1] {
+            var bad = bytes
+            bad[at] ^= 0x10
+            if case .corrupt = BlockHeader.verify(bad, magic: BlockMagic.btree, fsid: 42, blkno: 100, seq: 9) {} else { Issue.record("flip at \(at) not caught") }
+        }
+    }
+
+    /// Checksummed garbage must decode to an error, never a trap.
+    @Test func randomBlocksNeverTrapTheDecoder() {
+        var g = SystemRandomNumberGenerator()
+        for round in 0..<300 {
+            var bytes = [UInt8](repeating: 0, count: Layout.metaBlockSize)
+            let n = Int.random(in: 0..<200, using: &g)
+            for i in 0..<n { bytes[BlockHeader.encodedSize + i] = UInt8.random(in: 0...255, using: &g) }
+            if round % 2 == 0 { bytes[BlockHeader.encodedSize] = 0 }  // leaf level, to reach entry decoding
+            _ = try? BTreeBlock(decoding: bytes)
+            _ = try? SuperBlock(decoding: Array(bytes.prefix(Layout.smallBlockSize)))
+        }
+        #expect(throws: FormatError.self) { try BTreeBlock(decoding: [1, 2, 3]) }
+    }
+
+    @Test func superblockRoundTrip() throws {
+        var sb = SuperBlock(uuid: Array(1...16), metaTotalBlocks: 4096, dataTotalBlocks: 65536,
+                            quorumSlots: [QuorumSlot(slot: 0, address: "127.0.0.1", port: 7100),
+                                          QuorumSlot(slot: 3, address: "fe80::1", port: 7103)])
+        sb.seq = 77
+        sb.nextIno = 1234
+        sb.nextSeq = 99
+        sb.roots[.fs] = BTreeRoot(ref: BlockRef(blkno: 9, seq: 70), height: 3)
+        sb.roots[.metaFree] = BTreeRoot(ref: BlockRef(blkno: 10, seq: 77), height: 1)
+        sb.metaFreeBlocks = 4000
+        sb.dataFreeBlocks = 60000
+        sb.metaReserve = [20, 21, 22]
+        let bytes = sb.encode(smallBlkno: 17)
+        #expect(bytes.count == Layout.smallBlockSize)
+        #expect(BlockHeader.verify(bytes, magic: BlockMagic.superblock, fsid: sb.fsid, blkno: 17, seq: 77) == .valid)
+        #expect(try SuperBlock(decoding: bytes) == sb)
+        #expect(sb.uuidString == "01020304-0506-0708-090a-0b0c0d0e0f10")
+    }
+
+    @Test func fileExtentRoundTripAndValidation() throws {
+        let e = FileExtent(blkno: 500, flags: .unwritten)
+        #expect(try FileExtent(decoding: e.encoded) == e)
+        #expect(throws: FormatError.self) { try FileExtent(decoding: FileExtent(blkno: 0, flags: []).encoded) }
+        #expect(throws: FormatError.self) { try FileExtent(decoding: [1, 2]) }
+    }
+}

@@ -1,0 +1,137 @@
+import Testing
+import ScoutFormat
+@testable import ScoutStore
+
+@Suite struct BTreeTests {
+    @Test func emptyTreeReadsNothing() throws {
+        let (m, d) = Fixture.devices()
+        let s = try Fixture.format(m, d)
+        #expect(try s.lookup(Fixture.key(1), in: .fs) == nil)
+        #expect(try s.tree(.fs).next(from: .min, in: s) == nil)
+        #expect(try s.tree(.fs).prev(from: .max, in: s) == nil)
+        #expect(try s.delete(Fixture.key(1), from: .fs) == nil)
+        #expect(s.dirtyBlocks == 0)
+    }
+
+    @Test func insertReplaceDeleteOneItem() throws {
+        let (m, d) = Fixture.devices()
+        let s = try Fixture.format(m, d)
+        try s.insert(Item(key: Fixture.key(7), seq: 3, value: [1, 2, 3]), into: .fs)
+        try s.insert(Item(key: Fixture.key(7), seq: 4, value: [9]), into: .fs)
+        #expect(try s.lookup(Fixture.key(7), in: .fs) == Item(key: Fixture.key(7), seq: 4, value: [9]))
+        try s.commit()
+        let reopened = try Store.open(meta: m, data: d, options: Fixture.smallNodes)
+        #expect(try reopened.lookup(Fixture.key(7), in: .fs)?.value == [9])
+        #expect(try reopened.delete(Fixture.key(7), from: .fs)?.value == [9])
+        #expect(reopened.tree(.fs).root.isEmpty)
+        try reopened.commit()
+        #expect(Checker.check(meta: m, data: d).problems == [])
+    }
+
+    @Test func valueLongerThanTheLimitIsRefused() throws {
+        let (m, d) = Fixture.devices()
+        let s = try Fixture.format(m, d)
+        let big = Item(key: Fixture.key(1), seq: 1, value: [UInt8](repeating: 0, count: Item.maxValueLength + 1))
+        #expect(throws: StoreError.self) { try s.insert(big, into: .fs) }
+        #expect(s.tree(.fs).root.isEmpty)
+    }
+
+    /// Random inserts, updates, deletes, commits and reopens checked against a sorted map.
+    @Test(arguments: [1, 2, 3, 4] as [UInt64])
+    func randomOperationsMatchAReferenceMap(seed: UInt64) throws {
+        var rng = SplitMix64(seed: seed)
+        let (m, d) = Fixture.devices()
+        var s = try Fixture.format(m, d)
+        var live = ReferenceMap()
+        var committed = live
+        var maxHeight: UInt8 = 0
+        var seq: UInt64 = 1
+        let keySpace: UInt64 = 20000
+
+        func randomKey() -> Key { Fixture.key(UInt64.random(in: 0..<keySpace, using: &rng), UInt64.random(in: 0..<3, using: &rng)) }
+        func randomValue() -> [UInt8] {
+            let len = Int.random(in: 0..<100, using: &rng) < 3 ? Item.maxValueLength : Int.random(in: 0...48, using: &rng)
+            return (0..<len).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        }
+        func verify() throws {
+            #expect(try Fixture.contents(s) == live.sorted, "seed \(seed): tree differs from the reference")
+        }
+
+        // Phase 1 grows the tree; phase 2 mostly deletes, so blocks join and the tree shrinks.
+        for phase in 0..<2 {
+            for _ in 0..<15000 {
+                seq += 1
+                let roll = Int.random(in: 0..<1000, using: &rng)
+                let deleteBias = phase == 0 ? 100 : 700
+                if roll < deleteBias {
+                    let victim = live.randomKey(using: &rng) ?? randomKey()
+                    let got = try s.delete(victim, from: .fs)
+                    #expect(got == live.remove(victim))
+                } else if roll < 990 {
+                    let k = roll % 5 == 0 ? (live.randomKey(using: &rng) ?? randomKey()) : randomKey()
+                    let item = Item(key: k, seq: seq, value: randomValue())
+                    try s.insert(item, into: .fs)
+                    live.set(item)
+                } else if roll < 994 {
+                    let k = randomKey()
+                    #expect(try s.lookup(k, in: .fs) == live[k])
+                    #expect(try s.tree(.fs).next(from: k, in: s) == live.next(from: k))
+                    #expect(try s.tree(.fs).prev(from: k, in: s) == live.prev(from: k))
+                } else if roll < 998 {
+                    try s.commit()
+                    committed = live
+                    try verify()
+                } else {
+                    // Reopen from the devices: uncommitted changes are gone.
+                    if roll == 998 { try s.commit(); committed = live }
+                    s = try Store.open(meta: m, data: d, options: Fixture.smallNodes)
+                    live = committed
+                    try verify()
+                }
+                maxHeight = max(maxHeight, s.tree(.fs).root.height)
+            }
+            try s.commit()
+            try verify()
+            let report = Checker.check(meta: m, data: d)
+            #expect(report.problems == [], "seed \(seed) phase \(phase)")
+        }
+        #expect(maxHeight >= 3, "seed \(seed): the tree only reached height \(maxHeight); splits and joins of parents went untested")
+        // Emptying the tree returns every block to the allocator.
+        for k in live.allKeys { try s.delete(k, from: .fs) }
+        try s.commit()
+        #expect(s.tree(.fs).root.isEmpty)
+        let report = Checker.check(meta: m, data: d)
+        #expect(report.problems == [])
+        #expect(report.trees.first { $0.0 == .fs }?.1 == TreeSummary())
+    }
+
+    @Test func rangeIterationStopsAtTheEndKey() throws {
+        let (m, d) = Fixture.devices()
+        let s = try Fixture.format(m, d)
+        for i in 0..<3000 as Range<UInt64> {
+            try s.insert(Item(key: Fixture.key(i), seq: 1, value: [UInt8](repeating: UInt8(i & 0xff), count: 40)), into: .fs)
+        }
+        #expect(s.tree(.fs).root.height >= 2)
+        let got = try s.tree(.fs).items(from: Fixture.key(1000), through: Fixture.key(1999), in: s)
+        #expect(got.map(\.key.first) == Array(1000..<2000))
+        var seen: [UInt64] = []
+        try s.tree(.fs).forEach(from: Fixture.key(10), in: s) { seen.append($0.key.first); return seen.count < 5 }
+        #expect(seen == [10, 11, 12, 13, 14])
+    }
+
+    @Test func committedBlocksAreNeverOverwrittenInTheNextTransaction() throws {
+        let (m, d) = Fixture.devices()
+        let s = try Fixture.format(m, d)
+        for i in 0..<2000 as Range<UInt64> { try s.insert(Item(key: Fixture.key(i), seq: 1, value: [1]), into: .fs) }
+        try s.commit()
+        var committedBlocks = Set<UInt64>()
+        let snapshot = m.snapshot()
+        let old = try Store.open(meta: snapshot, data: d, options: Fixture.smallNodes)
+        try old.tree(.fs).forEach(in: old) { _ in true }
+        for (blkno, n) in old.cacheSnapshot() where !n.dirty { committedBlocks.insert(blkno) }
+        #expect(committedBlocks.count > 10)
+        for i in 0..<2000 as Range<UInt64> where i % 3 == 0 { try s.delete(Fixture.key(i), from: .fs) }
+        let dirty = Set(s.cacheSnapshot().filter { $0.value.dirty }.map(\.key))
+        #expect(dirty.isDisjoint(with: committedBlocks))
+    }
+}

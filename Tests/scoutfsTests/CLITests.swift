@@ -1,0 +1,149 @@
+import Foundation
+import Testing
+import ScoutFormat
+
+/// Runs the built `scoutfs` binary against sparse device files, as a user would.
+@Suite struct CLITests {
+    struct Result {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    /// The executable sits beside the test bundle in the build folder.
+    static let binary: String = {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("scoutfs").path
+    }()
+
+    func run(_ args: [String]) throws -> Result {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Self.binary)
+        p.arguments = args
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    }
+
+    /// A fresh folder with sparse META and DATA files of the given sizes.
+    func devices(meta: UInt64 = 1 << 30, data: UInt64 = 2 << 30) throws -> (dir: URL, meta: String, data: String) {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("scoutfs-cli-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let m = dir.appendingPathComponent("meta").path, d = dir.appendingPathComponent("data").path
+        for (path, size) in [(m, meta), (d, data)] {
+            #expect(FileManager.default.createFile(atPath: path, contents: nil))
+            let h = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+            try h.truncate(atOffset: size)
+            try h.close()
+        }
+        return (dir, m, d)
+    }
+
+    func json(_ text: String) throws -> [String: Any] {
+        try #require(JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+    }
+
+    @Test func mkfsPrintCheckOnAFreshFilesystem() throws {
+        let (dir, m, d) = try devices()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let mk = try run(["mkfs", "-Q", "0,127.0.0.1,7100", "-Q", "2,::1,7102", m, d])
+        #expect(mk.status == 0, "\(mk.stderr)")
+        #expect(mk.stdout.contains("64KB metadata blocks: 16384"))
+        #expect(mk.stdout.contains("4KB data blocks:      524288"))
+
+        let pr = try run(["print", "--json", m])
+        #expect(pr.status == 0, "\(pr.stderr)")
+        let o = try json(pr.stdout)
+        #expect(o["metaTotalBlocks"] as? Int == 16384)
+        #expect(o["seq"] as? Int == 1)
+        let slots = try #require(o["quorumSlots"] as? [[String: Any]])
+        #expect(slots.map { $0["slot"] as? Int } == [0, 2])
+        #expect(slots.map { $0["address"] as? String } == ["127.0.0.1", "::1"])
+        let trees = try #require(o["trees"] as? [[String: Any]])
+        let metaFree = try #require(trees.first { $0["name"] as? String == "meta-free" })
+        #expect(metaFree["items"] as? Int == 2)  // one free extent, indexed twice
+        #expect((o["metaFreeBlocks"] as? Int ?? 0) + (o["metaReserveBlocks"] as? Int ?? 0) + 2 + 4 == 16384)
+        #expect(o["dataFreeBlocks"] as? Int == 524288 - 64)
+
+        let text = try run(["print", m])
+        #expect(text.stdout.contains("quorum_slots:"))
+        #expect(text.stdout.contains("0: 127.0.0.1 port 7100"))
+
+        let ck = try run(["check", m, d])
+        #expect(ck.status == 0, "\(ck.stdout)\(ck.stderr)")
+        #expect(ck.stdout.hasPrefix("clean:"))
+        let cj = try json(try run(["check", "--json", m, d]).stdout)
+        #expect(cj["clean"] as? Bool == true)
+        #expect(cj["metaReferenced"] as? Int == 2)
+    }
+
+    @Test func mkfsRefusesExistingFilesystemsSmallDevicesAndBadSlots() throws {
+        let (dir, m, d) = try devices()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        #expect(try run(["mkfs", "-Q", "0,127.0.0.1,7100", m, d]).status == 0)
+        let again = try run(["mkfs", "-Q", "0,127.0.0.1,7100", m, d])
+        #expect(again.status == 1)
+        #expect(again.stderr == "scoutfs mkfs: \(m) already holds a scoutfs filesystem; use --force to overwrite it\n")
+        let forced = try run(["mkfs", "--force", "-Q", "0,127.0.0.1,7100", m, d])
+        #expect(forced.status == 0, "\(forced.stderr)")
+
+        let (dir2, small, d2) = try devices(meta: 64 << 20)
+        defer { try? FileManager.default.removeItem(at: dir2) }
+        let tooSmall = try run(["mkfs", "-Q", "0,127.0.0.1,7100", small, d2])
+        #expect(tooSmall.status == 1)
+        #expect(tooSmall.stderr.contains("is 64 MiB; scoutfs needs at least 256 MiB"))
+        #expect(tooSmall.stderr.split(separator: "\n").count == 1)
+
+        let missing = try run(["mkfs", "-Q", "0,127.0.0.1,7100", dir.appendingPathComponent("nope").path, d])
+        #expect(missing.status == 1)
+        #expect(missing.stderr.contains("does not exist"))
+
+        for bad in ["15,127.0.0.1,7100", "0,localhost,7100", "0,127.0.0.1", "0,127.0.0.1,0"] {
+            let r = try run(["mkfs", "-f", "-Q", bad, m, d])
+            #expect(r.status != 0, "accepted -Q \(bad)")
+        }
+        #expect(try run(["mkfs", "-f", m, d]).status != 0)
+    }
+
+    @Test func checkReportsCorruptionAndWrongPairing() throws {
+        let (dir, m, d) = try devices()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        #expect(try run(["mkfs", "-Q", "0,127.0.0.1,7100", m, d]).status == 0)
+        let o = try json(try run(["print", "--json", m]).stdout)
+        let trees = try #require(o["trees"] as? [[String: Any]])
+        let root = try #require(trees.first { $0["name"] as? String == "data-free" }?["rootBlkno"] as? Int)
+        // Flip one byte inside the data-free tree's root block.
+        let h = try FileHandle(forUpdating: URL(fileURLWithPath: m))
+        let off = UInt64(root) << 16 + 100
+        try h.seek(toOffset: off)
+        let byte = try #require(try h.read(upToCount: 1))
+        try h.seek(toOffset: off)
+        try h.write(contentsOf: Data([byte[0] ^ 0xff]))
+        try h.close()
+
+        let ck = try run(["check", m, d])
+        #expect(ck.status == 1)
+        #expect(ck.stdout.contains("metadata block \(root) in data-free tree: checksum mismatch"))
+        let pr = try run(["print", m])
+        #expect(pr.status == 0)
+        #expect(pr.stdout.contains("problem: metadata block \(root)"))
+
+        let swapped = try run(["check", d, m])
+        #expect(swapped.status == 1)
+        #expect(swapped.stdout.contains("is a scoutfs data device"))
+
+        let (dir2, m2, d2) = try devices()
+        defer { try? FileManager.default.removeItem(at: dir2) }
+        #expect(try run(["mkfs", "-Q", "0,127.0.0.1,7100", m2, d2]).status == 0)
+        let mixed = try run(["check", m2, d])
+        #expect(mixed.status == 1)
+        #expect(mixed.stdout.contains("pair the devices"))
+        let blank = try run(["print", dir2.appendingPathComponent("data").path])
+        #expect(blank.status == 1)
+    }
+}
