@@ -1,6 +1,19 @@
+/// Where encoders write fixed-width fields: an array being appended to (`ByteWriter`) or a
+/// whole block's buffer (`RawWriter`), so one `encode` serves both.
+public protocol FieldWriter {
+    mutating func u8(_ v: UInt8)
+    mutating func u64BigEndian(_ v: UInt64)
+}
+
+/// Where decoders read fixed-width fields from, with bounds checks that throw.
+public protocol FieldReader {
+    mutating func u8() throws(FormatError) -> UInt8
+    mutating func u64BigEndian() throws(FormatError) -> UInt64
+}
+
 /// Appends fixed-width integers and raw bytes. Integers are little-endian unless the method says
 /// otherwise; keys use the big-endian methods so that byte order equals key order.
-public struct ByteWriter: Sendable {
+public struct ByteWriter: FieldWriter, Sendable {
     public private(set) var bytes: [UInt8]
 
     public init(capacity: Int = 0) {
@@ -37,7 +50,7 @@ public struct ByteWriter: Sendable {
 
 /// Reads fixed-width integers from a byte array with bounds checks; running past the end is a
 /// `FormatError` naming what was being read, never a trap.
-public struct ByteReader: Sendable {
+public struct ByteReader: FieldReader, Sendable {
     public let bytes: [UInt8]
     public private(set) var offset: Int
     public let end: Int
@@ -92,7 +105,7 @@ public struct ByteReader: Sendable {
 
 /// Writes fixed-width fields into a caller's buffer; for whole blocks, where appending byte by
 /// byte to an array would dominate the cost of a commit.
-public struct RawWriter {
+public struct RawWriter: FieldWriter {
     public let buffer: UnsafeMutableRawBufferPointer
     public private(set) var offset: Int
 
@@ -131,7 +144,7 @@ public struct RawWriter {
 
 /// Reads fixed-width fields from a buffer with bounds checks; the pointer-based twin of
 /// `ByteReader` for decoding whole blocks.
-public struct RawReader {
+public struct RawReader: FieldReader {
     public let buffer: UnsafeRawBufferPointer
     public private(set) var offset: Int
     let what: String

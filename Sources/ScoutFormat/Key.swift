@@ -70,7 +70,7 @@ public struct Key: Hashable, Comparable, Sendable, CustomStringConvertible {
         return nil
     }
 
-    public func encode(into w: inout ByteWriter) {
+    public func encode(into w: inout some FieldWriter) {
         w.u8(zone)
         w.u64BigEndian(first)
         w.u8(type)
@@ -79,25 +79,7 @@ public struct Key: Hashable, Comparable, Sendable, CustomStringConvertible {
         w.u8(fourth)
     }
 
-    public func encode(into w: inout RawWriter) {
-        w.u8(zone)
-        w.u64BigEndian(first)
-        w.u8(type)
-        w.u64BigEndian(second)
-        w.u64BigEndian(third)
-        w.u8(fourth)
-    }
-
-    public init(decoding r: inout RawReader) throws(FormatError) {
-        zone = try r.u8()
-        first = try r.u64BigEndian()
-        type = try r.u8()
-        second = try r.u64BigEndian()
-        third = try r.u64BigEndian()
-        fourth = try r.u8()
-    }
-
-    public init(decoding r: inout ByteReader) throws(FormatError) {
+    public init(decoding r: inout some FieldReader) throws(FormatError) {
         zone = try r.u8()
         first = try r.u64BigEndian()
         type = try r.u8()

@@ -8,9 +8,11 @@ final class CachedNode {
     let seq: UInt64
     var block: BTreeBlock
     var dirty: Bool
-    // LRU links, used only while clean.
+    // LRU links, used only while clean. Both are strong: the cache unlinks a node before it
+    // drops it, and `removeAll` breaks every link, so no cycle outlives the list. (A weak link
+    // would cost a side-table access on every cache hit.)
     var newer: CachedNode?
-    weak var older: CachedNode?
+    var older: CachedNode?
 
     init(blkno: UInt64, seq: UInt64, block: BTreeBlock, dirty: Bool) {
         self.blkno = blkno

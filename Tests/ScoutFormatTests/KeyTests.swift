@@ -59,6 +59,13 @@ import ScoutFormat
                 for _ in 0..<8 { slow = (slow & 1) != 0 ? (slow >> 1) ^ 0x82F6_3B78 : slow >> 1 }
             }
             #expect(CRC32C.checksum(bytes) == ~slow)
+            let sw = bytes.withUnsafeBytes { CRC32C.software($0) }
+            #expect(sw == ~slow)
+            // Continuing a sum over two pieces equals summing the whole.
+            let half = bytes.count / 2
+            let first = CRC32C.checksum(Array(bytes[..<half]))
+            let both = bytes.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[half...]), crc: first) }
+            #expect(both == ~slow)
         }
     }
 }

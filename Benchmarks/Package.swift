@@ -1,0 +1,23 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "scoutfs-benchmarks",
+    platforms: [.macOS(.v15)],
+    dependencies: [
+        .package(name: "scoutfs-swift", path: ".."),
+        .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.0", traits: ["MallocInterposer"]),
+    ],
+    targets: [
+        .executableTarget(
+            name: "BTreeBenchmarks",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "ScoutStore", package: "scoutfs-swift"),
+                .product(name: "ScoutFormat", package: "scoutfs-swift"),
+            ],
+            path: "Benchmarks/BTreeBenchmarks",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+    ]
+)
