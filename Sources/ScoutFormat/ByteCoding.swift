@@ -165,11 +165,11 @@ public struct RawReader: FieldReader {
         return buffer.loadUnaligned(fromByteOffset: offset, as: T.self)
     }
 
-    public mutating func u8() throws(FormatError) -> UInt8 { try load(UInt8.self) }
-    public mutating func u16() throws(FormatError) -> UInt16 { UInt16(littleEndian: try load(UInt16.self)) }
-    public mutating func u32() throws(FormatError) -> UInt32 { UInt32(littleEndian: try load(UInt32.self)) }
-    public mutating func u64() throws(FormatError) -> UInt64 { UInt64(littleEndian: try load(UInt64.self)) }
-    public mutating func u64BigEndian() throws(FormatError) -> UInt64 { UInt64(bigEndian: try load(UInt64.self)) }
+    @inline(__always) public mutating func u8() throws(FormatError) -> UInt8 { try load(UInt8.self) }
+    @inline(__always) public mutating func u16() throws(FormatError) -> UInt16 { UInt16(littleEndian: try load(UInt16.self)) }
+    @inline(__always) public mutating func u32() throws(FormatError) -> UInt32 { UInt32(littleEndian: try load(UInt32.self)) }
+    @inline(__always) public mutating func u64() throws(FormatError) -> UInt64 { UInt64(littleEndian: try load(UInt64.self)) }
+    @inline(__always) public mutating func u64BigEndian() throws(FormatError) -> UInt64 { UInt64(bigEndian: try load(UInt64.self)) }
 
     public mutating func raw(_ n: Int) throws(FormatError) -> [UInt8] {
         guard n >= 0, offset + n <= buffer.count else {

@@ -47,9 +47,9 @@ public final class FileBlockDevice: BlockDevice {
         if offset + UInt64(count) > size {
             throw StoreError(.io, "\(name): read of \(count) bytes at \(offset) runs past the end of the device (\(size) bytes)")
         }
-        var out = [UInt8](repeating: 0, count: count)
-        var done = 0
-        try out.withUnsafeMutableBytes { buf in
+        // Read straight into uninitialized storage: zeroing 64 KiB first showed up in profiles.
+        return try [UInt8](unsafeUninitializedCapacity: count) { buf, initialized in
+            var done = 0
             while done < count {
                 let n = pread(fd, buf.baseAddress! + done, count - done, off_t(offset) + off_t(done))
                 if n < 0 {
@@ -60,8 +60,8 @@ public final class FileBlockDevice: BlockDevice {
                 if n == 0 { throw StoreError(.io, "\(name): unexpected end of device at byte \(offset + UInt64(done))") }
                 done += n
             }
+            initialized = count
         }
-        return out
     }
 
     public func write(at offset: UInt64, _ bytes: [UInt8]) throws {
