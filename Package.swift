@@ -28,20 +28,29 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
     ],
     targets: [
         .target(name: "ScoutFormat", swiftSettings: formatSettings),
         .target(name: "ScoutStore", dependencies: ["ScoutFormat"], swiftSettings: strict),
+        .target(
+            name: "ScoutFS",
+            dependencies: ["ScoutFormat", "ScoutStore", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict
+        ),
+        .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+        .target(name: "ScoutFUSE", dependencies: ["CFuse3", "ScoutFS", "ScoutStore"], swiftSettings: strict),
         .executableTarget(
             name: "scoutfs",
             dependencies: [
-                "ScoutFormat", "ScoutStore",
+                "ScoutFormat", "ScoutStore", "ScoutFS", "ScoutFUSE",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict
         ),
         .testTarget(name: "ScoutFormatTests", dependencies: ["ScoutFormat"], swiftSettings: strict),
         .testTarget(name: "ScoutStoreTests", dependencies: ["ScoutStore", "ScoutFormat"], swiftSettings: strict),
+        .testTarget(name: "ScoutFSTests", dependencies: ["ScoutFS", "ScoutStore", "ScoutFormat"], swiftSettings: strict),
         .testTarget(name: "scoutfsTests", dependencies: ["ScoutStore", "ScoutFormat"], swiftSettings: strict),
     ]
 )

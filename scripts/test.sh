@@ -5,9 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the test suite uses (none yet beyond the Swift toolchain; the FUSE
-# targets will add fuse3 and libfuse3-dev here).
-PACKAGES=()
+# Debian packages the build and tests use: libfuse3 for the mount, fio for data verification.
+PACKAGES=(fuse3 libfuse3-dev pkg-config fio)
 
 need=()
 for p in "${PACKAGES[@]}"; do

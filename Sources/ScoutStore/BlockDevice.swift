@@ -89,6 +89,23 @@ public final class FileBlockDevice: BlockDevice {
         }
     }
 
+    /// Takes an exclusive lock on a byte range of the device that lasts as long as this open
+    /// device (an open file description lock, so threads of one process do not share it, and
+    /// it ends when the process dies). Returns false if another holder has it.
+    public func tryLock(offset: UInt64, length: UInt64) throws -> Bool {
+        let F_OFD_SETLK: Int32 = 37  // Linux; not exported by Glibc's Swift overlay
+        var lk = flock()
+        lk.l_type = Int16(F_WRLCK)
+        lk.l_whence = Int16(SEEK_SET)
+        lk.l_start = off_t(offset)
+        lk.l_len = off_t(length)
+        lk.l_pid = 0
+        if fcntl(fd, F_OFD_SETLK, &lk) == 0 { return true }
+        let e = Glibc.errno
+        if e == EAGAIN || e == EACCES { return false }
+        throw StoreError(.io, "\(name): cannot lock bytes \(offset)..<\(offset + length): \(String(cString: strerror(e)))")
+    }
+
     /// Asks the kernel to drop this device's clean pages from its page cache, so the next reads
     /// come from the medium (benchmarks of cold reads). Flushes first: dirty pages would stay.
     public func evictOSCache() throws {

@@ -7,14 +7,18 @@ struct ScoutCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "scoutfs",
         abstract: "A clustered, archival POSIX filesystem in user space.",
-        subcommands: [MkfsCommand.self, PrintCommand.self, CheckCommand.self]
+        subcommands: [MkfsCommand.self, MountCommand.self, UnmountCommand.self, StatusCommand.self, PrintCommand.self, CheckCommand.self]
     )
 }
 
 /// Prints `scoutfs VERB: message` on stderr and exits 1: the one-line failure every verb uses
 /// for errors a user can act on (a bad device, a full disk), as opposed to usage errors.
 func fail(_ verb: String, _ error: any Error) -> ExitCode {
-    FileHandle.standardError.write(Data("scoutfs \(verb): \(error)\n".utf8))
+    fail(verb, "\(error)")
+}
+
+func fail(_ verb: String, _ message: String) -> ExitCode {
+    FileHandle.standardError.write(Data("scoutfs \(verb): \(message)\n".utf8))
     return ExitCode(1)
 }
 

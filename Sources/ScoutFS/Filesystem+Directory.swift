@@ -1,0 +1,325 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ScoutFormat
+import ScoutStore
+public import SystemPackage
+
+/// A located directory entry.
+struct FoundEntry {
+    var hash: UInt64
+    var pos: UInt64
+    var record: DirentRecord
+}
+
+extension FSCore {
+    func checkName(_ name: [UInt8]) throws {
+        if name.isEmpty || name.contains(0) || name.contains(UInt8(ascii: "/")) { throw Errno.invalidArgument }
+        if name.count > DirentRecord.maxNameLength { throw Errno.fileNameTooLong }
+    }
+
+    /// Finds `name` in `dir` through its hash: every entry with that hash is compared by name.
+    func findEntry(_ dir: UInt64, _ name: [UInt8]) throws -> FoundEntry? {
+        let h = nameHash(name)
+        for it in try range(Keys.dirent(dir, h, 0), Keys.dirent(dir, h, .max)) {
+            let rec = try DirentRecord(decoding: it.value)
+            if rec.name == name { return FoundEntry(hash: h, pos: it.key.third, record: rec) }
+        }
+        return nil
+    }
+
+    /// Adds `name → ino` to `dir` at the directory's next readdir position, with its backref.
+    func addEntry(_ dir: UInt64, _ dirRec: inout InodeRecord, _ name: [UInt8], _ ino: UInt64, type: UInt8) throws {
+        let pos = dirRec.nextReaddirPos
+        dirRec.nextReaddirPos += 1
+        let rec = DirentRecord(ino: ino, type: type, name: name).encoded
+        try put(Keys.dirent(dir, nameHash(name), pos), rec)
+        try put(Keys.readdir(dir, pos), rec)
+        try put(Keys.backref(ino, dir, pos), name)
+    }
+
+    func removeEntry(_ dir: UInt64, _ e: FoundEntry) throws {
+        try remove(Keys.dirent(dir, e.hash, e.pos))
+        try remove(Keys.readdir(dir, e.pos))
+        try remove(Keys.backref(e.record.ino, dir, e.pos))
+    }
+
+    func isEmptyDirectory(_ dir: UInt64) throws -> Bool {
+        try range(Keys.readdir(dir, 0), Keys.readdir(dir, .max), limit: 1).isEmpty
+    }
+
+    /// The directory holding `dir` (directories have exactly one link, so one backref).
+    func parent(of dir: UInt64) throws -> UInt64? {
+        try range(Keys.backref(dir, 0, 0), Keys.backref(dir, .max, .max), limit: 1).first?.key.second
+    }
+
+    // MARK: operations
+
+    func lookup(_ dir: UInt64, _ name: [UInt8]) throws -> Attributes {
+        _ = try directory(dir)
+        try checkName(name)
+        guard let e = try findEntry(dir, name) else { throw Errno.noSuchFileOrDirectory }
+        let attr = attributes(e.record.ino, try inode(e.record.ino))
+        noteLookup(e.record.ino)
+        return attr
+    }
+
+    /// Creates a file, directory, device, fifo, socket or symlink named `name` in `dir`.
+    func makeNode(_ dir: UInt64, _ name: [UInt8], mode: UInt32, rdev: UInt64 = 0, symlinkTarget: [UInt8]? = nil,
+                  caller: Caller) throws -> Attributes {
+        var parent = try directory(dir)
+        try checkName(name)
+        if parent.nlink == 0 { throw Errno.noSuchFileOrDirectory }
+        if try findEntry(dir, name) != nil { throw Errno.fileExists }
+        let now = Timestamp.now
+        var perms = mode & 0o7777
+        if mode & UInt32(S_IFMT) != UInt32(S_IFLNK) { perms &= ~caller.umask }
+        var rec = InodeRecord(mode: (mode & UInt32(S_IFMT)) | perms, uid: caller.uid, gid: caller.gid, now: now)
+        // A setgid directory passes its group on, and its setgid bit to subdirectories.
+        if parent.mode & UInt32(S_ISGID) != 0 {
+            rec.gid = parent.gid
+            if rec.isDirectory { rec.mode |= UInt32(S_ISGID) }
+        }
+        rec.rdev = rdev
+        let ino = allocateIno()
+        if rec.isDirectory {
+            rec.nlink = 2
+            parent.nlink += 1
+        }
+        if let target = symlinkTarget {
+            guard !target.isEmpty, target.count < Int(PATH_MAX) else { throw target.isEmpty ? Errno.noSuchFileOrDirectory : Errno.fileNameTooLong }
+            rec.size = UInt64(target.count)
+            for (nr, start) in stride(from: 0, to: target.count, by: Item.maxValueLength).enumerated() {
+                try put(Keys.symlink(ino, UInt64(nr)), Array(target[start..<min(start + Item.maxValueLength, target.count)]))
+            }
+        }
+        try putInode(ino, &rec)
+        try addEntry(dir, &parent, name, ino, type: rec.direntType)
+        parent.mtime = now
+        parent.ctime = now
+        try putInode(dir, &parent)
+        noteLookup(ino)
+        return attributes(ino, rec)
+    }
+
+    func readlink(_ ino: UInt64) throws -> [UInt8] {
+        let r = try inode(ino)
+        guard r.isSymlink else { throw Errno.invalidArgument }
+        return try range(Keys.symlink(ino, 0), Keys.symlink(ino, .max)).flatMap(\.value)
+    }
+
+    func link(_ ino: UInt64, _ dir: UInt64, _ name: [UInt8]) throws -> Attributes {
+        var target = try inode(ino)
+        if target.isDirectory { throw Errno.notPermitted }
+        var parent = try directory(dir)
+        try checkName(name)
+        if parent.nlink == 0 { throw Errno.noSuchFileOrDirectory }
+        if try findEntry(dir, name) != nil { throw Errno.fileExists }
+        if target.nlink >= UInt32(Int32.max) { throw Errno.tooManyLinks }
+        let now = Timestamp.now
+        let wasOrphan = target.nlink == 0
+        target.nlink += 1
+        target.ctime = now
+        try putInode(ino, &target)
+        if wasOrphan { try remove(Keys.orphan(ino)) }
+        try addEntry(dir, &parent, name, ino, type: target.direntType)
+        parent.mtime = now
+        parent.ctime = now
+        try putInode(dir, &parent)
+        noteLookup(ino)
+        return attributes(ino, target)
+    }
+
+    /// Drops one link of `ino`; at zero it becomes an orphan until the last reference goes.
+    func dropLink(_ ino: UInt64, _ rec: inout InodeRecord, now: Timestamp) throws {
+        rec.nlink = rec.isDirectory ? 0 : rec.nlink - 1
+        rec.ctime = now
+        try putInode(ino, &rec)
+        if rec.nlink == 0 {
+            try put(Keys.orphan(ino), [])
+            try freeIfUnused(ino)
+        }
+    }
+
+    func unlink(_ dir: UInt64, _ name: [UInt8], directory wantDir: Bool) throws {
+        var parent = try directory(dir)
+        try checkName(name)
+        guard let e = try findEntry(dir, name) else { throw Errno.noSuchFileOrDirectory }
+        var target = try inode(e.record.ino)
+        if wantDir {
+            if !target.isDirectory { throw Errno.notDirectory }
+            if !(try isEmptyDirectory(e.record.ino)) { throw Errno.directoryNotEmpty }
+        } else if target.isDirectory {
+            throw Errno.isDirectory
+        }
+        let now = Timestamp.now
+        try removeEntry(dir, e)
+        if target.isDirectory { parent.nlink -= 1 }
+        parent.mtime = now
+        parent.ctime = now
+        try putInode(dir, &parent)
+        try dropLink(e.record.ino, &target, now: now)
+    }
+
+    func rename(_ oldDir: UInt64, _ oldName: [UInt8], _ newDir: UInt64, _ newName: [UInt8], flags: UInt32) throws {
+        let noReplace = flags & LinuxABI.renameNoReplace != 0
+        let exchange = flags & LinuxABI.renameExchange != 0
+        if flags & ~(LinuxABI.renameNoReplace | LinuxABI.renameExchange) != 0 || (noReplace && exchange) { throw Errno.invalidArgument }
+        try checkName(oldName)
+        try checkName(newName)
+        _ = try directory(oldDir)
+        _ = try directory(newDir)
+        guard let src = try findEntry(oldDir, oldName) else { throw Errno.noSuchFileOrDirectory }
+        let dst = try findEntry(newDir, newName)
+        var srcRec = try inode(src.record.ino)
+        if noReplace && dst != nil { throw Errno.fileExists }
+        if exchange && dst == nil { throw Errno.noSuchFileOrDirectory }
+        if let dst, dst.record.ino == src.record.ino { return }
+        // A directory may not move below itself.
+        for (moving, into) in [(src.record.ino, newDir)] + (exchange ? [(dst!.record.ino, oldDir)] : []) {
+            if try inode(moving).isDirectory && oldDir != newDir {
+                var cur: UInt64? = into
+                while let c = cur, c != FSCore.rootIno {
+                    if c == moving { throw Errno.invalidArgument }
+                    cur = try parent(of: c)
+                }
+            }
+        }
+        let now = Timestamp.now
+        var dstRec: InodeRecord? = try dst.map { try inode($0.record.ino) }
+        if !exchange, let d = dstRec {
+            if srcRec.isDirectory && !d.isDirectory { throw Errno.notDirectory }
+            if !srcRec.isDirectory && d.isDirectory { throw Errno.isDirectory }
+            if try d.isDirectory && !isEmptyDirectory(dst!.record.ino) { throw Errno.directoryNotEmpty }
+        }
+
+        // Remove the entries involved, then add them back where they belong.
+        try removeEntry(oldDir, src)
+        if let dst { try removeEntry(newDir, dst) }
+        var oldParent = try inode(oldDir)
+        if oldDir == newDir {
+            try addEntry(newDir, &oldParent, newName, src.record.ino, type: srcRec.direntType)
+            if exchange, let d = dstRec { try addEntry(oldDir, &oldParent, oldName, dst!.record.ino, type: d.direntType) }
+            if !exchange, var d = dstRec {
+                if d.isDirectory { oldParent.nlink -= 1 }
+                try dropLink(dst!.record.ino, &d, now: now)
+                dstRec = d
+            }
+            oldParent.mtime = now
+            oldParent.ctime = now
+            try putInode(oldDir, &oldParent)
+        } else {
+            var newParent = try inode(newDir)
+            try addEntry(newDir, &newParent, newName, src.record.ino, type: srcRec.direntType)
+            if srcRec.isDirectory {
+                oldParent.nlink -= 1
+                newParent.nlink += 1
+            }
+            if exchange, let d = dstRec {
+                try addEntry(oldDir, &oldParent, oldName, dst!.record.ino, type: d.direntType)
+                if d.isDirectory {
+                    newParent.nlink -= 1
+                    oldParent.nlink += 1
+                }
+            } else if var d = dstRec {
+                if d.isDirectory { newParent.nlink -= 1 }
+                try dropLink(dst!.record.ino, &d, now: now)
+            }
+            for (ino, var rec) in [(oldDir, oldParent), (newDir, newParent)] {
+                rec.mtime = now
+                rec.ctime = now
+                try putInode(ino, &rec)
+            }
+        }
+        srcRec = try inode(src.record.ino)
+        srcRec.ctime = now
+        try putInode(src.record.ino, &srcRec)
+        if exchange, let dst {
+            var d = try inode(dst.record.ino)
+            d.ctime = now
+            try putInode(dst.record.ino, &d)
+        }
+    }
+
+    /// Entries from `offset` on: 0 is ".", 1 is "..", then entries by readdir position.
+    func readdir(_ dir: UInt64, offset: UInt64, limit: Int) throws -> [DirectoryEntry] {
+        let rec = try directory(dir)
+        var out: [DirectoryEntry] = []
+        if offset == 0 { out.append(DirectoryEntry(ino: dir, type: rec.direntType, name: [UInt8(ascii: ".")], nextOffset: 1)) }
+        if offset <= 1 {
+            let up = try parent(of: dir) ?? dir
+            out.append(DirectoryEntry(ino: up, type: UInt8(DT_DIR), name: [UInt8(ascii: "."), UInt8(ascii: ".")], nextOffset: 2))
+        }
+        guard out.count < limit else { return Array(out.prefix(limit)) }
+        for it in try range(Keys.readdir(dir, max(offset, 2)), Keys.readdir(dir, .max), limit: limit - out.count) {
+            let e = try DirentRecord(decoding: it.value)
+            out.append(DirectoryEntry(ino: e.ino, type: e.type, name: e.name, nextOffset: it.key.second + 1))
+        }
+        return out
+    }
+}
+
+extension Filesystem {
+    public func getattr(_ ino: UInt64) throws(Errno) -> Attributes {
+        try run { c in c.attributes(ino, try c.inode(ino)) }
+    }
+
+    /// Looks a name up and takes a kernel lookup reference on the result.
+    public func lookup(_ dir: UInt64, _ name: [UInt8]) throws(Errno) -> Attributes {
+        try run { try $0.lookup(dir, name) }
+    }
+
+    public func forget(_ ino: UInt64, _ count: UInt64) throws(Errno) {
+        try run { try $0.forget(ino, count) }
+    }
+
+    public func mknod(_ dir: UInt64, _ name: [UInt8], mode: UInt32, rdev: UInt64, caller: Caller) throws(Errno) -> Attributes {
+        try run { try $0.makeNode(dir, name, mode: mode, rdev: rdev, caller: caller) }
+    }
+
+    public func mkdir(_ dir: UInt64, _ name: [UInt8], mode: UInt32, caller: Caller) throws(Errno) -> Attributes {
+        try run { try $0.makeNode(dir, name, mode: UInt32(S_IFDIR) | (mode & 0o7777), caller: caller) }
+    }
+
+    public func symlink(_ dir: UInt64, _ name: [UInt8], target: [UInt8], caller: Caller) throws(Errno) -> Attributes {
+        try run { try $0.makeNode(dir, name, mode: UInt32(S_IFLNK) | 0o777, symlinkTarget: target, caller: caller) }
+    }
+
+    public func readlink(_ ino: UInt64) throws(Errno) -> [UInt8] {
+        try run { try $0.readlink(ino) }
+    }
+
+    public func link(_ ino: UInt64, _ dir: UInt64, _ name: [UInt8]) throws(Errno) -> Attributes {
+        try run { try $0.link(ino, dir, name) }
+    }
+
+    public func unlink(_ dir: UInt64, _ name: [UInt8]) throws(Errno) {
+        try run { try $0.unlink(dir, name, directory: false) }
+    }
+
+    public func rmdir(_ dir: UInt64, _ name: [UInt8]) throws(Errno) {
+        try run { try $0.unlink(dir, name, directory: true) }
+    }
+
+    public func rename(_ oldDir: UInt64, _ oldName: [UInt8], _ newDir: UInt64, _ newName: [UInt8], flags: UInt32 = 0) throws(Errno) {
+        try run { try $0.rename(oldDir, oldName, newDir, newName, flags: flags) }
+    }
+
+    public func readdir(_ dir: UInt64, offset: UInt64, limit: Int) throws(Errno) -> [DirectoryEntry] {
+        try run { try $0.readdir(dir, offset: offset, limit: limit) }
+    }
+
+    /// readdir with attributes; takes a lookup reference on each entry returned except . and ..
+    public func readdirPlus(_ dir: UInt64, offset: UInt64, limit: Int) throws(Errno) -> [(DirectoryEntry, Attributes)] {
+        try run { c in
+            try c.readdir(dir, offset: offset, limit: limit).map { e in
+                (e, c.attributes(e.ino, try c.inode(e.ino)))
+            }
+        }
+    }
+
+    /// Called by the adapter for each readdirplus entry the kernel kept (not . or ..).
+    public func noteLookup(_ ino: UInt64) {
+        withCore { $0.noteLookup(ino) }
+    }
+}

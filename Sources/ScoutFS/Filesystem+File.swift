@@ -1,0 +1,362 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ScoutFormat
+import ScoutStore
+public import SystemPackage
+
+/// A mapped run of a file: logical blocks `[start, start + length)` at data block `blkno`.
+struct MappedExtent {
+    var start: UInt64
+    var length: UInt64
+    var blkno: UInt64
+    var end: UInt64 { start + length }
+}
+
+let blockSize = UInt64(Layout.dataBlockSize)
+
+extension FSCore {
+    // MARK: extent map
+
+    /// The extents overlapping logical blocks `[first, last]`, in order.
+    func extents(_ ino: UInt64, from first: UInt64, through last: UInt64 = .max) throws -> [MappedExtent] {
+        var out: [MappedExtent] = []
+        try store.tree(.fs).forEach(from: Keys.extent(ino, last: first, length: 0), through: Keys.extent(ino, last: .max, length: .max), in: store) { it in
+            let len = it.key.third
+            let start = it.key.second + 1 - len
+            if start > last { return false }
+            if let fe = try? FileExtent(decoding: it.value), !fe.flags.contains(.offline) {
+                out.append(MappedExtent(start: start, length: len, blkno: fe.blkno))
+            }
+            return true
+        }
+        return out
+    }
+
+    func putExtent(_ ino: UInt64, _ e: MappedExtent) throws {
+        try put(Keys.extent(ino, last: e.end - 1, length: e.length), FileExtent(blkno: e.blkno, flags: []).encoded)
+    }
+
+    func removeExtent(_ ino: UInt64, _ e: MappedExtent) throws {
+        try remove(Keys.extent(ino, last: e.end - 1, length: e.length))
+    }
+
+    /// Records a newly allocated run, merged into the extent before it when both are contiguous.
+    func addExtent(_ ino: UInt64, _ e: MappedExtent) throws {
+        var merged = e
+        if e.start > 0, let prev = try extents(ino, from: e.start - 1, through: e.start - 1).first,
+           prev.end == e.start, prev.blkno + prev.length == e.blkno {
+            try removeExtent(ino, prev)
+            merged = MappedExtent(start: prev.start, length: prev.length + e.length, blkno: prev.blkno)
+        }
+        try putExtent(ino, merged)
+    }
+
+    /// Unmaps logical blocks `[first, last]`, freeing their data blocks; returns how many.
+    @discardableResult
+    func unmap(_ ino: UInt64, from first: UInt64, through last: UInt64 = .max) throws -> UInt64 {
+        var freed: UInt64 = 0
+        for e in try extents(ino, from: first, through: last) {
+            try removeExtent(ino, e)
+            let cutStart = max(e.start, first)
+            let cutEnd = last == .max ? e.end : min(e.end, last + 1)
+            if e.start < cutStart { try putExtent(ino, MappedExtent(start: e.start, length: cutStart - e.start, blkno: e.blkno)) }
+            if cutEnd < e.end {
+                try putExtent(ino, MappedExtent(start: cutEnd, length: e.end - cutEnd, blkno: e.blkno + (cutEnd - e.start)))
+            }
+            store.freeData(Extent(start: e.blkno + (cutStart - e.start), length: cutEnd - cutStart))
+            freed += cutEnd - cutStart
+        }
+        return freed
+    }
+
+    func truncateExtents(_ ino: UInt64, fromBlock first: UInt64) throws {
+        try unmap(ino, from: first)
+    }
+
+    /// Maps every unmapped block of `[first, last]`, returning the new runs (whose blocks hold
+    /// whatever was there before: callers write or zero all of them).
+    func allocateHoles(_ ino: UInt64, from first: UInt64, through last: UInt64) throws -> [MappedExtent] {
+        var fresh: [MappedExtent] = []
+        var pos = first
+        var gaps: [(UInt64, UInt64)] = []
+        for e in try extents(ino, from: first, through: last) {
+            if e.start > pos { gaps.append((pos, e.start)) }
+            pos = max(pos, e.end)
+        }
+        if pos <= last { gaps.append((pos, last + 1)) }
+        for (g0, g1) in gaps {
+            var at = g0
+            while at < g1 {
+                let got = try store.allocData(g1 - at)
+                let run = MappedExtent(start: at, length: got.length, blkno: got.start)
+                try addExtent(ino, run)
+                fresh.append(run)
+                at += got.length
+            }
+        }
+        return fresh
+    }
+
+    // MARK: data I/O
+
+    func readData(_ ino: UInt64, offset: UInt64, count: Int) throws -> [UInt8] {
+        let rec = try inode(ino)
+        if rec.isDirectory { throw Errno.isDirectory }
+        guard offset < rec.size, count > 0 else { return [] }
+        let n = Int(min(UInt64(count), rec.size - offset))
+        var out = [UInt8](repeating: 0, count: n)
+        let end = offset + UInt64(n)
+        for e in try extents(ino, from: offset / blockSize, through: (end - 1) / blockSize) {
+            let lo = max(offset, e.start * blockSize)
+            let hi = min(end, e.end * blockSize)
+            guard lo < hi else { continue }
+            let bytes = try store.data.read(at: e.blkno * blockSize + (lo - e.start * blockSize), count: Int(hi - lo))
+            out.replaceSubrange(Int(lo - offset)..<Int(hi - offset), with: bytes)
+        }
+        return out
+    }
+
+    func writeData(_ ino: UInt64, offset: UInt64, data: [UInt8]) throws -> Int {
+        var rec = try inode(ino)
+        if rec.isDirectory { throw Errno.isDirectory }
+        guard !data.isEmpty else { return 0 }
+        let (end, overflow) = offset.addingReportingOverflow(UInt64(data.count))
+        if overflow || end > UInt64(Int64.max) { throw Errno.fileTooLarge }
+        let first = offset / blockSize
+        let last = (end - 1) / blockSize
+        let fresh = try allocateHoles(ino, from: first, through: last)
+        // New blocks get whole-block writes with zeros around the data: whatever a freed block
+        // held before must never show through.
+        for run in fresh {
+            var buf = [UInt8](repeating: 0, count: Int(run.length * blockSize))
+            let lo = max(offset, run.start * blockSize)
+            let hi = min(end, run.end * blockSize)
+            buf.replaceSubrange(Int(lo - run.start * blockSize)..<Int(hi - run.start * blockSize),
+                                with: data[Int(lo - offset)..<Int(hi - offset)])
+            try store.data.write(at: run.blkno * blockSize, buf)
+        }
+        // The remaining blocks were mapped before: write the data into them in place, in runs
+        // that stop where a freshly written run begins.
+        for e in try extents(ino, from: first, through: last) {
+            var pos = max(e.start, first)
+            let stop = min(e.end, last + 1)
+            while pos < stop {
+                if let f = fresh.first(where: { $0.start <= pos && pos < $0.end }) {
+                    pos = min(f.end, stop)
+                    continue
+                }
+                let runEnd = fresh.filter { $0.start > pos }.map(\.start).min().map { min($0, stop) } ?? stop
+                let lo = max(offset, pos * blockSize)
+                let hi = min(end, runEnd * blockSize)
+                try store.data.write(at: (e.blkno + pos - e.start) * blockSize + (lo - pos * blockSize),
+                                     Array(data[Int(lo - offset)..<Int(hi - offset)]))
+                pos = runEnd
+            }
+        }
+        let now = Timestamp.now
+        rec.size = max(rec.size, end)
+        rec.onlineBlocks += fresh.reduce(0) { $0 + $1.length }
+        rec.mtime = now
+        rec.ctime = now
+        rec.dataVersion += 1
+        rec.dataSeq = seq
+        try putInode(ino, &rec)
+        return data.count
+    }
+
+    /// Zeroes bytes `[from, to)` of mapped blocks (holes already read as zeros).
+    func zeroRange(_ ino: UInt64, from: UInt64, to: UInt64) throws {
+        guard from < to else { return }
+        for e in try extents(ino, from: from / blockSize, through: (to - 1) / blockSize) {
+            let lo = max(from, e.start * blockSize)
+            let hi = min(to, e.end * blockSize)
+            if lo < hi {
+                try store.data.write(at: e.blkno * blockSize + (lo - e.start * blockSize), [UInt8](repeating: 0, count: Int(hi - lo)))
+            }
+        }
+    }
+
+    func setSize(_ ino: UInt64, _ rec: inout InodeRecord, _ size: UInt64) throws {
+        if size > UInt64(Int64.max) { throw Errno.fileTooLarge }
+        if size < rec.size {
+            let keepBlocks = (size + blockSize - 1) / blockSize
+            rec.onlineBlocks -= min(rec.onlineBlocks, try unmap(ino, from: keepBlocks))
+            // The tail of the last kept block must read as zeros if the file grows again.
+            if size % blockSize != 0 { try zeroRange(ino, from: size, to: keepBlocks * blockSize) }
+        }
+        if size != rec.size {
+            rec.size = size
+            rec.dataVersion += 1
+            rec.dataSeq = seq
+        }
+        let now = Timestamp.now
+        rec.mtime = now
+        rec.ctime = now
+    }
+
+    func setattr(_ ino: UInt64, _ ch: AttributeChanges) throws -> Attributes {
+        var rec = try inode(ino)
+        let now = Timestamp.now
+        if let m = ch.mode { rec.mode = rec.fileType | (m & 0o7777) }
+        if let u = ch.uid { rec.uid = u }
+        if let g = ch.gid { rec.gid = g }
+        if let size = ch.size {
+            if rec.isDirectory { throw Errno.isDirectory }
+            if !rec.isRegular { throw Errno.invalidArgument }
+            try setSize(ino, &rec, size)
+        }
+        switch ch.atime {
+        case .now: rec.atime = now
+        case .set(let t): rec.atime = t
+        case nil: break
+        }
+        switch ch.mtime {
+        case .now: rec.mtime = now
+        case .set(let t): rec.mtime = t
+        case nil: break
+        }
+        rec.ctime = now
+        try putInode(ino, &rec)
+        return attributes(ino, rec)
+    }
+
+    func fallocate(_ ino: UInt64, mode: Int32, offset: UInt64, length: UInt64) throws {
+        var rec = try inode(ino)
+        guard rec.isRegular else { throw Errno.operationNotSupportedByDevice }
+        guard length > 0 else { throw Errno.invalidArgument }
+        let (end, overflow) = offset.addingReportingOverflow(length)
+        if overflow || end > UInt64(Int64.max) { throw Errno.fileTooLarge }
+        let keepSize = mode & LinuxABI.fallocKeepSize != 0
+        if mode == LinuxABI.fallocPunchHole | LinuxABI.fallocKeepSize {
+            let firstWhole = (offset + blockSize - 1) / blockSize
+            let endWhole = end / blockSize
+            if firstWhole < endWhole {
+                rec.onlineBlocks -= min(rec.onlineBlocks, try unmap(ino, from: firstWhole, through: endWhole - 1))
+            }
+            try zeroRange(ino, from: offset, to: min(end, firstWhole * blockSize))
+            try zeroRange(ino, from: max(offset, endWhole * blockSize), to: end)
+        } else if mode & ~LinuxABI.fallocKeepSize == 0 {
+            let fresh = try allocateHoles(ino, from: offset / blockSize, through: (end - 1) / blockSize)
+            for run in fresh {
+                // Zero in 1 MiB writes: preallocated blocks must read as zeros.
+                var at: UInt64 = 0
+                let total = run.length * blockSize
+                while at < total {
+                    let n = min(total - at, 1 << 20)
+                    try store.data.write(at: run.blkno * blockSize + at, [UInt8](repeating: 0, count: Int(n)))
+                    at += n
+                }
+                rec.onlineBlocks += run.length
+            }
+            if !keepSize && end > rec.size {
+                rec.size = end
+                rec.dataVersion += 1
+            }
+        } else {
+            throw Errno.notSupported
+        }
+        let now = Timestamp.now
+        rec.ctime = now
+        if !keepSize { rec.mtime = now }
+        rec.dataSeq = seq
+        try putInode(ino, &rec)
+    }
+
+    func seek(_ ino: UInt64, offset: UInt64, whence: Int32) throws -> UInt64 {
+        let rec = try inode(ino)
+        guard offset < rec.size else { throw Errno.noSuchAddressOrDevice }
+        let mapped = try extents(ino, from: offset / blockSize)
+        switch whence {
+        case LinuxABI.seekData:
+            guard let e = mapped.first(where: { $0.end * blockSize > offset }) else { throw Errno.noSuchAddressOrDevice }
+            let at = max(offset, e.start * blockSize)
+            if at >= rec.size { throw Errno.noSuchAddressOrDevice }
+            return at
+        case LinuxABI.seekHole:
+            var pos = offset
+            for e in mapped {
+                if e.start * blockSize > pos { break }
+                pos = max(pos, e.end * blockSize)
+            }
+            return min(pos, rec.size)
+        default:
+            throw Errno.invalidArgument
+        }
+    }
+
+    func open(_ ino: UInt64, flags: Int32) throws {
+        var rec = try inode(ino)
+        if flags & O_TRUNC != 0 && rec.isRegular && (flags & O_ACCMODE) != O_RDONLY {
+            try setSize(ino, &rec, 0)
+            try putInode(ino, &rec)
+        }
+        openCount[ino, default: 0] += 1
+    }
+
+    func release(_ ino: UInt64) throws {
+        if let n = openCount[ino] {
+            openCount[ino] = n > 1 ? n - 1 : nil
+        }
+        try freeIfUnused(ino)
+    }
+
+    func stats() -> FilesystemStats {
+        let sb = store.superblock
+        let metaFree = store.freeMetaBlocks
+        // A rough inode count: a small inode takes about 300 bytes of metadata with its entry.
+        let perBlock = UInt64(Layout.metaBlockSize / 300)
+        return FilesystemStats(
+            blockSize: UInt32(Layout.dataBlockSize),
+            totalBlocks: sb.dataTotalBlocks - Layout.dataFirstBlkno,
+            freeBlocks: store.freeDataBlocks,
+            totalInodes: (sb.metaTotalBlocks - Layout.metaFirstBlkno) * perBlock,
+            freeInodes: metaFree * perBlock,
+            nameMax: UInt32(DirentRecord.maxNameLength),
+            fsid: sb.fsid)
+    }
+}
+
+extension Filesystem {
+    public func setattr(_ ino: UInt64, _ changes: AttributeChanges) throws(Errno) -> Attributes {
+        try run { try $0.setattr(ino, changes) }
+    }
+
+    /// Opens `ino`; with O_TRUNC a writable open truncates (the mount negotiates atomic O_TRUNC).
+    public func open(_ ino: UInt64, flags: Int32) throws(Errno) {
+        try run { try $0.open(ino, flags: flags) }
+    }
+
+    /// Creates and opens a regular file.
+    public func create(_ dir: UInt64, _ name: [UInt8], mode: UInt32, flags: Int32, caller: Caller) throws(Errno) -> Attributes {
+        try run { c in
+            let a = try c.makeNode(dir, name, mode: UInt32(S_IFREG) | (mode & 0o7777), caller: caller)
+            try c.open(a.ino, flags: flags & ~O_TRUNC)
+            return a
+        }
+    }
+
+    public func release(_ ino: UInt64) throws(Errno) {
+        try run { try $0.release(ino) }
+    }
+
+    public func read(_ ino: UInt64, offset: UInt64, count: Int) throws(Errno) -> [UInt8] {
+        try run { try $0.readData(ino, offset: offset, count: count) }
+    }
+
+    public func write(_ ino: UInt64, offset: UInt64, data: [UInt8]) throws(Errno) -> Int {
+        try run { try $0.writeData(ino, offset: offset, data: data) }
+    }
+
+    public func fallocate(_ ino: UInt64, mode: Int32, offset: UInt64, length: UInt64) throws(Errno) {
+        try run { try $0.fallocate(ino, mode: mode, offset: offset, length: length) }
+    }
+
+    public func seek(_ ino: UInt64, offset: UInt64, whence: Int32) throws(Errno) -> UInt64 {
+        try run { try $0.seek(ino, offset: offset, whence: whence) }
+    }
+
+    public func statfs() throws(Errno) -> FilesystemStats {
+        try run { $0.stats() }
+    }
+}

@@ -1,0 +1,348 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+public import ScoutFormat
+public import ScoutStore
+public import SystemPackage
+import Synchronization
+
+/// Who is asking: the caller's credentials, which new objects take (FUSE passes them per request).
+public struct Caller: Sendable {
+    public var uid: UInt32
+    public var gid: UInt32
+    public var umask: UInt32
+
+    public init(uid: UInt32, gid: UInt32, umask: UInt32 = 0) {
+        self.uid = uid
+        self.gid = gid
+        self.umask = umask
+    }
+
+    public static let root = Caller(uid: 0, gid: 0)
+}
+
+/// What `stat` shows of an inode.
+public struct Attributes: Equatable, Sendable {
+    public var ino: UInt64
+    public var mode: UInt32
+    public var nlink: UInt32
+    public var uid: UInt32
+    public var gid: UInt32
+    public var rdev: UInt64
+    public var size: UInt64
+    /// 512-byte units, as `st_blocks`.
+    public var blocks: UInt64
+    public var atime: Timestamp
+    public var mtime: Timestamp
+    public var ctime: Timestamp
+    public var crtime: Timestamp
+    public var dataVersion: UInt64
+    public var metaSeq: UInt64
+    public var dataSeq: UInt64
+
+    public var isDirectory: Bool { mode & UInt32(S_IFMT) == UInt32(S_IFDIR) }
+}
+
+/// The fields a `setattr` changes; nil leaves a field alone.
+public struct AttributeChanges: Sendable {
+    public enum TimeChange: Sendable { case now, set(Timestamp) }
+    public var mode: UInt32?
+    public var uid: UInt32?
+    public var gid: UInt32?
+    public var size: UInt64?
+    public var atime: TimeChange?
+    public var mtime: TimeChange?
+
+    public init(mode: UInt32? = nil, uid: UInt32? = nil, gid: UInt32? = nil, size: UInt64? = nil,
+                atime: TimeChange? = nil, mtime: TimeChange? = nil) {
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.size = size
+        self.atime = atime
+        self.mtime = mtime
+    }
+}
+
+/// One directory entry as readdir returns it; `nextOffset` is the `d_off` to continue from.
+public struct DirectoryEntry: Sendable {
+    public var ino: UInt64
+    public var type: UInt8
+    public var name: [UInt8]
+    public var nextOffset: UInt64
+}
+
+/// Filesystem-wide numbers for statfs.
+public struct FilesystemStats: Sendable {
+    public var blockSize: UInt32
+    public var totalBlocks: UInt64
+    public var freeBlocks: UInt64
+    public var totalInodes: UInt64
+    public var freeInodes: UInt64
+    public var nameMax: UInt32
+    public var fsid: UInt64
+}
+
+/// Tunables of a mounted filesystem.
+public struct FilesystemOptions: Sendable {
+    /// Commit the open transaction this often when it holds changes.
+    public var commitInterval: Duration
+    /// Commit as soon as the transaction has dirtied this many 64 KiB metadata blocks.
+    public var dirtyBlockLimit: Int
+
+    public init(commitInterval: Duration = .seconds(5), dirtyBlockLimit: Int = 2048) {
+        self.commitInterval = commitInterval
+        self.dirtyBlockLimit = dirtyBlockLimit
+    }
+}
+
+/// A POSIX filesystem over the items of a store: inodes, directories, files, symlinks, xattrs.
+///
+/// Every operation runs under one mutex that also guards the store, so operations are atomic
+/// with respect to each other and to commits. (Per-inode-group cluster locks will replace this
+/// single lock.) Operations are synchronous: they run on the caller's thread, which is a libfuse
+/// worker when mounted.
+public final class Filesystem: Sendable {
+    private let lock = Mutex(())
+    private let state: FSCore
+    public let options: FilesystemOptions
+
+    /// Opens the filesystem on an open store: creates the root directory on first use and frees
+    /// inodes that a crash left unlinked but allocated (orphans).
+    public init(store: Store, options: FilesystemOptions = FilesystemOptions()) throws {
+        let c = FSCore(store: store)
+        try c.prepare()
+        state = c
+        self.options = options
+    }
+
+    /// Runs `body` on the core under the lock, mapping store errors to errnos.
+    func run<T>(_ body: (FSCore) throws -> T) throws(Errno) -> T {
+        let result: Result<T, Errno> = withCore { c in
+            do {
+                let r = try body(c)
+                if c.store.dirtyBlocks >= options.dirtyBlockLimit { try c.store.commit() }
+                return .success(r)
+            } catch let e as Errno {
+                return .failure(e)
+            } catch let e as StoreError {
+                c.log("error: \(e.message)")
+                return .failure(Errno(rawValue: e.errno))
+            } catch {
+                c.log("error: \(error)")
+                return .failure(.ioError)
+            }
+        }
+        return try result.get()
+    }
+
+    /// The one way to reach the core: under the lock.
+    func withCore<T>(_ body: (FSCore) throws -> T) rethrows -> T {
+        try lock.withLock { _ in try body(state) }
+    }
+
+    /// Makes everything done so far durable.
+    public func sync() throws(Errno) {
+        try run { try $0.store.commit() }
+    }
+
+    /// Commits if the open transaction holds changes; the mount's commit timer calls this.
+    public func commitIfDirty() throws(Errno) {
+        try run { c in if c.store.hasChanges { try c.store.commit() } }
+    }
+
+    public var fsid: UInt64 { withCore { $0.store.fsid } }
+
+    /// The seq of the last commit.
+    public var committedSeq: UInt64 { withCore { $0.store.superblock.seq } }
+
+    /// Lines for the mount's log (errors a FUSE reply can only show as an errno).
+    public var logSink: (@Sendable (String) -> Void)? {
+        get { withCore { $0.logSink } }
+        set { withCore { $0.logSink = newValue } }
+    }
+}
+
+// MARK: - the core
+
+/// The filesystem's state and logic.
+// @unchecked Sendable: reachable only through `Filesystem.withCore`, which holds the lock.
+final class FSCore: @unchecked Sendable {
+    let store: Store
+    /// Handles open per inode: an unlinked inode lives until its last close.
+    var openCount: [UInt64: Int] = [:]
+    /// The kernel's lookup references per inode (FUSE's nlookup), dropped by forget.
+    var lookupCount: [UInt64: UInt64] = [:]
+    var logSink: (@Sendable (String) -> Void)?
+
+    static let rootIno: UInt64 = 1
+
+    init(store: Store) {
+        self.store = store
+    }
+
+    func log(_ s: String) { logSink?(s) }
+
+    func prepare() throws {
+        if try store.lookup(Keys.inode(Self.rootIno), in: .fs) == nil {
+            var root = InodeRecord(mode: UInt32(S_IFDIR) | 0o755, uid: 0, gid: 0, now: .now)
+            root.nlink = 2
+            if store.nextIno <= Self.rootIno { store.nextIno = Self.rootIno + 1 }
+            try putInode(Self.rootIno, &root)
+            try store.commit()
+        }
+        try freeOrphans()
+    }
+
+    // MARK: items
+
+    var seq: UInt64 { store.txnSeq }
+
+    func get(_ key: Key) throws -> Item? {
+        guard let it = try store.lookup(key, in: .fs), !it.isDeletion else { return nil }
+        return it
+    }
+
+    func put(_ key: Key, _ value: [UInt8]) throws {
+        try store.insert(Item(key: key, seq: seq, value: value), into: .fs)
+    }
+
+    func remove(_ key: Key) throws {
+        try store.delete(key, from: .fs)
+    }
+
+    /// Items with keys in `[start, end]`, in order.
+    func range(_ start: Key, _ end: Key, limit: Int = .max) throws -> [Item] {
+        var out: [Item] = []
+        try store.tree(.fs).forEach(from: start, through: end, in: store) { it in
+            out.append(it)
+            return out.count < limit
+        }
+        return out
+    }
+
+    // MARK: inodes
+
+    func inode(_ ino: UInt64) throws -> InodeRecord {
+        guard let it = try get(Keys.inode(ino)) else { throw Errno.noSuchFileOrDirectory }
+        do {
+            return try InodeRecord(decoding: it.value)
+        } catch {
+            log("inode \(ino): \(error)")
+            throw Errno.ioError
+        }
+    }
+
+    /// Writes an inode, stamping its meta seq with the open transaction's.
+    func putInode(_ ino: UInt64, _ rec: inout InodeRecord) throws {
+        rec.metaSeq = seq
+        try put(Keys.inode(ino), rec.encoded)
+    }
+
+    func attributes(_ ino: UInt64, _ r: InodeRecord) -> Attributes {
+        Attributes(ino: ino, mode: r.mode, nlink: r.nlink, uid: r.uid, gid: r.gid, rdev: r.rdev, size: r.size,
+                   blocks: (r.onlineBlocks << UInt64(Layout.dataBlockShift)) / 512,
+                   atime: r.atime, mtime: r.mtime, ctime: r.ctime, crtime: r.crtime,
+                   dataVersion: r.dataVersion, metaSeq: r.metaSeq, dataSeq: r.dataSeq)
+    }
+
+    func allocateIno() -> UInt64 {
+        let ino = store.nextIno
+        store.nextIno += 1
+        return ino
+    }
+
+    func directory(_ ino: UInt64) throws -> InodeRecord {
+        let r = try inode(ino)
+        guard r.isDirectory else { throw Errno.notDirectory }
+        return r
+    }
+
+    // MARK: lifetime of unlinked inodes
+
+    func noteLookup(_ ino: UInt64) {
+        lookupCount[ino, default: 0] += 1
+    }
+
+    func forget(_ ino: UInt64, _ n: UInt64) throws {
+        guard let have = lookupCount[ino] else { return }
+        if have <= n {
+            lookupCount[ino] = nil
+        } else {
+            lookupCount[ino] = have - n
+        }
+        try freeIfUnused(ino)
+    }
+
+    /// Deletes an inode with no links once no handle and no kernel reference remain.
+    func freeIfUnused(_ ino: UInt64) throws {
+        guard ino != Self.rootIno, (openCount[ino] ?? 0) == 0, (lookupCount[ino] ?? 0) == 0 else { return }
+        guard let r = try? inode(ino), r.nlink == 0 else { return }
+        try deleteInode(ino)
+    }
+
+    func deleteInode(_ ino: UInt64) throws {
+        try truncateExtents(ino, fromBlock: 0)
+        for it in try range(Keys.first(ino), Keys.last(ino)) {
+            try remove(it.key)
+        }
+        try remove(Keys.orphan(ino))
+    }
+
+    func freeOrphans() throws {
+        let orphans = try range(Keys.orphan(0), Keys.orphan(.max))
+        for o in orphans {
+            let ino = o.key.second
+            if let r = try? inode(ino), r.nlink > 0 {
+                try remove(o.key)
+            } else {
+                try deleteInode(ino)
+            }
+        }
+        if !orphans.isEmpty {
+            log("freed \(orphans.count) orphaned inode(s) left by an unclean unmount")
+            try store.commit()
+        }
+    }
+}
+
+extension Timestamp {
+    static var now: Timestamp {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Timestamp(seconds: Int64(ts.tv_sec), nanoseconds: UInt32(ts.tv_nsec))
+    }
+}
+
+extension InodeRecord {
+    var fileType: UInt32 { mode & UInt32(S_IFMT) }
+    var isDirectory: Bool { fileType == UInt32(S_IFDIR) }
+    var isRegular: Bool { fileType == UInt32(S_IFREG) }
+    var isSymlink: Bool { fileType == UInt32(S_IFLNK) }
+
+    /// The `DT_*` value for readdir.
+    var direntType: UInt8 { UInt8(fileType >> 12) }
+}
+
+/// Key builders for every item the filesystem writes.
+enum Keys {
+    static func inode(_ ino: UInt64) -> Key { Key(zone: Zone.fs, first: ino, type: ItemType.inode) }
+    static func dirent(_ dir: UInt64, _ hash: UInt64, _ pos: UInt64) -> Key {
+        Key(zone: Zone.fs, first: dir, type: ItemType.dirent, second: hash, third: pos)
+    }
+    static func readdir(_ dir: UInt64, _ pos: UInt64) -> Key { Key(zone: Zone.fs, first: dir, type: ItemType.readdir, second: pos) }
+    static func backref(_ ino: UInt64, _ dir: UInt64, _ pos: UInt64) -> Key {
+        Key(zone: Zone.fs, first: ino, type: ItemType.linkBackref, second: dir, third: pos)
+    }
+    static func symlink(_ ino: UInt64, _ nr: UInt64) -> Key { Key(zone: Zone.fs, first: ino, type: ItemType.symlink, second: nr) }
+    static func xattr(_ ino: UInt64, _ hash: UInt64, _ id: UInt64, _ part: UInt8) -> Key {
+        Key(zone: Zone.fs, first: ino, type: ItemType.xattr, second: hash, third: id, fourth: part)
+    }
+    static func extent(_ ino: UInt64, last: UInt64, length: UInt64) -> Key {
+        Key(zone: Zone.fs, first: ino, type: ItemType.dataExtent, second: last, third: length)
+    }
+    static func orphan(_ ino: UInt64) -> Key { Key(zone: Zone.orphan, type: ItemType.orphan, second: ino) }
+    /// The first and last keys of everything an inode owns.
+    static func first(_ ino: UInt64) -> Key { Key(zone: Zone.fs, first: ino) }
+    static func last(_ ino: UInt64) -> Key { Key(zone: Zone.fs, first: ino, type: .max, second: .max, third: .max, fourth: .max) }
+}

@@ -1,0 +1,402 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CFuse3
+public import ScoutFS
+import ScoutFormat
+import SystemPackage
+
+/// How long the kernel may cache attributes and names. Every change reaches the filesystem
+/// through this kernel, which updates its caches on each reply, so a single mount can cache
+/// long; the cluster will invalidate on lock loss.
+let cacheTimeout: Double = 60
+
+/// Setting up the FUSE session failed; libfuse has printed its own reason on stderr.
+public struct MountError: Error, CustomStringConvertible {
+    public var description: String
+    init(_ d: String) { description = d }
+}
+
+/// What a libfuse callback reaches through `fuse_req_userdata`.
+final class FUSEContext: Sendable {
+    let fs: Filesystem
+    init(fs: Filesystem) { self.fs = fs }
+}
+
+/// A libfuse low-level session serving one `Filesystem` at a mount point.
+///
+/// `run()` blocks in libfuse's multi-threaded loop; worker threads call straight into the
+/// filesystem (a hop into Swift concurrency would cost about half a round trip). SIGINT, SIGTERM
+/// and SIGHUP end the loop through libfuse's handlers, after which the session unmounts.
+public final class FUSEMount {
+    let context: Unmanaged<FUSEContext>
+    let session: OpaquePointer
+    public let mountpoint: String
+    private var mounted = false
+
+    /// Creates the session and mounts it. `options` are `-o` mount options (allow_other, …);
+    /// default_permissions is always on: the kernel checks modes, the filesystem does not.
+    public init(filesystem: Filesystem, mountpoint: String, options: [String] = [], maxThreads: UInt32 = 16) throws(MountError) {
+        self.mountpoint = mountpoint
+        let ctx = Unmanaged.passRetained(FUSEContext(fs: filesystem))
+        context = ctx
+        var ops = makeOperations()
+        let opts = (["fsname=scoutfs", "subtype=scoutfs", "default_permissions"] + options).joined(separator: ",")
+        let argv = ["scoutfs", "-o", opts]
+        var cArgs = argv.map { strdup($0) }
+        defer { for p in cArgs { free(p) } }
+        let se: OpaquePointer? = cArgs.withUnsafeMutableBufferPointer { buf in
+            var args = fuse_args(argc: Int32(buf.count), argv: buf.baseAddress, allocated: 0)
+            defer { fuse_opt_free_args(&args) }
+            return fuse_session_new(&args, &ops, MemoryLayout<fuse_lowlevel_ops>.size, ctx.toOpaque())
+        }
+        guard let se else {
+            ctx.release()
+            throw MountError("libfuse refused the mount options '\(opts)' (see the message above)")
+        }
+        session = se
+        if fuse_session_mount(se, mountpoint) != 0 {
+            fuse_session_destroy(se)
+            ctx.release()
+            throw MountError("cannot mount on \(mountpoint) (see the message above); is it an existing empty directory, and is /dev/fuse available?")
+        }
+        mounted = true
+        self.maxThreads = maxThreads
+    }
+
+    let maxThreads: UInt32
+
+    /// Serves requests until the filesystem is unmounted or a signal ends the loop.
+    public func run() -> Int32 {
+        fuse_set_signal_handlers(session)
+        let rc = scout_session_loop_mt(session, maxThreads)
+        fuse_remove_signal_handlers(session)
+        return rc
+    }
+
+    /// Ends the loop from another thread.
+    public func exit() {
+        fuse_session_exit(session)
+    }
+
+    /// Unmounts and frees the session; call after `run` returns.
+    public func close() {
+        if mounted {
+            fuse_session_unmount(session)
+            mounted = false
+        }
+        fuse_session_destroy(session)
+        context.release()
+    }
+}
+
+// MARK: - callbacks (file scope and nonisolated: they run on libfuse's threads)
+
+func fs(_ req: fuse_req_t?) -> Filesystem {
+    Unmanaged<FUSEContext>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue().fs
+}
+
+func bytes(_ s: UnsafePointer<CChar>?) -> [UInt8] {
+    guard let s else { return [] }
+    return Array(UnsafeRawBufferPointer(start: s, count: strlen(s)))
+}
+
+func caller(_ req: fuse_req_t?) -> Caller {
+    guard let c = fuse_req_ctx(req)?.pointee else { return .root }
+    return Caller(uid: c.uid, gid: c.gid, umask: UInt32(c.umask))
+}
+
+func stat(of a: Attributes) -> stat {
+    var st = Glibc.stat()
+    st.st_ino = UInt(a.ino)
+    st.st_mode = a.mode
+    st.st_nlink = UInt(a.nlink)
+    st.st_uid = a.uid
+    st.st_gid = a.gid
+    st.st_rdev = UInt(a.rdev)
+    st.st_size = Int(truncatingIfNeeded: a.size)
+    st.st_blocks = Int(truncatingIfNeeded: a.blocks)
+    st.st_blksize = Layout.dataBlockSize
+    st.st_atim = timespec(tv_sec: Int(a.atime.seconds), tv_nsec: Int(a.atime.nanoseconds))
+    st.st_mtim = timespec(tv_sec: Int(a.mtime.seconds), tv_nsec: Int(a.mtime.nanoseconds))
+    st.st_ctim = timespec(tv_sec: Int(a.ctime.seconds), tv_nsec: Int(a.ctime.nanoseconds))
+    return st
+}
+
+func entry(of a: Attributes) -> fuse_entry_param {
+    var e = fuse_entry_param()
+    e.ino = a.ino
+    e.generation = 1
+    e.attr = stat(of: a)
+    e.attr_timeout = cacheTimeout
+    e.entry_timeout = cacheTimeout
+    return e
+}
+
+func replyErr(_ req: fuse_req_t?, _ e: any Error) {
+    fuse_reply_err(req, (e as? Errno)?.rawValue ?? EIO)
+}
+
+func replyEntry(_ req: fuse_req_t?, _ body: () throws(Errno) -> Attributes) {
+    do {
+        var e = entry(of: try body())
+        fuse_reply_entry(req, &e)
+    } catch {
+        replyErr(req, error)
+    }
+}
+
+func replyOK(_ req: fuse_req_t?, _ body: () throws(Errno) -> Void) {
+    do {
+        try body()
+        fuse_reply_err(req, 0)
+    } catch {
+        replyErr(req, error)
+    }
+}
+
+func replyAttr(_ req: fuse_req_t?, _ body: () throws(Errno) -> Attributes) {
+    do {
+        var st = stat(of: try body())
+        fuse_reply_attr(req, &st, cacheTimeout)
+    } catch {
+        replyErr(req, error)
+    }
+}
+
+func replyBytes(_ req: fuse_req_t?, _ data: [UInt8]) {
+    data.withUnsafeBytes { b in
+        _ = fuse_reply_buf(req, b.baseAddress?.assumingMemoryBound(to: CChar.self), b.count)
+    }
+}
+
+/// Replies to getxattr/listxattr: the size when asked for 0 bytes, ERANGE when too small.
+func replyXattr(_ req: fuse_req_t?, size: Int, _ body: () throws(Errno) -> [UInt8]) {
+    do {
+        let data = try body()
+        if size == 0 {
+            fuse_reply_xattr(req, data.count)
+        } else if data.count > size {
+            replyErr(req, Errno.outOfRange)
+        } else {
+            replyBytes(req, data)
+        }
+    } catch {
+        replyErr(req, error)
+    }
+}
+
+func timestamp(_ t: timespec) -> Timestamp {
+    Timestamp(seconds: Int64(t.tv_sec), nanoseconds: UInt32(t.tv_nsec))
+}
+
+func fillDirectory(_ req: fuse_req_t?, _ ino: fuse_ino_t, size: Int, offset: off_t, plus: Bool) {
+    let fsys = fs(req)
+    // The smallest entry takes 24 bytes plus its name (more with attributes): ask for enough.
+    let limit = size / (plus ? 160 : 32) + 2
+    var buf = [CChar](repeating: 0, count: size)
+    var used = 0
+    do {
+        if plus {
+            for (e, a) in try fsys.readdirPlus(ino, offset: UInt64(offset), limit: limit) {
+                var param = entry(of: a)
+                let name = e.name + [0]
+                let n = name.withUnsafeBufferPointer { nm in
+                    buf.withUnsafeMutableBufferPointer { b in
+                        fuse_add_direntry_plus(req, b.baseAddress! + used, size - used,
+                                               UnsafeRawPointer(nm.baseAddress!).assumingMemoryBound(to: CChar.self), &param, off_t(e.nextOffset))
+                    }
+                }
+                if n > size - used { break }
+                used += n
+                // The kernel now holds a reference on every entry but . and ..
+                if e.nextOffset > 2 { fsys.noteLookup(e.ino) }
+            }
+        } else {
+            for e in try fsys.readdir(ino, offset: UInt64(offset), limit: limit) {
+                var st = Glibc.stat()
+                st.st_ino = UInt(e.ino)
+                st.st_mode = UInt32(e.type) << 12
+                let name = e.name + [0]
+                let n = name.withUnsafeBufferPointer { nm in
+                    buf.withUnsafeMutableBufferPointer { b in
+                        fuse_add_direntry(req, b.baseAddress! + used, size - used,
+                                          UnsafeRawPointer(nm.baseAddress!).assumingMemoryBound(to: CChar.self), &st, off_t(e.nextOffset))
+                    }
+                }
+                if n > size - used { break }
+                used += n
+            }
+        }
+        buf.withUnsafeBufferPointer { b in _ = fuse_reply_buf(req, b.baseAddress, used) }
+    } catch {
+        replyErr(req, error)
+    }
+}
+
+func makeOperations() -> fuse_lowlevel_ops {
+    var ops = fuse_lowlevel_ops()
+    ops.`init` = { _, conn in
+        guard let conn else { return }
+        // Writes must reach the filesystem before the syscall returns, so that a lock
+        // downgrade can flush them: no writeback cache.
+        scout_conn_unwant(conn, UInt32(FUSE_CAP_WRITEBACK_CACHE))
+        scout_conn_want(conn, UInt32(FUSE_CAP_ATOMIC_O_TRUNC))
+        scout_conn_want(conn, UInt32(FUSE_CAP_READDIRPLUS))
+        scout_conn_want(conn, UInt32(FUSE_CAP_SPLICE_READ))
+        conn.pointee.max_write = 1 << 20
+    }
+    ops.lookup = { req, parent, name in replyEntry(req) { () throws(Errno) in try fs(req).lookup(parent, bytes(name)) } }
+    ops.forget = { req, ino, n in
+        try? fs(req).forget(ino, n)
+        fuse_reply_none(req)
+    }
+    ops.forget_multi = { req, count, list in
+        let fsys = fs(req)
+        for i in 0..<count {
+            if let f = list?[i] { try? fsys.forget(f.ino, f.nlookup) }
+        }
+        fuse_reply_none(req)
+    }
+    ops.getattr = { req, ino, _ in replyAttr(req) { () throws(Errno) in try fs(req).getattr(ino) } }
+    ops.setattr = { req, ino, attr, toSet, _ in
+        replyAttr(req) { () throws(Errno) in
+            guard let a = attr?.pointee else { throw Errno.invalidArgument }
+            var ch = AttributeChanges()
+            if toSet & FUSE_SET_ATTR_MODE != 0 { ch.mode = a.st_mode }
+            if toSet & FUSE_SET_ATTR_UID != 0 { ch.uid = a.st_uid }
+            if toSet & FUSE_SET_ATTR_GID != 0 { ch.gid = a.st_gid }
+            if toSet & FUSE_SET_ATTR_SIZE != 0 {
+                if a.st_size < 0 { throw Errno.invalidArgument }
+                ch.size = UInt64(a.st_size)
+            }
+            if toSet & FUSE_SET_ATTR_ATIME_NOW != 0 { ch.atime = .now } else if toSet & FUSE_SET_ATTR_ATIME != 0 { ch.atime = .set(timestamp(a.st_atim)) }
+            if toSet & FUSE_SET_ATTR_MTIME_NOW != 0 { ch.mtime = .now } else if toSet & FUSE_SET_ATTR_MTIME != 0 { ch.mtime = .set(timestamp(a.st_mtim)) }
+            return try fs(req).setattr(ino, ch)
+        }
+    }
+    ops.readlink = { req, ino in
+        do {
+            let target = try fs(req).readlink(ino) + [0]
+            target.withUnsafeBufferPointer { t in
+                _ = fuse_reply_readlink(req, UnsafeRawPointer(t.baseAddress!).assumingMemoryBound(to: CChar.self))
+            }
+        } catch {
+            replyErr(req, error)
+        }
+    }
+    ops.mknod = { req, parent, name, mode, rdev in
+        replyEntry(req) { () throws(Errno) in try fs(req).mknod(parent, bytes(name), mode: mode, rdev: UInt64(rdev), caller: caller(req)) }
+    }
+    ops.mkdir = { req, parent, name, mode in
+        replyEntry(req) { () throws(Errno) in try fs(req).mkdir(parent, bytes(name), mode: mode, caller: caller(req)) }
+    }
+    ops.symlink = { req, link, parent, name in
+        replyEntry(req) { () throws(Errno) in try fs(req).symlink(parent, bytes(name), target: bytes(link), caller: caller(req)) }
+    }
+    ops.link = { req, ino, parent, name in
+        replyEntry(req) { () throws(Errno) in try fs(req).link(ino, parent, bytes(name)) }
+    }
+    ops.unlink = { req, parent, name in replyOK(req) { () throws(Errno) in try fs(req).unlink(parent, bytes(name)) } }
+    ops.rmdir = { req, parent, name in replyOK(req) { () throws(Errno) in try fs(req).rmdir(parent, bytes(name)) } }
+    ops.rename = { req, parent, name, newParent, newName, flags in
+        replyOK(req) { () throws(Errno) in try fs(req).rename(parent, bytes(name), newParent, bytes(newName), flags: UInt32(flags)) }
+    }
+    ops.open = { req, ino, fi in
+        do {
+            guard let fi else { throw Errno.invalidArgument }
+            try fs(req).open(ino, flags: fi.pointee.flags)
+            scout_fi_set_keep_cache(fi, 1)
+            fuse_reply_open(req, fi)
+        } catch {
+            replyErr(req, error)
+        }
+    }
+    ops.create = { req, parent, name, mode, fi in
+        do {
+            guard let fi else { throw Errno.invalidArgument }
+            var e = entry(of: try fs(req).create(parent, bytes(name), mode: mode, flags: fi.pointee.flags, caller: caller(req)))
+            scout_fi_set_keep_cache(fi, 1)
+            fuse_reply_create(req, &e, fi)
+        } catch {
+            replyErr(req, error)
+        }
+    }
+    ops.read = { req, ino, size, off, _ in
+        do {
+            replyBytes(req, try fs(req).read(ino, offset: UInt64(off), count: size))
+        } catch {
+            replyErr(req, error)
+        }
+    }
+    ops.write = { req, ino, buf, size, off, _ in
+        do {
+            let data = Array(UnsafeRawBufferPointer(start: buf, count: size))
+            let n = try fs(req).write(ino, offset: UInt64(off), data: data)
+            fuse_reply_write(req, n)
+        } catch {
+            replyErr(req, error)
+        }
+    }
+    ops.flush = { req, _, _ in fuse_reply_err(req, 0) }
+    ops.release = { req, ino, _ in replyOK(req) { () throws(Errno) in try fs(req).release(ino) } }
+    ops.fsync = { req, _, _, _ in replyOK(req) { () throws(Errno) in try fs(req).sync() } }
+    ops.opendir = { req, ino, fi in
+        do {
+            _ = try fs(req).getattr(ino)
+            fuse_reply_open(req, fi)
+        } catch {
+            replyErr(req, error)
+        }
+    }
+    ops.readdir = { req, ino, size, off, _ in fillDirectory(req, ino, size: size, offset: off, plus: false) }
+    ops.readdirplus = { req, ino, size, off, _ in fillDirectory(req, ino, size: size, offset: off, plus: true) }
+    ops.releasedir = { req, _, _ in fuse_reply_err(req, 0) }
+    ops.fsyncdir = { req, _, _, _ in replyOK(req) { () throws(Errno) in try fs(req).sync() } }
+    ops.statfs = { req, _ in
+        do {
+            let s = try fs(req).statfs()
+            var v = statvfs()
+            v.f_bsize = UInt(s.blockSize)
+            v.f_frsize = UInt(s.blockSize)
+            v.f_blocks = UInt(s.totalBlocks)
+            v.f_bfree = UInt(s.freeBlocks)
+            v.f_bavail = UInt(s.freeBlocks)
+            v.f_files = UInt(s.totalInodes)
+            v.f_ffree = UInt(s.freeInodes)
+            v.f_favail = UInt(s.freeInodes)
+            v.f_fsid = UInt(truncatingIfNeeded: s.fsid)
+            v.f_namemax = UInt(s.nameMax)
+            fuse_reply_statfs(req, &v)
+        } catch {
+            replyErr(req, error)
+        }
+    }
+    ops.setxattr = { req, ino, name, value, size, flags in
+        replyOK(req) { () throws(Errno) in
+            let v = size > 0 ? Array(UnsafeRawBufferPointer(start: value, count: size)) : []
+            try fs(req).setXattr(ino, bytes(name), v, flags: flags)
+        }
+    }
+    ops.getxattr = { req, ino, name, size in replyXattr(req, size: size) { () throws(Errno) in try fs(req).getXattr(ino, bytes(name)) } }
+    ops.listxattr = { req, ino, size in
+        replyXattr(req, size: size) { () throws(Errno) in try fs(req).listXattrs(ino).flatMap { $0 + [0] } }
+    }
+    ops.removexattr = { req, ino, name in replyOK(req) { () throws(Errno) in try fs(req).removeXattr(ino, bytes(name)) } }
+    ops.fallocate = { req, ino, mode, off, len, _ in
+        replyOK(req) { () throws(Errno) in
+            guard off >= 0, len > 0 else { throw Errno.invalidArgument }
+            try fs(req).fallocate(ino, mode: mode, offset: UInt64(off), length: UInt64(len))
+        }
+    }
+    ops.lseek = { req, ino, off, whence, _ in
+        do {
+            guard off >= 0 else { throw Errno.invalidArgument }
+            let at = try fs(req).seek(ino, offset: UInt64(off), whence: whence)
+            fuse_reply_lseek(req, off_t(at))
+        } catch {
+            replyErr(req, error)
+        }
+    }
+    return ops
+}

@@ -1,0 +1,200 @@
+import ArgumentParser
+import Foundation
+import ScoutFormat
+import ScoutFS
+import ScoutFUSE
+import ScoutStore
+
+struct MountCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mount",
+        abstract: "Mount a filesystem through FUSE.",
+        discussion: """
+            Returns once the filesystem is mounted and serving; the daemon keeps running until \
+            `scoutfs unmount MNT` or SIGTERM, which commit everything and unmount. With -f the \
+            daemon stays in the foreground.
+            """
+    )
+
+    @Option(name: .customLong("quorum-slot"), help: "This mount's quorum slot (as given to mkfs -Q).")
+    var quorumSlot: Int
+
+    @Option(name: .customShort("o"), help: "Comma-separated FUSE mount options (allow_other, …).")
+    var options: [String] = []
+
+    @Flag(name: .customShort("f"), help: "Stay in the foreground; log to stderr.")
+    var foreground = false
+
+    @Option(help: "Where the daemon logs once detached.")
+    var log: String = "/var/log/scoutfs.log"
+
+    @Option(help: "Seconds between commits of the open transaction.")
+    var commitInterval: Int = 5
+
+    @Flag(name: .customLong("daemon-child"), help: .hidden)
+    var daemonChild = false
+
+    @Argument(help: "Metadata device.") var meta: String
+    @Argument(help: "Data device.") var data: String
+    @Argument(help: "Mount point (an existing directory).") var mountpoint: String
+
+    func validate() throws {
+        if quorumSlot < 0 || quorumSlot >= Layout.maxQuorumSlots {
+            throw ValidationError("--quorum-slot must be 0 to \(Layout.maxQuorumSlots - 1)")
+        }
+        if commitInterval < 1 { throw ValidationError("--commit-interval must be at least 1 second") }
+    }
+
+    func run() throws {
+        if foreground || daemonChild {
+            try serve()
+        } else {
+            try spawnDaemon()
+        }
+    }
+
+    /// Starts this command again as a detached child in the foreground and waits until it says
+    /// it is serving (or fails, passing on its message).
+    func spawnDaemon() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: CommandLine.arguments[0].hasPrefix("/")
+            ? CommandLine.arguments[0] : FileManager.default.currentDirectoryPath + "/" + CommandLine.arguments[0])
+        if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
+            p.executableURL = URL(fileURLWithPath: exe)
+        }
+        var args = ["mount", "--daemon-child", "--quorum-slot", String(quorumSlot), "--log", log,
+                    "--commit-interval", String(commitInterval)]
+        for o in options { args += ["-o", o] }
+        args += [meta, data, mountpoint]
+        p.arguments = args
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        let line = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        if line.hasPrefix("ready") {
+            print("mounted \(MountRegistry.canonical(mountpoint)) (daemon pid \(p.processIdentifier), log \(log))")
+            return
+        }
+        p.waitUntilExit()
+        let msg = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        FileHandle.standardError.write(Data((msg.isEmpty ? "scoutfs mount: the daemon exited with status \(p.terminationStatus)\n" : msg).utf8))
+        throw ExitCode(1)
+    }
+
+    func serve() throws {
+        if daemonChild { setsid() }
+        signal(SIGPIPE, SIG_IGN)
+        let mnt = MountRegistry.canonical(mountpoint)
+        let fsys: Filesystem
+        let fuse: FUSEMount
+        do {
+            let metaDev = try openDevice(meta)
+            let dataDev = try openDevice(data)
+            let slotOffset = Layout.quorumSmallBlkno(slot: quorumSlot) * UInt64(Layout.smallBlockSize)
+            if try !metaDev.tryLock(offset: slotOffset, length: UInt64(Layout.smallBlockSize)) {
+                throw StoreError(.invalid, "quorum slot \(quorumSlot) of \(meta) is already mounted on this machine")
+            }
+            let store = try Store.open(meta: metaDev, data: dataDev)
+            guard store.superblock.quorumSlots.contains(where: { Int($0.slot) == quorumSlot }) else {
+                let have = store.superblock.quorumSlots.map { String($0.slot) }.joined(separator: ", ")
+                throw StoreError(.invalid, "quorum slot \(quorumSlot) is not configured in \(meta) (slots: \(have))")
+            }
+            fsys = try Filesystem(store: store, options: FilesystemOptions(commitInterval: .seconds(commitInterval)))
+            fsys.logSink = { line in FileHandle.standardError.write(Data("scoutfs: \(line)\n".utf8)) }
+            fuse = try FUSEMount(filesystem: fsys, mountpoint: mnt, options: options)
+        } catch {
+            throw fail("mount", error)
+        }
+        var record = MountRecord(pid: getpid(), mountpoint: mnt, meta: MountRegistry.canonical(meta),
+                                 data: MountRegistry.canonical(data), quorumSlot: quorumSlot,
+                                 fsid: hex(fsys.fsid),
+                                 committedSeq: fsys.committedSeq, log: daemonChild ? log : nil)
+        try? MountRegistry.publish(record)
+
+        let committer = Committer(fs: fsys, interval: commitInterval) { seq in
+            record.committedSeq = seq
+            try? MountRegistry.publish(record)
+        }
+        committer.start()
+
+        if daemonChild {
+            // Tell the parent we serve, then detach from its pipes: later output goes to the log.
+            FileHandle.standardOutput.write(Data("ready\n".utf8))
+            let fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+            let target = fd >= 0 ? fd : open("/dev/null", O_WRONLY)
+            dup2(target, STDOUT_FILENO)
+            dup2(target, STDERR_FILENO)
+            if target > STDERR_FILENO { close(target) }
+        } else {
+            print("serving \(mnt); unmount with `scoutfs unmount \(mnt)` or Ctrl-C")
+        }
+        FileHandle.standardError.write(Data("scoutfs: mounted \(meta) \(data) on \(mnt), quorum slot \(quorumSlot), pid \(getpid())\n".utf8))
+
+        let rc = fuse.run()
+        committer.stop()
+        var status: Int32 = rc == 0 ? 0 : 1
+        do {
+            try fsys.sync()
+        } catch {
+            FileHandle.standardError.write(Data("scoutfs: final commit failed: \(error); the last committed state is seq \(fsys.committedSeq)\n".utf8))
+            status = 1
+        }
+        fuse.close()
+        MountRegistry.remove(mnt)
+        FileHandle.standardError.write(Data("scoutfs: unmounted \(mnt) at seq \(fsys.committedSeq)\n".utf8))
+        if status != 0 { throw ExitCode(status) }
+    }
+}
+
+/// Commits the open transaction every few seconds on its own thread.
+final class Committer: @unchecked Sendable {
+    // @unchecked: `running` is only read and written under `lock`; the rest is immutable.
+    let fs: Filesystem
+    let interval: Int
+    let published: (UInt64) -> Void
+    private let lock = NSCondition()
+    private var running = false
+
+    init(fs: Filesystem, interval: Int, published: @escaping (UInt64) -> Void) {
+        self.fs = fs
+        self.interval = interval
+        self.published = published
+    }
+
+    func start() {
+        lock.lock()
+        running = true
+        lock.unlock()
+        Thread.detachNewThread { [self] in loop() }
+    }
+
+    func stop() {
+        lock.lock()
+        running = false
+        lock.signal()
+        lock.unlock()
+    }
+
+    private func loop() {
+        var last = fs.committedSeq
+        while true {
+            lock.lock()
+            if running { _ = lock.wait(until: Date().addingTimeInterval(TimeInterval(interval))) }
+            let go = running
+            lock.unlock()
+            if !go { return }
+            do {
+                try fs.commitIfDirty()
+            } catch {
+                FileHandle.standardError.write(Data("scoutfs: periodic commit failed: \(error)\n".utf8))
+            }
+            let seq = fs.committedSeq
+            if seq != last {
+                last = seq
+                published(seq)
+            }
+        }
+    }
+}

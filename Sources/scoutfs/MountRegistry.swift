@@ -1,0 +1,58 @@
+import Foundation
+import ScoutFormat
+
+/// What a running mount publishes about itself for `status` and `unmount`: one JSON file per
+/// mount point under /run/scoutfs, rewritten after every commit.
+struct MountRecord: Codable {
+    var pid: Int32
+    var mountpoint: String
+    var meta: String
+    var data: String
+    var quorumSlot: Int
+    var fsid: String
+    var committedSeq: UInt64
+    var log: String?
+}
+
+enum MountRegistry {
+    static var directory: String {
+        getuid() == 0 ? "/run/scoutfs" : NSTemporaryDirectory() + "scoutfs-\(getuid())"
+    }
+
+    /// The canonical form of a mount point, so `status ./mnt` and `status /abs/mnt` agree.
+    static func canonical(_ path: String) -> String {
+        guard let r = realpath(path, nil) else { return URL(fileURLWithPath: path).standardizedFileURL.path }
+        defer { free(r) }
+        return String(cString: r)
+    }
+
+    static func file(for mountpoint: String) -> String {
+        "\(directory)/mount-\(hex(nameHash(Array(canonical(mountpoint).utf8)))).json"
+    }
+
+    static func publish(_ record: MountRecord) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let data = try JSONEncoder().encode(record)
+        let path = file(for: record.mountpoint)
+        try data.write(to: URL(fileURLWithPath: path + ".tmp"))
+        if rename(path + ".tmp", path) != 0 {
+            throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path])
+        }
+    }
+
+    /// The record of a live mount at `mountpoint`, or nil (stale records of dead daemons are removed).
+    static func lookup(_ mountpoint: String) -> MountRecord? {
+        let path = file(for: mountpoint)
+        guard let data = FileManager.default.contents(atPath: path),
+              let rec = try? JSONDecoder().decode(MountRecord.self, from: data) else { return nil }
+        if kill(rec.pid, 0) != 0 && errno == ESRCH {
+            try? FileManager.default.removeItem(atPath: path)
+            return nil
+        }
+        return rec
+    }
+
+    static func remove(_ mountpoint: String) {
+        try? FileManager.default.removeItem(atPath: file(for: mountpoint))
+    }
+}

@@ -1,0 +1,236 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ScoutFormat
+@testable import ScoutFS
+import ScoutStore
+import SystemPackage
+import Testing
+
+/// The filesystem layer on memory devices, without FUSE.
+@Suite struct FilesystemTests {
+    let meta = MemoryBlockDevice(name: "meta", size: 256 << 20)
+    let data = MemoryBlockDevice(name: "data", size: 256 << 20)
+    let user = Caller(uid: 1000, gid: 100, umask: 0o022)
+
+    func mount() throws -> Filesystem {
+        let store: Store
+        if Store.holdsFilesystem(meta) {
+            store = try Store.open(meta: meta, data: data)
+        } else {
+            store = try Store.format(meta: meta, data: data, quorumSlots: [QuorumSlot(slot: 0, address: "127.0.0.1", port: 7100)])
+        }
+        return try Filesystem(store: store)
+    }
+
+    func name(_ s: String) -> [UInt8] { Array(s.utf8) }
+
+    /// The errno `body` fails with (nil if it succeeds; a non-errno failure fails the test).
+    func errno(_ body: () throws -> Void) -> Errno? {
+        do {
+            try body()
+            return nil
+        } catch let e as Errno {
+            return e
+        } catch {
+            Issue.record("not an errno: \(error)")
+            return nil
+        }
+    }
+
+    @Test func createWriteReadAndRemount() throws {
+        let fs = try mount()
+        let f = try fs.create(1, name("file"), mode: 0o666, flags: O_RDWR, caller: user)
+        #expect(f.mode == UInt32(S_IFREG) | 0o644)  // umask applied
+        #expect(f.uid == 1000 && f.gid == 100)
+        let payload = (0..<20000).map { UInt8(truncatingIfNeeded: $0 * 7) }
+        #expect(try fs.write(f.ino, offset: 100, data: payload) == payload.count)
+        #expect(try fs.read(f.ino, offset: 100, count: payload.count) == payload)
+        #expect(try fs.read(f.ino, offset: 0, count: 100) == [UInt8](repeating: 0, count: 100))
+        #expect(try fs.getattr(f.ino).size == 20100)
+        let v1 = try fs.getattr(f.ino).dataVersion
+        _ = try fs.write(f.ino, offset: 5000, data: [1, 2, 3])
+        #expect(try fs.getattr(f.ino).dataVersion == v1 + 1)
+        try fs.release(f.ino)
+        try fs.sync()
+
+        let again = try mount()
+        let a = try again.lookup(1, name("file"))
+        var expected = [UInt8](repeating: 0, count: 100) + payload
+        expected.replaceSubrange(5000..<5003, with: [1, 2, 3])
+        #expect(try again.read(a.ino, offset: 0, count: 1 << 20) == expected)
+        #expect(Checker.check(meta: meta, data: data).problems == [])
+    }
+
+    @Test func directoriesLinksAndCounts() throws {
+        let fs = try mount()
+        let d = try fs.mkdir(1, name("d"), mode: 0o755, caller: user)
+        #expect(d.nlink == 2)
+        #expect(try fs.getattr(1).nlink == 3)
+        let f = try fs.create(d.ino, name("f"), mode: 0o644, flags: O_WRONLY, caller: user)
+        try fs.release(f.ino)
+        let l = try fs.link(f.ino, 1, name("hard"))
+        #expect(l.nlink == 2)
+        #expect(errno { _ = try fs.link(d.ino, 1, name("dirlink")) } == .notPermitted)
+        #expect(errno { _ = try fs.mkdir(1, name("d"), mode: 0o755, caller: user) } == .fileExists)
+        #expect(errno { try fs.rmdir(1, name("d")) } == .directoryNotEmpty)
+        #expect(errno { try fs.unlink(1, name("d")) } == .isDirectory)
+        #expect(errno { try fs.rmdir(d.ino, name("f")) } == .notDirectory)
+        #expect(errno { _ = try fs.lookup(1, name(String(repeating: "x", count: 256))) } == .fileNameTooLong)
+        try fs.unlink(d.ino, name("f"))
+        #expect(try fs.getattr(f.ino).nlink == 1)
+        try fs.rmdir(1, name("d"))
+        #expect(try fs.getattr(1).nlink == 2)
+        #expect(errno { _ = try fs.lookup(1, name("d")) } == .noSuchFileOrDirectory)
+        let entries = try fs.readdir(1, offset: 0, limit: 100).map { String(decoding: $0.name, as: UTF8.self) }
+        #expect(entries == [".", "..", "hard"])
+    }
+
+    @Test func renameCornerCases() throws {
+        let fs = try mount()
+        let a = try fs.mkdir(1, name("a"), mode: 0o755, caller: user)
+        let b = try fs.mkdir(1, name("b"), mode: 0o755, caller: user)
+        let sub = try fs.mkdir(a.ino, name("sub"), mode: 0o755, caller: user)
+        let x = try fs.create(a.ino, name("x"), mode: 0o644, flags: 0, caller: user)
+        let y = try fs.create(b.ino, name("y"), mode: 0o644, flags: 0, caller: user)
+        // Into its own subtree: EINVAL.
+        #expect(errno { try fs.rename(1, name("a"), sub.ino, name("a2")) } == .invalidArgument)
+        // NOREPLACE onto an existing name.
+        #expect(errno { try fs.rename(a.ino, name("x"), b.ino, name("y"), flags: LinuxABI.renameNoReplace) } == .fileExists)
+        // Directory over a file and file over a directory.
+        #expect(errno { try fs.rename(a.ino, name("sub"), b.ino, name("y")) } == .notDirectory)
+        #expect(errno { try fs.rename(b.ino, name("y"), a.ino, name("sub")) } == .isDirectory)
+        // Exchange a file and a directory across parents: link counts follow the directory.
+        try fs.rename(a.ino, name("sub"), b.ino, name("y"), flags: LinuxABI.renameExchange)
+        #expect(try fs.lookup(b.ino, name("y")).ino == sub.ino)
+        #expect(try fs.lookup(a.ino, name("sub")).ino == y.ino)
+        #expect(try fs.getattr(a.ino).nlink == 2)
+        #expect(try fs.getattr(b.ino).nlink == 3)
+        #expect(try fs.readdir(sub.ino, offset: 1, limit: 1).first?.ino == b.ino)  // ".." moved
+        // Replace an existing file: the victim loses its link.
+        try fs.rename(a.ino, name("x"), a.ino, name("sub"))
+        #expect(try fs.lookup(a.ino, name("sub")).ino == x.ino)
+        #expect(try fs.getattr(y.ino).nlink == 0)
+        // Renaming onto a hard link of itself does nothing.
+        _ = try fs.link(x.ino, b.ino, name("xl"))
+        try fs.rename(a.ino, name("sub"), b.ino, name("xl"))
+        #expect(try fs.lookup(a.ino, name("sub")).ino == x.ino)
+        #expect(try fs.getattr(x.ino).nlink == 2)
+    }
+
+    @Test func readdirPositionsSurviveChanges() throws {
+        let fs = try mount()
+        let d = try fs.mkdir(1, name("big"), mode: 0o755, caller: user)
+        for i in 0..<3000 {
+            let f = try fs.create(d.ino, name("f\(i)"), mode: 0o644, flags: 0, caller: user)
+            try fs.release(f.ino)
+        }
+        // Read in pages while removing already-seen entries and adding new ones.
+        var seen = Set<String>()
+        var offset: UInt64 = 0
+        var added = 0
+        while true {
+            let page = try fs.readdir(d.ino, offset: offset, limit: 97)
+            if page.isEmpty { break }
+            for e in page {
+                let n = String(decoding: e.name, as: UTF8.self)
+                #expect(seen.insert(n).inserted, "\(n) returned twice")
+                if n.hasPrefix("f"), Int(n.dropFirst())! % 3 == 0 { try fs.unlink(d.ino, e.name) }
+            }
+            offset = page.last!.nextOffset
+            if added < 500 {
+                let f = try fs.create(d.ino, name("new\(added)"), mode: 0o644, flags: 0, caller: user)
+                try fs.release(f.ino)
+                added += 1
+            }
+        }
+        #expect((0..<3000).allSatisfy { seen.contains("f\($0)") })
+        #expect(seen.count == 3000 + 2 + added)
+    }
+
+    @Test func unlinkedOpenFileLivesUntilCloseAndOrphansAreFreedAtMount() throws {
+        let fs = try mount()
+        let f = try fs.create(1, name("victim"), mode: 0o644, flags: O_RDWR, caller: user)
+        _ = try fs.write(f.ino, offset: 0, data: [UInt8](repeating: 9, count: 50000))
+        try fs.unlink(1, name("victim"))
+        try fs.forget(f.ino, 1)
+        #expect(try fs.read(f.ino, offset: 49990, count: 100) == [UInt8](repeating: 9, count: 10))
+        try fs.sync()
+        // A crash now (no release) leaves an orphan; the next mount frees it.
+        let before = Checker.check(meta: meta, data: data)
+        #expect(before.dataReferenced == 13)
+        _ = try mount()
+        let after = Checker.check(meta: meta, data: data)
+        #expect(after.problems == [])
+        #expect(after.dataReferenced == 0)
+        // And a close after unlink frees at once.
+        let fs2 = try mount()
+        let g = try fs2.create(1, name("g"), mode: 0o644, flags: O_RDWR, caller: user)
+        _ = try fs2.write(g.ino, offset: 0, data: [1])
+        try fs2.unlink(1, name("g"))
+        try fs2.forget(g.ino, 1)
+        try fs2.release(g.ino)
+        #expect(errno { _ = try fs2.getattr(g.ino) } == .noSuchFileOrDirectory)
+    }
+
+    @Test func truncateSparseFallocateAndSeek() throws {
+        let fs = try mount()
+        let f = try fs.create(1, name("sparse"), mode: 0o644, flags: O_RDWR, caller: user)
+        _ = try fs.write(f.ino, offset: 1 << 20, data: [UInt8](repeating: 7, count: 10000))
+        #expect(try fs.getattr(f.ino).blocks == 3 * 8)  // three 4 KiB blocks, in 512-byte units
+        #expect(try fs.seek(f.ino, offset: 0, whence: LinuxABI.seekData) == 1 << 20)
+        #expect(try fs.seek(f.ino, offset: 0, whence: LinuxABI.seekHole) == 0)
+        #expect(try fs.seek(f.ino, offset: 1 << 20, whence: LinuxABI.seekHole) == (1 << 20) + 10000)
+        // Shrink into the middle of a block, then grow: the cut tail reads as zeros.
+        _ = try fs.setattr(f.ino, AttributeChanges(size: (1 << 20) + 10))
+        _ = try fs.setattr(f.ino, AttributeChanges(size: (1 << 20) + 5000))
+        #expect(try fs.read(f.ino, offset: 1 << 20, count: 5000) == [UInt8](repeating: 7, count: 10) + [UInt8](repeating: 0, count: 4990))
+        // Preallocate, then punch a hole in the middle.
+        try fs.fallocate(f.ino, mode: 0, offset: 0, length: 40960)
+        #expect(try fs.read(f.ino, offset: 0, count: 40960) == [UInt8](repeating: 0, count: 40960))
+        _ = try fs.write(f.ino, offset: 0, data: [UInt8](repeating: 5, count: 40960))
+        try fs.fallocate(f.ino, mode: LinuxABI.fallocPunchHole | LinuxABI.fallocKeepSize, offset: 5000, length: 10000)
+        let back = try fs.read(f.ino, offset: 0, count: 40960)
+        #expect(back[0..<5000].allSatisfy { $0 == 5 })
+        #expect(back[5000..<15000].allSatisfy { $0 == 0 })
+        #expect(back[15000...].allSatisfy { $0 == 5 })
+        #expect(errno { try fs.fallocate(f.ino, mode: 0x10, offset: 0, length: 1) } == .notSupported)
+        try fs.sync()
+        #expect(Checker.check(meta: meta, data: data).problems == [])
+    }
+
+    @Test func xattrs() throws {
+        let fs = try mount()
+        let f = try fs.create(1, name("x"), mode: 0o644, flags: 0, caller: user)
+        let big = (0..<65536).map { UInt8(truncatingIfNeeded: $0) }
+        try fs.setXattr(f.ino, name("user.big"), big, flags: 0)
+        try fs.setXattr(f.ino, name("user.small"), [1], flags: 0)
+        #expect(try fs.getXattr(f.ino, name("user.big")) == big)
+        #expect(Set(try fs.listXattrs(f.ino).map { String(decoding: $0, as: UTF8.self) }) == ["user.big", "user.small"])
+        #expect(errno { try fs.setXattr(f.ino, name("user.small"), [2], flags: LinuxABI.xattrCreate) } == .fileExists)
+        #expect(errno { try fs.setXattr(f.ino, name("user.none"), [2], flags: LinuxABI.xattrReplace) } == .noData)
+        #expect(errno { try fs.setXattr(f.ino, name("bogus.ns"), [2], flags: 0) } == .notSupported)
+        #expect(errno { try fs.setXattr(f.ino, name("user.huge"), [UInt8](repeating: 0, count: 65537), flags: 0) } == .noSpace)
+        try fs.setXattr(f.ino, name("user.big"), [3, 4], flags: LinuxABI.xattrReplace)
+        #expect(try fs.getXattr(f.ino, name("user.big")) == [3, 4])
+        try fs.removeXattr(f.ino, name("user.small"))
+        #expect(errno { _ = try fs.getXattr(f.ino, name("user.small")) } == .noData)
+        try fs.sync()
+        #expect(Checker.check(meta: meta, data: data).problems == [])
+    }
+
+    @Test func symlinksAndSetattr() throws {
+        let fs = try mount()
+        let target = Array(String(repeating: "t/", count: 1000).utf8)  // several items long
+        let l = try fs.symlink(1, name("l"), target: target, caller: user)
+        #expect(l.size == UInt64(target.count))
+        #expect(try fs.readlink(l.ino) == target)
+        #expect(errno { _ = try fs.readlink(1) } == .invalidArgument)
+        let f = try fs.create(1, name("f"), mode: 0o600, flags: 0, caller: user)
+        let a = try fs.setattr(f.ino, AttributeChanges(mode: 0o4755, uid: 5, gid: 6, mtime: .set(Timestamp(seconds: 1000, nanoseconds: 5))))
+        #expect(a.mode == UInt32(S_IFREG) | 0o4755)
+        #expect(a.uid == 5 && a.gid == 6)
+        #expect(a.mtime == Timestamp(seconds: 1000, nanoseconds: 5))
+        #expect(errno { _ = try fs.setattr(1, AttributeChanges(size: 0)) } == .isDirectory)
+    }
+}
