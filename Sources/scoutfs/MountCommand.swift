@@ -86,6 +86,15 @@ struct MountCommand: ParsableCommand {
     func serve() throws {
         if daemonChild { setsid() }
         signal(SIGPIPE, SIG_IGN)
+        // A parent that spawned us from a thread with signals blocked (libdispatch workers do)
+        // passes its mask on; SIGTERM must reach libfuse's handler or the daemon never unmounts.
+        var stopSignals = sigset_t()
+        sigemptyset(&stopSignals)
+        for s in [SIGTERM, SIGINT, SIGHUP] {
+            sigaddset(&stopSignals, s)
+            signal(s, SIG_DFL)
+        }
+        pthread_sigmask(SIG_UNBLOCK, &stopSignals, nil)
         let mnt = MountRegistry.canonical(mountpoint)
         let fsys: Filesystem
         let fuse: FUSEMount

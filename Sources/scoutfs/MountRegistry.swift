@@ -45,11 +45,21 @@ enum MountRegistry {
         let path = file(for: mountpoint)
         guard let data = FileManager.default.contents(atPath: path),
               let rec = try? JSONDecoder().decode(MountRecord.self, from: data) else { return nil }
-        if kill(rec.pid, 0) != 0 && errno == ESRCH {
+        if !isAlive(rec.pid) {
             try? FileManager.default.removeItem(atPath: path)
             return nil
         }
         return rec
+    }
+
+    /// Whether `pid` is still running. A zombie counts as gone: a daemon detached by `mount` is
+    /// reparented to whatever reaps orphans here, and that may not reap promptly.
+    static func isAlive(_ pid: pid_t) -> Bool {
+        guard kill(pid, 0) == 0 || errno == EPERM else { return false }
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return true }
+        let state = stat[stat.index(after: close)...].drop(while: { $0 == " " }).first
+        return state != "Z" && state != "X"
     }
 
     static func remove(_ mountpoint: String) {

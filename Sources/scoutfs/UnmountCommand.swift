@@ -27,7 +27,7 @@ struct UnmountCommand: ParsableCommand {
             }
         }
         let deadline = Date().addingTimeInterval(TimeInterval(timeout))
-        while kill(rec.pid, 0) == 0 {
+        while MountRegistry.isAlive(rec.pid) {
             if Date() > deadline {
                 throw fail("unmount", "\(mnt) is unmounted but daemon pid \(rec.pid) has not exited after \(timeout)s; see its log \(rec.log ?? "")")
             }

@@ -1,0 +1,182 @@
+import Foundation
+import Testing
+
+/// A filesystem on sparse device files, mounted through the real `scoutfs mount`.
+final class TestMount {
+    let dir: URL
+    let meta: String
+    let data: String
+    let mnt: String
+    let log: String
+    private(set) var pid: Int32 = 0
+
+    init(metaSize: UInt64 = 2 << 30, dataSize: UInt64 = 4 << 30) throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("scoutfs-mount-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        meta = dir.appendingPathComponent("meta").path
+        data = dir.appendingPathComponent("data").path
+        mnt = dir.appendingPathComponent("mnt").path
+        log = dir.appendingPathComponent("log").path
+        try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
+        for (path, size) in [(meta, metaSize), (data, dataSize)] {
+            #expect(FileManager.default.createFile(atPath: path, contents: nil))
+            let h = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+            try h.truncate(atOffset: size)
+            try h.close()
+        }
+        let mk = try CLI.run(["mkfs", "-Q", "0,127.0.0.1,7100", meta, data])
+        try #require(mk.status == 0, "\(mk.stderr)")
+    }
+
+    func mount(_ extra: [String] = []) throws {
+        let r = try CLI.run(["mount", "--quorum-slot", "0", "--log", log] + extra + [meta, data, mnt])
+        try #require(r.status == 0, "mount failed: \(r.stderr)")
+        let st = try CLI.run(["status", "--json", mnt])
+        let obj = try JSONSerialization.jsonObject(with: Data(st.stdout.utf8)) as? [String: Any]
+        pid = Int32(obj?["pid"] as? Int ?? 0)
+        try #require(pid > 0)
+    }
+
+    func unmount() throws {
+        let r = try CLI.run(["unmount", mnt])
+        try #require(r.status == 0, "unmount failed: \(r.stderr)\(r.stdout)")
+    }
+
+    /// Kills the daemon this test started (SIGKILL: a crash) and clears the dead mount.
+    func crash() {
+        kill(pid, SIGKILL)
+        Sys.waitForExit(pid)
+        _ = umount2(mnt, Int32(MNT_DETACH))
+    }
+
+    func check() throws -> CLI.Result { try CLI.run(["check", meta, data]) }
+
+    func path(_ p: String) -> String { mnt + "/" + p }
+
+    /// Unmounts if still mounted and removes the device files.
+    func cleanup() {
+        if pid > 0 && Sys.isAlive(pid) {
+            _ = try? CLI.run(["unmount", mnt])
+            if Sys.isAlive(pid) { crash() }
+        }
+        try? FileManager.default.removeItem(at: dir)
+    }
+}
+
+enum CLI {
+    struct Result {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    /// The executable sits beside the test bundle in the build folder.
+    static let binary: String = {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("scoutfs").path
+    }()
+
+    static func run(_ args: [String]) throws -> Result {
+        try runTool(binary, args)
+    }
+
+    static func runTool(_ tool: String, _ args: [String]) throws -> Result {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: tool)
+        p.arguments = args
+        // stderr goes to a file so that a chatty child can never block on a full pipe while we
+        // read its stdout.
+        let errPath = FileManager.default.temporaryDirectory.appendingPathComponent("stderr-\(UUID().uuidString)").path
+        guard FileManager.default.createFile(atPath: errPath, contents: nil) else {
+            throw Sys.Failure(call: "create \(errPath)", errno: errno)
+        }
+        defer { try? FileManager.default.removeItem(atPath: errPath) }
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        let e = FileManager.default.contents(atPath: errPath) ?? Data()
+        return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    }
+}
+
+/// Thin throwing wrappers over the syscalls the tests drive the mount with.
+enum Sys {
+    struct Failure: Error, CustomStringConvertible {
+        var call: String
+        var errno: Int32
+        var description: String { "\(call): \(String(cString: strerror(errno)))" }
+    }
+
+    @discardableResult
+    static func check(_ rc: Int32, _ call: String) throws -> Int32 {
+        if rc < 0 { throw Failure(call: call, errno: errno) }
+        return rc
+    }
+
+    static func writeFile(_ path: String, _ bytes: [UInt8], fsync doSync: Bool = false) throws {
+        let fd = try check(open(path, O_CREAT | O_WRONLY | O_TRUNC, 0o644), "open \(path)")
+        defer { close(fd) }
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, bytes.count - done) }
+            if n < 0 { throw Failure(call: "write \(path)", errno: errno) }
+            done += n
+        }
+        if doSync { try check(fsync(fd), "fsync \(path)") }
+    }
+
+    static func readFile(_ path: String) throws -> [UInt8] {
+        let fd = try check(open(path, O_RDONLY), "open \(path)")
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+            if n < 0 { throw Failure(call: "read \(path)", errno: errno) }
+            if n == 0 { return out }
+            out += buf[0..<n]
+        }
+    }
+
+    static func stat(_ path: String) throws -> Glibc.stat {
+        var st = Glibc.stat()
+        try check(lstat(path, &st), "stat \(path)")
+        return st
+    }
+
+    /// Whether `pid` runs; a zombie (the detached daemon's reaper may be slow) counts as gone.
+    static func isAlive(_ pid: pid_t) -> Bool {
+        guard kill(pid, 0) == 0 else { return false }
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return true }
+        return stat[stat.index(after: close)...].drop(while: { $0 == " " }).first != "Z"
+    }
+
+    static func waitForExit(_ pid: pid_t) {
+        while isAlive(pid) { usleep(10_000) }
+    }
+
+    /// The errno a call fails with, or 0.
+    static func errnoOf(_ rc: Int32) -> Int32 { rc < 0 ? errno : 0 }
+
+    static func symbol<T>(_ name: String, as: T.Type) -> T {
+        unsafeBitCast(dlsym(UnsafeMutableRawPointer(bitPattern: 0), name), to: T.self)
+    }
+
+    static let setxattr = symbol("setxattr", as: (@convention(c) (UnsafePointer<CChar>, UnsafePointer<CChar>, UnsafeRawPointer?, Int, Int32) -> Int32).self)
+    static let getxattr = symbol("getxattr", as: (@convention(c) (UnsafePointer<CChar>, UnsafePointer<CChar>, UnsafeMutableRawPointer?, Int) -> Int).self)
+    static let listxattr = symbol("listxattr", as: (@convention(c) (UnsafePointer<CChar>, UnsafeMutablePointer<CChar>?, Int) -> Int).self)
+    static let removexattr = symbol("removexattr", as: (@convention(c) (UnsafePointer<CChar>, UnsafePointer<CChar>) -> Int32).self)
+
+    static let fallocate = symbol("fallocate", as: (@convention(c) (Int32, Int32, Int, Int) -> Int32).self)
+
+    typealias Renameat2 = @convention(c) (Int32, UnsafePointer<CChar>, Int32, UnsafePointer<CChar>, UInt32) -> Int32
+    static let renameat2Fn = symbol("renameat2", as: Renameat2.self)
+
+    static func rename2(_ from: String, _ to: String, flags: UInt32) -> Int32 {
+        renameat2Fn(AT_FDCWD, from, AT_FDCWD, to, flags)
+    }
+}

@@ -1,0 +1,228 @@
+import Foundation
+import Testing
+
+/// POSIX behaviour through a real kernel mount, driven by syscalls.
+@Suite(.serialized) struct MountTests {
+    @Test func posixOperationsThroughTheKernel() throws {
+        let m = try TestMount()
+        defer { m.cleanup() }
+        try m.mount()
+
+        try Sys.check(mkdir(m.path("d"), 0o755), "mkdir")
+        try Sys.writeFile(m.path("d/a"), Array("hello".utf8))
+        #expect(try Sys.readFile(m.path("d/a")) == Array("hello".utf8))
+        #expect(try Sys.stat(m.path("d")).st_nlink == 2)
+        #expect(try Sys.stat(m.path("")).st_nlink == 3)
+
+        // Hard links: the kernel's cached nlink follows link and unlink.
+        #expect(try Sys.stat(m.path("d/a")).st_nlink == 1)
+        try Sys.check(link(m.path("d/a"), m.path("a2")), "link")
+        #expect(try Sys.stat(m.path("d/a")).st_nlink == 2)
+        #expect(try Sys.stat(m.path("a2")).st_ino == Sys.stat(m.path("d/a")).st_ino)
+        try Sys.check(unlink(m.path("d/a")), "unlink")
+        #expect(try Sys.stat(m.path("a2")).st_nlink == 1)
+        try Sys.check(link(m.path("a2"), m.path("d/a")), "link")
+        // Renaming over one link of a file drops that file's count.
+        try Sys.writeFile(m.path("b"), [1])
+        try Sys.check(rename(m.path("b"), m.path("d/a")), "rename")
+        #expect(try Sys.stat(m.path("a2")).st_nlink == 1)
+        #expect(try Sys.readFile(m.path("d/a")) == [1])
+
+        // renameat2 flags.
+        try Sys.writeFile(m.path("x"), [7])
+        try Sys.writeFile(m.path("y"), [8])
+        #expect(Sys.errnoOf(Sys.rename2(m.path("x"), m.path("y"), flags: 1)) == EEXIST)
+        try Sys.check(Sys.rename2(m.path("x"), m.path("y"), flags: 2), "renameat2 exchange")
+        #expect(try Sys.readFile(m.path("x")) == [8])
+        #expect(try Sys.readFile(m.path("y")) == [7])
+        #expect(Sys.errnoOf(rename(m.path("d"), m.path("d/inside"))) == EINVAL)
+        try Sys.check(mkdir(m.path("e"), 0o755), "mkdir")
+        try Sys.writeFile(m.path("e/f"), [1])
+        #expect(Sys.errnoOf(rename(m.path("d"), m.path("e"))) == ENOTEMPTY)
+        #expect(Sys.errnoOf(rmdir(m.path("e"))) == ENOTEMPTY)
+
+        // Symlinks, special files, long names.
+        try Sys.check(symlink("d/a", m.path("s")), "symlink")
+        var buf = [CChar](repeating: 0, count: 256)
+        let n = readlink(m.path("s"), &buf, 256)
+        #expect(String(decoding: buf[0..<max(0, n)].map { UInt8(bitPattern: $0) }, as: UTF8.self) == "d/a")
+        try Sys.check(mkfifo(m.path("fifo"), 0o600), "mkfifo")
+        #expect(try Sys.stat(m.path("fifo")).st_mode & S_IFMT == S_IFIFO)
+        #expect(Sys.errnoOf(mkdir(m.path(String(repeating: "n", count: 256)), 0o755)) == ENAMETOOLONG)
+        try Sys.check(mkdir(m.path(String(repeating: "n", count: 255)), 0o755), "mkdir 255")
+
+        // Attributes.
+        try Sys.check(chmod(m.path("x"), 0o640), "chmod")
+        try Sys.check(chown(m.path("x"), 123, 456), "chown")
+        var times = [timespec(tv_sec: 1_000_000, tv_nsec: 42), timespec(tv_sec: 2_000_000, tv_nsec: 43)]
+        try Sys.check(utimensat(AT_FDCWD, m.path("x"), &times, 0), "utimensat")
+        let st = try Sys.stat(m.path("x"))
+        #expect(st.st_mode & 0o7777 == 0o640)
+        #expect(st.st_uid == 123 && st.st_gid == 456)
+        #expect(st.st_mtim.tv_sec == 2_000_000 && st.st_mtim.tv_nsec == 43)
+        #expect(st.st_atim.tv_sec == 1_000_000)
+
+        // Xattrs through the syscalls.
+        let value = [UInt8](repeating: 0xee, count: 3000)
+        try Sys.check(value.withUnsafeBytes { Sys.setxattr(m.path("x"), "user.test", $0.baseAddress, $0.count, 0) }, "setxattr")
+        var back = [UInt8](repeating: 0, count: 4096)
+        let got = back.withUnsafeMutableBytes { Sys.getxattr(m.path("x"), "user.test", $0.baseAddress, $0.count) }
+        #expect(got == 3000 && Array(back[0..<3000]) == value)
+        #expect(Sys.getxattr(m.path("x"), "user.test", nil, 0) == 3000)
+        var small = [UInt8](repeating: 0, count: 10)
+        #expect(small.withUnsafeMutableBytes { Sys.getxattr(m.path("x"), "user.test", $0.baseAddress, $0.count) } == -1 && errno == ERANGE)
+        var names = [CChar](repeating: 0, count: 256)
+        let ln = Sys.listxattr(m.path("x"), &names, 256)
+        #expect(ln == 10)
+        try Sys.check(Sys.removexattr(m.path("x"), "user.test"), "removexattr")
+        #expect(Sys.getxattr(m.path("x"), "user.test", nil, 0) == -1 && errno == ENODATA)
+
+        // Sparse files, fallocate, SEEK_DATA / SEEK_HOLE, truncate.
+        let fd = try Sys.check(open(m.path("sparse"), O_CREAT | O_RDWR, 0o644), "open")
+        let chunk = [UInt8](repeating: 3, count: 8192)
+        #expect(chunk.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 1 << 30) } == 8192)
+        #expect(lseek(fd, 0, 3 /* SEEK_DATA */) == 1 << 30)
+        #expect(lseek(fd, 0, 4 /* SEEK_HOLE */) == 0)
+        try Sys.check(Sys.fallocate(fd, 0, 0, 65536), "fallocate")
+        #expect(lseek(fd, 0, 3) == 0)
+        #expect(lseek(fd, 0, 4) == 65536)
+        try Sys.check(ftruncate(fd, 4096), "ftruncate")
+        #expect(try Sys.stat(m.path("sparse")).st_size == 4096)
+        close(fd)
+
+        // An unlinked file stays readable through an open descriptor.
+        try Sys.writeFile(m.path("gone"), Array("still here".utf8))
+        let keep = try Sys.check(open(m.path("gone"), O_RDONLY), "open")
+        try Sys.check(unlink(m.path("gone")), "unlink")
+        var rb = [UInt8](repeating: 0, count: 32)
+        #expect(rb.withUnsafeMutableBytes { read(keep, $0.baseAddress, 32) } == 10)
+        close(keep)
+
+        // statfs sees the data device.
+        var sv = statvfs()
+        try Sys.check(statvfs(m.path(""), &sv), "statvfs")
+        #expect(sv.f_bsize == 4096)
+        #expect(sv.f_blocks == (4 << 30) / 4096 - 64)
+        #expect(sv.f_namemax == 255)
+
+        try m.unmount()
+        let ck = try m.check()
+        #expect(ck.status == 0, "\(ck.stdout)")
+        try m.mount()
+        #expect(try Sys.readFile(m.path("d/a")) == [1])
+        #expect(try Sys.stat(m.path("x")).st_uid == 123)
+        #expect(Sys.errnoOf(access(m.path("gone"), F_OK)) == ENOENT)
+        try m.unmount()
+    }
+
+    /// readdir sees each entry exactly once while other entries come and go.
+    @Test func hundredThousandEntryDirectory() throws {
+        let m = try TestMount()
+        defer { m.cleanup() }
+        try m.mount()
+        let dir = m.path("big")
+        try Sys.check(mkdir(dir, 0o755), "mkdir")
+        let count = 100_000
+        for i in 0..<count {
+            let fd = try Sys.check(open("\(dir)/f\(i)", O_CREAT | O_WRONLY, 0o644), "create f\(i)")
+            close(fd)
+        }
+        guard let d = opendir(dir) else { throw Sys.Failure(call: "opendir", errno: errno) }
+        var seen = Set<String>()
+        var duplicates = 0
+        var added = 0
+        var removed = 0
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            if !seen.insert(name).inserted { duplicates += 1 }
+            // Churn while reading: remove entries not yet seen and add new ones.
+            if seen.count % 100 == 0 && added < 2000 {
+                let fd = open("\(dir)/new\(added)", O_CREAT | O_WRONLY, 0o644)
+                if fd >= 0 { close(fd) }
+                added += 1
+                let victim = "\(dir)/f\(count - 1 - removed)"
+                if !seen.contains("f\(count - 1 - removed)") && unlink(victim) == 0 { removed += 1 }
+            }
+        }
+        closedir(d)
+        #expect(duplicates == 0)
+        // Every entry that existed throughout was returned.
+        for i in 0..<(count - removed) { #expect(seen.contains("f\(i)"), "f\(i) missing") ; if !seen.contains("f\(i)") { break } }
+        #expect(removed > 0 && added > 0)
+        try m.unmount()
+        #expect(try m.check().status == 0)
+    }
+
+    @Test func secondMountStatusAndSigterm() throws {
+        let m = try TestMount()
+        defer { m.cleanup() }
+        try m.mount()
+        let again = try CLI.run(["mount", "--quorum-slot", "0", m.meta, m.data, m.dir.path])
+        #expect(again.status == 1)
+        #expect(again.stderr.contains("quorum slot 0") && again.stderr.contains("already mounted"))
+        let st = try CLI.run(["status", m.mnt])
+        #expect(st.stdout.contains("pid            \(m.pid)"))
+        #expect(st.stdout.contains("quorum slot    0"))
+        try Sys.writeFile(m.path("before-term"), [42])
+        // SIGTERM commits and unmounts.
+        kill(m.pid, SIGTERM)
+        Sys.waitForExit(m.pid)
+        #expect(try m.check().status == 0)
+        try m.mount()
+        #expect(try Sys.readFile(m.path("before-term")) == [42])
+        try m.unmount()
+        #expect(try CLI.run(["status", m.mnt]).status == 1)
+    }
+
+    /// SIGKILL at random points of a workload that fsyncs markers: after remount every fsynced
+    /// file is intact and check is clean.
+    @Test func crashesKeepEveryFsyncedFile() throws {
+        let m = try TestMount()
+        defer { m.cleanup() }
+        var rng = SystemRandomNumberGenerator()
+        var synced: [String: [UInt8]] = [:]
+        for round in 0..<20 {
+            try m.mount(["--commit-interval", "1"])
+            for (name, content) in synced {
+                #expect(try Sys.readFile(m.path(name)) == content, "round \(round): \(name) lost or damaged")
+            }
+            // Write files, fsync every third, for a random time, then kill the daemon.
+            let deadline = Date().addingTimeInterval(Double.random(in: 0.05...0.6, using: &rng))
+            var i = 0
+            while Date() < deadline {
+                let name = "r\(round)-\(i)"
+                let content = (0..<Int.random(in: 1...20000, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+                let doSync = i % 3 == 0
+                try Sys.writeFile(m.path(name), content, fsync: doSync)
+                if doSync { synced[name] = content }
+                if i % 5 == 4 { _ = unlink(m.path("r\(round)-\(i - 2)")); if (i - 2) % 3 == 0 { synced["r\(round)-\(i - 2)"] = nil } }
+                i += 1
+            }
+            m.crash()
+            let ck = try m.check()
+            #expect(ck.status == 0, "round \(round): \(ck.stdout)")
+        }
+        try m.mount()
+        for (name, content) in synced { #expect(try Sys.readFile(m.path(name)) == content) }
+        try m.unmount()
+        #expect(try m.check().status == 0)
+    }
+
+    @Test func fioVerifiesData() throws {
+        guard FileManager.default.fileExists(atPath: "/usr/bin/fio") else {
+            Issue.record("fio is not installed; scripts/test.sh installs it")
+            return
+        }
+        let m = try TestMount()
+        defer { m.cleanup() }
+        try m.mount()
+        let r = try CLI.runTool("/usr/bin/fio", [
+            "--name=rw", "--directory=\(m.mnt)", "--rw=randrw", "--bs=4k", "--size=64m", "--numjobs=2",
+            "--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--ioengine=psync", "--group_reporting",
+        ])
+        #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
+        #expect(!r.stdout.contains("verify:"), "\(r.stdout)")
+        try m.unmount()
+        #expect(try m.check().status == 0)
+    }
+}
