@@ -33,9 +33,11 @@ let package = Package(
     targets: [
         .target(name: "ScoutFormat", swiftSettings: formatSettings),
         .target(name: "ScoutStore", dependencies: ["ScoutFormat"], swiftSettings: strict),
+        .target(name: "ScoutClient", dependencies: ["ScoutFormat", "ScoutStore"], swiftSettings: strict),
+        .target(name: "ScoutServer", dependencies: ["ScoutFormat", "ScoutStore"], swiftSettings: strict),
         .target(
             name: "ScoutFS",
-            dependencies: ["ScoutFormat", "ScoutStore", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["ScoutFormat", "ScoutStore", "ScoutClient", "ScoutServer", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict
         ),
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
@@ -50,6 +52,7 @@ let package = Package(
         ),
         .testTarget(name: "ScoutFormatTests", dependencies: ["ScoutFormat"], swiftSettings: strict),
         .testTarget(name: "ScoutStoreTests", dependencies: ["ScoutStore", "ScoutFormat"], swiftSettings: strict),
+        .testTarget(name: "ScoutServerTests", dependencies: ["ScoutServer", "ScoutClient", "ScoutStore", "ScoutFormat"], swiftSettings: strict),
         .testTarget(name: "ScoutFSTests", dependencies: ["ScoutFS", "ScoutStore", "ScoutFormat"], swiftSettings: strict),
         .testTarget(name: "scoutfsTests", dependencies: ["ScoutStore", "ScoutFormat"], swiftSettings: strict),
     ]

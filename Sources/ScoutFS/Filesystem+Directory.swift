@@ -81,7 +81,7 @@ extension FSCore {
             if rec.isDirectory { rec.mode |= UInt32(S_ISGID) }
         }
         rec.rdev = rdev
-        let ino = allocateIno()
+        let ino = try allocateIno()
         if rec.isDirectory {
             rec.nlink = 2
             parent.nlink += 1

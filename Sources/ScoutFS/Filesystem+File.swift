@@ -21,7 +21,7 @@ extension FSCore {
     /// The extents overlapping logical blocks `[first, last]`, in order.
     func extents(_ ino: UInt64, from first: UInt64, through last: UInt64 = .max) throws -> [MappedExtent] {
         var out: [MappedExtent] = []
-        try store.tree(.fs).forEach(from: Keys.extent(ino, last: first, length: 0), through: Keys.extent(ino, last: .max, length: .max), in: store) { it in
+        try items.forEach(from: Keys.extent(ino, last: first, length: 0), through: Keys.extent(ino, last: .max, length: .max)) { it in
             let len = it.key.third
             let start = it.key.second + 1 - len
             if start > last { return false }

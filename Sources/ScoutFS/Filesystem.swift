@@ -1,7 +1,9 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import ScoutClient
 public import ScoutFormat
+import ScoutServer
 public import ScoutStore
 public import SystemPackage
 import Synchronization
@@ -89,10 +91,13 @@ public struct FilesystemOptions: Sendable {
     public var commitInterval: Duration
     /// Commit as soon as the transaction has dirtied this many 64 KiB metadata blocks.
     public var dirtyBlockLimit: Int
+    /// Merge the mount's log tree into the fs tree at the commit that finds it this big (items).
+    public var mergeThreshold: UInt64
 
-    public init(commitInterval: Duration = .seconds(5), dirtyBlockLimit: Int = 2048) {
+    public init(commitInterval: Duration = .seconds(5), dirtyBlockLimit: Int = 2048, mergeThreshold: UInt64 = 100_000) {
         self.commitInterval = commitInterval
         self.dirtyBlockLimit = dirtyBlockLimit
+        self.mergeThreshold = mergeThreshold
     }
 }
 
@@ -110,7 +115,8 @@ public final class Filesystem: Sendable {
     /// Opens the filesystem on an open store: creates the root directory on first use and frees
     /// inodes that a crash left unlinked but allocated (orphans).
     public init(store: Store, options: FilesystemOptions = FilesystemOptions()) throws {
-        let c = FSCore(store: store)
+        let server = LocalServer(store: store, mergeThreshold: options.mergeThreshold)
+        let c = FSCore(store: store, server: server)
         try c.prepare()
         state = c
         self.options = options
@@ -121,7 +127,7 @@ public final class Filesystem: Sendable {
         let result: Result<T, Errno> = withCore { c in
             do {
                 let r = try body(c)
-                if c.store.dirtyBlocks >= options.dirtyBlockLimit { try c.store.commit() }
+                if c.items.dirtyBlocks >= options.dirtyBlockLimit { try c.items.commit() }
                 return .success(r)
             } catch let e as Errno {
                 return .failure(e)
@@ -143,18 +149,29 @@ public final class Filesystem: Sendable {
 
     /// Makes everything done so far durable.
     public func sync() throws(Errno) {
-        try run { try $0.store.commit() }
+        try run { _ = try $0.items.commit() }
     }
 
     /// Commits if the open transaction holds changes; the mount's commit timer calls this.
     public func commitIfDirty() throws(Errno) {
-        try run { c in if c.store.hasChanges { try c.store.commit() } }
+        try run { c in if c.items.hasChanges { _ = try c.items.commit() } }
     }
 
     public var fsid: UInt64 { withCore { $0.store.fsid } }
 
     /// The seq of the last commit.
     public var committedSeq: UInt64 { withCore { $0.store.superblock.seq } }
+
+    /// Commits, merges this mount's log tree into the fs tree and commits that: what a clean
+    /// unmount leaves is one fs tree and no log trees.
+    public func syncAndMerge() throws(Errno) {
+        try run { c in
+            _ = try c.items.commit(merge: true)
+        }
+    }
+
+    /// How many log tree merges the server has done since mount.
+    public var merges: Int { withCore { $0.server.merges } }
 
     /// Lines for the mount's log (errors a FUSE reply can only show as an errno).
     public var logSink: (@Sendable (String) -> Void)? {
@@ -169,6 +186,8 @@ public final class Filesystem: Sendable {
 // @unchecked Sendable: reachable only through `Filesystem.withCore`, which holds the lock.
 final class FSCore: @unchecked Sendable {
     let store: Store
+    let server: LocalServer
+    let items: ClientItems
     /// Handles open per inode: an unlinked inode lives until its last close.
     var openCount: [UInt64: Int] = [:]
     /// The kernel's lookup references per inode (FUSE's nlookup), dropped by forget.
@@ -177,44 +196,49 @@ final class FSCore: @unchecked Sendable {
 
     static let rootIno: UInt64 = 1
 
-    init(store: Store) {
+    init(store: Store, server: LocalServer) {
         self.store = store
+        self.server = server
+        var rid: UInt64 = 0
+        while rid == 0 { rid = UInt64.random(in: 1...UInt64.max) }
+        items = ClientItems(store: store, server: InProcessLink(server: server), rid: rid)
     }
 
     func log(_ s: String) { logSink?(s) }
 
     func prepare() throws {
-        if try store.lookup(Keys.inode(Self.rootIno), in: .fs) == nil {
+        let recovered = try server.recoverLogTrees()
+        if recovered > 0 { log("merged \(recovered) log tree(s) left by an unclean unmount") }
+        if try items.lookup(Keys.inode(Self.rootIno)) == nil {
             var root = InodeRecord(mode: UInt32(S_IFDIR) | 0o755, uid: 0, gid: 0, now: .now)
             root.nlink = 2
             if store.nextIno <= Self.rootIno { store.nextIno = Self.rootIno + 1 }
             try putInode(Self.rootIno, &root)
-            try store.commit()
+            try items.commit()
         }
         try freeOrphans()
     }
 
     // MARK: items
 
-    var seq: UInt64 { store.txnSeq }
+    var seq: UInt64 { items.seq }
 
     func get(_ key: Key) throws -> Item? {
-        guard let it = try store.lookup(key, in: .fs), !it.isDeletion else { return nil }
-        return it
+        try items.lookup(key)
     }
 
     func put(_ key: Key, _ value: [UInt8]) throws {
-        try store.insert(Item(key: key, seq: seq, value: value), into: .fs)
+        try items.insert(key, value)
     }
 
     func remove(_ key: Key) throws {
-        try store.delete(key, from: .fs)
+        try items.delete(key)
     }
 
     /// Items with keys in `[start, end]`, in order.
     func range(_ start: Key, _ end: Key, limit: Int = .max) throws -> [Item] {
         var out: [Item] = []
-        try store.tree(.fs).forEach(from: start, through: end, in: store) { it in
+        try items.forEach(from: start, through: end) { it in
             out.append(it)
             return out.count < limit
         }
@@ -246,10 +270,8 @@ final class FSCore: @unchecked Sendable {
                    dataVersion: r.dataVersion, metaSeq: r.metaSeq, dataSeq: r.dataSeq)
     }
 
-    func allocateIno() -> UInt64 {
-        let ino = store.nextIno
-        store.nextIno += 1
-        return ino
+    func allocateIno() throws -> UInt64 {
+        try items.allocateInode()
     }
 
     func directory(_ ino: UInt64) throws -> InodeRecord {
@@ -301,7 +323,7 @@ final class FSCore: @unchecked Sendable {
         }
         if !orphans.isEmpty {
             log("freed \(orphans.count) orphaned inode(s) left by an unclean unmount")
-            try store.commit()
+            try items.commit()
         }
     }
 }
@@ -345,4 +367,16 @@ enum Keys {
     /// The first and last keys of everything an inode owns.
     static func first(_ ino: UInt64) -> Key { Key(zone: Zone.fs, first: ino) }
     static func last(_ ino: UInt64) -> Key { Key(zone: Zone.fs, first: ino, type: .max, second: .max, third: .max, fourth: .max) }
+}
+
+/// The client's view of a server in the same process: plain calls.
+final class InProcessLink: ServerLink {
+    let server: LocalServer
+    init(server: LocalServer) { self.server = server }
+    var transactionSeq: UInt64 { server.transactionSeq }
+    var committedSeq: UInt64 { server.committedSeq }
+    func allocateInodes(_ count: UInt64) throws -> Range<UInt64> { server.allocateInodes(count) }
+    func commitLogTree(rid: UInt64, _ record: LogTreeRecord, merge: Bool) throws -> LogCommit {
+        try server.commitLogTree(rid: rid, record, merge: merge)
+    }
 }

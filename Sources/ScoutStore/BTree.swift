@@ -117,6 +117,25 @@ public struct BTree: Sendable {
         return old
     }
 
+    /// Frees every block of the tree (committed ones once this transaction commits) and leaves
+    /// it empty. Returns how many blocks it freed.
+    @discardableResult
+    public mutating func destroy(in store: Store) throws -> Int {
+        guard !root.isEmpty else { return 0 }
+        var freed = 0
+        var pending = [(root.ref, root.height - 1)]
+        while let (ref, level) = pending.popLast() {
+            let n = try store.readNode(ref, level: level, tree: name)
+            if !n.block.isLeaf {
+                for c in n.block.children { pending.append((c, level - 1)) }
+            }
+            store.freeNode(n)
+            freed += 1
+        }
+        root = .empty
+        return freed
+    }
+
     // MARK: internals
 
     private struct Descent {

@@ -12,6 +12,8 @@ public struct TreeSummary: Equatable, Sendable {
 public struct CheckReport: Sendable {
     public var problems: [String] = []
     public var trees: [(TreeID, TreeSummary)] = []
+    /// The committed log trees of clients (by rid) that the server has not merged yet.
+    public var logTrees: [(UInt64, TreeSummary)] = []
     public var metaBlocks: UInt64 = 0
     public var metaFree: UInt64 = 0
     public var metaReferenced: UInt64 = 0
@@ -59,6 +61,11 @@ private struct Walker {
     var report = CheckReport()
     var metaOwned: [Owned] = []
     var dataOwned: [Owned] = []
+    /// Data extent items of unmerged log trees, newest version per key. They override the fs
+    /// tree's items of the same key, as the forest does for readers.
+    var logExtents: [Key: (seq: UInt64, value: LeafValue, blkno: UInt64)] = [:]
+    /// Which tree the walk is in: the items a block holds mean different things.
+    enum Kind { case fs, log, other }
 
     init(store: Store) {
         self.store = store
@@ -85,19 +92,49 @@ private struct Walker {
     }
 
     mutating func walkTrees() {
+        // Log trees first: their extents decide which of the fs tree's are still visible.
+        var records: [(UInt64, LogTreeRecord)] = []
+        do {
+            try store.tree(.logTrees).forEach(in: store) { it in
+                guard it.key.zone == Zone.logTrees else {
+                    problem("log-trees tree: unexpected item \(it.key)")
+                    return true
+                }
+                do {
+                    records.append((it.key.first, try LogTreeRecord(decoding: it.value)))
+                } catch {
+                    problem("log-trees tree: item \(it.key): \(error)")
+                }
+                return true
+            }
+        } catch {
+            problem("\(error)")
+        }
+        for (rid, rec) in records {
+            var summary = TreeSummary()
+            summary.height = Int(rec.root.height)
+            if !rec.root.isEmpty {
+                walk(rec.root.ref, level: rec.root.height - 1, lower: nil, upper: nil, isRoot: true,
+                     name: "log tree of client \(String(rid, radix: 16))", kind: .log, summary: &summary)
+            }
+            report.logTrees.append((rid, summary))
+        }
         for t in TreeID.allCases {
             var summary = TreeSummary()
             let root = store.superblock.root(t)
             summary.height = Int(root.height)
             if !root.isEmpty {
-                walk(root.ref, level: root.height - 1, lower: nil, upper: nil, isRoot: true, tree: t, summary: &summary)
+                walk(root.ref, level: root.height - 1, lower: nil, upper: nil, isRoot: true,
+                     name: t.description, kind: t == .fs ? .fs : .other, summary: &summary)
             }
             report.trees.append((t, summary))
         }
+        for (key, e) in logExtents.sorted(by: { $0.key < $1.key }) where !e.value.flags.contains(.deletion) {
+            ownExtent(key, e.value, treeName: "log", blkno: e.blkno)
+        }
     }
 
-    mutating func walk(_ ref: BlockRef, level: UInt8, lower: Key?, upper: Key?, isRoot: Bool, tree: TreeID, summary: inout TreeSummary) {
-        let name = tree.description
+    mutating func walk(_ ref: BlockRef, level: UInt8, lower: Key?, upper: Key?, isRoot: Bool, name: String, kind: Kind, summary: inout TreeSummary) {
         metaOwned.append(Owned(start: ref.blkno, length: 1, owner: "\(name) tree"))
         report.metaReferenced += 1
         summary.blocks += 1
@@ -130,7 +167,7 @@ private struct Walker {
         if block.isLeaf {
             summary.items += UInt64(block.count)
             for (i, key) in block.keys.enumerated() {
-                checkItem(key, block.values[i], tree: tree, blkno: ref.blkno)
+                checkItem(key, block.values[i], kind: kind, blkno: ref.blkno)
             }
             return
         }
@@ -139,24 +176,40 @@ private struct Walker {
         }
         for i in 0..<block.count {
             walk(block.children[i], level: level - 1, lower: i == 0 ? lower : block.keys[i - 1], upper: block.keys[i],
-                 isRoot: false, tree: tree, summary: &summary)
+                 isRoot: false, name: name, kind: kind, summary: &summary)
         }
     }
 
-    mutating func checkItem(_ key: Key, _ v: LeafValue, tree: TreeID, blkno: UInt64) {
-        guard tree == .fs, key.zone == Zone.fs, key.type == ItemType.dataExtent, !v.flags.contains(.deletion) else { return }
+    mutating func checkItem(_ key: Key, _ v: LeafValue, kind: Kind, blkno: UInt64) {
+        guard key.zone == Zone.fs, key.type == ItemType.dataExtent else { return }
+        switch kind {
+        case .other:
+            return
+        case .log:
+            if let have = logExtents[key], have.seq >= v.seq { return }
+            logExtents[key] = (v.seq, v, blkno)
+        case .fs:
+            if v.flags.contains(.deletion) {
+                problem("metadata block \(blkno) in fs tree: deletion item \(key); only log trees hold deletions")
+                return
+            }
+            if logExtents[key] == nil { ownExtent(key, v, treeName: "fs", blkno: blkno) }
+        }
+    }
+
+    mutating func ownExtent(_ key: Key, _ v: LeafValue, treeName: String, blkno: UInt64) {
         do {
             let ext = try FileExtent(decoding: v.value)
             if ext.flags.contains(.offline) { return }
             let len = key.third
             if len == 0 || len > key.second + 1 {
-                problem("metadata block \(blkno) in fs tree: data extent item \(key) has impossible length \(len)")
+                problem("metadata block \(blkno) in \(treeName) tree: data extent item \(key) has impossible length \(len)")
                 return
             }
             dataOwned.append(Owned(start: ext.blkno, length: len, owner: "inode \(key.first) extent ending at block \(key.second)"))
             report.dataReferenced += len
         } catch {
-            problem("metadata block \(blkno) in fs tree: data extent item \(key): \(error)")
+            problem("metadata block \(blkno) in \(treeName) tree: data extent item \(key): \(error)")
         }
     }
 

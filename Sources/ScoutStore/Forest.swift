@@ -50,6 +50,21 @@ public struct Forest {
         }
     }
 
+    /// Calls `body` with each visible item in `[start, end]` in key order until it returns false.
+    public func forEach(from start: Key = .min, through end: Key = .max, in store: Store, _ body: (Item) throws -> Bool) throws {
+        if trees.count == 1 {
+            // One tree holds no tombstones worth resolving against anything: walk it directly.
+            try trees[0].forEach(from: start, through: end, in: store) { it in it.isDeletion ? true : try body(it) }
+            return
+        }
+        var search = start
+        while let it = try next(from: search, in: store), it.key <= end {
+            if try !body(it) { return }
+            guard let after = it.key.successor else { return }
+            search = after
+        }
+    }
+
     /// Every visible item in `[start, end]`, in key order.
     public func items(from start: Key = .min, through end: Key = .max, in store: Store) throws -> [Item] {
         var out: [Item] = []
@@ -82,7 +97,7 @@ public struct Forest {
     }
 
     /// Merges the versions of one key found in different trees.
-    static func resolve(_ versions: [Item]) -> Item? {
+    public static func resolve(_ versions: [Item]) -> Item? {
         guard !versions.isEmpty else { return nil }
         // Stable sort keeps the caller's tree order among equal seqs.
         let ordered = versions.enumerated().sorted {

@@ -145,7 +145,7 @@ struct MountCommand: ParsableCommand {
         committer.stop()
         var status: Int32 = rc == 0 ? 0 : 1
         do {
-            try fsys.sync()
+            try fsys.syncAndMerge()
         } catch {
             FileHandle.standardError.write(Data("scoutfs: final commit failed: \(error); the last committed state is seq \(fsys.committedSeq)\n".utf8))
             status = 1

@@ -28,6 +28,9 @@ struct PrintCommand: ParsableCommand {
         var nextSeq: UInt64
         var quorumSlots: [Slot]
         var trees: [Tree]
+        struct LogTree: Encodable { var rid: String; var height: Int; var items: UInt64; var blocks: UInt64 }
+        /// Clients' committed log trees the server has not merged into the fs tree yet.
+        var logTrees: [LogTree]
         var metaFreeBlocks: UInt64
         var metaReserveBlocks: Int
         var dataFreeBlocks: UInt64
@@ -50,6 +53,9 @@ struct PrintCommand: ParsableCommand {
                     let r = sb.root(t)
                     return .init(name: t.description, height: s.height, items: s.items, blocks: s.blocks,
                                  rootBlkno: r.ref.blkno, rootSeq: r.ref.seq)
+                },
+                logTrees: summary.logTrees.map { rid, s in
+                    .init(rid: String(rid, radix: 16), height: s.height, items: s.items, blocks: s.blocks)
                 },
                 metaFreeBlocks: sb.metaFreeBlocks, metaReserveBlocks: sb.metaReserve.count,
                 dataFreeBlocks: sb.dataFreeBlocks, problems: summary.problems)
@@ -74,6 +80,9 @@ struct PrintCommand: ParsableCommand {
         for t in o.trees {
             let name = t.name.padding(toLength: 16, withPad: " ", startingAt: 0)
             print("  \(name) height \(t.height) items \(t.items) blocks \(t.blocks) root \(t.rootBlkno)@\(t.rootSeq)")
+        }
+        for l in o.logTrees {
+            print("  log tree of client \(l.rid): height \(l.height) items \(l.items) blocks \(l.blocks) (not merged yet)")
         }
         print("allocators:")
         print("  meta free_blocks \(o.metaFreeBlocks) reserve_blocks \(o.metaReserveBlocks) of \(o.metaTotalBlocks)")

@@ -1,0 +1,92 @@
+public import ScoutFormat
+public import ScoutStore
+
+/// The server side of a mount, running in the mount's own process: it records each client's
+/// committed log tree, hands out inode numbers and transaction seqs, and merges log trees into
+/// the fs tree. Only the server writes the superblock.
+///
+/// Not thread-safe: the caller serializes calls (the single-node mount holds its filesystem
+/// lock). The cluster puts the network between clients and this type; the calls stay the same.
+public final class LocalServer {
+    public let store: Store
+    /// A client's log tree is merged at the commit that finds it holding at least this many
+    /// items (an upper bound: rewrites of one key count each time).
+    public var mergeThreshold: UInt64
+    public private(set) var merges = 0
+
+    public init(store: Store, mergeThreshold: UInt64 = 100_000) {
+        self.store = store
+        self.mergeThreshold = mergeThreshold
+    }
+
+    /// The seq that items written in the open transaction carry.
+    public var transactionSeq: UInt64 { store.txnSeq }
+
+    public var committedSeq: UInt64 { store.superblock.seq }
+
+    /// `count` inode numbers never handed out before. Numbers a crashed client did not use are
+    /// lost, never reused.
+    public func allocateInodes(_ count: UInt64) -> Range<UInt64> {
+        let first = store.nextIno
+        store.nextIno += count
+        return first..<store.nextIno
+    }
+
+    /// The log tree recorded for `rid`, or nil.
+    public func recordedLogTree(rid: UInt64) throws -> LogTreeRecord? {
+        guard let it = try store.lookup(LogTreeRecord.key(rid: rid), in: .logTrees) else { return nil }
+        return try decode(it, rid: rid)
+    }
+
+    /// Records `record` as `rid`'s log tree and commits. When asked to, or when the tree has
+    /// grown past the threshold, it is merged into the fs tree and a second commit makes that
+    /// durable; the reply says so, and the client starts a new, empty log tree.
+    public func commitLogTree(rid: UInt64, _ record: LogTreeRecord, merge: Bool = false) throws -> LogCommit {
+        try setRecord(rid: rid, record)
+        try store.commit()
+        let seq = store.superblock.seq
+        guard merge || record.items >= mergeThreshold else { return LogCommit(seq: seq, merged: false) }
+        try mergeAndCommit(rid: rid)
+        return LogCommit(seq: store.superblock.seq, merged: true)
+    }
+
+    /// Merges every recorded log tree: at mount, the trees that clients of an earlier mount left
+    /// behind. Call it only while no client is writing. (With one node nothing else is mounted;
+    /// the cluster will merge only trees of departed clients.)
+    @discardableResult
+    public func recoverLogTrees() throws -> Int {
+        var rids: [UInt64] = []
+        try store.tree(.logTrees).forEach(in: store) { it in
+            if it.key.zone == Zone.logTrees { rids.append(it.key.first) }
+            return true
+        }
+        for rid in rids { try mergeAndCommit(rid: rid) }
+        return rids.count
+    }
+
+    func mergeAndCommit(rid: UInt64) throws {
+        guard let rec = try recordedLogTree(rid: rid) else { return }
+        var log = BTree(root: rec.root, name: "log tree of client \(String(rid, radix: 16))")
+        _ = try LogMerge.merge(&log, into: store)
+        try store.delete(LogTreeRecord.key(rid: rid), from: .logTrees)
+        try store.commit()
+        merges += 1
+    }
+
+    private func setRecord(rid: UInt64, _ record: LogTreeRecord) throws {
+        let key = LogTreeRecord.key(rid: rid)
+        if record.root.isEmpty {
+            try store.delete(key, from: .logTrees)
+        } else {
+            try store.insert(Item(key: key, seq: store.txnSeq, value: record.encoded), into: .logTrees)
+        }
+    }
+
+    private func decode(_ it: Item, rid: UInt64) throws -> LogTreeRecord {
+        do {
+            return try LogTreeRecord(decoding: it.value)
+        } catch {
+            throw StoreError(.corrupt, "log-trees item of client \(String(rid, radix: 16)): \(error); run `scoutfs check`")
+        }
+    }
+}

@@ -1,0 +1,151 @@
+import ScoutClient
+import ScoutFormat
+import ScoutServer
+import ScoutStore
+import Testing
+
+/// A client writing into its log tree over a server in the same process.
+final class Link: ServerLink {
+    let server: LocalServer
+    init(_ server: LocalServer) { self.server = server }
+    var transactionSeq: UInt64 { server.transactionSeq }
+    var committedSeq: UInt64 { server.committedSeq }
+    func allocateInodes(_ count: UInt64) throws -> Range<UInt64> { server.allocateInodes(count) }
+    func commitLogTree(rid: UInt64, _ record: LogTreeRecord, merge: Bool) throws -> LogCommit { try server.commitLogTree(rid: rid, record, merge: merge) }
+}
+
+@Suite struct LogMergeTests {
+    let meta = MemoryBlockDevice(name: "meta", size: 256 << 20)
+    let data = MemoryBlockDevice(name: "data", size: 256 << 20)
+    static let slots = [QuorumSlot(slot: 0, address: "127.0.0.1", port: 7100)]
+
+    func key(_ n: UInt64) -> Key { Key(zone: Zone.fs, first: n, type: ItemType.inode) }
+
+    func value(_ n: UInt64, _ round: Int) -> [UInt8] {
+        var w = ByteWriter()
+        w.u64(n)
+        w.u64(UInt64(round))
+        return w.bytes
+    }
+
+    /// Random inserts and deletes through the client, commits, merges at a low threshold and
+    /// "crashes" (reopening from the devices) between rounds: the client's view, the fs tree
+    /// after a final merge, and a reference map agree, and check finds nothing wrong.
+    @Test(arguments: [1, 2, 3])
+    func clientViewMatchesReferenceThroughMerges(seed: UInt64) throws {
+        var rng = SplitMix(seed: seed)
+        var store = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
+        var server = LocalServer(store: store, mergeThreshold: 500)
+        var client = ClientItems(store: store, server: Link(server), rid: 7)
+        var committed: [UInt64: [UInt8]] = [:]
+        var working: [UInt64: [UInt8]] = [:]
+        var sawMerge = false
+        for round in 0..<30 {
+            for _ in 0..<200 {
+                let n = rng.next() % 2000
+                if rng.next() % 3 == 0 {
+                    try client.delete(key(n))
+                    working[n] = nil
+                } else {
+                    try client.insert(key(n), value(n, round))
+                    working[n] = value(n, round)
+                }
+            }
+            // Reads see the newest version: the log tree over the fs tree.
+            for n in stride(from: UInt64(0), to: 2000, by: 37) {
+                #expect(try client.lookup(key(n))?.value == working[n], "seed \(seed) round \(round) key \(n)")
+            }
+            var seen: [UInt64: [UInt8]] = [:]
+            try client.forEach(from: key(0), through: key(.max)) { seen[$0.key.first] = $0.value; return true }
+            #expect(seen == working, "seed \(seed) round \(round): iteration differs")
+
+            if round % 4 == 3 {
+                // Crash: drop the open transaction and reopen from what the devices hold.
+                store = try Store.open(meta: meta, data: data)
+                server = LocalServer(store: store, mergeThreshold: 500)
+                try server.recoverLogTrees()
+                client = ClientItems(store: store, server: Link(server), rid: 7)
+                working = committed
+            } else {
+                try client.commit()
+                committed = working
+                sawMerge = sawMerge || client.logTreeWrites == 0
+            }
+        }
+        try client.commit(merge: true)
+        #expect(sawMerge)
+        let fs = try store.tree(.fs).items(in: store)
+        #expect(fs.allSatisfy { !$0.isDeletion })
+        #expect(Dictionary(uniqueKeysWithValues: fs.map { ($0.key.first, $0.value) }) == working)
+        #expect(try store.tree(.logTrees).items(in: store).isEmpty)
+        let report = Checker.check(meta: meta, data: data)
+        #expect(report.isClean, "\(report.problems)")
+    }
+
+    /// A committed but unmerged log tree is part of the filesystem: check walks it, and its
+    /// tombstones hide fs tree items from a new reader.
+    @Test func unmergedLogTreeIsVisibleAndChecked() throws {
+        let store = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
+        let server = LocalServer(store: store, mergeThreshold: .max)
+        let client = ClientItems(store: store, server: Link(server), rid: 9)
+        for n in 0..<500 as Range<UInt64> { try client.insert(key(n), value(n, 0)) }
+        try client.commit(merge: true)
+        let before = try store.tree(.fs).items(in: store).count
+        #expect(before == 500)
+        for n in 0..<100 as Range<UInt64> { try client.delete(key(n)) }
+        try client.insert(key(1000), value(1000, 1))
+        try client.commit()
+
+        let report = Checker.check(meta: meta, data: data)
+        #expect(report.isClean, "\(report.problems)")
+        #expect(report.logTrees.count == 1)
+        #expect(report.logTrees.first?.1.items == 101)
+
+        let reopened = try Store.open(meta: meta, data: data)
+        let server2 = LocalServer(store: reopened)
+        #expect(try server2.recordedLogTree(rid: 9)?.items == 101)
+        let c2 = ClientItems(store: reopened, server: Link(server2), rid: 10)
+        // The new client has an empty log tree; the unmerged one is not in its forest until
+        // the server merges it, which recovery does.
+        #expect(try server2.recoverLogTrees() == 1)
+        #expect(try c2.lookup(key(50)) == nil)
+        #expect(try c2.lookup(key(1000))?.value == value(1000, 1))
+        #expect(try reopened.tree(.fs).items(in: reopened).count == 401)
+        #expect(Checker.check(meta: meta, data: data).isClean)
+    }
+
+    /// Deleting an item that only the log tree holds leaves no tombstone behind.
+    @Test func deleteOfLogOnlyItemLeavesNoTombstone() throws {
+        let store = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
+        let server = LocalServer(store: store, mergeThreshold: .max)
+        let client = ClientItems(store: store, server: Link(server), rid: 3)
+        try client.insert(key(1), value(1, 0))
+        try client.delete(key(1))
+        try client.commit()
+        #expect(Checker.check(meta: meta, data: data).logTrees.first?.1.items ?? 0 == 0)
+        #expect(try client.lookup(key(1)) == nil)
+    }
+
+    @Test func inodeNumbersComeInBatchesAndNeverRepeat() throws {
+        let store = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
+        let server = LocalServer(store: store)
+        let a = ClientItems(store: store, server: Link(server), rid: 1)
+        let b = ClientItems(store: store, server: Link(server), rid: 2)
+        let fromA = try (0..<3).map { _ in try a.allocateInode() }
+        let fromB = try b.allocateInode()
+        #expect(fromA == [fromA[0], fromA[0] + 1, fromA[0] + 2])
+        #expect(fromB == fromA[0] + ClientItems.inodeBatch)
+    }
+}
+
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
