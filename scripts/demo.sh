@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
-# Builds scoutfs, makes a pair of sparse device files under ./demo, formats them and shows what
-# is on them. Run as root on Debian 12:
+# Builds scoutfs, makes a pair of sparse device files under ./demo, formats them (once), and
+# mounts the filesystem on ./demo/mnt. Run as root on Debian 12:
 #   bash scripts/demo.sh
-# Re-running keeps an existing demo filesystem; DEMO_FRESH=1 formats it again.
+# Re-running keeps the demo filesystem and its files; DEMO_FRESH=1 formats it again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v swift >/dev/null 2>&1 && [ -x /opt/swift/usr/bin/swift ]; then
-    export PATH="$PATH:/opt/swift/usr/bin"
-fi
-command -v swift >/dev/null || { echo "swift not found: install a Swift 6.1+ toolchain" >&2; exit 1; }
+PACKAGES=(fuse3 libfuse3-dev pkg-config)
+source scripts/setup.sh
 
 swift build -c release --product scoutfs
 BIN="$(swift build -c release --show-bin-path)/scoutfs"
@@ -17,7 +15,12 @@ BIN="$(swift build -c release --show-bin-path)/scoutfs"
 DEMO="$PWD/demo"
 META="$DEMO/meta.img"
 DATA="$DEMO/data.img"
-mkdir -p "$DEMO"
+MNT="$DEMO/mnt"
+mkdir -p "$DEMO" "$MNT"
+if "$BIN" status "$MNT" >/dev/null 2>&1; then
+    echo "the demo filesystem is mounted on $MNT; unmounting it first"
+    "$BIN" unmount "$MNT"
+fi
 # Sparse files: they take disk space only as the filesystem writes to them.
 [ -e "$META" ] || truncate -s 4G "$META"
 [ -e "$DATA" ] || truncate -s 16G "$DATA"
@@ -25,10 +28,13 @@ mkdir -p "$DEMO"
 if [ "${DEMO_FRESH:-0}" = 1 ] || ! "$BIN" check "$META" "$DATA" >/dev/null 2>&1; then
     "$BIN" mkfs --force -Q 0,127.0.0.1,7100 "$META" "$DATA"
 fi
+"$BIN" mount --quorum-slot 0 --log "$DEMO/scoutfs.log" -o allow_other "$META" "$DATA" "$MNT"
+[ -e "$MNT/README" ] || echo "This is a scoutfs-swift filesystem. Its devices are $META and $DATA." > "$MNT/README"
 echo
-"$BIN" print "$META"
+"$BIN" status "$MNT"
 echo
-"$BIN" check "$META" "$DATA"
+df -h "$MNT"
 echo
-echo "demo filesystem: metadata device $META, data device $DATA"
-echo "inspect it with: $BIN print $META; verify it with: $BIN check $META $DATA"
+echo "scoutfs is mounted on $MNT (devices $META and $DATA, log $DEMO/scoutfs.log)."
+echo "Use it like any directory. Unmount with: $BIN unmount $MNT"
+echo "Then inspect the devices with: $BIN print $META; $BIN check $META $DATA"

@@ -8,20 +8,7 @@ cd "$(dirname "$0")/.."
 # Debian packages the build and tests use: libfuse3 for the mount, fio for data verification.
 PACKAGES=(fuse3 libfuse3-dev pkg-config fio)
 
-need=()
-for p in "${PACKAGES[@]}"; do
-    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
-done
-if [ ${#need[@]} -gt 0 ]; then
-    echo "installing: ${need[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-
-if ! command -v swift >/dev/null 2>&1 && [ -x /opt/swift/usr/bin/swift ]; then
-    export PATH="$PATH:/opt/swift/usr/bin"
-fi
-command -v swift >/dev/null || { echo "swift not found: install a Swift 6.1+ toolchain" >&2; exit 1; }
+source scripts/setup.sh
 
 swift build --build-tests -Xswiftc -warnings-as-errors
 swift test --skip-build

@@ -1,0 +1,17 @@
+# Sourced by the scripts here: installs missing Debian packages and finds the Swift toolchain.
+# Usage: PACKAGES=(…); source scripts/setup.sh
+
+need=()
+for p in "${PACKAGES[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! command -v swift >/dev/null 2>&1 && [ -x /opt/swift/usr/bin/swift ]; then
+    export PATH="$PATH:/opt/swift/usr/bin"
+fi
+command -v swift >/dev/null || { echo "swift not found: install a Swift 6.1+ toolchain" >&2; exit 1; }
