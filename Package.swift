@@ -50,6 +50,9 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // Whole-mount rates of any directory; scripts/bench-mount.sh runs it on scoutfs and on
+        // libfuse's passthrough_ll.
+        .executableTarget(name: "mountbench", swiftSettings: strict),
         .testTarget(name: "ScoutFormatTests", dependencies: ["ScoutFormat"], swiftSettings: strict),
         .testTarget(name: "ScoutStoreTests", dependencies: ["ScoutStore", "ScoutFormat"], swiftSettings: strict),
         .testTarget(name: "ScoutServerTests", dependencies: ["ScoutServer", "ScoutClient", "ScoutStore", "ScoutFormat"], swiftSettings: strict),

@@ -74,6 +74,18 @@ extension FSCore {
         try unmap(ino, from: first)
     }
 
+    /// Fails with ENOSPC unless `blocks` data blocks can be allocated, before anything changes:
+    /// a write never maps blocks it then cannot fill. Blocks freed by the open transaction
+    /// count once a commit has made them reusable, so space a user just freed is there at once.
+    func ensureDataSpace(_ blocks: UInt64) throws {
+        if store.allocatableDataBlocks >= blocks { return }
+        if store.allocatableDataBlocks + store.pendingFreeDataBlocks >= blocks {
+            try items.commit()
+            if store.allocatableDataBlocks >= blocks { return }
+        }
+        throw Errno.noSpace
+    }
+
     /// Maps every unmapped block of `[first, last]`, returning the new runs (whose blocks hold
     /// whatever was there before: callers write or zero all of them).
     func allocateHoles(_ ino: UInt64, from first: UInt64, through last: UInt64) throws -> [MappedExtent] {
@@ -85,6 +97,7 @@ extension FSCore {
             pos = max(pos, e.end)
         }
         if pos <= last { gaps.append((pos, last + 1)) }
+        try ensureDataSpace(gaps.reduce(0) { $0 + $1.1 - $1.0 })
         for (g0, g1) in gaps {
             var at = g0
             while at < g1 {

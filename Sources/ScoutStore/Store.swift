@@ -227,6 +227,13 @@ public final class Store {
         dataAlloc.freeBlocks + dataAlloc.pendingFree.reduce(0) { $0 + $1.length }
     }
 
+    /// Data blocks `allocData` can hand out before the next commit (frees of the open
+    /// transaction are not among them).
+    public var allocatableDataBlocks: UInt64 { dataAlloc.freeBlocks }
+
+    /// Data blocks freed in the open transaction: a commit makes them allocatable.
+    public var pendingFreeDataBlocks: UInt64 { dataAlloc.pendingFree.reduce(0) { $0 + $1.length } }
+
     /// Blocks the open transaction has dirtied so far (each becomes a 64 KiB write at commit).
     public var dirtyBlocks: Int { cache.dirtyCount }
 

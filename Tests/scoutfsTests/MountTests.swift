@@ -225,4 +225,83 @@ import Testing
         try m.unmount()
         #expect(try m.check().status == 0)
     }
+
+    /// A full data device gives ENOSPC without mapping blocks it cannot fill, and the space a
+    /// deleted file frees can be written again at once.
+    @Test func fullDataDeviceGivesENOSPCAndRecovers() throws {
+        let m = try TestMount(dataSize: 256 << 20)
+        defer { m.cleanup() }
+        try m.mount()
+        let chunk = [UInt8](repeating: 0xab, count: 1 << 20)
+        func fill(_ name: String) throws -> (written: Int, errno: Int32) {
+            let fd = try Sys.check(open(m.path(name), O_CREAT | O_WRONLY | O_TRUNC, 0o644), "open \(name)")
+            defer { close(fd) }
+            var written = 0
+            while true {
+                let n = chunk.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+                if n < 0 { return (written, errno) }
+                written += n
+                if written > 512 << 20 { return (written, 0) }
+            }
+        }
+        let first = try fill("a")
+        #expect(first.errno == ENOSPC)
+        #expect(first.written > 200 << 20 && first.written < 256 << 20, "wrote \(first.written)")
+        var sv = statvfs()
+        try Sys.check(statvfs(m.mnt, &sv), "statvfs")
+        #expect(sv.f_bavail < 256)
+        // What was written reads back whole: no block was mapped without its data.
+        let back = try Sys.readFile(m.path("a"))
+        #expect(back.count == first.written && back.allSatisfy { $0 == 0xab })
+
+        try Sys.check(unlink(m.path("a")), "unlink")
+        let second = try fill("b")
+        #expect(second.errno == ENOSPC)
+        #expect(second.written >= first.written - (1 << 20), "after freeing, only \(second.written) bytes fit")
+        try Sys.check(unlink(m.path("b")), "unlink")
+        try Sys.writeFile(m.path("small"), [1, 2, 3])
+        try m.unmount()
+        #expect(try m.check().status == 0)
+    }
+
+    /// flock and POSIX record locks (open-file-description locks here, so one process can
+    /// hold two conflicting descriptors) conflict through the mount as on any local filesystem.
+    @Test func flockAndRecordLocks() throws {
+        let m = try TestMount()
+        defer { m.cleanup() }
+        try m.mount()
+        try Sys.writeFile(m.path("locked"), [UInt8](repeating: 0, count: 100))
+        let a = try Sys.check(open(m.path("locked"), O_RDWR), "open")
+        let b = try Sys.check(open(m.path("locked"), O_RDWR), "open")
+        try Sys.check(flock(a, LOCK_EX | LOCK_NB), "flock a")
+        #expect(Sys.errnoOf(flock(b, LOCK_EX | LOCK_NB)) == EWOULDBLOCK)
+        try Sys.check(flock(a, LOCK_UN), "unlock a")
+        try Sys.check(flock(b, LOCK_SH | LOCK_NB), "flock b")
+        try Sys.check(flock(b, LOCK_UN), "unlock b")
+
+        let F_OFD_GETLK: Int32 = 36, F_OFD_SETLK: Int32 = 37
+        var lk = flock()
+        lk.l_type = Int16(F_WRLCK)
+        lk.l_whence = Int16(SEEK_SET)
+        lk.l_start = 10
+        lk.l_len = 20
+        try Sys.check(fcntl(a, F_OFD_SETLK, &lk), "lock a 10..29")
+        var other = flock()
+        other.l_type = Int16(F_WRLCK)
+        other.l_whence = Int16(SEEK_SET)
+        other.l_start = 25
+        other.l_len = 10
+        #expect(Sys.errnoOf(fcntl(b, F_OFD_SETLK, &other)) == EAGAIN)
+        try Sys.check(fcntl(b, F_OFD_GETLK, &other), "getlk")
+        #expect(other.l_type == Int16(F_WRLCK) && other.l_start == 10 && other.l_len == 20)
+        var disjoint = flock()
+        disjoint.l_type = Int16(F_WRLCK)
+        disjoint.l_whence = Int16(SEEK_SET)
+        disjoint.l_start = 30
+        disjoint.l_len = 10
+        try Sys.check(fcntl(b, F_OFD_SETLK, &disjoint), "lock b 30..39")
+        close(a)
+        close(b)
+        try m.unmount()
+    }
 }
