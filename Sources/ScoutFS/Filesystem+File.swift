@@ -80,7 +80,7 @@ extension FSCore {
     func ensureDataSpace(_ blocks: UInt64) throws {
         if store.allocatableDataBlocks >= blocks { return }
         if store.allocatableDataBlocks + store.pendingFreeDataBlocks >= blocks {
-            try items.commit()
+            try commit()
             if store.allocatableDataBlocks >= blocks { return }
         }
         throw Errno.noSpace
@@ -113,21 +113,26 @@ extension FSCore {
 
     // MARK: data I/O
 
-    func readData(_ ino: UInt64, offset: UInt64, count: Int) throws -> [UInt8] {
+    /// Where the bytes of a read come from: `count` bytes, of which each segment is on the data
+    /// device and the rest are holes (zeros).
+    struct ReadPlan {
+        var count = 0
+        var segments: [(at: Int, device: UInt64, length: Int)] = []
+    }
+
+    func planRead(_ ino: UInt64, offset: UInt64, count: Int) throws -> ReadPlan {
         let rec = try inode(ino)
         if rec.isDirectory { throw Errno.isDirectory }
-        guard offset < rec.size, count > 0 else { return [] }
-        let n = Int(min(UInt64(count), rec.size - offset))
-        var out = [UInt8](repeating: 0, count: n)
-        let end = offset + UInt64(n)
+        guard offset < rec.size, count > 0 else { return ReadPlan() }
+        var plan = ReadPlan(count: Int(min(UInt64(count), rec.size - offset)))
+        let end = offset + UInt64(plan.count)
         for e in try extents(ino, from: offset / blockSize, through: (end - 1) / blockSize) {
             let lo = max(offset, e.start * blockSize)
             let hi = min(end, e.end * blockSize)
             guard lo < hi else { continue }
-            let bytes = try store.data.read(at: e.blkno * blockSize + (lo - e.start * blockSize), count: Int(hi - lo))
-            out.replaceSubrange(Int(lo - offset)..<Int(hi - offset), with: bytes)
+            plan.segments.append((Int(lo - offset), e.blkno * blockSize + (lo - e.start * blockSize), Int(hi - lo)))
         }
-        return out
+        return plan
     }
 
     func writeData(_ ino: UInt64, offset: UInt64, data: [UInt8]) throws -> Int {
@@ -298,10 +303,16 @@ extension FSCore {
         }
     }
 
-    func open(_ ino: UInt64, flags: Int32) throws {
+    func open(_ ino: UInt64, flags: Int32, caller: Caller? = nil) throws {
         var rec = try inode(ino)
         if flags & O_TRUNC != 0 && rec.isRegular && (flags & O_ACCMODE) != O_RDONLY {
             try setSize(ino, &rec, 0)
+            // With atomic O_TRUNC the kernel sends no setattr, so the truncate's clearing of
+            // setuid/setgid (for callers without CAP_FSETID, which root stands for) is ours.
+            if let caller, caller.uid != 0 {
+                rec.mode &= ~UInt32(S_ISUID)
+                if rec.mode & UInt32(S_IXGRP) != 0 { rec.mode &= ~UInt32(S_ISGID) }
+            }
             try putInode(ino, &rec)
         }
         openCount[ino, default: 0] += 1
@@ -336,8 +347,8 @@ extension Filesystem {
     }
 
     /// Opens `ino`; with O_TRUNC a writable open truncates (the mount negotiates atomic O_TRUNC).
-    public func open(_ ino: UInt64, flags: Int32) throws(Errno) {
-        try run { try $0.open(ino, flags: flags) }
+    public func open(_ ino: UInt64, flags: Int32, caller: Caller? = nil) throws(Errno) {
+        try run { try $0.open(ino, flags: flags, caller: caller) }
     }
 
     /// Creates and opens a regular file.
@@ -353,8 +364,33 @@ extension Filesystem {
         try run { try $0.release(ino) }
     }
 
+    /// Reads file data. Only the extent lookup holds the filesystem lock; the device reads run
+    /// in parallel with other requests, inside the data read gate.
     public func read(_ ino: UInt64, offset: UInt64, count: Int) throws(Errno) -> [UInt8] {
-        try run { try $0.readData(ino, offset: offset, count: count) }
+        let plan = try runWithoutCommit { c in
+            let p = try c.planRead(ino, offset: offset, count: count)
+            if !p.segments.isEmpty { readGate.enter() }
+            return p
+        }
+        guard !plan.segments.isEmpty else { return [UInt8](repeating: 0, count: plan.count) }
+        defer { readGate.leave() }
+        let data = dataDevice
+        do {
+            return try [UInt8](unsafeUninitializedCapacity: plan.count) { buf, initialized in
+                let raw = UnsafeMutableRawBufferPointer(buf)
+                var at = 0
+                for s in plan.segments {
+                    if s.at > at { raw[at..<s.at].initializeMemory(as: UInt8.self, repeating: 0) }
+                    try data.read(at: s.device, into: UnsafeMutableRawBufferPointer(rebasing: raw[s.at..<s.at + s.length]))
+                    at = s.at + s.length
+                }
+                if at < plan.count { raw[at..<plan.count].initializeMemory(as: UInt8.self, repeating: 0) }
+                initialized = plan.count
+            }
+        } catch {
+            withCore { $0.log("read of inode \(ino) at \(offset): \(error)") }
+            throw .ioError
+        }
     }
 
     public func write(_ ino: UInt64, offset: UInt64, data: [UInt8]) throws(Errno) -> Int {

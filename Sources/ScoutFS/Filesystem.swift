@@ -111,24 +111,37 @@ public final class Filesystem: Sendable {
     private let lock = Mutex(())
     private let state: FSCore
     public let options: FilesystemOptions
+    let readGate = DataReadGate()
+    /// File data is read from it outside the lock (see `read`).
+    // nonisolated(unsafe): set once in init; the device's reads are thread-safe.
+    nonisolated(unsafe) let dataDevice: any BlockDevice
 
     /// Opens the filesystem on an open store: creates the root directory on first use and frees
     /// inodes that a crash left unlinked but allocated (orphans).
     public init(store: Store, options: FilesystemOptions = FilesystemOptions()) throws {
         let server = LocalServer(store: store, mergeThreshold: options.mergeThreshold)
-        let c = FSCore(store: store, server: server)
+        let c = FSCore(store: store, server: server, readGate: readGate)
+        dataDevice = store.data
         try c.prepare()
         state = c
         self.options = options
     }
 
-    /// Runs `body` on the core under the lock, mapping store errors to errnos.
+    /// Runs `body` on the core under the lock, mapping store errors to errnos, then commits if
+    /// the transaction has grown past its dirty limit.
     func run<T>(_ body: (FSCore) throws -> T) throws(Errno) -> T {
+        try runWithoutCommit { c in
+            let r = try body(c)
+            if c.items.dirtyBlocks >= options.dirtyBlockLimit { try c.commit() }
+            return r
+        }
+    }
+
+    /// Runs `body` on the core under the lock, mapping store errors to errnos.
+    func runWithoutCommit<T>(_ body: (FSCore) throws -> T) throws(Errno) -> T {
         let result: Result<T, Errno> = withCore { c in
             do {
-                let r = try body(c)
-                if c.items.dirtyBlocks >= options.dirtyBlockLimit { try c.items.commit() }
-                return .success(r)
+                return .success(try body(c))
             } catch let e as Errno {
                 return .failure(e)
             } catch let e as StoreError {
@@ -149,12 +162,12 @@ public final class Filesystem: Sendable {
 
     /// Makes everything done so far durable.
     public func sync() throws(Errno) {
-        try run { _ = try $0.items.commit() }
+        try run { try $0.commit() }
     }
 
     /// Commits if the open transaction holds changes; the mount's commit timer calls this.
     public func commitIfDirty() throws(Errno) {
-        try run { c in if c.items.hasChanges { _ = try c.items.commit() } }
+        try run { c in if c.items.hasChanges { try c.commit() } }
     }
 
     public var fsid: UInt64 { withCore { $0.store.fsid } }
@@ -166,7 +179,7 @@ public final class Filesystem: Sendable {
     /// unmount leaves is one fs tree and no log trees.
     public func syncAndMerge() throws(Errno) {
         try run { c in
-            _ = try c.items.commit(merge: true)
+            try c.commit(merge: true)
         }
     }
 
@@ -196,15 +209,24 @@ final class FSCore: @unchecked Sendable {
 
     static let rootIno: UInt64 = 1
 
-    init(store: Store, server: LocalServer) {
+    let readGate: DataReadGate
+
+    init(store: Store, server: LocalServer, readGate: DataReadGate) {
         self.store = store
         self.server = server
+        self.readGate = readGate
         var rid: UInt64 = 0
         while rid == 0 { rid = UInt64.random(in: 1...UInt64.max) }
         items = ClientItems(store: store, server: InProcessLink(server: server), rid: rid)
     }
 
     func log(_ s: String) { logSink?(s) }
+
+    /// Makes the open transaction durable. Blocks it freed become allocatable, so no file data
+    /// read may be in flight (`DataReadGate`).
+    func commit(merge: Bool = false) throws {
+        try readGate.closed { _ = try items.commit(merge: merge) }
+    }
 
     func prepare() throws {
         let recovered = try server.recoverLogTrees()
@@ -214,7 +236,7 @@ final class FSCore: @unchecked Sendable {
             root.nlink = 2
             if store.nextIno <= Self.rootIno { store.nextIno = Self.rootIno + 1 }
             try putInode(Self.rootIno, &root)
-            try items.commit()
+            try commit()
         }
         try freeOrphans()
     }
@@ -323,7 +345,7 @@ final class FSCore: @unchecked Sendable {
         }
         if !orphans.isEmpty {
             log("freed \(orphans.count) orphaned inode(s) left by an unclean unmount")
-            try items.commit()
+            try commit()
         }
     }
 }

@@ -244,6 +244,10 @@ func makeOperations() -> fuse_lowlevel_ops {
         scout_conn_want(conn, UInt32(FUSE_CAP_ATOMIC_O_TRUNC))
         scout_conn_want(conn, UInt32(FUSE_CAP_READDIRPLUS))
         scout_conn_want(conn, UInt32(FUSE_CAP_SPLICE_READ))
+        // libfuse turns this on by default, and with it the kernel stops clearing setuid and
+        // setgid on write, truncate and chown, leaving it to us. The kernel knows the caller's
+        // CAP_FSETID and we do not, so it keeps the job and sends the mode change.
+        scout_conn_unwant(conn, UInt32(FUSE_CAP_HANDLE_KILLPRIV))
         conn.pointee.max_write = 1 << 20
     }
     ops.lookup = { req, parent, name in replyEntry(req) { () throws(Errno) in try fs(req).lookup(parent, bytes(name)) } }
@@ -305,7 +309,7 @@ func makeOperations() -> fuse_lowlevel_ops {
     ops.open = { req, ino, fi in
         do {
             guard let fi else { throw Errno.invalidArgument }
-            try fs(req).open(ino, flags: fi.pointee.flags)
+            try fs(req).open(ino, flags: fi.pointee.flags, caller: caller(req))
             scout_fi_set_keep_cache(fi, 1)
             fuse_reply_open(req, fi)
         } catch {

@@ -1,19 +1,30 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Synchronization
 
 /// A device the store reads and writes: a regular file or a block device. Offsets and lengths
 /// are in bytes. `flush` returns only when every write before it is durable; the store's commit
 /// order (blocks, flush, superblock, flush) depends on that.
 ///
-/// Not thread-safe by itself: the store serializes access.
+/// Reads may run concurrently with each other and with writes to other ranges (file data is
+/// read outside the filesystem lock); everything else is serialized by the store.
 public protocol BlockDevice: AnyObject {
     /// What to call this device in messages (usually its path).
     var name: String { get }
     var size: UInt64 { get }
     func read(at offset: UInt64, count: Int) throws -> [UInt8]
+    /// Reads `buffer.count` bytes into `buffer` (file data goes straight into a reply buffer).
+    func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws
     func write(at offset: UInt64, _ bytes: [UInt8]) throws
     func flush() throws
+}
+
+extension BlockDevice {
+    public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        let bytes = try read(at: offset, count: buffer.count)
+        bytes.withUnsafeBytes { buffer.copyMemory(from: $0) }
+    }
 }
 
 /// A device backed by a file or block device through pread/pwrite/fdatasync.
@@ -49,18 +60,27 @@ public final class FileBlockDevice: BlockDevice {
         }
         // Read straight into uninitialized storage: zeroing 64 KiB first showed up in profiles.
         return try [UInt8](unsafeUninitializedCapacity: count) { buf, initialized in
-            var done = 0
-            while done < count {
-                let n = pread(fd, buf.baseAddress! + done, count - done, off_t(offset) + off_t(done))
-                if n < 0 {
-                    let e = Glibc.errno
-                    if e == EINTR { continue }
-                    throw StoreError(.io, "\(name): read at byte \(offset): \(String(cString: strerror(e)))")
-                }
-                if n == 0 { throw StoreError(.io, "\(name): unexpected end of device at byte \(offset + UInt64(done))") }
-                done += n
-            }
+            try read(at: offset, into: UnsafeMutableRawBufferPointer(buf))
             initialized = count
+        }
+    }
+
+    public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        let count = buffer.count
+        if offset + UInt64(count) > size {
+            throw StoreError(.io, "\(name): read of \(count) bytes at \(offset) runs past the end of the device (\(size) bytes)")
+        }
+        guard count > 0 else { return }
+        var done = 0
+        while done < count {
+            let n = pread(fd, buffer.baseAddress! + done, count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                let e = Glibc.errno
+                if e == EINTR { continue }
+                throw StoreError(.io, "\(name): read at byte \(offset): \(String(cString: strerror(e)))")
+            }
+            if n == 0 { throw StoreError(.io, "\(name): unexpected end of device at byte \(offset + UInt64(done))") }
+            done += n
         }
     }
 
@@ -118,11 +138,13 @@ public final class FileBlockDevice: BlockDevice {
 }
 
 /// A sparse in-memory device, for tests and benchmarks that should not touch a disk.
-public final class MemoryBlockDevice: BlockDevice {
+// @unchecked Sendable: `pages` is only touched under `lock`.
+public final class MemoryBlockDevice: BlockDevice, @unchecked Sendable {
     public let name: String
     public let size: UInt64
     static let pageSize = 4096
-    var pages: [UInt64: [UInt8]] = [:]
+    private var pages: [UInt64: [UInt8]] = [:]
+    private let lock = Mutex(())
 
     public init(name: String = "memory", size: UInt64) {
         self.name = name
@@ -132,18 +154,22 @@ public final class MemoryBlockDevice: BlockDevice {
     public func read(at offset: UInt64, count: Int) throws -> [UInt8] {
         if offset + UInt64(count) > size { throw StoreError(.io, "\(name): read past the end of the device") }
         var out = [UInt8](repeating: 0, count: count)
-        forEachPage(offset, count) { page, pageOff, outOff, n in
-            if let p = pages[page] { out.replaceSubrange(outOff..<outOff + n, with: p[pageOff..<pageOff + n]) }
+        lock.withLock { _ in
+            forEachPage(offset, count) { page, pageOff, outOff, n in
+                if let p = pages[page] { out.replaceSubrange(outOff..<outOff + n, with: p[pageOff..<pageOff + n]) }
+            }
         }
         return out
     }
 
     public func write(at offset: UInt64, _ bytes: [UInt8]) throws {
         if offset + UInt64(bytes.count) > size { throw StoreError(.io, "\(name): write past the end of the device") }
-        forEachPage(offset, bytes.count) { page, pageOff, inOff, n in
-            var p = pages[page] ?? [UInt8](repeating: 0, count: Self.pageSize)
-            p.replaceSubrange(pageOff..<pageOff + n, with: bytes[inOff..<inOff + n])
-            pages[page] = p
+        lock.withLock { _ in
+            forEachPage(offset, bytes.count) { page, pageOff, inOff, n in
+                var p = pages[page] ?? [UInt8](repeating: 0, count: Self.pageSize)
+                p.replaceSubrange(pageOff..<pageOff + n, with: bytes[inOff..<inOff + n])
+                pages[page] = p
+            }
         }
     }
 
@@ -152,7 +178,7 @@ public final class MemoryBlockDevice: BlockDevice {
     /// A copy of the current contents, so a test can keep a device image across a simulated crash.
     public func snapshot() -> MemoryBlockDevice {
         let d = MemoryBlockDevice(name: name, size: size)
-        d.pages = pages
+        d.pages = lock.withLock { _ in pages }
         return d
     }
 

@@ -51,16 +51,51 @@ public struct Forest {
     }
 
     /// Calls `body` with each visible item in `[start, end]` in key order until it returns false.
+    ///
+    /// Walks every tree in batches and merges them, so a long scan costs about one leaf visit
+    /// per batch per tree rather than a descent of every tree per item.
     public func forEach(from start: Key = .min, through end: Key = .max, in store: Store, _ body: (Item) throws -> Bool) throws {
         if trees.count == 1 {
-            // One tree holds no tombstones worth resolving against anything: walk it directly.
             try trees[0].forEach(from: start, through: end, in: store) { it in it.isDeletion ? true : try body(it) }
             return
         }
+        let batch = 128
         var search = start
-        while let it = try next(from: search, in: store), it.key <= end {
-            if try !body(it) { return }
-            guard let after = it.key.successor else { return }
+        while true {
+            var lists: [[Item]] = []
+            // Items up to `complete` are all present in every list: a tree whose batch filled
+            // up may have more keys after its last one.
+            var complete = end
+            var more = false
+            for t in trees {
+                var got: [Item] = []
+                got.reserveCapacity(batch)
+                try t.forEach(from: search, through: end, in: store) { it in
+                    got.append(it)
+                    return got.count < batch
+                }
+                if got.count == batch, let last = got.last?.key {
+                    more = true
+                    if last < complete { complete = last }
+                }
+                lists.append(got)
+            }
+            var heads = [Int](repeating: 0, count: lists.count)
+            while true {
+                var key: Key?
+                for (i, l) in lists.enumerated() where heads[i] < l.count {
+                    let k = l[heads[i]].key
+                    if k <= complete && (key == nil || k < key!) { key = k }
+                }
+                guard let k = key else { break }
+                var versions: [Item] = []
+                for i in lists.indices where heads[i] < lists[i].count && lists[i][heads[i]].key == k {
+                    versions.append(lists[i][heads[i]])
+                    heads[i] += 1
+                }
+                if let visible = Self.resolve(versions), try !body(visible) { return }
+            }
+            guard more, let after = complete.successor else { return }
             search = after
         }
     }

@@ -304,4 +304,30 @@ import Testing
         close(b)
         try m.unmount()
     }
+
+    /// A write or truncate by someone without CAP_FSETID clears setuid (and setgid with group
+    /// exec) as on any local filesystem; root's own write keeps them.
+    @Test func unprivilegedWriteClearsSetuid() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") else {
+            Issue.record("setpriv (util-linux) is missing")
+            return
+        }
+        let m = try TestMount()
+        defer { m.cleanup() }
+        try m.mount(["-o", "allow_other"])
+        for name in ["w", "t", "r"] {
+            try Sys.writeFile(m.path(name), [1, 2, 3])
+            try Sys.check(chmod(m.path(name), 0o6777), "chmod")
+        }
+        func asNobody(_ script: String) throws -> Int32 {
+            try CLI.runTool("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sh", "-c", script]).status
+        }
+        #expect(try asNobody("printf x >> \(m.path("w"))") == 0)
+        #expect(try Sys.stat(m.path("w")).st_mode & 0o7777 == 0o777)
+        #expect(try asNobody(": > \(m.path("t"))") == 0)
+        #expect(try Sys.stat(m.path("t")).st_mode & 0o7777 == 0o777)
+        try Sys.writeFile(m.path("r"), [9])
+        #expect(try Sys.stat(m.path("r")).st_mode & 0o7777 == 0o6777)
+        try m.unmount()
+    }
 }
