@@ -94,7 +94,7 @@ public struct FilesystemOptions: Sendable {
     /// Merge the mount's log tree into the fs tree at the commit that finds it this big (items).
     public var mergeThreshold: UInt64
 
-    public init(commitInterval: Duration = .seconds(5), dirtyBlockLimit: Int = 2048, mergeThreshold: UInt64 = 100_000) {
+    public init(commitInterval: Duration = .seconds(5), dirtyBlockLimit: Int = 1024, mergeThreshold: UInt64 = 100_000) {
         self.commitInterval = commitInterval
         self.dirtyBlockLimit = dirtyBlockLimit
         self.mergeThreshold = mergeThreshold
@@ -312,6 +312,11 @@ final class FSCore: @unchecked Sendable {
         guard let have = lookupCount[ino] else { return }
         if have <= n {
             lookupCount[ino] = nil
+            // A dictionary never gives back its storage; once the kernel has forgotten most of
+            // what it once held, rebuild the table at its present size.
+            if lookupCount.capacity > 4096 && lookupCount.count < lookupCount.capacity / 8 {
+                lookupCount = Dictionary(minimumCapacity: lookupCount.count * 2).merging(lookupCount) { a, _ in a }
+            }
         } else {
             lookupCount[ino] = have - n
         }

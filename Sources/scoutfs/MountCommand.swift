@@ -31,6 +31,9 @@ struct MountCommand: ParsableCommand {
     @Option(help: "Seconds between commits of the open transaction.")
     var commitInterval: Int = 5
 
+    @Option(name: .customLong("cache-mib"), help: "Memory for cached metadata blocks, in MiB (the daemon's RSS is about this plus the open transaction's dirty blocks).")
+    var cacheMiB: Int = 256
+
     @Flag(name: .customLong("daemon-child"), help: .hidden)
     var daemonChild = false
 
@@ -43,6 +46,7 @@ struct MountCommand: ParsableCommand {
             throw ValidationError("--quorum-slot must be 0 to \(Layout.maxQuorumSlots - 1)")
         }
         if commitInterval < 1 { throw ValidationError("--commit-interval must be at least 1 second") }
+        if cacheMiB < 16 { throw ValidationError("--cache-mib must be at least 16") }
     }
 
     func run() throws {
@@ -63,7 +67,7 @@ struct MountCommand: ParsableCommand {
             p.executableURL = URL(fileURLWithPath: exe)
         }
         var args = ["mount", "--daemon-child", "--quorum-slot", String(quorumSlot), "--log", log,
-                    "--commit-interval", String(commitInterval)]
+                    "--commit-interval", String(commitInterval), "--cache-mib", String(cacheMiB)]
         for o in options { args += ["-o", o] }
         args += [meta, data, mountpoint]
         p.arguments = args
@@ -105,7 +109,8 @@ struct MountCommand: ParsableCommand {
             if try !metaDev.tryLock(offset: slotOffset, length: UInt64(Layout.smallBlockSize)) {
                 throw StoreError(.invalid, "quorum slot \(quorumSlot) of \(meta) is already mounted on this machine")
             }
-            let store = try Store.open(meta: metaDev, data: dataDev)
+            let store = try Store.open(meta: metaDev, data: dataDev,
+                                       options: StoreOptions(cacheBlocks: cacheMiB << 20 / Layout.metaBlockSize))
             guard store.superblock.quorumSlots.contains(where: { Int($0.slot) == quorumSlot }) else {
                 let have = store.superblock.quorumSlots.map { String($0.slot) }.joined(separator: ", ")
                 throw StoreError(.invalid, "quorum slot \(quorumSlot) is not configured in \(meta) (slots: \(have))")
@@ -158,6 +163,12 @@ struct MountCommand: ParsableCommand {
 }
 
 /// Commits the open transaction every few seconds on its own thread.
+/// glibc's malloc_trim, which the Glibc module does not export.
+let mallocTrim: (@convention(c) (Int) -> Int32)? = {
+    guard let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_trim") else { return nil }
+    return unsafeBitCast(sym, to: (@convention(c) (Int) -> Int32).self)
+}()
+
 final class Committer: @unchecked Sendable {
     // @unchecked: `running` is only read and written under `lock`; the rest is immutable.
     let fs: Filesystem
@@ -204,6 +215,10 @@ final class Committer: @unchecked Sendable {
                 last = seq
                 published(seq)
             }
+            // Commits turn dirty blocks into evictable clean ones and the kernel's FORGETs
+            // shrink per-inode state; give what malloc holds unused back, so the daemon's RSS
+            // follows its caches rather than its past peaks.
+            _ = mallocTrim?(0)
         }
     }
 }
