@@ -1,10 +1,12 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Foundation
 import ScoutFormat
 @testable import ScoutFS
 import ScoutStore
 import SystemPackage
+import Synchronization
 import Testing
 
 /// The filesystem layer on memory devices, without FUSE.
@@ -233,4 +235,57 @@ import Testing
         #expect(a.mtime == Timestamp(seconds: 1000, nanoseconds: 5))
         #expect(errno { _ = try fs.setattr(1, AttributeChanges(size: 0)) } == .isDirectory)
     }
+
+    /// File data is read outside the filesystem lock; a block freed by a truncate must not be
+    /// handed to another file while such a read of it is in flight. A reader of `x` sees only
+    /// its bytes (or a shorter file), never those of `y`, which keeps taking `x`'s old blocks.
+    @Test func readsNeverSeeBlocksReusedByAnotherFile() throws {
+        // Slow reads of file data widen the window in which a missing gate would show.
+        let slow = SlowReadDevice(data)
+        let store = try Store.format(meta: meta, data: slow, quorumSlots: [QuorumSlot(slot: 0, address: "127.0.0.1", port: 7100)])
+        let fs = try Filesystem(store: store)
+        let size = 256 << 10
+        let x = try fs.create(1, name("x"), mode: 0o644, flags: O_RDWR, caller: user)
+        _ = try fs.write(x.ino, offset: 0, data: [UInt8](repeating: 0x11, count: size))
+        try fs.sync()
+        let stop = Mutex(false)
+        let leaked = Mutex(0)
+        let reads = Mutex(0)
+        let reader = Thread {
+            while !stop.withLock({ $0 }) {
+                guard let got = try? fs.read(x.ino, offset: 0, count: size) else { continue }
+                if got.contains(where: { $0 != 0x11 && $0 != 0 }) { leaked.withLock { $0 += 1 } }
+                reads.withLock { $0 += 1 }
+            }
+        }
+        reader.start()
+        for round in 0..<150 {
+            _ = try fs.setattr(x.ino, AttributeChanges(size: 0))
+            try fs.sync()
+            let y = try fs.create(1, name("y\(round)"), mode: 0o644, flags: O_RDWR, caller: user)
+            _ = try fs.write(y.ino, offset: 0, data: [UInt8](repeating: 0x22, count: size))
+            _ = try fs.write(x.ino, offset: 0, data: [UInt8](repeating: 0x11, count: size))
+            try fs.release(y.ino)
+            try fs.unlink(1, name("y\(round)"))
+            try fs.sync()
+        }
+        stop.withLock { $0 = true }
+        while !reader.isFinished { usleep(1000) }
+        #expect(leaked.withLock { $0 } == 0)
+        #expect(reads.withLock { $0 } > 0)
+    }
+}
+
+/// A device whose reads of more than one block take a while, like a disk's.
+final class SlowReadDevice: BlockDevice {
+    let inner: MemoryBlockDevice
+    init(_ inner: MemoryBlockDevice) { self.inner = inner }
+    var name: String { inner.name }
+    var size: UInt64 { inner.size }
+    func read(at offset: UInt64, count: Int) throws -> [UInt8] {
+        if count > 4096 { usleep(2000) }
+        return try inner.read(at: offset, count: count)
+    }
+    func write(at offset: UInt64, _ bytes: [UInt8]) throws { try inner.write(at: offset, bytes) }
+    func flush() throws {}
 }
