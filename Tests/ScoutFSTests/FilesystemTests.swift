@@ -274,6 +274,37 @@ import Testing
         #expect(leaked.withLock { $0 } == 0)
         #expect(reads.withLock { $0 } > 0)
     }
+
+    /// A corrupted metadata block fails the operations that need it with EIO and a log line
+    /// naming the block; the filesystem keeps serving what does not depend on it.
+    @Test func corruptMetadataGivesEIOAndALogLine() throws {
+        let fs = try mount()
+        for i in 0..<2000 {
+            let f = try fs.create(1, name("file-\(i)"), mode: 0o644, flags: O_RDWR, caller: user)
+            try fs.release(f.ino)
+        }
+        try fs.syncAndMerge()
+        let sb = try Store.readSuperblock(meta)
+        let root = sb.root(.fs)
+        try #require(root.height == 2)
+        // Damage the last leaf: it holds the newest inodes, while the root directory's items
+        // sit in the first leaves.
+        let rootBlock = try BTreeBlock(decoding: meta.read(at: root.ref.blkno * UInt64(Layout.metaBlockSize), count: Layout.metaBlockSize))
+        let leaf = try #require(rootBlock.children.last).blkno
+        let at = leaf * UInt64(Layout.metaBlockSize) + 30000
+        var byte = try meta.read(at: at, count: 1)
+        byte[0] ^= 0xff
+        try meta.write(at: at, byte)
+
+        let again = try mount()
+        let lines = Mutex<[String]>([])
+        again.logSink = { line in lines.withLock { $0.append(line) } }
+        #expect(errno { _ = try again.lookup(1, name("file-1999")) } == .ioError)
+        #expect(lines.withLock { $0 }.contains { $0.contains("metadata block \(leaf)") && $0.contains("fs tree") })
+        #expect(try again.lookup(1, name("file-0")).ino > 1)
+        #expect(try again.getattr(1).isDirectory)
+        #expect(!Checker.check(meta: meta, data: data).isClean)
+    }
 }
 
 /// A device whose reads of more than one block take a while, like a disk's.
