@@ -74,6 +74,13 @@ import Testing
         var names = [CChar](repeating: 0, count: 256)
         let ln = Sys.listxattr(m.path("x"), &names, 256)
         #expect(ln == 10)
+        // Limits and bad flags give the errno the kernel's xattr calls document.
+        let tooBig = [UInt8](repeating: 1, count: 65537)
+        #expect(tooBig.withUnsafeBytes { Sys.setxattr(m.path("x"), "user.big", $0.baseAddress, $0.count, 0) } == -1 && errno == E2BIG)
+        #expect(Sys.setxattr(m.path("x"), "user." + String(repeating: "n", count: 251), nil, 0, 0) == -1 && errno == ERANGE)
+        #expect(Sys.setxattr(m.path("x"), "user.flags", nil, 0, 4) == -1 && errno == EINVAL)
+        #expect(Sys.setxattr(m.path("x"), "user.test", nil, 0, 1 /* XATTR_CREATE */) == -1 && errno == EEXIST)
+        #expect(Sys.setxattr(m.path("x"), "bogus.test", nil, 0, 0) == -1 && errno == EOPNOTSUPP)
         try Sys.check(Sys.removexattr(m.path("x"), "user.test"), "removexattr")
         #expect(Sys.getxattr(m.path("x"), "user.test", nil, 0) == -1 && errno == ENODATA)
 
