@@ -78,6 +78,9 @@ public final class ClientItems {
 
     // MARK: transactions
 
+    /// The log tree holds items (a merge would move them into the fs tree).
+    public var hasLogItems: Bool { !log.root.isEmpty }
+
     /// True when the open transaction holds anything a commit would write.
     public var hasChanges: Bool { store.hasChanges }
 

@@ -261,16 +261,16 @@ extension FSCore {
 
 extension Filesystem {
     public func getattr(_ ino: UInt64) throws(Errno) -> Attributes {
-        try run { c in c.attributes(ino, try c.inode(ino)) }
+        try run(.reads) { c in c.attributes(ino, try c.inode(ino)) }
     }
 
     /// Looks a name up and takes a kernel lookup reference on the result.
     public func lookup(_ dir: UInt64, _ name: [UInt8]) throws(Errno) -> Attributes {
-        try run { try $0.lookup(dir, name) }
+        try run(.reads) { try $0.lookup(dir, name) }
     }
 
     public func forget(_ ino: UInt64, _ count: UInt64) throws(Errno) {
-        try run { try $0.forget(ino, count) }
+        try run(.frees) { try $0.forget(ino, count) }
     }
 
     public func mknod(_ dir: UInt64, _ name: [UInt8], mode: UInt32, rdev: UInt64, caller: Caller) throws(Errno) -> Attributes {
@@ -286,7 +286,7 @@ extension Filesystem {
     }
 
     public func readlink(_ ino: UInt64) throws(Errno) -> [UInt8] {
-        try run { try $0.readlink(ino) }
+        try run(.reads) { try $0.readlink(ino) }
     }
 
     public func link(_ ino: UInt64, _ dir: UInt64, _ name: [UInt8]) throws(Errno) -> Attributes {
@@ -294,24 +294,24 @@ extension Filesystem {
     }
 
     public func unlink(_ dir: UInt64, _ name: [UInt8]) throws(Errno) {
-        try run { try $0.unlink(dir, name, directory: false) }
+        try run(.frees) { try $0.unlink(dir, name, directory: false) }
     }
 
     public func rmdir(_ dir: UInt64, _ name: [UInt8]) throws(Errno) {
-        try run { try $0.unlink(dir, name, directory: true) }
+        try run(.frees) { try $0.unlink(dir, name, directory: true) }
     }
 
     public func rename(_ oldDir: UInt64, _ oldName: [UInt8], _ newDir: UInt64, _ newName: [UInt8], flags: UInt32 = 0) throws(Errno) {
-        try run { try $0.rename(oldDir, oldName, newDir, newName, flags: flags) }
+        try run(.frees) { try $0.rename(oldDir, oldName, newDir, newName, flags: flags) }
     }
 
     public func readdir(_ dir: UInt64, offset: UInt64, limit: Int) throws(Errno) -> [DirectoryEntry] {
-        try run { try $0.readdir(dir, offset: offset, limit: limit) }
+        try run(.reads) { try $0.readdir(dir, offset: offset, limit: limit) }
     }
 
     /// readdir with attributes; takes a lookup reference on each entry returned except . and ..
     public func readdirPlus(_ dir: UInt64, offset: UInt64, limit: Int) throws(Errno) -> [(DirectoryEntry, Attributes)] {
-        try run { c in
+        try run(.reads) { c in
             try c.readdir(dir, offset: offset, limit: limit).map { e in
                 (e, c.attributes(e.ino, try c.inode(e.ino)))
             }

@@ -343,12 +343,12 @@ extension FSCore {
 
 extension Filesystem {
     public func setattr(_ ino: UInt64, _ changes: AttributeChanges) throws(Errno) -> Attributes {
-        try run { try $0.setattr(ino, changes) }
+        try run(.frees) { try $0.setattr(ino, changes) }
     }
 
     /// Opens `ino`; with O_TRUNC a writable open truncates (the mount negotiates atomic O_TRUNC).
     public func open(_ ino: UInt64, flags: Int32, caller: Caller? = nil) throws(Errno) {
-        try run { try $0.open(ino, flags: flags, caller: caller) }
+        try run(.frees) { try $0.open(ino, flags: flags, caller: caller) }
     }
 
     /// Creates and opens a regular file.
@@ -361,7 +361,7 @@ extension Filesystem {
     }
 
     public func release(_ ino: UInt64) throws(Errno) {
-        try run { try $0.release(ino) }
+        try run(.frees) { try $0.release(ino) }
     }
 
     /// Reads file data. Only the extent lookup holds the filesystem lock; the device reads run
@@ -402,10 +402,10 @@ extension Filesystem {
     }
 
     public func seek(_ ino: UInt64, offset: UInt64, whence: Int32) throws(Errno) -> UInt64 {
-        try run { try $0.seek(ino, offset: offset, whence: whence) }
+        try run(.reads) { try $0.seek(ino, offset: offset, whence: whence) }
     }
 
     public func statfs() throws(Errno) -> FilesystemStats {
-        try run { $0.stats() }
+        try run(.reads) { $0.stats() }
     }
 }

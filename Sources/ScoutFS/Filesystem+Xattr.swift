@@ -100,7 +100,7 @@ extension Filesystem {
     }
 
     public func getXattr(_ ino: UInt64, _ name: [UInt8]) throws(Errno) -> [UInt8] {
-        try run { c in
+        try run(.reads) { c in
             _ = try c.inode(ino)
             if name.isEmpty || name.count > FSCore.maxXattrName { throw Errno.outOfRange }
             guard let x = try c.findXattr(ino, name) else { throw Errno.noData }
@@ -109,11 +109,11 @@ extension Filesystem {
     }
 
     public func listXattrs(_ ino: UInt64) throws(Errno) -> [[UInt8]] {
-        try run { try $0.listXattrs(ino) }
+        try run(.reads) { try $0.listXattrs(ino) }
     }
 
     public func removeXattr(_ ino: UInt64, _ name: [UInt8]) throws(Errno) {
-        try run { c in
+        try run(.frees) { c in
             var rec = try c.inode(ino)
             guard let x = try c.findXattr(ino, name) else { throw Errno.noData }
             try c.removeXattrItems(ino, x)

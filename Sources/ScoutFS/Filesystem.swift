@@ -127,12 +127,21 @@ public final class Filesystem: Sendable {
         self.options = options
     }
 
+    /// How an operation uses metadata space, which decides whether it may start on a nearly
+    /// full device.
+    enum SpaceUse { case reads, grows, frees }
+
     /// Runs `body` on the core under the lock, mapping store errors to errnos, then commits if
-    /// the transaction has grown past its dirty limit.
-    func run<T>(_ body: (FSCore) throws -> T) throws(Errno) -> T {
+    /// the transaction has grown past its dirty limit. An operation that writes starts only if
+    /// the space it may need is there (`FSCore.admit`), so it never stops half way for space.
+    func run<T>(_ space: SpaceUse = .grows, _ body: (FSCore) throws -> T) throws(Errno) -> T {
         try runWithoutCommit { c in
+            if space != .reads { try c.admit(freeing: space == .frees) }
             let r = try body(c)
-            if c.items.dirtyBlocks >= options.dirtyBlockLimit { try c.commit() }
+            // On a filling device transactions stay small, so that committing and merging them
+            // never needs more room than is left.
+            let limit = min(options.dirtyBlockLimit, Int(c.store.allocatableMetaBlocks / 8))
+            if c.items.dirtyBlocks >= limit { try c.commit() }
             return r
         }
     }
@@ -162,12 +171,12 @@ public final class Filesystem: Sendable {
 
     /// Makes everything done so far durable.
     public func sync() throws(Errno) {
-        try run { try $0.commit() }
+        try run(.reads) { try $0.commit() }
     }
 
     /// Commits if the open transaction holds changes; the mount's commit timer calls this.
     public func commitIfDirty() throws(Errno) {
-        try run { c in if c.items.hasChanges { try c.commit() } }
+        try run(.reads) { c in if c.items.hasChanges { try c.commit() } }
     }
 
     public var fsid: UInt64 { withCore { $0.store.fsid } }
@@ -178,7 +187,7 @@ public final class Filesystem: Sendable {
     /// Commits, merges this mount's log tree into the fs tree and commits that: what a clean
     /// unmount leaves is one fs tree and no log trees.
     public func syncAndMerge() throws(Errno) {
-        try run { c in
+        try run(.reads) { c in
             try c.commit(merge: true)
         }
     }
@@ -221,6 +230,19 @@ final class FSCore: @unchecked Sendable {
     }
 
     func log(_ s: String) { logSink?(s) }
+
+    /// Fails with ENOSPC unless an operation has the metadata space it may need. Short of it,
+    /// a commit may help (blocks freed in the open transaction become allocatable) and so may
+    /// a merge of the log tree (its tombstones free fs tree blocks).
+    func admit(freeing: Bool) throws {
+        let floor = store.operationFloor(freeing: freeing)
+        if store.allocatableMetaBlocks >= floor { return }
+        if store.pendingFreeMetaBlocks > 0 || items.hasLogItems {
+            try commit(merge: items.hasLogItems)
+            if store.allocatableMetaBlocks >= floor { return }
+        }
+        throw Errno.noSpace
+    }
 
     /// Makes the open transaction durable. Blocks it freed become allocatable, so no file data
     /// read may be in flight (`DataReadGate`).

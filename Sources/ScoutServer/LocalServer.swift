@@ -45,9 +45,24 @@ public final class LocalServer {
         try setRecord(rid: rid, record)
         try store.commit()
         let seq = store.superblock.seq
-        guard merge || record.items >= mergeThreshold else { return LogCommit(seq: seq, merged: false) }
-        try mergeAndCommit(rid: rid)
+        let wanted = try merge || record.items >= mergeThreshold || mergeNeededForSpace(record)
+        guard wanted else { return LogCommit(seq: seq, merged: false) }
+        do {
+            try mergeAndCommit(rid: rid)
+        } catch let e as StoreError where e.code == .noSpace {
+            // The log tree is durable; a merge that ran out of room is retried later. What it
+            // applied so far is newer-wins and applying it again changes nothing.
+            return LogCommit(seq: seq, merged: false)
+        }
         return LogCommit(seq: store.superblock.seq, merged: true)
+    }
+
+    /// A merge writes about as many fs tree blocks as the log tree holds before the log tree's
+    /// own blocks come free, so a log tree may grow to a third of the free space at most: past
+    /// that it is merged while it still fits, however full the device gets.
+    func mergeNeededForSpace(_ record: LogTreeRecord) throws -> Bool {
+        let blocks = try BTree(root: record.root, name: "log tree").blockCount(in: store)
+        return UInt64(blocks) * 3 > store.allocatableMetaBlocks
     }
 
     /// Merges every recorded log tree: at mount, the trees that clients of an earlier mount left
@@ -67,8 +82,8 @@ public final class LocalServer {
     func mergeAndCommit(rid: UInt64) throws {
         guard let rec = try recordedLogTree(rid: rid) else { return }
         var log = BTree(root: rec.root, name: "log tree of client \(String(rid, radix: 16))")
-        _ = try LogMerge.merge(&log, into: store)
-        try store.delete(LogTreeRecord.key(rid: rid), from: .logTrees)
+        _ = try LogMerge.merge(&log, into: store) { try store.commit() }
+        try store.delete(LogTreeRecord.key(rid: rid), from: .logTrees, forCommit: true)
         try store.commit()
         merges += 1
     }
@@ -76,9 +91,9 @@ public final class LocalServer {
     private func setRecord(rid: UInt64, _ record: LogTreeRecord) throws {
         let key = LogTreeRecord.key(rid: rid)
         if record.root.isEmpty {
-            try store.delete(key, from: .logTrees)
+            try store.delete(key, from: .logTrees, forCommit: true)
         } else {
-            try store.insert(Item(key: key, seq: store.txnSeq, value: record.encoded), into: .logTrees)
+            try store.insert(Item(key: key, seq: store.txnSeq, value: record.encoded), into: .logTrees, forCommit: true)
         }
     }
 

@@ -3,37 +3,61 @@ public import ScoutStore
 
 /// Moves the items of a finished log tree into the fs tree and frees the log tree's blocks.
 ///
-/// Runs inside one store transaction: the fs tree edits and the log tree's freed blocks become
-/// durable together at the next commit, so a crash before it leaves the log tree recorded and
-/// the merge is simply done again.
+/// Items are applied in key order, in chunks that each fit the free space, with a commit after
+/// each chunk; so a merge finishes on a nearly full device, where it is most needed. Until the
+/// last commit the log tree stays recorded: after a crash the merge starts again from the
+/// beginning, and applying an item twice changes nothing (the log tree's versions are newer
+/// than anything in the fs tree).
 public enum LogMerge {
     public struct Outcome: Equatable, Sendable {
         public var items = 0
         public var deletions = 0
         public var freedBlocks = 0
+        public var commits = 0
     }
 
-    /// Applies `log`'s items to the fs tree (newest wins: the log tree holds newer versions than
-    /// anything merged before it), then destroys `log`.
-    public static func merge(_ log: inout BTree, into store: Store) throws -> Outcome {
+    /// Applies `log`'s items to the fs tree, then destroys `log`. `commit` is called between
+    /// chunks; the caller commits after the return (the log tree's blocks are freed by then).
+    public static func merge(_ log: inout BTree, into store: Store, commit: () throws -> Void) throws -> Outcome {
         var out = Outcome()
-        let items = try log.items(in: store)
-        for it in items {
-            if it.isDeletion {
-                try store.delete(it.key, from: .fs)
-                out.deletions += 1
-            } else if it.isDelta {
-                let base = try store.lookup(it.key, in: .fs)
-                if let sum = Forest.resolve([it] + (base.map { [$0] } ?? [])) {
-                    try store.insert(sum, into: .fs)
-                }
-                out.items += 1
-            } else {
-                try store.insert(it, into: .fs)
-                out.items += 1
+        var from = Key.min
+        while true {
+            let budget = chunkItems(store)
+            var chunk: [Item] = []
+            try log.forEach(from: from, in: store) { it in
+                chunk.append(it)
+                return chunk.count < budget
             }
+            for it in chunk { try apply(it, to: store, &out) }
+            guard chunk.count == budget, let last = chunk.last, let next = last.key.successor else { break }
+            try commit()
+            out.commits += 1
+            from = next
         }
         out.freedBlocks = try log.destroy(in: store)
         return out
+    }
+
+    /// Items one chunk may hold: each may copy an fs tree leaf and its path, so about two
+    /// blocks apiece out of what is free beyond what commits keep for themselves.
+    static func chunkItems(_ store: Store) -> Int {
+        let spare = Int(store.allocatableMetaBlocks) - Int(Store.commitMargin / 2) - 64
+        return max(16, min(spare / 2, 50_000))
+    }
+
+    static func apply(_ it: Item, to store: Store, _ out: inout Outcome) throws {
+        if it.isDeletion {
+            try store.delete(it.key, from: .fs, forCommit: true)
+            out.deletions += 1
+        } else if it.isDelta {
+            let base = try store.lookup(it.key, in: .fs)
+            if let sum = Forest.resolve([it] + (base.map { [$0] } ?? [])) {
+                try store.insert(sum, into: .fs, forCommit: true)
+            }
+            out.items += 1
+        } else {
+            try store.insert(it, into: .fs, forCommit: true)
+            out.items += 1
+        }
     }
 }

@@ -117,6 +117,25 @@ public struct BTree: Sendable {
         return old
     }
 
+    /// How many blocks the tree spans. Reads only parent blocks: leaves are counted from their
+    /// parents' child lists.
+    public func blockCount(in store: Store) throws -> Int {
+        guard !root.isEmpty else { return 0 }
+        if root.height == 1 { return 1 }
+        var count = 0
+        var pending = [(root.ref, root.height - 1)]
+        while let (ref, level) = pending.popLast() {
+            count += 1
+            let n = try store.readNode(ref, level: level, tree: name)
+            if level == 1 {
+                count += n.block.count
+            } else {
+                for c in n.block.children { pending.append((c, level - 1)) }
+            }
+        }
+        return count
+    }
+
     /// Frees every block of the tree (committed ones once this transaction commits) and leaves
     /// it empty. Returns how many blocks it freed.
     @discardableResult

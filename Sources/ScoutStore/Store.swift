@@ -168,32 +168,52 @@ public final class Store {
         return try tree(id).lookup(key, in: self)
     }
 
-    public func insert(_ item: Item, into id: TreeID) throws {
+    /// Inserts into a tree. `forCommit` marks the server's own bookkeeping of a commit (the
+    /// log tree's root), which may use half the margin kept for commits: a commit that could
+    /// not record its root could never free anything.
+    public func insert(_ item: Item, into id: TreeID, forCommit: Bool = false) throws {
         try usable()
         var t = tree(id)
-        try preflight(t)
+        try preflight(t, margin: forCommit ? Self.commitMargin / 2 : Self.commitMargin)
         defer { setTree(id, t) }
         try t.insert(item, in: self)
     }
 
     @discardableResult
-    public func delete(_ key: Key, from id: TreeID) throws -> Item? {
+    public func delete(_ key: Key, from id: TreeID, forCommit: Bool = false) throws -> Item? {
         try usable()
         var t = tree(id)
-        try preflight(t)
+        try preflight(t, margin: forCommit ? Self.commitMargin / 2 : Self.commitMargin)
         defer { setTree(id, t) }
         return try t.delete(key, in: self)
     }
 
     /// Metadata blocks kept back from tree edits for the commit itself, which must put the
     /// transaction's freed blocks into the free tree and cannot fail for want of space.
-    static let commitMargin: UInt64 = 256
+    public static let commitMargin: UInt64 = 256
+
+    /// Metadata blocks one filesystem operation may dirty at most (a handful of items, each
+    /// copying a path and perhaps splitting it).
+    public static let operationBudget: UInt64 = 64
+
+    /// Metadata blocks allocatable now (frees of the open transaction are not).
+    public var allocatableMetaBlocks: UInt64 { metaAlloc.freeBlocks + UInt64(metaAlloc.reserve.count) }
+
+    /// Metadata blocks freed in the open transaction: a commit makes them allocatable.
+    public var pendingFreeMetaBlocks: UInt64 { metaAlloc.pendingFree.reduce(0) { $0 + $1.length } }
+
+    /// The allocatable blocks an operation must find before it starts, so that no edit inside
+    /// it can fail for space and leave it half done. Operations that free space (unlink,
+    /// truncate, …) may go one budget lower than others: on a full device they still run.
+    public func operationFloor(freeing: Bool) -> UInt64 {
+        Self.commitMargin + 32 + Self.operationBudget * (freeing ? 1 : 2)
+    }
 
     /// Fails an edit with ENOSPC before it touches anything, rather than part way through a split.
-    private func preflight(_ t: BTree) throws {
-        let need = UInt64(4 * (Int(t.root.height) + 2)) + Self.commitMargin
+    private func preflight(_ t: BTree, margin: UInt64) throws {
+        let need = UInt64(4 * (Int(t.root.height) + 2)) + margin
         if metaAlloc.freeBlocks + UInt64(metaAlloc.reserve.count) < need {
-            throw StoreError(.noSpace, "metadata device \(meta.name) is full (\(metaAlloc.freeBlocks + UInt64(metaAlloc.reserve.count)) free 64 KiB blocks, \(Self.commitMargin) kept for commits); free space or grow the device")
+            throw StoreError(.noSpace, "metadata device \(meta.name) is full (\(metaAlloc.freeBlocks + UInt64(metaAlloc.reserve.count)) free 64 KiB blocks, \(margin) kept for commits); free space or grow the device")
         }
     }
 

@@ -275,6 +275,41 @@ import Testing
         #expect(reads.withLock { $0 } > 0)
     }
 
+    /// A full metadata device gives ENOSPC; unlinking still works there, and once a commit has
+    /// made the space reusable, creating works again.
+    @Test func fullMetadataDeviceGivesENOSPCAndRecovers() throws {
+        // Small split size: the device fills with a few thousand files instead of millions.
+        let store = try Store.format(meta: meta, data: data, quorumSlots: [QuorumSlot(slot: 0, address: "127.0.0.1", port: 7100)],
+                                     options: StoreOptions(cacheBlocks: 256, nodeCapacity: 4096))
+        let fs = try Filesystem(store: store)
+        var made: [String] = []
+        var failure: Errno?
+        while failure == nil && made.count < 1_000_000 {
+            let n = "file-\(made.count)-" + String(repeating: "x", count: 200)
+            do {
+                let f = try fs.create(1, name(n), mode: 0o644, flags: O_RDWR, caller: user)
+                try fs.release(f.ino)
+                made.append(n)
+            } catch {
+                failure = error
+            }
+        }
+        #expect(failure == .noSpace, "stopped after \(made.count) files with \(String(describing: failure))")
+        #expect(made.count > 1000)
+        // Deleting must not need space the full device lacks.
+        for (i, n) in made.prefix(made.count / 2).enumerated() {
+            do { try fs.unlink(1, name(n)) } catch { Issue.record("unlink \(i) of \(made.count / 2): \(error)"); throw error }
+        }
+        try fs.sync()
+        for i in 0..<100 {
+            let f: Attributes
+            do { f = try fs.create(1, name("again-\(i)"), mode: 0o644, flags: O_RDWR, caller: user) } catch { Issue.record("create again \(i): \(error)"); throw error }
+            try fs.release(f.ino)
+        }
+        try fs.syncAndMerge()
+        #expect(Checker.check(meta: meta, data: data).problems == [])
+    }
+
     /// A corrupted metadata block fails the operations that need it with EIO and a log line
     /// naming the block; the filesystem keeps serving what does not depend on it.
     @Test func corruptMetadataGivesEIOAndALogLine() throws {
