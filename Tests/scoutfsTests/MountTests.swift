@@ -337,4 +337,28 @@ import Testing
         #expect(try Sys.stat(m.path("r")).st_mode & 0o7777 == 0o6777)
         try m.unmount()
     }
+
+    /// A plain umount(2), not `scoutfs unmount`, ends the daemon the same way: it commits and
+    /// merges everything before it exits. (The kernel does not wait for that: FUSE sends no
+    /// DESTROY for a non-block mount, so the daemon's exit is what to wait for.)
+    @Test func plainUmountCommitsBeforeTheDaemonExits() throws {
+        let m = try TestMount()
+        defer { m.cleanup() }
+        try m.mount(["--commit-interval", "3600"])
+        try Sys.writeFile(m.path("kept"), Array("written, never fsynced".utf8))
+        try Sys.check(umount2(m.mnt, 0), "umount")
+        Sys.waitForExit(m.pid)
+        let ck = try m.check()
+        #expect(ck.status == 0, "\(ck.stdout)")
+        // The new file's items are in the fs tree already (the root directory alone is 1 item).
+        let printed = try CLI.run(["print", "--json", m.meta])
+        let obj = try JSONSerialization.jsonObject(with: Data(printed.stdout.utf8)) as? [String: Any]
+        let trees = obj?["trees"] as? [[String: Any]] ?? []
+        let fsItems = trees.first { $0["name"] as? String == "fs" }?["items"] as? Int ?? 0
+        #expect(fsItems > 1, "\(printed.stdout)")
+        #expect((obj?["logTrees"] as? [Any])?.isEmpty == true)
+        try m.mount()
+        #expect(try Sys.readFile(m.path("kept")) == Array("written, never fsynced".utf8))
+        try m.unmount()
+    }
 }
