@@ -87,6 +87,23 @@ struct MountCommand: ParsableCommand {
         throw ExitCode(1)
     }
 
+    /// The slot is locked. If a daemon holds it whose mount the kernel has already dropped
+    /// (a plain umount: the daemon is committing on its way out), wait for it to finish, as a
+    /// remount straight after an unmount expects; a slot that is really mounted is refused.
+    func waitForLeavingDaemon(_ dev: FileBlockDevice, slotOffset: UInt64) throws {
+        let metaPath = MountRegistry.canonical(meta)
+        let holders = MountRegistry.all().filter { $0.meta == metaPath && $0.quorumSlot == quorumSlot }
+        if let mounted = holders.first(where: { MountRegistry.isMounted($0.mountpoint) }) {
+            throw StoreError(.invalid, "quorum slot \(quorumSlot) of \(meta) is already mounted on this machine (on \(mounted.mountpoint), daemon pid \(mounted.pid))")
+        }
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            usleep(50_000)
+            if try dev.tryLock(offset: slotOffset, length: UInt64(Layout.smallBlockSize)) { return }
+        }
+        throw StoreError(.invalid, "quorum slot \(quorumSlot) of \(meta) is already mounted on this machine (its lock is held and was not released within 30 s)")
+    }
+
     func serve() throws {
         if daemonChild { setsid() }
         signal(SIGPIPE, SIG_IGN)
@@ -107,7 +124,7 @@ struct MountCommand: ParsableCommand {
             let dataDev = try openDevice(data)
             let slotOffset = Layout.quorumSmallBlkno(slot: quorumSlot) * UInt64(Layout.smallBlockSize)
             if try !metaDev.tryLock(offset: slotOffset, length: UInt64(Layout.smallBlockSize)) {
-                throw StoreError(.invalid, "quorum slot \(quorumSlot) of \(meta) is already mounted on this machine")
+                try waitForLeavingDaemon(metaDev, slotOffset: slotOffset)
             }
             let store = try Store.open(meta: metaDev, data: dataDev,
                                        options: StoreOptions(cacheBlocks: cacheMiB << 20 / Layout.metaBlockSize))

@@ -62,6 +62,26 @@ enum MountRegistry {
         return state != "Z" && state != "X"
     }
 
+    /// Records of every live daemon.
+    static func all() -> [MountRecord] {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return [] }
+        return names.compactMap { name -> MountRecord? in
+            guard name.hasPrefix("mount-"), name.hasSuffix(".json"),
+                  let data = FileManager.default.contents(atPath: "\(directory)/\(name)"),
+                  let rec = try? JSONDecoder().decode(MountRecord.self, from: data), isAlive(rec.pid) else { return nil }
+            return rec
+        }
+    }
+
+    /// Whether the kernel still has a filesystem mounted at `mountpoint` (field 5 of mountinfo).
+    static func isMounted(_ mountpoint: String) -> Bool {
+        guard let info = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return false }
+        return info.split(separator: "\n").contains { line in
+            let fields = line.split(separator: " ")
+            return fields.count > 4 && fields[4].replacingOccurrences(of: "\\040", with: " ") == mountpoint
+        }
+    }
+
     static func remove(_ mountpoint: String) {
         try? FileManager.default.removeItem(atPath: file(for: mountpoint))
     }

@@ -81,9 +81,14 @@ enum CLI {
     }
 
     static func runTool(_ tool: String, _ args: [String]) throws -> Result {
+        try runToolWithEnvironment(tool, args, [:])
+    }
+
+    static func runToolWithEnvironment(_ tool: String, _ args: [String], _ env: [String: String]) throws -> Result {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: tool)
         p.arguments = args
+        if !env.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(env) { _, new in new } }
         // stderr goes to a file so that a chatty child can never block on a full pipe while we
         // read its stdout.
         let errPath = FileManager.default.temporaryDirectory.appendingPathComponent("stderr-\(UUID().uuidString)").path

@@ -339,26 +339,38 @@ import Testing
     }
 
     /// A plain umount(2), not `scoutfs unmount`, ends the daemon the same way: it commits and
-    /// merges everything before it exits. (The kernel does not wait for that: FUSE sends no
-    /// DESTROY for a non-block mount, so the daemon's exit is what to wait for.)
-    @Test func plainUmountCommitsBeforeTheDaemonExits() throws {
+    /// merges everything before it exits. The kernel does not wait for that (FUSE sends no
+    /// DESTROY for a non-block mount), so a mount straight after waits for the leaving daemon
+    /// instead of calling the slot taken; `mount -t fuse.scoutfs` goes through the helper.
+    @Test func plainUmountAndImmediateRemount() throws {
         let m = try TestMount()
         defer { m.cleanup() }
         try m.mount(["--commit-interval", "3600"])
         try Sys.writeFile(m.path("kept"), Array("written, never fsynced".utf8))
+        let first = m.pid
+        try Sys.check(umount2(m.mnt, 0), "umount")
+        try m.mount()
+        #expect(m.pid != first)
+        #expect(try Sys.readFile(m.path("kept")) == Array("written, never fsynced".utf8))
         try Sys.check(umount2(m.mnt, 0), "umount")
         Sys.waitForExit(m.pid)
         let ck = try m.check()
         #expect(ck.status == 0, "\(ck.stdout)")
-        // The new file's items are in the fs tree already (the root directory alone is 1 item).
         let printed = try CLI.run(["print", "--json", m.meta])
         let obj = try JSONSerialization.jsonObject(with: Data(printed.stdout.utf8)) as? [String: Any]
-        let trees = obj?["trees"] as? [[String: Any]] ?? []
-        let fsItems = trees.first { $0["name"] as? String == "fs" }?["items"] as? Int ?? 0
-        #expect(fsItems > 1, "\(printed.stdout)")
-        #expect((obj?["logTrees"] as? [Any])?.isEmpty == true)
-        try m.mount()
+        #expect((obj?["logTrees"] as? [Any])?.isEmpty == true, "\(printed.stdout)")
+
+        // The mount(8) helper: META:DATA as the source, options mapped onto `scoutfs mount`.
+        let helper = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("scripts/mount.fuse.scoutfs").path
+        let r = try CLI.runToolWithEnvironment(helper, ["\(m.meta):\(m.data)", m.mnt, "-o", "rw,quorum_slot=0,log=\(m.log)"],
+                                              ["SCOUTFS": CLI.binary])
+        #expect(r.status == 0, "\(r.stderr)")
         #expect(try Sys.readFile(m.path("kept")) == Array("written, never fsynced".utf8))
+        let st = try CLI.run(["status", "--json", m.mnt])
+        let rec = try JSONSerialization.jsonObject(with: Data(st.stdout.utf8)) as? [String: Any]
+        let pid = Int32(rec?["pid"] as? Int ?? 0)
         try m.unmount()
+        Sys.waitForExit(pid)
     }
 }
