@@ -36,12 +36,14 @@ public final class FUSEMount {
 
     /// Creates the session and mounts it. `options` are `-o` mount options (allow_other, …);
     /// default_permissions is always on: the kernel checks modes, the filesystem does not.
-    public init(filesystem: Filesystem, mountpoint: String, options: [String] = [], maxThreads: UInt32 = 16) throws(MountError) {
+    /// `source` is what mount tables show as the device (tools such as xfstests find a mount by
+    /// it), so it is the META:DATA pair the user named.
+    public init(filesystem: Filesystem, mountpoint: String, source: String = "scoutfs", options: [String] = [], maxThreads: UInt32 = 16) throws(MountError) {
         self.mountpoint = mountpoint
         let ctx = Unmanaged.passRetained(FUSEContext(fs: filesystem))
         context = ctx
         var ops = makeOperations()
-        let opts = (["fsname=scoutfs", "subtype=scoutfs", "default_permissions"] + options).joined(separator: ",")
+        let opts = (["fsname=" + Self.escapeOption(source), "subtype=scoutfs", "default_permissions"] + options).joined(separator: ",")
         let argv = ["scoutfs", "-o", opts]
         var cArgs = argv.map { strdup($0) }
         defer { for p in cArgs { free(p) } }
@@ -65,6 +67,16 @@ public final class FUSEMount {
     }
 
     let maxThreads: UInt32
+
+    /// libfuse splits options at commas and treats backslash as an escape.
+    static func escapeOption(_ s: String) -> String {
+        var out = ""
+        for c in s {
+            if c == "," || c == "\\" { out.append("\\") }
+            out.append(c)
+        }
+        return out
+    }
 
     /// Serves requests until the filesystem is unmounted or a signal ends the loop.
     public func run() -> Int32 {

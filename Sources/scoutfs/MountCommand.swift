@@ -134,7 +134,7 @@ struct MountCommand: ParsableCommand {
             }
             fsys = try Filesystem(store: store, options: FilesystemOptions(commitInterval: .seconds(commitInterval)))
             fsys.logSink = { line in FileHandle.standardError.write(Data("scoutfs: \(line)\n".utf8)) }
-            fuse = try FUSEMount(filesystem: fsys, mountpoint: mnt, options: options)
+            fuse = try FUSEMount(filesystem: fsys, mountpoint: mnt, source: "\(meta):\(data)", options: options)
         } catch {
             throw fail("mount", error)
         }
