@@ -25,6 +25,9 @@ let package = Package(
         .executable(name: "scoutfs", targets: ["scoutfs"]),
         .library(name: "ScoutFormat", targets: ["ScoutFormat"]),
         .library(name: "ScoutStore", targets: ["ScoutStore"]),
+        .library(name: "ScoutNet", targets: ["ScoutNet"]),
+        .library(name: "ScoutClient", targets: ["ScoutClient"]),
+        .library(name: "ScoutServer", targets: ["ScoutServer"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -33,8 +36,9 @@ let package = Package(
     targets: [
         .target(name: "ScoutFormat", swiftSettings: formatSettings),
         .target(name: "ScoutStore", dependencies: ["ScoutFormat"], swiftSettings: strict),
-        .target(name: "ScoutClient", dependencies: ["ScoutFormat", "ScoutStore"], swiftSettings: strict),
-        .target(name: "ScoutServer", dependencies: ["ScoutFormat", "ScoutStore"], swiftSettings: strict),
+        .target(name: "ScoutNet", dependencies: ["ScoutFormat"], swiftSettings: strict),
+        .target(name: "ScoutClient", dependencies: ["ScoutFormat", "ScoutStore", "ScoutNet"], swiftSettings: strict),
+        .target(name: "ScoutServer", dependencies: ["ScoutFormat", "ScoutStore", "ScoutNet"], swiftSettings: strict),
         .target(
             name: "ScoutFS",
             dependencies: ["ScoutFormat", "ScoutStore", "ScoutClient", "ScoutServer", .product(name: "SystemPackage", package: "swift-system")],
@@ -55,6 +59,7 @@ let package = Package(
         .executableTarget(name: "mountbench", swiftSettings: strict),
         .testTarget(name: "ScoutFormatTests", dependencies: ["ScoutFormat"], swiftSettings: strict),
         .testTarget(name: "ScoutStoreTests", dependencies: ["ScoutStore", "ScoutFormat"], swiftSettings: strict),
+        .testTarget(name: "ScoutClientTests", dependencies: ["ScoutClient", "ScoutServer", "ScoutNet", "ScoutFormat"], swiftSettings: strict),
         .testTarget(name: "ScoutServerTests", dependencies: ["ScoutServer", "ScoutClient", "ScoutStore", "ScoutFormat"], swiftSettings: strict),
         .testTarget(name: "ScoutFSTests", dependencies: ["ScoutFS", "ScoutStore", "ScoutFormat"], swiftSettings: strict),
         .testTarget(name: "scoutfsTests", dependencies: ["ScoutStore", "ScoutFormat"], swiftSettings: strict),

@@ -140,6 +140,8 @@ public enum ItemType {
     public static let linkBackref: UInt8 = 20
     public static let symlink: UInt8 = 24
     public static let dataExtent: UInt8 = 28
+    // lock zone: keys that name locks, not items
+    public static let renameLock: UInt8 = 4
     // free extent zone: one index by start (to merge neighbours), one by length (to find room)
     public static let freeByStart: UInt8 = 4
     public static let freeByLength: UInt8 = 8
