@@ -475,7 +475,7 @@ public final class LockClient: Sendable {
         s.requestPending = true
         s.requestedMode = want
         l.addRef()
-        return LockMessage(key: l.range.start, oldMode: s.granted, newMode: want)
+        return LockMessage(key: l.range.start, writeSeq: s.writeSeq, oldMode: s.granted, newMode: want)
     }
 
     /// Lets in every waiter the granted mode now serves; returns them with their handles.
@@ -542,7 +542,7 @@ public final class LockClient: Sendable {
         counters.withLock { $0.invalidations += 1 }
         guard let l = find(m.key) else {
             // Nothing cached: the client holds null, which is what it reports.
-            send(.invalidated(LockMessage(key: m.key, oldMode: .null, newMode: .null)))
+            send(.invalidated(LockMessage(key: m.key, oldMode: .null, newMode: .null, id: m.id)))
             return
         }
         var queue = false
@@ -590,7 +590,7 @@ public final class LockClient: Sendable {
             enum Step {
                 case done
                 case answer(LockMessage)
-                case run(from: LockMode, to: LockMode, seq: UInt64)
+                case run(from: LockMode, to: LockMode, seq: UInt64, id: UInt64)
             }
             let step: Step = l.state.withLock { s in
                 guard let m = s.invalidations.first else { return .done }
@@ -600,7 +600,7 @@ public final class LockClient: Sendable {
                     s.invalidations.removeFirst()
                     l.dropRef()
                     s.blockedFor = s.invalidations.first?.newMode
-                    return .answer(LockMessage(key: l.range.start, writeSeq: s.writeSeq, oldMode: s.granted, newMode: s.granted))
+                    return .answer(LockMessage(key: l.range.start, writeSeq: s.writeSeq, oldMode: s.granted, newMode: s.granted, id: m.id))
                 }
                 guard s.users.allowed(under: to) else {
                     s.blockedFor = to
@@ -610,7 +610,7 @@ public final class LockClient: Sendable {
                 s.invalidating = s.granted
                 let from = s.granted
                 s.granted = to
-                return .run(from: from, to: to, seq: s.writeSeq)
+                return .run(from: from, to: to, seq: s.writeSeq, id: m.id)
             }
             switch step {
             case .done:
@@ -622,7 +622,7 @@ public final class LockClient: Sendable {
                 let (wake, request) = afterInvalidation(l)
                 if let request { send(.request(request)) }
                 for (w, h) in wake { w.completion(h) }
-            case .run(let from, let to, let seq):
+            case .run(let from, let to, let seq, let id):
                 for hook in hooks.withLock({ $0 }) { hook(l.range, from, to) }
                 l.state.withLock { s in
                     s.invalidating = nil
@@ -630,7 +630,7 @@ public final class LockClient: Sendable {
                     l.dropRef()
                     s.blockedFor = s.invalidations.first?.newMode
                 }
-                send(.invalidated(LockMessage(key: l.range.start, writeSeq: seq, oldMode: from, newMode: to)))
+                send(.invalidated(LockMessage(key: l.range.start, writeSeq: seq, oldMode: from, newMode: to, id: id)))
                 answered += 1
                 let (wake, request) = afterInvalidation(l)
                 if let request { send(.request(request)) }
@@ -683,7 +683,7 @@ public final class LockClient: Sendable {
                     s.requestPending = true
                     s.requestedMode = .null
                     s.shrinking = true
-                    return LockMessage(key: l.range.start, oldMode: s.granted, newMode: .null)
+                    return LockMessage(key: l.range.start, writeSeq: s.writeSeq, oldMode: s.granted, newMode: .null)
                 }
                 ix.lruRemove(l)
                 ix.lruAppend(l)
@@ -742,7 +742,7 @@ public final class LockClient: Sendable {
         }
         for l in locks {
             let m: LockMessage? = l.state.withLock { s in
-                s.requestPending ? LockMessage(key: l.range.start, oldMode: s.granted, newMode: s.requestedMode) : nil
+                s.requestPending ? LockMessage(key: l.range.start, writeSeq: s.writeSeq, oldMode: s.granted, newMode: s.requestedMode) : nil
             }
             if let m { link.send(.request(m)) }
             put(l)
@@ -799,6 +799,14 @@ public final class LockClient: Sendable {
         guard let l = find(range.start) else { return nil }
         defer { put(l) }
         return l.state.withLock { $0.granted }
+    }
+
+    /// What the client holds of a lock right now: the granted mode, the old mode while an
+    /// invalidation runs, the users by mode and the write seq (simulation checks).
+    func inspect(_ range: LockRange) -> (granted: LockMode, invalidating: LockMode?, users: UserCounts, writeSeq: UInt64)? {
+        guard let l = find(range.start) else { return nil }
+        defer { put(l) }
+        return l.state.withLock { s in (s.granted, s.invalidating, s.users, s.writeSeq) }
     }
 
     /// Reference count of the lock starting at `range.start`, not counting the look-up itself.

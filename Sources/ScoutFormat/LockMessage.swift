@@ -52,25 +52,33 @@ public enum LockMode: UInt8, Sendable, CaseIterable, CustomStringConvertible {
 
 /// The one lock message of the protocol, used for requests, grants, invalidations and their
 /// answers. Old and new modes travel in every message so that a side can tell a stale or
-/// duplicate message from a current one; `writeSeq` is set on write and write-only grants.
+/// duplicate message from a current one; `writeSeq` is set on write and write-only grants (and
+/// reports the client's seq in its requests and answers).
+///
+/// `id` names an invalidation, and its answer repeats it: after a server restart a client may
+/// still answer the previous server's invalidation, and modes alone cannot tell that answer
+/// from the answer to a new invalidation with the same modes.
 public struct LockMessage: Hashable, Sendable, CustomStringConvertible {
     public var key: Key
     public var writeSeq: UInt64
     public var oldMode: LockMode
     public var newMode: LockMode
+    public var id: UInt64
 
-    public static let encodedSize = Key.encodedSize + 8 + 1 + 1
+    public static let encodedSize = Key.encodedSize + 8 + 1 + 1 + 8
 
-    public init(key: Key, writeSeq: UInt64 = 0, oldMode: LockMode, newMode: LockMode) {
+    public init(key: Key, writeSeq: UInt64 = 0, oldMode: LockMode, newMode: LockMode, id: UInt64 = 0) {
         self.key = key
         self.writeSeq = writeSeq
         self.oldMode = oldMode
         self.newMode = newMode
+        self.id = id
     }
 
     public func encode(into w: inout ByteWriter) {
         key.encode(into: &w)
         w.u64(writeSeq)
+        w.u64(id)
         w.u8(oldMode.rawValue)
         w.u8(newMode.rawValue)
     }
@@ -78,11 +86,12 @@ public struct LockMessage: Hashable, Sendable, CustomStringConvertible {
     public init(decoding r: inout ByteReader) throws(FormatError) {
         key = try Key(decoding: &r)
         writeSeq = try r.u64()
+        id = try r.u64()
         oldMode = try LockMode(wire: r.u8(), field: "old mode")
         newMode = try LockMode(wire: r.u8(), field: "new mode")
     }
 
-    public var description: String { "\(key) \(oldMode)->\(newMode) seq \(writeSeq)" }
+    public var description: String { "\(key) \(oldMode)->\(newMode) seq \(writeSeq)" + (id != 0 ? " id \(id)" : "") }
 }
 
 extension LockMode {

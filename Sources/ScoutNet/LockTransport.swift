@@ -42,6 +42,7 @@ public final class InMemoryLockNetwork: Sendable {
         var server: ServerHandler?
         var queue: [Envelope] = []
         var delivered = 0
+        var tap: (@Sendable (String) -> Void)?
     }
 
     public let immediate: Bool
@@ -80,6 +81,11 @@ public final class InMemoryLockNetwork: Sendable {
     /// Messages delivered so far.
     public var deliveredCount: Int { state.withLock { $0.delivered } }
 
+    /// Sees every message as it is delivered (tracing a failing simulation).
+    public func setTap(_ tap: (@Sendable (String) -> Void)?) {
+        state.withLock { $0.tap = tap }
+    }
+
     /// Loses every message in flight, as a server crash and reconnect would.
     public func dropAll() {
         state.withLock { $0.queue.removeAll() }
@@ -114,26 +120,30 @@ public final class InMemoryLockNetwork: Sendable {
 
     private func deliver(_ e: Envelope) {
         if e.channel.toServer {
-            let handler = state.withLock { s in
+            let (handler, tap) = state.withLock { s in
                 s.delivered += 1
-                return s.server
+                return (s.server, s.tap)
             }
             // A message that does not decode is a bug in the encoder; the real network
             // closes the connection, here the test must fail loudly.
             guard let handler else { return }
             do {
-                handler(e.channel.client, try LockClientMessage(decoding: e.bytes))
+                let m = try LockClientMessage(decoding: e.bytes)
+                tap?("client \(e.channel.client) -> server: \(m)")
+                handler(e.channel.client, m)
             } catch {
                 preconditionFailure("in-memory lock network: \(error)")
             }
         } else {
-            let handler = state.withLock { s in
+            let (handler, tap) = state.withLock { s in
                 s.delivered += 1
-                return s.clients[e.channel.client]
+                return (s.clients[e.channel.client], s.tap)
             }
             guard let handler else { return }
             do {
-                handler(try LockServerMessage(decoding: e.bytes))
+                let m = try LockServerMessage(decoding: e.bytes)
+                tap?("server -> client \(e.channel.client): \(m)")
+                handler(m)
             } catch {
                 preconditionFailure("in-memory lock network: \(error)")
             }

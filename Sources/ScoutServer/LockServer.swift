@@ -17,6 +17,8 @@ public struct LockServerOptions: Sendable {
 struct LockEntry: Equatable {
     var client: ClientID
     var mode: LockMode
+    /// For an invalidated entry: the id of the invalidation its answer must repeat.
+    var id: UInt64 = 0
 }
 
 /// What the server knows of one lock: who holds it, who asked (first come, first served) and
@@ -73,13 +75,17 @@ public final class LockServer: Sendable {
     private let recovery: Mutex<Recovery>
     private let recovering: Atomic<Bool>
     private let counters = Mutex(Counters())
+    private let invalidationIDs: Atomic<UInt64>
 
     /// A server whose seq counter starts after `startSeq` (the last seq the previous server
     /// made durable). `recovering` lists the clients that held locks under the previous server;
     /// `now` is the clock the recovery deadline is measured on (`tick(now:)` uses the same).
-    public init(links: any LockClientLinks, startSeq: UInt64 = 0, recovering clients: Set<ClientID> = [],
+    /// `term` numbers this server among the servers of the filesystem (the election term): it
+    /// keeps its invalidation ids apart from a previous server's.
+    public init(links: any LockClientLinks, term: UInt64 = 1, startSeq: UInt64 = 0, recovering clients: Set<ClientID> = [],
                 now: UInt64 = 0, options: LockServerOptions = LockServerOptions()) {
         self.links = links
+        invalidationIDs = Atomic(term << 40)
         self.options = options
         seq = Atomic(startSeq)
         recovery = Mutex(Recovery(pending: clients, deadline: now &+ options.recoveryTimeoutNanoseconds))
@@ -165,6 +171,7 @@ public final class LockServer: Sendable {
         switch message {
         case .request(let m):
             counters.withLock { $0.requests += 1 }
+            raiseSeq(above: m.writeSeq)
             guard let n = node(m.key, create: true) else { return }
             update(n) { s in
                 // One request per client per lock; a resend after reconnecting replaces it.
@@ -177,18 +184,19 @@ public final class LockServer: Sendable {
             }
             put(n)
         case .invalidated(let m):
+            // A client giving back a write lock may have written under a seq this server never
+            // handed out (a previous server did, and the client recovered nothing once it gave
+            // the lock back): later grants must still be above it.
+            raiseSeq(above: m.writeSeq)
             guard let n = node(m.key, create: false) else { return }
             update(n) { s in
-                // The answer states what the client now holds; it is never more than the server
-                // believes, so taking it as the truth is safe even for an answer to a previous
-                // server's invalidation.
-                if let i = s.invalidated.firstIndex(where: { $0.client == client }) {
-                    s.invalidated.remove(at: i)
-                    setGranted(&s, client, m.newMode)
-                } else if let i = s.granted.firstIndex(where: { $0.client == client }), m.newMode != s.granted[i].mode,
-                          s.granted[i].mode.satisfies(m.newMode) || m.newMode == .null {
-                    setGranted(&s, client, m.newMode)
-                }
+                // Only the answer to the invalidation out counts. Any other (a previous
+                // server's, a duplicate) may be older than a grant still on its way to the
+                // client; ignoring it leaves the server believing the client holds more than it
+                // does, which costs at most one more invalidation, answered at once.
+                guard let i = s.invalidated.firstIndex(where: { $0.client == client && $0.id == m.id }) else { return }
+                s.invalidated.remove(at: i)
+                setGranted(&s, client, m.newMode)
                 process(n.key, &s)
             }
             put(n)
@@ -221,8 +229,9 @@ public final class LockServer: Sendable {
             for g in s.granted {
                 if conflicts(g, r) {
                     let to: LockMode = g.client == r.client ? .null : LockMode.invalidationTarget(held: g.mode, wanted: r.mode)
-                    s.invalidated.append(LockEntry(client: g.client, mode: to))
-                    s.outbox.append((g.client, .invalidate(LockMessage(key: key, oldMode: g.mode, newMode: to))))
+                    let id = invalidationIDs.add(1, ordering: .relaxed).newValue
+                    s.invalidated.append(LockEntry(client: g.client, mode: to, id: id))
+                    s.outbox.append((g.client, .invalidate(LockMessage(key: key, oldMode: g.mode, newMode: to, id: id))))
                 } else {
                     keep.append(g)
                 }

@@ -67,7 +67,7 @@ final class LockCluster: @unchecked Sendable {
     func restartServer(startSeq: UInt64, now: UInt64 = 0, timeout: UInt64 = 30_000_000_000) {
         net.dropAll()
         let ids = Set(clients.map(\.id))
-        let s = LockServer(links: net.clientLinks, startSeq: startSeq, recovering: ids, now: now,
+        let s = LockServer(links: net.clientLinks, term: UInt64(restarts + 2), startSeq: startSeq, recovering: ids, now: now,
                            options: LockServerOptions(recoveryTimeoutNanoseconds: timeout))
         current.server.withLock { $0 = s }
         restarts += 1

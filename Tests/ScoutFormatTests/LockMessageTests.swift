@@ -5,7 +5,7 @@ import Testing
     let k = Key(zone: Zone.fs, first: 4096, type: ItemType.inode, second: 7, third: 9, fourth: 1)
 
     @Test func messagesRoundTrip() throws {
-        let m = LockMessage(key: k, writeSeq: 0xDEAD_BEEF_0102, oldMode: .read, newMode: .write)
+        let m = LockMessage(key: k, writeSeq: 0xDEAD_BEEF_0102, oldMode: .read, newMode: .write, id: 1 << 40 | 5)
         let client: [LockClientMessage] = [
             .request(m), .invalidated(m),
             .recoverReply(LockRecoverReply(entries: (0..<22).map { LockRecoverEntry(key: Key(zone: 16, first: UInt64($0)), writeSeq: UInt64($0) * 3, mode: .writeOnly) })),
@@ -31,7 +31,7 @@ import Testing
         #expect(throws: FormatError.self) { try LockServerMessage(decoding: []) }
         // A recovery reply claiming more entries than allowed, or more than it carries.
         #expect(throws: FormatError.self) { try LockClientMessage(decoding: [3, 23, 0]) }
-        #expect(throws: FormatError.self) { try LockClientMessage(decoding: [3, 2, 0] + [UInt8](repeating: 0, count: 36)) }
+        #expect(throws: FormatError.self) { try LockClientMessage(decoding: [3, 2, 0] + [UInt8](repeating: 0, count: LockRecoverEntry.encodedSize)) }
     }
 
     @Test func modeRules() {
