@@ -786,8 +786,10 @@ public final class LockClient: Sendable {
     }
 
     private func workerLoop() {
-        while !workerState.withLock({ $0.stop }) {
+        // Work queued before the stop is still answered: a server waits for every answer.
+        while true {
             processInvalidations()
+            if workerState.withLock({ $0.stop }) { return }
             workerSignal.park()
         }
     }
