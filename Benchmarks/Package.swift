@@ -19,5 +19,17 @@ let package = Package(
             path: "Benchmarks/BTreeBenchmarks",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
+        .executableTarget(
+            name: "LockBenchmarks",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "ScoutClient", package: "scoutfs-swift"),
+                .product(name: "ScoutServer", package: "scoutfs-swift"),
+                .product(name: "ScoutNet", package: "scoutfs-swift"),
+                .product(name: "ScoutFormat", package: "scoutfs-swift"),
+            ],
+            path: "Benchmarks/LockBenchmarks",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
     ]
 )

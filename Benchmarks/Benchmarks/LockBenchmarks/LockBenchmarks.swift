@@ -1,0 +1,153 @@
+import Benchmark
+import ScoutClient
+import ScoutFormat
+import ScoutNet
+import ScoutServer
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// Figures for the cluster lock manager: the cost of locking a lock already granted, how it
+// scales from one thread to two on different locks against the design before the refcount
+// change (everything under one global mutex), and the server's grant and ping-pong rates over
+// the in-memory transport.
+
+/// The design before the change, for comparison only: one global mutex guards the lookup map
+/// and every lock's user counts, so every lock and unlock of any lock takes it.
+final class GlobalMutexLocks: Sendable {
+    struct Entry {
+        var granted: LockMode
+        var users = 0
+    }
+
+    let table = Mutex<[Key: Entry]>([:])
+
+    func grant(_ r: LockRange, _ mode: LockMode) {
+        table.withLock { $0[r.start] = Entry(granted: mode) }
+    }
+
+    @inline(never)
+    func lock(_ r: LockRange, _ mode: LockMode) -> Bool {
+        table.withLock { t in
+            guard var e = t[r.start], e.granted.satisfies(mode) else { return false }
+            e.users += 1
+            t[r.start] = e
+            return true
+        }
+    }
+
+    @inline(never)
+    func unlock(_ r: LockRange) {
+        table.withLock { t in t[r.start]!.users -= 1 }
+    }
+}
+
+/// One client over an in-process server with the given ranges already granted in `mode`.
+func grantedClient(_ ranges: [LockRange], _ mode: LockMode) -> LockClient {
+    let net = InMemoryLockNetwork(immediate: true)
+    let server = LockServer(links: net.clientLinks)
+    net.attachServer { c, m in server.receive(from: c, m) }
+    let client = LockClient(id: 1, link: net.serverLink(for: 1))
+    net.attachClient(1) { m in client.receive(m) }
+    for r in ranges { client.unlock(try! client.lock(r, mode)) }
+    return client
+}
+
+/// Runs `body(thread)` on `n` threads at once and waits for them.
+func onThreads(_ n: Int, _ body: @escaping @Sendable (Int) -> Void) {
+    final class Job: @unchecked Sendable {
+        // @unchecked: written before the thread starts, read only by it.
+        let body: @Sendable (Int) -> Void
+        let index: Int
+        init(_ b: @escaping @Sendable (Int) -> Void, _ i: Int) { body = b; index = i }
+    }
+    var tids: [pthread_t] = []
+    for i in 0..<n {
+        var t = pthread_t()
+        let job = Unmanaged.passRetained(Job(body, i)).toOpaque()
+        pthread_create(&t, nil, { arg in
+            let j = Unmanaged<Job>.fromOpaque(arg!).takeRetainedValue()
+            j.body(j.index)
+            return nil
+        }, job)
+        tids.append(t)
+    }
+    for t in tids { pthread_join(t, nil) }
+}
+
+/// Links that drop what the server sends (grant-rate figure: the server alone).
+struct DiscardLinks: LockClientLinks {
+    func send(_ message: LockServerMessage, to client: ClientID) {}
+}
+
+let pairsPerThread = 1_000_000
+
+let benchmarks: @Sendable () -> Void = {
+    Benchmark.defaultConfiguration = .init(metrics: [.wallClock, .throughput, .cpuTotal], warmupIterations: 1,
+                                           maxDuration: .seconds(30), maxIterations: 10)
+
+    let ranges = [LockRange.inodeGroup(0), LockRange.inodeGroup(1 << 20)]
+
+    Benchmark("lock+unlock of a granted lock, 1 thread", configuration: .init(scalingFactor: .mega)) { benchmark in
+        let c = grantedClient(ranges, .write)
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            let h = try! c.lock(ranges[0], .read)
+            c.unlock(h)
+        }
+    }
+
+    for threads in [1, 2] {
+        Benchmark("refcounted: \(threads) thread(s) × 1M lock+unlock, different locks") { benchmark in
+            let c = grantedClient(ranges, .write)
+            benchmark.startMeasurement()
+            onThreads(threads) { t in
+                for _ in 0..<pairsPerThread {
+                    let h = try! c.lock(ranges[t], .read)
+                    c.unlock(h)
+                }
+            }
+        }
+        Benchmark("global mutex: \(threads) thread(s) × 1M lock+unlock, different locks") { benchmark in
+            let g = GlobalMutexLocks()
+            for r in ranges { g.grant(r, .write) }
+            benchmark.startMeasurement()
+            onThreads(threads) { t in
+                for _ in 0..<pairsPerThread {
+                    precondition(g.lock(ranges[t], .read))
+                    g.unlock(ranges[t])
+                }
+            }
+        }
+    }
+
+    Benchmark("server: uncontended write requests granted", configuration: .init(scalingFactor: .kilo)) { benchmark in
+        let server = LockServer(links: DiscardLinks())
+        benchmark.startMeasurement()
+        for i in benchmark.scaledIterations {
+            server.receive(from: 1, .request(LockMessage(key: LockRange.inodeGroup(UInt64(i) << 10).start, oldMode: .null, newMode: .write)))
+        }
+    }
+
+    Benchmark("ping-pong: one lock written alternately by two clients", configuration: .init(scalingFactor: .kilo)) { benchmark in
+        let net = InMemoryLockNetwork(immediate: true)
+        let server = LockServer(links: net.clientLinks)
+        net.attachServer { c, m in server.receive(from: c, m) }
+        let clients = (1...2).map { id in LockClient(id: ClientID(id), link: net.serverLink(for: ClientID(id))) }
+        for c in clients {
+            net.attachClient(c.id) { m in c.receive(m) }
+            c.startWorker()
+        }
+        let r = LockRange.inodeGroup(0)
+        benchmark.startMeasurement()
+        // Each pass moves the write lock to the other client: an invalidation and a grant.
+        for i in benchmark.scaledIterations {
+            let c = clients[i & 1]
+            c.unlock(try! c.lock(r, .write))
+        }
+        benchmark.stopMeasurement()
+        for c in clients { c.stopWorker() }
+    }
+}
