@@ -57,10 +57,12 @@ let package = Package(
         // Whole-mount rates of any directory; scripts/bench-mount.sh runs it on scoutfs and on
         // libfuse's passthrough_ll.
         .executableTarget(name: "mountbench", swiftSettings: strict),
+        // Helpers shared by the test targets (not shipped).
+        .target(name: "ScoutTestSupport", path: "Tests/ScoutTestSupport", swiftSettings: strict),
         .testTarget(name: "ScoutFormatTests", dependencies: ["ScoutFormat"], swiftSettings: strict),
-        .testTarget(name: "ScoutStoreTests", dependencies: ["ScoutStore", "ScoutFormat"], swiftSettings: strict),
-        .testTarget(name: "ScoutClientTests", dependencies: ["ScoutClient", "ScoutServer", "ScoutNet", "ScoutFormat"], swiftSettings: strict),
-        .testTarget(name: "ScoutServerTests", dependencies: ["ScoutServer", "ScoutClient", "ScoutStore", "ScoutFormat"], swiftSettings: strict),
+        .testTarget(name: "ScoutStoreTests", dependencies: ["ScoutStore", "ScoutFormat", "ScoutTestSupport"], swiftSettings: strict),
+        .testTarget(name: "ScoutClientTests", dependencies: ["ScoutClient", "ScoutServer", "ScoutNet", "ScoutFormat", "ScoutTestSupport"], swiftSettings: strict),
+        .testTarget(name: "ScoutServerTests", dependencies: ["ScoutServer", "ScoutClient", "ScoutStore", "ScoutFormat", "ScoutTestSupport"], swiftSettings: strict),
         .testTarget(name: "ScoutFSTests", dependencies: ["ScoutFS", "ScoutStore", "ScoutFormat"], swiftSettings: strict),
         .testTarget(name: "scoutfsTests", dependencies: ["ScoutStore", "ScoutFormat"], swiftSettings: strict),
     ]

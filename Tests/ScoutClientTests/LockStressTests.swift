@@ -3,6 +3,7 @@ import ScoutFormat
 import ScoutNet
 import ScoutServer
 import Synchronization
+import ScoutTestSupport
 import Testing
 
 #if canImport(Glibc)

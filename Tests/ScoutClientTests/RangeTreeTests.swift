@@ -1,5 +1,6 @@
 import ScoutClient
 import ScoutFormat
+import ScoutTestSupport
 import Testing
 
 @Suite struct RangeTreeTests {

@@ -2,6 +2,7 @@ import ScoutClient
 import ScoutFormat
 import ScoutServer
 import ScoutStore
+import ScoutTestSupport
 import Testing
 
 /// A client writing into its log tree over a server in the same process.
@@ -33,7 +34,7 @@ final class Link: ServerLink {
     /// after a final merge, and a reference map agree, and check finds nothing wrong.
     @Test(arguments: [1, 2, 3])
     func clientViewMatchesReferenceThroughMerges(seed: UInt64) throws {
-        var rng = SplitMix(seed: seed)
+        var rng = SplitMix64(seed: seed)
         var store = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
         var server = LocalServer(store: store, mergeThreshold: 500)
         var client = ClientItems(store: store, server: Link(server), rid: 7)
@@ -135,17 +136,5 @@ final class Link: ServerLink {
         let fromB = try b.allocateInode()
         #expect(fromA == [fromA[0], fromA[0] + 1, fromA[0] + 2])
         #expect(fromB == fromA[0] + ClientItems.inodeBatch)
-    }
-}
-
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

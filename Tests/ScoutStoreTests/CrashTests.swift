@@ -1,3 +1,4 @@
+import ScoutTestSupport
 import Testing
 import ScoutFormat
 @testable import ScoutStore
