@@ -4,30 +4,8 @@ import ScoutFormat
 
 /// Runs the built `scoutfs` binary against sparse device files, as a user would.
 @Suite struct CLITests {
-    struct Result {
-        var status: Int32
-        var stdout: String
-        var stderr: String
-    }
-
-    /// The executable sits beside the test bundle in the build folder.
-    static let binary: String = {
-        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        return URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("scoutfs").path
-    }()
-
-    func run(_ args: [String]) throws -> Result {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Self.binary)
-        p.arguments = args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    func run(_ args: [String]) throws -> CLI.Result {
+        try CLI.run(args)
     }
 
     /// A fresh folder with sparse META and DATA files of the given sizes.
@@ -35,12 +13,7 @@ import ScoutFormat
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("scoutfs-cli-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let m = dir.appendingPathComponent("meta").path, d = dir.appendingPathComponent("data").path
-        for (path, size) in [(m, meta), (d, data)] {
-            #expect(FileManager.default.createFile(atPath: path, contents: nil))
-            let h = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
-            try h.truncate(atOffset: size)
-            try h.close()
-        }
+        for (path, size) in [(m, meta), (d, data)] { try Sys.sparseFile(path, size: size) }
         return (dir, m, d)
     }
 

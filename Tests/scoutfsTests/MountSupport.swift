@@ -18,12 +18,7 @@ final class TestMount {
         mnt = dir.appendingPathComponent("mnt").path
         log = dir.appendingPathComponent("log").path
         try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
-        for (path, size) in [(meta, metaSize), (data, dataSize)] {
-            #expect(FileManager.default.createFile(atPath: path, contents: nil))
-            let h = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
-            try h.truncate(atOffset: size)
-            try h.close()
-        }
+        for (path, size) in [(meta, metaSize), (data, dataSize)] { try Sys.sparseFile(path, size: size) }
         let mk = try CLI.run(["mkfs", "-Q", "0,127.0.0.1,7100", meta, data])
         try #require(mk.status == 0, "\(mk.stderr)")
     }
@@ -113,6 +108,16 @@ enum Sys {
         var call: String
         var errno: Int32
         var description: String { "\(call): \(String(cString: strerror(errno)))" }
+    }
+
+    /// A new sparse file of `size` bytes (a device file for mkfs).
+    static func sparseFile(_ path: String, size: UInt64) throws {
+        guard FileManager.default.createFile(atPath: path, contents: nil) else {
+            throw Failure(call: "create \(path)", errno: errno)
+        }
+        let h = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        try h.truncate(atOffset: size)
+        try h.close()
     }
 
     @discardableResult
