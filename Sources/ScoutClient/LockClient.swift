@@ -304,7 +304,7 @@ public final class LockClient: Sendable {
 
     private enum InsertOutcome {
         case found(ClientLock)
-        case inserted(ClientLock)
+        case inserted(ClientLock, count: Int)
         case retry
         case overlap(LockRange)
     }
@@ -330,12 +330,13 @@ public final class LockClient: Sendable {
                 ix.tree.insert(range, l)
                 ix.lruAppend(l)
                 shard(range.start).map.withLock { $0[range.start] = l }
-                return .inserted(l)
+                return .inserted(l, count: ix.tree.count)
             }
             switch outcome {
             case .found(let l): return l
-            case .inserted(let l):
-                enforceIdleLimit()
+            case .inserted(let l, let count):
+                // Too many cached: give back one idle lock per new one.
+                if count > options.idleLimit { shrink(1) }
                 return l
             case .retry:
                 noteRetry()
@@ -612,16 +613,13 @@ public final class LockClient: Sendable {
                 s.granted = to
                 return .run(from: from, to: to, seq: s.writeSeq, id: m.id)
             }
+            let answer: LockMessage
             switch step {
             case .done:
                 put(l)
                 return answered
             case .answer(let m):
-                send(.invalidated(m))
-                answered += 1
-                let (wake, request) = afterInvalidation(l)
-                if let request { send(.request(request)) }
-                for (w, h) in wake { w.completion(h) }
+                answer = m
             case .run(let from, let to, let seq, let id):
                 for hook in hooks.withLock({ $0 }) { hook(l.range, from, to) }
                 l.state.withLock { s in
@@ -630,12 +628,13 @@ public final class LockClient: Sendable {
                     l.dropRef()
                     s.blockedFor = s.invalidations.first?.newMode
                 }
-                send(.invalidated(LockMessage(key: l.range.start, writeSeq: seq, oldMode: from, newMode: to, id: id)))
-                answered += 1
-                let (wake, request) = afterInvalidation(l)
-                if let request { send(.request(request)) }
-                for (w, h) in wake { w.completion(h) }
+                answer = LockMessage(key: l.range.start, writeSeq: seq, oldMode: from, newMode: to, id: id)
             }
+            send(.invalidated(answer))
+            answered += 1
+            let (wake, request) = afterInvalidation(l)
+            if let request { send(.request(request)) }
+            for (w, h) in wake { w.completion(h) }
         }
     }
 
@@ -652,11 +651,6 @@ public final class LockClient: Sendable {
 
     /// Number of locks in the index.
     public var cachedCount: Int { index.withLock { $0.tree.count } }
-
-    private func enforceIdleLimit() {
-        let over = index.withLock { $0.tree.count } - options.idleLimit
-        if over > 0 { shrink(min(over, 1)) }
-    }
 
     /// Gives back up to `count` idle locks, oldest first (a lock used since the last pass gets a
     /// second chance), never having more than `shrinkInFlightLimit` null requests out. Returns
