@@ -35,8 +35,9 @@ struct ServerLockState {
     var isEmpty: Bool { granted.isEmpty && requested.isEmpty && invalidated.isEmpty && outbox.isEmpty && !draining }
 }
 
-/// A lock's node in the server's map, with its own mutex and a count of the threads using it;
-/// the map's mutex is held only to find, insert or remove nodes.
+/// A lock's node in the server's map, with its own mutex and a count of references: one for
+/// being in the map plus one per thread using it. Users are only added under the map's mutex,
+/// so a count of 1 seen under that mutex means nobody can reach the node but the map.
 final class ServerLockNode: Sendable {
     let key: Key
     let state = Mutex(ServerLockState())
@@ -125,18 +126,22 @@ public final class LockServer: Sendable {
             }
             guard create else { return nil }
             let n = ServerLockNode(key: key)
-            n.refs.store(1, ordering: .relaxed)
+            n.refs.store(2, ordering: .relaxed)
             m[key] = n
             return n
         }
     }
 
-    /// Drops a use of a node; the last user of an empty node takes it out of the map. Lock
-    /// order: map mutex → node mutex (nothing takes the map while holding a node).
+    /// Drops a use of a node. The map's mutex is taken only when the node looks unused and
+    /// empty, to take it out; lock order there is map mutex → node mutex (nothing takes the
+    /// map while holding a node). The check is repeated under the map's mutex because another
+    /// thread may have found the node in between.
     private func put(_ n: ServerLockNode) {
+        guard n.refs.subtract(1, ordering: .acquiringAndReleasing).newValue == 1,
+              n.state.withLock({ $0.isEmpty }) else { return }
         nodes.withLock { m in
-            if n.refs.subtract(1, ordering: .acquiringAndReleasing).newValue == 0,
-               n.state.withLock({ $0.isEmpty }), m[n.key] === n {
+            if n.refs.load(ordering: .acquiring) == 1, m[n.key] === n, n.state.withLock({ $0.isEmpty }) {
+                n.refs.store(0, ordering: .releasing)
                 m[n.key] = nil
             }
         }
