@@ -12,3 +12,6 @@ source scripts/setup.sh
 
 swift build --build-tests -Xswiftc -warnings-as-errors
 swift test --skip-build
+
+# The lock client and server under the thread sanitizer (a separate build).
+bash scripts/tsan.sh
