@@ -178,7 +178,7 @@ extension FSCore {
         rec.mtime = now
         rec.ctime = now
         rec.dataVersion += 1
-        rec.dataSeq = seq
+        try markDataChanged(ino, &rec)
         try putInode(ino, &rec)
         return data.count
     }
@@ -206,7 +206,7 @@ extension FSCore {
         if size != rec.size {
             rec.size = size
             rec.dataVersion += 1
-            rec.dataSeq = seq
+            try markDataChanged(ino, &rec)
         }
         let now = Timestamp.now
         rec.mtime = now
@@ -277,7 +277,7 @@ extension FSCore {
         let now = Timestamp.now
         rec.ctime = now
         if !keepSize { rec.mtime = now }
-        rec.dataSeq = seq
+        try markDataChanged(ino, &rec)
         try putInode(ino, &rec)
     }
 

@@ -41,6 +41,9 @@ public struct Attributes: Equatable, Sendable {
     public var dataVersion: UInt64
     public var metaSeq: UInt64
     public var dataSeq: UInt64
+    /// 4 KiB blocks of the file on the data device, and released (archived) ones.
+    public var onlineBlocks: UInt64
+    public var offlineBlocks: UInt64
 
     public var isDirectory: Bool { mode & UInt32(S_IFMT) == UInt32(S_IFDIR) }
 }
@@ -301,9 +304,12 @@ final class FSCore: @unchecked Sendable {
         }
     }
 
-    /// Writes an inode, stamping its meta seq with the open transaction's.
+    /// Writes an inode, stamping its meta seq with the open transaction's and moving its index
+    /// items along (a new inode also gets its first data seq).
     func putInode(_ ino: UInt64, _ rec: inout InodeRecord) throws {
+        try moveIndex(ItemType.metaSeq, ino, from: rec.metaSeq)
         rec.metaSeq = seq
+        if rec.dataSeq == 0 { try markDataChanged(ino, &rec) }
         try put(Keys.inode(ino), rec.encoded)
     }
 
@@ -311,7 +317,8 @@ final class FSCore: @unchecked Sendable {
         Attributes(ino: ino, mode: r.mode, nlink: r.nlink, uid: r.uid, gid: r.gid, rdev: r.rdev, size: r.size,
                    blocks: (r.onlineBlocks << UInt64(Layout.dataBlockShift)) / 512,
                    atime: r.atime, mtime: r.mtime, ctime: r.ctime, crtime: r.crtime,
-                   dataVersion: r.dataVersion, metaSeq: r.metaSeq, dataSeq: r.dataSeq)
+                   dataVersion: r.dataVersion, metaSeq: r.metaSeq, dataSeq: r.dataSeq,
+                   onlineBlocks: r.onlineBlocks, offlineBlocks: r.offlineBlocks)
     }
 
     func allocateIno() throws -> UInt64 {
@@ -353,6 +360,7 @@ final class FSCore: @unchecked Sendable {
     }
 
     func deleteInode(_ ino: UInt64) throws {
+        if let r = try? inode(ino) { try removeIndexItems(ino, r) }
         try truncateExtents(ino, fromBlock: 0)
         for it in try range(Keys.first(ino), Keys.last(ino)) {
             try remove(it.key)
@@ -411,6 +419,10 @@ enum Keys {
     }
     static func extent(_ ino: UInt64, last: UInt64, length: UInt64) -> Key {
         Key(zone: Zone.fs, first: ino, type: ItemType.dataExtent, second: last, third: length)
+    }
+    /// An inode's entry in the meta_seq or data_seq index.
+    static func seqIndex(_ type: UInt8, _ seq: UInt64, _ ino: UInt64) -> Key {
+        Key(zone: Zone.inodeIndex, type: type, second: seq, third: ino)
     }
     static func orphan(_ ino: UInt64) -> Key { Key(zone: Zone.orphan, type: ItemType.orphan, second: ino) }
     /// The first and last keys of everything an inode owns.

@@ -3,6 +3,7 @@ import ScoutFormat
 import ScoutNet
 import ScoutServer
 import Synchronization
+import ScoutTestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -307,24 +308,4 @@ import Glibc
         #expect(w.handle != nil)
         #expect(cl.server.statistics.clientsTimedOut == 1)
     }
-}
-
-/// A thread running a closure, joinable (Foundation's Thread cannot be joined).
-final class Thread: @unchecked Sendable {
-    // @unchecked: `body` is only read by the started thread; `tid` only by the starter.
-    let body: @Sendable () -> Void
-    var tid = pthread_t()
-
-    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
-
-    func start() {
-        let me = Unmanaged.passRetained(self)
-        pthread_create(&tid, nil, { arg in
-            let t = Unmanaged<Thread>.fromOpaque(arg!).takeRetainedValue()
-            t.body()
-            return nil
-        }, me.toOpaque())
-    }
-
-    func join() { pthread_join(tid, nil) }
 }

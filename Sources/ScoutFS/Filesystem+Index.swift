@@ -1,0 +1,80 @@
+import ScoutFormat
+public import SystemPackage
+
+/// The two inode indexes archive agents walk instead of the namespace.
+public enum SeqIndex: String, Sendable, CaseIterable {
+    case metaSeq = "meta_seq"
+    case dataSeq = "data_seq"
+
+    var itemType: UInt8 { self == .metaSeq ? ItemType.metaSeq : ItemType.dataSeq }
+}
+
+/// A position in a seq index: entries sort by seq, then inode number.
+public struct IndexPosition: Hashable, Comparable, Sendable {
+    public var seq: UInt64
+    public var ino: UInt64
+
+    public init(seq: UInt64, ino: UInt64) {
+        self.seq = seq
+        self.ino = ino
+    }
+
+    public static func < (a: IndexPosition, b: IndexPosition) -> Bool { (a.seq, a.ino) < (b.seq, b.ino) }
+
+    /// The position after this one, or nil after the last.
+    public var next: IndexPosition? {
+        if ino != .max { return IndexPosition(seq: seq, ino: ino + 1) }
+        if seq != .max { return IndexPosition(seq: seq + 1, ino: 0) }
+        return nil
+    }
+}
+
+extension FSCore {
+    /// Moves an inode's entry in one index from `old` to the open transaction's seq. An inode
+    /// changed again in the same transaction keeps its entry, so a busy inode costs one move per
+    /// commit, not per change.
+    func moveIndex(_ type: UInt8, _ ino: UInt64, from old: UInt64) throws {
+        guard old != seq else { return }
+        if old != 0 { try remove(Keys.seqIndex(type, old, ino)) }
+        try put(Keys.seqIndex(type, seq, ino), [])
+    }
+
+    /// Records a change of contents or size: the inode's data seq becomes the transaction's.
+    func markDataChanged(_ ino: UInt64, _ rec: inout InodeRecord) throws {
+        try moveIndex(ItemType.dataSeq, ino, from: rec.dataSeq)
+        rec.dataSeq = seq
+    }
+
+    func removeIndexItems(_ ino: UInt64, _ rec: InodeRecord) throws {
+        if rec.metaSeq != 0 { try remove(Keys.seqIndex(ItemType.metaSeq, rec.metaSeq, ino)) }
+        if rec.dataSeq != 0 { try remove(Keys.seqIndex(ItemType.dataSeq, rec.dataSeq, ino)) }
+    }
+
+    /// The highest seq no open transaction can still write: entries at or below it are final,
+    /// so an agent that has walked up to it never sees an entry appear below it later.
+    var stableSeq: UInt64 { seq - 1 }
+
+    func walkInodes(_ index: SeqIndex, from first: IndexPosition, through last: IndexPosition, limit: Int) throws -> [IndexPosition] {
+        let stop = min(last, IndexPosition(seq: stableSeq, ino: .max))
+        guard first <= stop, limit > 0 else { return [] }
+        var out: [IndexPosition] = []
+        try items.forEach(from: Keys.seqIndex(index.itemType, first.seq, first.ino),
+                          through: Keys.seqIndex(index.itemType, stop.seq, stop.ino)) { it in
+            out.append(IndexPosition(seq: it.key.second, ino: it.key.third))
+            return out.count < limit
+        }
+        return out
+    }
+}
+
+extension Filesystem {
+    /// Inodes whose meta or data seq lies between two positions, in index order, at most
+    /// `limit`; never past the stable seq. Continue from the last entry's `next`.
+    public func walkInodes(_ index: SeqIndex, from first: IndexPosition, through last: IndexPosition,
+                           limit: Int = 1024) throws(Errno) -> [IndexPosition] {
+        try run(.reads) { try $0.walkInodes(index, from: first, through: last, limit: limit) }
+    }
+
+    /// The highest seq whose index entries can no longer change (see `walkInodes`).
+    public var stableSeq: UInt64 { withCore { $0.stableSeq } }
+}
