@@ -1,0 +1,502 @@
+/// Messages between the `scoutfs` CLI and a mount's control socket (DESIGN.md §5): the
+/// archive interfaces that the original reaches through ioctls, which FUSE does not pass on.
+///
+/// A message is a 4-byte little-endian length and a body; the body starts with the operation's
+/// code. Requests about one file travel with an open descriptor of it (SCM_RIGHTS), so the
+/// kernel has already applied its permission checks when the file was opened, as for an ioctl.
+
+/// What a data waiter was doing when it found offline data (the original's `DWO_*` bits).
+public struct DataWaitOperation: OptionSet, Hashable, Sendable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    public static let read = DataWaitOperation(rawValue: 1)
+    public static let write = DataWaitOperation(rawValue: 2)
+    public static let changeSize = DataWaitOperation(rawValue: 4)
+
+    /// `read,write,change_size` as data-waiting prints it.
+    public var names: String {
+        var n: [String] = []
+        if contains(.read) { n.append("read") }
+        if contains(.write) { n.append("write") }
+        if contains(.changeSize) { n.append("change_size") }
+        return n.joined(separator: ",")
+    }
+
+    public init?(name: String) {
+        switch name {
+        case "read": self = .read
+        case "write": self = .write
+        case "change_size": self = .changeSize
+        default: return nil
+        }
+    }
+}
+
+/// The extra inode fields (`stat_more`).
+public struct InodeStatMore: Equatable, Sendable {
+    public var metaSeq: UInt64
+    public var dataSeq: UInt64
+    public var dataVersion: UInt64
+    public var onlineBlocks: UInt64
+    public var offlineBlocks: UInt64
+    public var crtime: Timestamp
+
+    public init(metaSeq: UInt64, dataSeq: UInt64, dataVersion: UInt64, onlineBlocks: UInt64, offlineBlocks: UInt64, crtime: Timestamp) {
+        self.metaSeq = metaSeq
+        self.dataSeq = dataSeq
+        self.dataVersion = dataVersion
+        self.onlineBlocks = onlineBlocks
+        self.offlineBlocks = offlineBlocks
+        self.crtime = crtime
+    }
+}
+
+/// Filesystem-wide facts (`statfs_more`) and space (`df`).
+public struct FilesystemStatMore: Equatable, Sendable {
+    public var fsid: UInt64
+    public var rid: UInt64
+    /// The stable seq: no transaction still open can write at or below it.
+    public var committedSeq: UInt64
+    public var totalMetaBlocks: UInt64
+    public var totalDataBlocks: UInt64
+    public var freeMetaBlocks: UInt64
+    public var freeDataBlocks: UInt64
+
+    public init(fsid: UInt64, rid: UInt64, committedSeq: UInt64, totalMetaBlocks: UInt64, totalDataBlocks: UInt64,
+                freeMetaBlocks: UInt64, freeDataBlocks: UInt64) {
+        self.fsid = fsid
+        self.rid = rid
+        self.committedSeq = committedSeq
+        self.totalMetaBlocks = totalMetaBlocks
+        self.totalDataBlocks = totalDataBlocks
+        self.freeMetaBlocks = freeMetaBlocks
+        self.freeDataBlocks = freeDataBlocks
+    }
+}
+
+/// One reader or writer blocked on offline data.
+public struct DataWaiter: Equatable, Sendable {
+    public var ino: UInt64
+    public var iblock: UInt64
+    public var op: DataWaitOperation
+
+    public init(ino: UInt64, iblock: UInt64, op: DataWaitOperation) {
+        self.ino = ino
+        self.iblock = iblock
+        self.op = op
+    }
+}
+
+/// A directory entry that refers to an inode, and the path through it.
+public struct ReferringEntry: Equatable, Sendable {
+    public var dir: UInt64
+    public var pos: UInt64
+    public var type: UInt8
+    public var name: [UInt8]
+
+    public init(dir: UInt64, pos: UInt64, type: UInt8, name: [UInt8]) {
+        self.dir = dir
+        self.pos = pos
+        self.type = type
+        self.name = name
+    }
+}
+
+/// One `.totl.A.B.C` sum.
+public struct XattrTotal: Equatable, Sendable {
+    public var name: (UInt64, UInt64, UInt64)
+    public var total: Int64
+    public var count: Int64
+
+    public init(name: (UInt64, UInt64, UInt64), total: Int64, count: Int64) {
+        self.name = name
+        self.total = total
+        self.count = count
+    }
+
+    public static func == (a: XattrTotal, b: XattrTotal) -> Bool {
+        a.name == b.name && a.total == b.total && a.count == b.count
+    }
+}
+
+/// How `setattr` restores a file.
+public struct SetattrMore: Equatable, Sendable {
+    public var dataVersion: UInt64
+    public var size: UInt64
+    /// The whole size becomes one offline region instead of a hole.
+    public var offline: Bool
+    public var ctime: Timestamp?
+    public var crtime: Timestamp?
+
+    public init(dataVersion: UInt64, size: UInt64, offline: Bool, ctime: Timestamp?, crtime: Timestamp?) {
+        self.dataVersion = dataVersion
+        self.size = size
+        self.offline = offline
+        self.ctime = ctime
+        self.crtime = crtime
+    }
+}
+
+public enum ControlRequest: Equatable, Sendable {
+    /// Entries of a seq index (`index` 0 meta_seq, 1 data_seq) between two (seq, ino) positions.
+    case walkInodes(index: UInt8, firstSeq: UInt64, firstIno: UInt64, lastSeq: UInt64, lastIno: UInt64, limit: UInt32)
+    /// About the file sent along.
+    case statMore
+    case statfsMore
+    case release(dataVersion: UInt64, offset: UInt64, length: UInt64)
+    case stage(dataVersion: UInt64, offset: UInt64, data: [UInt8])
+    case setattrMore(SetattrMore)
+    case dataWaiting(afterIno: UInt64, afterBlock: UInt64, limit: UInt32)
+    case dataWaitErr(ino: UInt64, dataVersion: UInt64, offset: UInt64, count: UInt64, op: DataWaitOperation, errno: Int32)
+    case listHiddenXattrs
+    case searchXattrs(name: [UInt8], fromIno: UInt64, limit: UInt32)
+    case readXattrTotals(from: [UInt64], limit: UInt32)
+    case referringEntries(ino: UInt64, afterDir: UInt64, afterPos: UInt64, limit: UInt32)
+    /// Paths of `ino`, one per referring entry after (dir, pos).
+    case inoPaths(ino: UInt64, afterDir: UInt64, afterPos: UInt64, limit: UInt32)
+
+    /// Whether the request must come with an open descriptor of the file it is about.
+    public var needsFile: Bool {
+        switch self {
+        case .statMore, .release, .stage, .setattrMore, .listHiddenXattrs: true
+        default: false
+        }
+    }
+}
+
+public enum ControlReply: Equatable, Sendable {
+    case failure(errno: Int32, message: String)
+    case done
+    case count(UInt64)
+    case walk([(seq: UInt64, ino: UInt64)])
+    case statMore(InodeStatMore)
+    case statfsMore(FilesystemStatMore)
+    case waiters([DataWaiter])
+    case names([[UInt8]])
+    case inodes([UInt64], complete: Bool)
+    case totals([XattrTotal])
+    case entries([ReferringEntry])
+    case paths([(dir: UInt64, pos: UInt64, path: [UInt8])])
+
+    public static func == (a: ControlReply, b: ControlReply) -> Bool {
+        switch (a, b) {
+        case let (.failure(e1, m1), .failure(e2, m2)): e1 == e2 && m1 == m2
+        case (.done, .done): true
+        case let (.count(x), .count(y)): x == y
+        case let (.walk(x), .walk(y)): x.elementsEqual(y) { $0.seq == $1.seq && $0.ino == $1.ino }
+        case let (.statMore(x), .statMore(y)): x == y
+        case let (.statfsMore(x), .statfsMore(y)): x == y
+        case let (.waiters(x), .waiters(y)): x == y
+        case let (.names(x), .names(y)): x == y
+        case let (.inodes(x, c1), .inodes(y, c2)): x == y && c1 == c2
+        case let (.totals(x), .totals(y)): x == y
+        case let (.entries(x), .entries(y)): x == y
+        case let (.paths(x), .paths(y)): x.elementsEqual(y) { $0.dir == $1.dir && $0.pos == $1.pos && $0.path == $1.path }
+        default: false
+        }
+    }
+}
+
+public enum ControlMessage {
+    /// Largest body either side accepts: a 1 MiB stage chunk and its header, or a page of
+    /// results. A longer length prefix is refused before anything is read.
+    public static let maxBody = (1 << 20) + 4096
+    /// Largest stage chunk the CLI sends.
+    public static let stageChunk = 1 << 20
+    /// Largest xattr name a search may carry (the xattr limit).
+    public static let maxNameLength = 255
+}
+
+// MARK: - encoding
+
+extension ByteWriter {
+    mutating func bytes16(_ b: [UInt8]) {
+        u16(UInt16(b.count))
+        raw(b)
+    }
+
+    mutating func bytes32(_ b: [UInt8]) {
+        u32(UInt32(b.count))
+        raw(b)
+    }
+
+    mutating func time(_ t: Timestamp) {
+        i64(t.seconds)
+        u32(t.nanoseconds)
+    }
+}
+
+extension ByteReader {
+    mutating func bytes16(max: Int) throws(FormatError) -> [UInt8] {
+        let n = Int(try u16())
+        if n > max { throw FormatError("control message field of \(n) bytes, at most \(max) allowed") }
+        return try raw(n)
+    }
+
+    mutating func bytes32(max: Int) throws(FormatError) -> [UInt8] {
+        let n = Int(try u32())
+        if n > max { throw FormatError("control message field of \(n) bytes, at most \(max) allowed") }
+        return try raw(n)
+    }
+
+    mutating func time() throws(FormatError) -> Timestamp {
+        let s = try i64()
+        let ns = try u32()
+        if ns >= 1_000_000_000 { throw FormatError("timestamp with \(ns) nanoseconds") }
+        return Timestamp(seconds: s, nanoseconds: ns)
+    }
+
+    /// A count of entries that each take at least `size` bytes, checked against what is left
+    /// before anything is allocated for them.
+    mutating func count(each size: Int) throws(FormatError) -> Int {
+        let n = Int(try u32())
+        if n > remaining / max(size, 1) { throw FormatError("control message claims \(n) entries in \(remaining) bytes") }
+        return n
+    }
+
+    func finish() throws(FormatError) {
+        if remaining != 0 { throw FormatError("control message has \(remaining) bytes past its end") }
+    }
+}
+
+extension ControlRequest {
+    private var code: UInt8 {
+        switch self {
+        case .walkInodes: 1
+        case .statMore: 2
+        case .statfsMore: 3
+        case .release: 4
+        case .stage: 5
+        case .setattrMore: 6
+        case .dataWaiting: 7
+        case .dataWaitErr: 8
+        case .listHiddenXattrs: 9
+        case .searchXattrs: 10
+        case .readXattrTotals: 11
+        case .referringEntries: 12
+        case .inoPaths: 13
+        }
+    }
+
+    public var encoded: [UInt8] {
+        var w = ByteWriter(capacity: 64)
+        w.u8(code)
+        switch self {
+        case let .walkInodes(index, fs, fi, ls, li, limit):
+            w.u8(index)
+            for v in [fs, fi, ls, li] { w.u64(v) }
+            w.u32(limit)
+        case .statMore, .statfsMore, .listHiddenXattrs:
+            break
+        case let .release(v, off, len):
+            for x in [v, off, len] { w.u64(x) }
+        case let .stage(v, off, data):
+            w.u64(v)
+            w.u64(off)
+            w.bytes32(data)
+        case let .setattrMore(s):
+            w.u64(s.dataVersion)
+            w.u64(s.size)
+            w.u8((s.offline ? 1 : 0) | (s.ctime != nil ? 2 : 0) | (s.crtime != nil ? 4 : 0))
+            w.time(s.ctime ?? Timestamp(seconds: 0, nanoseconds: 0))
+            w.time(s.crtime ?? Timestamp(seconds: 0, nanoseconds: 0))
+        case let .dataWaiting(ino, block, limit):
+            w.u64(ino)
+            w.u64(block)
+            w.u32(limit)
+        case let .dataWaitErr(ino, v, off, count, op, err):
+            for x in [ino, v, off, count] { w.u64(x) }
+            w.u8(op.rawValue)
+            w.u32(UInt32(bitPattern: err))
+        case let .searchXattrs(name, from, limit):
+            w.bytes16(name)
+            w.u64(from)
+            w.u32(limit)
+        case let .readXattrTotals(from, limit):
+            for i in 0..<3 { w.u64(i < from.count ? from[i] : 0) }
+            w.u32(limit)
+        case let .referringEntries(ino, dir, pos, limit), let .inoPaths(ino, dir, pos, limit):
+            for x in [ino, dir, pos] { w.u64(x) }
+            w.u32(limit)
+        }
+        return w.bytes
+    }
+
+    public init(decoding bytes: [UInt8]) throws(FormatError) {
+        var r = ByteReader(bytes, what: "control request")
+        let code = try r.u8()
+        switch code {
+        case 1:
+            let index = try r.u8()
+            self = .walkInodes(index: index, firstSeq: try r.u64(), firstIno: try r.u64(), lastSeq: try r.u64(),
+                               lastIno: try r.u64(), limit: try r.u32())
+        case 2: self = .statMore
+        case 3: self = .statfsMore
+        case 4: self = .release(dataVersion: try r.u64(), offset: try r.u64(), length: try r.u64())
+        case 5:
+            self = .stage(dataVersion: try r.u64(), offset: try r.u64(), data: try r.bytes32(max: ControlMessage.stageChunk))
+        case 6:
+            let v = try r.u64()
+            let size = try r.u64()
+            let flags = try r.u8()
+            if flags & ~7 != 0 { throw FormatError("setattr flags \(flags) has unknown bits") }
+            let ctime = try r.time()
+            let crtime = try r.time()
+            self = .setattrMore(SetattrMore(dataVersion: v, size: size, offline: flags & 1 != 0,
+                                            ctime: flags & 2 != 0 ? ctime : nil, crtime: flags & 4 != 0 ? crtime : nil))
+        case 7: self = .dataWaiting(afterIno: try r.u64(), afterBlock: try r.u64(), limit: try r.u32())
+        case 8:
+            let ino = try r.u64(), v = try r.u64(), off = try r.u64(), count = try r.u64()
+            let op = DataWaitOperation(rawValue: try r.u8())
+            self = .dataWaitErr(ino: ino, dataVersion: v, offset: off, count: count, op: op, errno: Int32(bitPattern: try r.u32()))
+        case 9: self = .listHiddenXattrs
+        case 10:
+            self = .searchXattrs(name: try r.bytes16(max: ControlMessage.maxNameLength), fromIno: try r.u64(), limit: try r.u32())
+        case 11: self = .readXattrTotals(from: [try r.u64(), try r.u64(), try r.u64()], limit: try r.u32())
+        case 12: self = .referringEntries(ino: try r.u64(), afterDir: try r.u64(), afterPos: try r.u64(), limit: try r.u32())
+        case 13: self = .inoPaths(ino: try r.u64(), afterDir: try r.u64(), afterPos: try r.u64(), limit: try r.u32())
+        default: throw FormatError("unknown control request \(code)")
+        }
+        try r.finish()
+    }
+}
+
+extension ControlReply {
+    public var encoded: [UInt8] {
+        var w = ByteWriter(capacity: 64)
+        switch self {
+        case let .failure(errno, message):
+            w.u8(0)
+            w.u32(UInt32(bitPattern: errno))
+            w.bytes16(Array(message.utf8.prefix(4096)))
+        case .done:
+            w.u8(1)
+        case let .count(n):
+            w.u8(2)
+            w.u64(n)
+        case let .walk(entries):
+            w.u8(3)
+            w.u32(UInt32(entries.count))
+            for e in entries {
+                w.u64(e.seq)
+                w.u64(e.ino)
+            }
+        case let .statMore(s):
+            w.u8(4)
+            for v in [s.metaSeq, s.dataSeq, s.dataVersion, s.onlineBlocks, s.offlineBlocks] { w.u64(v) }
+            w.time(s.crtime)
+        case let .statfsMore(s):
+            w.u8(5)
+            for v in [s.fsid, s.rid, s.committedSeq, s.totalMetaBlocks, s.totalDataBlocks, s.freeMetaBlocks, s.freeDataBlocks] { w.u64(v) }
+        case let .waiters(ws):
+            w.u8(6)
+            w.u32(UInt32(ws.count))
+            for x in ws {
+                w.u64(x.ino)
+                w.u64(x.iblock)
+                w.u8(x.op.rawValue)
+            }
+        case let .names(names):
+            w.u8(7)
+            w.u32(UInt32(names.count))
+            for n in names { w.bytes16(n) }
+        case let .inodes(inos, complete):
+            w.u8(8)
+            w.u8(complete ? 1 : 0)
+            w.u32(UInt32(inos.count))
+            for i in inos { w.u64(i) }
+        case let .totals(ts):
+            w.u8(9)
+            w.u32(UInt32(ts.count))
+            for t in ts {
+                for v in [t.name.0, t.name.1, t.name.2] { w.u64(v) }
+                w.i64(t.total)
+                w.i64(t.count)
+            }
+        case let .entries(es):
+            w.u8(10)
+            w.u32(UInt32(es.count))
+            for e in es {
+                w.u64(e.dir)
+                w.u64(e.pos)
+                w.u8(e.type)
+                w.bytes16(e.name)
+            }
+        case let .paths(ps):
+            w.u8(11)
+            w.u32(UInt32(ps.count))
+            for p in ps {
+                w.u64(p.dir)
+                w.u64(p.pos)
+                w.bytes32(p.path)
+            }
+        }
+        return w.bytes
+    }
+
+    public init(decoding bytes: [UInt8]) throws(FormatError) {
+        var r = ByteReader(bytes, what: "control reply")
+        let code = try r.u8()
+        switch code {
+        case 0:
+            let e = Int32(bitPattern: try r.u32())
+            self = .failure(errno: e, message: String(decoding: try r.bytes16(max: 4096), as: UTF8.self))
+        case 1: self = .done
+        case 2: self = .count(try r.u64())
+        case 3:
+            let n = try r.count(each: 16)
+            var es: [(seq: UInt64, ino: UInt64)] = []
+            es.reserveCapacity(n)
+            for _ in 0..<n { es.append((try r.u64(), try r.u64())) }
+            self = .walk(es)
+        case 4:
+            self = .statMore(InodeStatMore(metaSeq: try r.u64(), dataSeq: try r.u64(), dataVersion: try r.u64(),
+                                           onlineBlocks: try r.u64(), offlineBlocks: try r.u64(), crtime: try r.time()))
+        case 5:
+            self = .statfsMore(FilesystemStatMore(fsid: try r.u64(), rid: try r.u64(), committedSeq: try r.u64(),
+                                                  totalMetaBlocks: try r.u64(), totalDataBlocks: try r.u64(),
+                                                  freeMetaBlocks: try r.u64(), freeDataBlocks: try r.u64()))
+        case 6:
+            let n = try r.count(each: 17)
+            var ws: [DataWaiter] = []
+            for _ in 0..<n {
+                ws.append(DataWaiter(ino: try r.u64(), iblock: try r.u64(), op: DataWaitOperation(rawValue: try r.u8())))
+            }
+            self = .waiters(ws)
+        case 7:
+            let n = try r.count(each: 2)
+            var names: [[UInt8]] = []
+            for _ in 0..<n { names.append(try r.bytes16(max: 65535)) }
+            self = .names(names)
+        case 8:
+            let complete = try r.u8() != 0
+            let n = try r.count(each: 8)
+            var inos: [UInt64] = []
+            for _ in 0..<n { inos.append(try r.u64()) }
+            self = .inodes(inos, complete: complete)
+        case 9:
+            let n = try r.count(each: 40)
+            var ts: [XattrTotal] = []
+            for _ in 0..<n {
+                let name = (try r.u64(), try r.u64(), try r.u64())
+                ts.append(XattrTotal(name: name, total: try r.i64(), count: try r.i64()))
+            }
+            self = .totals(ts)
+        case 10:
+            let n = try r.count(each: 19)
+            var es: [ReferringEntry] = []
+            for _ in 0..<n {
+                es.append(ReferringEntry(dir: try r.u64(), pos: try r.u64(), type: try r.u8(), name: try r.bytes16(max: 255)))
+            }
+            self = .entries(es)
+        case 11:
+            let n = try r.count(each: 20)
+            var ps: [(dir: UInt64, pos: UInt64, path: [UInt8])] = []
+            for _ in 0..<n { ps.append((try r.u64(), try r.u64(), try r.bytes32(max: ControlMessage.maxBody))) }
+            self = .paths(ps)
+        default:
+            throw FormatError("unknown control reply \(code)")
+        }
+        try r.finish()
+    }
+}

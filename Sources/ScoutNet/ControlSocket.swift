@@ -1,0 +1,343 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ScoutFormat
+import Synchronization
+
+/// A failure of the control socket itself (not of a request it carried).
+public struct ControlSocketError: Error, CustomStringConvertible, Sendable {
+    public var errno: Int32
+    public var description: String
+
+    /// With the errno of the call that just failed.
+    public init(_ what: String) {
+        self.init(what, errno: Glibc.errno)
+    }
+
+    public init(_ what: String, errno: Int32) {
+        self.errno = errno
+        description = errno == 0 ? what : "\(what): \(String(cString: strerror(errno)))"
+    }
+}
+
+/// Who is on the other end of a connection, as the kernel saw it connect (SO_PEERCRED).
+public struct PeerCredentials: Sendable, Equatable {
+    public var pid: Int32
+    public var uid: UInt32
+    public var gid: UInt32
+
+    public init(pid: Int32, uid: UInt32, gid: UInt32) {
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
+    }
+}
+
+/// Framing shared by both ends: a 4-byte little-endian length, then the body; one descriptor
+/// may ride along with the first bytes (SCM_RIGHTS).
+enum ControlFrame {
+    enum Received {
+        case message([UInt8], fd: Int32?)
+        case closed
+        /// The peer announced more than `ControlMessage.maxBody`; nothing of it was read.
+        case oversized(Int)
+        /// The connection ended inside a message.
+        case truncated
+    }
+
+    static func send(_ sock: Int32, _ body: [UInt8], fd: Int32? = nil) throws(ControlSocketError) {
+        var frame = ByteWriter(capacity: 4 + body.count)
+        frame.u32(UInt32(body.count))
+        frame.raw(body)
+        let bytes = frame.bytes
+        var sent = 0
+        if let fd {
+            // The descriptor goes with the first chunk of bytes.
+            let n = sendWithDescriptor(sock, bytes, fd)
+            if n < 0 { throw ControlSocketError("sending a control message with a file descriptor") }
+            sent = n
+        }
+        while sent < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.send(sock, $0.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw ControlSocketError("sending a control message")
+            }
+            sent += n
+        }
+    }
+
+    private static func sendWithDescriptor(_ sock: Int32, _ bytes: [UInt8], _ fd: Int32) -> Int {
+        var bytes = bytes
+        let space = MemoryLayout<cmsghdr>.stride + MemoryLayout<Int32>.stride + 8
+        var control = [UInt8](repeating: 0, count: space)
+        return bytes.withUnsafeMutableBytes { buf -> Int in
+            control.withUnsafeMutableBytes { cbuf -> Int in
+                var iov = iovec(iov_base: buf.baseAddress, iov_len: buf.count)
+                return withUnsafeMutablePointer(to: &iov) { iovp -> Int in
+                    var msg = msghdr()
+                    msg.msg_iov = iovp
+                    msg.msg_iovlen = 1
+                    msg.msg_control = cbuf.baseAddress
+                    msg.msg_controllen = Int(cmsgLength(MemoryLayout<Int32>.size))
+                    let c = cbuf.baseAddress!.assumingMemoryBound(to: cmsghdr.self)
+                    c.pointee.cmsg_level = SOL_SOCKET
+                    c.pointee.cmsg_type = Int32(SCM_RIGHTS)
+                    c.pointee.cmsg_len = Int(cmsgLength(MemoryLayout<Int32>.size))
+                    (cbuf.baseAddress! + MemoryLayout<cmsghdr>.stride).storeBytes(of: fd, as: Int32.self)
+                    while true {
+                        let n = sendmsg(sock, &msg, Int32(MSG_NOSIGNAL))
+                        if n < 0 && errno == EINTR { continue }
+                        return n
+                    }
+                }
+            }
+        }
+    }
+
+    private static func cmsgLength(_ n: Int) -> Int { MemoryLayout<cmsghdr>.stride + n }
+
+    /// Reads one frame. A descriptor that arrives is the caller's to close.
+    static func receive(_ sock: Int32) -> Received {
+        var header = [UInt8](repeating: 0, count: 4)
+        var fd: Int32?
+        var got = 0
+        var control = [UInt8](repeating: 0, count: MemoryLayout<cmsghdr>.stride + 16)
+        while got < 4 {
+            let n: Int = header.withUnsafeMutableBytes { buf in
+                control.withUnsafeMutableBytes { cbuf in
+                    var iov = iovec(iov_base: buf.baseAddress! + got, iov_len: 4 - got)
+                    return withUnsafeMutablePointer(to: &iov) { iovp in
+                        var msg = msghdr()
+                        msg.msg_iov = iovp
+                        msg.msg_iovlen = 1
+                        msg.msg_control = cbuf.baseAddress
+                        msg.msg_controllen = cbuf.count
+                        let n = recvmsg(sock, &msg, Int32(MSG_CMSG_CLOEXEC))
+                        if n > 0, msg.msg_controllen >= cmsgLength(MemoryLayout<Int32>.size) {
+                            let c = cbuf.baseAddress!.assumingMemoryBound(to: cmsghdr.self)
+                            if c.pointee.cmsg_level == SOL_SOCKET, c.pointee.cmsg_type == Int32(SCM_RIGHTS) {
+                                let passed = (cbuf.baseAddress! + MemoryLayout<cmsghdr>.stride).load(as: Int32.self)
+                                if fd == nil { fd = passed } else { Glibc.close(passed) }
+                            }
+                        }
+                        return n
+                    }
+                }
+            }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 {
+                if let fd { Glibc.close(fd) }
+                return got == 0 && n == 0 ? .closed : .truncated
+            }
+            got += n
+        }
+        var r = ByteReader(header, what: "control frame")
+        let length = Int((try? r.u32()) ?? 0)
+        if length > ControlMessage.maxBody {
+            if let fd { Glibc.close(fd) }
+            return .oversized(length)
+        }
+        var body = [UInt8](repeating: 0, count: length)
+        var at = 0
+        while at < length {
+            let n = body.withUnsafeMutableBytes { read(sock, $0.baseAddress! + at, length - at) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 {
+                if let fd { Glibc.close(fd) }
+                return .truncated
+            }
+            at += n
+        }
+        return .message(body, fd: fd)
+    }
+}
+
+/// The mount's end: accepts connections on a Unix socket and answers each message through
+/// `handler` on a thread per connection (connections are short: one CLI command each).
+public final class ControlServer: Sendable {
+    public typealias Handler = @Sendable (_ request: [UInt8], _ file: Int32?, _ peer: PeerCredentials) -> [UInt8]
+
+    public let path: String
+    private let listener: Int32
+    private let handler: Handler
+    private let log: @Sendable (String) -> Void
+    private let stopped = Atomic(false)
+
+    /// Binds `path` (replacing a stale socket file) with mode 0666: anyone may connect, and
+    /// every request is checked against the caller's credentials.
+    public init(path: String, log: @escaping @Sendable (String) -> Void = { _ in }, handler: @escaping Handler) throws(ControlSocketError) {
+        self.path = path
+        self.handler = handler
+        self.log = log
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            throw ControlSocketError("control socket path \(path) is longer than a Unix socket path may be", errno: 0)
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in
+            p.copyBytes(from: bytes)
+            p[bytes.count] = 0
+        }
+        let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        if s < 0 { throw ControlSocketError("creating the control socket") }
+        unlink(path)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        if rc != 0 {
+            let e = ControlSocketError("binding the control socket \(path)")
+            Glibc.close(s)
+            throw e
+        }
+        chmod(path, 0o666)
+        if listen(s, 64) != 0 {
+            let e = ControlSocketError("listening on the control socket \(path)")
+            Glibc.close(s)
+            throw e
+        }
+        listener = s
+    }
+
+    /// Starts accepting on a thread of its own.
+    public func start() {
+        spawn { [self] in acceptLoop() }
+    }
+
+    /// Stops accepting and removes the socket file; connections being served finish.
+    public func stop() {
+        guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        shutdown(listener, Int32(SHUT_RDWR))
+        unlink(path)
+    }
+
+    deinit {
+        Glibc.close(listener)
+    }
+
+    private func acceptLoop() {
+        while !stopped.load(ordering: .acquiring) {
+            let c = accept(listener, nil, nil)
+            if c < 0 {
+                if errno == EINTR || errno == ECONNABORTED { continue }
+                if !stopped.load(ordering: .acquiring) { log("control socket: accept failed: \(String(cString: strerror(errno)))") }
+                return
+            }
+            _ = fcntl(c, F_SETFD, FD_CLOEXEC)
+            spawn { [self] in serve(c) }
+        }
+    }
+
+    private func serve(_ c: Int32) {
+        defer { Glibc.close(c) }
+        // struct ucred {pid_t pid; uid_t uid; gid_t gid}, which Glibc exports only with _GNU_SOURCE.
+        var cred: (Int32, UInt32, UInt32) = (0, 0, 0)
+        var len = socklen_t(MemoryLayout.size(ofValue: cred))
+        guard getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 else {
+            log("control socket: no peer credentials: \(String(cString: strerror(errno)))")
+            return
+        }
+        let peer = PeerCredentials(pid: cred.0, uid: cred.1, gid: cred.2)
+        while true {
+            switch ControlFrame.receive(c) {
+            case .closed:
+                return
+            case .truncated:
+                log("control socket: pid \(peer.pid) closed the connection inside a message; nothing was done")
+                return
+            case .oversized(let n):
+                // The rest cannot be skipped reliably: answer and hang up.
+                let reply = ControlReply.failure(errno: EMSGSIZE, message: "control message of \(n) bytes is larger than the \(ControlMessage.maxBody) allowed")
+                try? ControlFrame.send(c, reply.encoded)
+                return
+            case .message(let body, let fd):
+                let reply = handler(body, fd, peer)
+                if let fd { Glibc.close(fd) }
+                do {
+                    try ControlFrame.send(c, reply)
+                } catch {
+                    return
+                }
+            }
+        }
+    }
+}
+
+/// The CLI's end: one connection, messages answered in order.
+public final class ControlClient {
+    private let sock: Int32
+
+    public init(path: String) throws(ControlSocketError) {
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            throw ControlSocketError("control socket path \(path) is too long", errno: 0)
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in
+            p.copyBytes(from: bytes)
+            p[bytes.count] = 0
+        }
+        let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        if s < 0 { throw ControlSocketError("creating a socket") }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        if rc != 0 {
+            let e = ControlSocketError("connecting to the mount's control socket \(path) (is the daemon running?)")
+            Glibc.close(s)
+            throw e
+        }
+        sock = s
+    }
+
+    deinit { Glibc.close(sock) }
+
+    /// Sends a request body (with an open file descriptor when the request is about a file)
+    /// and returns the reply body.
+    public func call(_ body: [UInt8], file: Int32? = nil) throws(ControlSocketError) -> [UInt8] {
+        try ControlFrame.send(sock, body, fd: file)
+        switch ControlFrame.receive(sock) {
+        case .message(let reply, let fd):
+            if let fd { Glibc.close(fd) }
+            return reply
+        case .closed, .truncated:
+            throw ControlSocketError("the mount closed the control connection without answering", errno: ECONNRESET)
+        case .oversized(let n):
+            throw ControlSocketError("the mount answered with \(n) bytes, more than allowed", errno: EMSGSIZE)
+        }
+    }
+
+    /// Writes raw bytes (tests use it to send malformed frames).
+    public func sendRaw(_ bytes: [UInt8]) throws(ControlSocketError) {
+        let n = bytes.withUnsafeBytes { Glibc.send(sock, $0.baseAddress, bytes.count, Int32(MSG_NOSIGNAL)) }
+        if n != bytes.count { throw ControlSocketError("sending raw bytes") }
+    }
+
+    /// Reads one reply frame (after `sendRaw`).
+    public func receiveReply() throws(ControlSocketError) -> [UInt8] {
+        switch ControlFrame.receive(sock) {
+        case .message(let reply, let fd):
+            if let fd { Glibc.close(fd) }
+            return reply
+        default:
+            throw ControlSocketError("no reply on the control connection", errno: ECONNRESET)
+        }
+    }
+
+    /// Closes the sending side, so the server sees the end of the stream.
+    public func finishSending() { shutdown(sock, Int32(SHUT_WR)) }
+}
+
+/// Runs `body` on a detached thread.
+private func spawn(_ body: @escaping @Sendable () -> Void) {
+    final class Box { let body: @Sendable () -> Void; init(_ b: @escaping @Sendable () -> Void) { body = b } }
+    let box = Unmanaged.passRetained(Box(body))
+    var t = pthread_t()
+    let rc = pthread_create(&t, nil, { arg in
+        Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
+        return nil
+    }, box.toOpaque())
+    if rc == 0 { pthread_detach(t) } else { box.release() }
+}

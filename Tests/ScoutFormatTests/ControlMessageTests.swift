@@ -1,0 +1,56 @@
+import ScoutFormat
+import Testing
+
+@Suite struct ControlMessageTests {
+    static let requests: [ControlRequest] = [
+        .walkInodes(index: 1, firstSeq: 2, firstIno: 3, lastSeq: .max, lastIno: .max, limit: 128),
+        .statMore, .statfsMore, .listHiddenXattrs,
+        .release(dataVersion: 7, offset: 4096, length: 1 << 30),
+        .stage(dataVersion: 7, offset: 8192, data: [1, 2, 3]),
+        .setattrMore(SetattrMore(dataVersion: 9, size: 12345, offline: true, ctime: Timestamp(seconds: 5, nanoseconds: 6), crtime: nil)),
+        .dataWaiting(afterIno: 1, afterBlock: 2, limit: 3),
+        .dataWaitErr(ino: 1, dataVersion: 2, offset: 3, count: 4, op: [.read, .write], errno: 5),
+        .searchXattrs(name: Array("scoutfs.srch.x".utf8), fromIno: 4, limit: 5),
+        .readXattrTotals(from: [1, 2, 3], limit: 10),
+        .referringEntries(ino: 5, afterDir: 6, afterPos: 7, limit: 8),
+        .inoPaths(ino: 5, afterDir: 0, afterPos: 0, limit: 1),
+    ]
+
+    static let replies: [ControlReply] = [
+        .failure(errno: 116, message: "data version 3 is not the file's 4"),
+        .done, .count(42),
+        .walk([(1, 2), (3, 4)]),
+        .statMore(InodeStatMore(metaSeq: 1, dataSeq: 2, dataVersion: 3, onlineBlocks: 4, offlineBlocks: 5, crtime: Timestamp(seconds: 6, nanoseconds: 7))),
+        .statfsMore(FilesystemStatMore(fsid: 1, rid: 2, committedSeq: 3, totalMetaBlocks: 4, totalDataBlocks: 5, freeMetaBlocks: 6, freeDataBlocks: 7)),
+        .waiters([DataWaiter(ino: 9, iblock: 10, op: .changeSize)]),
+        .names([Array("scoutfs.hide.a".utf8)]),
+        .inodes([1, 2, 3], complete: true),
+        .totals([XattrTotal(name: (1, 2, 3), total: -4, count: 5)]),
+        .entries([ReferringEntry(dir: 1, pos: 2, type: 8, name: Array("f".utf8))]),
+        .paths([(1, 2, Array("a/b".utf8))]),
+    ]
+
+    @Test func everyRequestAndReplyRoundTrips() throws {
+        for r in Self.requests { #expect(try ControlRequest(decoding: r.encoded) == r) }
+        for r in Self.replies { #expect(try ControlReply(decoding: r.encoded) == r) }
+    }
+
+    @Test func truncatedOrPaddedOrUnknownMessagesAreRefused() {
+        for r in Self.requests {
+            let e = r.encoded
+            for cut in 0..<e.count { #expect(throws: FormatError.self) { _ = try ControlRequest(decoding: Array(e[..<cut])) } }
+            #expect(throws: FormatError.self) { _ = try ControlRequest(decoding: e + [0]) }
+        }
+        for r in Self.replies {
+            let e = r.encoded
+            for cut in 0..<e.count { #expect(throws: FormatError.self) { _ = try ControlReply(decoding: Array(e[..<cut])) } }
+        }
+        #expect(throws: FormatError.self) { _ = try ControlRequest(decoding: [200]) }
+        // A count claiming more entries than the bytes could hold is refused before allocating.
+        #expect(throws: FormatError.self) { _ = try ControlReply(decoding: [3, 0xff, 0xff, 0xff, 0x7f]) }
+        // A stage chunk over the limit.
+        var big = ByteWriter()
+        big.u8(5); big.u64(1); big.u64(0); big.u32(UInt32(ControlMessage.stageChunk + 1))
+        #expect(throws: FormatError.self) { _ = try ControlRequest(decoding: big.bytes + [UInt8](repeating: 0, count: ControlMessage.stageChunk + 1)) }
+    }
+}
