@@ -8,14 +8,14 @@ import Darwin
 /// first is remembered, so a wake-up between "decide to wait" and "wait" is never lost. Used for
 /// lock waiters (FUSE worker threads block synchronously: a hop into Swift concurrency would cost
 /// more than the lock) and for the invalidation worker.
-final class Parker: @unchecked Sendable {
+public final class Parker: @unchecked Sendable {
     // @unchecked: the pthread objects live at fixed heap addresses and are only touched through
     // pthread calls, which do their own synchronization; `permit` is guarded by `mutex`.
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let cond = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private var permit = false
 
-    init() {
+    public init() {
         pthread_mutex_init(mutex, nil)
         pthread_cond_init(cond, nil)
     }
@@ -27,7 +27,7 @@ final class Parker: @unchecked Sendable {
         mutex.deallocate()
     }
 
-    func park() {
+    public func park() {
         pthread_mutex_lock(mutex)
         while !permit { pthread_cond_wait(cond, mutex) }
         permit = false
@@ -35,7 +35,7 @@ final class Parker: @unchecked Sendable {
     }
 
     /// Waits at most `seconds`; true when unparked, false on timeout.
-    func park(seconds: Double) -> Bool {
+    public func park(seconds: Double) -> Bool {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
         let total = Double(now.tv_sec) + Double(now.tv_nsec) / 1e9 + seconds
@@ -50,7 +50,7 @@ final class Parker: @unchecked Sendable {
         return woke
     }
 
-    func unpark() {
+    public func unpark() {
         pthread_mutex_lock(mutex)
         permit = true
         pthread_cond_signal(cond)

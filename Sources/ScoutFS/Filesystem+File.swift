@@ -125,6 +125,7 @@ extension FSCore {
         if rec.isDirectory { throw Errno.isDirectory }
         guard offset < rec.size, count > 0 else { return ReadPlan() }
         var plan = ReadPlan(count: Int(min(UInt64(count), rec.size - offset)))
+        try checkOnline(ino, rec, from: offset, count: UInt64(plan.count), op: .read)
         let end = offset + UInt64(plan.count)
         for e in try extents(ino, from: offset / blockSize, through: (end - 1) / blockSize) {
             let lo = max(offset, e.start * blockSize)
@@ -139,6 +140,8 @@ extension FSCore {
         var rec = try inode(ino)
         if rec.isDirectory { throw Errno.isDirectory }
         guard !data.isEmpty else { return 0 }
+        // data_version covers the whole file: all of it must be online before it changes.
+        try checkOnline(ino, rec, from: 0, count: rec.size, op: .write)
         let (end, overflow) = offset.addingReportingOverflow(UInt64(data.count))
         if overflow || end > UInt64(Int64.max) { throw Errno.fileTooLarge }
         let first = offset / blockSize
@@ -199,7 +202,9 @@ extension FSCore {
         if size > UInt64(Int64.max) { throw Errno.fileTooLarge }
         if size < rec.size {
             let keepBlocks = (size + blockSize - 1) / blockSize
-            rec.onlineBlocks -= min(rec.onlineBlocks, try unmap(ino, from: keepBlocks))
+            let cut = try cutExtents(ino, from: keepBlocks, through: .max)
+            rec.onlineBlocks -= min(rec.onlineBlocks, cut.online)
+            rec.offlineBlocks -= min(rec.offlineBlocks, cut.offline)
             // The tail of the last kept block must read as zeros if the file grows again.
             if size % blockSize != 0 { try zeroRange(ino, from: size, to: keepBlocks * blockSize) }
         }
@@ -215,6 +220,9 @@ extension FSCore {
 
     func setattr(_ ino: UInt64, _ ch: AttributeChanges) throws -> Attributes {
         var rec = try inode(ino)
+        if let size = ch.size, size > 0, size != rec.size {
+            try checkOnline(ino, rec, from: 0, count: size, op: .changeSize)
+        }
         let now = Timestamp.now
         if let m = ch.mode { rec.mode = rec.fileType | (m & 0o7777) }
         if let u = ch.uid { rec.uid = u }
@@ -243,6 +251,7 @@ extension FSCore {
         var rec = try inode(ino)
         guard rec.isRegular else { throw Errno.operationNotSupportedByDevice }
         guard length > 0 else { throw Errno.invalidArgument }
+        try checkOnline(ino, rec, from: 0, count: rec.size, op: .write)
         let (end, overflow) = offset.addingReportingOverflow(length)
         if overflow || end > UInt64(Int64.max) { throw Errno.fileTooLarge }
         let keepSize = mode & LinuxABI.fallocKeepSize != 0
@@ -342,8 +351,8 @@ extension FSCore {
 }
 
 extension Filesystem {
-    public func setattr(_ ino: UInt64, _ changes: AttributeChanges) throws(Errno) -> Attributes {
-        try run(.frees) { try $0.setattr(ino, changes) }
+    public func setattr(_ ino: UInt64, _ changes: AttributeChanges, cancel: WaitCancellation? = nil) throws(Errno) -> Attributes {
+        try runWaiting(.frees, cancel) { try $0.setattr(ino, changes) }
     }
 
     /// Opens `ino`; with O_TRUNC a writable open truncates (the mount negotiates atomic O_TRUNC).
@@ -366,8 +375,8 @@ extension Filesystem {
 
     /// Reads file data. Only the extent lookup holds the filesystem lock; the device reads run
     /// in parallel with other requests, inside the data read gate.
-    public func read(_ ino: UInt64, offset: UInt64, count: Int) throws(Errno) -> [UInt8] {
-        let plan = try runWithoutCommit { c in
+    public func read(_ ino: UInt64, offset: UInt64, count: Int, cancel: WaitCancellation? = nil) throws(Errno) -> [UInt8] {
+        let plan = try runWaiting(.reads, cancel, commit: false) { c in
             let p = try c.planRead(ino, offset: offset, count: count)
             if !p.segments.isEmpty { readGate.enter() }
             return p
@@ -393,12 +402,12 @@ extension Filesystem {
         }
     }
 
-    public func write(_ ino: UInt64, offset: UInt64, data: [UInt8]) throws(Errno) -> Int {
-        try run { try $0.writeData(ino, offset: offset, data: data) }
+    public func write(_ ino: UInt64, offset: UInt64, data: [UInt8], cancel: WaitCancellation? = nil) throws(Errno) -> Int {
+        try runWaiting(.grows, cancel) { try $0.writeData(ino, offset: offset, data: data) }
     }
 
-    public func fallocate(_ ino: UInt64, mode: Int32, offset: UInt64, length: UInt64) throws(Errno) {
-        try run { try $0.fallocate(ino, mode: mode, offset: offset, length: length) }
+    public func fallocate(_ ino: UInt64, mode: Int32, offset: UInt64, length: UInt64, cancel: WaitCancellation? = nil) throws(Errno) {
+        try runWaiting(.grows, cancel) { try $0.fallocate(ino, mode: mode, offset: offset, length: length) }
     }
 
     public func seek(_ ino: UInt64, offset: UInt64, whence: Int32) throws(Errno) -> UInt64 {

@@ -115,6 +115,7 @@ public final class Filesystem: Sendable {
     private let state: FSCore
     public let options: FilesystemOptions
     let readGate = DataReadGate()
+    let waits = DataWaits()
     /// File data is read from it outside the lock (see `read`).
     // nonisolated(unsafe): set once in init; the device's reads are thread-safe.
     nonisolated(unsafe) let dataDevice: any BlockDevice
@@ -123,7 +124,7 @@ public final class Filesystem: Sendable {
     /// inodes that a crash left unlinked but allocated (orphans).
     public init(store: Store, options: FilesystemOptions = FilesystemOptions()) throws {
         let server = LocalServer(store: store, mergeThreshold: options.mergeThreshold)
-        let c = FSCore(store: store, server: server, readGate: readGate)
+        let c = FSCore(store: store, server: server, readGate: readGate, waits: waits)
         dataDevice = store.data
         try c.prepare()
         state = c
@@ -146,6 +147,22 @@ public final class Filesystem: Sendable {
             let limit = min(options.dirtyBlockLimit, Int(c.store.allocatableMetaBlocks / 8))
             if c.items.dirtyBlocks >= limit { try c.commit() }
             return r
+        }
+    }
+
+    /// Runs an operation that may find offline data: when it does (`DataWaitNeeded`), the lock
+    /// is let go, the caller sleeps until the inode changes, and the operation starts over.
+    func runWaiting<T>(_ space: SpaceUse, _ cancel: WaitCancellation?, commit: Bool = true,
+                       _ body: (FSCore) throws -> T) throws(Errno) -> T {
+        while true {
+            let attempt: (FSCore) throws -> Result<T, DataWaitNeeded> = { c in
+                do { return .success(try body(c)) } catch let w as DataWaitNeeded { return .failure(w) }
+            }
+            let r = commit ? try run(space, attempt) : try runWithoutCommit(attempt)
+            switch r {
+            case .success(let v): return v
+            case .failure(let w): try waits.wait(w.ticket, cancel: cancel)
+            }
         }
     }
 
@@ -222,11 +239,13 @@ final class FSCore: @unchecked Sendable {
     static let rootIno: UInt64 = 1
 
     let readGate: DataReadGate
+    let waits: DataWaits
 
-    init(store: Store, server: LocalServer, readGate: DataReadGate) {
+    init(store: Store, server: LocalServer, readGate: DataReadGate, waits: DataWaits) {
         self.store = store
         self.server = server
         self.readGate = readGate
+        self.waits = waits
         var rid: UInt64 = 0
         while rid == 0 { rid = UInt64.random(in: 1...UInt64.max) }
         items = ClientItems(store: store, server: InProcessLink(server: server), rid: rid)
@@ -311,6 +330,8 @@ final class FSCore: @unchecked Sendable {
         rec.metaSeq = seq
         if rec.dataSeq == 0 { try markDataChanged(ino, &rec) }
         try put(Keys.inode(ino), rec.encoded)
+        // Whatever changed, a request waiting for this inode's offline data looks again.
+        if waits.hasWaiters { waits.wake(ino) }
     }
 
     func attributes(_ ino: UInt64, _ r: InodeRecord) -> Attributes {

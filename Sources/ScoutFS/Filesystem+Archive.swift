@@ -1,0 +1,274 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+public import ScoutFormat
+import ScoutStore
+public import SystemPackage
+
+/// A refusal of an archive operation, with the reason for the user (the errno alone says
+/// little: EINVAL covers a dozen cases).
+public struct ArchiveError: Error, CustomStringConvertible, Sendable {
+    public var errno: Errno
+    public var description: String
+
+    init(_ errno: Errno, _ description: String) {
+        self.errno = errno
+        self.description = description
+    }
+}
+
+extension FSCore {
+    // MARK: offline extents
+
+    /// The first offline block in `[first, last]`, or nil.
+    func firstOffline(_ ino: UInt64, from first: UInt64, through last: UInt64) throws -> UInt64? {
+        var found: UInt64?
+        try items.forEach(from: Keys.extent(ino, last: first, length: 0), through: Keys.extent(ino, last: .max, length: .max)) { it in
+            let start = it.key.second + 1 - it.key.third
+            if start > last { return false }
+            if let fe = try? FileExtent(decoding: it.value), fe.flags.contains(.offline) {
+                found = max(start, first)
+                return false
+            }
+            return true
+        }
+        return found
+    }
+
+    /// Blocks of `[first, last]` that no offline extent covers: mapped blocks and holes.
+    func onlineBlocks(_ ino: UInt64, from first: UInt64, through last: UInt64) throws -> UInt64 {
+        var offline: UInt64 = 0
+        try items.forEach(from: Keys.extent(ino, last: first, length: 0), through: Keys.extent(ino, last: .max, length: .max)) { it in
+            let start = it.key.second + 1 - it.key.third
+            if start > last { return false }
+            if let fe = try? FileExtent(decoding: it.value), fe.flags.contains(.offline) {
+                offline += min(it.key.second, last) + 1 - max(start, first)
+            }
+            return true
+        }
+        return last - first + 1 - offline
+    }
+
+    /// Makes a request that touches offline bytes `[from, from + count)` wait (throws
+    /// `DataWaitNeeded` with the waiter registered). Files with nothing offline cost nothing.
+    func checkOnline(_ ino: UInt64, _ rec: InodeRecord, from: UInt64, count: UInt64, op: DataWaitOperation) throws {
+        guard rec.offlineBlocks > 0, count > 0 else { return }
+        let last = (from + count - 1) / blockSize
+        if let b = try firstOffline(ino, from: from / blockSize, through: last) {
+            throw DataWaitNeeded(ticket: waits.register(DataWaiter(ino: ino, iblock: b, op: op)))
+        }
+    }
+
+    /// Removes every extent, mapped or offline, from logical blocks `[first, last]`, keeping the
+    /// parts outside and freeing the data blocks inside; returns the blocks removed of each kind.
+    func cutExtents(_ ino: UInt64, from first: UInt64, through last: UInt64) throws -> (online: UInt64, offline: UInt64) {
+        var hits: [(Key, FileExtent)] = []
+        try items.forEach(from: Keys.extent(ino, last: first, length: 0), through: Keys.extent(ino, last: .max, length: .max)) { it in
+            let start = it.key.second + 1 - it.key.third
+            if start > last { return false }
+            if let fe = try? FileExtent(decoding: it.value) { hits.append((it.key, fe)) }
+            return true
+        }
+        var online: UInt64 = 0
+        var offline: UInt64 = 0
+        for (key, fe) in hits {
+            let len = key.third
+            let start = key.second + 1 - len
+            let end = key.second + 1
+            try remove(key)
+            let cutStart = max(start, first)
+            let cutEnd = last == .max ? end : min(end, last + 1)
+            let isOffline = fe.flags.contains(.offline)
+            func keep(_ s: UInt64, _ e: UInt64) throws {
+                let blk = isOffline ? 0 : fe.blkno + (s - start)
+                try put(Keys.extent(ino, last: e - 1, length: e - s), FileExtent(blkno: blk, flags: fe.flags).encoded)
+            }
+            if start < cutStart { try keep(start, cutStart) }
+            if cutEnd < end { try keep(cutEnd, end) }
+            if isOffline {
+                offline += cutEnd - cutStart
+            } else {
+                store.freeData(Extent(start: fe.blkno + (cutStart - start), length: cutEnd - cutStart))
+                online += cutEnd - cutStart
+            }
+        }
+        return (online, offline)
+    }
+
+    func putOfflineExtent(_ ino: UInt64, from first: UInt64, through last: UInt64) throws {
+        try put(Keys.extent(ino, last: last, length: last - first + 1), FileExtent(blkno: 0, flags: .offline).encoded)
+    }
+
+    // MARK: archive operations
+
+    func archiveFile(_ ino: UInt64, _ what: String) throws -> InodeRecord {
+        let rec = try inode(ino)
+        guard rec.isRegular else { throw ArchiveError(.invalidArgument, "\(what) needs a regular file") }
+        return rec
+    }
+
+    func checkVersion(_ rec: InodeRecord, _ version: UInt64, _ what: String) throws {
+        guard rec.dataVersion == version else {
+            throw ArchiveError(.staleNFSFileHandle, "\(what): data version \(version) is not the file's current \(rec.dataVersion); the file changed since it was read")
+        }
+    }
+
+    /// Frees the data blocks of `[offset, offset + length)` (4 KiB aligned) and marks the
+    /// region offline; size, times and data_version stay.
+    func release(_ ino: UInt64, version: UInt64, offset: UInt64, length: UInt64) throws {
+        guard length > 0 else { return }
+        let (end, overflow) = offset.addingReportingOverflow(length)
+        guard !overflow, offset % blockSize == 0, length % blockSize == 0 else {
+            throw ArchiveError(.invalidArgument, "release: offset \(offset) and length \(length) must be multiples of \(blockSize)")
+        }
+        var rec = try archiveFile(ino, "release")
+        try checkVersion(rec, version, "release")
+        guard rec.size > 0 else { return }
+        let first = offset / blockSize
+        let last = min(end / blockSize - 1, (rec.size - 1) / blockSize)
+        guard first <= last else { return }
+        let cut = try cutExtents(ino, from: first, through: last)
+        try putOfflineExtent(ino, from: first, through: last)
+        rec.onlineBlocks -= min(rec.onlineBlocks, cut.online)
+        rec.offlineBlocks = rec.offlineBlocks - min(rec.offlineBlocks, cut.offline) + (last - first + 1)
+        try putInode(ino, &rec)
+    }
+
+    /// Writes archived bytes back into an offline region without changing data_version,
+    /// mtime or data_seq. The region starts on a block boundary and ends on one or at EOF,
+    /// and every block of it must be offline.
+    func stage(_ ino: UInt64, version: UInt64, offset: UInt64, data: [UInt8]) throws -> Int {
+        guard !data.isEmpty else { return 0 }
+        var rec = try archiveFile(ino, "stage")
+        try checkVersion(rec, version, "stage")
+        let end = offset + UInt64(data.count)
+        guard offset % blockSize == 0 else {
+            throw ArchiveError(.invalidArgument, "stage: offset \(offset) must be a multiple of \(blockSize)")
+        }
+        guard end <= rec.size, end % blockSize == 0 || end == rec.size else {
+            throw ArchiveError(.invalidArgument, "stage: the region \(offset)..<\(end) must end on a \(blockSize)-byte boundary or at the file's size \(rec.size), and not past it")
+        }
+        let first = offset / blockSize
+        let last = (end - 1) / blockSize
+        let online = try onlineBlocks(ino, from: first, through: last)
+        guard online == 0 else {
+            throw ArchiveError(.invalidArgument, "stage: \(online) block(s) of \(offset)..<\(end) are online; only offline (released) data can be staged")
+        }
+        let count = last - first + 1
+        try ensureDataSpace(count)
+        _ = try cutExtents(ino, from: first, through: last)
+        var at = first
+        while at <= last {
+            let got = try store.allocData(last + 1 - at)
+            var buf = [UInt8](repeating: 0, count: Int(got.length * blockSize))
+            let lo = Int((at - first) * blockSize)
+            let hi = min(data.count, lo + buf.count)
+            buf.replaceSubrange(0..<(hi - lo), with: data[lo..<hi])
+            try store.data.write(at: got.start * blockSize, buf)
+            try addExtent(ino, MappedExtent(start: at, length: got.length, blkno: got.start))
+            at += got.length
+        }
+        rec.onlineBlocks += count
+        rec.offlineBlocks -= min(rec.offlineBlocks, count)
+        try putInode(ino, &rec)
+        return data.count
+    }
+
+    /// Restores a new, never written file's metadata (root only): size, data_version, times;
+    /// with `offline`, the whole size as one offline region to be staged later.
+    func setattrMore(_ ino: UInt64, _ s: SetattrMore) throws {
+        var rec = try archiveFile(ino, "setattr")
+        guard rec.dataVersion == 0 else {
+            throw ArchiveError(.invalidArgument, "setattr: the file has data version \(rec.dataVersion); only a new, never written file can be restored")
+        }
+        guard s.size == 0 || s.dataVersion != 0 else {
+            throw ArchiveError(.invalidArgument, "setattr: a size needs a non-zero data version")
+        }
+        guard !s.offline || s.size > 0 else {
+            throw ArchiveError(.invalidArgument, "setattr: offline needs a non-zero size")
+        }
+        guard s.size <= UInt64(Int64.max) else { throw ArchiveError(.fileTooLarge, "setattr: size \(s.size) is too large") }
+        if s.offline {
+            let blocks = (s.size + blockSize - 1) / blockSize
+            let cut = try cutExtents(ino, from: 0, through: .max)
+            try putOfflineExtent(ino, from: 0, through: blocks - 1)
+            rec.onlineBlocks -= min(rec.onlineBlocks, cut.online)
+            rec.offlineBlocks = blocks
+        }
+        if s.dataVersion != 0 {
+            rec.dataVersion = s.dataVersion
+            try markDataChanged(ino, &rec)
+        }
+        rec.size = s.size
+        if let t = s.ctime { rec.ctime = t } else { rec.ctime = .now }
+        if let t = s.crtime { rec.crtime = t }
+        try putInode(ino, &rec)
+    }
+}
+
+extension Filesystem {
+    /// Runs an archive operation, passing its reason along with the errno.
+    func archive<T>(_ space: SpaceUse, _ body: (FSCore) throws -> T) throws(ArchiveError) -> T {
+        var reason: ArchiveError?
+        do {
+            return try run(space) { c in
+                do {
+                    return try body(c)
+                } catch let e as ArchiveError {
+                    reason = e
+                    throw e.errno
+                }
+            }
+        } catch {
+            throw reason ?? ArchiveError(error, "\(error)")
+        }
+    }
+
+    public func release(_ ino: UInt64, dataVersion: UInt64, offset: UInt64, length: UInt64) throws(ArchiveError) {
+        try archive(.frees) { try $0.release(ino, version: dataVersion, offset: offset, length: length) }
+    }
+
+    @discardableResult
+    public func stage(_ ino: UInt64, dataVersion: UInt64, offset: UInt64, data: [UInt8]) throws(ArchiveError) -> Int {
+        try archive(.grows) { try $0.stage(ino, version: dataVersion, offset: offset, data: data) }
+    }
+
+    public func setattrMore(_ ino: UInt64, _ s: SetattrMore) throws(ArchiveError) {
+        try archive(.grows) { try $0.setattrMore(ino, s) }
+    }
+
+    public func statMore(_ ino: UInt64) throws(Errno) -> InodeStatMore {
+        try run(.reads) { c in
+            let r = try c.inode(ino)
+            return InodeStatMore(metaSeq: r.metaSeq, dataSeq: r.dataSeq, dataVersion: r.dataVersion,
+                                 onlineBlocks: r.onlineBlocks, offlineBlocks: r.offlineBlocks, crtime: r.crtime)
+        }
+    }
+
+    public func statfsMore() throws(Errno) -> FilesystemStatMore {
+        try run(.reads) { c in
+            let sb = c.store.superblock
+            return FilesystemStatMore(fsid: sb.fsid, rid: c.items.rid, committedSeq: c.stableSeq,
+                                      totalMetaBlocks: sb.metaTotalBlocks, totalDataBlocks: sb.dataTotalBlocks,
+                                      freeMetaBlocks: c.store.freeMetaBlocks, freeDataBlocks: c.store.freeDataBlocks)
+        }
+    }
+
+    /// Requests blocked on offline data, after `(ino, iblock)`.
+    public func dataWaiters(after ino: UInt64, _ iblock: UInt64, limit: Int) -> [DataWaiter] {
+        waits.list(after: ino, iblock, limit: limit)
+    }
+
+    /// Makes waiters on `ino` in bytes `[offset, offset + count)` doing one of `ops` fail with
+    /// `error`; returns how many.
+    public func failDataWaiters(ino: UInt64, offset: UInt64, count: UInt64, ops: DataWaitOperation, error: Int32) throws(ArchiveError) -> Int {
+        guard count > 0 else { return 0 }
+        let (end, overflow) = offset.addingReportingOverflow(count - 1)
+        guard !overflow else { throw ArchiveError(.invalidArgument, "data-wait-err: offset \(offset) + count \(count) overflows") }
+        guard error > 0, error < 4096 else { throw ArchiveError(.invalidArgument, "data-wait-err: errno \(error) is out of range") }
+        guard !ops.isEmpty, ops.isSubset(of: [.read, .write, .changeSize]) else {
+            throw ArchiveError(.invalidArgument, "data-wait-err: unknown operation bits \(ops.rawValue)")
+        }
+        return waits.fail(ino: ino, blocks: offset / blockSize...end / blockSize, ops: ops, error: error)
+    }
+}

@@ -1,0 +1,245 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ScoutFormat
+@testable import ScoutFS
+import ScoutStore
+import ScoutTestSupport
+import Synchronization
+import SystemPackage
+import Testing
+
+/// release, stage, setattr and data waiting, on memory devices.
+@Suite struct ArchiveTests {
+    let meta = MemoryBlockDevice(name: "meta", size: 256 << 20)
+    let data = MemoryBlockDevice(name: "data", size: 256 << 20)
+    let user = Caller(uid: 1000, gid: 100, umask: 0o022)
+
+    func mount() throws -> Filesystem {
+        let store = Store.holdsFilesystem(meta)
+            ? try Store.open(meta: meta, data: data)
+            : try Store.format(meta: meta, data: data, quorumSlots: [QuorumSlot(slot: 0, address: "127.0.0.1", port: 7100)])
+        return try Filesystem(store: store)
+    }
+
+    func pattern(_ n: Int, seed: UInt64 = 1) -> [UInt8] {
+        var rng = SplitMix64(seed: seed)
+        return (0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) }
+    }
+
+    func file(_ fs: Filesystem, _ name: String, _ contents: [UInt8]) throws -> UInt64 {
+        let f = try fs.create(1, Array(name.utf8), mode: 0o644, flags: O_RDWR, caller: user)
+        if !contents.isEmpty { _ = try fs.write(f.ino, offset: 0, data: contents) }
+        return f.ino
+    }
+
+    func archiveErrno(_ body: () throws(ArchiveError) -> Void) -> Errno? {
+        do {
+            try body()
+            return nil
+        } catch {
+            return error.errno
+        }
+    }
+
+    /// Runs `body` on a thread; `result` holds what it returned or threw.
+    final class Background<T: Sendable>: @unchecked Sendable {
+        // @unchecked: `value` is written by the thread before `done` is set and read after.
+        var value: Result<T, Errno>?
+        let done = Atomic(false)
+        let thread: ScoutTestSupport.Thread
+        init(_ body: @escaping @Sendable () throws(Errno) -> T) {
+            let box = Box()
+            thread = ScoutTestSupport.Thread {
+                box.owner?.finish(Result { () throws(Errno) in try body() })
+            }
+            box.owner = self
+            thread.start()
+        }
+        final class Box: @unchecked Sendable { weak var owner: Background? }
+        func finish(_ r: Result<T, Errno>) {
+            value = r
+            done.store(true, ordering: .releasing)
+        }
+        var isDone: Bool { done.load(ordering: .acquiring) }
+        func join() -> Result<T, Errno>? {
+            thread.join()
+            return value
+        }
+    }
+
+    /// Waits up to 10 s for `cond`.
+    func eventually(_ cond: () -> Bool) -> Bool {
+        for _ in 0..<2000 {
+            if cond() { return true }
+            usleep(5000)
+        }
+        return false
+    }
+
+    @Test func theAgentCycleReleasesBlocksAndStagingBringsTheBytesBack() throws {
+        let fs = try mount()
+        let contents = pattern((1 << 20) + 100)
+        let ino = try file(fs, "f", contents)
+        try fs.sync()
+        let before = try fs.getattr(ino)
+        let more = try fs.statMore(ino)
+        let freeBefore = try fs.statfsMore().freeDataBlocks
+
+        try fs.release(ino, dataVersion: more.dataVersion, offset: 0, length: UInt64(2 << 20))
+        try fs.sync()
+        let released = try fs.statMore(ino)
+        #expect(released.onlineBlocks == 0 && released.offlineBlocks == 257)
+        #expect(released.dataVersion == more.dataVersion && released.dataSeq == more.dataSeq)
+        let a = try fs.getattr(ino)
+        #expect(a.size == before.size && a.mtime == before.mtime && a.blocks == 0)
+        #expect(try fs.statfsMore().freeDataBlocks == freeBefore + 257)
+        #expect(Checker.check(meta: meta, data: data).problems == [])
+
+        // A reader blocks and is listed; staging wakes it with the original bytes.
+        let reader = Background { () throws(Errno) in try fs.read(ino, offset: 4096, count: 8192) }
+        #expect(eventually { fs.dataWaiters(after: 0, 0, limit: 10) == [DataWaiter(ino: ino, iblock: 1, op: .read)] })
+        #expect(!reader.isDone)
+        var at = 0
+        while at < contents.count {
+            let n = min(300 * 4096, contents.count - at)
+            try fs.stage(ino, dataVersion: more.dataVersion, offset: UInt64(at), data: Array(contents[at..<at + n]))
+            at += n
+        }
+        #expect(try reader.join()?.get() == Array(contents[4096..<12288]))
+        #expect(fs.dataWaiters(after: 0, 0, limit: 10).isEmpty)
+        #expect(try fs.read(ino, offset: 0, count: contents.count + 10) == contents)
+        let staged = try fs.statMore(ino)
+        #expect(staged.onlineBlocks == 257 && staged.offlineBlocks == 0)
+        #expect(staged.dataVersion == more.dataVersion && staged.dataSeq == more.dataSeq)
+        #expect(try fs.getattr(ino).mtime == before.mtime)
+        try fs.sync()
+        #expect(Checker.check(meta: meta, data: data).problems == [])
+    }
+
+    @Test func aWriteBetweenStatAndReleaseMakesTheReleaseStale() throws {
+        let fs = try mount()
+        let ino = try file(fs, "f", pattern(64 << 10))
+        let seen = try fs.statMore(ino).dataVersion
+        _ = try fs.write(ino, offset: 10, data: [1])
+        #expect(archiveErrno { () throws(ArchiveError) in try fs.release(ino, dataVersion: seen, offset: 0, length: 64 << 10) } == .staleNFSFileHandle)
+        #expect(try fs.statMore(ino).onlineBlocks == 16)
+        #expect(archiveErrno { () throws(ArchiveError) in try fs.stage(ino, dataVersion: seen + 5, offset: 0, data: [1]) } == .staleNFSFileHandle)
+    }
+
+    @Test func badRangesAreRefusedAndChangeNothing() throws {
+        let fs = try mount()
+        let contents = pattern(40_000)
+        let ino = try file(fs, "f", contents)
+        let dir = try fs.mkdir(1, Array("d".utf8), mode: 0o755, caller: user)
+        let v = try fs.statMore(ino).dataVersion
+        let start = try fs.statMore(ino)
+        func refused(_ body: () throws(ArchiveError) -> Void) -> Errno? { archiveErrno(body) }
+        #expect(refused { () throws(ArchiveError) in try fs.release(ino, dataVersion: v, offset: 100, length: 4096) } == .invalidArgument)
+        #expect(refused { () throws(ArchiveError) in try fs.release(ino, dataVersion: v, offset: 0, length: 4095) } == .invalidArgument)
+        #expect(refused { () throws(ArchiveError) in try fs.release(ino, dataVersion: v, offset: .max - 4095, length: 8192) } == .invalidArgument)
+        #expect(refused { () throws(ArchiveError) in try fs.release(dir.ino, dataVersion: 0, offset: 0, length: 4096) } == .invalidArgument)
+        // Staging online data, past EOF, or ending inside a block before EOF.
+        #expect(refused { () throws(ArchiveError) in try fs.stage(ino, dataVersion: v, offset: 0, data: [1, 2]) } == .invalidArgument)
+        try fs.release(ino, dataVersion: v, offset: 0, length: 8192)
+        #expect(refused { () throws(ArchiveError) in try fs.stage(ino, dataVersion: v, offset: 0, data: [UInt8](repeating: 1, count: 100)) } == .invalidArgument)
+        #expect(refused { () throws(ArchiveError) in try fs.stage(ino, dataVersion: v, offset: 0, data: [UInt8](repeating: 1, count: 12288)) } == .invalidArgument)
+        #expect(refused { () throws(ArchiveError) in try fs.stage(ino, dataVersion: v, offset: 36864, data: [UInt8](repeating: 1, count: 4000)) } == .invalidArgument)
+        #expect(refused { () throws(ArchiveError) in try fs.stage(ino, dataVersion: v, offset: 2048, data: [1]) } == .invalidArgument)
+        let after = try fs.statMore(ino)
+        #expect(after.onlineBlocks == start.onlineBlocks - 2 && after.offlineBlocks == 2)
+        // Releasing again is harmless; the bytes outside stay.
+        try fs.release(ino, dataVersion: v, offset: 0, length: 8192)
+        #expect(try fs.statMore(ino).offlineBlocks == 2)
+        #expect(try fs.read(ino, offset: 8192, count: 100) == Array(contents[8192..<8292]))
+        // The last partial block stages up to EOF.
+        try fs.release(ino, dataVersion: v, offset: 36864, length: 8192)
+        try fs.stage(ino, dataVersion: v, offset: 36864, data: Array(contents[36864...]))
+        #expect(try fs.read(ino, offset: 36864, count: 10_000) == Array(contents[36864...]))
+        #expect(Checker.check(meta: meta, data: data).problems == [])
+    }
+
+    @Test func writesAndTruncatesWaitButTruncatingToZeroDoesNot() throws {
+        let fs = try mount()
+        let contents = pattern(32_768)
+        let ino = try file(fs, "f", contents)
+        let v = try fs.statMore(ino).dataVersion
+        try fs.release(ino, dataVersion: v, offset: 16384, length: 4096)
+
+        let writer = Background { () throws(Errno) in try fs.write(ino, offset: 0, data: [9]) }
+        // A truncate waits when offline data lies below the new size.
+        let truncater = Background { () throws(Errno) in try fs.setattr(ino, AttributeChanges(size: 30_000)).size }
+        #expect(eventually { fs.dataWaiters(after: 0, 0, limit: 10).count == 2 })
+        let ops = Set(fs.dataWaiters(after: 0, 0, limit: 10).map(\.op.rawValue))
+        #expect(ops == [DataWaitOperation.write.rawValue, DataWaitOperation.changeSize.rawValue])
+        #expect(fs.dataWaiters(after: 0, 0, limit: 10).allSatisfy { $0.iblock == 4 })
+        // Reads of online data go on.
+        #expect(try fs.read(ino, offset: 0, count: 4) == Array(contents[0..<4]))
+        try fs.stage(ino, dataVersion: v, offset: 16384, data: Array(contents[16384..<20480]))
+        #expect(try writer.join()?.get() == 1)
+        #expect(try truncater.join()?.get() == 30_000)
+        // One that keeps only online data below the new size does not wait.
+        try fs.release(ino, dataVersion: try fs.statMore(ino).dataVersion, offset: 16384, length: 4096)
+        #expect(try fs.setattr(ino, AttributeChanges(size: 100)).size == 100)
+        #expect(try fs.statMore(ino).offlineBlocks == 0)
+
+        let other = try file(fs, "g", pattern(20_000))
+        try fs.release(other, dataVersion: try fs.statMore(other).dataVersion, offset: 0, length: 20480)
+        _ = try fs.setattr(other, AttributeChanges(size: 0))
+        let m = try fs.statMore(other)
+        #expect(m.offlineBlocks == 0 && m.onlineBlocks == 0)
+        #expect(Checker.check(meta: meta, data: data).problems == [])
+    }
+
+    @Test func dataWaitErrAndInterruptsEndWaits() throws {
+        let fs = try mount()
+        let ino = try file(fs, "f", pattern(16_384))
+        try fs.release(ino, dataVersion: try fs.statMore(ino).dataVersion, offset: 0, length: 16384)
+        let r1 = Background { () throws(Errno) in try fs.read(ino, offset: 0, count: 10) }
+        let r2 = Background { () throws(Errno) in try fs.read(ino, offset: 8192, count: 10) }
+        #expect(eventually { fs.dataWaiters(after: 0, 0, limit: 10).count == 2 })
+        // Only the waiter in the given range and operation fails.
+        #expect(try fs.failDataWaiters(ino: ino, offset: 8192, count: 4096, ops: .write, error: EIO) == 0)
+        #expect(try fs.failDataWaiters(ino: ino, offset: 8192, count: 4096, ops: .read, error: EIO) == 1)
+        #expect(r2.join()?.errorValue == .ioError)
+        #expect(!r1.isDone)
+        #expect(throws: ArchiveError.self) { _ = try fs.failDataWaiters(ino: ino, offset: 0, count: 1, ops: .read, error: -5) }
+
+        let cancel = WaitCancellation()
+        let r3 = Background { () throws(Errno) in try fs.read(ino, offset: 0, count: 10, cancel: cancel) }
+        #expect(eventually { fs.dataWaiters(after: 0, 0, limit: 10).count == 2 })
+        cancel.cancel()
+        #expect(r3.join()?.errorValue == .interrupted)
+        #expect(try fs.failDataWaiters(ino: ino, offset: 0, count: 16384, ops: [.read, .write], error: ENOENT) == 1)
+        #expect(r1.join()?.errorValue == .noSuchFileOrDirectory)
+        #expect(fs.dataWaiters(after: 0, 0, limit: 10).isEmpty)
+    }
+
+    @Test func setattrRestoresAnOfflineStubThatStagingFills() throws {
+        let fs = try mount()
+        let contents = pattern(10_000)
+        let ino = try file(fs, "restored", [])
+        let ctime = Timestamp(seconds: 1_600_000_000, nanoseconds: 5)
+        try fs.setattrMore(ino, SetattrMore(dataVersion: 42, size: 10_000, offline: true, ctime: ctime, crtime: ctime))
+        let m = try fs.statMore(ino)
+        #expect(m.dataVersion == 42 && m.offlineBlocks == 3 && m.onlineBlocks == 0 && m.crtime == ctime)
+        #expect(try fs.getattr(ino).size == 10_000)
+        #expect(try fs.getattr(ino).ctime == ctime)
+        try fs.stage(ino, dataVersion: 42, offset: 0, data: contents)
+        #expect(try fs.read(ino, offset: 0, count: 20_000) == contents)
+        // Only a new file, and a size needs a version.
+        #expect(archiveErrno { () throws(ArchiveError) in try fs.setattrMore(ino, SetattrMore(dataVersion: 1, size: 1, offline: false, ctime: nil, crtime: nil)) } == .invalidArgument)
+        let fresh = try file(fs, "fresh", [])
+        #expect(archiveErrno { () throws(ArchiveError) in try fs.setattrMore(fresh, SetattrMore(dataVersion: 0, size: 5, offline: false, ctime: nil, crtime: nil)) } == .invalidArgument)
+        #expect(archiveErrno { () throws(ArchiveError) in try fs.setattrMore(fresh, SetattrMore(dataVersion: 3, size: 0, offline: true, ctime: nil, crtime: nil)) } == .invalidArgument)
+        try fs.sync()
+        #expect(Checker.check(meta: meta, data: data).problems == [])
+    }
+}
+
+extension Result {
+    var errorValue: Failure? {
+        if case .failure(let e) = self { return e }
+        return nil
+    }
+}
