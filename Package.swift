@@ -41,7 +41,7 @@ let package = Package(
         .target(name: "ScoutServer", dependencies: ["ScoutFormat", "ScoutStore", "ScoutNet"], swiftSettings: strict),
         .target(
             name: "ScoutFS",
-            dependencies: ["ScoutFormat", "ScoutStore", "ScoutClient", "ScoutServer", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["ScoutFormat", "ScoutStore", "ScoutNet", "ScoutClient", "ScoutServer", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict
         ),
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
@@ -49,7 +49,7 @@ let package = Package(
         .executableTarget(
             name: "scoutfs",
             dependencies: [
-                "ScoutFormat", "ScoutStore", "ScoutFS", "ScoutFUSE",
+                "ScoutFormat", "ScoutStore", "ScoutNet", "ScoutFS", "ScoutFUSE",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ScoutClient
 import ScoutFormat
 import SystemPackage
@@ -46,13 +49,38 @@ final class DataWaits: Sendable {
         let parker: Parker
     }
 
+    /// An injected error also fails requests that arrive soon after for the same region: the
+    /// kernel answers a failed readahead by reading the page again, and that second request must
+    /// not wait anew. A rule ends when the inode changes or after `errorRuleSeconds`.
+    struct ErrorRule {
+        var ino: UInt64
+        var blocks: ClosedRange<UInt64>
+        var ops: DataWaitOperation
+        var error: Int32
+        var expires: UInt64
+    }
+
+    static let errorRuleSeconds: UInt64 = 5
+
     private struct State {
         var entries: [UInt64: Entry] = [:]
         var nextID: UInt64 = 1
+        var rules: [ErrorRule] = []
+    }
+
+    private static func now() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec)
     }
 
     private let state = Mutex(State())
     private let count = Atomic(0)
+    /// Says when the mount is going away: waiters then give up (EIO) instead of holding the
+    /// request threads that the session's shutdown joins.
+    private let abandoned = Mutex<(@Sendable () -> Bool)?>(nil)
+
+    func setAbandonCheck(_ check: @escaping @Sendable () -> Bool) { abandoned.withLock { $0 = check } }
 
     var hasWaiters: Bool { count.load(ordering: .relaxed) > 0 }
 
@@ -61,7 +89,13 @@ final class DataWaits: Sendable {
         let id = state.withLock { s in
             let id = s.nextID
             s.nextID += 1
-            s.entries[id] = Entry(waiter: waiter, parker: p)
+            var e = Entry(waiter: waiter, parker: p)
+            if !s.rules.isEmpty {
+                let now = Self.now()
+                s.rules.removeAll { $0.expires <= now }
+                e.error = s.rules.first { $0.ino == waiter.ino && $0.blocks.contains(waiter.iblock) && !$0.ops.isDisjoint(with: waiter.op) }?.error
+            }
+            s.entries[id] = e
             return id
         }
         count.add(1, ordering: .relaxed)
@@ -81,13 +115,16 @@ final class DataWaits: Sendable {
             if let error { throw Errno(rawValue: error) }
             if woken { return }
             if cancel?.isCancelled == true { throw Errno.interrupted }
-            t.parker.park()
+            if abandoned.withLock({ $0 })?() == true { throw Errno.ioError }
+            // Woken by a change, an error or a cancel; the timeout only notices a shutdown.
+            _ = t.parker.park(seconds: 1)
         }
     }
 
     /// Wakes every waiter on `ino` (its data may be online now).
     func wake(_ ino: UInt64) {
         let parkers: [Parker] = state.withLock { s in
+            s.rules.removeAll { $0.ino == ino }
             var out: [Parker] = []
             for (id, e) in s.entries where e.waiter.ino == ino {
                 s.entries[id]!.woken = true
@@ -116,6 +153,7 @@ final class DataWaits: Sendable {
                 s.entries[id]!.error = error
                 out.append(e.parker)
             }
+            s.rules.append(ErrorRule(ino: ino, blocks: blocks, ops: ops, error: error, expires: Self.now() + Self.errorRuleSeconds))
             return out
         }
         for p in parkers { p.unpark() }

@@ -254,6 +254,12 @@ extension Filesystem {
         }
     }
 
+    /// Makes requests waiting for offline data give up with EIO once `check` says the mount is
+    /// going away.
+    public func abandonDataWaits(when check: @escaping @Sendable () -> Bool) {
+        waits.setAbandonCheck(check)
+    }
+
     /// Requests blocked on offline data, after `(ino, iblock)`.
     public func dataWaiters(after ino: UInt64, _ iblock: UInt64, limit: Int) -> [DataWaiter] {
         waits.list(after: ino, iblock, limit: limit)

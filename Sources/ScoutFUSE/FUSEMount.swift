@@ -64,6 +64,8 @@ public final class FUSEMount {
         }
         mounted = true
         self.maxThreads = maxThreads
+        let exited = UInt(bitPattern: se)
+        filesystem.abandonDataWaits { fuse_session_exited(OpaquePointer(bitPattern: exited)) != 0 }
     }
 
     let maxThreads: UInt32
@@ -84,6 +86,13 @@ public final class FUSEMount {
         let rc = scout_session_loop_mt(session, maxThreads)
         fuse_remove_signal_handlers(session)
         return rc
+    }
+
+    /// Drops the kernel's cached attributes and pages of an inode whose data changed behind
+    /// its back (release, stage). Call from a thread that is not serving a request.
+    public var inodeInvalidator: @Sendable (UInt64) -> Void {
+        let se = UInt(bitPattern: session)
+        return { ino in _ = fuse_lowlevel_notify_inval_inode(OpaquePointer(bitPattern: se), ino, 0, 0) }
     }
 
     /// Ends the loop from another thread.
@@ -143,6 +152,21 @@ func entry(of a: Attributes) -> fuse_entry_param {
     e.attr_timeout = cacheTimeout
     e.entry_timeout = cacheTimeout
     return e
+}
+
+/// Runs a request that may wait for offline data, cancelling the wait when the kernel sends
+/// INTERRUPT for it (the calling process got a signal). The callback is cleared before the
+/// reply; libfuse serializes clearing with a callback in progress.
+func interruptible<T>(_ req: fuse_req_t?, _ body: (WaitCancellation) throws(Errno) -> T) throws(Errno) -> T {
+    let cancel = Unmanaged.passRetained(WaitCancellation())
+    fuse_req_interrupt_func(req, { _, data in
+        Unmanaged<WaitCancellation>.fromOpaque(data!).takeUnretainedValue().cancel()
+    }, cancel.toOpaque())
+    defer {
+        fuse_req_interrupt_func(req, nil, nil)
+        cancel.release()
+    }
+    return try body(cancel.takeUnretainedValue())
 }
 
 func replyErr(_ req: fuse_req_t?, _ e: any Error) {
@@ -288,7 +312,7 @@ func makeOperations() -> fuse_lowlevel_ops {
             }
             if toSet & FUSE_SET_ATTR_ATIME_NOW != 0 { ch.atime = .now } else if toSet & FUSE_SET_ATTR_ATIME != 0 { ch.atime = .set(timestamp(a.st_atim)) }
             if toSet & FUSE_SET_ATTR_MTIME_NOW != 0 { ch.mtime = .now } else if toSet & FUSE_SET_ATTR_MTIME != 0 { ch.mtime = .set(timestamp(a.st_mtim)) }
-            return try fs(req).setattr(ino, ch)
+            return try interruptible(req) { c throws(Errno) in try fs(req).setattr(ino, ch, cancel: c) }
         }
     }
     ops.readlink = { req, ino in
@@ -342,7 +366,7 @@ func makeOperations() -> fuse_lowlevel_ops {
     }
     ops.read = { req, ino, size, off, _ in
         do {
-            replyBytes(req, try fs(req).read(ino, offset: UInt64(off), count: size))
+            replyBytes(req, try interruptible(req) { c throws(Errno) in try fs(req).read(ino, offset: UInt64(off), count: size, cancel: c) })
         } catch {
             replyErr(req, error)
         }
@@ -350,7 +374,7 @@ func makeOperations() -> fuse_lowlevel_ops {
     ops.write = { req, ino, buf, size, off, _ in
         do {
             let data = Array(UnsafeRawBufferPointer(start: buf, count: size))
-            let n = try fs(req).write(ino, offset: UInt64(off), data: data)
+            let n = try interruptible(req) { c throws(Errno) in try fs(req).write(ino, offset: UInt64(off), data: data, cancel: c) }
             fuse_reply_write(req, n)
         } catch {
             replyErr(req, error)
@@ -408,7 +432,7 @@ func makeOperations() -> fuse_lowlevel_ops {
     ops.fallocate = { req, ino, mode, off, len, _ in
         replyOK(req) { () throws(Errno) in
             guard off >= 0, len > 0 else { throw Errno.invalidArgument }
-            try fs(req).fallocate(ino, mode: mode, offset: UInt64(off), length: UInt64(len))
+            try interruptible(req) { c throws(Errno) in try fs(req).fallocate(ino, mode: mode, offset: UInt64(off), length: UInt64(len), cancel: c) }
         }
     }
     ops.lseek = { req, ino, off, whence, _ in

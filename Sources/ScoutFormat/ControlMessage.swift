@@ -102,23 +102,6 @@ public struct ReferringEntry: Equatable, Sendable {
     }
 }
 
-/// One `.totl.A.B.C` sum.
-public struct XattrTotal: Equatable, Sendable {
-    public var name: (UInt64, UInt64, UInt64)
-    public var total: Int64
-    public var count: Int64
-
-    public init(name: (UInt64, UInt64, UInt64), total: Int64, count: Int64) {
-        self.name = name
-        self.total = total
-        self.count = count
-    }
-
-    public static func == (a: XattrTotal, b: XattrTotal) -> Bool {
-        a.name == b.name && a.total == b.total && a.count == b.count
-    }
-}
-
 /// How `setattr` restores a file.
 public struct SetattrMore: Equatable, Sendable {
     public var dataVersion: UInt64
@@ -140,7 +123,8 @@ public struct SetattrMore: Equatable, Sendable {
 public enum ControlRequest: Equatable, Sendable {
     /// Entries of a seq index (`index` 0 meta_seq, 1 data_seq) between two (seq, ino) positions.
     case walkInodes(index: UInt8, firstSeq: UInt64, firstIno: UInt64, lastSeq: UInt64, lastIno: UInt64, limit: UInt32)
-    /// About the file sent along.
+    /// About the file sent along (every request carries an open descriptor: of the file it is
+    /// about, or of any path in the filesystem).
     case statMore
     case statfsMore
     case release(dataVersion: UInt64, offset: UInt64, length: UInt64)
@@ -148,20 +132,9 @@ public enum ControlRequest: Equatable, Sendable {
     case setattrMore(SetattrMore)
     case dataWaiting(afterIno: UInt64, afterBlock: UInt64, limit: UInt32)
     case dataWaitErr(ino: UInt64, dataVersion: UInt64, offset: UInt64, count: UInt64, op: DataWaitOperation, errno: Int32)
-    case listHiddenXattrs
-    case searchXattrs(name: [UInt8], fromIno: UInt64, limit: UInt32)
-    case readXattrTotals(from: [UInt64], limit: UInt32)
     case referringEntries(ino: UInt64, afterDir: UInt64, afterPos: UInt64, limit: UInt32)
     /// Paths of `ino`, one per referring entry after (dir, pos).
     case inoPaths(ino: UInt64, afterDir: UInt64, afterPos: UInt64, limit: UInt32)
-
-    /// Whether the request must come with an open descriptor of the file it is about.
-    public var needsFile: Bool {
-        switch self {
-        case .statMore, .release, .stage, .setattrMore, .listHiddenXattrs: true
-        default: false
-        }
-    }
 }
 
 public enum ControlReply: Equatable, Sendable {
@@ -172,9 +145,6 @@ public enum ControlReply: Equatable, Sendable {
     case statMore(InodeStatMore)
     case statfsMore(FilesystemStatMore)
     case waiters([DataWaiter])
-    case names([[UInt8]])
-    case inodes([UInt64], complete: Bool)
-    case totals([XattrTotal])
     case entries([ReferringEntry])
     case paths([(dir: UInt64, pos: UInt64, path: [UInt8])])
 
@@ -187,9 +157,6 @@ public enum ControlReply: Equatable, Sendable {
         case let (.statMore(x), .statMore(y)): x == y
         case let (.statfsMore(x), .statfsMore(y)): x == y
         case let (.waiters(x), .waiters(y)): x == y
-        case let (.names(x), .names(y)): x == y
-        case let (.inodes(x, c1), .inodes(y, c2)): x == y && c1 == c2
-        case let (.totals(x), .totals(y)): x == y
         case let (.entries(x), .entries(y)): x == y
         case let (.paths(x), .paths(y)): x.elementsEqual(y) { $0.dir == $1.dir && $0.pos == $1.pos && $0.path == $1.path }
         default: false
@@ -203,8 +170,6 @@ public enum ControlMessage {
     public static let maxBody = (1 << 20) + 4096
     /// Largest stage chunk the CLI sends.
     public static let stageChunk = 1 << 20
-    /// Largest xattr name a search may carry (the xattr limit).
-    public static let maxNameLength = 255
 }
 
 // MARK: - encoding
@@ -270,9 +235,6 @@ extension ControlRequest {
         case .setattrMore: 6
         case .dataWaiting: 7
         case .dataWaitErr: 8
-        case .listHiddenXattrs: 9
-        case .searchXattrs: 10
-        case .readXattrTotals: 11
         case .referringEntries: 12
         case .inoPaths: 13
         }
@@ -286,7 +248,7 @@ extension ControlRequest {
             w.u8(index)
             for v in [fs, fi, ls, li] { w.u64(v) }
             w.u32(limit)
-        case .statMore, .statfsMore, .listHiddenXattrs:
+        case .statMore, .statfsMore:
             break
         case let .release(v, off, len):
             for x in [v, off, len] { w.u64(x) }
@@ -308,13 +270,6 @@ extension ControlRequest {
             for x in [ino, v, off, count] { w.u64(x) }
             w.u8(op.rawValue)
             w.u32(UInt32(bitPattern: err))
-        case let .searchXattrs(name, from, limit):
-            w.bytes16(name)
-            w.u64(from)
-            w.u32(limit)
-        case let .readXattrTotals(from, limit):
-            for i in 0..<3 { w.u64(i < from.count ? from[i] : 0) }
-            w.u32(limit)
         case let .referringEntries(ino, dir, pos, limit), let .inoPaths(ino, dir, pos, limit):
             for x in [ino, dir, pos] { w.u64(x) }
             w.u32(limit)
@@ -349,10 +304,6 @@ extension ControlRequest {
             let ino = try r.u64(), v = try r.u64(), off = try r.u64(), count = try r.u64()
             let op = DataWaitOperation(rawValue: try r.u8())
             self = .dataWaitErr(ino: ino, dataVersion: v, offset: off, count: count, op: op, errno: Int32(bitPattern: try r.u32()))
-        case 9: self = .listHiddenXattrs
-        case 10:
-            self = .searchXattrs(name: try r.bytes16(max: ControlMessage.maxNameLength), fromIno: try r.u64(), limit: try r.u32())
-        case 11: self = .readXattrTotals(from: [try r.u64(), try r.u64(), try r.u64()], limit: try r.u32())
         case 12: self = .referringEntries(ino: try r.u64(), afterDir: try r.u64(), afterPos: try r.u64(), limit: try r.u32())
         case 13: self = .inoPaths(ino: try r.u64(), afterDir: try r.u64(), afterPos: try r.u64(), limit: try r.u32())
         default: throw FormatError("unknown control request \(code)")
@@ -395,23 +346,6 @@ extension ControlReply {
                 w.u64(x.ino)
                 w.u64(x.iblock)
                 w.u8(x.op.rawValue)
-            }
-        case let .names(names):
-            w.u8(7)
-            w.u32(UInt32(names.count))
-            for n in names { w.bytes16(n) }
-        case let .inodes(inos, complete):
-            w.u8(8)
-            w.u8(complete ? 1 : 0)
-            w.u32(UInt32(inos.count))
-            for i in inos { w.u64(i) }
-        case let .totals(ts):
-            w.u8(9)
-            w.u32(UInt32(ts.count))
-            for t in ts {
-                for v in [t.name.0, t.name.1, t.name.2] { w.u64(v) }
-                w.i64(t.total)
-                w.i64(t.count)
             }
         case let .entries(es):
             w.u8(10)
@@ -463,25 +397,6 @@ extension ControlReply {
                 ws.append(DataWaiter(ino: try r.u64(), iblock: try r.u64(), op: DataWaitOperation(rawValue: try r.u8())))
             }
             self = .waiters(ws)
-        case 7:
-            let n = try r.count(each: 2)
-            var names: [[UInt8]] = []
-            for _ in 0..<n { names.append(try r.bytes16(max: 65535)) }
-            self = .names(names)
-        case 8:
-            let complete = try r.u8() != 0
-            let n = try r.count(each: 8)
-            var inos: [UInt64] = []
-            for _ in 0..<n { inos.append(try r.u64()) }
-            self = .inodes(inos, complete: complete)
-        case 9:
-            let n = try r.count(each: 40)
-            var ts: [XattrTotal] = []
-            for _ in 0..<n {
-                let name = (try r.u64(), try r.u64(), try r.u64())
-                ts.append(XattrTotal(name: name, total: try r.i64(), count: try r.i64()))
-            }
-            self = .totals(ts)
         case 10:
             let n = try r.count(each: 19)
             var es: [ReferringEntry] = []

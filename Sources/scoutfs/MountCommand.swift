@@ -3,6 +3,7 @@ import Foundation
 import ScoutFormat
 import ScoutFS
 import ScoutFUSE
+import ScoutNet
 import ScoutStore
 
 struct MountCommand: ParsableCommand {
@@ -138,10 +139,22 @@ struct MountCommand: ParsableCommand {
         } catch {
             throw fail("mount", error)
         }
+        let service = ControlService(filesystem: fsys, mountpoint: mnt, invalidate: fuse.inodeInvalidator)
+        let control: ControlServer
+        do {
+            try FileManager.default.createDirectory(atPath: MountRegistry.directory, withIntermediateDirectories: true)
+            control = try ControlServer(path: MountRegistry.controlSocket(for: mnt), log: { line in
+                FileHandle.standardError.write(Data("scoutfs: \(line)\n".utf8))
+            }) { body, file, peer in service.handle(body, file: file, peer: peer) }
+        } catch {
+            fuse.close()
+            throw fail("mount", error)
+        }
+        control.start()
         var record = MountRecord(pid: getpid(), mountpoint: mnt, meta: MountRegistry.canonical(meta),
                                  data: MountRegistry.canonical(data), quorumSlot: quorumSlot,
                                  fsid: hex(fsys.fsid),
-                                 committedSeq: fsys.committedSeq, log: daemonChild ? log : nil)
+                                 committedSeq: fsys.committedSeq, log: daemonChild ? log : nil, control: control.path)
         try? MountRegistry.publish(record)
 
         let committer = Committer(fs: fsys, interval: commitInterval) { seq in
@@ -164,6 +177,7 @@ struct MountCommand: ParsableCommand {
         FileHandle.standardError.write(Data("scoutfs: mounted \(meta) \(data) on \(mnt), quorum slot \(quorumSlot), pid \(getpid())\n".utf8))
 
         let rc = fuse.run()
+        control.stop()
         committer.stop()
         var status: Int32 = rc == 0 ? 0 : 1
         do {

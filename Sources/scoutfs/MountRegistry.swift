@@ -12,6 +12,8 @@ struct MountRecord: Codable {
     var fsid: String
     var committedSeq: UInt64
     var log: String?
+    /// The mount's control socket (archive verbs: walk-inodes, release, stage, …).
+    var control: String?
 }
 
 enum MountRegistry {
@@ -28,6 +30,10 @@ enum MountRegistry {
 
     static func file(for mountpoint: String) -> String {
         "\(directory)/mount-\(hex(nameHash(Array(canonical(mountpoint).utf8)))).json"
+    }
+
+    static func controlSocket(for mountpoint: String) -> String {
+        "\(directory)/mount-\(hex(nameHash(Array(canonical(mountpoint).utf8)))).sock"
     }
 
     static func publish(_ record: MountRecord) throws {
@@ -62,14 +68,18 @@ enum MountRegistry {
         return state != "Z" && state != "X"
     }
 
-    /// Records of every live daemon.
+    /// Records of every live daemon: this user's, and for other users root's too (the archive
+    /// verbs of any user reach root's mounts).
     static func all() -> [MountRecord] {
-        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return [] }
-        return names.compactMap { name -> MountRecord? in
-            guard name.hasPrefix("mount-"), name.hasSuffix(".json"),
-                  let data = FileManager.default.contents(atPath: "\(directory)/\(name)"),
-                  let rec = try? JSONDecoder().decode(MountRecord.self, from: data), isAlive(rec.pid) else { return nil }
-            return rec
+        let dirs = getuid() == 0 ? [directory] : [directory, "/run/scoutfs"]
+        return dirs.flatMap { dir -> [MountRecord] in
+            guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return [] }
+            return names.compactMap { name -> MountRecord? in
+                guard name.hasPrefix("mount-"), name.hasSuffix(".json"),
+                      let data = FileManager.default.contents(atPath: "\(dir)/\(name)"),
+                      let rec = try? JSONDecoder().decode(MountRecord.self, from: data), isAlive(rec.pid) else { return nil }
+                return rec
+            }
         }
     }
 

@@ -7,7 +7,10 @@ struct ScoutCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "scoutfs",
         abstract: "A clustered, archival POSIX filesystem in user space.",
-        subcommands: [MkfsCommand.self, MountCommand.self, UnmountCommand.self, StatusCommand.self, PrintCommand.self, CheckCommand.self]
+        subcommands: [MkfsCommand.self, MountCommand.self, UnmountCommand.self, StatusCommand.self, PrintCommand.self, CheckCommand.self,
+                      WalkInodesCommand.self, StatCommand.self, StatfsCommand.self, ReleaseCommand.self, StageCommand.self,
+                      SetattrCommand.self, DataWaitingCommand.self, DataWaitErrCommand.self, InoPathCommand.self,
+                      GetReferringEntriesCommand.self]
     )
 }
 

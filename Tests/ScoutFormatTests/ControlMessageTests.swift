@@ -4,14 +4,12 @@ import Testing
 @Suite struct ControlMessageTests {
     static let requests: [ControlRequest] = [
         .walkInodes(index: 1, firstSeq: 2, firstIno: 3, lastSeq: .max, lastIno: .max, limit: 128),
-        .statMore, .statfsMore, .listHiddenXattrs,
+        .statMore, .statfsMore,
         .release(dataVersion: 7, offset: 4096, length: 1 << 30),
         .stage(dataVersion: 7, offset: 8192, data: [1, 2, 3]),
         .setattrMore(SetattrMore(dataVersion: 9, size: 12345, offline: true, ctime: Timestamp(seconds: 5, nanoseconds: 6), crtime: nil)),
         .dataWaiting(afterIno: 1, afterBlock: 2, limit: 3),
         .dataWaitErr(ino: 1, dataVersion: 2, offset: 3, count: 4, op: [.read, .write], errno: 5),
-        .searchXattrs(name: Array("scoutfs.srch.x".utf8), fromIno: 4, limit: 5),
-        .readXattrTotals(from: [1, 2, 3], limit: 10),
         .referringEntries(ino: 5, afterDir: 6, afterPos: 7, limit: 8),
         .inoPaths(ino: 5, afterDir: 0, afterPos: 0, limit: 1),
     ]
@@ -23,9 +21,6 @@ import Testing
         .statMore(InodeStatMore(metaSeq: 1, dataSeq: 2, dataVersion: 3, onlineBlocks: 4, offlineBlocks: 5, crtime: Timestamp(seconds: 6, nanoseconds: 7))),
         .statfsMore(FilesystemStatMore(fsid: 1, rid: 2, committedSeq: 3, totalMetaBlocks: 4, totalDataBlocks: 5, freeMetaBlocks: 6, freeDataBlocks: 7)),
         .waiters([DataWaiter(ino: 9, iblock: 10, op: .changeSize)]),
-        .names([Array("scoutfs.hide.a".utf8)]),
-        .inodes([1, 2, 3], complete: true),
-        .totals([XattrTotal(name: (1, 2, 3), total: -4, count: 5)]),
         .entries([ReferringEntry(dir: 1, pos: 2, type: 8, name: Array("f".utf8))]),
         .paths([(1, 2, Array("a/b".utf8))]),
     ]

@@ -1,0 +1,132 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ScoutFormat
+public import ScoutNet
+import SystemPackage
+import Synchronization
+
+/// Answers the control socket's requests (DESIGN.md §5) against a mounted filesystem.
+///
+/// Every request comes with an open descriptor: of the file it is about, or of any path in the
+/// mount. The kernel checked the caller's permissions when the CLI opened it, just as for the
+/// original's ioctls; here the descriptor must belong to this mount, operations that change a
+/// file need it open for writing, and the operations the original keeps to CAP_SYS_ADMIN or
+/// CAP_DAC_READ_SEARCH are kept to root (by the caller's SO_PEERCRED uid).
+public final class ControlService: Sendable {
+    let fs: Filesystem
+    let mountpoint: String
+    /// The mount's device number, learned on first use: stat of the mount point is served by
+    /// this daemon, so it cannot be asked before the FUSE loop runs.
+    private let device = Mutex<UInt64?>(nil)
+    /// Drops the kernel's cached pages and attributes of an inode whose data changed under it.
+    private let invalidate: @Sendable (UInt64) -> Void
+
+    /// Results per page when a request sets no smaller limit.
+    static let pageLimit = 1024
+
+    public init(filesystem: Filesystem, mountpoint: String, invalidate: @escaping @Sendable (UInt64) -> Void) {
+        fs = filesystem
+        self.mountpoint = mountpoint
+        self.invalidate = invalidate
+    }
+
+    struct Refusal: Error {
+        let errno: Int32
+        let message: String
+        init(_ errno: Errno, _ message: String) {
+            self.errno = errno.rawValue
+            self.message = message
+        }
+    }
+
+    /// The request handler for `ControlServer`.
+    public func handle(_ body: [UInt8], file: Int32?, peer: PeerCredentials) -> [UInt8] {
+        let request: ControlRequest
+        do {
+            request = try ControlRequest(decoding: body)
+        } catch {
+            return ControlReply.failure(errno: EINVAL, message: "malformed control request: \(error)").encoded
+        }
+        do {
+            return try answer(request, file: file, peer: peer).encoded
+        } catch let r as Refusal {
+            return ControlReply.failure(errno: r.errno, message: r.message).encoded
+        } catch let e as ArchiveError {
+            return ControlReply.failure(errno: e.errno.rawValue, message: e.description).encoded
+        } catch let e as Errno {
+            return ControlReply.failure(errno: e.rawValue, message: "\(e)").encoded
+        } catch {
+            return ControlReply.failure(errno: EIO, message: "\(error)").encoded
+        }
+    }
+
+    private func mountDevice() throws -> UInt64 {
+        if let d = device.withLock({ $0 }) { return d }
+        var st = stat()
+        guard stat(mountpoint, &st) == 0 else { throw Refusal(Errno(rawValue: errno), "cannot stat the mount point \(mountpoint)") }
+        let d = UInt64(st.st_dev)
+        device.withLock { $0 = d }
+        return d
+    }
+
+    /// The inode and access mode of the descriptor sent with a request.
+    private func openFile(_ fd: Int32?) throws -> (ino: UInt64, writable: Bool) {
+        guard let fd else { throw Refusal(.badFileDescriptor, "the request came without an open file of the filesystem") }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw Refusal(.badFileDescriptor, "cannot stat the file sent with the request") }
+        guard UInt64(st.st_dev) == (try mountDevice()) else {
+            throw Refusal(.improperLink, "the file is not in the filesystem mounted on \(mountpoint)")
+        }
+        let mode = fcntl(fd, F_GETFL) & O_ACCMODE
+        return (UInt64(st.st_ino), mode == O_WRONLY || mode == O_RDWR)
+    }
+
+    private func requireRoot(_ peer: PeerCredentials, _ what: String) throws {
+        guard peer.uid == 0 else { throw Refusal(.notPermitted, "\(what) is for root only") }
+    }
+
+    private func limit(_ n: UInt32) -> Int { n == 0 ? Self.pageLimit : min(Int(n), Self.pageLimit) }
+
+    private func answer(_ request: ControlRequest, file: Int32?, peer: PeerCredentials) throws -> ControlReply {
+        let f = try openFile(file)
+        switch request {
+        case let .walkInodes(index, fs0, fi, ls, li, n):
+            guard index <= 1 else { throw Refusal(.invalidArgument, "unknown index \(index); 0 is meta_seq, 1 data_seq") }
+            let entries = try fs.walkInodes(index == 0 ? .metaSeq : .dataSeq, from: IndexPosition(seq: fs0, ino: fi),
+                                            through: IndexPosition(seq: ls, ino: li), limit: limit(n))
+            return .walk(entries.map { ($0.seq, $0.ino) })
+        case .statMore:
+            return .statMore(try fs.statMore(f.ino))
+        case .statfsMore:
+            return .statfsMore(try fs.statfsMore())
+        case let .release(v, off, len):
+            guard f.writable else { throw Refusal(.invalidArgument, "release needs the file open for writing") }
+            try fs.release(f.ino, dataVersion: v, offset: off, length: len)
+            invalidate(f.ino)
+            return .done
+        case let .stage(v, off, data):
+            guard f.writable else { throw Refusal(.invalidArgument, "stage needs the file open for writing") }
+            let n = try fs.stage(f.ino, dataVersion: v, offset: off, data: data)
+            invalidate(f.ino)
+            return .count(UInt64(n))
+        case let .setattrMore(s):
+            guard f.writable else { throw Refusal(.badFileDescriptor, "setattr needs the file open for writing") }
+            try requireRoot(peer, "setattr")
+            try fs.setattrMore(f.ino, s)
+            invalidate(f.ino)
+            return .done
+        case let .dataWaiting(ino, block, n):
+            return .waiters(fs.dataWaiters(after: ino, block, limit: limit(n)))
+        case let .dataWaitErr(ino, _, off, count, op, err):
+            try requireRoot(peer, "data-wait-err")
+            return .count(UInt64(try fs.failDataWaiters(ino: ino, offset: off, count: count, ops: op, error: err)))
+        case let .referringEntries(ino, dir, pos, n):
+            try requireRoot(peer, "get-referring-entries")
+            return .entries(try fs.referringEntries(ino, after: dir, pos, limit: limit(n)))
+        case let .inoPaths(ino, dir, pos, n):
+            try requireRoot(peer, "ino-path")
+            return .paths(try fs.inoPaths(ino, after: dir, pos, limit: limit(n)))
+        }
+    }
+}

@@ -1,0 +1,48 @@
+public import ScoutFormat
+public import SystemPackage
+
+extension FSCore {
+    /// Entries naming `ino`, from its link backrefs, after `(dir, pos)` in (dir, pos) order.
+    func referringEntries(_ ino: UInt64, after dir: UInt64, _ pos: UInt64, limit: Int) throws -> [ReferringEntry] {
+        let rec = try inode(ino)
+        guard let start = pos == .max ? (dir == .max ? nil : Keys.backref(ino, dir + 1, 0)) : Keys.backref(ino, dir, pos + 1) else {
+            return []
+        }
+        return try range(start, Keys.backref(ino, .max, .max), limit: limit).map {
+            ReferringEntry(dir: $0.key.second, pos: $0.key.third, type: rec.direntType, name: $0.value)
+        }
+    }
+
+    /// The path of directory `dir` from the root, following each directory's one backref.
+    func directoryPath(_ dir: UInt64) throws -> [UInt8] {
+        var parts: [[UInt8]] = []
+        var at = dir
+        while at != Self.rootIno {
+            guard parts.count < 4096,
+                  let it = try range(Keys.backref(at, 0, 0), Keys.backref(at, .max, .max), limit: 1).first else {
+                log("inode \(at): no link back to the root while resolving a path")
+                throw Errno.ioError
+            }
+            parts.append(it.value)
+            at = it.key.second
+        }
+        return Array(parts.reversed().joined(separator: [UInt8(ascii: "/")]))
+    }
+}
+
+extension Filesystem {
+    /// Directory entries that refer to `ino` (get-referring-entries).
+    public func referringEntries(_ ino: UInt64, after dir: UInt64 = 0, _ pos: UInt64 = 0, limit: Int = 1024) throws(Errno) -> [ReferringEntry] {
+        try run(.reads) { try $0.referringEntries(ino, after: dir, pos, limit: limit) }
+    }
+
+    /// Paths from the root to `ino`, one per entry naming it, with the entry's (dir, pos).
+    public func inoPaths(_ ino: UInt64, after dir: UInt64 = 0, _ pos: UInt64 = 0, limit: Int = 1024) throws(Errno) -> [(dir: UInt64, pos: UInt64, path: [UInt8])] {
+        try run(.reads) { c in
+            try c.referringEntries(ino, after: dir, pos, limit: limit).map { e in
+                let base = try c.directoryPath(e.dir)
+                return (e.dir, e.pos, base.isEmpty ? e.name : base + [UInt8(ascii: "/")] + e.name)
+            }
+        }
+    }
+}

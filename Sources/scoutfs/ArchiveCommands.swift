@@ -1,0 +1,473 @@
+import ArgumentParser
+import Foundation
+import ScoutFormat
+import ScoutNet
+
+// The archive verbs: arguments and output follow scoutfs's own utils so that agents and
+// scripts written for it work unchanged; every verb also takes --json. They reach the mount
+// through its control socket, sending an open descriptor of the path they name.
+
+/// A failed archive verb: the message is printed as `scoutfs VERB: message`.
+struct VerbError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+/// A connection to the mount holding a path, with that path open.
+struct ControlTarget {
+    let client: ControlClient
+    let fd: Int32
+    let path: String
+
+    /// Opens `path` (or $SCOUTFS_MOUNT_PATH, or the working directory, as the original's
+    /// `-p` does) and connects to the control socket of the scoutfs mount it is in.
+    static func open(_ given: String?, flags: Int32 = O_RDONLY) throws -> ControlTarget {
+        let path = given ?? ProcessInfo.processInfo.environment["SCOUTFS_MOUNT_PATH"] ?? "."
+        let fd = Glibc.open(path, flags | O_CLOEXEC)
+        guard fd >= 0 else { throw VerbError("cannot open \(path): \(String(cString: strerror(errno)))") }
+        var st = stat()
+        fstat(fd, &st)
+        for rec in MountRegistry.all() {
+            guard let socket = rec.control else { continue }
+            var mst = stat()
+            if stat(rec.mountpoint, &mst) == 0, mst.st_dev == st.st_dev {
+                do {
+                    return ControlTarget(client: try ControlClient(path: socket), fd: fd, path: path)
+                } catch {
+                    Glibc.close(fd)
+                    throw VerbError("\(error)")
+                }
+            }
+        }
+        Glibc.close(fd)
+        throw VerbError("\(path) is not in a mounted scoutfs filesystem (no running mount daemon serves it)")
+    }
+
+    func call(_ request: ControlRequest) throws -> ControlReply {
+        let bytes: [UInt8]
+        do {
+            bytes = try client.call(request.encoded, file: fd)
+        } catch {
+            throw VerbError("\(error)")
+        }
+        let reply = try ControlReply(decoding: bytes)
+        if case let .failure(e, message) = reply {
+            throw VerbError("\(message) (\(String(cString: strerror(e))), errno \(e))")
+        }
+        return reply
+    }
+
+    func close() { Glibc.close(fd) }
+}
+
+/// Runs a verb's body, turning failures into `scoutfs VERB: message` and exit status 1.
+func runVerb(_ verb: String, _ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let e as ExitCode {
+        throw e
+    } catch {
+        throw fail(verb, error)
+    }
+}
+
+/// A byte count with an optional K, M, G, T or P suffix (powers of 1024), as the original takes.
+func parseSize(_ s: String) throws -> UInt64 {
+    let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50]
+    var digits = Substring(s)
+    var scale: UInt64 = 1
+    if let last = s.last?.uppercased().first, let u = units[last] {
+        scale = u
+        digits = digits.dropLast()
+    }
+    guard let n = UInt64(digits), n.multipliedReportingOverflow(by: scale).overflow == false else {
+        throw ValidationError("'\(s)' is not a size (bytes, or a number with K, M, G, T or P)")
+    }
+    return n * scale
+}
+
+/// A number as strtoull(…, 0) reads it: decimal, 0x hex, 0 octal, and -1 for the largest.
+func parseNumber(_ s: String) -> UInt64? {
+    if s.hasPrefix("-") { return UInt64(s.dropFirst()).map { 0 &- $0 } }
+    if s.hasPrefix("0x") || s.hasPrefix("0X") { return UInt64(s.dropFirst(2), radix: 16) }
+    if s.count > 1 && s.hasPrefix("0") { return UInt64(s.dropFirst(), radix: 8) }
+    return UInt64(s)
+}
+
+func timestampString(_ t: Timestamp) -> String { String(format: "%lld.%09u", t.seconds, t.nanoseconds) }
+
+struct WalkInodesCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "walk-inodes",
+        abstract: "Print inodes whose meta_seq or data_seq lies between two index positions.",
+        discussion: "Positions are MAJOR[.MINOR[.INO]] (major is the seq; -1 is the largest). Never returns seqs past the stable seq.")
+
+    @Option(name: .shortAndLong, help: "A path in the filesystem (default: $SCOUTFS_MOUNT_PATH, else the working directory).")
+    var path: String?
+    @Flag(help: "Print JSON.") var json = false
+    // One array, so that positions such as -1 are not taken for options.
+    @Argument(parsing: .allUnrecognized, help: "INDEX (meta_seq or data_seq), FIRST and LAST positions.")
+    var arguments: [String] = []
+
+    var index: String { arguments[0] }
+    var first: String { arguments[1] }
+    var last: String { arguments[2] }
+
+    struct Position { var major: UInt64; var minor: UInt64; var ino: UInt64 }
+
+    static func parsePosition(_ s: String) throws -> Position {
+        let parts = s.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+        guard (1...3).contains(parts.count), let vals = Optional(parts.map(parseNumber)), vals.allSatisfy({ $0 != nil }) else {
+            throw ValidationError("invalid position '\(s)', try '1.2.3' or '-1'")
+        }
+        let v = vals.map { $0! }
+        return Position(major: v[0], minor: v.count > 1 ? v[1] : 0, ino: v.count > 2 ? v[2] : 0)
+    }
+
+    func validate() throws {
+        guard arguments.count == 3 else { throw ValidationError("give an index, a first and a last position (e.g. data_seq 0 -1)") }
+        guard ["meta_seq", "data_seq"].contains(index.lowercased()) else {
+            throw ValidationError("unknown index '\(index)', try 'meta_seq' or 'data_seq'")
+        }
+        _ = try Self.parsePosition(first)
+        _ = try Self.parsePosition(last)
+    }
+
+    func run() throws {
+        try runVerb("walk-inodes") {
+            let t = try ControlTarget.open(path)
+            defer { t.close() }
+            var from = try Self.parsePosition(first)
+            let to = try Self.parsePosition(last)
+            var total: UInt64 = 0
+            var all: [[String: UInt64]] = []
+            while true {
+                guard case let .walk(entries) = try t.call(.walkInodes(index: index.lowercased() == "meta_seq" ? 0 : 1,
+                                                                       firstSeq: from.major, firstIno: from.ino,
+                                                                       lastSeq: to.major, lastIno: to.ino, limit: 128)) else {
+                    throw VerbError("unexpected reply from the mount")
+                }
+                if entries.isEmpty { break }
+                for (i, e) in entries.enumerated() {
+                    if json {
+                        all.append(["major": e.seq, "minor": 0, "ino": e.ino])
+                        continue
+                    }
+                    if (total + UInt64(i)) % 25 == 0 {
+                        print("#".padding(20) + " " + "major".padding(20) + " " + "minor".padding(10) + " " + "ino".padding(20))
+                    }
+                    print(String(total + UInt64(i)).padding(20) + " " + String(e.seq).padding(20) + " " + "0".padding(10) + " " + String(e.ino).padding(20))
+                }
+                total += UInt64(entries.count)
+                let lastEntry = entries[entries.count - 1]
+                if lastEntry.ino == .max {
+                    if lastEntry.seq == .max { break }
+                    from = Position(major: lastEntry.seq + 1, minor: 0, ino: 0)
+                } else {
+                    from = Position(major: lastEntry.seq, minor: 0, ino: lastEntry.ino + 1)
+                }
+            }
+            if json { try printJSON(all) }
+        }
+    }
+}
+
+extension String {
+    /// Left-justified in `width` columns, as printf's `%-Ns`.
+    func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
+}
+
+struct StatCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "stat", abstract: "Print the scoutfs fields of a file's inode.")
+    @Option(name: [.customShort("s"), .customLong("single-field")], help: "Print only this field.") var field: String?
+    @Flag(help: "Print JSON.") var json = false
+    @Argument(help: "A file in a scoutfs mount.") var file: String
+
+    static let fields = ["meta_seq", "data_seq", "data_version", "online_blocks", "offline_blocks", "crtime"]
+
+    func validate() throws {
+        if let field, !Self.fields.contains(field) { throw ValidationError("unknown field: '\(field)'") }
+    }
+
+    func run() throws {
+        try runVerb("stat") {
+            let t = try ControlTarget.open(file)
+            defer { t.close() }
+            guard case let .statMore(s) = try t.call(.statMore) else { throw VerbError("unexpected reply from the mount") }
+            let values: [(String, String)] = [
+                ("meta_seq", "\(s.metaSeq)"), ("data_seq", "\(s.dataSeq)"), ("data_version", "\(s.dataVersion)"),
+                ("online_blocks", "\(s.onlineBlocks)"), ("offline_blocks", "\(s.offlineBlocks)"), ("crtime", timestampString(s.crtime)),
+            ]
+            printFields(values, only: field, json: json)
+        }
+    }
+}
+
+func printFields(_ values: [(String, String)], only: String?, json: Bool) {
+    let chosen = values.filter { only == nil || $0.0 == only }
+    if json {
+        let obj = Dictionary(uniqueKeysWithValues: chosen)
+        try? printJSON(obj)
+    } else if only != nil {
+        print(chosen[0].1)
+    } else {
+        for (k, v) in chosen { print(k.padding(17) + " " + v) }
+    }
+}
+
+struct StatfsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "statfs", abstract: "Print the scoutfs fields of a mounted filesystem.")
+    @Option(name: .shortAndLong, help: "A path in the filesystem.") var path: String?
+    @Option(name: [.customShort("s"), .customLong("single-field")], help: "Print only this field.") var field: String?
+    @Flag(help: "Print JSON.") var json = false
+
+    static let fields = ["fsid", "rid", "committed_seq", "total_meta_blocks", "total_data_blocks"]
+
+    func validate() throws {
+        if let field, !Self.fields.contains(field) { throw ValidationError("unknown field: '\(field)'") }
+    }
+
+    func run() throws {
+        try runVerb("statfs") {
+            let t = try ControlTarget.open(path)
+            defer { t.close() }
+            guard case let .statfsMore(s) = try t.call(.statfsMore) else { throw VerbError("unexpected reply from the mount") }
+            printFields([("fsid", String(format: "%016llx", s.fsid)), ("rid", String(format: "%016llx", s.rid)),
+                         ("committed_seq", "\(s.committedSeq)"), ("total_meta_blocks", "\(s.totalMetaBlocks)"),
+                         ("total_data_blocks", "\(s.totalDataBlocks)")], only: field, json: json)
+        }
+    }
+}
+
+struct ReleaseCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "release",
+        abstract: "Free a file's data blocks and mark the region offline, if its data version still matches.")
+    @Option(name: [.customShort("V"), .customLong("data-version")], help: "Data version of the file (from `scoutfs stat`).") var dataVersion: UInt64
+    @Option(name: .shortAndLong, help: "Offset (bytes or KMGTP units; 4 KiB aligned; default 0).") var offset: String = "0"
+    @Option(name: .shortAndLong, help: "Length (bytes or KMGTP units; 4 KiB aligned; default: the whole file).") var length: String?
+    @Flag(help: "Print JSON.") var json = false
+    @Argument(help: "The file.") var file: String
+
+    func run() throws {
+        try runVerb("release") {
+            let off = try parseSize(offset)
+            let t = try ControlTarget.open(file, flags: O_RDWR)
+            defer { t.close() }
+            var len: UInt64
+            if let length {
+                len = try parseSize(length)
+            } else {
+                var st = stat()
+                fstat(t.fd, &st)
+                let size = UInt64(st.st_size)
+                len = (size + 4095) / 4096 * 4096
+                len = len > off ? len - off : 0
+            }
+            _ = try t.call(.release(dataVersion: dataVersion, offset: off, length: len))
+            if json { try printJSON(["released": len]) }
+        }
+    }
+}
+
+struct StageCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "stage",
+        abstract: "Write archived bytes back into a file's offline region without changing its data version.")
+    @Option(name: [.customShort("V"), .customLong("data-version")], help: "Data version of the file.") var dataVersion: UInt64
+    @Option(name: .shortAndLong, help: "Offset in the file (bytes or KMGTP units; 4 KiB aligned; default 0).") var offset: String = "0"
+    @Option(name: .shortAndLong, help: "Length (bytes or KMGTP units; default: the archive file's size).") var length: String?
+    @Flag(help: "Print JSON.") var json = false
+    @Argument(help: "The archive file to read from its start.") var archive: String
+    @Argument(help: "The file to stage into.") var file: String
+
+    func run() throws {
+        try runVerb("stage") {
+            let afd = Glibc.open(archive, O_RDONLY | O_CLOEXEC)
+            guard afd >= 0 else { throw VerbError("failed to open '\(archive)': \(String(cString: strerror(errno)))") }
+            defer { close(afd) }
+            var pos = try parseSize(offset)
+            var remaining: UInt64
+            if let length {
+                remaining = try parseSize(length)
+            } else {
+                var st = stat()
+                fstat(afd, &st)
+                remaining = UInt64(st.st_size)
+            }
+            let t = try ControlTarget.open(file, flags: O_RDWR)
+            defer { t.close() }
+            var buf = [UInt8](repeating: 0, count: ControlMessage.stageChunk)
+            var staged: UInt64 = 0
+            while remaining > 0 {
+                let want = Int(min(remaining, UInt64(buf.count)))
+                let n = buf.withUnsafeMutableBytes { read(afd, $0.baseAddress, want) }
+                guard n > 0 else {
+                    throw VerbError("archive read returned \(n)\(n < 0 ? ": " + String(cString: strerror(errno)) : " (the archive is shorter than the length)")")
+                }
+                guard case let .count(done) = try t.call(.stage(dataVersion: dataVersion, offset: pos, data: Array(buf[0..<n]))),
+                      done == UInt64(n) else {
+                    throw VerbError("stage did not take all \(n) bytes at offset \(pos)")
+                }
+                pos += UInt64(n)
+                remaining -= UInt64(n)
+                staged += UInt64(n)
+            }
+            if json { try printJSON(["staged": staged]) }
+        }
+    }
+}
+
+struct SetattrCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "setattr",
+        abstract: "Restore a new, empty file's size, data version and times (root only), optionally as offline data.")
+    @Option(name: [.customShort("t"), .customLong("ctime")], help: "Change time, SECONDS.NANOSECONDS.") var ctime: String?
+    @Option(name: [.customShort("r"), .customLong("crtime")], help: "Creation time, SECONDS.NANOSECONDS.") var crtime: String?
+    @Option(name: [.customShort("V"), .customLong("data-version")], help: "Data version (not 0).") var dataVersion: UInt64?
+    @Option(name: [.customShort("s"), .customLong("size")], help: "Size (bytes or KMGTP units); needs --data-version.") var size: String?
+    @Flag(name: [.customShort("o"), .customLong("offline")], help: "Make the contents offline, not sparse; needs --size.") var offline = false
+    @Flag(help: "Print JSON.") var json = false
+    @Argument(help: "The file.") var file: String
+
+    static func parseTime(_ s: String) throws -> Timestamp {
+        let parts = s.split(separator: ".", omittingEmptySubsequences: false)
+        guard (1...2).contains(parts.count), let sec = Int64(parts[0]),
+              let ns = parts.count == 2 ? UInt32(parts[1]) : 0, ns < 1_000_000_000 else {
+            throw ValidationError("'\(s)' is not a time; use SECONDS.NANOSECONDS")
+        }
+        return Timestamp(seconds: sec, nanoseconds: ns)
+    }
+
+    func validate() throws {
+        if dataVersion == 0 { throw ValidationError("data version must not be 0") }
+        if size != nil && dataVersion == nil { throw ValidationError("must provide data-version if using --size option") }
+        if offline && size == nil { throw ValidationError("must provide size if using --offline option") }
+        if let ctime { _ = try Self.parseTime(ctime) }
+        if let crtime { _ = try Self.parseTime(crtime) }
+    }
+
+    func run() throws {
+        try runVerb("setattr") {
+            let t = try ControlTarget.open(file, flags: O_WRONLY)
+            defer { t.close() }
+            let s = SetattrMore(dataVersion: dataVersion ?? 0, size: try size.map(parseSize) ?? 0, offline: offline,
+                                ctime: try ctime.map(Self.parseTime), crtime: try crtime.map(Self.parseTime))
+            _ = try t.call(.setattrMore(s))
+            if json { try printJSON(["ok": true]) }
+        }
+    }
+}
+
+struct DataWaitingCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "data-waiting", abstract: "List requests blocked on offline data.")
+    @Option(name: .shortAndLong, help: "A path in the filesystem.") var path: String?
+    @Option(name: [.customShort("I"), .customLong("inode")], help: "List waiters after this inode number.") var inode: UInt64 = 0
+    @Option(name: [.customShort("B"), .customLong("block")], help: "…and after this block.") var block: UInt64 = 0
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        try runVerb("data-waiting") {
+            let t = try ControlTarget.open(path)
+            defer { t.close() }
+            var after = (inode, block)
+            var all: [DataWaiter] = []
+            while true {
+                guard case let .waiters(ws) = try t.call(.dataWaiting(afterIno: after.0, afterBlock: after.1, limit: 16)) else {
+                    throw VerbError("unexpected reply from the mount")
+                }
+                if ws.isEmpty { break }
+                for w in ws where !json { print("ino \(w.ino) iblock \(w.iblock) ops \(w.op.names)") }
+                all += ws
+                after = (ws[ws.count - 1].ino, ws[ws.count - 1].iblock)
+            }
+            if json { try printJSON(all.map { ["ino": "\($0.ino)", "iblock": "\($0.iblock)", "ops": $0.op.names] }) }
+        }
+    }
+}
+
+struct DataWaitErrCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "data-wait-err", abstract: "Make requests waiting on offline data fail with an error (root only).")
+    @Option(name: .shortAndLong, help: "A path in the filesystem.") var path: String?
+    @Option(name: [.customShort("I"), .customLong("inode")], help: "Inode number.") var inode: UInt64
+    @Option(name: [.customShort("V"), .customLong("version")], help: "Data version (ignored, as by the original since 1.25).") var version: UInt64
+    @Option(name: [.customShort("F"), .customLong("offset")], help: "Offset (bytes or KMGTP units).") var offset: String
+    @Option(name: [.customShort("C"), .customLong("count")], help: "Byte count (bytes or KMGTP units).") var count: String
+    @Option(name: [.customShort("O"), .customLong("op")], help: "read, write or change_size.") var op: String
+    @Option(name: [.customShort("E"), .customLong("err")], parsing: .unconditional, help: "The error to return, negative (e.g. -5 for EIO).") var err: Int64
+    @Flag(help: "Print JSON.") var json = false
+
+    func validate() throws {
+        if DataWaitOperation(name: op) == nil { throw ValidationError("invalid data wait op: '\(op)'") }
+        if err >= 0 || err < -4095 { throw ValidationError("errno out of range") }
+    }
+
+    func run() throws {
+        try runVerb("data-wait-err") {
+            let t = try ControlTarget.open(path)
+            defer { t.close() }
+            guard case let .count(n) = try t.call(.dataWaitErr(ino: inode, dataVersion: version, offset: try parseSize(offset),
+                                                               count: try parseSize(count), op: DataWaitOperation(name: op)!,
+                                                               errno: Int32(-err))) else {
+                throw VerbError("unexpected reply from the mount")
+            }
+            if json { try printJSON(["waiters": n]) } else { print("data_wait_err found \(n) waiters.") }
+        }
+    }
+}
+
+struct InoPathCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ino-path", abstract: "Print every path to an inode number (root only).")
+    @Option(name: .shortAndLong, help: "A path in the filesystem.") var path: String?
+    @Flag(help: "Print JSON.") var json = false
+    @Argument(help: "Inode number.") var ino: UInt64
+
+    func run() throws {
+        try runVerb("ino-path") {
+            let t = try ControlTarget.open(path)
+            defer { t.close() }
+            var after: (UInt64, UInt64) = (0, 0)
+            var all: [String] = []
+            while true {
+                guard case let .paths(ps) = try t.call(.inoPaths(ino: ino, afterDir: after.0, afterPos: after.1, limit: 256)) else {
+                    throw VerbError("unexpected reply from the mount")
+                }
+                if ps.isEmpty { break }
+                for p in ps {
+                    let s = String(decoding: p.path, as: UTF8.self)
+                    if json { all.append(s) } else { print(s) }
+                }
+                after = (ps[ps.count - 1].dir, ps[ps.count - 1].pos)
+            }
+            if json { try printJSON(all) }
+        }
+    }
+}
+
+struct GetReferringEntriesCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "get-referring-entries", abstract: "Print the directory entries that refer to an inode (root only).")
+    @Option(name: .shortAndLong, help: "A path in the filesystem.") var path: String?
+    @Flag(help: "Print JSON.") var json = false
+    @Argument(help: "Inode number.") var ino: UInt64
+
+    func run() throws {
+        try runVerb("get-referring-entries") {
+            let t = try ControlTarget.open(path)
+            defer { t.close() }
+            var after: (UInt64, UInt64) = (0, 0)
+            var all: [ReferringEntry] = []
+            while true {
+                guard case let .entries(es) = try t.call(.referringEntries(ino: ino, afterDir: after.0, afterPos: after.1, limit: 256)) else {
+                    throw VerbError("unexpected reply from the mount")
+                }
+                if es.isEmpty { break }
+                for e in es where !json { print("dir \(e.dir) pos \(e.pos) type \(e.type) name \(String(decoding: e.name, as: UTF8.self))") }
+                all += es
+                after = (es[es.count - 1].dir, es[es.count - 1].pos)
+            }
+            if json {
+                try printJSON(all.map { ["dir": "\($0.dir)", "pos": "\($0.pos)", "type": "\($0.type)", "name": String(decoding: $0.name, as: UTF8.self)] })
+            }
+        }
+    }
+}

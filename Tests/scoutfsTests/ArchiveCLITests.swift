@@ -1,0 +1,188 @@
+import Foundation
+import Testing
+
+/// The archive verbs against a real mount, through the CLI and the control socket.
+@Suite(.serialized) struct ArchiveCLITests {
+    func run(_ args: [String]) throws -> CLI.Result { try CLI.run(args) }
+
+    func field(_ file: String, _ name: String) throws -> UInt64 {
+        let r = try run(["stat", "-s", name, file])
+        try #require(r.status == 0, "\(r.stderr)")
+        return try #require(UInt64(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)))
+    }
+
+    /// Starts `cat FILE` with its output in `out`; the caller waits for or signals it.
+    func startCat(_ file: String, _ out: String) throws -> Process {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/cat")
+        p.arguments = [file]
+        _ = FileManager.default.createFile(atPath: out, contents: nil)
+        p.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        return p
+    }
+
+    /// Waits up to 20 s for a process this test started; kills it (by its pid) if it is stuck.
+    func finished(_ p: Process) -> Bool {
+        for _ in 0..<800 where p.isRunning { usleep(25_000) }
+        if p.isRunning {
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+            return false
+        }
+        return true
+    }
+
+    /// Starts a process with no signals blocked (test threads may block them, and a child
+    /// inherits the mask): the interrupt test needs SIGINT delivered.
+    func spawnWithSignals(_ argv: [String]) throws -> pid_t {
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        sigaddset(&defaults, SIGINT)
+        posix_spawnattr_setsigmask(&attr, &empty)
+        posix_spawnattr_setsigdefault(&attr, &defaults)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        var pid: pid_t = 0
+        var cargs = argv.map { strdup($0) } + [nil]
+        defer { for p in cargs { free(p) } }
+        let rc = posix_spawn(&pid, argv[0], nil, &attr, &cargs, environ)
+        guard rc == 0 else { throw Sys.Failure(call: "posix_spawn \(argv[0])", errno: rc) }
+        return pid
+    }
+
+    /// The signal that ended a process this test spawned, waiting up to 20 s (then killing it).
+    func exitSignal(_ pid: pid_t) -> Int32? {
+        var status: Int32 = 0
+        for _ in 0..<800 {
+            if waitpid(pid, &status, WNOHANG) == pid {
+                return status & 0x7f != 0 ? status & 0x7f : nil
+            }
+            usleep(25_000)
+        }
+        kill(pid, SIGKILL)
+        waitpid(pid, &status, 0)
+        return nil
+    }
+
+    func waitUntil(_ what: String, _ cond: () throws -> Bool) throws {
+        for _ in 0..<400 {
+            if try cond() { return }
+            usleep(25_000)
+        }
+        Issue.record("timed out waiting for \(what)")
+    }
+
+    func waiting(_ m: TestMount) throws -> [String] {
+        let r = try run(["data-waiting", "-p", m.mnt])
+        try #require(r.status == 0, "\(r.stderr)")
+        return r.stdout.split(separator: "\n").map(String.init)
+    }
+
+    @Test(.timeLimit(.minutes(3))) func theAgentCycleThroughTheCLI() throws {
+        let m = try TestMount()
+        defer { m.cleanup() }
+        try m.mount(["-o", "allow_other"])
+        try FileManager.default.createDirectory(atPath: m.path("dir"), withIntermediateDirectories: true)
+        let file = m.path("dir/file")
+        var rng = SystemRandomNumberGenerator()
+        let contents = (0..<(3 << 20) + 123).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        try Sys.writeFile(file, contents, fsync: true)
+        let ino = UInt64(try Sys.stat(file).st_ino)
+
+        // walk data_seq: the changed file is listed (after its commit) with its data_seq.
+        let dataSeq = try field(file, "data_seq")
+        let walk = try run(["walk-inodes", "-p", m.mnt, "data_seq", "0", "-1"])
+        #expect(walk.status == 0, "\(walk.stderr)")
+        let rows = walk.stdout.split(separator: "\n").filter { !$0.hasPrefix("#") }.map { $0.split(separator: " ").map(String.init) }
+        #expect(rows.contains { $0.count == 4 && $0[1] == String(dataSeq) && $0[2] == "0" && $0[3] == String(ino) })
+        #expect(walk.stdout.hasPrefix("#                    major                minor      ino"))
+        let json = try run(["walk-inodes", "--json", "-p", m.mnt, "data_seq", "\(dataSeq)", "\(dataSeq).0.\(ino)"])
+        #expect(json.stdout.contains("\"ino\" : \(ino)"))
+
+        // Copy out, release, and the space is gone from the file.
+        let archive = m.dir.appendingPathComponent("archive").path
+        try Data(contents).write(to: URL(fileURLWithPath: archive))
+        let version = try field(file, "data_version")
+        let rel = try run(["release", file, "-V", "\(version)"])
+        #expect(rel.status == 0, "\(rel.stderr)")
+        #expect(try field(file, "offline_blocks") == 769)
+        #expect(try field(file, "online_blocks") == 0)
+        #expect(try Sys.stat(file).st_blocks == 0)
+        #expect(try Sys.stat(file).st_size == contents.count)
+
+        // A reader blocks and shows up in data-waiting; stage wakes it with the original bytes.
+        let out = m.dir.appendingPathComponent("out").path
+        let reader = try startCat(file, out)
+        try waitUntil("the reader to wait") { try waiting(m) == ["ino \(ino) iblock 0 ops read"] }
+        #expect(reader.isRunning)
+        let st = try run(["stage", archive, file, "-V", "\(version)"])
+        #expect(st.status == 0, "\(st.stderr)")
+        #expect(finished(reader))
+        #expect(reader.terminationStatus == 0)
+        #expect(FileManager.default.contents(atPath: out) == Data(contents))
+        #expect(try field(file, "data_version") == version)
+        #expect(try field(file, "data_seq") == dataSeq)
+        #expect(try waiting(m).isEmpty)
+
+        // A write after the agent's stat makes its release stale; nothing is released.
+        try Sys.writeFile(m.path("other"), [1, 2, 3])
+        let stale = try field(m.path("other"), "data_version")
+        let fd = open(m.path("other"), O_WRONLY | O_APPEND)
+        _ = write(fd, "x", 1)
+        close(fd)
+        let r2 = try run(["release", m.path("other"), "-V", "\(stale)"])
+        #expect(r2.status == 1)
+        #expect(r2.stderr.contains("scoutfs release:") && r2.stderr.contains("data version"))
+        #expect(try field(m.path("other"), "online_blocks") == 1)
+
+        // data-wait-err fails a waiter with the given errno.
+        #expect(try run(["release", file, "-V", "\(version)", "-o", "0", "-l", "4096"]).status == 0)
+        let failing = try startCat(file, out)
+        try waitUntil("the second reader to wait") { try waiting(m).count == 1 }
+        let err = try run(["data-wait-err", "-p", m.mnt, "-I", "\(ino)", "-V", "\(version)", "-F", "0", "-C", "4096", "-O", "read", "-E", "-5"])
+        #expect(err.stdout == "data_wait_err found 1 waiters.\n", "\(err.stderr)")
+        #expect(finished(failing))
+        #expect(failing.terminationStatus != 0)
+
+        // A signal interrupts a waiting truncate (a request the process waits on itself).
+        let truncater = try spawnWithSignals(["/usr/bin/truncate", "-s", "8000", file])
+        try waitUntil("the truncate to wait") { try waiting(m) == ["ino \(ino) iblock 0 ops change_size"] }
+        kill(truncater, SIGINT)
+        #expect(exitSignal(truncater) == SIGINT)
+        try waitUntil("the waiter to leave") { try waiting(m).isEmpty }
+        #expect(try Sys.stat(file).st_size == contents.count)
+
+        // Root-only verbs refuse others; release needs the file writable.
+        func asNobody(_ args: [String]) throws -> CLI.Result {
+            try CLI.runTool("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", CLI.binary] + args)
+        }
+        let nobody = try asNobody(["data-wait-err", "-p", m.mnt, "-I", "\(ino)", "-V", "1", "-F", "0", "-C", "1", "-O", "read", "-E", "-5"])
+        #expect(nobody.status == 1 && nobody.stderr.contains("root only"), "\(nobody.stderr)")
+        #expect(try asNobody(["ino-path", "-p", m.mnt, "\(ino)"]).stderr.contains("root only"))
+        #expect(try asNobody(["release", file, "-V", "\(version)"]).stderr.contains("cannot open"))
+        #expect(try asNobody(["stat", "-s", "data_version", file]).stdout == "\(version)\n")
+
+        // Paths from inode numbers.
+        #expect(try run(["ino-path", "-p", m.mnt, "\(ino)"]).stdout == "dir/file\n")
+        let dirIno = try Sys.stat(m.path("dir")).st_ino
+        let refs = try run(["get-referring-entries", "-p", m.mnt, "\(ino)"]).stdout
+        #expect(refs.hasPrefix("dir \(dirIno) pos ") && refs.hasSuffix(" type 8 name file\n"), "\(refs)")
+
+        // statfs and bad input.
+        let sf = try run(["statfs", "-p", m.mnt])
+        #expect(sf.stdout.contains("committed_seq") && sf.stdout.contains("total_data_blocks"))
+        #expect(try run(["walk-inodes", "-p", m.mnt, "size", "0", "-1"]).stderr.contains("unknown index 'size'"))
+        let unaligned = try run(["release", file, "-V", "\(version)", "-o", "100", "-l", "4096"])
+        #expect(unaligned.status == 1 && unaligned.stderr.contains("multiples of 4096"))
+        #expect(try run(["stat", "/tmp"]).stderr.contains("not in a mounted scoutfs filesystem"))
+
+        try m.unmount()
+        #expect(try m.check().status == 0)
+    }
+}
