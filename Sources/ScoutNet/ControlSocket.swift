@@ -170,16 +170,7 @@ public final class ControlServer: Sendable {
         self.path = path
         self.handler = handler
         self.log = log
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            throw ControlSocketError("control socket path \(path) is longer than a Unix socket path may be", errno: 0)
-        }
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in
-            p.copyBytes(from: bytes)
-            p[bytes.count] = 0
-        }
+        var addr = try unixAddress(path)
         let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         if s < 0 { throw ControlSocketError("creating the control socket") }
         unlink(path)
@@ -269,16 +260,7 @@ public final class ControlClient {
     private let sock: Int32
 
     public init(path: String) throws(ControlSocketError) {
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            throw ControlSocketError("control socket path \(path) is too long", errno: 0)
-        }
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in
-            p.copyBytes(from: bytes)
-            p[bytes.count] = 0
-        }
+        var addr = try unixAddress(path)
         let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         if s < 0 { throw ControlSocketError("creating a socket") }
         let rc = withUnsafePointer(to: &addr) {
@@ -328,6 +310,21 @@ public final class ControlClient {
 
     /// Closes the sending side, so the server sees the end of the stream.
     public func finishSending() { shutdown(sock, Int32(SHUT_WR)) }
+}
+
+/// The socket address of `path`.
+private func unixAddress(_ path: String) throws(ControlSocketError) -> sockaddr_un {
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+        throw ControlSocketError("control socket path \(path) is longer than a Unix socket path may be", errno: 0)
+    }
+    withUnsafeMutableBytes(of: &addr.sun_path) { p in
+        p.copyBytes(from: bytes)
+        p[bytes.count] = 0
+    }
+    return addr
 }
 
 /// Runs `body` on a detached thread.

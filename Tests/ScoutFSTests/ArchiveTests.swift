@@ -11,16 +11,12 @@ import Testing
 
 /// release, stage, setattr and data waiting, on memory devices.
 @Suite struct ArchiveTests {
-    let meta = MemoryBlockDevice(name: "meta", size: 256 << 20)
-    let data = MemoryBlockDevice(name: "data", size: 256 << 20)
+    let devices = MemoryMount()
     let user = Caller(uid: 1000, gid: 100, umask: 0o022)
+    var meta: MemoryBlockDevice { devices.meta }
+    var data: MemoryBlockDevice { devices.data }
 
-    func mount() throws -> Filesystem {
-        let store = Store.holdsFilesystem(meta)
-            ? try Store.open(meta: meta, data: data)
-            : try Store.format(meta: meta, data: data, quorumSlots: [QuorumSlot(slot: 0, address: "127.0.0.1", port: 7100)])
-        return try Filesystem(store: store)
-    }
+    func mount() throws -> Filesystem { try devices.mount() }
 
     func pattern(_ n: Int, seed: UInt64 = 1) -> [UInt8] {
         var rng = SplitMix64(seed: seed)
