@@ -19,13 +19,13 @@ public final class ControlService: Sendable {
     /// The mount's device number, learned on first use: stat of the mount point is served by
     /// this daemon, so it cannot be asked before the FUSE loop runs.
     private let device = Mutex<UInt64?>(nil)
-    /// Drops the kernel's cached pages and attributes of an inode whose data changed under it.
-    private let invalidate: @Sendable (UInt64) -> Void
+    /// Drops the kernel's cached attributes of an inode, and its pages in a byte range.
+    private let invalidate: @Sendable (UInt64, Range<UInt64>?) -> Void
 
     /// Results per page when a request sets no smaller limit.
     static let pageLimit = 1024
 
-    public init(filesystem: Filesystem, mountpoint: String, invalidate: @escaping @Sendable (UInt64) -> Void) {
+    public init(filesystem: Filesystem, mountpoint: String, invalidate: @escaping @Sendable (UInt64, Range<UInt64>?) -> Void) {
         fs = filesystem
         self.mountpoint = mountpoint
         self.invalidate = invalidate
@@ -103,18 +103,21 @@ public final class ControlService: Sendable {
         case let .release(v, off, len):
             guard f.writable else { throw Refusal(.invalidArgument, "release needs the file open for writing") }
             try fs.release(f.ino, dataVersion: v, offset: off, length: len)
-            invalidate(f.ino)
+            // The released bytes were online, so no read can hold their pages locked.
+            invalidate(f.ino, off..<(off &+ len < off ? .max : off + len))
             return .done
         case let .stage(v, off, data):
             guard f.writable else { throw Refusal(.invalidArgument, "stage needs the file open for writing") }
             let n = try fs.stage(f.ino, dataVersion: v, offset: off, data: data)
-            invalidate(f.ino)
+            // Attributes only: no page of the staged region was ever filled, and readers waiting
+            // for it hold those pages locked.
+            invalidate(f.ino, nil)
             return .count(UInt64(n))
         case let .setattrMore(s):
             guard f.writable else { throw Refusal(.badFileDescriptor, "setattr needs the file open for writing") }
             try requireRoot(peer, "setattr")
             try fs.setattrMore(f.ino, s)
-            invalidate(f.ino)
+            invalidate(f.ino, nil)
             return .done
         case let .dataWaiting(ino, block, n):
             return .waiters(fs.dataWaiters(after: ino, block, limit: limit(n)))

@@ -88,11 +88,16 @@ public final class FUSEMount {
         return rc
     }
 
-    /// Drops the kernel's cached attributes and pages of an inode whose data changed behind
-    /// its back (release, stage). Call from a thread that is not serving a request.
-    public var inodeInvalidator: @Sendable (UInt64) -> Void {
+    /// Drops the kernel's cached attributes of an inode, and its pages in `range` if given.
+    /// Call from a thread that is not serving a request. Only pages of data that was online may
+    /// be named: the kernel locks each page it drops, and a page whose read waits for offline
+    /// data stays locked until that data is staged.
+    public var inodeInvalidator: @Sendable (UInt64, Range<UInt64>?) -> Void {
         let se = UInt(bitPattern: session)
-        return { ino in _ = fuse_lowlevel_notify_inval_inode(OpaquePointer(bitPattern: se), ino, 0, 0) }
+        return { ino, range in
+            let (off, len) = range.map { (off_t(clamping: $0.lowerBound), off_t(clamping: $0.count)) } ?? (-1, 0)
+            _ = fuse_lowlevel_notify_inval_inode(OpaquePointer(bitPattern: se), ino, off, len)
+        }
     }
 
     /// Ends the loop from another thread.
