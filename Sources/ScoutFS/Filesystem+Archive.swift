@@ -23,14 +23,9 @@ extension FSCore {
     /// The first offline block in `[first, last]`, or nil.
     func firstOffline(_ ino: UInt64, from first: UInt64, through last: UInt64) throws -> UInt64? {
         var found: UInt64?
-        try items.forEach(from: Keys.extent(ino, last: first, length: 0), through: Keys.extent(ino, last: .max, length: .max)) { it in
-            let start = it.key.second + 1 - it.key.third
-            if start > last { return false }
-            if let fe = try? FileExtent(decoding: it.value), fe.flags.contains(.offline) {
-                found = max(start, first)
-                return false
-            }
-            return true
+        try forEachExtent(ino, from: first, through: last) { _, start, fe in
+            if fe.flags.contains(.offline) { found = max(start, first) }
+            return found == nil
         }
         return found
     }
@@ -38,12 +33,8 @@ extension FSCore {
     /// Blocks of `[first, last]` that no offline extent covers: mapped blocks and holes.
     func onlineBlocks(_ ino: UInt64, from first: UInt64, through last: UInt64) throws -> UInt64 {
         var offline: UInt64 = 0
-        try items.forEach(from: Keys.extent(ino, last: first, length: 0), through: Keys.extent(ino, last: .max, length: .max)) { it in
-            let start = it.key.second + 1 - it.key.third
-            if start > last { return false }
-            if let fe = try? FileExtent(decoding: it.value), fe.flags.contains(.offline) {
-                offline += min(it.key.second, last) + 1 - max(start, first)
-            }
+        try forEachExtent(ino, from: first, through: last) { key, start, fe in
+            if fe.flags.contains(.offline) { offline += min(key.second, last) + 1 - max(start, first) }
             return true
         }
         return last - first + 1 - offline
@@ -63,10 +54,8 @@ extension FSCore {
     /// parts outside and freeing the data blocks inside; returns the blocks removed of each kind.
     func cutExtents(_ ino: UInt64, from first: UInt64, through last: UInt64) throws -> (online: UInt64, offline: UInt64) {
         var hits: [(Key, FileExtent)] = []
-        try items.forEach(from: Keys.extent(ino, last: first, length: 0), through: Keys.extent(ino, last: .max, length: .max)) { it in
-            let start = it.key.second + 1 - it.key.third
-            if start > last { return false }
-            if let fe = try? FileExtent(decoding: it.value) { hits.append((it.key, fe)) }
+        try forEachExtent(ino, from: first, through: last) { key, _, fe in
+            hits.append((key, fe))
             return true
         }
         var online: UInt64 = 0

@@ -18,16 +18,24 @@ let blockSize = UInt64(Layout.dataBlockSize)
 extension FSCore {
     // MARK: extent map
 
-    /// The extents overlapping logical blocks `[first, last]`, in order.
+    /// Calls `body` with each extent item (mapped or offline) overlapping logical blocks
+    /// `[first, last]`, in order, with its first block, until it returns false. Items whose
+    /// value does not decode are skipped.
+    func forEachExtent(_ ino: UInt64, from first: UInt64, through last: UInt64,
+                       _ body: (_ key: Key, _ start: UInt64, _ extent: FileExtent) throws -> Bool) throws {
+        try items.forEach(from: Keys.extent(ino, last: first, length: 0), through: Keys.extent(ino, last: .max, length: .max)) { it in
+            let start = it.key.second + 1 - it.key.third
+            if start > last { return false }
+            guard let fe = try? FileExtent(decoding: it.value) else { return true }
+            return try body(it.key, start, fe)
+        }
+    }
+
+    /// The mapped extents overlapping logical blocks `[first, last]`, in order.
     func extents(_ ino: UInt64, from first: UInt64, through last: UInt64 = .max) throws -> [MappedExtent] {
         var out: [MappedExtent] = []
-        try items.forEach(from: Keys.extent(ino, last: first, length: 0), through: Keys.extent(ino, last: .max, length: .max)) { it in
-            let len = it.key.third
-            let start = it.key.second + 1 - len
-            if start > last { return false }
-            if let fe = try? FileExtent(decoding: it.value), !fe.flags.contains(.offline) {
-                out.append(MappedExtent(start: start, length: len, blkno: fe.blkno))
-            }
+        try forEachExtent(ino, from: first, through: last) { key, start, fe in
+            if !fe.flags.contains(.offline) { out.append(MappedExtent(start: start, length: key.third, blkno: fe.blkno)) }
             return true
         }
         return out
