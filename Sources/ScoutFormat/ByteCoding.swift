@@ -65,6 +65,11 @@ public struct ByteReader: FieldReader, Sendable {
 
     public var remaining: Int { end - offset }
 
+    /// Fails unless every byte was read: a message or value with bytes past its end is malformed.
+    public func finish() throws(FormatError) {
+        if remaining != 0 { throw FormatError("\(what) has \(remaining) bytes past its end") }
+    }
+
     public mutating func need(_ n: Int) throws(FormatError) {
         if n < 0 || offset + n > end {
             throw FormatError("\(what): truncated at byte \(offset) (needed \(n), \(remaining) left)")

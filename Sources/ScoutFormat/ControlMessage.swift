@@ -218,10 +218,6 @@ extension ByteReader {
         if n > remaining / max(size, 1) { throw FormatError("control message claims \(n) entries in \(remaining) bytes") }
         return n
     }
-
-    func finish() throws(FormatError) {
-        if remaining != 0 { throw FormatError("control message has \(remaining) bytes past its end") }
-    }
 }
 
 extension ControlRequest {

@@ -224,7 +224,7 @@ extension LockClientMessage {
         case .recoverReply: self = .recoverReply(try LockRecoverReply(decoding: &r))
         default: throw FormatError("lock message kind \(kind) is not one a client sends")
         }
-        guard r.remaining == 0 else { throw FormatError("lock message has \(r.remaining) trailing bytes") }
+        try r.finish()
     }
 }
 
@@ -254,6 +254,6 @@ extension LockServerMessage {
         case .recover: self = .recover(try Key(decoding: &r))
         default: throw FormatError("lock message kind \(kind) is not one a server sends")
         }
-        guard r.remaining == 0 else { throw FormatError("lock message has \(r.remaining) trailing bytes") }
+        try r.finish()
     }
 }
