@@ -93,9 +93,8 @@ public final class ControlService: Sendable {
         switch request {
         case let .walkInodes(index, fs0, fi, ls, li, n):
             guard index <= 1 else { throw Refusal(.invalidArgument, "unknown index \(index); 0 is meta_seq, 1 data_seq") }
-            let entries = try fs.walkInodes(index == 0 ? .metaSeq : .dataSeq, from: IndexPosition(seq: fs0, ino: fi),
-                                            through: IndexPosition(seq: ls, ino: li), limit: limit(n))
-            return .walk(entries.map { ($0.seq, $0.ino) })
+            return .walk(try fs.walkInodes(index == 0 ? .metaSeq : .dataSeq, from: IndexPosition(seq: fs0, ino: fi),
+                                           through: IndexPosition(seq: ls, ino: li), limit: limit(n)))
         case .statMore:
             return .statMore(try fs.statMore(f.ino))
         case .statfsMore:

@@ -1,4 +1,4 @@
-import ScoutFormat
+public import ScoutFormat
 public import SystemPackage
 
 /// The two inode indexes archive agents walk instead of the namespace.
@@ -7,26 +7,6 @@ public enum SeqIndex: String, Sendable, CaseIterable {
     case dataSeq = "data_seq"
 
     var itemType: UInt8 { self == .metaSeq ? ItemType.metaSeq : ItemType.dataSeq }
-}
-
-/// A position in a seq index: entries sort by seq, then inode number.
-public struct IndexPosition: Hashable, Comparable, Sendable {
-    public var seq: UInt64
-    public var ino: UInt64
-
-    public init(seq: UInt64, ino: UInt64) {
-        self.seq = seq
-        self.ino = ino
-    }
-
-    public static func < (a: IndexPosition, b: IndexPosition) -> Bool { (a.seq, a.ino) < (b.seq, b.ino) }
-
-    /// The position after this one, or nil after the last.
-    public var next: IndexPosition? {
-        if ino != .max { return IndexPosition(seq: seq, ino: ino + 1) }
-        if seq != .max { return IndexPosition(seq: seq + 1, ino: 0) }
-        return nil
-    }
 }
 
 extension FSCore {

@@ -37,11 +37,11 @@ extension Filesystem {
     }
 
     /// Paths from the root to `ino`, one per entry naming it, with the entry's (dir, pos).
-    public func inoPaths(_ ino: UInt64, after dir: UInt64 = 0, _ pos: UInt64 = 0, limit: Int = 1024) throws(Errno) -> [(dir: UInt64, pos: UInt64, path: [UInt8])] {
+    public func inoPaths(_ ino: UInt64, after dir: UInt64 = 0, _ pos: UInt64 = 0, limit: Int = 1024) throws(Errno) -> [InodePath] {
         try run(.reads) { c in
             try c.referringEntries(ino, after: dir, pos, limit: limit).map { e in
                 let base = try c.directoryPath(e.dir)
-                return (e.dir, e.pos, base.isEmpty ? e.name : base + [UInt8(ascii: "/")] + e.name)
+                return InodePath(dir: e.dir, pos: e.pos, path: base.isEmpty ? e.name : base + [UInt8(ascii: "/")] + e.name)
             }
         }
     }

@@ -102,6 +102,39 @@ public struct ReferringEntry: Equatable, Sendable {
     }
 }
 
+/// A position in a seq index: entries sort by seq, then inode number.
+public struct IndexPosition: Hashable, Comparable, Sendable {
+    public var seq: UInt64
+    public var ino: UInt64
+
+    public init(seq: UInt64, ino: UInt64) {
+        self.seq = seq
+        self.ino = ino
+    }
+
+    public static func < (a: IndexPosition, b: IndexPosition) -> Bool { (a.seq, a.ino) < (b.seq, b.ino) }
+
+    /// The position after this one, or nil after the last.
+    public var next: IndexPosition? {
+        if ino != .max { return IndexPosition(seq: seq, ino: ino + 1) }
+        if seq != .max { return IndexPosition(seq: seq + 1, ino: 0) }
+        return nil
+    }
+}
+
+/// A path from the root to an inode through the entry `(dir, pos)`.
+public struct InodePath: Equatable, Sendable {
+    public var dir: UInt64
+    public var pos: UInt64
+    public var path: [UInt8]
+
+    public init(dir: UInt64, pos: UInt64, path: [UInt8]) {
+        self.dir = dir
+        self.pos = pos
+        self.path = path
+    }
+}
+
 /// How `setattr` restores a file.
 public struct SetattrMore: Equatable, Sendable {
     public var dataVersion: UInt64
@@ -141,27 +174,12 @@ public enum ControlReply: Equatable, Sendable {
     case failure(errno: Int32, message: String)
     case done
     case count(UInt64)
-    case walk([(seq: UInt64, ino: UInt64)])
+    case walk([IndexPosition])
     case statMore(InodeStatMore)
     case statfsMore(FilesystemStatMore)
     case waiters([DataWaiter])
     case entries([ReferringEntry])
-    case paths([(dir: UInt64, pos: UInt64, path: [UInt8])])
-
-    public static func == (a: ControlReply, b: ControlReply) -> Bool {
-        switch (a, b) {
-        case let (.failure(e1, m1), .failure(e2, m2)): e1 == e2 && m1 == m2
-        case (.done, .done): true
-        case let (.count(x), .count(y)): x == y
-        case let (.walk(x), .walk(y)): x.elementsEqual(y) { $0.seq == $1.seq && $0.ino == $1.ino }
-        case let (.statMore(x), .statMore(y)): x == y
-        case let (.statfsMore(x), .statfsMore(y)): x == y
-        case let (.waiters(x), .waiters(y)): x == y
-        case let (.entries(x), .entries(y)): x == y
-        case let (.paths(x), .paths(y)): x.elementsEqual(y) { $0.dir == $1.dir && $0.pos == $1.pos && $0.path == $1.path }
-        default: false
-        }
-    }
+    case paths([InodePath])
 }
 
 public enum ControlMessage {
@@ -375,9 +393,9 @@ extension ControlReply {
         case 2: self = .count(try r.u64())
         case 3:
             let n = try r.count(each: 16)
-            var es: [(seq: UInt64, ino: UInt64)] = []
+            var es: [IndexPosition] = []
             es.reserveCapacity(n)
-            for _ in 0..<n { es.append((try r.u64(), try r.u64())) }
+            for _ in 0..<n { es.append(IndexPosition(seq: try r.u64(), ino: try r.u64())) }
             self = .walk(es)
         case 4:
             self = .statMore(InodeStatMore(metaSeq: try r.u64(), dataSeq: try r.u64(), dataVersion: try r.u64(),
@@ -402,8 +420,8 @@ extension ControlReply {
             self = .entries(es)
         case 11:
             let n = try r.count(each: 20)
-            var ps: [(dir: UInt64, pos: UInt64, path: [UInt8])] = []
-            for _ in 0..<n { ps.append((try r.u64(), try r.u64(), try r.bytes32(max: ControlMessage.maxBody))) }
+            var ps: [InodePath] = []
+            for _ in 0..<n { ps.append(InodePath(dir: try r.u64(), pos: try r.u64(), path: try r.bytes32(max: ControlMessage.maxBody))) }
             self = .paths(ps)
         default:
             throw FormatError("unknown control reply \(code)")

@@ -60,6 +60,19 @@ struct ControlTarget {
     func close() { Glibc.close(fd) }
 }
 
+/// Asks for pages of results after a two-number cursor until one comes back empty, handing
+/// each page to `body`: the paging of data-waiting, ino-path and get-referring-entries.
+func forEachPage<E>(after start: (UInt64, UInt64), _ fetch: ((UInt64, UInt64)) throws -> [E],
+                    cursor: (E) -> (UInt64, UInt64), _ body: ([E]) throws -> Void) throws {
+    var after = start
+    while true {
+        let page = try fetch(after)
+        guard let last = page.last else { return }
+        try body(page)
+        after = cursor(last)
+    }
+}
+
 /// Runs a verb's body, turning failures into `scoutfs VERB: message` and exit status 1.
 func runVerb(_ verb: String, _ body: () throws -> Void) throws {
     do {
@@ -159,13 +172,8 @@ struct WalkInodesCommand: ParsableCommand {
                     print(String(total + UInt64(i)).padding(20) + " " + String(e.seq).padding(20) + " " + "0".padding(10) + " " + String(e.ino).padding(20))
                 }
                 total += UInt64(entries.count)
-                let lastEntry = entries[entries.count - 1]
-                if lastEntry.ino == .max {
-                    if lastEntry.seq == .max { break }
-                    from = Position(major: lastEntry.seq + 1, minor: 0, ino: 0)
-                } else {
-                    from = Position(major: lastEntry.seq, minor: 0, ino: lastEntry.ino + 1)
-                }
+                guard let next = entries[entries.count - 1].next else { break }
+                from = Position(major: next.seq, minor: 0, ino: next.ino)
             }
             if json { try printJSON(all) }
         }
@@ -370,16 +378,15 @@ struct DataWaitingCommand: ParsableCommand {
         try runVerb("data-waiting") {
             let t = try ControlTarget.open(path)
             defer { t.close() }
-            var after = (inode, block)
             var all: [DataWaiter] = []
-            while true {
+            try forEachPage(after: (inode, block), { after in
                 guard case let .waiters(ws) = try t.call(.dataWaiting(afterIno: after.0, afterBlock: after.1, limit: 16)) else {
                     throw VerbError("unexpected reply from the mount")
                 }
-                if ws.isEmpty { break }
+                return ws
+            }, cursor: { ($0.ino, $0.iblock) }) { ws in
                 for w in ws where !json { print("ino \(w.ino) iblock \(w.iblock) ops \(w.op.names)") }
                 all += ws
-                after = (ws[ws.count - 1].ino, ws[ws.count - 1].iblock)
             }
             if json { try printJSON(all.map { ["ino": "\($0.ino)", "iblock": "\($0.iblock)", "ops": $0.op.names] }) }
         }
@@ -426,18 +433,17 @@ struct InoPathCommand: ParsableCommand {
         try runVerb("ino-path") {
             let t = try ControlTarget.open(path)
             defer { t.close() }
-            var after: (UInt64, UInt64) = (0, 0)
             var all: [String] = []
-            while true {
+            try forEachPage(after: (0, 0), { after in
                 guard case let .paths(ps) = try t.call(.inoPaths(ino: ino, afterDir: after.0, afterPos: after.1, limit: 256)) else {
                     throw VerbError("unexpected reply from the mount")
                 }
-                if ps.isEmpty { break }
+                return ps
+            }, cursor: { ($0.dir, $0.pos) }) { ps in
                 for p in ps {
                     let s = String(decoding: p.path, as: UTF8.self)
                     if json { all.append(s) } else { print(s) }
                 }
-                after = (ps[ps.count - 1].dir, ps[ps.count - 1].pos)
             }
             if json { try printJSON(all) }
         }
@@ -454,16 +460,15 @@ struct GetReferringEntriesCommand: ParsableCommand {
         try runVerb("get-referring-entries") {
             let t = try ControlTarget.open(path)
             defer { t.close() }
-            var after: (UInt64, UInt64) = (0, 0)
             var all: [ReferringEntry] = []
-            while true {
+            try forEachPage(after: (0, 0), { after in
                 guard case let .entries(es) = try t.call(.referringEntries(ino: ino, afterDir: after.0, afterPos: after.1, limit: 256)) else {
                     throw VerbError("unexpected reply from the mount")
                 }
-                if es.isEmpty { break }
+                return es
+            }, cursor: { ($0.dir, $0.pos) }) { es in
                 for e in es where !json { print("dir \(e.dir) pos \(e.pos) type \(e.type) name \(String(decoding: e.name, as: UTF8.self))") }
                 all += es
-                after = (es[es.count - 1].dir, es[es.count - 1].pos)
             }
             if json {
                 try printJSON(all.map { ["dir": "\($0.dir)", "pos": "\($0.pos)", "type": "\($0.type)", "name": String(decoding: $0.name, as: UTF8.self)] })

@@ -17,12 +17,12 @@ import Testing
     static let replies: [ControlReply] = [
         .failure(errno: 116, message: "data version 3 is not the file's 4"),
         .done, .count(42),
-        .walk([(1, 2), (3, 4)]),
+        .walk([IndexPosition(seq: 1, ino: 2), IndexPosition(seq: 3, ino: 4)]),
         .statMore(InodeStatMore(metaSeq: 1, dataSeq: 2, dataVersion: 3, onlineBlocks: 4, offlineBlocks: 5, crtime: Timestamp(seconds: 6, nanoseconds: 7))),
         .statfsMore(FilesystemStatMore(fsid: 1, rid: 2, committedSeq: 3, totalMetaBlocks: 4, totalDataBlocks: 5, freeMetaBlocks: 6, freeDataBlocks: 7)),
         .waiters([DataWaiter(ino: 9, iblock: 10, op: .changeSize)]),
         .entries([ReferringEntry(dir: 1, pos: 2, type: 8, name: Array("f".utf8))]),
-        .paths([(1, 2, Array("a/b".utf8))]),
+        .paths([InodePath(dir: 1, pos: 2, path: Array("a/b".utf8))]),
     ]
 
     @Test func everyRequestAndReplyRoundTrips() throws {
