@@ -38,29 +38,22 @@ import Testing
         }
     }
 
-    /// Runs `body` on a thread; `result` holds what it returned or threw.
-    final class Background<T: Sendable>: @unchecked Sendable {
-        // @unchecked: `value` is written by the thread before `done` is set and read after.
-        var value: Result<T, Errno>?
-        let done = Atomic(false)
+    /// Runs `body` on a thread; `join` returns what it returned or threw.
+    final class Background<T: Sendable>: Sendable {
+        final class Slot: Sendable { let value = Mutex<Result<T, Errno>?>(nil) }
+        let slot = Slot()
         let thread: ScoutTestSupport.Thread
         init(_ body: @escaping @Sendable () throws(Errno) -> T) {
-            let box = Box()
-            thread = ScoutTestSupport.Thread {
-                box.owner?.finish(Result { () throws(Errno) in try body() })
+            thread = ScoutTestSupport.Thread { [slot] in
+                let r = Result { () throws(Errno) in try body() }
+                slot.value.withLock { $0 = r }
             }
-            box.owner = self
             thread.start()
         }
-        final class Box: @unchecked Sendable { weak var owner: Background? }
-        func finish(_ r: Result<T, Errno>) {
-            value = r
-            done.store(true, ordering: .releasing)
-        }
-        var isDone: Bool { done.load(ordering: .acquiring) }
+        var isDone: Bool { slot.value.withLock { $0 != nil } }
         func join() -> Result<T, Errno>? {
             thread.join()
-            return value
+            return slot.value.withLock { $0 }
         }
     }
 

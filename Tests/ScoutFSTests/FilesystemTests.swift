@@ -11,19 +11,12 @@ import Testing
 
 /// The filesystem layer on memory devices, without FUSE.
 @Suite struct FilesystemTests {
-    let meta = MemoryBlockDevice(name: "meta", size: 256 << 20)
-    let data = MemoryBlockDevice(name: "data", size: 256 << 20)
+    let devices = MemoryMount()
     let user = Caller(uid: 1000, gid: 100, umask: 0o022)
+    var meta: MemoryBlockDevice { devices.meta }
+    var data: MemoryBlockDevice { devices.data }
 
-    func mount() throws -> Filesystem {
-        let store: Store
-        if Store.holdsFilesystem(meta) {
-            store = try Store.open(meta: meta, data: data)
-        } else {
-            store = try Store.format(meta: meta, data: data, quorumSlots: [QuorumSlot(slot: 0, address: "127.0.0.1", port: 7100)])
-        }
-        return try Filesystem(store: store)
-    }
+    func mount() throws -> Filesystem { try devices.mount() }
 
     func name(_ s: String) -> [UInt8] { Array(s.utf8) }
 
