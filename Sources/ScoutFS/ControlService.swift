@@ -31,15 +31,6 @@ public final class ControlService: Sendable {
         self.invalidate = invalidate
     }
 
-    struct Refusal: Error {
-        let errno: Int32
-        let message: String
-        init(_ errno: Errno, _ message: String) {
-            self.errno = errno.rawValue
-            self.message = message
-        }
-    }
-
     /// The request handler for `ControlServer`.
     public func handle(_ body: [UInt8], file: Int32?, peer: PeerCredentials) -> [UInt8] {
         let request: ControlRequest
@@ -50,8 +41,6 @@ public final class ControlService: Sendable {
         }
         do {
             return try answer(request, file: file, peer: peer).encoded
-        } catch let r as Refusal {
-            return ControlReply.failure(errno: r.errno, message: r.message).encoded
         } catch let e as ArchiveError {
             return ControlReply.failure(errno: e.errno.rawValue, message: e.description).encoded
         } catch let e as Errno {
@@ -64,7 +53,7 @@ public final class ControlService: Sendable {
     private func mountDevice() throws -> UInt64 {
         if let d = device.withLock({ $0 }) { return d }
         var st = stat()
-        guard stat(mountpoint, &st) == 0 else { throw Refusal(Errno(rawValue: errno), "cannot stat the mount point \(mountpoint)") }
+        guard stat(mountpoint, &st) == 0 else { throw ArchiveError(Errno(rawValue: errno), "cannot stat the mount point \(mountpoint)") }
         let d = UInt64(st.st_dev)
         device.withLock { $0 = d }
         return d
@@ -72,18 +61,18 @@ public final class ControlService: Sendable {
 
     /// The inode and access mode of the descriptor sent with a request.
     private func openFile(_ fd: Int32?) throws -> (ino: UInt64, writable: Bool) {
-        guard let fd else { throw Refusal(.badFileDescriptor, "the request came without an open file of the filesystem") }
+        guard let fd else { throw ArchiveError(.badFileDescriptor, "the request came without an open file of the filesystem") }
         var st = stat()
-        guard fstat(fd, &st) == 0 else { throw Refusal(.badFileDescriptor, "cannot stat the file sent with the request") }
+        guard fstat(fd, &st) == 0 else { throw ArchiveError(.badFileDescriptor, "cannot stat the file sent with the request") }
         guard UInt64(st.st_dev) == (try mountDevice()) else {
-            throw Refusal(.improperLink, "the file is not in the filesystem mounted on \(mountpoint)")
+            throw ArchiveError(.improperLink, "the file is not in the filesystem mounted on \(mountpoint)")
         }
         let mode = fcntl(fd, F_GETFL) & O_ACCMODE
         return (UInt64(st.st_ino), mode == O_WRONLY || mode == O_RDWR)
     }
 
     private func requireRoot(_ peer: PeerCredentials, _ what: String) throws {
-        guard peer.uid == 0 else { throw Refusal(.notPermitted, "\(what) is for root only") }
+        guard peer.uid == 0 else { throw ArchiveError(.notPermitted, "\(what) is for root only") }
     }
 
     private func limit(_ n: UInt32) -> Int { n == 0 ? Self.pageLimit : min(Int(n), Self.pageLimit) }
@@ -92,7 +81,7 @@ public final class ControlService: Sendable {
         let f = try openFile(file)
         switch request {
         case let .walkInodes(index, fs0, fi, ls, li, n):
-            guard index <= 1 else { throw Refusal(.invalidArgument, "unknown index \(index); 0 is meta_seq, 1 data_seq") }
+            guard index <= 1 else { throw ArchiveError(.invalidArgument, "unknown index \(index); 0 is meta_seq, 1 data_seq") }
             return .walk(try fs.walkInodes(index == 0 ? .metaSeq : .dataSeq, from: IndexPosition(seq: fs0, ino: fi),
                                            through: IndexPosition(seq: ls, ino: li), limit: limit(n)))
         case .statMore:
@@ -100,20 +89,20 @@ public final class ControlService: Sendable {
         case .statfsMore:
             return .statfsMore(try fs.statfsMore())
         case let .release(v, off, len):
-            guard f.writable else { throw Refusal(.invalidArgument, "release needs the file open for writing") }
+            guard f.writable else { throw ArchiveError(.invalidArgument, "release needs the file open for writing") }
             try fs.release(f.ino, dataVersion: v, offset: off, length: len)
             // The released bytes were online, so no read can hold their pages locked.
             invalidate(f.ino, off..<(off &+ len < off ? .max : off + len))
             return .done
         case let .stage(v, off, data):
-            guard f.writable else { throw Refusal(.invalidArgument, "stage needs the file open for writing") }
+            guard f.writable else { throw ArchiveError(.invalidArgument, "stage needs the file open for writing") }
             let n = try fs.stage(f.ino, dataVersion: v, offset: off, data: data)
             // Attributes only: no page of the staged region was ever filled, and readers waiting
             // for it hold those pages locked.
             invalidate(f.ino, nil)
             return .count(UInt64(n))
         case let .setattrMore(s):
-            guard f.writable else { throw Refusal(.badFileDescriptor, "setattr needs the file open for writing") }
+            guard f.writable else { throw ArchiveError(.badFileDescriptor, "setattr needs the file open for writing") }
             try requireRoot(peer, "setattr")
             try fs.setattrMore(f.ino, s)
             invalidate(f.ino, nil)

@@ -28,13 +28,14 @@ enum MountRegistry {
         return String(cString: r)
     }
 
-    static func file(for mountpoint: String) -> String {
-        "\(directory)/mount-\(hex(nameHash(Array(canonical(mountpoint).utf8)))).json"
+    /// Where a mount's files live, by a hash of its canonical mount point.
+    private static func base(for mountpoint: String) -> String {
+        "\(directory)/mount-\(hex(nameHash(Array(canonical(mountpoint).utf8))))"
     }
 
-    static func controlSocket(for mountpoint: String) -> String {
-        "\(directory)/mount-\(hex(nameHash(Array(canonical(mountpoint).utf8)))).sock"
-    }
+    static func file(for mountpoint: String) -> String { base(for: mountpoint) + ".json" }
+
+    static func controlSocket(for mountpoint: String) -> String { base(for: mountpoint) + ".sock" }
 
     static func publish(_ record: MountRecord) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
