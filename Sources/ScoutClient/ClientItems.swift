@@ -70,6 +70,30 @@ public final class ClientItems {
         }
     }
 
+    /// Adds `fields` (little-endian Int64s) to the item at `key` without reading the forest, so
+    /// many writers can change one total at once. The log tree keeps one version per key, so a
+    /// second change in it folds into the first.
+    public func addDelta(_ key: Key, _ fields: [Int64]) throws {
+        var w = ByteWriter(capacity: fields.count * 8)
+        for f in fields { w.i64(f) }
+        let mine = Item(key: key, seq: seq, flags: .delta, value: w.bytes)
+        var next = mine
+        if let have = try log.lookup(key, in: store) {
+            if have.isDeletion {
+                // Nothing below the tombstone counts any more: the sum starts again from zero.
+                next.flags = []
+            } else if have.isDelta {
+                next = Forest.combine(base: nil, deltas: [mine, have])
+                next.flags = .delta
+            } else {
+                next = Forest.combine(base: have, deltas: [mine])
+            }
+            next.seq = seq
+        }
+        try log.insert(next, in: store)
+        logWrites += 1
+    }
+
     /// An inode number never used before.
     public func allocateInode() throws -> UInt64 {
         if inodes.isEmpty { inodes = try server.allocateInodes(Self.inodeBatch) }

@@ -6,8 +6,9 @@ public import ScoutStore
 /// Items are applied in key order, in chunks that each fit the free space, with a commit after
 /// each chunk; so a merge finishes on a nearly full device, where it is most needed. Until the
 /// last commit the log tree stays recorded: after a crash the merge starts again from the
-/// beginning, and applying an item twice changes nothing (the log tree's versions are newer
-/// than anything in the fs tree).
+/// beginning, and applying an item twice changes nothing: the log tree's versions are newer
+/// than anything in the fs tree, and a merged delta's sum takes the delta's seq, which tells
+/// `Forest.resolve` the delta is already in it.
 public enum LogMerge {
     public struct Outcome: Equatable, Sendable {
         public var items = 0

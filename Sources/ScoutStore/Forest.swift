@@ -144,6 +144,10 @@ public struct Forest {
                 deltas.append(v)
                 continue
             }
+            // A delta no newer than the version below it is already part of that version: a
+            // merge gives the sum the delta's seq, and a merge cut short by a crash leaves the
+            // log tree (and its delta) next to the partly merged fs tree.
+            deltas.removeAll { $0.seq <= v.seq }
             if deltas.isEmpty { return v.isDeletion ? nil : v }
             if v.isDeletion { break }
             return combine(base: v, deltas: deltas)
@@ -155,7 +159,7 @@ public struct Forest {
     }
 
     /// Adds deltas' little-endian Int64 fields to the base (or to zero), keeping the newest seq.
-    static func combine(base: Item?, deltas: [Item]) -> Item {
+    public static func combine(base: Item?, deltas: [Item]) -> Item {
         let width = ([base?.value.count ?? 0] + deltas.map(\.value.count)).max()! / 8
         var fields = [Int64](repeating: 0, count: width)
         func add(_ bytes: [UInt8]) {
