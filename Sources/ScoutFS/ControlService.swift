@@ -60,7 +60,7 @@ public final class ControlService: Sendable {
     }
 
     /// The inode and access mode of the descriptor sent with a request.
-    private func openFile(_ fd: Int32?) throws -> (ino: UInt64, writable: Bool) {
+    private func openFile(_ fd: Int32?) throws -> (ino: UInt64, readable: Bool, writable: Bool) {
         guard let fd else { throw ArchiveError(.badFileDescriptor, "the request came without an open file of the filesystem") }
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw ArchiveError(.badFileDescriptor, "cannot stat the file sent with the request") }
@@ -68,7 +68,7 @@ public final class ControlService: Sendable {
             throw ArchiveError(.improperLink, "the file is not in the filesystem mounted on \(mountpoint)")
         }
         let mode = fcntl(fd, F_GETFL) & O_ACCMODE
-        return (UInt64(st.st_ino), mode == O_WRONLY || mode == O_RDWR)
+        return (UInt64(st.st_ino), mode == O_RDONLY || mode == O_RDWR, mode == O_WRONLY || mode == O_RDWR)
     }
 
     private func requireRoot(_ peer: PeerCredentials, _ what: String) throws {
@@ -118,6 +118,17 @@ public final class ControlService: Sendable {
         case let .inoPaths(ino, dir, pos, n):
             try requireRoot(peer, "ino-path")
             return .paths(try fs.inoPaths(ino, after: dir, pos, limit: limit(n)))
+        case let .searchXattrs(name, first, last, n):
+            try requireRoot(peer, "search-xattrs")
+            let found = try fs.searchXattrs(name, from: first, through: last, limit: limit(n))
+            return .inodes(found.inos, end: found.end)
+        case let .listHiddenXattrs(skip, n):
+            // Opening the file for reading is where the kernel checked read permission.
+            guard f.readable else { throw ArchiveError(.badFileDescriptor, "list-hidden-xattrs needs the file open for reading") }
+            return .names(Array(try fs.hiddenXattrs(f.ino).dropFirst(Int(skip)).prefix(limit(n))))
+        case let .readXattrTotals(after, n):
+            try requireRoot(peer, "read-xattr-totals")
+            return .totals(try fs.xattrTotals(after: after, limit: limit(n)))
         }
     }
 }

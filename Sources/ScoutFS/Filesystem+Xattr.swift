@@ -19,12 +19,19 @@ extension FSCore {
         var value: [UInt8]
     }
 
-    func checkXattrName(_ name: [UInt8]) throws {
+    /// Checks a name's namespace and returns its `scoutfs.` tags, if any. Tagged xattrs are
+    /// for root only, as the original asks CAP_SYS_ADMIN of them.
+    func checkXattrName(_ name: [UInt8], caller: Caller) throws -> XattrTags? {
         if name.isEmpty || name.count > Self.maxXattrName { throw name.isEmpty ? Errno.invalidArgument : Errno.outOfRange }
+        if let tags = try XattrTags.parse(name) {
+            if caller.uid != 0 { throw Errno.notPermitted }
+            return tags
+        }
         let known = ["user.", "trusted.", "security.", "system."].map { Array($0.utf8) }
         guard known.contains(where: { name.starts(with: $0) && name.count > $0.count }) else { throw Errno.notSupported }
         // POSIX ACLs are not kept; the kernel's default_permissions checks the mode bits.
         if name.starts(with: Array("system.".utf8)) { throw Errno.notSupported }
+        return nil
     }
 
     func findXattr(_ ino: UInt64, _ name: [UInt8]) throws -> FoundXattr? {
@@ -48,16 +55,24 @@ extension FSCore {
         return found
     }
 
-    func setXattr(_ ino: UInt64, _ name: [UInt8], _ value: [UInt8], flags: Int32) throws {
-        try checkXattrName(name)
+    func setXattr(_ ino: UInt64, _ name: [UInt8], _ value: [UInt8], flags: Int32, caller: Caller) throws {
+        let tags = try checkXattrName(name, caller: caller)
         if value.count > Self.maxXattrValue { throw Errno.noSpace }
+        if tags?.totl == true && XattrTags.parseNumber(value[...]) == nil { throw Errno.invalidArgument }
         var rec = try inode(ino)
         let existing = try findXattr(ino, name)
         if flags & LinuxABI.xattrCreate != 0 && existing != nil { throw Errno.fileExists }
         if flags & LinuxABI.xattrReplace != 0 && existing == nil { throw Errno.noData }
-        if let existing { try removeXattrItems(ino, existing) }
-        let id = rec.nextXattrID
-        rec.nextXattrID += 1
+        // A replaced xattr keeps its id, so its search item stays valid.
+        let id: UInt64
+        if let existing {
+            id = existing.id
+            if let tags, tags.totl { try applyTags(XattrTags(totl: true, totlName: tags.totlName), ino: ino, name: name, id: id, value: existing.value, adding: false) }
+            try removeXattrItems(ino, existing)
+        } else {
+            id = rec.nextXattrID
+            rec.nextXattrID += 1
+        }
         var w = ByteWriter()
         w.u8(UInt8(name.count))
         w.u32(UInt32(value.count))
@@ -73,6 +88,21 @@ extension FSCore {
             at += n
             part += 1
         }
+        if var tags {
+            // A replacement's search item is already there; its total was taken back above.
+            if existing != nil { tags.srch = false }
+            try applyTags(tags, ino: ino, name: name, id: id, value: value, adding: true)
+        }
+        rec.ctime = .now
+        try putInode(ino, &rec)
+    }
+
+    func removeXattr(_ ino: UInt64, _ name: [UInt8], caller: Caller) throws {
+        var rec = try inode(ino)
+        let tags = try checkXattrName(name, caller: caller)
+        guard let x = try findXattr(ino, name) else { throw Errno.noData }
+        if let tags { try applyTags(tags, ino: ino, name: name, id: x.id, value: x.value, adding: false) }
+        try removeXattrItems(ino, x)
         rec.ctime = .now
         try putInode(ino, &rec)
     }
@@ -81,22 +111,25 @@ extension FSCore {
         for part in 0..<x.parts { try remove(Keys.xattr(ino, x.hash, x.id, UInt8(part))) }
     }
 
-    func listXattrs(_ ino: UInt64) throws -> [[UInt8]] {
+    /// The names of an inode's xattrs: the visible ones, or with `hidden` the `.hide.` ones.
+    func listXattrs(_ ino: UInt64, hidden: Bool = false) throws -> [[UInt8]] {
         _ = try inode(ino)
         var names: [[UInt8]] = []
         for it in try range(Keys.xattr(ino, 0, 0, 0), Keys.xattr(ino, .max, .max, .max)) where it.key.fourth == 0 {
             var r = ByteReader(it.value, what: "xattr")
             let n = Int(try r.u8())
             try r.skip(4)
-            names.append(try r.raw(n))
+            let name = try r.raw(n)
+            let isHidden = name.starts(with: XattrTags.prefix) && (try? XattrTags.parse(name))??.hide == true
+            if isHidden == hidden { names.append(name) }
         }
         return names
     }
 }
 
 extension Filesystem {
-    public func setXattr(_ ino: UInt64, _ name: [UInt8], _ value: [UInt8], flags: Int32) throws(Errno) {
-        try run { try $0.setXattr(ino, name, value, flags: flags) }
+    public func setXattr(_ ino: UInt64, _ name: [UInt8], _ value: [UInt8], flags: Int32, caller: Caller) throws(Errno) {
+        try run { try $0.setXattr(ino, name, value, flags: flags, caller: caller) }
     }
 
     public func getXattr(_ ino: UInt64, _ name: [UInt8]) throws(Errno) -> [UInt8] {
@@ -112,13 +145,7 @@ extension Filesystem {
         try run(.reads) { try $0.listXattrs(ino) }
     }
 
-    public func removeXattr(_ ino: UInt64, _ name: [UInt8]) throws(Errno) {
-        try run(.frees) { c in
-            var rec = try c.inode(ino)
-            guard let x = try c.findXattr(ino, name) else { throw Errno.noData }
-            try c.removeXattrItems(ino, x)
-            rec.ctime = .now
-            try c.putInode(ino, &rec)
-        }
+    public func removeXattr(_ ino: UInt64, _ name: [UInt8], caller: Caller) throws(Errno) {
+        try run(.frees) { try $0.removeXattr(ino, name, caller: caller) }
     }
 }

@@ -384,6 +384,7 @@ final class FSCore: @unchecked Sendable {
         if let r = try? inode(ino) { try removeIndexItems(ino, r) }
         try truncateExtents(ino, fromBlock: 0)
         for it in try range(Keys.first(ino), Keys.last(ino)) {
+            if it.key.type == ItemType.xattr && it.key.fourth == 0 { try dropTags(ofXattrItem: it) }
             try remove(it.key)
         }
         try remove(Keys.orphan(ino))

@@ -426,14 +426,14 @@ func makeOperations() -> fuse_lowlevel_ops {
     ops.setxattr = { req, ino, name, value, size, flags in
         replyOK(req) { () throws(Errno) in
             let v = size > 0 ? Array(UnsafeRawBufferPointer(start: value, count: size)) : []
-            try fs(req).setXattr(ino, bytes(name), v, flags: flags)
+            try fs(req).setXattr(ino, bytes(name), v, flags: flags, caller: caller(req))
         }
     }
     ops.getxattr = { req, ino, name, size in replyXattr(req, size: size) { () throws(Errno) in try fs(req).getXattr(ino, bytes(name)) } }
     ops.listxattr = { req, ino, size in
         replyXattr(req, size: size) { () throws(Errno) in try fs(req).listXattrs(ino).flatMap { $0 + [0] } }
     }
-    ops.removexattr = { req, ino, name in replyOK(req) { () throws(Errno) in try fs(req).removeXattr(ino, bytes(name)) } }
+    ops.removexattr = { req, ino, name in replyOK(req) { () throws(Errno) in try fs(req).removeXattr(ino, bytes(name), caller: caller(req)) } }
     ops.fallocate = { req, ino, mode, off, len, _ in
         replyOK(req) { () throws(Errno) in
             guard off >= 0, len > 0 else { throw Errno.invalidArgument }

@@ -135,6 +135,36 @@ public struct InodePath: Equatable, Sendable {
     }
 }
 
+/// The three numbers that end a `.totl.` xattr name; totals sort by them.
+public struct XattrTotalName: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public var a: UInt64
+    public var b: UInt64
+    public var c: UInt64
+
+    public init(a: UInt64, b: UInt64, c: UInt64) {
+        self.a = a
+        self.b = b
+        self.c = c
+    }
+
+    public static func < (x: XattrTotalName, y: XattrTotalName) -> Bool { (x.a, x.b, x.c) < (y.a, y.b, y.c) }
+
+    public var description: String { "\(a).\(b).\(c)" }
+}
+
+/// The sum of the values of every `.totl.` xattr with one name, and how many there are.
+public struct XattrTotal: Equatable, Sendable {
+    public var name: XattrTotalName
+    public var total: Int64
+    public var count: Int64
+
+    public init(name: XattrTotalName, total: Int64, count: Int64) {
+        self.name = name
+        self.total = total
+        self.count = count
+    }
+}
+
 /// How `setattr` restores a file.
 public struct SetattrMore: Equatable, Sendable {
     public var dataVersion: UInt64
@@ -168,6 +198,12 @@ public enum ControlRequest: Equatable, Sendable {
     case referringEntries(ino: UInt64, afterDir: UInt64, afterPos: UInt64, limit: UInt32)
     /// Paths of `ino`, one per referring entry after (dir, pos).
     case inoPaths(ino: UInt64, afterDir: UInt64, afterPos: UInt64, limit: UInt32)
+    /// Inodes in `[firstIno, lastIno]` that may carry the `.srch.` xattr `name` (root only).
+    case searchXattrs(name: [UInt8], firstIno: UInt64, lastIno: UInt64, limit: UInt32)
+    /// Names of the `.hide.` xattrs of the file sent along, skipping the first `skip`.
+    case listHiddenXattrs(skip: UInt32, limit: UInt32)
+    /// `.totl.` totals after `after` (from the first when nil), root only.
+    case readXattrTotals(after: XattrTotalName?, limit: UInt32)
 }
 
 public enum ControlReply: Equatable, Sendable {
@@ -180,6 +216,9 @@ public enum ControlReply: Equatable, Sendable {
     case waiters([DataWaiter])
     case entries([ReferringEntry])
     case paths([InodePath])
+    case inodes([UInt64], end: Bool)
+    case names([[UInt8]])
+    case totals([XattrTotal])
 }
 
 public enum ControlMessage {
@@ -251,6 +290,9 @@ extension ControlRequest {
         case .dataWaitErr: 8
         case .referringEntries: 12
         case .inoPaths: 13
+        case .searchXattrs: 9
+        case .listHiddenXattrs: 10
+        case .readXattrTotals: 11
         }
     }
 
@@ -287,6 +329,18 @@ extension ControlRequest {
         case let .referringEntries(ino, dir, pos, limit), let .inoPaths(ino, dir, pos, limit):
             for x in [ino, dir, pos] { w.u64(x) }
             w.u32(limit)
+        case let .searchXattrs(name, first, last, limit):
+            w.bytes16(name)
+            w.u64(first)
+            w.u64(last)
+            w.u32(limit)
+        case let .listHiddenXattrs(skip, limit):
+            w.u32(skip)
+            w.u32(limit)
+        case let .readXattrTotals(after, limit):
+            w.u8(after == nil ? 0 : 1)
+            for x in [after?.a ?? 0, after?.b ?? 0, after?.c ?? 0] { w.u64(x) }
+            w.u32(limit)
         }
         return w.bytes
     }
@@ -320,6 +374,13 @@ extension ControlRequest {
             self = .dataWaitErr(ino: ino, dataVersion: v, offset: off, count: count, op: op, errno: Int32(bitPattern: try r.u32()))
         case 12: self = .referringEntries(ino: try r.u64(), afterDir: try r.u64(), afterPos: try r.u64(), limit: try r.u32())
         case 13: self = .inoPaths(ino: try r.u64(), afterDir: try r.u64(), afterPos: try r.u64(), limit: try r.u32())
+        case 9: self = .searchXattrs(name: try r.bytes16(max: 255), firstIno: try r.u64(), lastIno: try r.u64(), limit: try r.u32())
+        case 10: self = .listHiddenXattrs(skip: try r.u32(), limit: try r.u32())
+        case 11:
+            let has = try r.u8()
+            if has > 1 { throw FormatError("xattr totals position flag \(has) is neither 0 nor 1") }
+            let name = XattrTotalName(a: try r.u64(), b: try r.u64(), c: try r.u64())
+            self = .readXattrTotals(after: has == 1 ? name : nil, limit: try r.u32())
         default: throw FormatError("unknown control request \(code)")
         }
         try r.finish()
@@ -378,6 +439,23 @@ extension ControlReply {
                 w.u64(p.pos)
                 w.bytes32(p.path)
             }
+        case let .inodes(inos, end):
+            w.u8(7)
+            w.u8(end ? 1 : 0)
+            w.u32(UInt32(inos.count))
+            for i in inos { w.u64(i) }
+        case let .names(ns):
+            w.u8(8)
+            w.u32(UInt32(ns.count))
+            for n in ns { w.bytes16(n) }
+        case let .totals(ts):
+            w.u8(9)
+            w.u32(UInt32(ts.count))
+            for t in ts {
+                for x in [t.name.a, t.name.b, t.name.c] { w.u64(x) }
+                w.i64(t.total)
+                w.i64(t.count)
+            }
         }
         return w.bytes
     }
@@ -423,6 +501,27 @@ extension ControlReply {
             var ps: [InodePath] = []
             for _ in 0..<n { ps.append(InodePath(dir: try r.u64(), pos: try r.u64(), path: try r.bytes32(max: ControlMessage.maxBody))) }
             self = .paths(ps)
+        case 7:
+            let end = try r.u8()
+            if end > 1 { throw FormatError("search end flag \(end) is neither 0 nor 1") }
+            let n = try r.count(each: 8)
+            var inos: [UInt64] = []
+            inos.reserveCapacity(n)
+            for _ in 0..<n { inos.append(try r.u64()) }
+            self = .inodes(inos, end: end == 1)
+        case 8:
+            let n = try r.count(each: 2)
+            var ns: [[UInt8]] = []
+            for _ in 0..<n { ns.append(try r.bytes16(max: 255)) }
+            self = .names(ns)
+        case 9:
+            let n = try r.count(each: 40)
+            var ts: [XattrTotal] = []
+            for _ in 0..<n {
+                let name = XattrTotalName(a: try r.u64(), b: try r.u64(), c: try r.u64())
+                ts.append(XattrTotal(name: name, total: try r.i64(), count: try r.i64()))
+            }
+            self = .totals(ts)
         default:
             throw FormatError("unknown control reply \(code)")
         }

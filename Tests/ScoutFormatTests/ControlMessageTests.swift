@@ -12,6 +12,10 @@ import Testing
         .dataWaitErr(ino: 1, dataVersion: 2, offset: 3, count: 4, op: [.read, .write], errno: 5),
         .referringEntries(ino: 5, afterDir: 6, afterPos: 7, limit: 8),
         .inoPaths(ino: 5, afterDir: 0, afterPos: 0, limit: 1),
+        .searchXattrs(name: Array("scoutfs.srch.x".utf8), firstIno: 1, lastIno: .max, limit: 10),
+        .listHiddenXattrs(skip: 3, limit: 4),
+        .readXattrTotals(after: nil, limit: 5),
+        .readXattrTotals(after: XattrTotalName(a: 1, b: .max, c: 3), limit: 5),
     ]
 
     static let replies: [ControlReply] = [
@@ -23,6 +27,9 @@ import Testing
         .waiters([DataWaiter(ino: 9, iblock: 10, op: .changeSize)]),
         .entries([ReferringEntry(dir: 1, pos: 2, type: 8, name: Array("f".utf8))]),
         .paths([InodePath(dir: 1, pos: 2, path: Array("a/b".utf8))]),
+        .inodes([1, 5, .max], end: true), .inodes([], end: false),
+        .names([Array("scoutfs.hide.a".utf8), Array("scoutfs.hide.bb".utf8)]),
+        .totals([XattrTotal(name: XattrTotalName(a: 1, b: 2, c: 3), total: -4, count: 5)]),
     ]
 
     @Test func everyRequestAndReplyRoundTrips() throws {
@@ -41,6 +48,13 @@ import Testing
             for cut in 0..<e.count { #expect(throws: FormatError.self) { _ = try ControlReply(decoding: Array(e[..<cut])) } }
         }
         #expect(throws: FormatError.self) { _ = try ControlRequest(decoding: [200]) }
+        // Flags that are neither 0 nor 1.
+        var totals = ControlRequest.readXattrTotals(after: nil, limit: 1).encoded
+        totals[1] = 2
+        #expect(throws: FormatError.self) { _ = try ControlRequest(decoding: totals) }
+        var inodes = ControlReply.inodes([1], end: true).encoded
+        inodes[1] = 7
+        #expect(throws: FormatError.self) { _ = try ControlReply(decoding: inodes) }
         // A count claiming more entries than the bytes could hold is refused before allocating.
         #expect(throws: FormatError.self) { _ = try ControlReply(decoding: [3, 0xff, 0xff, 0xff, 0x7f]) }
         // A stage chunk over the limit.
