@@ -10,7 +10,8 @@ struct ScoutCommand: ParsableCommand {
         subcommands: [MkfsCommand.self, MountCommand.self, UnmountCommand.self, StatusCommand.self, PrintCommand.self, CheckCommand.self,
                       WalkInodesCommand.self, StatCommand.self, StatfsCommand.self, ReleaseCommand.self, StageCommand.self,
                       SetattrCommand.self, DataWaitingCommand.self, DataWaitErrCommand.self, InoPathCommand.self,
-                      GetReferringEntriesCommand.self]
+                      GetReferringEntriesCommand.self, SearchXattrsCommand.self, ReadXattrTotalsCommand.self,
+                      ListHiddenXattrsCommand.self, DfCommand.self]
     )
 }
 

@@ -185,4 +185,82 @@ import Testing
         try m.unmount()
         #expect(try m.check().status == 0)
     }
+
+    func setXattr(_ path: String, _ name: String, _ value: String) -> Int32 {
+        Sys.setxattr(path, name, value, value.utf8.count, 0) == 0 ? 0 : errno
+    }
+
+    func lines(_ r: CLI.Result) -> [String] { r.stdout.split(separator: "\n").map(String.init) }
+
+    @Test(.timeLimit(.minutes(3))) func taggedXattrsAndDfThroughTheCLI() throws {
+        let m = try TestMount()
+        defer { m.cleanup() }
+        try m.mount(["-o", "allow_other"])
+        for f in ["a", "b", "c"] { try Sys.writeFile(m.path(f), [1]) }
+        let ino = try ["a", "b", "c"].map { UInt64(try Sys.stat(m.path($0)).st_ino) }
+        #expect(setXattr(m.path("a"), "scoutfs.srch.tag", "x") == 0)
+        #expect(setXattr(m.path("c"), "scoutfs.srch.tag", "y") == 0)
+        #expect(setXattr(m.path("b"), "scoutfs.srch.other", "z") == 0)
+        #expect(setXattr(m.path("a"), "scoutfs.hide.totl.size.1.2.3", "100") == 0)
+        #expect(setXattr(m.path("b"), "scoutfs.hide.totl.size.1.2.3", "0x17") == 0)
+        #expect(setXattr(m.path("c"), "scoutfs.totl.count.0.0.1", "7") == 0)
+        #expect(setXattr(m.path("b"), "scoutfs.hide.secret", "s") == 0)
+        // Bad names and values reach the mount and are refused there.
+        #expect(setXattr(m.path("a"), "scoutfs.totl.size.1.2.3", "-5") == EINVAL)
+        #expect(setXattr(m.path("a"), "scoutfs.totl.size.1.2", "5") == EINVAL)
+        #expect(setXattr(m.path("a"), "scoutfs.hide.hide.x", "5") == EINVAL)
+        #expect(setXattr(m.path("a"), "scoutfs.plain", "5") == EINVAL)
+
+        let search = try run(["search-xattrs", "-p", m.mnt, "scoutfs.srch.tag"])
+        #expect(search.status == 0, "\(search.stderr)")
+        #expect(lines(search) == [ino[0], ino[2]].sorted().map(String.init))
+        #expect(try run(["search-xattrs", "--json", "-p", m.mnt, "scoutfs.srch.other"]).stdout.contains("\(ino[1])"))
+        let notSrch = try run(["search-xattrs", "-p", m.mnt, "user.tag"])
+        #expect(notSrch.status == 1 && notSrch.stderr.contains("Invalid argument"), "\(notSrch.stderr)")
+
+        #expect(try run(["read-xattr-totals", "-p", m.mnt]).stdout == "0.0.1 = 7, 1\n1.2.3 = 123, 2\n")
+        let totalsJSON = try run(["read-xattr-totals", "--json", "-p", m.mnt]).stdout
+        #expect(totalsJSON.contains("\"total\" : 123") && totalsJSON.contains("\"count\" : 2"), "\(totalsJSON)")
+        // A new value and a removal change the totals at once.
+        #expect(setXattr(m.path("a"), "scoutfs.hide.totl.size.1.2.3", "1") == 0)
+        #expect(Sys.removexattr(m.path("c"), "scoutfs.totl.count.0.0.1") == 0)
+        #expect(try run(["read-xattr-totals", "-p", m.mnt]).stdout == "1.2.3 = 24, 2\n")
+
+        #expect(try run(["list-hidden-xattrs", m.path("b")]).stdout == "scoutfs.hide.totl.size.1.2.3\nscoutfs.hide.secret\n"
+            || (try run(["list-hidden-xattrs", m.path("b")]).stdout == "scoutfs.hide.secret\nscoutfs.hide.totl.size.1.2.3\n"))
+        var names = [CChar](repeating: 0, count: 4096)
+        let n = Sys.listxattr(m.path("b"), &names, names.count)
+        let visible = String(decoding: names[..<max(n, 0)].map { UInt8(bitPattern: $0) }, as: UTF8.self).split(separator: "\0")
+        #expect(visible == ["scoutfs.srch.other"])
+
+        // Root only, as the original asks CAP_SYS_ADMIN.
+        func asNobody(_ args: [String]) throws -> CLI.Result {
+            try CLI.runTool("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", CLI.binary] + args)
+        }
+        #expect(try asNobody(["search-xattrs", "-p", m.mnt, "scoutfs.srch.tag"]).stderr.contains("root only"))
+        #expect(try asNobody(["read-xattr-totals", "-p", m.mnt]).stderr.contains("root only"))
+
+        // df: the original's table, right-aligned columns; used + free = total.
+        let df = lines(try run(["df", "-p", m.mnt]))
+        #expect(df.count == 3)
+        let cells = df.map { $0.split(separator: " ").map(String.init) }
+        #expect(cells.first == ["Type", "Size", "Total", "Used", "Free", "Use%"])
+        #expect(cells.dropFirst().map { Array($0.prefix(2)) } == [["MetaData", "64KB"], ["Data", "4KB"]])
+        for row in cells.dropFirst() {
+            let (total, used, free) = (UInt64(row[2]) ?? 0, UInt64(row[3]) ?? 0, UInt64(row[4]) ?? 0)
+            #expect(total > 0 && used + free == total && UInt64(row[5]) == used * 100 / total, "\(row)")
+        }
+        #expect(df.allSatisfy { $0.hasSuffix("  ") })
+        let sf = try run(["statfs", "-p", m.mnt, "-s", "total_data_blocks"]).stdout
+        #expect(cells.last?[2] == sf.trimmingCharacters(in: .whitespacesAndNewlines))
+        let human = lines(try run(["df", "-h", "-p", m.mnt]))
+        let sizes = human.dropFirst().flatMap { $0.split(separator: " ").dropFirst(2).prefix(3) }
+        #expect(sizes.count == 6 && sizes.allSatisfy { $0.wholeMatch(of: /[0-9]+\.[0-9][0-9](B|KB|MB|GB|TB)/) != nil }, "\(human)")
+        #expect(human[2].split(separator: " ")[2] == "4.00GB", "\(human)")
+
+        try m.unmount()
+        let check = try m.check()
+        #expect(check.status == 0, "\(check.stdout)")
+    }
+
 }
