@@ -1,11 +1,12 @@
 import ArgumentParser
 import Foundation
+import ScoutFS
 import ScoutStore
 
 struct CheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "check",
-        abstract: "Verify an unmounted filesystem: checksums, tree invariants, and that every block is free or referenced exactly once.",
+        abstract: "Verify an unmounted filesystem: checksums, tree invariants, that every block is free or referenced exactly once, and that index items match inodes.",
         discussion: "Exits 0 when clean, 1 with one line per problem otherwise."
     )
 
@@ -27,26 +28,36 @@ struct CheckCommand: ParsableCommand {
         var dataBlocks: UInt64
         var dataReferenced: UInt64
         var dataFree: UInt64
+        var inodes: UInt64
+        var searchItems: UInt64
+        var xattrTotals: Int
     }
 
     func run() throws {
-        let report: CheckReport
+        var report: CheckReport
+        var index = IndexCheck.Report()
         do {
             let m = try openDevice(meta, readOnly: true)
             let d = try openDevice(data, readOnly: true)
             report = Checker.check(meta: m, data: d)
+            // Index items are read through the trees, which must be sound first.
+            if report.isClean {
+                index = IndexCheck.check(try Store.open(meta: m, data: d, options: StoreOptions(cacheBlocks: 1024)))
+                report.problems += index.problems
+            }
         } catch {
             throw fail("check", error)
         }
         let out = Output(clean: report.isClean, problems: report.problems,
                          metaBlocks: report.metaBlocks, metaReferenced: report.metaReferenced, metaFree: report.metaFree,
-                         dataBlocks: report.dataBlocks, dataReferenced: report.dataReferenced, dataFree: report.dataFree)
+                         dataBlocks: report.dataBlocks, dataReferenced: report.dataReferenced, dataFree: report.dataFree,
+                         inodes: index.inodes, searchItems: index.searchItems, xattrTotals: index.totals)
         if json {
             try printJSON(out)
         } else {
             for p in report.problems { print(p) }
             if report.isClean {
-                print("clean: \(report.metaReferenced) metadata blocks referenced, \(report.metaFree) free of \(report.metaBlocks); \(report.dataReferenced) data blocks referenced, \(report.dataFree) free of \(report.dataBlocks)")
+                print("clean: \(report.metaReferenced) metadata blocks referenced, \(report.metaFree) free of \(report.metaBlocks); \(report.dataReferenced) data blocks referenced, \(report.dataFree) free of \(report.dataBlocks); \(index.inodes) inodes, their index items, \(index.searchItems) search items and \(index.totals) xattr totals match")
             } else {
                 print("\(report.problems.count) problem\(report.problems.count == 1 ? "" : "s") found")
             }

@@ -197,3 +197,62 @@ import Testing
         #expect(Checker.check(meta: devices.meta, data: devices.data).problems == [])
     }
 }
+
+/// `IndexCheck` finds each kind of drift between index items and what they describe.
+@Suite struct IndexCheckTests {
+    let devices = MemoryMount()
+    let user = Caller(uid: 1000, gid: 100, umask: 0o022)
+
+    func name(_ s: String) -> [UInt8] { Array(s.utf8) }
+
+    func check() throws -> IndexCheck.Report {
+        IndexCheck.check(try Store.open(meta: devices.meta, data: devices.data))
+    }
+
+    @Test func cleanFilesystemPassesAndEveryDriftIsNamed() throws {
+        let fs = try devices.mount()
+        var inos: [UInt64] = []
+        for i in 0..<20 {
+            let f = try fs.create(1, name("f\(i)"), mode: 0o644, flags: O_RDWR, caller: user)
+            try fs.release(f.ino)
+            try fs.setXattr(f.ino, name("scoutfs.srch.tag"), [1], flags: 0, caller: .root)
+            try fs.setXattr(f.ino, name("scoutfs.totl.n.1.2.3"), name("\(i)"), flags: 0, caller: .root)
+            inos.append(f.ino)
+        }
+        // Half merged into the fs tree, half in a log tree: the check reads both.
+        try fs.syncAndMerge()
+        for ino in inos.prefix(5) { try fs.setXattr(ino, name("scoutfs.totl.n.1.2.3"), name("1000"), flags: 0, caller: .root) }
+        try fs.sync()
+        var r = try check()
+        #expect(r.problems == [])
+        #expect(r.inodes == 21 && r.searchItems == 20 && r.totals == 1)
+
+        let a = try fs.getattr(inos[0]), b = try fs.getattr(inos[1])
+        try fs.setXattr(inos[4], name("scoutfs.totl.m.4.5.6"), name("3"), flags: 0, caller: .root)
+        let xattrID = try fs.withCore { try #require(try $0.findXattr(inos[2], name("scoutfs.srch.tag"))).id }
+        try fs.withCore { c in
+            try c.remove(Keys.seqIndex(ItemType.metaSeq, a.metaSeq, inos[0]))
+            try c.put(Keys.seqIndex(ItemType.dataSeq, 7, 999_999), [])
+            try c.put(Keys.seqIndex(ItemType.dataSeq, b.dataSeq + 1000, inos[1]), [])
+            try c.remove(Keys.srch(nameHash(name("scoutfs.srch.tag")), inos[2], xattrID))
+            try c.put(Keys.srch(nameHash(name("scoutfs.srch.gone")), inos[3], 77), [])
+            try c.items.addDelta(Keys.totl(XattrTotalName(a: 1, b: 2, c: 3)), [5, 0])
+            try c.items.addDelta(Keys.totl(XattrTotalName(a: 9, b: 9, c: 9)), [1, 1])
+            try c.remove(Keys.totl(XattrTotalName(a: 4, b: 5, c: 6)))
+        }
+        try fs.sync()
+        r = try check()
+        let expected = [
+            "inode \(inos[0]): meta_seq \(a.metaSeq) has no meta_seq index item",
+            "inode \(inos[2]): .srch. xattr scoutfs.srch.tag has no search item",
+            "data_seq index item (seq 7, inode 999999): no such inode",
+            "data_seq index item (seq \(b.dataSeq + 1000), inode \(inos[1])): the inode's data_seq is \(b.dataSeq)",
+            "search item (hash \(String(nameHash(name("scoutfs.srch.gone")), radix: 16)), inode \(inos[3]), xattr id 77): no such .srch. xattr",
+            ".totl. 1.2.3: the item holds total \(5 + 5 * 1000 + (5..<20).reduce(0, +)) count 20; the xattrs add up to total \(5 * 1000 + (5..<20).reduce(0, +)) count 20",
+            ".totl. 9.9.9: the item holds total 1 count 1; the xattrs add up to total 0 count 0",
+            ".totl. 4.5.6: no total item; the xattrs add up to total 3 count 1",
+        ]
+        #expect(Set(r.problems) == Set(expected), "\(r.problems)")
+        #expect(r.problems.count == expected.count)
+    }
+}

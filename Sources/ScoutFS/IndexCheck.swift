@@ -1,0 +1,194 @@
+import ScoutFormat
+public import ScoutStore
+
+/// Verifies offline that the index items agree with the inodes and xattrs they describe: one
+/// meta_seq and one data_seq item per inode at the inode's seqs and no others; a search item
+/// for every `.srch.` xattr and none left for xattrs that are gone; and `.totl.` totals equal
+/// to the sums of the xattrs. This is the drift the original shipped fixes for (index items
+/// left behind or missing after crashes and merges).
+///
+/// It reads the forest the mount would read: the fs tree under every unmerged log tree.
+/// Memory stays small for any number of inodes: items are streamed in key order and each
+/// expected index item is looked up; the index zones are only walked a second time, to name
+/// the strays, when their counts show there are some.
+public enum IndexCheck {
+    public struct Report: Sendable {
+        public var problems: [String] = []
+        public var inodes: UInt64 = 0
+        public var searchItems: UInt64 = 0
+        public var totals: Int = 0
+
+        public init() {}
+    }
+
+    /// At most this many problems of one kind are listed; the rest are counted.
+    static let listLimit = 100
+
+    public static func check(_ store: Store) -> Report {
+        var r = Report()
+        do {
+            var trees: [BTree] = []
+            try store.tree(.logTrees).forEach(in: store) { it in
+                if it.key.zone == Zone.logTrees, let rec = try? LogTreeRecord(decoding: it.value), !rec.root.isEmpty {
+                    trees.append(BTree(root: rec.root, name: "log tree \(it.key.first)"))
+                }
+                return true
+            }
+            trees.append(store.tree(.fs))
+            var walk = Walk(store: store, forest: Forest(trees: trees))
+            try walk.run()
+            r.problems = walk.problems
+            r.inodes = walk.inodes
+            r.searchItems = walk.srchFound
+            r.totals = walk.totl.count
+        } catch {
+            r.problems.append("index check stopped: \(error)")
+        }
+        return r
+    }
+
+    private struct Walk {
+        let store: Store
+        let forest: Forest
+        var problems: [String] = []
+        var counts: [String: Int] = [:]
+        var inodes: UInt64 = 0
+        var seqFound: [UInt8: UInt64] = [:]
+        var srchFound: UInt64 = 0
+        var totl: [XattrTotalName: (total: Int64, count: Int64)] = [:]
+
+        mutating func problem(_ kind: String, _ s: @autoclosure () -> String) {
+            counts[kind, default: 0] += 1
+            if counts[kind]! <= IndexCheck.listLimit { problems.append(s()) }
+        }
+
+        func exists(_ key: Key) throws -> Bool { try forest.lookup(key, in: store) != nil }
+
+        mutating func run() throws {
+            try forest.forEach(from: Key(zone: Zone.fs), through: Key(zone: Zone.fs, first: .max, type: .max, second: .max, third: .max, fourth: .max), in: store) { it in
+                if it.key.type == ItemType.inode {
+                    try inode(it)
+                } else if it.key.type == ItemType.xattr && it.key.fourth == 0 {
+                    try xattr(it)
+                }
+                return true
+            }
+            for index in SeqIndex.allCases { try strays(index) }
+            try searchStrays()
+            try totals()
+            for (kind, n) in counts.sorted(by: { $0.key < $1.key }) where n > IndexCheck.listLimit {
+                problems.append("\(n - IndexCheck.listLimit) more problems of this kind: \(kind)")
+            }
+        }
+
+        mutating func inode(_ it: Item) throws {
+            let ino = it.key.first
+            inodes += 1
+            let rec: InodeRecord
+            do {
+                rec = try InodeRecord(decoding: it.value)
+            } catch {
+                problem("bad inode", "inode \(ino): cannot decode: \(error)")
+                return
+            }
+            for index in SeqIndex.allCases {
+                let seq = index == .metaSeq ? rec.metaSeq : rec.dataSeq
+                if try exists(Keys.seqIndex(index.itemType, seq, ino)) {
+                    seqFound[index.itemType, default: 0] += 1
+                } else {
+                    problem("missing \(index.rawValue) item", "inode \(ino): \(index.rawValue) \(seq) has no \(index.rawValue) index item")
+                }
+            }
+        }
+
+        mutating func xattr(_ it: Item) throws {
+            var h = ByteReader(it.value, what: "xattr")
+            let nameLen = Int(try h.u8())
+            _ = try h.u32()
+            let n = try h.raw(nameLen)
+            guard n.starts(with: XattrTags.prefix) else { return }
+            let ino = it.key.first
+            let value = try h.raw(h.remaining)
+            guard let tags = try? XattrTags.parse(n) else {
+                problem("bad tag", "inode \(ino): xattr \(String(decoding: n, as: UTF8.self)) has a scoutfs. name the filesystem would refuse")
+                return
+            }
+            if tags.srch {
+                if try exists(Keys.srch(nameHash(n), ino, it.key.third)) {
+                    srchFound += 1
+                } else {
+                    problem("missing search item", "inode \(ino): .srch. xattr \(String(decoding: n, as: UTF8.self)) has no search item")
+                }
+            }
+            if let t = tags.totlName {
+                guard let v = XattrTags.parseNumber(value[...]) else {
+                    problem("bad total", "inode \(ino): .totl. xattr \(String(decoding: n, as: UTF8.self)) holds a value that is not a number")
+                    return
+                }
+                var sum = totl[t] ?? (0, 0)
+                sum.total &+= Int64(bitPattern: v)
+                sum.count += 1
+                totl[t] = sum
+            }
+        }
+
+        /// Index items without a matching inode; walked only when there are more items than
+        /// inodes found theirs.
+        mutating func strays(_ index: SeqIndex) throws {
+            let type = index.itemType
+            var items: UInt64 = 0
+            let first = Keys.seqIndex(type, 0, 0), last = Keys.seqIndex(type, .max, .max)
+            try forest.forEach(from: first, through: last, in: store) { _ in items += 1; return true }
+            guard items != seqFound[type, default: 0] else { return }
+            try forest.forEach(from: first, through: last, in: store) { it in
+                let seq = it.key.second, ino = it.key.third
+                let rec = try forest.lookup(Keys.inode(ino), in: store).flatMap { try? InodeRecord(decoding: $0.value) }
+                let have = index == .metaSeq ? rec?.metaSeq : rec?.dataSeq
+                if have != seq {
+                    problem("stray \(index.rawValue) item",
+                            "\(index.rawValue) index item (seq \(seq), inode \(ino)): " + (rec == nil ? "no such inode" : "the inode's \(index.rawValue) is \(have!)"))
+                }
+                return true
+            }
+        }
+
+        /// Search items whose xattr is gone (the filesystem removes them with the xattr).
+        mutating func searchStrays() throws {
+            let first = Key(zone: Zone.srch), last = Key(zone: Zone.srch, first: .max, type: .max, second: .max, third: .max, fourth: .max)
+            var items: UInt64 = 0
+            try forest.forEach(from: first, through: last, in: store) { _ in items += 1; return true }
+            guard items != srchFound else { return }
+            try forest.forEach(from: first, through: last, in: store) { it in
+                let hash = it.key.first, ino = it.key.second, id = it.key.third
+                // An xattr's key holds the hash of its name, so the search item names its key.
+                var found = false
+                if let x = try forest.lookup(Keys.xattr(ino, hash, id, 0), in: store) {
+                    var r = ByteReader(x.value, what: "xattr")
+                    let len = Int(try r.u8())
+                    _ = try r.u32()
+                    found = (try? XattrTags.parse(try r.raw(len)))??.srch == true
+                }
+                if !found { problem("stray search item", "search item (hash \(String(hash, radix: 16)), inode \(ino), xattr id \(id)): no such .srch. xattr") }
+                return true
+            }
+        }
+
+        mutating func totals() throws {
+            var seen = Set<XattrTotalName>()
+            try forest.forEach(from: Key(zone: Zone.xattrTotl), through: Key(zone: Zone.xattrTotl, first: .max, type: .max, second: .max, third: .max, fourth: .max), in: store) { it in
+                let name = XattrTotalName(a: it.key.first, b: it.key.second, c: it.key.third)
+                var r = ByteReader(it.value, what: "xattr total")
+                let total = try r.i64(), count = try r.i64()
+                let want = totl[name] ?? (0, 0)
+                seen.insert(name)
+                if want.total != total || want.count != count {
+                    problem("wrong total", ".totl. \(name): the item holds total \(total) count \(count); the xattrs add up to total \(want.total) count \(want.count)")
+                }
+                return true
+            }
+            for (name, want) in totl where !seen.contains(name) {
+                problem("missing total", ".totl. \(name): no total item; the xattrs add up to total \(want.total) count \(want.count)")
+            }
+        }
+    }
+}
