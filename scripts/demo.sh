@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 PACKAGES=(fuse3 libfuse3-dev pkg-config)
 source scripts/setup.sh
 
-swift build -c release --product scoutfs
-BIN="$(swift build -c release --show-bin-path)/scoutfs"
+swift build -c release --static-swift-stdlib --product scoutfs
+BIN="$(swift build -c release --static-swift-stdlib --show-bin-path)/scoutfs"
 
 DEMO="$PWD/demo"
 META="$DEMO/meta.img"

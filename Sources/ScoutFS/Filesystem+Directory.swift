@@ -121,7 +121,10 @@ extension FSCore {
         target.nlink += 1
         target.ctime = now
         try putInode(ino, &target)
-        if wasOrphan { try remove(Keys.orphan(ino)) }
+        if wasOrphan {
+            try remove(Keys.orphan(ino))
+            unlinked.remove(ino)
+        }
         try addEntry(dir, &parent, name, ino, type: target.direntType)
         parent.mtime = now
         parent.ctime = now
@@ -137,6 +140,7 @@ extension FSCore {
         try putInode(ino, &rec)
         if rec.nlink == 0 {
             try put(Keys.orphan(ino), [])
+            unlinked.insert(ino)
             try freeIfUnused(ino)
         }
     }
@@ -271,6 +275,11 @@ extension Filesystem {
 
     public func forget(_ ino: UInt64, _ count: UInt64) throws(Errno) {
         try run(.frees) { try $0.forget(ino, count) }
+    }
+
+    /// Many forgets under one hold of the lock (FUSE's batch forget).
+    public func forget(_ entries: [(ino: UInt64, count: UInt64)]) throws(Errno) {
+        try run(.frees) { c in for e in entries { try c.forget(e.ino, e.count) } }
     }
 
     public func mknod(_ dir: UInt64, _ name: [UInt8], mode: UInt32, rdev: UInt64, caller: Caller) throws(Errno) -> Attributes {

@@ -297,9 +297,8 @@ func makeOperations() -> fuse_lowlevel_ops {
         fuse_reply_none(req)
     }
     ops.forget_multi = { req, count, list in
-        let fsys = fs(req)
-        for i in 0..<count {
-            if let f = list?[i] { try? fsys.forget(f.ino, f.nlookup) }
+        if let list {
+            try? fs(req).forget((0..<count).map { (ino: list[$0].ino, count: list[$0].nlookup) })
         }
         fuse_reply_none(req)
     }

@@ -157,7 +157,7 @@ struct WalkInodesCommand: ParsableCommand {
             while true {
                 guard case let .walk(entries) = try t.call(.walkInodes(index: index.lowercased() == "meta_seq" ? 0 : 1,
                                                                        firstSeq: from.major, firstIno: from.ino,
-                                                                       lastSeq: to.major, lastIno: to.ino, limit: 128)) else {
+                                                                       lastSeq: to.major, lastIno: to.ino, limit: 1024)) else {
                     throw VerbError("unexpected reply from the mount")
                 }
                 if entries.isEmpty { break }
