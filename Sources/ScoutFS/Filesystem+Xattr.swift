@@ -8,6 +8,34 @@ public import SystemPackage
 /// Xattrs are items `(fs, ino, xattr, name hash, id, part)`. Part 0 holds `name_len u8,
 /// value_len u32, name, value…`; further parts continue the value, so values up to 64 KiB fit
 /// in items of at most 896 bytes.
+/// The first item of an xattr: `name_len u8, value_len u32, name`, then as much of the value
+/// as fits; further items hold the rest.
+struct XattrHead {
+    var name: [UInt8]
+    var valueLength: Int
+    /// The part of the value this item holds.
+    var valueStart: [UInt8]
+
+    init(decoding bytes: [UInt8]) throws(FormatError) {
+        var r = ByteReader(bytes, what: "xattr")
+        let nameLen = Int(try r.u8())
+        valueLength = Int(try r.u32())
+        name = try r.raw(nameLen)
+        valueStart = try r.raw(r.remaining)
+    }
+
+    /// The first item's bytes and how many bytes of the value they hold.
+    static func encode(name: [UInt8], value: [UInt8]) -> (bytes: [UInt8], held: Int) {
+        var w = ByteWriter()
+        w.u8(UInt8(name.count))
+        w.u32(UInt32(value.count))
+        w.raw(name)
+        let held = min(Item.maxValueLength - w.count, value.count)
+        w.raw(value.prefix(held))
+        return (w.bytes, held)
+    }
+}
+
 extension FSCore {
     static let maxXattrValue = 65536
     static let maxXattrName = 255
@@ -40,13 +68,10 @@ extension FSCore {
         for it in try range(Keys.xattr(ino, h, 0, 0), Keys.xattr(ino, h, .max, .max)) {
             if it.key.fourth == 0 {
                 if found != nil { break }
-                var r = ByteReader(it.value, what: "xattr")
-                let nameLen = Int(try r.u8())
-                let valueLen = Int(try r.u32())
-                let n = try r.raw(nameLen)
-                guard n == name else { continue }
-                found = FoundXattr(hash: h, id: it.key.third, parts: 1, value: try r.raw(r.remaining))
-                found!.value.reserveCapacity(valueLen)
+                let head = try XattrHead(decoding: it.value)
+                guard head.name == name else { continue }
+                found = FoundXattr(hash: h, id: it.key.third, parts: 1, value: head.valueStart)
+                found!.value.reserveCapacity(head.valueLength)
             } else if found != nil, it.key.third == found!.id {
                 found!.value += it.value
                 found!.parts += 1
@@ -73,14 +98,9 @@ extension FSCore {
             id = rec.nextXattrID
             rec.nextXattrID += 1
         }
-        var w = ByteWriter()
-        w.u8(UInt8(name.count))
-        w.u32(UInt32(value.count))
-        w.raw(name)
-        let firstRoom = Item.maxValueLength - w.count
-        w.raw(value.prefix(firstRoom))
-        try put(Keys.xattr(ino, nameHash(name), id, 0), w.bytes)
-        var at = min(firstRoom, value.count)
+        let head = XattrHead.encode(name: name, value: value)
+        try put(Keys.xattr(ino, nameHash(name), id, 0), head.bytes)
+        var at = head.held
         var part: UInt8 = 1
         while at < value.count {
             let n = min(Item.maxValueLength, value.count - at)
@@ -116,10 +136,7 @@ extension FSCore {
         _ = try inode(ino)
         var names: [[UInt8]] = []
         for it in try range(Keys.xattr(ino, 0, 0, 0), Keys.xattr(ino, .max, .max, .max)) where it.key.fourth == 0 {
-            var r = ByteReader(it.value, what: "xattr")
-            let n = Int(try r.u8())
-            try r.skip(4)
-            let name = try r.raw(n)
+            let name = try XattrHead(decoding: it.value).name
             let isHidden = name.starts(with: XattrTags.prefix) && (try? XattrTags.parse(name))??.hide == true
             if isHidden == hidden { names.append(name) }
         }

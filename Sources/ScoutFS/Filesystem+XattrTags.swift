@@ -139,12 +139,10 @@ extension FSCore {
     /// Takes back the search items and totals of every tagged xattr of an inode being deleted.
     /// `xattr` is the first part of one xattr; the caller passes each as it deletes the items.
     func dropTags(ofXattrItem it: Item) throws {
-        var r = ByteReader(it.value, what: "xattr")
-        let nameLen = Int(try r.u8())
-        try r.skip(4)
-        let name = try r.raw(nameLen)
-        guard let tags = try? XattrTags.parse(name), tags.srch || tags.totl else { return }
-        try applyTags(tags, ino: it.key.first, name: name, id: it.key.third, value: try r.raw(r.remaining), adding: false)
+        let head = try XattrHead(decoding: it.value)
+        guard let tags = try? XattrTags.parse(head.name), tags.srch || tags.totl else { return }
+        // A .totl. value always fits the first item.
+        try applyTags(tags, ino: it.key.first, name: head.name, id: it.key.third, value: head.valueStart, adding: false)
     }
 
     func searchXattrs(_ name: [UInt8], from first: UInt64, through last: UInt64, limit: Int) throws -> (inos: [UInt64], end: Bool) {

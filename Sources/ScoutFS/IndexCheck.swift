@@ -102,13 +102,10 @@ public enum IndexCheck {
         }
 
         mutating func xattr(_ it: Item) throws {
-            var h = ByteReader(it.value, what: "xattr")
-            let nameLen = Int(try h.u8())
-            _ = try h.u32()
-            let n = try h.raw(nameLen)
+            let head = try XattrHead(decoding: it.value)
+            let n = head.name, value = head.valueStart
             guard n.starts(with: XattrTags.prefix) else { return }
             let ino = it.key.first
-            let value = try h.raw(h.remaining)
             guard let tags = try? XattrTags.parse(n) else {
                 problem("bad tag", "inode \(ino): xattr \(String(decoding: n, as: UTF8.self)) has a scoutfs. name the filesystem would refuse")
                 return
@@ -163,10 +160,7 @@ public enum IndexCheck {
                 // An xattr's key holds the hash of its name, so the search item names its key.
                 var found = false
                 if let x = try forest.lookup(Keys.xattr(ino, hash, id, 0), in: store) {
-                    var r = ByteReader(x.value, what: "xattr")
-                    let len = Int(try r.u8())
-                    _ = try r.u32()
-                    found = (try? XattrTags.parse(try r.raw(len)))??.srch == true
+                    found = (try? XattrTags.parse(try XattrHead(decoding: x.value).name))??.srch == true
                 }
                 if !found { problem("stray search item", "search item (hash \(String(hash, radix: 16)), inode \(ino), xattr id \(id)): no such .srch. xattr") }
                 return true
