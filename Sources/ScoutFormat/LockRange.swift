@@ -45,6 +45,11 @@ extension LockRange {
     /// The whole `.totl.` zone: one lock, write-only for delta updates.
     public static let totals = wholeZone(Zone.xattrTotl)
 
+    /// The whole search zone (`.srch.` xattr items): one lock, write-only for the writers, which
+    /// only add and remove unique items. Searches read committed items without it, as the
+    /// original's do: another node's xattr is found once its transaction is committed.
+    public static let search = wholeZone(Zone.srch)
+
     /// The one global key that serializes renames across directories (which must not create a
     /// cycle that two per-directory locks could not see).
     public static let rename = LockRange(start: renameKey, end: renameKey)
@@ -67,6 +72,7 @@ extension LockRange {
             return index(key.type, seq: key.second)
         case Zone.orphan: return orphan
         case Zone.xattrTotl: return totals
+        case Zone.srch: return search
         case Zone.lock where key == renameKey: return rename
         default: return nil
         }

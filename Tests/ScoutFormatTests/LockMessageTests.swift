@@ -56,7 +56,8 @@ import Testing
         #expect(!g.contains(Key(zone: Zone.fs, first: 5120)))
         #expect(!g.overlaps(LockRange.inodeGroup(5120)))
         for key in [k, Key(zone: Zone.inodeIndex, type: ItemType.dataSeq, second: 77_777, third: 12),
-                    Key(zone: Zone.orphan, type: ItemType.orphan, second: 99), Key(zone: Zone.xattrTotl, first: 1, second: 2, third: 3)] {
+                    Key(zone: Zone.orphan, type: ItemType.orphan, second: 99), Key(zone: Zone.xattrTotl, first: 1, second: 2, third: 3),
+                    Key(zone: Zone.srch, first: 0xfeed, second: 42, third: 7)] {
             let r = try #require(LockRange.covering(key))
             #expect(r.contains(key))
             #expect(LockRange.covering(r.start) == r)
