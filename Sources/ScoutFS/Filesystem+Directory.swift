@@ -246,8 +246,10 @@ extension FSCore {
     }
 
     /// Entries from `offset` on: 0 is ".", 1 is "..", then entries by readdir position.
-    func readdir(_ dir: UInt64, offset: UInt64, limit: Int) throws -> [DirectoryEntry] {
+    func readdir(_ dir: UInt64, offset: UInt64, limit: Int, stream: DirectoryStream?) throws -> [DirectoryEntry] {
         let rec = try directory(dir)
+        if let stream, offset == 0 || stream.end == 0 { stream.end = rec.nextReaddirPos }
+        let end = stream?.end ?? .max
         var out: [DirectoryEntry] = []
         if offset == 0 { out.append(DirectoryEntry(ino: dir, type: rec.direntType, name: [UInt8(ascii: ".")], nextOffset: 1)) }
         if offset <= 1 {
@@ -255,7 +257,8 @@ extension FSCore {
             out.append(DirectoryEntry(ino: up, type: UInt8(DT_DIR), name: [UInt8(ascii: "."), UInt8(ascii: ".")], nextOffset: 2))
         }
         guard out.count < limit else { return Array(out.prefix(limit)) }
-        for it in try range(Keys.readdir(dir, max(offset, 2)), Keys.readdir(dir, .max), limit: limit - out.count) {
+        guard max(offset, 2) < end else { return out }
+        for it in try range(Keys.readdir(dir, max(offset, 2)), Keys.readdir(dir, end - 1), limit: limit - out.count) {
             let e = try DirentRecord(decoding: it.value)
             out.append(DirectoryEntry(ino: e.ino, type: e.type, name: e.name, nextOffset: it.key.second + 1))
         }
@@ -314,14 +317,16 @@ extension Filesystem {
         try run(.frees) { try $0.rename(oldDir, oldName, newDir, newName, flags: flags) }
     }
 
-    public func readdir(_ dir: UInt64, offset: UInt64, limit: Int) throws(Errno) -> [DirectoryEntry] {
-        try run(.reads) { try $0.readdir(dir, offset: offset, limit: limit) }
+    /// Entries from `offset`; with a `stream` (one per open directory), only those that existed
+    /// when its pass started at offset 0.
+    public func readdir(_ dir: UInt64, offset: UInt64, limit: Int, stream: DirectoryStream? = nil) throws(Errno) -> [DirectoryEntry] {
+        try run(.reads) { try $0.readdir(dir, offset: offset, limit: limit, stream: stream) }
     }
 
     /// readdir with attributes; takes a lookup reference on each entry returned except . and ..
-    public func readdirPlus(_ dir: UInt64, offset: UInt64, limit: Int) throws(Errno) -> [(DirectoryEntry, Attributes)] {
+    public func readdirPlus(_ dir: UInt64, offset: UInt64, limit: Int, stream: DirectoryStream? = nil) throws(Errno) -> [(DirectoryEntry, Attributes)] {
         try run(.reads) { c in
-            try c.readdir(dir, offset: offset, limit: limit).map { e in
+            try c.readdir(dir, offset: offset, limit: limit, stream: stream).map { e in
                 (e, c.attributes(e.ino, try c.inode(e.ino)))
             }
         }

@@ -77,6 +77,19 @@ public struct DirectoryEntry: Sendable {
     public var nextOffset: UInt64
 }
 
+/// One open directory's reading position bound. A name that is renamed or created gets a new,
+/// higher readdir position; a reader that went on to the newest position could meet the same
+/// file again and again while another process renames (xfstests generic/736 loops forever
+/// that way). So a pass reads only the positions that existed when it started at offset 0,
+/// as POSIX allows; a rewind starts a new pass that sees everything.
+// @unchecked Sendable: `end` is read and written only under the filesystem lock.
+public final class DirectoryStream: @unchecked Sendable {
+    /// The first readdir position this pass does not show; 0 before the pass starts.
+    var end: UInt64 = 0
+
+    public init() {}
+}
+
 /// Filesystem-wide numbers for statfs.
 public struct FilesystemStats: Sendable {
     public var blockSize: UInt32

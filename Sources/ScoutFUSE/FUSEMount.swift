@@ -231,15 +231,22 @@ func timestamp(_ t: timespec) -> Timestamp {
     Timestamp(seconds: Int64(t.tv_sec), nanoseconds: UInt32(t.tv_nsec))
 }
 
-func fillDirectory(_ req: fuse_req_t?, _ ino: fuse_ino_t, size: Int, offset: off_t, plus: Bool) {
+/// The `DirectoryStream` an open directory's handle holds (set by opendir, freed by releasedir).
+func directoryStream(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> DirectoryStream? {
+    guard let fh = fi?.pointee.fh, fh != 0, let p = UnsafeRawPointer(bitPattern: UInt(fh)) else { return nil }
+    return Unmanaged<DirectoryStream>.fromOpaque(p).takeUnretainedValue()
+}
+
+func fillDirectory(_ req: fuse_req_t?, _ ino: fuse_ino_t, size: Int, offset: off_t, plus: Bool, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
     let fsys = fs(req)
+    let stream = directoryStream(fi)
     // The smallest entry takes 24 bytes plus its name (more with attributes): ask for enough.
     let limit = size / (plus ? 160 : 32) + 2
     var buf = [CChar](repeating: 0, count: size)
     var used = 0
     do {
         if plus {
-            for (e, a) in try fsys.readdirPlus(ino, offset: UInt64(offset), limit: limit) {
+            for (e, a) in try fsys.readdirPlus(ino, offset: UInt64(offset), limit: limit, stream: stream) {
                 var param = entry(of: a)
                 let name = e.name + [0]
                 let n = name.withUnsafeBufferPointer { nm in
@@ -254,7 +261,7 @@ func fillDirectory(_ req: fuse_req_t?, _ ino: fuse_ino_t, size: Int, offset: off
                 if e.nextOffset > 2 { fsys.noteLookup(e.ino) }
             }
         } else {
-            for e in try fsys.readdir(ino, offset: UInt64(offset), limit: limit) {
+            for e in try fsys.readdir(ino, offset: UInt64(offset), limit: limit, stream: stream) {
                 var st = Glibc.stat()
                 st.st_ino = UInt(e.ino)
                 st.st_mode = UInt32(e.type) << 12
@@ -394,14 +401,21 @@ func makeOperations() -> fuse_lowlevel_ops {
     ops.opendir = { req, ino, fi in
         do {
             _ = try fs(req).getattr(ino)
-            fuse_reply_open(req, fi)
+            let stream = Unmanaged.passRetained(DirectoryStream())
+            fi!.pointee.fh = UInt64(UInt(bitPattern: stream.toOpaque()))
+            if fuse_reply_open(req, fi) != 0 { stream.release() }
         } catch {
             replyErr(req, error)
         }
     }
-    ops.readdir = { req, ino, size, off, _ in fillDirectory(req, ino, size: size, offset: off, plus: false) }
-    ops.readdirplus = { req, ino, size, off, _ in fillDirectory(req, ino, size: size, offset: off, plus: true) }
-    ops.releasedir = { req, _, _ in fuse_reply_err(req, 0) }
+    ops.readdir = { req, ino, size, off, fi in fillDirectory(req, ino, size: size, offset: off, plus: false, fi) }
+    ops.readdirplus = { req, ino, size, off, fi in fillDirectory(req, ino, size: size, offset: off, plus: true, fi) }
+    ops.releasedir = { req, _, fi in
+        if let fh = fi?.pointee.fh, fh != 0, let p = UnsafeRawPointer(bitPattern: UInt(fh)) {
+            Unmanaged<DirectoryStream>.fromOpaque(p).release()
+        }
+        fuse_reply_err(req, 0)
+    }
     ops.fsyncdir = { req, _, _, _ in replyOK(req) { () throws(Errno) in try fs(req).sync() } }
     ops.statfs = { req, _ in
         do {
@@ -441,7 +455,8 @@ func makeOperations() -> fuse_lowlevel_ops {
     }
     ops.lseek = { req, ino, off, whence, _ in
         do {
-            guard off >= 0 else { throw Errno.invalidArgument }
+            // A negative offset is past any end as the kernel compares it (unsigned): ENXIO.
+            guard off >= 0 else { throw Errno.noSuchAddressOrDevice }
             let at = try fs(req).seek(ino, offset: UInt64(off), whence: whence)
             fuse_reply_lseek(req, off_t(at))
         } catch {

@@ -143,6 +143,38 @@ import Testing
         #expect(seen.count == 3000 + 2 + added)
     }
 
+    /// A renamed name gets a new position; an open directory's pass must not meet it again,
+    /// or a reader that renames what it reads never ends (xfstests generic/736). A rewind
+    /// starts a pass that sees everything.
+    @Test func aPassEndsAtThePositionsThatExistedWhenItStarted() throws {
+        let fs = try mount()
+        let d = try fs.mkdir(1, name("ren"), mode: 0o755, caller: user)
+        for i in 0..<300 {
+            let f = try fs.create(d.ino, name("f\(i)"), mode: 0o644, flags: 0, caller: user)
+            try fs.release(f.ino)
+        }
+        let stream = DirectoryStream()
+        var returned = 0
+        var offset: UInt64 = 0
+        while returned < 3 * 302 {
+            let page = try fs.readdir(d.ino, offset: offset, limit: 17, stream: stream)
+            if page.isEmpty { break }
+            for e in page where e.nextOffset > 2 {
+                try fs.rename(d.ino, e.name, d.ino, name("TEMP"))
+                try fs.rename(d.ino, name("TEMP"), d.ino, e.name)
+            }
+            returned += page.count
+            offset = page.last!.nextOffset
+        }
+        #expect(returned == 302)
+        // Without a stream (or before this change) the same loop would go on past 3 × 302.
+        let late = try fs.create(d.ino, name("late"), mode: 0o644, flags: 0, caller: user)
+        try fs.release(late.ino)
+        #expect(try fs.readdir(d.ino, offset: offset, limit: 1000, stream: stream).isEmpty)
+        let rewound = try fs.readdir(d.ino, offset: 0, limit: 1000, stream: stream).map { String(decoding: $0.name, as: UTF8.self) }
+        #expect(rewound.count == 303 && rewound.contains("late"))
+    }
+
     @Test func unlinkedOpenFileLivesUntilCloseAndOrphansAreFreedAtMount() throws {
         let fs = try mount()
         let f = try fs.create(1, name("victim"), mode: 0o644, flags: O_RDWR, caller: user)
