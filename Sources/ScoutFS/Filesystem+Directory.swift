@@ -56,6 +56,20 @@ extension FSCore {
     // MARK: operations
 
     func lookup(_ dir: UInt64, _ name: [UInt8]) throws -> Attributes {
+        // The kernel asks for "." of any inode and ".." of a directory when it opens a file
+        // handle (open_by_handle_at, NFS export) of an inode it no longer caches.
+        if name == [UInt8(ascii: ".")] {
+            let attr = attributes(dir, try inode(dir))
+            noteLookup(dir)
+            return attr
+        }
+        if name == [UInt8(ascii: "."), UInt8(ascii: ".")] {
+            _ = try directory(dir)
+            let up = try parent(of: dir) ?? Self.rootIno
+            let attr = attributes(up, try inode(up))
+            noteLookup(up)
+            return attr
+        }
         _ = try directory(dir)
         try checkName(name)
         guard let e = try findEntry(dir, name) else { throw Errno.noSuchFileOrDirectory }

@@ -37,13 +37,16 @@ public final class FUSEMount {
     /// Creates the session and mounts it. `options` are `-o` mount options (allow_other, …);
     /// default_permissions is always on: the kernel checks modes, the filesystem does not.
     /// `source` is what mount tables show as the device (tools such as xfstests find a mount by
-    /// it), so it is the META:DATA pair the user named.
+    /// it), so it is the META:DATA pair the user named. Mounted by root, device files and
+    /// setuid/setgid programs work as on a disk filesystem (`dev,suid`, which libfuse leaves
+    /// off); `nodev` and `nosuid` given by the user come later and win.
     public init(filesystem: Filesystem, mountpoint: String, source: String = "scoutfs", options: [String] = [], maxThreads: UInt32 = 16) throws(MountError) {
         self.mountpoint = mountpoint
         let ctx = Unmanaged.passRetained(FUSEContext(fs: filesystem))
         context = ctx
         var ops = makeOperations()
-        let opts = (["fsname=" + Self.escapeOption(source), "subtype=scoutfs", "default_permissions"] + options).joined(separator: ",")
+        let asRoot = geteuid() == 0 ? ["dev", "suid"] : []
+        let opts = (["fsname=" + Self.escapeOption(source), "subtype=scoutfs", "default_permissions"] + asRoot + options).joined(separator: ",")
         let argv = ["scoutfs", "-o", opts]
         var cArgs = argv.map { strdup($0) }
         defer { for p in cArgs { free(p) } }
@@ -292,6 +295,9 @@ func makeOperations() -> fuse_lowlevel_ops {
         scout_conn_want(conn, UInt32(FUSE_CAP_ATOMIC_O_TRUNC))
         scout_conn_want(conn, UInt32(FUSE_CAP_READDIRPLUS))
         scout_conn_want(conn, UInt32(FUSE_CAP_SPLICE_READ))
+        // File handles (open_by_handle_at, NFS): the kernel finds an uncached inode by asking
+        // for "." in it. Inode numbers are never reused, so one generation serves all.
+        scout_conn_want(conn, UInt32(FUSE_CAP_EXPORT_SUPPORT))
         // libfuse turns this on by default, and with it the kernel stops clearing setuid and
         // setgid on write, truncate and chown, leaving it to us. The kernel knows the caller's
         // CAP_FSETID and we do not, so it keeps the job and sends the mode change.

@@ -175,6 +175,24 @@ import Testing
         #expect(rewound.count == 303 && rewound.contains("late"))
     }
 
+    /// The kernel opens a file handle of an inode it no longer caches by looking up "." in
+    /// it, and finds a directory's parent by "..".
+    @Test func dotAndDotDotLookupsServeFileHandles() throws {
+        let fs = try mount()
+        let d = try fs.mkdir(1, name("d"), mode: 0o755, caller: user)
+        let f = try fs.create(d.ino, name("f"), mode: 0o644, flags: 0, caller: user)
+        try fs.release(f.ino)
+        #expect(try fs.lookup(f.ino, name(".")).ino == f.ino)
+        #expect(try fs.lookup(d.ino, name(".")).ino == d.ino)
+        #expect(try fs.lookup(d.ino, name("..")).ino == 1)
+        #expect(try fs.lookup(1, name("..")).ino == 1)
+        #expect(errno { _ = try fs.lookup(f.ino, name("..")) } == .notDirectory)
+        // Once gone, the handle is stale: the lookup fails and the kernel says ESTALE.
+        try fs.unlink(d.ino, name("f"))
+        try fs.forget(f.ino, 3)
+        #expect(errno { _ = try fs.lookup(f.ino, name(".")) } == .noSuchFileOrDirectory)
+    }
+
     @Test func unlinkedOpenFileLivesUntilCloseAndOrphansAreFreedAtMount() throws {
         let fs = try mount()
         let f = try fs.create(1, name("victim"), mode: 0o644, flags: O_RDWR, caller: user)

@@ -340,6 +340,31 @@ import Testing
         try m.unmount()
     }
 
+    /// Mounted by root, device nodes and setuid programs work as on a disk filesystem; the
+    /// user's nodev/nosuid still win.
+    @Test func rootMountsAllowDevicesAndSetuid() throws {
+        let m = try TestMount()
+        defer { m.cleanup() }
+        try m.mount()
+        // <sys/statvfs.h> and makedev are macros Swift does not import.
+        let (stNosuid, stNodev): (UInt, UInt) = (2, 4)
+        let devNull = dev_t(1 << 8 | 3)
+        var vfs = statvfs()
+        try Sys.check(statvfs(m.mnt, &vfs), "statvfs")
+        #expect(vfs.f_flag & stNodev == 0 && vfs.f_flag & stNosuid == 0)
+        try Sys.check(mknod(m.path("null"), S_IFCHR | 0o666, devNull), "mknod")
+        let fd = open(m.path("null"), O_WRONLY)
+        #expect(fd >= 0, "opening a device node on the mount: \(String(cString: strerror(errno)))")
+        #expect(write(fd, "x", 1) == 1)
+        close(fd)
+        try m.unmount()
+        try m.mount(["-o", "nodev,nosuid"])
+        try Sys.check(statvfs(m.mnt, &vfs), "statvfs")
+        #expect(vfs.f_flag & stNodev != 0 && vfs.f_flag & stNosuid != 0)
+        #expect(open(m.path("null"), O_WRONLY) == -1 && errno == EACCES)
+        try m.unmount()
+    }
+
     /// A plain umount(2), not `scoutfs unmount`, ends the daemon the same way: it commits and
     /// merges everything before it exits. The kernel does not wait for that (FUSE sends no
     /// DESTROY for a non-block mount), so a mount straight after waits for the leaving daemon
