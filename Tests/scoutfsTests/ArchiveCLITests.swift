@@ -78,6 +78,11 @@ import Testing
         Issue.record("timed out waiting for \(what)")
     }
 
+    /// The CLI run as nobody (uid and gid 65534, no groups).
+    func asNobody(_ args: [String]) throws -> CLI.Result {
+        try CLI.runTool("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", CLI.binary] + args)
+    }
+
     func waiting(_ m: TestMount) throws -> [String] {
         let r = try run(["data-waiting", "-p", m.mnt])
         try #require(r.status == 0, "\(r.stderr)")
@@ -159,9 +164,6 @@ import Testing
         #expect(try Sys.stat(file).st_size == contents.count)
 
         // Root-only verbs refuse others; release needs the file writable.
-        func asNobody(_ args: [String]) throws -> CLI.Result {
-            try CLI.runTool("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", CLI.binary] + args)
-        }
         let nobody = try asNobody(["data-wait-err", "-p", m.mnt, "-I", "\(ino)", "-V", "1", "-F", "0", "-C", "1", "-O", "read", "-E", "-5"])
         #expect(nobody.status == 1 && nobody.stderr.contains("root only"), "\(nobody.stderr)")
         #expect(try asNobody(["ino-path", "-p", m.mnt, "\(ino)"]).stderr.contains("root only"))
@@ -234,9 +236,6 @@ import Testing
         #expect(visible == ["scoutfs.srch.other"])
 
         // Root only, as the original asks CAP_SYS_ADMIN.
-        func asNobody(_ args: [String]) throws -> CLI.Result {
-            try CLI.runTool("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", CLI.binary] + args)
-        }
         #expect(try asNobody(["search-xattrs", "-p", m.mnt, "scoutfs.srch.tag"]).stderr.contains("root only"))
         #expect(try asNobody(["read-xattr-totals", "-p", m.mnt]).stderr.contains("root only"))
 
