@@ -109,6 +109,14 @@ struct XattrTags: Equatable {
     }
 }
 
+extension XattrTotal {
+    /// A total from its item: the name is in the key, `{total i64, count i64}` the value.
+    init(item it: Item) throws(FormatError) {
+        var r = ByteReader(it.value, what: "xattr total")
+        self.init(name: XattrTotalName(a: it.key.first, b: it.key.second, c: it.key.third), total: try r.i64(), count: try r.i64())
+    }
+}
+
 extension Keys {
     static func srch(_ hash: UInt64, _ ino: UInt64, _ id: UInt64) -> Key {
         Key(zone: Zone.srch, first: hash, second: ino, third: id)
@@ -171,14 +179,10 @@ extension FSCore {
         }
         var out: [XattrTotal] = []
         guard limit > 0 else { return out }
-        try items.forEach(from: start, through: Key(zone: Zone.xattrTotl, first: .max, type: .max, second: .max, third: .max, fourth: .max)) { it in
-            var r = ByteReader(it.value, what: "xattr total")
-            let total = try r.i64()
-            let count = try r.i64()
+        try items.forEach(from: start, through: .last(in: Zone.xattrTotl)) { it in
+            let t = try XattrTotal(item: it)
             // Every xattr of a name gone leaves a zero item behind; it is not a total.
-            if total != 0 || count != 0 {
-                out.append(XattrTotal(name: XattrTotalName(a: it.key.first, b: it.key.second, c: it.key.third), total: total, count: count))
-            }
+            if t.total != 0 || t.count != 0 { out.append(t) }
             return out.count < limit
         }
         return out

@@ -64,8 +64,16 @@ public enum IndexCheck {
 
         func exists(_ key: Key) throws -> Bool { try forest.lookup(key, in: store) != nil }
 
+        /// Visible items in `[first, last]`: compared with the matches found, it tells whether
+        /// a zone holds strays worth a second walk to name.
+        func count(from first: Key, through last: Key) throws -> UInt64 {
+            var n: UInt64 = 0
+            try forest.forEach(from: first, through: last, in: store) { _ in n += 1; return true }
+            return n
+        }
+
         mutating func run() throws {
-            try forest.forEach(from: Key(zone: Zone.fs), through: Key(zone: Zone.fs, first: .max, type: .max, second: .max, third: .max, fourth: .max), in: store) { it in
+            try forest.forEach(from: Key(zone: Zone.fs), through: .last(in: Zone.fs), in: store) { it in
                 if it.key.type == ItemType.inode {
                     try inode(it)
                 } else if it.key.type == ItemType.xattr && it.key.fourth == 0 {
@@ -133,10 +141,8 @@ public enum IndexCheck {
         /// inodes found theirs.
         mutating func strays(_ index: SeqIndex) throws {
             let type = index.itemType
-            var items: UInt64 = 0
             let first = Keys.seqIndex(type, 0, 0), last = Keys.seqIndex(type, .max, .max)
-            try forest.forEach(from: first, through: last, in: store) { _ in items += 1; return true }
-            guard items != seqFound[type, default: 0] else { return }
+            guard try count(from: first, through: last) != seqFound[type, default: 0] else { return }
             try forest.forEach(from: first, through: last, in: store) { it in
                 let seq = it.key.second, ino = it.key.third
                 let rec = try forest.lookup(Keys.inode(ino), in: store).flatMap { try? InodeRecord(decoding: $0.value) }
@@ -151,10 +157,8 @@ public enum IndexCheck {
 
         /// Search items whose xattr is gone (the filesystem removes them with the xattr).
         mutating func searchStrays() throws {
-            let first = Key(zone: Zone.srch), last = Key(zone: Zone.srch, first: .max, type: .max, second: .max, third: .max, fourth: .max)
-            var items: UInt64 = 0
-            try forest.forEach(from: first, through: last, in: store) { _ in items += 1; return true }
-            guard items != srchFound else { return }
+            let first = Key(zone: Zone.srch), last = Key.last(in: Zone.srch)
+            guard try count(from: first, through: last) != srchFound else { return }
             try forest.forEach(from: first, through: last, in: store) { it in
                 let hash = it.key.first, ino = it.key.second, id = it.key.third
                 // An xattr's key holds the hash of its name, so the search item names its key.
@@ -169,14 +173,13 @@ public enum IndexCheck {
 
         mutating func totals() throws {
             var seen = Set<XattrTotalName>()
-            try forest.forEach(from: Key(zone: Zone.xattrTotl), through: Key(zone: Zone.xattrTotl, first: .max, type: .max, second: .max, third: .max, fourth: .max), in: store) { it in
-                let name = XattrTotalName(a: it.key.first, b: it.key.second, c: it.key.third)
-                var r = ByteReader(it.value, what: "xattr total")
-                let total = try r.i64(), count = try r.i64()
+            try forest.forEach(from: Key(zone: Zone.xattrTotl), through: .last(in: Zone.xattrTotl), in: store) { it in
+                let have = try XattrTotal(item: it)
+                let name = have.name
                 let want = totl[name] ?? (0, 0)
                 seen.insert(name)
-                if want.total != total || want.count != count {
-                    problem("wrong total", ".totl. \(name): the item holds total \(total) count \(count); the xattrs add up to total \(want.total) count \(want.count)")
+                if want.total != have.total || want.count != have.count {
+                    problem("wrong total", ".totl. \(name): the item holds total \(have.total) count \(have.count); the xattrs add up to total \(want.total) count \(want.count)")
                 }
                 return true
             }

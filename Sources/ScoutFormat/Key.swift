@@ -26,6 +26,11 @@ public struct Key: Hashable, Comparable, Sendable, CustomStringConvertible {
     public static let min = Key(zone: 0)
     public static let max = Key(zone: .max, first: .max, type: .max, second: .max, third: .max, fourth: .max)
 
+    /// The last key of a zone: with `Key(zone:)` the bounds of everything in it.
+    public static func last(in zone: UInt8) -> Key {
+        Key(zone: zone, first: .max, type: .max, second: .max, third: .max, fourth: .max)
+    }
+
     @inlinable
     public static func < (a: Key, b: Key) -> Bool {
         if a.zone != b.zone { return a.zone < b.zone }

@@ -56,8 +56,7 @@ extension LockRange {
     static let renameKey = Key(zone: Zone.lock, type: ItemType.renameLock)
 
     static func wholeZone(_ zone: UInt8) -> LockRange {
-        LockRange(start: Key(zone: zone),
-                  end: Key(zone: zone, first: .max, type: .max, second: .max, third: .max, fourth: .max))
+        LockRange(start: Key(zone: zone), end: .last(in: zone))
     }
 
     /// The lock that protects `key`, or `nil` for keys no cluster lock covers (server-only
