@@ -5,11 +5,9 @@ import ScoutFormat
 import ScoutStore
 public import SystemPackage
 
-/// Xattrs are items `(fs, ino, xattr, name hash, id, part)`. Part 0 holds `name_len u8,
-/// value_len u32, name, value…`; further parts continue the value, so values up to 64 KiB fit
-/// in items of at most 896 bytes.
-/// The first item of an xattr: `name_len u8, value_len u32, name`, then as much of the value
-/// as fits; further items hold the rest.
+/// The first item of an xattr. Xattrs are items `(fs, ino, xattr, name hash, id, part)`; part 0
+/// holds `name_len u8, value_len u32, name`, then as much of the value as fits, and further
+/// parts continue the value, so values up to 64 KiB fit in items of at most 896 bytes.
 struct XattrHead {
     var name: [UInt8]
     var valueLength: Int
@@ -88,16 +86,19 @@ extension FSCore {
         let existing = try findXattr(ino, name)
         if flags & LinuxABI.xattrCreate != 0 && existing != nil { throw Errno.fileExists }
         if flags & LinuxABI.xattrReplace != 0 && existing == nil { throw Errno.noData }
-        // A replaced xattr keeps its id, so its search item stays valid.
-        let id: UInt64
-        if let existing {
-            id = existing.id
-            if let tags, tags.totl { try applyTags(XattrTags(totl: true, totlName: tags.totlName), ino: ino, name: name, id: id, value: existing.value, adding: false) }
-            try removeXattrItems(ino, existing)
-        } else {
-            id = rec.nextXattrID
-            rec.nextXattrID += 1
+        let id = existing?.id ?? rec.nextXattrID
+        if existing == nil { rec.nextXattrID += 1 }
+        // Tags first: a stored .totl. value that no longer parses fails here, before any item
+        // changed. A replacement keeps its id and so its search item; only its total changes.
+        if let tags {
+            if let existing {
+                try applyTotal(tags, ino: ino, value: existing.value, adding: false)
+            } else {
+                try applySearch(tags, ino: ino, name: name, id: id, adding: true)
+            }
+            try applyTotal(tags, ino: ino, value: value, adding: true)
         }
+        if let existing { try removeXattrItems(ino, existing) }
         let head = XattrHead.encode(name: name, value: value)
         try put(Keys.xattr(ino, nameHash(name), id, 0), head.bytes)
         var at = head.held
@@ -107,11 +108,6 @@ extension FSCore {
             try put(Keys.xattr(ino, nameHash(name), id, part), Array(value[at..<at + n]))
             at += n
             part += 1
-        }
-        if var tags {
-            // A replacement's search item is already there; its total was taken back above.
-            if existing != nil { tags.srch = false }
-            try applyTags(tags, ino: ino, name: name, id: id, value: value, adding: true)
         }
         rec.ctime = .now
         try putInode(ino, &rec)
@@ -137,8 +133,7 @@ extension FSCore {
         var names: [[UInt8]] = []
         for it in try range(Keys.xattr(ino, 0, 0, 0), Keys.xattr(ino, .max, .max, .max)) where it.key.fourth == 0 {
             let name = try XattrHead(decoding: it.value).name
-            let isHidden = name.starts(with: XattrTags.prefix) && (try? XattrTags.parse(name))??.hide == true
-            if isHidden == hidden { names.append(name) }
+            if ((try? XattrTags.parse(name))??.hide == true) == hidden { names.append(name) }
         }
         return names
     }

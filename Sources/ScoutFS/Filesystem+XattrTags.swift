@@ -130,18 +130,27 @@ extension FSCore {
     /// Adds or takes away one tagged xattr's search item and total. `value` is the xattr's
     /// value, which `.totl.` names must hold as a number.
     func applyTags(_ tags: XattrTags, ino: UInt64, name: [UInt8], id: UInt64, value: [UInt8], adding: Bool) throws {
-        if tags.srch {
-            let key = Keys.srch(nameHash(name), ino, id)
-            if adding { try put(key, []) } else { try remove(key) }
+        try applySearch(tags, ino: ino, name: name, id: id, adding: adding)
+        try applyTotal(tags, ino: ino, value: value, adding: adding)
+    }
+
+    /// Adds or removes the search item of a `.srch.` xattr; nothing for other tags.
+    func applySearch(_ tags: XattrTags, ino: UInt64, name: [UInt8], id: UInt64, adding: Bool) throws {
+        guard tags.srch else { return }
+        let key = Keys.srch(nameHash(name), ino, id)
+        if adding { try put(key, []) } else { try remove(key) }
+    }
+
+    /// Adds `value` and one to a `.totl.` xattr's total, or takes them away; nothing for
+    /// other tags.
+    func applyTotal(_ tags: XattrTags, ino: UInt64, value: [UInt8], adding: Bool) throws {
+        guard let n = tags.totlName else { return }
+        guard let v = XattrTags.parseNumber(value[...]) else {
+            log("inode \(ino): .totl. xattr holds \(value.count) bytes that are not a number")
+            throw Errno.ioError
         }
-        if let n = tags.totlName {
-            guard let v = XattrTags.parseNumber(value[...]) else {
-                log("inode \(ino): .totl. xattr holds \(value.count) bytes that are not a number")
-                throw Errno.ioError
-            }
-            let total = Int64(bitPattern: v)
-            try items.addDelta(Keys.totl(n), adding ? [total, 1] : [0 &- total, -1])
-        }
+        let total = Int64(bitPattern: v)
+        try items.addDelta(Keys.totl(n), adding ? [total, 1] : [0 &- total, -1])
     }
 
     /// Takes back the search items and totals of every tagged xattr of an inode being deleted.
