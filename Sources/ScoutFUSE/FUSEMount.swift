@@ -417,9 +417,8 @@ func makeOperations() -> fuse_lowlevel_ops {
     ops.readdir = { req, ino, size, off, fi in fillDirectory(req, ino, size: size, offset: off, plus: false, fi) }
     ops.readdirplus = { req, ino, size, off, fi in fillDirectory(req, ino, size: size, offset: off, plus: true, fi) }
     ops.releasedir = { req, _, fi in
-        if let fh = fi?.pointee.fh, fh != 0, let p = UnsafeRawPointer(bitPattern: UInt(fh)) {
-            Unmanaged<DirectoryStream>.fromOpaque(p).release()
-        }
+        // The reference opendir took.
+        if let stream = directoryStream(fi) { Unmanaged.passUnretained(stream).release() }
         fuse_reply_err(req, 0)
     }
     ops.fsyncdir = { req, _, _, _ in replyOK(req) { () throws(Errno) in try fs(req).sync() } }
