@@ -18,12 +18,19 @@ public protocol BlockDevice: AnyObject {
     func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws
     func write(at offset: UInt64, _ bytes: [UInt8]) throws
     func flush() throws
+    /// Reads what the medium holds now, past any cache this machine keeps: another machine
+    /// sharing the device may have written it since (quorum heartbeats).
+    func readUncached(at offset: UInt64, count: Int) throws -> [UInt8]
 }
 
 extension BlockDevice {
     public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
         let bytes = try read(at: offset, count: buffer.count)
         bytes.withUnsafeBytes { buffer.copyMemory(from: $0) }
+    }
+
+    public func readUncached(at offset: UInt64, count: Int) throws -> [UInt8] {
+        try read(at: offset, count: count)
     }
 }
 
@@ -126,6 +133,40 @@ public final class FileBlockDevice: BlockDevice {
         throw StoreError(.io, "\(name): cannot lock bytes \(offset)..<\(offset + length): \(String(cString: strerror(e)))")
     }
 
+    /// Reads with O_DIRECT through a second descriptor, so the bytes come from the medium and
+    /// not from this machine's page cache. Where O_DIRECT is refused (tmpfs), the cached pages
+    /// of the range are dropped first instead. Offsets and counts are in whole 4 KiB blocks.
+    public func readUncached(at offset: UInt64, count: Int) throws -> [UInt8] {
+        let align = 4096
+        precondition(offset % UInt64(align) == 0 && count % align == 0, "uncached reads are in whole 4 KiB blocks")
+        if offset + UInt64(count) > size {
+            throw StoreError(.io, "\(name): read of \(count) bytes at \(offset) runs past the end of the device (\(size) bytes)")
+        }
+        let direct = open(name, O_RDONLY | O_CLOEXEC | linuxODirect)
+        guard direct >= 0 else {
+            _ = posix_fadvise(fd, off_t(offset), off_t(count), POSIX_FADV_DONTNEED)
+            return try read(at: offset, count: count)
+        }
+        defer { close(direct) }
+        var raw: UnsafeMutableRawPointer?
+        guard posix_memalign(&raw, align, count) == 0, let raw else {
+            throw StoreError(.io, "\(name): no memory for an aligned read of \(count) bytes")
+        }
+        defer { free(raw) }
+        var done = 0
+        while done < count {
+            let n = pread(direct, raw + done, count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                let e = Glibc.errno
+                if e == EINTR { continue }
+                throw StoreError(.io, "\(name): uncached read at byte \(offset): \(String(cString: strerror(e)))")
+            }
+            if n == 0 { throw StoreError(.io, "\(name): unexpected end of device at byte \(offset + UInt64(done))") }
+            done += n
+        }
+        return [UInt8](UnsafeRawBufferPointer(start: raw, count: count))
+    }
+
     /// Asks the kernel to drop this device's clean pages from its page cache, so the next reads
     /// come from the medium (benchmarks of cold reads). Flushes first: dirty pages would stay.
     public func evictOSCache() throws {
@@ -136,6 +177,14 @@ public final class FileBlockDevice: BlockDevice {
         }
     }
 }
+
+/// O_DIRECT, which Glibc's Swift overlay leaves out (it needs _GNU_SOURCE); its value differs
+/// between architectures.
+#if arch(arm64)
+let linuxODirect: Int32 = 0o200000
+#else
+let linuxODirect: Int32 = 0o40000
+#endif
 
 /// A sparse in-memory device, for tests and benchmarks that should not touch a disk.
 // @unchecked Sendable: `pages` is only touched under `lock`.

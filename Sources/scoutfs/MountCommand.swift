@@ -88,21 +88,22 @@ struct MountCommand: ParsableCommand {
         throw ExitCode(1)
     }
 
-    /// The slot is locked. If a daemon holds it whose mount the kernel has already dropped
-    /// (a plain umount: the daemon is committing on its way out), wait for it to finish, as a
-    /// remount straight after an unmount expects; a slot that is really mounted is refused.
-    func waitForLeavingDaemon(_ dev: FileBlockDevice, slotOffset: UInt64) throws {
+    /// The devices are locked by another process here. If it is a daemon whose mount the
+    /// kernel has already dropped (a plain umount: the daemon is committing on its way out),
+    /// wait for it to finish, as a remount straight after an unmount expects; devices that are
+    /// really mounted are refused, whatever the slot.
+    func waitForLeavingDaemon(_ metaDev: FileBlockDevice, _ dataDev: FileBlockDevice) throws {
         let metaPath = MountRegistry.canonical(meta)
-        let holders = MountRegistry.all().filter { $0.meta == metaPath && $0.quorumSlot == quorumSlot }
+        let holders = MountRegistry.all().filter { $0.meta == metaPath || $0.data == MountRegistry.canonical(data) }
         if let mounted = holders.first(where: { MountRegistry.isMounted($0.mountpoint) }) {
-            throw StoreError(.invalid, "quorum slot \(quorumSlot) of \(meta) is already mounted on this machine (on \(mounted.mountpoint), daemon pid \(mounted.pid))")
+            throw StoreError(.exists, "\(meta) is already mounted on this machine (on \(mounted.mountpoint), quorum slot \(mounted.quorumSlot), daemon pid \(mounted.pid)); until the cluster is built only one mount may use the devices: unmount it first")
         }
         let deadline = Date().addingTimeInterval(30)
         while Date() < deadline {
             usleep(50_000)
-            if try dev.tryLock(offset: slotOffset, length: UInt64(Layout.smallBlockSize)) { return }
+            if try MountClaim.lockDevices(meta: metaDev, data: dataDev) { return }
         }
-        throw StoreError(.invalid, "quorum slot \(quorumSlot) of \(meta) is already mounted on this machine (its lock is held and was not released within 30 s)")
+        throw StoreError(.exists, "\(meta) or \(data) is in use by another process on this machine (its lock was not released within 30 s); until the cluster is built only one mount may use the devices")
     }
 
     func serve() throws {
@@ -120,12 +121,13 @@ struct MountCommand: ParsableCommand {
         let mnt = MountRegistry.canonical(mountpoint)
         let fsys: Filesystem
         let fuse: FUSEMount
+        let claim: MountClaim
+        let logLine: @Sendable (String) -> Void = { line in FileHandle.standardError.write(Data("scoutfs: \(line)\n".utf8)) }
         do {
             let metaDev = try openDevice(meta)
             let dataDev = try openDevice(data)
-            let slotOffset = Layout.quorumSmallBlkno(slot: quorumSlot) * UInt64(Layout.smallBlockSize)
-            if try !metaDev.tryLock(offset: slotOffset, length: UInt64(Layout.smallBlockSize)) {
-                try waitForLeavingDaemon(metaDev, slotOffset: slotOffset)
+            if try !MountClaim.lockDevices(meta: metaDev, data: dataDev) {
+                try waitForLeavingDaemon(metaDev, dataDev)
             }
             let store = try Store.open(meta: metaDev, data: dataDev,
                                        options: StoreOptions(cacheBlocks: cacheMiB << 20 / Layout.metaBlockSize))
@@ -133,9 +135,16 @@ struct MountCommand: ParsableCommand {
                 let have = store.superblock.quorumSlots.map { String($0.slot) }.joined(separator: ", ")
                 throw StoreError(.invalid, "quorum slot \(quorumSlot) is not configured in \(meta) (slots: \(have))")
             }
-            fsys = try Filesystem(store: store, options: FilesystemOptions(commitInterval: .seconds(commitInterval)))
-            fsys.logSink = { line in FileHandle.standardError.write(Data("scoutfs: \(line)\n".utf8)) }
-            fuse = try FUSEMount(filesystem: fsys, mountpoint: mnt, source: "\(meta):\(data)", options: options)
+            claim = try MountClaim(meta: metaDev, superblock: store.superblock, slot: quorumSlot, log: logLine)
+            do {
+                try claim.start()
+                fsys = try Filesystem(store: store, options: FilesystemOptions(commitInterval: .seconds(commitInterval)))
+                fsys.logSink = logLine
+                fuse = try FUSEMount(filesystem: fsys, mountpoint: mnt, source: "\(meta):\(data)", options: options)
+            } catch {
+                try? claim.release()
+                throw error
+            }
         } catch {
             throw fail("mount", error)
         }
@@ -148,6 +157,7 @@ struct MountCommand: ParsableCommand {
             }) { body, file, peer in service.handle(body, file: file, peer: peer) }
         } catch {
             fuse.close()
+            try? claim.release()
             throw fail("mount", error)
         }
         control.start()
@@ -187,6 +197,11 @@ struct MountCommand: ParsableCommand {
             status = 1
         }
         fuse.close()
+        do {
+            try claim.release()
+        } catch {
+            FileHandle.standardError.write(Data("scoutfs: clearing the claim in quorum slot \(quorumSlot) failed: \(error); the next mount on another host waits for it to go stale\n".utf8))
+        }
         MountRegistry.remove(mnt)
         FileHandle.standardError.write(Data("scoutfs: unmounted \(mnt) at seq \(fsys.committedSeq)\n".utf8))
         if status != 0 { throw ExitCode(status) }

@@ -27,6 +27,12 @@ struct PrintCommand: ParsableCommand {
         var nextIno: UInt64
         var nextSeq: UInt64
         var quorumSlots: [Slot]
+        /// What each configured slot's quorum block says: which mount claims the devices.
+        struct Claim: Encodable {
+            var slot: Int; var state: String; var host: String; var pid: UInt32
+            var mountedAt: Int64; var heartbeat: UInt64; var intervalMillis: UInt32
+        }
+        var quorumClaims: [Claim]
         var trees: [Tree]
         struct LogTree: Encodable { var rid: String; var height: Int; var items: UInt64; var blocks: UInt64 }
         /// Clients' committed log trees the server has not merged into the fs tree yet.
@@ -44,11 +50,23 @@ struct PrintCommand: ParsableCommand {
             // print needs only the metadata device; reading trees never touches data blocks.
             let store = try Store.openMetadataOnly(meta: m, superblock: sb)
             let summary = Checker.summarize(store)
+            var problems = summary.problems
+            var claims: [Output.Claim] = []
+            for s in sb.quorumSlots {
+                do {
+                    let b = try MountClaim.read(m, fsid: sb.fsid, slot: Int(s.slot))
+                    claims.append(.init(slot: Int(s.slot), state: b.state == .mounted ? "mounted" : "unclaimed", host: b.host, pid: b.pid,
+                                        mountedAt: b.mountedAt, heartbeat: b.heartbeat, intervalMillis: b.intervalMillis))
+                } catch {
+                    problems.append("\(error)")
+                }
+            }
             let out = Output(
                 fsid: hex(sb.fsid), uuid: sb.uuidString, formatVersion: sb.formatVersion, seq: sb.seq,
                 metaTotalBlocks: sb.metaTotalBlocks, dataTotalBlocks: sb.dataTotalBlocks,
                 nextIno: sb.nextIno, nextSeq: sb.nextSeq,
                 quorumSlots: sb.quorumSlots.map { .init(slot: Int($0.slot), address: $0.address, port: Int($0.port)) },
+                quorumClaims: claims,
                 trees: summary.trees.map { t, s in
                     let r = sb.root(t)
                     return .init(name: t.description, height: s.height, items: s.items, blocks: s.blocks,
@@ -58,7 +76,7 @@ struct PrintCommand: ParsableCommand {
                     .init(rid: String(rid, radix: 16), height: s.height, items: s.items, blocks: s.blocks)
                 },
                 metaFreeBlocks: sb.metaFreeBlocks, metaReserveBlocks: sb.metaReserve.count,
-                dataFreeBlocks: sb.dataFreeBlocks, problems: summary.problems)
+                dataFreeBlocks: sb.dataFreeBlocks, problems: problems)
             if json {
                 try printJSON(out)
             } else {
@@ -76,6 +94,14 @@ struct PrintCommand: ParsableCommand {
         print("  next_ino \(o.nextIno) next_seq \(o.nextSeq)")
         print("  quorum_slots:")
         for s in o.quorumSlots { print("    \(s.slot): \(s.address) port \(s.port)") }
+        print("  quorum_claims:")
+        for c in o.quorumClaims {
+            if c.state == "mounted" {
+                print("    \(c.slot): mounted by host \(c.host) pid \(c.pid) since \(MountClaim.timeText(c.mountedAt)) UTC, heartbeat \(c.heartbeat) every \(c.intervalMillis) ms")
+            } else {
+                print("    \(c.slot): unclaimed")
+            }
+        }
         print("trees:")
         for t in o.trees {
             let name = t.name.padding(toLength: 16, withPad: " ", startingAt: 0)

@@ -10,7 +10,7 @@ final class TestMount {
     let log: String
     private(set) var pid: Int32 = 0
 
-    init(metaSize: UInt64 = 2 << 30, dataSize: UInt64 = 4 << 30) throws {
+    init(metaSize: UInt64 = 2 << 30, dataSize: UInt64 = 4 << 30, slots: [Int] = [0]) throws {
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("scoutfs-mount-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         meta = dir.appendingPathComponent("meta").path
@@ -19,7 +19,7 @@ final class TestMount {
         log = dir.appendingPathComponent("log").path
         try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
         for (path, size) in [(meta, metaSize), (data, dataSize)] { try Sys.sparseFile(path, size: size) }
-        let mk = try CLI.run(["mkfs", "-Q", "0,127.0.0.1,7100", meta, data])
+        let mk = try CLI.run(["mkfs"] + slots.flatMap { ["-Q", "\($0),127.0.0.1,\(7100 + $0)"] } + [meta, data])
         try #require(mk.status == 0, "\(mk.stderr)")
     }
 

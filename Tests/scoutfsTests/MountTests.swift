@@ -181,6 +181,44 @@ import Testing
         #expect(try CLI.run(["status", m.mnt]).status == 1)
     }
 
+    /// Until the cluster exists, two mounts of one pair of devices would each write its own
+    /// view and one would lose the other's files; so a second mount is refused, whatever its
+    /// slot, and the first mount's files are all there for the next one.
+    @Test func aSecondMountOfTheSameDevicesIsRefusedWhateverItsSlot() throws {
+        let m = try TestMount(slots: [0, 1])
+        defer { m.cleanup() }
+        try m.mount()
+        let other = m.dir.appendingPathComponent("mnt2").path
+        try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
+        let second = try CLI.run(["mount", "--quorum-slot", "1", "--log", m.log, m.meta, m.data, other])
+        #expect(second.status == 1)
+        #expect(second.stderr.contains("already mounted on this machine (on \(m.mnt), quorum slot 0, daemon pid \(m.pid))"), "\(second.stderr)")
+        #expect(try CLI.run(["status", other]).status == 1)
+        for i in 0..<300 { try Sys.writeFile(m.path("f\(i)"), Array("file \(i)".utf8), fsync: i == 299) }
+
+        let claims = { () throws -> [[String: Any]] in
+            let pr = try CLI.run(["print", "--json", m.meta])
+            let o = try JSONSerialization.jsonObject(with: Data(pr.stdout.utf8)) as? [String: Any]
+            return try #require(o?["quorumClaims"] as? [[String: Any]])
+        }
+        let live = try claims()
+        #expect(live.first { $0["slot"] as? Int == 0 }?["state"] as? String == "mounted")
+        #expect(live.first { $0["slot"] as? Int == 0 }?["pid"] as? Int == Int(m.pid))
+        #expect(live.first { $0["slot"] as? Int == 1 }?["state"] as? String == "unclaimed")
+        let text = try CLI.run(["print", m.meta]).stdout
+        #expect(text.contains("0: mounted by host ") && text.contains("pid \(m.pid)"), "\(text)")
+        try m.unmount()
+        #expect(try claims().allSatisfy { $0["state"] as? String == "unclaimed" })
+
+        let r = try CLI.run(["mount", "--quorum-slot", "1", "--log", m.log, m.meta, m.data, other])
+        try #require(r.status == 0, "\(r.stderr)")
+        let names = try FileManager.default.contentsOfDirectory(atPath: other).filter { $0.hasPrefix("f") }
+        #expect(names.count == 300)
+        #expect(try Sys.readFile(other + "/f123") == Array("file 123".utf8))
+        #expect(try CLI.run(["unmount", other]).status == 0)
+        #expect(try m.check().status == 0)
+    }
+
     /// SIGKILL at random points of a workload that fsyncs markers: after remount every fsynced
     /// file is intact and check is clean.
     @Test func crashesKeepEveryFsyncedFile() throws {

@@ -1,0 +1,214 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+public import ScoutFormat
+import Synchronization
+
+/// Keeps a second mount of the same devices out while the cluster does not exist yet: two
+/// mounts writing one store without cluster locks lose each other's files.
+///
+/// Two guards, because a mount cannot see every other mount the same way:
+/// - **On this machine**, an open file description lock on the first 64 KiB (unused by the
+///   format) of both devices (`FileBlockDevice.tryLock`). The kernel drops it when the
+///   process dies, so a crash never leaves it behind.
+/// - **Across machines**, a claim in the mount's own quorum block (`QuorumBlock`) with a
+///   heartbeat counter advanced every `interval`. A new mount reads every configured slot's
+///   block past its page cache; a claim from another host whose counter advances while it
+///   watches is live, and the mount is refused with the holder's name. A claim whose counter
+///   stands still is stale (its host died) and is taken over, with a log line. A claim made on
+///   this machine since it booted is stale as soon as the device lock is ours, since no
+///   process here holds the devices.
+///
+/// Two hosts starting at the same instant can both see no claim; the election of the cluster
+/// issue settles that race, which this guard does not.
+public final class MountClaim: Sendable {
+    /// Who claims: the host and process, as written into the quorum block.
+    public struct Identity: Sendable, Equatable {
+        public var host: String
+        public var bootID: String
+        public var pid: UInt32
+
+        public init(host: String, bootID: String, pid: UInt32) {
+            self.host = host
+            self.bootID = bootID
+            self.pid = pid
+        }
+
+        /// This process on this machine.
+        public static var current: Identity {
+            var name = [CChar](repeating: 0, count: 256)
+            let host = gethostname(&name, name.count) == 0
+                ? String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : "unknown"
+            var boot = ""
+            if let f = fopen("/proc/sys/kernel/random/boot_id", "r") {
+                var line = [CChar](repeating: 0, count: 64)
+                if fgets(&line, Int32(line.count), f) != nil {
+                    boot = String(decoding: line.prefix { $0 != 0 && $0 != 10 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                }
+                fclose(f)
+            }
+            return Identity(host: host, bootID: boot, pid: UInt32(getpid()))
+        }
+    }
+
+    /// The byte range of each device that the on-machine lock covers.
+    static let lockLength = UInt64(Layout.superOffset(copy: 0))
+
+    // nonisolated(unsafe): set once; the heartbeat writes only its own quorum block, a range
+    // nothing else writes, and pwrite/fdatasync are safe beside the store's I/O.
+    nonisolated(unsafe) let meta: any BlockDevice
+    let fsid: UInt64
+    let slot: Int
+    let interval: Duration
+    private let state: Mutex<QuorumBlock>
+    private let log: @Sendable (String) -> Void
+    private let stopping = Atomic(false)
+    private let thread = Mutex<JoinableThread?>(nil)
+
+    /// Takes the on-machine lock of both devices; false when another process holds it.
+    public static func lockDevices(meta: FileBlockDevice, data: FileBlockDevice) throws -> Bool {
+        guard try meta.tryLock(offset: 0, length: lockLength) else { return false }
+        return try data.tryLock(offset: 0, length: lockLength)
+    }
+
+    /// The claim each configured slot's quorum block holds now, read past the page cache.
+    static func claims(meta: any BlockDevice, superblock sb: SuperBlock) throws -> [(slot: Int, block: QuorumBlock)] {
+        try sb.quorumSlots.map { s in (Int(s.slot), try read(meta, fsid: sb.fsid, slot: Int(s.slot))) }
+    }
+
+    /// One slot's quorum block, read past the page cache.
+    public static func read(_ meta: any BlockDevice, fsid: UInt64, slot: Int) throws -> QuorumBlock {
+        let blkno = Layout.quorumSmallBlkno(slot: slot)
+        let bytes = try meta.readUncached(at: blkno * UInt64(Layout.smallBlockSize), count: Layout.smallBlockSize)
+        switch BlockHeader.verify(bytes, magic: BlockMagic.quorum, fsid: fsid, blkno: blkno, seq: nil) {
+        case .valid:
+            do {
+                return try QuorumBlock(decoding: bytes)
+            } catch {
+                throw StoreError(.corrupt, "quorum block of slot \(slot) on \(meta.name): \(error)")
+            }
+        case .stale(let why), .corrupt(let why):
+            throw StoreError(.corrupt, "quorum block of slot \(slot) on \(meta.name): \(why)")
+        }
+    }
+
+    /// Refuses while another host's claim is live, then writes this mount's claim into `slot`
+    /// and makes it durable. The caller already holds the on-machine lock. Call `start` to
+    /// begin the heartbeat and `release` at unmount.
+    public init(meta: any BlockDevice, superblock sb: SuperBlock, slot: Int, identity: Identity = .current,
+                interval: Duration = .seconds(1), log: @escaping @Sendable (String) -> Void) throws {
+        self.meta = meta
+        fsid = sb.fsid
+        self.slot = slot
+        self.interval = interval
+        self.log = log
+        let found = try Self.claims(meta: meta, superblock: sb).filter { $0.block.state == .mounted }
+        var watch: [(slot: Int, block: QuorumBlock)] = []
+        for c in found {
+            if c.block.host == identity.host && c.block.bootID == identity.bootID {
+                log("quorum slot \(c.slot): claim of pid \(c.block.pid) on this host is stale (no process here holds the devices); taking over")
+            } else {
+                watch.append(c)
+            }
+        }
+        if !watch.isEmpty {
+            // Two and a half of the slowest claimant's intervals: a live one beats at least twice.
+            let longest = watch.map { Int($0.block.intervalMillis) }.max() ?? 1000
+            let wait = min(max(longest, 100) * 5 / 2, 30_000)
+            usleep(UInt32(wait) * 1000)
+            for c in watch {
+                let now = try Self.read(meta, fsid: sb.fsid, slot: c.slot)
+                if now.state == .mounted && (now.heartbeat != c.block.heartbeat || now.mountID != c.block.mountID) {
+                    throw StoreError(.exists, "\(meta.name) is mounted on host \(now.host) (pid \(now.pid), quorum slot \(c.slot), mounted at \(Self.timeText(now.mountedAt)) UTC): its heartbeat is advancing. Unmount it there first; until the cluster is built only one mount may use the devices. If that host is down, its heartbeat stops and a mount after \(wait / 1000 + 1) s takes over.")
+                }
+                log("quorum slot \(c.slot): claim of host \(c.block.host) pid \(c.block.pid) has not beaten in \(wait) ms; treating it as stale and taking over")
+            }
+        }
+        var mountID: UInt64 = 0
+        while mountID == 0 { mountID = UInt64.random(in: 1...UInt64.max) }
+        let mine = QuorumBlock(state: .mounted, heartbeat: 1, mountID: mountID,
+                               intervalMillis: UInt32(clamping: Self.millis(interval)),
+                               pid: identity.pid, mountedAt: Self.unixNanos() / 1_000_000_000, heartbeatAtNanos: Self.unixNanos(),
+                               host: identity.host, bootID: identity.bootID)
+        state = Mutex(mine)
+        try write(mine)
+    }
+
+    private func write(_ b: QuorumBlock) throws {
+        try meta.write(at: Layout.quorumSmallBlkno(slot: slot) * UInt64(Layout.smallBlockSize), b.encode(fsid: fsid, slot: slot))
+        try meta.flush()
+    }
+
+    /// Starts advancing the heartbeat every interval on a thread of its own.
+    public func start() throws {
+        let t = try JoinableThread("the quorum heartbeat") { [self] in beat() }
+        thread.withLock { $0 = t }
+    }
+
+    private func beat() {
+        let micros = UInt32(clamping: min(Self.millis(interval), 10_000) * 1000)
+        var failing = false
+        while true {
+            // Sleep in short steps so that release never waits a whole interval.
+            var slept: UInt32 = 0
+            while slept < micros && !stopping.load(ordering: .acquiring) {
+                let step = min(micros - slept, 50_000)
+                usleep(step)
+                slept += step
+            }
+            if stopping.load(ordering: .acquiring) { return }
+            let b = state.withLock { b -> QuorumBlock in
+                b.heartbeat += 1
+                b.heartbeatAtNanos = Self.unixNanos()
+                return b
+            }
+            do {
+                try write(b)
+                if failing { log("quorum heartbeat of slot \(slot) written again") }
+                failing = false
+            } catch {
+                // Other hosts will see the claim as stale if this goes on; say so once.
+                if !failing { log("quorum heartbeat of slot \(slot) failed: \(error); other hosts may take the devices over") }
+                failing = true
+            }
+        }
+    }
+
+    /// Stops the heartbeat and marks the slot unclaimed: a clean unmount lets the next mount
+    /// anywhere start without waiting.
+    public func release() throws {
+        stopping.store(true, ordering: .releasing)
+        let t = thread.withLock { t -> JoinableThread? in
+            defer { t = nil }
+            return t
+        }
+        t?.join()
+        var b = state.withLock { $0 }
+        b.state = .unclaimed
+        b.heartbeat += 1
+        try write(b)
+    }
+
+    /// The claim as last written by this mount.
+    public var block: QuorumBlock { state.withLock { $0 } }
+
+    static func millis(_ d: Duration) -> Int64 {
+        d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000
+    }
+
+    static func unixNanos() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+    }
+
+    /// `YYYY-MM-DD HH:MM:SS` of unix seconds, in UTC.
+    public static func timeText(_ seconds: Int64) -> String {
+        var t = time_t(seconds)
+        var tm = tm()
+        gmtime_r(&t, &tm)
+        var buf = [CChar](repeating: 0, count: 32)
+        let n = strftime(&buf, buf.count, "%Y-%m-%d %H:%M:%S", &tm)
+        return String(decoding: buf.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
