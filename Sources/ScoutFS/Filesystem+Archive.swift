@@ -130,7 +130,10 @@ extension FSCore {
         guard !data.isEmpty else { return 0 }
         var rec = try archiveFile(ino, "stage")
         try checkVersion(rec, version, "stage")
-        let end = offset + UInt64(data.count)
+        let (end, overflow) = offset.addingReportingOverflow(UInt64(data.count))
+        guard !overflow else {
+            throw ArchiveError(.invalidArgument, "stage: offset \(offset) + \(data.count) bytes runs past the largest file offset")
+        }
         guard offset % blockSize == 0 else {
             throw ArchiveError(.invalidArgument, "stage: offset \(offset) must be a multiple of \(blockSize)")
         }
@@ -144,6 +147,7 @@ extension FSCore {
             throw ArchiveError(.invalidArgument, "stage: \(online) block(s) of \(offset)..<\(end) are online; only offline (released) data can be staged")
         }
         let count = last - first + 1
+        _ = try rec.onlineBlocks.adding(count, "online block count of inode \(ino)")
         try ensureDataSpace(count)
         _ = try cutExtents(ino, from: first, through: last)
         var at = first

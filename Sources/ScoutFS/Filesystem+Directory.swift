@@ -31,7 +31,7 @@ extension FSCore {
     /// Adds `name → ino` to `dir` at the directory's next readdir position, with its backref.
     func addEntry(_ dir: UInt64, _ dirRec: inout InodeRecord, _ name: [UInt8], _ ino: UInt64, type: UInt8) throws {
         let pos = dirRec.nextReaddirPos
-        dirRec.nextReaddirPos += 1
+        dirRec.nextReaddirPos = try pos.adding(1, "next readdir position of directory \(dir)")
         let rec = DirentRecord(ino: ino, type: type, name: name).encoded
         try put(Keys.dirent(dir, nameHash(name), pos), rec)
         try put(Keys.readdir(dir, pos), rec)
@@ -95,20 +95,23 @@ extension FSCore {
             if rec.isDirectory { rec.mode |= UInt32(S_ISGID) }
         }
         rec.rdev = rdev
-        let ino = try allocateIno()
-        if rec.isDirectory {
-            rec.nlink = 2
-            parent.nlink += 1
-        }
         if let target = symlinkTarget {
             guard !target.isEmpty, target.count < Int(PATH_MAX) else { throw target.isEmpty ? Errno.noSuchFileOrDirectory : Errno.fileNameTooLong }
             rec.size = UInt64(target.count)
+        }
+        if rec.isDirectory {
+            rec.nlink = 2
+            parent.nlink = try parent.nlink.adding(1, "link count of directory \(dir)")
+        }
+        let ino = try allocateIno()
+        // The entry first: a damaged parent fails before anything of the new inode is written.
+        try addEntry(dir, &parent, name, ino, type: rec.direntType)
+        if let target = symlinkTarget {
             for (nr, start) in stride(from: 0, to: target.count, by: Item.maxValueLength).enumerated() {
                 try put(Keys.symlink(ino, UInt64(nr)), Array(target[start..<min(start + Item.maxValueLength, target.count)]))
             }
         }
         try putInode(ino, &rec)
-        try addEntry(dir, &parent, name, ino, type: rec.direntType)
         parent.mtime = now
         parent.ctime = now
         try putInode(dir, &parent)
@@ -132,6 +135,7 @@ extension FSCore {
         if target.nlink >= UInt32(Int32.max) { throw Errno.tooManyLinks }
         let now = Timestamp.now
         let wasOrphan = target.nlink == 0
+        try addEntry(dir, &parent, name, ino, type: target.direntType)
         target.nlink += 1
         target.ctime = now
         try putInode(ino, &target)
@@ -139,7 +143,6 @@ extension FSCore {
             try remove(Keys.orphan(ino))
             unlinked.remove(ino)
         }
-        try addEntry(dir, &parent, name, ino, type: target.direntType)
         parent.mtime = now
         parent.ctime = now
         try putInode(dir, &parent)
@@ -149,7 +152,7 @@ extension FSCore {
 
     /// Drops one link of `ino`; at zero it becomes an orphan until the last reference goes.
     func dropLink(_ ino: UInt64, _ rec: inout InodeRecord, now: Timestamp) throws {
-        rec.nlink = rec.isDirectory ? 0 : rec.nlink - 1
+        rec.nlink = rec.isDirectory ? 0 : try rec.nlink.subtracting(1, "link count of inode \(ino)")
         rec.ctime = now
         try putInode(ino, &rec)
         if rec.nlink == 0 {
@@ -171,8 +174,8 @@ extension FSCore {
             throw Errno.isDirectory
         }
         let now = Timestamp.now
+        if target.isDirectory { parent.nlink = try parent.nlink.subtracting(1, "link count of directory \(dir)") }
         try removeEntry(dir, e)
-        if target.isDirectory { parent.nlink -= 1 }
         parent.mtime = now
         parent.ctime = now
         try putInode(dir, &parent)
@@ -211,6 +214,13 @@ extension FSCore {
             if try d.isDirectory && !isEmptyDirectory(dst!.record.ino) { throw Errno.directoryNotEmpty }
         }
 
+        // A damaged directory must fail before any entry moves: room for the positions the
+        // entries take, and link counts that the move can adjust.
+        for d in Set([oldDir, newDir]) {
+            let r = try inode(d)
+            _ = try r.nextReaddirPos.adding(2, "next readdir position of directory \(d)")
+            _ = try r.nlink.subtracting(1, "link count of directory \(d)").adding(2, "link count of directory \(d)")
+        }
         // Remove the entries involved, then add them back where they belong.
         try removeEntry(oldDir, src)
         if let dst { try removeEntry(newDir, dst) }

@@ -19,15 +19,21 @@ extension FSCore {
     // MARK: extent map
 
     /// Calls `body` with each extent item (mapped or offline) overlapping logical blocks
-    /// `[first, last]`, in order, with its first block, until it returns false. Items whose
-    /// value does not decode are skipped.
+    /// `[first, last]`, in order, with its first block, until it returns false. A damaged item
+    /// fails the operation with EIO and a log line naming it, before any reader computes with
+    /// its numbers.
     func forEachExtent(_ ino: UInt64, from first: UInt64, through last: UInt64,
                        _ body: (_ key: Key, _ start: UInt64, _ extent: FileExtent) throws -> Bool) throws {
+        let dataBlocks = store.superblock.dataTotalBlocks
         try items.forEach(from: Keys.extent(ino, last: first, length: 0), through: Keys.extent(ino, last: .max, length: .max)) { it in
-            let start = it.key.second + 1 - it.key.third
-            if start > last { return false }
-            guard let fe = try? FileExtent(decoding: it.value) else { return true }
-            return try body(it.key, start, fe)
+            let e: ExtentItem
+            do {
+                e = try ExtentItem(key: it.key, value: it.value, dataTotalBlocks: dataBlocks)
+            } catch {
+                throw StoreError(.corrupt, "\(error); run `scoutfs check`")
+            }
+            if e.first > last { return false }
+            return try body(it.key, e.first, e.extent)
         }
     }
 
@@ -154,6 +160,9 @@ extension FSCore {
         if overflow || end > UInt64(Int64.max) { throw Errno.fileTooLarge }
         let first = offset / blockSize
         let last = (end - 1) / blockSize
+        // Damaged counters fail before any block is mapped.
+        let version = try rec.dataVersion.adding(1, "data version of inode \(ino)")
+        _ = try rec.onlineBlocks.adding(last - first + 1, "online block count of inode \(ino)")
         let fresh = try allocateHoles(ino, from: first, through: last)
         // New blocks get whole-block writes with zeros around the data: whatever a freed block
         // held before must never show through.
@@ -188,7 +197,7 @@ extension FSCore {
         rec.onlineBlocks += fresh.reduce(0) { $0 + $1.length }
         rec.mtime = now
         rec.ctime = now
-        rec.dataVersion += 1
+        rec.dataVersion = version
         try markDataChanged(ino, &rec)
         try putInode(ino, &rec)
         return data.count
@@ -218,7 +227,7 @@ extension FSCore {
         }
         if size != rec.size {
             rec.size = size
-            rec.dataVersion += 1
+            rec.dataVersion = try rec.dataVersion.adding(1, "data version of inode \(ino)")
             try markDataChanged(ino, &rec)
         }
         let now = Timestamp.now
@@ -263,6 +272,8 @@ extension FSCore {
         let (end, overflow) = offset.addingReportingOverflow(length)
         if overflow || end > UInt64(Int64.max) { throw Errno.fileTooLarge }
         let keepSize = mode & LinuxABI.fallocKeepSize != 0
+        let version = try rec.dataVersion.adding(1, "data version of inode \(ino)")
+        _ = try rec.onlineBlocks.adding(length / blockSize + 2, "online block count of inode \(ino)")
         if mode == LinuxABI.fallocPunchHole | LinuxABI.fallocKeepSize {
             let firstWhole = (offset + blockSize - 1) / blockSize
             let endWhole = end / blockSize
@@ -286,7 +297,7 @@ extension FSCore {
             }
             if !keepSize && end > rec.size {
                 rec.size = end
-                rec.dataVersion += 1
+                rec.dataVersion = version
             }
         } else {
             throw Errno.notSupported

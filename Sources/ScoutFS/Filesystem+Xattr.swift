@@ -87,7 +87,7 @@ extension FSCore {
         if flags & LinuxABI.xattrCreate != 0 && existing != nil { throw Errno.fileExists }
         if flags & LinuxABI.xattrReplace != 0 && existing == nil { throw Errno.noData }
         let id = existing?.id ?? rec.nextXattrID
-        if existing == nil { rec.nextXattrID += 1 }
+        if existing == nil { rec.nextXattrID = try rec.nextXattrID.adding(1, "next xattr id of inode \(ino)") }
         // Tags first: a stored .totl. value that no longer parses fails here, before any item
         // changed. A replacement keeps its id and so its search item; only its total changes.
         if let tags {

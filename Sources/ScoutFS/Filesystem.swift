@@ -292,6 +292,7 @@ final class FSCore: @unchecked Sendable {
     func prepare() throws {
         let recovered = try server.recoverLogTrees()
         if recovered > 0 { log("merged \(recovered) log tree(s) left by an unclean unmount") }
+        try checkNextInode()
         if try items.lookup(Keys.inode(Self.rootIno)) == nil {
             var root = InodeRecord(mode: UInt32(S_IFDIR) | 0o755, uid: 0, gid: 0, now: .now)
             root.nlink = 2
@@ -332,12 +333,18 @@ final class FSCore: @unchecked Sendable {
 
     func inode(_ ino: UInt64) throws -> InodeRecord {
         guard let it = try get(Keys.inode(ino)) else { throw Errno.noSuchFileOrDirectory }
+        let rec: InodeRecord
         do {
-            return try InodeRecord(decoding: it.value)
+            rec = try InodeRecord(decoding: it.value)
         } catch {
             log("inode \(ino): \(error)")
             throw Errno.ioError
         }
+        if let why = rec.impossibility {
+            log("inode \(ino): \(why); the item is damaged: run `scoutfs check`")
+            throw Errno.ioError
+        }
+        return rec
     }
 
     /// Writes an inode, stamping its meta seq with the open transaction's and moving its index
@@ -411,6 +418,23 @@ final class FSCore: @unchecked Sendable {
         try remove(Keys.orphan(ino))
     }
 
+    /// Inode numbers are handed out from the superblock's next number: one at or below an
+    /// inode that exists would make new files overwrite old ones, so the mount refuses. A
+    /// damaged block on the way only costs the check (with a log line): the mount still serves
+    /// what does not depend on that block.
+    func checkNextInode() throws {
+        let last: Item?
+        do {
+            last = try store.tree(.fs).prev(from: Key.last(in: Zone.fs), in: store)
+        } catch let e as StoreError where e.code == .corrupt || e.code == .stale {
+            log("cannot verify the superblock's next inode number against the fs tree: \(e.message)")
+            return
+        }
+        if let last, last.key.zone == Zone.fs, last.key.first >= store.nextIno {
+            throw StoreError(.corrupt, "the superblock's next inode number \(store.nextIno) is not above inode \(last.key.first), which the fs tree holds: new files would overwrite existing ones. The superblock is damaged; run `scoutfs check`")
+        }
+    }
+
     func freeOrphans() throws {
         let orphans = try range(Keys.orphan(0), Keys.orphan(.max))
         for o in orphans {
@@ -437,6 +461,16 @@ extension Timestamp {
 }
 
 extension InodeRecord {
+    /// Why no filesystem could have written this inode, or nil: every operation relies on a
+    /// known file type and a size a file may have.
+    var impossibility: String? {
+        let types = [S_IFREG, S_IFDIR, S_IFLNK, S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK].map { UInt32($0) }
+        if !types.contains(fileType) { return "mode \(String(mode, radix: 8)) has no known file type" }
+        if size > UInt64(Int64.max) { return "size \(size) is larger than any file may be" }
+        if isDirectory && nlink == 1 { return "directory with link count 1" }
+        return nil
+    }
+
     var fileType: UInt32 { mode & UInt32(S_IFMT) }
     var isDirectory: Bool { fileType == UInt32(S_IFDIR) }
     var isRegular: Bool { fileType == UInt32(S_IFREG) }
@@ -482,5 +516,23 @@ final class InProcessLink: ServerLink {
     func allocateInodes(_ count: UInt64) throws -> Range<UInt64> { server.allocateInodes(count) }
     func commitLogTree(rid: UInt64, _ record: LogTreeRecord, merge: Bool) throws -> LogCommit {
         try server.commitLogTree(rid: rid, record, merge: merge)
+    }
+}
+
+extension FixedWidthInteger {
+    /// `self + n` for a counter that came from disk (link counts, positions, versions): an
+    /// overflow means the item is damaged, and the operation fails with EIO and a log line
+    /// naming it instead of trapping the mount.
+    func adding(_ n: Self, _ what: @autoclosure () -> String) throws -> Self {
+        let (r, overflow) = addingReportingOverflow(n)
+        if overflow { throw StoreError(.corrupt, "\(what()) is \(self), too large to add \(n) to; the item is damaged: run `scoutfs check`") }
+        return r
+    }
+
+    /// `self - n` for a counter that came from disk; going below zero means the item is damaged.
+    func subtracting(_ n: Self, _ what: @autoclosure () -> String) throws -> Self {
+        let (r, overflow) = subtractingReportingOverflow(n)
+        if overflow { throw StoreError(.corrupt, "\(what()) is \(self), too small to take \(n) from; the item is damaged: run `scoutfs check`") }
+        return r
     }
 }

@@ -47,3 +47,44 @@ public struct FileExtent: Hashable, Sendable {
         }
     }
 }
+
+/// A data extent item whose key and value were checked against the limits every reader of
+/// extents relies on: at least one block, starting at or after block 0, within the largest
+/// file, and (when mapped) on the data device. A damaged item fails here with its numbers
+/// instead of overflowing some reader's arithmetic later.
+public struct ExtentItem: Sendable {
+    /// First logical block of the file that the extent covers.
+    public var first: UInt64
+    public var length: UInt64
+    public var extent: FileExtent
+
+    /// Logical blocks a file may have: its size is at most Int64.max bytes.
+    public static let maxFileBlocks = (UInt64(Int64.max) >> UInt64(Layout.dataBlockShift)) + 1
+
+    /// One past the last logical block; never overflows (at most `maxFileBlocks`).
+    public var end: UInt64 { first + length }
+
+    /// `dataTotalBlocks` is the data device's size in 4 KiB blocks, from the superblock.
+    public init(key: Key, value: [UInt8], dataTotalBlocks: UInt64) throws(FormatError) {
+        let last = key.second
+        let len = key.third
+        guard len > 0, last < Self.maxFileBlocks, len <= last + 1 else {
+            throw FormatError("data extent item of inode \(key.first) (last block \(last), length \(len)) covers impossible blocks")
+        }
+        let ext: FileExtent
+        do {
+            ext = try FileExtent(decoding: value)
+        } catch {
+            throw FormatError("data extent item of inode \(key.first) (last block \(last), length \(len)): \(error.message)")
+        }
+        if !ext.flags.contains(.offline) {
+            let (blockEnd, overflow) = ext.blkno.addingReportingOverflow(len)
+            guard !overflow, ext.blkno >= Layout.dataFirstBlkno, blockEnd <= dataTotalBlocks else {
+                throw FormatError("data extent item of inode \(key.first) (last block \(last), length \(len)) maps data blocks from \(ext.blkno), outside the data device's blocks \(Layout.dataFirstBlkno)..<\(dataTotalBlocks)")
+            }
+        }
+        first = last + 1 - len
+        length = len
+        extent = ext
+    }
+}

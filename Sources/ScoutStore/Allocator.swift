@@ -68,6 +68,30 @@ final class ExtentAllocator {
         return item
     }
 
+    /// Counts blocks leaving the free tree; the count came from the superblock, and a count
+    /// below what the tree holds means one of them is damaged.
+    private func takeFree(_ n: UInt64) throws {
+        guard freeBlocks >= n else {
+            throw StoreError(.corrupt, "\(kind) free tree holds more blocks than the superblock's free count \(freeBlocks); run `scoutfs check`")
+        }
+        freeBlocks -= n
+    }
+
+    /// The free extent an item of either index describes, checked against the device: a
+    /// damaged free tree fails the allocation instead of handing out blocks past the device or
+    /// overflowing the arithmetic on them.
+    private func freeExtent(_ item: Item, _ store: Store) throws -> Extent {
+        let ext = item.key.type == ItemType.freeByStart
+            ? Extent(start: item.key.second, length: item.key.third) : Extent(start: item.key.third, length: item.key.second)
+        let total = kind == .meta ? store.superblock.metaTotalBlocks : store.superblock.dataTotalBlocks
+        let first = kind == .meta ? Layout.metaFirstBlkno : Layout.dataFirstBlkno
+        let (end, overflow) = ext.start.addingReportingOverflow(ext.length)
+        guard ext.length > 0, ext.start >= first, !overflow, end <= total else {
+            throw StoreError(.corrupt, "\(kind) free tree: free extent of \(ext.length) blocks at \(ext.start) lies outside the device's blocks \(first)..<\(total); run `scoutfs check`")
+        }
+        return ext
+    }
+
     // MARK: metadata blocks
 
     /// One metadata block for the open transaction.
@@ -89,7 +113,7 @@ final class ExtentAllocator {
         try editing(store, refill: false) { t in
             var search = Self.startKey(0, 0)
             while let item = isExtentItem(try t.next(from: search, in: store), ItemType.freeByStart) {
-                let ext = Extent(start: item.key.second, length: item.key.third)
+                let ext = try freeExtent(item, store)
                 let want = UInt64(max(0, Self.reserveRefill - reserve.count))
                 guard want > 0 else { return }
                 if let piece = Self.firstGap(in: ext, avoiding: freedThisTransaction, upTo: want) {
@@ -100,7 +124,7 @@ final class ExtentAllocator {
                     if piece.end < ext.end {
                         try insertItems(Extent(start: piece.end, length: ext.end - piece.end), &t, store)
                     }
-                    freeBlocks -= piece.length
+                    try takeFree(piece.length)
                     reserve.append(contentsOf: stride(from: piece.end - 1, through: piece.start, by: -1))
                     return
                 }
@@ -148,13 +172,13 @@ final class ExtentAllocator {
                 found = isExtentItem(try t.prev(from: Self.lengthKey(.max, .max), in: store), ItemType.freeByLength)
             }
             guard let item = found else { return }
-            let ext = Extent(start: item.key.third, length: item.key.second)
+            let ext = try freeExtent(item, store)
             let take = min(ext.length, count)
             try removeItems(ext, &t, store)
             if take < ext.length {
                 try insertItems(Extent(start: ext.start + take, length: ext.length - take), &t, store)
             }
-            freeBlocks -= take
+            try takeFree(take)
             got = Extent(start: ext.start, length: take)
         }
         guard let got else {
@@ -172,7 +196,7 @@ final class ExtentAllocator {
         try editing(store) { t in
             var ext = freed
             if let before = isExtentItem(try t.prev(from: Self.startKey(ext.start, 0), in: store), ItemType.freeByStart) {
-                let b = Extent(start: before.key.second, length: before.key.third)
+                let b = try freeExtent(before, store)
                 if b.end > ext.start { throw doubleFree(ext, b) }
                 if b.end == ext.start {
                     try removeItems(b, &t, store)
@@ -180,7 +204,7 @@ final class ExtentAllocator {
                 }
             }
             if let after = isExtentItem(try t.next(from: Self.startKey(freed.start, 0), in: store), ItemType.freeByStart) {
-                let a = Extent(start: after.key.second, length: after.key.third)
+                let a = try freeExtent(after, store)
                 if a.start < freed.end { throw doubleFree(freed, a) }
                 if a.start == freed.end {
                     try removeItems(a, &t, store)

@@ -64,6 +64,9 @@ private struct Walker {
     /// Data extent items of unmerged log trees, newest version per key. They override the fs
     /// tree's items of the same key, as the forest does for readers.
     var logExtents: [Key: (seq: UInt64, value: LeafValue, blkno: UInt64)] = [:]
+    /// The highest seq a reachable block was written at: no block can be newer than the
+    /// superblock's commit.
+    var maxBlockSeq: (seq: UInt64, blkno: UInt64)?
     /// Which tree the walk is in: the items a block holds mean different things.
     enum Kind { case fs, log, other }
 
@@ -87,6 +90,9 @@ private struct Walker {
         dataOwned += checkFreeTree(.dataFree, expectedTotal: sb.dataFreeBlocks)
         report.metaFree = sb.metaFreeBlocks
         report.dataFree = sb.dataFreeBlocks
+        if let m = maxBlockSeq, m.seq > sb.seq {
+            problem("metadata block \(m.blkno) was written at seq \(m.seq), above the superblock's commit seq \(sb.seq)")
+        }
         checkCoverage(metaOwned, from: Layout.metaFirstBlkno, to: sb.metaTotalBlocks, device: "metadata")
         checkCoverage(dataOwned, from: Layout.dataFirstBlkno, to: sb.dataTotalBlocks, device: "data")
     }
@@ -136,6 +142,7 @@ private struct Walker {
 
     mutating func walk(_ ref: BlockRef, level: UInt8, lower: Key?, upper: Key?, isRoot: Bool, name: String, kind: Kind, summary: inout TreeSummary) {
         metaOwned.append(Owned(start: ref.blkno, length: 1, owner: "\(name) tree"))
+        if ref.seq > (maxBlockSeq?.seq ?? 0) { maxBlockSeq = (ref.seq, ref.blkno) }
         report.metaReferenced += 1
         summary.blocks += 1
         let block: BTreeBlock
@@ -199,17 +206,14 @@ private struct Walker {
 
     mutating func ownExtent(_ key: Key, _ v: LeafValue, treeName: String, blkno: UInt64) {
         do {
-            let ext = try FileExtent(decoding: v.value)
-            if ext.flags.contains(.offline) { return }
-            let len = key.third
-            if len == 0 || len > key.second + 1 {
-                problem("metadata block \(blkno) in \(treeName) tree: data extent item \(key) has impossible length \(len)")
-                return
-            }
-            dataOwned.append(Owned(start: ext.blkno, length: len, owner: "inode \(key.first) extent ending at block \(key.second)"))
-            report.dataReferenced += len
+            // No device bound here: blocks beyond the device are reported by the coverage
+            // check with the blocks' owner named.
+            let e = try ExtentItem(key: key, value: v.value, dataTotalBlocks: .max)
+            if e.extent.flags.contains(.offline) { return }
+            dataOwned.append(Owned(start: e.extent.blkno, length: e.length, owner: "inode \(key.first) extent ending at block \(key.second)"))
+            report.dataReferenced += e.length
         } catch {
-            problem("metadata block \(blkno) in \(treeName) tree: data extent item \(key): \(error)")
+            problem("metadata block \(blkno) in \(treeName) tree: \(error)")
         }
     }
 
@@ -237,11 +241,17 @@ private struct Walker {
         var total: UInt64 = 0
         for (i, e) in byStart.enumerated() {
             if e.length == 0 { problem("\(t) tree: empty free extent at \(e.start)") }
+            if e.start.addingReportingOverflow(e.length).overflow {
+                problem("\(t) tree: free extent of \(e.length) blocks at \(e.start) runs past the largest block number")
+                continue
+            }
             if !byLength.contains(e) { problem("\(t) tree: free extent \(e) is missing from the length index") }
-            if i > 0 && byStart[i - 1].end == e.start {
+            if i > 0 && !byStart[i - 1].start.addingReportingOverflow(byStart[i - 1].length).overflow && byStart[i - 1].end == e.start {
                 problem("\(t) tree: free extents \(byStart[i - 1]) and \(e) touch but were not merged")
             }
-            total += e.length
+            let (sum, overflow) = total.addingReportingOverflow(e.length)
+            if overflow { problem("\(t) tree: free extents add up to more blocks than a device can have") }
+            total = sum
             owned.append(Owned(start: e.start, length: e.length, owner: "\(t) tree"))
         }
         for e in byLength.subtracting(byStart) {
@@ -257,8 +267,9 @@ private struct Walker {
         var next = first
         var lastOwner = ""
         for o in owned.sorted(by: { $0.start < $1.start }) {
-            if o.start < first || o.start + o.length > end {
-                problem("\(device) blocks \(o.start)..\(o.start + o.length - 1) (\(o.owner)) lie outside the usable range \(first)..\(end - 1)")
+            let (oEnd, overflow) = o.start.addingReportingOverflow(o.length)
+            if o.start < first || overflow || oEnd > end {
+                problem("\(device) blocks \(o.start)..\(o.start &+ o.length &- 1) (\(o.owner)) lie outside the usable range \(first)..\(end - 1)")
                 continue
             }
             if o.start < next {

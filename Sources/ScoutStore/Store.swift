@@ -40,6 +40,9 @@ public final class Store {
     public var nextIno: UInt64
     public var nextSeq: UInt64
     private var failure: StoreError?
+    /// What was wrong with the superblock copy that `open` could not use (empty when both
+    /// verified): the mount logs it and `status` shows it.
+    public internal(set) var superblockProblems: [String] = []
     /// Set for stores opened for reading only; commit refuses.
     var readOnly = false
 
@@ -70,16 +73,25 @@ public final class Store {
     /// Opens a formatted filesystem: the newest valid superblock of the metadata device, checked
     /// against the copy on the data device.
     public static func open(meta: any BlockDevice, data: any BlockDevice, options: StoreOptions = StoreOptions()) throws -> Store {
-        let sb = try readSuperblock(meta)
+        let (sb, problems) = try readSuperblockCopies(meta)
         try checkDataDevice(data, matches: sb)
         if meta.size >> Layout.metaBlockShift < sb.metaTotalBlocks {
             throw StoreError(.invalid, "metadata device \(meta.name) is \(meta.size) bytes but the filesystem spans \(sb.metaTotalBlocks) blocks of 64 KiB: was it truncated?")
         }
-        return Store(meta: meta, data: data, superblock: sb, options: options)
+        let store = Store(meta: meta, data: data, superblock: sb, options: options)
+        store.superblockProblems = problems
+        return store
     }
 
     /// The newest superblock copy that verifies. Names the device and what is wrong when none does.
     public static func readSuperblock(_ meta: any BlockDevice) throws -> SuperBlock {
+        try readSuperblockCopies(meta).superblock
+    }
+
+    /// The newest superblock copy that verifies, and what was wrong with the other copy when it
+    /// did not verify: then the filesystem may be one commit older than the last one made (a
+    /// torn superblock write at a crash, or a damaged block), which a user must be told.
+    public static func readSuperblockCopies(_ meta: any BlockDevice) throws -> (superblock: SuperBlock, problems: [String]) {
         let needed = Layout.superOffset(copy: 1) + UInt64(Layout.smallBlockSize)
         if meta.size < needed {
             throw StoreError(.notScoutFS, "\(meta.name) is \(meta.size) bytes, too small to hold a scoutfs superblock; is it the right device?")
@@ -106,7 +118,8 @@ public final class Store {
             if best.flags.contains(.isDataDevice) {
                 throw StoreError(.notScoutFS, "\(meta.name) is a scoutfs data device; give the metadata device first")
             }
-            return best
+            let fallback = problems.map { "\($0); using the other copy, commit seq \(best.seq) (the filesystem may be one commit older than the last one made)" }
+            return (best, fallback)
         }
         if problems.isEmpty {
             throw StoreError(.notScoutFS, "\(meta.name) holds no scoutfs filesystem (no superblock at 64 KiB); run `scoutfs mkfs`")

@@ -294,14 +294,15 @@ struct StageCommand: ParsableCommand {
             let afd = Glibc.open(archive, O_RDONLY | O_CLOEXEC)
             guard afd >= 0 else { throw VerbError("failed to open '\(archive)': \(String(cString: strerror(errno)))") }
             defer { close(afd) }
+            var st = stat()
+            guard fstat(afd, &st) == 0 else { throw VerbError("failed to stat '\(archive)': \(String(cString: strerror(errno)))") }
+            // A directory reads as nothing (or EISDIR): staging from one would stage nothing and
+            // look like success.
+            if st.st_mode & S_IFMT == S_IFDIR { throw VerbError("'\(archive)' is a directory; give the archive file to read from") }
             var pos = try parseSize(offset)
-            var remaining: UInt64
-            if let length {
-                remaining = try parseSize(length)
-            } else {
-                var st = stat()
-                fstat(afd, &st)
-                remaining = UInt64(st.st_size)
+            var remaining = try length.map(parseSize) ?? UInt64(max(0, st.st_size))
+            if pos.addingReportingOverflow(remaining).overflow {
+                throw VerbError("offset \(pos) + length \(remaining) runs past the largest file offset")
             }
             let t = try ControlTarget.open(file, flags: O_RDWR)
             defer { t.close() }

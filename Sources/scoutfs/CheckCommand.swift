@@ -35,14 +35,14 @@ struct CheckCommand: ParsableCommand {
 
     func run() throws {
         var report: CheckReport
-        var index = IndexCheck.Report()
+        var index = FilesystemCheck.Report()
         do {
             let m = try openDevice(meta, readOnly: true)
             let d = try openDevice(data, readOnly: true)
             report = Checker.check(meta: m, data: d)
             // Index items are read through the trees, which must be sound first.
             if report.isClean {
-                index = IndexCheck.check(try Store.open(meta: m, data: d, options: StoreOptions(cacheBlocks: 1024)))
+                index = FilesystemCheck.check(try Store.open(meta: m, data: d, options: StoreOptions(cacheBlocks: 1024)))
                 report.problems += index.problems
             }
         } catch {

@@ -122,6 +122,7 @@ struct MountCommand: ParsableCommand {
         let fsys: Filesystem
         let fuse: FUSEMount
         let claim: MountClaim
+        var warnings: [String] = []
         let logLine: @Sendable (String) -> Void = { line in FileHandle.standardError.write(Data("scoutfs: \(line)\n".utf8)) }
         do {
             let metaDev = try openDevice(meta)
@@ -131,6 +132,7 @@ struct MountCommand: ParsableCommand {
             }
             let store = try Store.open(meta: metaDev, data: dataDev,
                                        options: StoreOptions(cacheBlocks: cacheMiB << 20 / Layout.metaBlockSize))
+            warnings = store.superblockProblems
             guard store.superblock.quorumSlots.contains(where: { Int($0.slot) == quorumSlot }) else {
                 let have = store.superblock.quorumSlots.map { String($0.slot) }.joined(separator: ", ")
                 throw StoreError(.invalid, "quorum slot \(quorumSlot) is not configured in \(meta) (slots: \(have))")
@@ -164,7 +166,8 @@ struct MountCommand: ParsableCommand {
         var record = MountRecord(pid: getpid(), mountpoint: mnt, meta: MountRegistry.canonical(meta),
                                  data: MountRegistry.canonical(data), quorumSlot: quorumSlot,
                                  fsid: hex(fsys.fsid),
-                                 committedSeq: fsys.committedSeq, log: daemonChild ? log : nil, control: control.path)
+                                 committedSeq: fsys.committedSeq, log: daemonChild ? log : nil, control: control.path,
+                                 warnings: warnings.isEmpty ? nil : warnings)
         try? MountRegistry.publish(record)
 
         let committer = Committer(fs: fsys, interval: commitInterval) { seq in
@@ -185,6 +188,7 @@ struct MountCommand: ParsableCommand {
             print("serving \(mnt); unmount with `scoutfs unmount \(mnt)` or Ctrl-C")
         }
         FileHandle.standardError.write(Data("scoutfs: mounted \(meta) \(data) on \(mnt), quorum slot \(quorumSlot), pid \(getpid())\n".utf8))
+        for w in warnings { logLine("warning: \(w)") }
 
         let rc = fuse.run()
         control.stop()

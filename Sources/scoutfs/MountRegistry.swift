@@ -14,12 +14,21 @@ struct MountRecord: Codable {
     var log: String?
     /// The mount's control socket (archive verbs: walk-inodes, release, stage, …).
     var control: String?
+    /// What the mount found wrong when it started and went on from (an unreadable superblock
+    /// copy, so the filesystem may be one commit older than the last one made).
+    var warnings: [String]?
 }
 
 enum MountRegistry {
+    static let rootDirectory = "/run/scoutfs"
+
     static var directory: String {
-        getuid() == 0 ? "/run/scoutfs" : NSTemporaryDirectory() + "scoutfs-\(getuid())"
+        getuid() == 0 ? rootDirectory : NSTemporaryDirectory() + "scoutfs-\(getuid())"
     }
+
+    /// Where records are looked for: this user's, and for other users root's too (the verbs of
+    /// any user reach root's mounts).
+    static var searchDirectories: [String] { getuid() == 0 ? [directory] : [directory, rootDirectory] }
 
     /// The canonical form of a mount point, so `status ./mnt` and `status /abs/mnt` agree.
     static func canonical(_ path: String) -> String {
@@ -29,8 +38,8 @@ enum MountRegistry {
     }
 
     /// Where a mount's files live, by a hash of its canonical mount point.
-    private static func base(for mountpoint: String) -> String {
-        "\(directory)/mount-\(hex(nameHash(Array(canonical(mountpoint).utf8))))"
+    private static func base(for mountpoint: String, in dir: String = directory) -> String {
+        "\(dir)/mount-\(hex(nameHash(Array(canonical(mountpoint).utf8))))"
     }
 
     static func file(for mountpoint: String) -> String { base(for: mountpoint) + ".json" }
@@ -49,14 +58,15 @@ enum MountRegistry {
 
     /// The record of a live mount at `mountpoint`, or nil (stale records of dead daemons are removed).
     static func lookup(_ mountpoint: String) -> MountRecord? {
-        let path = file(for: mountpoint)
-        guard let data = FileManager.default.contents(atPath: path),
-              let rec = try? JSONDecoder().decode(MountRecord.self, from: data) else { return nil }
-        if !isAlive(rec.pid) {
+        for dir in searchDirectories {
+            let path = base(for: mountpoint, in: dir) + ".json"
+            guard let data = FileManager.default.contents(atPath: path),
+                  let rec = try? JSONDecoder().decode(MountRecord.self, from: data) else { continue }
+            if isAlive(rec.pid) { return rec }
+            // A dead daemon's record; removable only by its owner.
             try? FileManager.default.removeItem(atPath: path)
-            return nil
         }
-        return rec
+        return nil
     }
 
     /// Whether `pid` is still running. A zombie counts as gone: a daemon detached by `mount` is
@@ -69,11 +79,9 @@ enum MountRegistry {
         return state != "Z" && state != "X"
     }
 
-    /// Records of every live daemon: this user's, and for other users root's too (the archive
-    /// verbs of any user reach root's mounts).
+    /// Records of every live daemon in `searchDirectories`.
     static func all() -> [MountRecord] {
-        let dirs = getuid() == 0 ? [directory] : [directory, "/run/scoutfs"]
-        return dirs.flatMap { dir -> [MountRecord] in
+        searchDirectories.flatMap { dir -> [MountRecord] in
             guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return [] }
             return names.compactMap { name -> MountRecord? in
                 guard name.hasPrefix("mount-"), name.hasSuffix(".json"),

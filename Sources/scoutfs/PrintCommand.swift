@@ -46,11 +46,11 @@ struct PrintCommand: ParsableCommand {
     func run() throws {
         do {
             let m = try openDevice(meta, readOnly: true)
-            let sb = try Store.readSuperblock(m)
+            let (sb, superProblems) = try Store.readSuperblockCopies(m)
             // print needs only the metadata device; reading trees never touches data blocks.
             let store = try Store.openMetadataOnly(meta: m, superblock: sb)
             let summary = Checker.summarize(store)
-            var problems = summary.problems
+            var problems = superProblems + summary.problems
             var claims: [Output.Claim] = []
             for s in sb.quorumSlots {
                 do {
@@ -82,6 +82,10 @@ struct PrintCommand: ParsableCommand {
             } else {
                 printText(out)
             }
+            // Scripts see damage by the status, as with check.
+            if !problems.isEmpty { throw ExitCode(1) }
+        } catch let e as ExitCode {
+            throw e
         } catch {
             throw fail("print", error)
         }

@@ -61,6 +61,7 @@ struct StatusCommand: ParsableCommand {
             print("quorum slot    \(rec.quorumSlot)")
             print("committed seq  \(rec.committedSeq)")
             if let log = rec.log { print("log            \(log)") }
+            for w in rec.warnings ?? [] { print("warning        \(w)") }
         }
     }
 }

@@ -198,15 +198,15 @@ import Testing
     }
 }
 
-/// `IndexCheck` finds each kind of drift between index items and what they describe.
+/// `FilesystemCheck` finds each kind of drift between index items and what they describe.
 @Suite struct IndexCheckTests {
     let devices = MemoryMount()
     let user = Caller(uid: 1000, gid: 100, umask: 0o022)
 
     func name(_ s: String) -> [UInt8] { Array(s.utf8) }
 
-    func check() throws -> IndexCheck.Report {
-        IndexCheck.check(try Store.open(meta: devices.meta, data: devices.data))
+    func check() throws -> FilesystemCheck.Report {
+        FilesystemCheck.check(try Store.open(meta: devices.meta, data: devices.data))
     }
 
     @Test func cleanFilesystemPassesAndEveryDriftIsNamed() throws {

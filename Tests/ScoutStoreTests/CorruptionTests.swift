@@ -115,3 +115,28 @@ import ScoutFormat
         #expect { try Store.format(meta: m, data: d, quorumSlots: dup, force: true) } throws: { ($0 as? StoreError)?.code == .invalid }
     }
 }
+
+/// Free-space items that checksum but describe blocks past the device.
+@Suite struct DamagedFreeTreeTests {
+    @Test func aFreeExtentNearTheTopOfTheBlockNumbersIsReportedAndNeverHandedOut() throws {
+        let (m, d) = Fixture.devices()
+        let s = try Fixture.format(m, d)
+        let bad = Extent(start: UInt64.max - 1, length: 8)
+        var t = s.dataAlloc.tree
+        try t.insert(Item(key: ExtentAllocator.startKey(bad.start, bad.length), seq: 1), in: s)
+        try t.insert(Item(key: ExtentAllocator.lengthKey(bad.length, bad.start), seq: 1), in: s)
+        s.dataAlloc.tree = t
+        try s.commit()
+
+        let report = Checker.check(meta: m, data: d)
+        #expect(report.problems.contains { $0.contains("free extent of 8 blocks at \(UInt64.max - 1)") }, "\(report.problems)")
+        let store = try Store.open(meta: m, data: d)
+        do {
+            _ = try store.allocData(1)
+            Issue.record("allocated from a free extent past the device")
+        } catch let e as StoreError {
+            #expect(e.code == .corrupt)
+            #expect(e.message.contains("lies outside the device"), "\(e.message)")
+        }
+    }
+}

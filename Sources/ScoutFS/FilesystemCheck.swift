@@ -1,17 +1,23 @@
 import ScoutFormat
 public import ScoutStore
 
-/// Verifies offline that the index items agree with the inodes and xattrs they describe: one
-/// meta_seq and one data_seq item per inode at the inode's seqs and no others; a search item
-/// for every `.srch.` xattr and none left for xattrs that are gone; and `.totl.` totals equal
-/// to the sums of the xattrs. This is the drift the original shipped fixes for (index items
-/// left behind or missing after crashes and merges).
+/// Verifies offline what the block-level `Checker` cannot know, the filesystem's own rules:
+///
+/// - **Index items** agree with the inodes and xattrs they describe: one meta_seq and one
+///   data_seq item per inode at the inode's seqs and no others; a search item for every
+///   `.srch.` xattr and none left for xattrs that are gone; `.totl.` totals equal to the sums
+///   of the xattrs. This is the drift the original shipped fixes for.
+/// - **The namespace** (`FilesystemCheck+Namespace.swift`): every entry's three items agree
+///   and name an inode that exists; link counts equal the links found; every inode is
+///   reachable from the root or an orphan; modes and sizes are possible.
+/// - **The superblock's counters** are above what the trees hold: the next inode number above
+///   every inode, the commit seq above every item's seq.
 ///
 /// It reads the forest the mount would read: the fs tree under every unmerged log tree.
 /// Memory stays small for any number of inodes: items are streamed in key order and each
 /// expected index item is looked up; the index zones are only walked a second time, to name
 /// the strays, when their counts show there are some.
-public enum IndexCheck {
+public enum FilesystemCheck {
     public struct Report: Sendable {
         public var problems: [String] = []
         public var inodes: UInt64 = 0
@@ -25,6 +31,10 @@ public enum IndexCheck {
     static let listLimit = 100
 
     public static func check(_ store: Store) -> Report {
+        check(store, superblock: store.superblock)
+    }
+
+    static func check(_ store: Store, superblock sb: SuperBlock) -> Report {
         var r = Report()
         do {
             var trees: [BTree] = []
@@ -35,7 +45,7 @@ public enum IndexCheck {
                 return true
             }
             trees.append(store.tree(.fs))
-            var walk = Walk(store: store, forest: Forest(trees: trees))
+            var walk = Walk(store: store, forest: Forest(trees: trees), superblock: sb)
             try walk.run()
             r.problems = walk.problems
             r.inodes = walk.inodes
@@ -47,10 +57,17 @@ public enum IndexCheck {
         return r
     }
 
-    private struct Walk {
+    struct Walk {
         let store: Store
         let forest: Forest
+        let superblock: SuperBlock
         var problems: [String] = []
+        /// The inode whose items are being streamed (keys of one inode are contiguous).
+        var current = InodeTally(ino: 0)
+        /// Each directory's parent, from its link backref: the root must be reachable.
+        var parents: [UInt64: UInt64] = [:]
+        var maxIno: UInt64 = 0
+        var maxSeq: (seq: UInt64, key: Key)?
         var counts: [String: Int] = [:]
         var inodes: UInt64 = 0
         var seqFound: [UInt8: UInt64] = [:]
@@ -59,7 +76,7 @@ public enum IndexCheck {
 
         mutating func problem(_ kind: String, _ s: @autoclosure () -> String) {
             counts[kind, default: 0] += 1
-            if counts[kind]! <= IndexCheck.listLimit { problems.append(s()) }
+            if counts[kind]! <= FilesystemCheck.listLimit { problems.append(s()) }
         }
 
         func exists(_ key: Key) throws -> Bool { try forest.lookup(key, in: store) != nil }
@@ -74,18 +91,37 @@ public enum IndexCheck {
 
         mutating func run() throws {
             try forest.forEach(from: Key(zone: Zone.fs), through: .last(in: Zone.fs), in: store) { it in
-                if it.key.type == ItemType.inode {
-                    try inode(it)
-                } else if it.key.type == ItemType.xattr && it.key.fourth == 0 {
-                    try xattr(it)
+                if it.key.first != current.ino {
+                    try finishInode()
+                    current = InodeTally(ino: it.key.first)
+                }
+                maxIno = max(maxIno, it.key.first)
+                if it.seq > (maxSeq?.seq ?? 0) { maxSeq = (it.seq, it.key) }
+                switch it.key.type {
+                case ItemType.inode: try inode(it)
+                case ItemType.xattr where it.key.fourth == 0: try xattr(it)
+                case ItemType.dirent: try dirent(it)
+                case ItemType.readdir: try readdirItem(it)
+                case ItemType.linkBackref: try backref(it)
+                default: current.otherItems = true
                 }
                 return true
+            }
+            try finishInode()
+            try reachability()
+            let sb = superblock
+            if maxIno >= sb.nextIno && maxIno > 0 {
+                let text = "superblock: next inode number \(sb.nextIno) is not above inode \(maxIno), which the trees hold; new files would overwrite it"
+                problem("superblock", text)
+            }
+            if let m = maxSeq, m.seq > sb.seq {
+                problem("superblock", "item \(m.key) has seq \(m.seq), above the superblock's commit seq \(sb.seq); newer changes would lose to it")
             }
             for index in SeqIndex.allCases { try strays(index) }
             try searchStrays()
             try totals()
-            for (kind, n) in counts.sorted(by: { $0.key < $1.key }) where n > IndexCheck.listLimit {
-                problems.append("\(n - IndexCheck.listLimit) more problems of this kind: \(kind)")
+            for (kind, n) in counts.sorted(by: { $0.key < $1.key }) where n > FilesystemCheck.listLimit {
+                problems.append("\(n - FilesystemCheck.listLimit) more problems of this kind: \(kind)")
             }
         }
 
@@ -97,8 +133,11 @@ public enum IndexCheck {
                 rec = try InodeRecord(decoding: it.value)
             } catch {
                 problem("bad inode", "inode \(ino): cannot decode: \(error)")
+                current.undecodable = true
                 return
             }
+            current.record = rec
+            if let why = rec.impossibility { problem("impossible inode", "inode \(ino): \(why)") }
             for index in SeqIndex.allCases {
                 let seq = index == .metaSeq ? rec.metaSeq : rec.dataSeq
                 if try exists(Keys.seqIndex(index.itemType, seq, ino)) {
