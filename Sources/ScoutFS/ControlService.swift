@@ -6,6 +6,10 @@ public import ScoutNet
 import SystemPackage
 import Synchronization
 
+/// O_PATH, which Glibc's Swift overlay leaves out (it needs _GNU_SOURCE); the same on x86_64
+/// and arm64.
+let linuxOPath: Int32 = 0o10000000
+
 /// Answers the control socket's requests (DESIGN.md §5) against a mounted filesystem.
 ///
 /// Every request comes with an open descriptor: of the file it is about, or of any path in the
@@ -67,7 +71,13 @@ public final class ControlService: Sendable {
         guard UInt64(st.st_dev) == (try mountDevice()) else {
             throw ArchiveError(.improperLink, "the file is not in the filesystem mounted on \(mountpoint)")
         }
-        let mode = fcntl(fd, F_GETFL) & O_ACCMODE
+        let flags = fcntl(fd, F_GETFL)
+        // An O_PATH descriptor grants no access at all (the original's ioctls refuse it with
+        // EBADF); its access mode bits read as O_RDONLY and must not pass for a read open.
+        guard flags >= 0, flags & linuxOPath == 0 else {
+            throw ArchiveError(.badFileDescriptor, "the file sent with the request was opened with O_PATH, which grants no access; open it for reading (or writing)")
+        }
+        let mode = flags & O_ACCMODE
         return (UInt64(st.st_ino), mode == O_RDONLY || mode == O_RDWR, mode == O_WRONLY || mode == O_RDWR)
     }
 

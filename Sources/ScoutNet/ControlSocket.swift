@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import ScoutFormat
+public import ScoutFormat
 import Synchronization
 
 /// A failure of the control socket itself (not of a request it carried).
@@ -43,6 +43,8 @@ enum ControlFrame {
         case oversized(Int)
         /// The connection ended inside a message.
         case truncated
+        /// More descriptors came than fit (MSG_CTRUNC); all that arrived were closed.
+        case tooManyDescriptors
     }
 
     static func send(_ sock: Int32, _ body: [UInt8], fd: Int32? = nil) throws(ControlSocketError) {
@@ -97,12 +99,20 @@ enum ControlFrame {
 
     private static func cmsgLength(_ n: Int) -> Int { MemoryLayout<cmsghdr>.stride + n }
 
-    /// Reads one frame. A descriptor that arrives is the caller's to close.
+    /// Room for this many descriptors in one message: a well-behaved peer sends one, and more
+    /// than fit make the kernel set MSG_CTRUNC.
+    static let descriptorRoom = 8
+
+    /// Reads one frame. A descriptor that arrives is the caller's to close; any others that
+    /// came along are closed here, since a request needs at most one and each one kept would
+    /// pin a file of the mount (unmount would fail with EBUSY).
     static func receive(_ sock: Int32) -> Received {
         var header = [UInt8](repeating: 0, count: 4)
         var fd: Int32?
         var got = 0
-        var control = [UInt8](repeating: 0, count: MemoryLayout<cmsghdr>.stride + 16)
+        var refused = false
+        let space = MemoryLayout<cmsghdr>.stride + descriptorRoom * MemoryLayout<Int32>.stride + 8
+        var control = [UInt8](repeating: 0, count: space)
         while got < 4 {
             let n: Int = header.withUnsafeMutableBytes { buf in
                 control.withUnsafeMutableBytes { cbuf in
@@ -114,12 +124,13 @@ enum ControlFrame {
                         msg.msg_control = cbuf.baseAddress
                         msg.msg_controllen = cbuf.count
                         let n = recvmsg(sock, &msg, Int32(MSG_CMSG_CLOEXEC))
-                        if n > 0, msg.msg_controllen >= cmsgLength(MemoryLayout<Int32>.size) {
-                            let c = cbuf.baseAddress!.assumingMemoryBound(to: cmsghdr.self)
-                            if c.pointee.cmsg_level == SOL_SOCKET, c.pointee.cmsg_type == Int32(SCM_RIGHTS) {
-                                let passed = (cbuf.baseAddress! + MemoryLayout<cmsghdr>.stride).load(as: Int32.self)
-                                if fd == nil { fd = passed } else { Glibc.close(passed) }
+                        if n >= 0 {
+                            for passed in descriptors(in: msg) {
+                                if fd == nil && !refused { fd = passed } else { Glibc.close(passed) }
                             }
+                            // Descriptors that did not fit were dropped by the kernel: the
+                            // request is not what the peer sent.
+                            if msg.msg_flags & Int32(MSG_CTRUNC) != 0 { refused = true }
                         }
                         return n
                     }
@@ -132,12 +143,18 @@ enum ControlFrame {
             }
             got += n
         }
+        if refused {
+            if let fd { Glibc.close(fd) }
+            return .tooManyDescriptors
+        }
         var r = ByteReader(header, what: "control frame")
         let length = Int((try? r.u32()) ?? 0)
         if length > ControlMessage.maxBody {
             if let fd { Glibc.close(fd) }
             return .oversized(length)
         }
+        // The body is read with plain reads: descriptors sent along with it are never
+        // installed in this process (the kernel drops them with the bytes).
         var body = [UInt8](repeating: 0, count: length)
         var at = 0
         while at < length {
@@ -151,6 +168,28 @@ enum ControlFrame {
         }
         return .message(body, fd: fd)
     }
+
+    /// Every descriptor of every SCM_RIGHTS header in a received message.
+    private static func descriptors(in msg: msghdr) -> [Int32] {
+        guard let base = msg.msg_control else { return [] }
+        var out: [Int32] = []
+        var offset = 0
+        let headerSize = MemoryLayout<cmsghdr>.stride
+        while offset + headerSize <= msg.msg_controllen {
+            let c = (base + offset).assumingMemoryBound(to: cmsghdr.self).pointee
+            let len = Int(c.cmsg_len)
+            guard len >= headerSize, offset + len <= msg.msg_controllen else { break }
+            if c.cmsg_level == SOL_SOCKET && c.cmsg_type == Int32(SCM_RIGHTS) {
+                let count = (len - headerSize) / MemoryLayout<Int32>.size
+                for i in 0..<count {
+                    out.append((base + offset + headerSize + i * MemoryLayout<Int32>.size).loadUnaligned(as: Int32.self))
+                }
+            }
+            // CMSG_NXTHDR: headers are padded to the size of a long.
+            offset += (len + MemoryLayout<Int>.size - 1) & ~(MemoryLayout<Int>.size - 1)
+        }
+        return out
+    }
 }
 
 /// The mount's end: accepts connections on a Unix socket and answers each message through
@@ -163,13 +202,22 @@ public final class ControlServer: Sendable {
     private let handler: Handler
     private let log: @Sendable (String) -> Void
     private let stopped = Atomic(false)
+    /// Connections being served; past `maxConnections` new ones are answered EBUSY and closed,
+    /// so idle or slow peers cannot take every thread and descriptor of the daemon.
+    private let connections = Atomic(0)
+    public let maxConnections: Int
+    /// A connection that sends nothing for this long is closed.
+    public let idleTimeout: Duration
 
     /// Binds `path` (replacing a stale socket file) with mode 0666: anyone may connect, and
     /// every request is checked against the caller's credentials.
-    public init(path: String, log: @escaping @Sendable (String) -> Void = { _ in }, handler: @escaping Handler) throws(ControlSocketError) {
+    public init(path: String, maxConnections: Int = 64, idleTimeout: Duration = .seconds(60),
+                log: @escaping @Sendable (String) -> Void = { _ in }, handler: @escaping Handler) throws(ControlSocketError) {
         self.path = path
         self.handler = handler
         self.log = log
+        self.maxConnections = maxConnections
+        self.idleTimeout = idleTimeout
         var addr = try unixAddress(path)
         let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         if s < 0 { throw ControlSocketError("creating the control socket") }
@@ -192,8 +240,8 @@ public final class ControlServer: Sendable {
     }
 
     /// Starts accepting on a thread of its own.
-    public func start() {
-        spawn { [self] in acceptLoop() }
+    public func start() throws(ThreadError) {
+        try JoinableThread.detach("the control socket") { [self] in acceptLoop() }
     }
 
     /// Stops accepting and removes the socket file; connections being served finish.
@@ -208,17 +256,56 @@ public final class ControlServer: Sendable {
     }
 
     private func acceptLoop() {
+        var lastComplaint: timespec?
         while !stopped.load(ordering: .acquiring) {
             let c = accept(listener, nil, nil)
             if c < 0 {
-                if errno == EINTR || errno == ECONNABORTED { continue }
-                if !stopped.load(ordering: .acquiring) { log("control socket: accept failed: \(String(cString: strerror(errno)))") }
+                let e = errno
+                if e == EINTR || e == ECONNABORTED { continue }
+                if stopped.load(ordering: .acquiring) { return }
+                if e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM {
+                    // Out of descriptors or memory for now: keep the socket and try again once
+                    // some are given back, saying so at most once a minute.
+                    var now = timespec()
+                    clock_gettime(CLOCK_MONOTONIC, &now)
+                    if lastComplaint.map({ now.tv_sec - $0.tv_sec >= 60 }) ?? true {
+                        log("control socket: accept failed: \(String(cString: strerror(e))); retrying")
+                        lastComplaint = now
+                    }
+                    usleep(100_000)
+                    continue
+                }
+                log("control socket: accept failed: \(String(cString: strerror(e))); no more archive requests are served")
                 return
             }
+            // accept4 is not exported without _GNU_SOURCE; nothing here forks, so setting
+            // close-on-exec after the accept leaves no window that matters.
             _ = fcntl(c, F_SETFD, FD_CLOEXEC)
-            spawn { [self] in serve(c) }
+            if connections.add(1, ordering: .acquiringAndReleasing).newValue > maxConnections {
+                connections.subtract(1, ordering: .acquiringAndReleasing)
+                let reply = ControlReply.failure(errno: EBUSY, message: "the mount is serving \(maxConnections) control connections already; try again")
+                try? ControlFrame.send(c, reply.encoded)
+                Glibc.close(c)
+                continue
+            }
+            var tv = timeval(tv_sec: Int(idleTimeout.components.seconds), tv_usec: Int(idleTimeout.components.attoseconds / 1_000_000_000_000))
+            _ = setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            _ = setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            do {
+                try JoinableThread.detach("a control connection") { [self] in
+                    serve(c)
+                    connections.subtract(1, ordering: .acquiringAndReleasing)
+                }
+            } catch {
+                log("control socket: \(error)")
+                connections.subtract(1, ordering: .acquiringAndReleasing)
+                Glibc.close(c)
+            }
         }
     }
+
+    /// Connections being served now (tests watch idle ones go).
+    public var activeConnections: Int { connections.load(ordering: .acquiring) }
 
     private func serve(_ c: Int32) {
         defer { Glibc.close(c) }
@@ -242,6 +329,10 @@ public final class ControlServer: Sendable {
                 let reply = ControlReply.failure(errno: EMSGSIZE, message: "control message of \(n) bytes is larger than the \(ControlMessage.maxBody) allowed")
                 try? ControlFrame.send(c, reply.encoded)
                 return
+            case .tooManyDescriptors:
+                let reply = ControlReply.failure(errno: EINVAL, message: "a control request carries one file descriptor; more came and all were closed")
+                try? ControlFrame.send(c, reply.encoded)
+                return
             case .message(let body, let fd):
                 let reply = handler(body, fd, peer)
                 if let fd { Glibc.close(fd) }
@@ -258,20 +349,33 @@ public final class ControlServer: Sendable {
 /// The CLI's end: one connection, messages answered in order.
 public final class ControlClient {
     private let sock: Int32
+    private let timeout: Duration
 
-    public init(path: String) throws(ControlSocketError) {
+    /// `timeout` bounds the wait for each answer (and for a connection to be accepted): a hung
+    /// daemon gives an error naming it instead of a CLI that never returns.
+    public init(path: String, timeout: Duration = .seconds(120)) throws(ControlSocketError) {
+        self.timeout = timeout
         var addr = try unixAddress(path)
         let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         if s < 0 { throw ControlSocketError("creating a socket") }
+        var tv = timeval(tv_sec: Int(timeout.components.seconds), tv_usec: Int(timeout.components.attoseconds / 1_000_000_000_000))
+        _ = setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        _ = setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         if rc != 0 {
-            let e = ControlSocketError("connecting to the mount's control socket \(path) (is the daemon running?)")
+            let e = errno == EAGAIN || errno == EINPROGRESS
+                ? ControlSocketError("the mount's control socket \(path) did not accept the connection within \(timeout); the daemon may be hung (see its log)", errno: ETIMEDOUT)
+                : ControlSocketError("connecting to the mount's control socket \(path) (is the daemon running?)")
             Glibc.close(s)
             throw e
         }
         sock = s
+    }
+
+    private var timedOut: ControlSocketError {
+        ControlSocketError("the mount did not answer within \(timeout); the daemon may be hung or busy (see its log)", errno: ETIMEDOUT)
     }
 
     deinit { Glibc.close(sock) }
@@ -279,16 +383,20 @@ public final class ControlClient {
     /// Sends a request body (with an open file descriptor when the request is about a file)
     /// and returns the reply body.
     public func call(_ body: [UInt8], file: Int32? = nil) throws(ControlSocketError) -> [UInt8] {
-        try ControlFrame.send(sock, body, fd: file)
-        switch ControlFrame.receive(sock) {
-        case .message(let reply, let fd):
-            if let fd { Glibc.close(fd) }
-            return reply
-        case .closed, .truncated:
-            throw ControlSocketError("the mount closed the control connection without answering", errno: ECONNRESET)
-        case .oversized(let n):
-            throw ControlSocketError("the mount answered with \(n) bytes, more than allowed", errno: EMSGSIZE)
+        do {
+            try ControlFrame.send(sock, body, fd: file)
+        } catch where error.errno == EAGAIN {
+            throw timedOut
+        } catch {
+            // A daemon that turns the connection away (too many connections) answers first
+            // and closes: its reason is worth more than the broken pipe.
+            if case .message(let reply, let fd) = ControlFrame.receive(sock) {
+                if let fd { Glibc.close(fd) }
+                return reply
+            }
+            throw error
         }
+        return try receiveReply()
     }
 
     /// Writes raw bytes (tests use it to send malformed frames).
@@ -303,8 +411,11 @@ public final class ControlClient {
         case .message(let reply, let fd):
             if let fd { Glibc.close(fd) }
             return reply
-        default:
-            throw ControlSocketError("no reply on the control connection", errno: ECONNRESET)
+        case .closed, .truncated, .tooManyDescriptors:
+            if errno == EAGAIN { throw timedOut }
+            throw ControlSocketError("the mount closed the control connection without answering", errno: ECONNRESET)
+        case .oversized(let n):
+            throw ControlSocketError("the mount answered with \(n) bytes, more than allowed", errno: EMSGSIZE)
         }
     }
 
@@ -325,16 +436,4 @@ private func unixAddress(_ path: String) throws(ControlSocketError) -> sockaddr_
         p[bytes.count] = 0
     }
     return addr
-}
-
-/// Runs `body` on a detached thread.
-private func spawn(_ body: @escaping @Sendable () -> Void) {
-    final class Box { let body: @Sendable () -> Void; init(_ b: @escaping @Sendable () -> Void) { body = b } }
-    let box = Unmanaged.passRetained(Box(body))
-    var t = pthread_t()
-    let rc = pthread_create(&t, nil, { arg in
-        Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
-        return nil
-    }, box.toOpaque())
-    if rc == 0 { pthread_detach(t) } else { box.release() }
 }

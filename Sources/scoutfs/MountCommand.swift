@@ -157,12 +157,12 @@ struct MountCommand: ParsableCommand {
             control = try ControlServer(path: MountRegistry.controlSocket(for: mnt), log: { line in
                 FileHandle.standardError.write(Data("scoutfs: \(line)\n".utf8))
             }) { body, file, peer in service.handle(body, file: file, peer: peer) }
+            try control.start()
         } catch {
             fuse.close()
             try? claim.release()
             throw fail("mount", error)
         }
-        control.start()
         var record = MountRecord(pid: getpid(), mountpoint: mnt, meta: MountRegistry.canonical(meta),
                                  data: MountRegistry.canonical(data), quorumSlot: quorumSlot,
                                  fsid: hex(fsys.fsid),

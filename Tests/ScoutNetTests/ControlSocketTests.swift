@@ -3,6 +3,7 @@ import Glibc
 #endif
 import ScoutFormat
 import ScoutNet
+import ScoutTestSupport
 import Synchronization
 import Testing
 
@@ -22,7 +23,7 @@ import Testing
             }
             return out
         }
-        server.start()
+        try server.start()
         return server
     }
 
@@ -67,7 +68,7 @@ import Testing
             calls.add(1, ordering: .relaxed)
             return body
         }
-        server.start()
+        try server.start()
         defer { server.stop() }
         let client = try ControlClient(path: path)
         var w = ByteWriter()
@@ -87,5 +88,91 @@ import Testing
         server.stop()
         #expect(access(path, F_OK) != 0)
         #expect(throws: ControlSocketError.self) { _ = try ControlClient(path: path) }
+    }
+
+    // MARK: hostile peers
+
+    @Test func extraDescriptorsAreClosedAndTooManyAreRefused() throws {
+        let path = socketPath()
+        let server = try echoServer(path)
+        defer { server.stop() }
+        let file = "/tmp/scoutfs-test-fds-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        close(open(file, O_CREAT | O_RDWR, 0o600))
+        defer { unlink(file) }
+        for count in [3, 12] {
+            let fds = (0..<count).map { _ in open(file, O_PATH | O_CLOEXEC) }
+            let s = try RawControlSocket.connect(path)
+            try RawControlSocket.send(s, RawControlSocket.frame([5]), fds: fds)
+            let answer = RawControlSocket.reply(s) ?? []
+            close(s)
+            for fd in fds { close(fd) }
+            if count <= 8 {
+                #expect(answer == [5, UInt8(truncatingIfNeeded: getuid()), 0], "\(answer)")
+            } else {
+                guard case .failure(let e, let message)? = try? ControlReply(decoding: answer) else {
+                    Issue.record("expected a refusal for \(count) descriptors, got \(answer)")
+                    continue
+                }
+                #expect(e == EINVAL && message.contains("one file descriptor"))
+            }
+        }
+        // Everything the server received was closed again.
+        var waited = 0
+        while RawControlSocket.descriptors(of: file) > 0 && waited < 100 { usleep(10_000); waited += 1 }
+        #expect(RawControlSocket.descriptors(of: file) == 0)
+    }
+
+    @Test func idleConnectionsAreBoundedAndTimedOut() throws {
+        let path = socketPath()
+        let server = try ControlServer(path: path, maxConnections: 4, idleTimeout: .milliseconds(500)) { body, _, _ in body }
+        try server.start()
+        defer { server.stop() }
+        let idle = try (0..<4).map { _ in try ControlClient(path: path) }
+        var waited = 0
+        while server.activeConnections < 4 && waited < 200 { usleep(10_000); waited += 1 }
+        // The fifth is turned away with a reason.
+        let extra = try ControlClient(path: path)
+        let answer = try ControlReply(decoding: try extra.receiveReply())
+        guard case .failure(let e, let message) = answer else {
+            Issue.record("expected EBUSY, got \(answer)")
+            return
+        }
+        #expect(e == EBUSY && message.contains("4 control connections"))
+        // Idle ones are closed after the timeout, and service goes on.
+        waited = 0
+        while server.activeConnections > 0 && waited < 300 { usleep(10_000); waited += 1 }
+        #expect(server.activeConnections == 0)
+        #expect(throws: ControlSocketError.self) { _ = try idle[0].call([1]) }
+        #expect(try ControlClient(path: path).call([7]) == [7])
+    }
+
+    @Test func randomFramesNeverStopTheServer() throws {
+        let path = socketPath()
+        let server = try echoServer(path)
+        defer { server.stop() }
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<200 {
+            let client = try ControlClient(path: path)
+            let n = Int.random(in: 0...64, using: &rng)
+            try? client.sendRaw((0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) })
+            client.finishSending()
+        }
+        #expect(try ControlClient(path: path).call([8]) == [8, UInt8(truncatingIfNeeded: getuid())])
+    }
+
+    @Test func theClientGivesUpOnAServerThatNeverAnswers() throws {
+        let path = socketPath()
+        let server = try ControlServer(path: path) { body, _, _ in
+            usleep(3_000_000)
+            return body
+        }
+        try server.start()
+        defer { server.stop() }
+        let client = try ControlClient(path: path, timeout: .milliseconds(300))
+        let start = ContinuousClock.now
+        let e = #expect(throws: ControlSocketError.self) { _ = try client.call([1]) }
+        #expect(e?.errno == ETIMEDOUT)
+        #expect(e?.description.contains("did not answer within") == true, "\(String(describing: e))")
+        #expect(ContinuousClock.now - start < .seconds(2))
     }
 }

@@ -1,4 +1,6 @@
 import Foundation
+import ScoutFormat
+import ScoutTestSupport
 import Testing
 
 /// The archive verbs against a real mount, through the CLI and the control socket.
@@ -262,4 +264,90 @@ import Testing
         #expect(check.status == 0, "\(check.stdout)")
     }
 
+
+    /// What any local user can throw at the control socket: extra and O_PATH descriptors,
+    /// offsets that overflow, truncated, oversized and random frames, more idle connections
+    /// than it serves. The daemon refuses each with a reason, keeps no descriptor, keeps
+    /// serving, and still unmounts.
+    @Test(.timeLimit(.minutes(3))) func hostileControlRequestsNeitherPinNorHangNorCrashTheMount() throws {
+        let m = try TestMount()
+        defer { m.cleanup() }
+        try m.mount()
+        let f = m.path("secret")
+        try Sys.writeFile(f, [UInt8](repeating: 1, count: 4096), fsync: true)
+        chmod(f, 0o600)
+        #expect(Sys.setxattr(f, "scoutfs.hide.x", "v", 1, 0) == 0)
+        let st = try run(["status", "--json", m.mnt])
+        let sock = try #require((try JSONSerialization.jsonObject(with: Data(st.stdout.utf8)) as? [String: Any])?["control"] as? String)
+
+        func ask(_ request: ControlRequest, fds: [Int32]) throws -> ControlReply? {
+            let s = try RawControlSocket.connect(sock)
+            defer { close(s) }
+            try RawControlSocket.send(s, RawControlSocket.frame(request.encoded), fds: fds)
+            return try RawControlSocket.reply(s).map { try ControlReply(decoding: $0) }
+        }
+        // Three O_PATH descriptors: refused (O_PATH grants no access), and none kept.
+        let paths = (0..<3).map { _ in open(f, O_PATH | O_CLOEXEC) }
+        for request in [ControlRequest.listHiddenXattrs(skip: 0, limit: 0), .statMore] {
+            guard case .failure(let e, let message)? = try ask(request, fds: paths) else {
+                Issue.record("\(request) over O_PATH was answered")
+                continue
+            }
+            #expect(e == EBADF && message.contains("O_PATH"), "\(message)")
+        }
+        for fd in paths { close(fd) }
+        // Offsets whose end overflows: refused, the daemon lives.
+        let w = open(f, O_RDWR)
+        let version = try field(f, "data_version")
+        for (off, n) in [(UInt64.max - 4095, 4096), (UInt64.max, 1)] {
+            guard case .failure(let e, let message)? = try ask(.stage(dataVersion: version, offset: off, data: [UInt8](repeating: 2, count: n)), fds: [w]) else {
+                Issue.record("stage at \(off) was answered")
+                continue
+            }
+            #expect(e == EINVAL && message.contains("runs past the largest file offset"), "\(message)")
+        }
+        close(w)
+        let cli = try run(["stage", "-V", "\(version)", "-o", "18446744073709547520", m.path("secret"), f])
+        #expect(cli.status != 0)
+        let dirArchive = try run(["stage", "-V", "\(version)", m.mnt, f])
+        #expect(dirArchive.status != 0 && dirArchive.stderr.contains("is a directory"), "\(dirArchive.stderr)")
+        // Truncated, oversized and random frames.
+        var rng = SystemRandomNumberGenerator()
+        for i in 0..<50 {
+            let s = try RawControlSocket.connect(sock)
+            let bytes: [UInt8] = switch i % 3 {
+            case 0: RawControlSocket.frame([1, 2, 3]).dropLast()
+            case 1: [0xff, 0xff, 0xff, 0x7f]
+            default: (0..<Int.random(in: 1...300, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            }
+            try? RawControlSocket.send(s, bytes)
+            shutdown(s, Int32(SHUT_WR))
+            _ = RawControlSocket.reply(s)
+            close(s)
+        }
+        // More idle connections than the daemon serves: the surplus, and the CLI meanwhile,
+        // are told to try again; once they go, service is back.
+        let idle = try (0..<70).map { _ in try RawControlSocket.connect(sock) }
+        usleep(300_000)
+        let busy = try run(["stat", "-s", "data_version", f])
+        #expect(busy.status != 0 && busy.stderr.contains("try again"), "\(busy.stderr)")
+        for s in idle { close(s) }
+        try waitUntil("the daemon to serve again") { try run(["stat", "-s", "data_version", f]).status == 0 }
+        #expect(try field(f, "data_version") == version)
+        // Out of descriptors (EMFILE) for a while: accepting resumes once some are free.
+        let openFDs = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(m.pid)/fd").count
+        let limit = try CLI.runTool("/usr/bin/prlimit", ["--pid", "\(m.pid)", "--nofile=\(openFDs + 8)"])
+        try #require(limit.status == 0, "\(limit.stderr)")
+        let flood = try (0..<40).map { _ in try RawControlSocket.connect(sock) }
+        usleep(500_000)
+        for s in flood { close(s) }
+        _ = try CLI.runTool("/usr/bin/prlimit", ["--pid", "\(m.pid)", "--nofile=65536"])
+        try waitUntil("the daemon to accept again after EMFILE") { try run(["stat", "-s", "data_version", f]).status == 0 }
+        let log = String(decoding: FileManager.default.contents(atPath: m.log) ?? Data(), as: UTF8.self)
+        #expect(log.contains("accept failed: Too many open files; retrying"), "\(log)")
+        #expect(try run(["list-hidden-xattrs", f]).stdout.contains("scoutfs.hide.x"))
+        // Nothing pins the mount.
+        try m.unmount()
+        #expect(try m.check().status == 0)
+    }
 }
