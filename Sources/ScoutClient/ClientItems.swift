@@ -18,6 +18,8 @@ public final class ClientItems {
     private var log: BTree
     /// Items written into the log tree since it was started (rewrites count again).
     private var logWrites: UInt64 = 0
+    /// A merge of this log tree stopped part way (see `addDelta`); cleared with a new log tree.
+    private var partlyMerged = false
     /// Inode numbers granted by the server and not yet used.
     private var inodes: Range<UInt64> = 0..<0
     /// How many inode numbers to ask for at a time: one inode group, so one mount's files
@@ -79,6 +81,15 @@ public final class ClientItems {
         let mine = Item(key: key, seq: seq, flags: .delta, value: w.bytes)
         var next = mine
         if let have = try log.lookup(key, in: store) {
+            if have.isDelta, partlyMerged, let below = try store.tree(.fs).lookup(key, in: store), below.seq >= have.seq {
+                // A merge cut short already added `have` into the fs tree's sum (its seq says
+                // so). Folding into it would make the next merge add it again: the new delta
+                // replaces it instead, and counts once.
+                next.seq = seq
+                try log.insert(next, in: store)
+                logWrites += 1
+                return
+            }
             if have.isDeletion {
                 // Nothing below the tombstone counts any more: the sum starts again from zero.
                 next.flags = []
@@ -121,6 +132,9 @@ public final class ClientItems {
         if reply.merged {
             log = BTree(root: .empty, name: log.name)
             logWrites = 0
+            partlyMerged = false
+        } else if reply.partlyMerged {
+            partlyMerged = true
         }
         return reply.seq
     }

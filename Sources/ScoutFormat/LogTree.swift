@@ -39,9 +39,13 @@ public struct LogCommit: Equatable, Sendable {
     public var seq: UInt64
     /// The log tree was merged into the fs tree: the client starts a new, empty one.
     public var merged: Bool
+    /// A merge started and stopped part way (out of space): some of the log tree's items are
+    /// in the fs tree already, while the client goes on writing into the same log tree.
+    public var partlyMerged: Bool
 
-    public init(seq: UInt64, merged: Bool) {
+    public init(seq: UInt64, merged: Bool, partlyMerged: Bool = false) {
         self.seq = seq
         self.merged = merged
+        self.partlyMerged = partlyMerged
     }
 }

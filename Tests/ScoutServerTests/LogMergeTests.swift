@@ -231,6 +231,41 @@ final class Link: ServerLink {
         #expect(Checker.check(meta: meta, data: data).isClean)
     }
 
+    /// A merge that runs out of space keeps the log tree, and the mount keeps writing into it.
+    /// A delta changed after the cut must not fold into a delta the cut merge already added to
+    /// the fs tree, or the next merge adds that one twice.
+    @Test func deltaMergeCutShortByENOSPCCountsEachDeltaOnce() throws {
+        let store = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
+        let server = LocalServer(store: store, mergeThreshold: .max)
+        let client = ClientItems(store: store, server: Link(server), rid: 7)
+        let keys = 0..<UInt64(5000)
+        for n in keys { try client.addDelta(key(n), [Int64(n), 1]) }
+        try client.commit(merge: true)
+        for n in keys { try client.addDelta(key(n), [10, 1]) }
+        var chunks = 0
+        server.commitMergeChunk = { s in
+            try s.commit()
+            chunks += 1
+            throw StoreError(.noSpace, "metadata device is full (test)")
+        }
+        try client.commit(merge: true)
+        #expect(chunks == 1)
+        #expect(server.merges == 1)  // the first one; the cut one did not finish
+        #expect(try server.recordedLogTree(rid: 7) != nil)
+        server.commitMergeChunk = { try $0.commit() }
+        // The first chunk's keys hold their new sums in the fs tree; the last ones do not.
+        #expect(fields(try store.tree(.fs).lookup(key(0), in: store)?.value) == [10, 2])
+        #expect(fields(try store.tree(.fs).lookup(key(keys.last!), in: store)?.value) == [Int64(keys.last!), 1])
+        for n in keys { try client.addDelta(key(n), [100, 1]) }
+        func expected(_ n: UInt64) -> [Int64] { [Int64(n) + 110, 3] }
+        for n in keys { #expect(fields(try client.lookup(key(n))?.value) == expected(n), "key \(n) before the merge") }
+        try client.commit(merge: true)
+        let fs = try store.tree(.fs).items(in: store)
+        #expect(fs.count == keys.count)
+        for it in fs { #expect(fields(it.value) == expected(it.key.first), "key \(it.key.first) after the merge") }
+        #expect(Checker.check(meta: meta, data: data).isClean)
+    }
+
     @Test func inodeNumbersComeInBatchesAndNeverRepeat() throws {
         let store = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
         let server = LocalServer(store: store)
