@@ -150,16 +150,32 @@ extension FSCore {
         _ = try rec.onlineBlocks.adding(count, "online block count of inode \(ino)")
         try ensureDataSpace(count)
         _ = try cutExtents(ino, from: first, through: last)
+        var staged: [MappedExtent] = []
         var at = first
-        while at <= last {
-            let got = try store.allocData(last + 1 - at)
-            var buf = [UInt8](repeating: 0, count: Int(got.length * blockSize))
-            let lo = Int((at - first) * blockSize)
-            let hi = min(data.count, lo + buf.count)
-            buf.replaceSubrange(0..<(hi - lo), with: data[lo..<hi])
-            try store.data.write(at: got.start * blockSize, buf)
-            try addExtent(ino, MappedExtent(start: at, length: got.length, blkno: got.start))
-            at += got.length
+        do {
+            while at <= last {
+                let got = try store.allocData(last + 1 - at)
+                let run = MappedExtent(start: at, length: got.length, blkno: got.start)
+                var buf = [UInt8](repeating: 0, count: Int(got.length * blockSize))
+                let lo = Int((at - first) * blockSize)
+                let hi = min(data.count, lo + buf.count)
+                buf.replaceSubrange(0..<(hi - lo), with: data[lo..<hi])
+                do {
+                    try store.data.write(at: got.start * blockSize, buf)
+                } catch {
+                    store.freeData(got)
+                    throw error
+                }
+                try addExtent(ino, run)
+                staged.append(run)
+                at += got.length
+            }
+        } catch {
+            // The region goes back to offline, so readers keep waiting for a stage that works
+            // rather than reading blocks that never got their data.
+            try unmapFresh(ino, staged)
+            try putOfflineExtent(ino, from: first, through: last)
+            throw error
         }
         rec.onlineBlocks += count
         rec.offlineBlocks -= min(rec.offlineBlocks, count)

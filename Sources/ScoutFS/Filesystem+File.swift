@@ -164,6 +164,35 @@ extension FSCore {
         let version = try rec.dataVersion.adding(1, "data version of inode \(ino)")
         _ = try rec.onlineBlocks.adding(last - first + 1, "online block count of inode \(ino)")
         let fresh = try allocateHoles(ino, from: first, through: last)
+        do {
+            try writeBlocks(ino, offset: offset, end: end, first: first, last: last, data: data, fresh: fresh)
+        } catch {
+            // Blocks mapped for this write would otherwise keep whatever they held before
+            // (another file's old contents) and the next commit would make that durable.
+            try unmapFresh(ino, fresh)
+            throw error
+        }
+        let now = Timestamp.now
+        rec.size = max(rec.size, end)
+        rec.onlineBlocks += fresh.reduce(0) { $0 + $1.length }
+        rec.mtime = now
+        rec.ctime = now
+        rec.dataVersion = version
+        try markDataChanged(ino, &rec)
+        try putInode(ino, &rec)
+        return data.count
+    }
+
+    /// Takes back runs that `allocateHoles` mapped for an operation that then failed: their
+    /// extents go and their blocks are freed, so nothing of the operation stays.
+    func unmapFresh(_ ino: UInt64, _ fresh: [MappedExtent]) throws {
+        for run in fresh { try unmap(ino, from: run.start, through: run.end - 1) }
+    }
+
+    /// The device writes of `writeData`: fresh runs whole, with zeros around the data, and the
+    /// data in place into blocks mapped before.
+    private func writeBlocks(_ ino: UInt64, offset: UInt64, end: UInt64, first: UInt64, last: UInt64,
+                             data: [UInt8], fresh: [MappedExtent]) throws {
         // New blocks get whole-block writes with zeros around the data: whatever a freed block
         // held before must never show through.
         for run in fresh {
@@ -192,15 +221,6 @@ extension FSCore {
                 pos = runEnd
             }
         }
-        let now = Timestamp.now
-        rec.size = max(rec.size, end)
-        rec.onlineBlocks += fresh.reduce(0) { $0 + $1.length }
-        rec.mtime = now
-        rec.ctime = now
-        rec.dataVersion = version
-        try markDataChanged(ino, &rec)
-        try putInode(ino, &rec)
-        return data.count
     }
 
     /// Zeroes bytes `[from, to)` of mapped blocks (holes already read as zeros).
@@ -284,17 +304,22 @@ extension FSCore {
             try zeroRange(ino, from: max(offset, endWhole * blockSize), to: end)
         } else if mode & ~LinuxABI.fallocKeepSize == 0 {
             let fresh = try allocateHoles(ino, from: offset / blockSize, through: (end - 1) / blockSize)
-            for run in fresh {
-                // Zero in 1 MiB writes: preallocated blocks must read as zeros.
-                var at: UInt64 = 0
-                let total = run.length * blockSize
-                while at < total {
-                    let n = min(total - at, 1 << 20)
-                    try store.data.write(at: run.blkno * blockSize + at, [UInt8](repeating: 0, count: Int(n)))
-                    at += n
+            do {
+                for run in fresh {
+                    // Zero in 1 MiB writes: preallocated blocks must read as zeros.
+                    var at: UInt64 = 0
+                    let total = run.length * blockSize
+                    while at < total {
+                        let n = min(total - at, 1 << 20)
+                        try store.data.write(at: run.blkno * blockSize + at, [UInt8](repeating: 0, count: Int(n)))
+                        at += n
+                    }
                 }
-                rec.onlineBlocks += run.length
+            } catch {
+                try unmapFresh(ino, fresh)
+                throw error
             }
+            rec.onlineBlocks += fresh.reduce(0) { $0 + $1.length }
             if !keepSize && end > rec.size {
                 rec.size = end
                 rec.dataVersion = version
@@ -401,10 +426,10 @@ extension Filesystem {
             return p
         }
         guard !plan.segments.isEmpty else { return [UInt8](repeating: 0, count: plan.count) }
-        defer { readGate.leave() }
         let data = dataDevice
+        let bytes: [UInt8]
         do {
-            return try [UInt8](unsafeUninitializedCapacity: plan.count) { buf, initialized in
+            bytes = try [UInt8](unsafeUninitializedCapacity: plan.count) { buf, initialized in
                 let raw = UnsafeMutableRawBufferPointer(buf)
                 var at = 0
                 for s in plan.segments {
@@ -416,9 +441,14 @@ extension Filesystem {
                 initialized = plan.count
             }
         } catch {
+            // Out of the gate before the filesystem lock: a commit holds the lock while it
+            // waits for the gate, so logging from inside it would deadlock the mount.
+            readGate.leave()
             withCore { $0.log("read of inode \(ino) at \(offset): \(error)") }
             throw .ioError
         }
+        readGate.leave()
+        return bytes
     }
 
     public func write(_ ino: UInt64, offset: UInt64, data: [UInt8], cancel: WaitCancellation? = nil) throws(Errno) -> Int {
