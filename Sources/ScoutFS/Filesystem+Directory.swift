@@ -348,16 +348,16 @@ extension Filesystem {
     }
 
     /// readdir with attributes; takes a lookup reference on each entry returned except . and ..
+    /// under the same lock hold that read it, so an unlink cannot free an inode between the
+    /// read and the reference. The caller gives back (`forget`) the references of entries it
+    /// did not hand to the kernel.
     public func readdirPlus(_ dir: UInt64, offset: UInt64, limit: Int, stream: DirectoryStream? = nil) throws(Errno) -> [(DirectoryEntry, Attributes)] {
         try run(.reads) { c in
             try c.readdir(dir, offset: offset, limit: limit, stream: stream).map { e in
-                (e, c.attributes(e.ino, try c.inode(e.ino)))
+                let a = c.attributes(e.ino, try c.inode(e.ino))
+                if e.nextOffset > 2 { c.noteLookup(e.ino) }
+                return (e, a)
             }
         }
-    }
-
-    /// Called by the adapter for each readdirplus entry the kernel kept (not . or ..).
-    public func noteLookup(_ ino: UInt64) {
-        withCore { $0.noteLookup(ino) }
     }
 }

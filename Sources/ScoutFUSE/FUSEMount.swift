@@ -249,7 +249,9 @@ func fillDirectory(_ req: fuse_req_t?, _ ino: fuse_ino_t, size: Int, offset: off
     var used = 0
     do {
         if plus {
-            for (e, a) in try fsys.readdirPlus(ino, offset: UInt64(offset), limit: limit, stream: stream) {
+            let entries = try fsys.readdirPlus(ino, offset: UInt64(offset), limit: limit, stream: stream)
+            var added = 0
+            for (e, a) in entries {
                 var param = entry(of: a)
                 let name = e.name + [0]
                 let n = name.withUnsafeBufferPointer { nm in
@@ -260,9 +262,12 @@ func fillDirectory(_ req: fuse_req_t?, _ ino: fuse_ino_t, size: Int, offset: off
                 }
                 if n > size - used { break }
                 used += n
-                // The kernel now holds a reference on every entry but . and ..
-                if e.nextOffset > 2 { fsys.noteLookup(e.ino) }
+                added += 1
             }
+            // readdirPlus took a reference on every entry but . and ..; the kernel holds those
+            // it was given, and the rest go back.
+            let unsent = entries[added...].filter { $0.0.nextOffset > 2 }.map { (ino: $0.0.ino, count: UInt64(1)) }
+            if !unsent.isEmpty { try? fsys.forget(unsent) }
         } else {
             for e in try fsys.readdir(ino, offset: UInt64(offset), limit: limit, stream: stream) {
                 var st = Glibc.stat()

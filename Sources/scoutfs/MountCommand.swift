@@ -163,18 +163,26 @@ struct MountCommand: ParsableCommand {
             try? claim.release()
             throw fail("mount", error)
         }
-        var record = MountRecord(pid: getpid(), mountpoint: mnt, meta: MountRegistry.canonical(meta),
+        let record = MountRecord(pid: getpid(), mountpoint: mnt, meta: MountRegistry.canonical(meta),
                                  data: MountRegistry.canonical(data), quorumSlot: quorumSlot,
                                  fsid: hex(fsys.fsid),
                                  committedSeq: fsys.committedSeq, log: daemonChild ? log : nil, control: control.path,
                                  warnings: warnings.isEmpty ? nil : warnings)
         try? MountRegistry.publish(record)
 
-        let committer = Committer(fs: fsys, interval: commitInterval) { seq in
-            record.committedSeq = seq
-            try? MountRegistry.publish(record)
+        let committer = Committer(fs: fsys, interval: .seconds(commitInterval)) { seq in
+            var r = record
+            r.committedSeq = seq
+            try? MountRegistry.publish(r)
         }
-        committer.start()
+        do {
+            try committer.start()
+        } catch {
+            control.stop()
+            fuse.close()
+            try? claim.release()
+            throw fail("mount", error)
+        }
 
         if daemonChild {
             // Tell the parent we serve, then detach from its pipes: later output goes to the log.
@@ -209,66 +217,5 @@ struct MountCommand: ParsableCommand {
         MountRegistry.remove(mnt)
         FileHandle.standardError.write(Data("scoutfs: unmounted \(mnt) at seq \(fsys.committedSeq)\n".utf8))
         if status != 0 { throw ExitCode(status) }
-    }
-}
-
-/// Commits the open transaction every few seconds on its own thread.
-/// glibc's malloc_trim, which the Glibc module does not export.
-let mallocTrim: (@convention(c) (Int) -> Int32)? = {
-    guard let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_trim") else { return nil }
-    return unsafeBitCast(sym, to: (@convention(c) (Int) -> Int32).self)
-}()
-
-final class Committer: @unchecked Sendable {
-    // @unchecked: `running` is only read and written under `lock`; the rest is immutable.
-    let fs: Filesystem
-    let interval: Int
-    let published: (UInt64) -> Void
-    private let lock = NSCondition()
-    private var running = false
-
-    init(fs: Filesystem, interval: Int, published: @escaping (UInt64) -> Void) {
-        self.fs = fs
-        self.interval = interval
-        self.published = published
-    }
-
-    func start() {
-        lock.lock()
-        running = true
-        lock.unlock()
-        Thread.detachNewThread { [self] in loop() }
-    }
-
-    func stop() {
-        lock.lock()
-        running = false
-        lock.signal()
-        lock.unlock()
-    }
-
-    private func loop() {
-        var last = fs.committedSeq
-        while true {
-            lock.lock()
-            if running { _ = lock.wait(until: Date().addingTimeInterval(TimeInterval(interval))) }
-            let go = running
-            lock.unlock()
-            if !go { return }
-            do {
-                try fs.commitIfDirty()
-            } catch {
-                FileHandle.standardError.write(Data("scoutfs: periodic commit failed: \(error)\n".utf8))
-            }
-            let seq = fs.committedSeq
-            if seq != last {
-                last = seq
-                published(seq)
-            }
-            // Commits turn dirty blocks into evictable clean ones and the kernel's FORGETs
-            // shrink per-inode state; give what malloc holds unused back, so the daemon's RSS
-            // follows its caches rather than its past peaks.
-            _ = mallocTrim?(0)
-        }
     }
 }

@@ -33,6 +33,22 @@ import Testing
         }
     }
 
+    /// readdirplus hands the kernel references; they must be taken while the entries are read,
+    /// or an unlink in between frees an inode the kernel then holds.
+    @Test func readdirPlusTakesItsReferencesUnderTheSameLock() throws {
+        let fs = try mount()
+        let f = try fs.create(1, name("f"), mode: 0o644, flags: O_RDWR, caller: user)
+        try fs.release(f.ino)
+        try fs.forget(f.ino, 1)  // the create's lookup reference
+        let listed = try fs.readdirPlus(1, offset: 0, limit: 10).filter { $0.0.nextOffset > 2 }
+        #expect(listed.map(\.0.ino) == [f.ino])
+        try fs.unlink(1, name("f"))
+        // The kernel holds the entry from readdirplus: the inode lives until it forgets it.
+        #expect(try fs.getattr(f.ino).nlink == 0)
+        try fs.forget(f.ino, 1)
+        #expect(throws: Errno.noSuchFileOrDirectory) { _ = try fs.getattr(f.ino) }
+    }
+
     @Test func createWriteReadAndRemount() throws {
         let fs = try mount()
         let f = try fs.create(1, name("file"), mode: 0o666, flags: O_RDWR, caller: user)
