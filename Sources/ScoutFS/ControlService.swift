@@ -139,6 +139,10 @@ public final class ControlService: Sendable {
         case let .readXattrTotals(after, n):
             try requireRoot(peer, "read-xattr-totals")
             return .totals(try fs.xattrTotals(after: after, limit: limit(n)))
+        case .sync:
+            // Anyone with a file of the mount open may ask, as anyone may call syncfs(2).
+            try fs.sync()
+            return .count(fs.committedSeq)
         }
     }
 }

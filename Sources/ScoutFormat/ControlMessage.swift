@@ -204,6 +204,9 @@ public enum ControlRequest: Equatable, Sendable {
     case listHiddenXattrs(skip: UInt32, limit: UInt32)
     /// `.totl.` totals after `after` (from the first when nil), root only.
     case readXattrTotals(after: XattrTotalName?, limit: UInt32)
+    /// Commit everything now and answer (with the committed seq) once it is durable:
+    /// sync(1) and syncfs(2) never reach a FUSE daemon.
+    case sync
 }
 
 public enum ControlReply: Equatable, Sendable {
@@ -293,6 +296,7 @@ extension ControlRequest {
         case .searchXattrs: 9
         case .listHiddenXattrs: 10
         case .readXattrTotals: 11
+        case .sync: 14
         }
     }
 
@@ -304,7 +308,7 @@ extension ControlRequest {
             w.u8(index)
             for v in [fs, fi, ls, li] { w.u64(v) }
             w.u32(limit)
-        case .statMore, .statfsMore:
+        case .statMore, .statfsMore, .sync:
             break
         case let .release(v, off, len):
             for x in [v, off, len] { w.u64(x) }
@@ -355,6 +359,7 @@ extension ControlRequest {
                                lastIno: try r.u64(), limit: try r.u32())
         case 2: self = .statMore
         case 3: self = .statfsMore
+        case 14: self = .sync
         case 4: self = .release(dataVersion: try r.u64(), offset: try r.u64(), length: try r.u64())
         case 5:
             self = .stage(dataVersion: try r.u64(), offset: try r.u64(), data: try r.bytes32(max: ControlMessage.stageChunk))

@@ -247,6 +247,24 @@ struct StatfsCommand: ParsableCommand {
     }
 }
 
+struct SyncCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sync",
+        abstract: "Commit everything written to a mounted filesystem and return once it is durable.",
+        discussion: "sync(1) and syncfs(2) never reach a FUSE filesystem; this does. fsync(2) of a file commits too.")
+    @Option(name: .shortAndLong, help: "A path in the filesystem.") var path: String?
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        try runVerb("sync") {
+            let t = try ControlTarget.open(path)
+            defer { t.close() }
+            guard case let .count(seq) = try t.call(.sync) else { throw VerbError("unexpected reply from the mount") }
+            if json { try printJSON(["committedSeq": seq]) }
+        }
+    }
+}
+
 struct ReleaseCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "release",

@@ -4,7 +4,7 @@ import Testing
 @Suite struct ControlMessageTests {
     static let requests: [ControlRequest] = [
         .walkInodes(index: 1, firstSeq: 2, firstIno: 3, lastSeq: .max, lastIno: .max, limit: 128),
-        .statMore, .statfsMore,
+        .statMore, .statfsMore, .sync,
         .release(dataVersion: 7, offset: 4096, length: 1 << 30),
         .stage(dataVersion: 7, offset: 8192, data: [1, 2, 3]),
         .setattrMore(SetattrMore(dataVersion: 9, size: 12345, offline: true, ctime: Timestamp(seconds: 5, nanoseconds: 6), crtime: nil)),
