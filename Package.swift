@@ -28,6 +28,7 @@ let package = Package(
         .library(name: "ScoutNet", targets: ["ScoutNet"]),
         .library(name: "ScoutClient", targets: ["ScoutClient"]),
         .library(name: "ScoutServer", targets: ["ScoutServer"]),
+        .library(name: "ScoutFS", targets: ["ScoutFS"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),

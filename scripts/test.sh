@@ -15,3 +15,6 @@ swift test --skip-build
 
 # The lock client and server under the thread sanitizer (a separate build).
 bash scripts/tsan.sh
+
+# Decoders, check and a mount of mutated images under libFuzzer, for a bounded time.
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-60}"

@@ -41,6 +41,10 @@ final class BlockCache {
         self.capacity = max(16, capacity)
     }
 
+    // The LRU's strong links make every pair of neighbours a cycle: without breaking them,
+    // each closed store left its whole clean cache behind (the fuzzer ran out of memory).
+    deinit { removeAll() }
+
     func get(_ blkno: UInt64) -> CachedNode? {
         guard let n = nodes[blkno] else { return nil }
         if !n.dirty { touch(n) }

@@ -140,3 +140,20 @@ import ScoutFormat
         }
     }
 }
+
+@Suite struct BlockCacheLifetimeTests {
+    /// A closed store gives back its cached blocks: the LRU links between them must not keep
+    /// them alive.
+    @Test func cachedBlocksAreFreedWithTheStore() throws {
+        weak var node: CachedNode?
+        do {
+            let cache = BlockCache(capacity: 16)
+            for b in 0..<8 as Range<UInt64> {
+                cache.insertClean(CachedNode(blkno: b, seq: 1, block: BTreeBlock(level: 0), dirty: false))
+            }
+            node = cache.get(3)
+            #expect(node != nil)
+        }
+        #expect(node == nil)
+    }
+}
