@@ -234,6 +234,13 @@ func timestamp(_ t: timespec) -> Timestamp {
     Timestamp(seconds: Int64(t.tv_sec), nanoseconds: UInt32(t.tv_nsec))
 }
 
+/// An offset the kernel passed: the VFS refuses negative ones before they reach us, but a
+/// trap here would end the mount, so a negative one is EINVAL rather than a conversion trap.
+func fileOffset(_ off: off_t) throws(Errno) -> UInt64 {
+    guard off >= 0 else { throw Errno.invalidArgument }
+    return UInt64(off)
+}
+
 /// The `DirectoryStream` an open directory's handle holds (set by opendir, freed by releasedir).
 func directoryStream(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> DirectoryStream? {
     guard let fh = fi?.pointee.fh, fh != 0, let p = UnsafeRawPointer(bitPattern: UInt(fh)) else { return nil }
@@ -249,7 +256,7 @@ func fillDirectory(_ req: fuse_req_t?, _ ino: fuse_ino_t, size: Int, offset: off
     var used = 0
     do {
         if plus {
-            let entries = try fsys.readdirPlus(ino, offset: UInt64(offset), limit: limit, stream: stream)
+            let entries = try fsys.readdirPlus(ino, offset: try fileOffset(offset), limit: limit, stream: stream)
             var added = 0
             for (e, a) in entries {
                 var param = entry(of: a)
@@ -269,7 +276,7 @@ func fillDirectory(_ req: fuse_req_t?, _ ino: fuse_ino_t, size: Int, offset: off
             let unsent = entries[added...].filter { $0.0.nextOffset > 2 }.map { (ino: $0.0.ino, count: UInt64(1)) }
             if !unsent.isEmpty { try? fsys.forget(unsent) }
         } else {
-            for e in try fsys.readdir(ino, offset: UInt64(offset), limit: limit, stream: stream) {
+            for e in try fsys.readdir(ino, offset: try fileOffset(offset), limit: limit, stream: stream) {
                 var st = Glibc.stat()
                 st.st_ino = UInt(e.ino)
                 st.st_mode = UInt32(e.type) << 12
@@ -388,7 +395,7 @@ func makeOperations() -> fuse_lowlevel_ops {
     }
     ops.read = { req, ino, size, off, _ in
         do {
-            replyBytes(req, try interruptible(req) { c throws(Errno) in try fs(req).read(ino, offset: UInt64(off), count: size, cancel: c) })
+            replyBytes(req, try interruptible(req) { c throws(Errno) in try fs(req).read(ino, offset: try fileOffset(off), count: size, cancel: c) })
         } catch {
             replyErr(req, error)
         }
@@ -396,7 +403,7 @@ func makeOperations() -> fuse_lowlevel_ops {
     ops.write = { req, ino, buf, size, off, _ in
         do {
             let data = Array(UnsafeRawBufferPointer(start: buf, count: size))
-            let n = try interruptible(req) { c throws(Errno) in try fs(req).write(ino, offset: UInt64(off), data: data, cancel: c) }
+            let n = try interruptible(req) { c throws(Errno) in try fs(req).write(ino, offset: try fileOffset(off), data: data, cancel: c) }
             fuse_reply_write(req, n)
         } catch {
             replyErr(req, error)
