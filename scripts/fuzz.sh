@@ -15,11 +15,17 @@ mkdir -p "$scratch/corpus" "$scratch/findings"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-"$scratch/release/ScoutFuzz" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 \
+# The Swift runtime's own crash handler would take the trap before libFuzzer can save the
+# input that caused it.
+SWIFT_BACKTRACE=enable=no "$scratch/release/ScoutFuzz" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="$scratch/findings/" "$scratch/corpus" >"$log" 2>&1 || status=$?
 execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
 if [ "$status" -ne 0 ]; then
-    grep -E "ERROR|SUMMARY|Fatal error|Test unit written" "$log" >&2 || tail -40 "$log" >&2
+    grep -E "ERROR|SUMMARY|Fatal error|Test unit written|Base64" "$log" >&2 || tail -40 "$log" >&2
+    # Run the input once more with the runtime's backtrace, which names the line that trapped.
+    for f in "$scratch"/findings/*; do
+        [ -f "$f" ] && "$scratch/release/ScoutFuzz" "$f" 2>&1 | grep -E "Swift runtime failure|Fatal error| at /" | head -20 >&2
+    done
     echo "fuzz: finding after ${execs:-?} executions (exit $status); the input is in $scratch/findings" >&2
     exit 1
 fi

@@ -42,7 +42,7 @@ public enum LogMerge {
     /// Items one chunk may hold: each may copy an fs tree leaf and its path, so about two
     /// blocks apiece out of what is free beyond what commits keep for themselves.
     static func chunkItems(_ store: Store) -> Int {
-        let spare = Int(store.allocatableMetaBlocks) - Int(Store.commitMargin / 2) - 64
+        let spare = Int(clamping: store.allocatableMetaBlocks) - Int(Store.commitMargin / 2) - 64
         return max(16, min(spare / 2, 50_000))
     }
 

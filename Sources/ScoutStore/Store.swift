@@ -75,6 +75,13 @@ public final class Store {
     public static func open(meta: any BlockDevice, data: any BlockDevice, options: StoreOptions = StoreOptions()) throws -> Store {
         let (sb, problems) = try readSuperblockCopies(meta)
         try checkDataDevice(data, matches: sb)
+        // Counts the allocators work from must fit the devices, or their arithmetic would
+        // run past them.
+        if sb.metaTotalBlocks <= Layout.metaFirstBlkno || sb.dataTotalBlocks <= Layout.dataFirstBlkno
+            || sb.metaFreeBlocks > sb.metaTotalBlocks || sb.dataFreeBlocks > sb.dataTotalBlocks
+            || sb.metaReserve.contains(where: { $0 < Layout.metaFirstBlkno || $0 >= sb.metaTotalBlocks }) {
+            throw StoreError(.corrupt, "superblock of \(meta.name): free block counts (\(sb.metaFreeBlocks) metadata, \(sb.dataFreeBlocks) data) or reserve blocks beyond the devices' \(sb.metaTotalBlocks) and \(sb.dataTotalBlocks) blocks; the superblock is damaged")
+        }
         if meta.size >> Layout.metaBlockShift < sb.metaTotalBlocks {
             throw StoreError(.invalid, "metadata device \(meta.name) is \(meta.size) bytes but the filesystem spans \(sb.metaTotalBlocks) blocks of 64 KiB: was it truncated?")
         }

@@ -140,6 +140,22 @@ import Testing
         }
     }
 
+    /// Found by the fuzzer: a free count beyond the device made a merge's chunk size trap.
+    @Test func freeCountsBeyondTheDevicesRefuseTheOpen() throws {
+        _ = try fileOnDisk()
+        var sb = try Store.readSuperblock(devices.meta)
+        sb.metaFreeBlocks = .max - 10
+        for copy in 0..<2 {
+            try devices.meta.write(at: Layout.superOffset(copy: copy), sb.encode(smallBlkno: Layout.superSmallBlkno[copy]))
+        }
+        do {
+            _ = try mount()
+            Issue.record("mounted with a free count beyond the device")
+        } catch let e as StoreError {
+            #expect(e.code == .corrupt && e.message.contains("free block counts"), "\(e.message)")
+        }
+    }
+
     @Test func anUnreadableNewestSuperblockIsReported() throws {
         _ = try fileOnDisk()
         let sb = try Store.readSuperblock(devices.meta)
