@@ -228,8 +228,12 @@ import Testing
         try Sys.writeFile(m.path("synced"), Array("kept".utf8))
         let r = try CLI.run(["sync", "-p", m.mnt])
         #expect(r.status == 0, "\(r.stderr)")
-        let asNobody = try CLI.runTool("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", CLI.binary, "sync", "-p", m.mnt])
+        let nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", CLI.binary]
+        let asNobody = try CLI.runTool(nobody[0], Array(nobody.dropFirst()) + ["sync", "-p", m.mnt])
         #expect(asNobody.status == 0, "\(asNobody.stderr)\(asNobody.stdout)")
+        // A user who is not root finds root's mount too.
+        let status = try CLI.runTool(nobody[0], Array(nobody.dropFirst()) + ["status", m.mnt])
+        #expect(status.status == 0 && status.stdout.contains("pid            \(m.pid)"), "\(status.stderr)")
         try Sys.writeFile(m.path("unsynced"), Array("lost".utf8))
         m.crash()
         try m.mount()
