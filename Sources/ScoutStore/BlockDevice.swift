@@ -62,9 +62,7 @@ public final class FileBlockDevice: BlockDevice {
     deinit { close(fd) }
 
     public func read(at offset: UInt64, count: Int) throws -> [UInt8] {
-        if offset + UInt64(count) > size {
-            throw StoreError(.io, "\(name): read of \(count) bytes at \(offset) runs past the end of the device (\(size) bytes)")
-        }
+        try checkRange("read", offset, count)
         // Read straight into uninitialized storage: zeroing 64 KiB first showed up in profiles.
         return try [UInt8](unsafeUninitializedCapacity: count) { buf, initialized in
             try read(at: offset, into: UnsafeMutableRawBufferPointer(buf))
@@ -73,18 +71,28 @@ public final class FileBlockDevice: BlockDevice {
     }
 
     public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
-        let count = buffer.count
-        if offset + UInt64(count) > size {
-            throw StoreError(.io, "\(name): read of \(count) bytes at \(offset) runs past the end of the device (\(size) bytes)")
+        try checkRange("read", offset, buffer.count)
+        guard buffer.count > 0 else { return }
+        try readFully(fd, buffer.baseAddress!, buffer.count, at: offset, "read")
+    }
+
+    /// Fails unless `[offset, offset + count)` lies on the device (and does not overflow).
+    private func checkRange(_ what: String, _ offset: UInt64, _ count: Int) throws {
+        let (end, overflow) = offset.addingReportingOverflow(UInt64(count))
+        if overflow || end > size {
+            throw StoreError(.io, "\(name): \(what) of \(count) bytes at \(offset) runs past the end of the device (\(size) bytes)")
         }
-        guard count > 0 else { return }
+    }
+
+    /// pread until `count` bytes are in, through EINTR and short reads.
+    private func readFully(_ fd: Int32, _ p: UnsafeMutableRawPointer, _ count: Int, at offset: UInt64, _ what: String) throws {
         var done = 0
         while done < count {
-            let n = pread(fd, buffer.baseAddress! + done, count - done, off_t(offset) + off_t(done))
+            let n = pread(fd, p + done, count - done, off_t(offset) + off_t(done))
             if n < 0 {
                 let e = Glibc.errno
                 if e == EINTR { continue }
-                throw StoreError(.io, "\(name): read at byte \(offset): \(String(cString: strerror(e)))")
+                throw StoreError(.io, "\(name): \(what) at byte \(offset): \(String(cString: strerror(e)))")
             }
             if n == 0 { throw StoreError(.io, "\(name): unexpected end of device at byte \(offset + UInt64(done))") }
             done += n
@@ -92,9 +100,7 @@ public final class FileBlockDevice: BlockDevice {
     }
 
     public func write(at offset: UInt64, _ bytes: [UInt8]) throws {
-        if offset + UInt64(bytes.count) > size {
-            throw StoreError(.io, "\(name): write of \(bytes.count) bytes at \(offset) runs past the end of the device (\(size) bytes)")
-        }
+        try checkRange("write", offset, bytes.count)
         var done = 0
         try bytes.withUnsafeBytes { buf in
             while done < bytes.count {
@@ -139,9 +145,7 @@ public final class FileBlockDevice: BlockDevice {
     public func readUncached(at offset: UInt64, count: Int) throws -> [UInt8] {
         let align = 4096
         precondition(offset % UInt64(align) == 0 && count % align == 0, "uncached reads are in whole 4 KiB blocks")
-        if offset + UInt64(count) > size {
-            throw StoreError(.io, "\(name): read of \(count) bytes at \(offset) runs past the end of the device (\(size) bytes)")
-        }
+        try checkRange("uncached read", offset, count)
         let direct = open(name, O_RDONLY | O_CLOEXEC | linuxODirect)
         guard direct >= 0 else {
             _ = posix_fadvise(fd, off_t(offset), off_t(count), POSIX_FADV_DONTNEED)
@@ -153,17 +157,7 @@ public final class FileBlockDevice: BlockDevice {
             throw StoreError(.io, "\(name): no memory for an aligned read of \(count) bytes")
         }
         defer { free(raw) }
-        var done = 0
-        while done < count {
-            let n = pread(direct, raw + done, count - done, off_t(offset) + off_t(done))
-            if n < 0 {
-                let e = Glibc.errno
-                if e == EINTR { continue }
-                throw StoreError(.io, "\(name): uncached read at byte \(offset): \(String(cString: strerror(e)))")
-            }
-            if n == 0 { throw StoreError(.io, "\(name): unexpected end of device at byte \(offset + UInt64(done))") }
-            done += n
-        }
+        try readFully(direct, raw, count, at: offset, "uncached read")
         return [UInt8](UnsafeRawBufferPointer(start: raw, count: count))
     }
 
