@@ -353,11 +353,12 @@ extension Filesystem {
     /// did not hand to the kernel.
     public func readdirPlus(_ dir: UInt64, offset: UInt64, limit: Int, stream: DirectoryStream? = nil) throws(Errno) -> [(DirectoryEntry, Attributes)] {
         try run(.reads) { c in
-            try c.readdir(dir, offset: offset, limit: limit, stream: stream).map { e in
-                let a = c.attributes(e.ino, try c.inode(e.ino))
-                if e.nextOffset > 2 { c.noteLookup(e.ino) }
-                return (e, a)
+            let entries = try c.readdir(dir, offset: offset, limit: limit, stream: stream).map { e in
+                (e, c.attributes(e.ino, try c.inode(e.ino)))
             }
+            // Only once every entry read: a failure part way must not leave references behind.
+            for (e, _) in entries where e.nextOffset > 2 { c.noteLookup(e.ino) }
+            return entries
         }
     }
 }
