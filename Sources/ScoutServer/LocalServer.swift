@@ -27,11 +27,14 @@ public final class LocalServer {
 
     public var committedSeq: UInt64 { store.superblock.seq }
 
-    /// `count` inode numbers never handed out before. Numbers a crashed client did not use are
-    /// lost, never reused.
+    /// Up to `count` inode numbers never handed out before, ending at or before the end of the
+    /// first one's inode group: a batch never straddles two groups, so one client's files
+    /// share a group lock and two clients' files never do. Numbers a crashed client did not use
+    /// are lost, never reused.
     public func allocateInodes(_ count: UInt64) -> Range<UInt64> {
         let first = store.nextIno
-        store.nextIno += count
+        let groupEnd = (first | (LockRange.groupSize - 1)) + 1
+        store.nextIno = min(first + max(count, 1), groupEnd)
         return first..<store.nextIno
     }
 

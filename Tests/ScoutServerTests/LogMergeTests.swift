@@ -274,6 +274,24 @@ final class Link: ServerLink {
         let fromA = try (0..<3).map { _ in try a.allocateInode() }
         let fromB = try b.allocateInode()
         #expect(fromA == [fromA[0], fromA[0] + 1, fromA[0] + 2])
-        #expect(fromB == fromA[0] + ClientItems.inodeBatch)
+        // Batches end on inode group boundaries: B's starts the next group, and every number
+        // of A's batch stays in A's group.
+        #expect(fromB == (fromA[0] / LockRange.groupSize + 1) * LockRange.groupSize)
+        var more = fromA
+        for _ in 0..<3000 { more.append(try a.allocateInode()) }
+        #expect(Set(more).count == more.count && !more.contains(fromB))
+        #expect(!more.contains { $0 / LockRange.groupSize == fromB / LockRange.groupSize })
+    }
+
+    /// A batch that starts in the middle of a group (the first one, after the root inode)
+    /// ends at that group's end.
+    @Test func inodeBatchesAreAlignedToInodeGroups() throws {
+        let store = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
+        let server = LocalServer(store: store)
+        store.nextIno = 2
+        #expect(server.allocateInodes(1024) == 2..<1024)
+        #expect(server.allocateInodes(1024) == 1024..<2048)
+        #expect(server.allocateInodes(100) == 2048..<2148)
+        #expect(server.allocateInodes(1024) == 2148..<3072)
     }
 }
