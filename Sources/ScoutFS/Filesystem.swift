@@ -109,12 +109,20 @@ public struct FilesystemOptions: Sendable {
     public var dirtyBlockLimit: Int
     /// Merge the mount's log tree into the fs tree at the commit that finds it this big (items).
     public var mergeThreshold: UInt64
+    /// This client's id (its log tree's key), the same at every mount of one quorum slot so a
+    /// client that comes back finds its own log tree; nil picks a random one (tests).
+    public var clientID: UInt64?
 
-    public init(commitInterval: Duration = .seconds(5), dirtyBlockLimit: Int = 1024, mergeThreshold: UInt64 = 100_000) {
+    public init(commitInterval: Duration = .seconds(5), dirtyBlockLimit: Int = 1024, mergeThreshold: UInt64 = 100_000,
+                clientID: UInt64? = nil) {
         self.commitInterval = commitInterval
         self.dirtyBlockLimit = dirtyBlockLimit
         self.mergeThreshold = mergeThreshold
+        self.clientID = clientID
     }
+
+    /// The client id of the mount of quorum slot `slot`: never 0.
+    public static func clientID(slot: Int) -> UInt64 { UInt64(slot) + 1 }
 }
 
 /// A POSIX filesystem over the items of a store: inodes, directories, files, symlinks, xattrs.
@@ -137,7 +145,7 @@ public final class Filesystem: Sendable {
     /// inodes that a crash left unlinked but allocated (orphans).
     public init(store: Store, options: FilesystemOptions = FilesystemOptions()) throws {
         let server = LocalServer(store: store, mergeThreshold: options.mergeThreshold)
-        let c = FSCore(store: store, server: server, readGate: readGate, waits: waits)
+        let c = FSCore(store: store, server: server, readGate: readGate, waits: waits, rid: options.clientID)
         dataDevice = store.data
         try c.prepare()
         state = c
@@ -258,14 +266,14 @@ final class FSCore: @unchecked Sendable {
     let readGate: DataReadGate
     let waits: DataWaits
 
-    init(store: Store, server: LocalServer, readGate: DataReadGate, waits: DataWaits) {
+    init(store: Store, server: LocalServer, readGate: DataReadGate, waits: DataWaits, rid: UInt64?) {
         self.store = store
         self.server = server
         self.readGate = readGate
         self.waits = waits
-        var rid: UInt64 = 0
-        while rid == 0 { rid = UInt64.random(in: 1...UInt64.max) }
-        items = ClientItems(store: store, server: InProcessLink(server: server), rid: rid)
+        var id = rid ?? 0
+        while id == 0 { id = UInt64.random(in: 1...UInt64.max) }
+        items = ClientItems(store: store, server: InProcessLink(server: server), rid: id)
     }
 
     func log(_ s: String) { logSink?(s) }

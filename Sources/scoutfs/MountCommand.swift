@@ -140,7 +140,8 @@ struct MountCommand: ParsableCommand {
             claim = try MountClaim(meta: metaDev, superblock: store.superblock, slot: quorumSlot, log: logLine)
             do {
                 try claim.start()
-                fsys = try Filesystem(store: store, options: FilesystemOptions(commitInterval: .seconds(commitInterval)))
+                fsys = try Filesystem(store: store, options: FilesystemOptions(commitInterval: .seconds(commitInterval),
+                                                                                 clientID: FilesystemOptions.clientID(slot: quorumSlot)))
                 fsys.logSink = logLine
                 fuse = try FUSEMount(filesystem: fsys, mountpoint: mnt, source: "\(meta):\(data)", options: options)
             } catch {

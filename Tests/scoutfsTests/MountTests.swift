@@ -195,6 +195,8 @@ import Testing
         #expect(second.stderr.contains("already mounted on this machine (on \(m.mnt), quorum slot 0, daemon pid \(m.pid))"), "\(second.stderr)")
         #expect(try CLI.run(["status", other]).status == 1)
         for i in 0..<300 { try Sys.writeFile(m.path("f\(i)"), Array("file \(i)".utf8), fsync: i == 299) }
+        // A client's id follows its slot, the same at every mount.
+        #expect(try CLI.run(["statfs", "-p", m.mnt, "-s", "rid"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "0000000000000001")
 
         let claims = { () throws -> [[String: Any]] in
             let pr = try CLI.run(["print", "--json", m.meta])
@@ -212,6 +214,7 @@ import Testing
 
         let r = try CLI.run(["mount", "--quorum-slot", "1", "--log", m.log, m.meta, m.data, other])
         try #require(r.status == 0, "\(r.stderr)")
+        #expect(try CLI.run(["statfs", "-p", other, "-s", "rid"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "0000000000000002")
         let names = try FileManager.default.contentsOfDirectory(atPath: other).filter { $0.hasPrefix("f") }
         #expect(names.count == 300)
         #expect(try Sys.readFile(other + "/f123") == Array("file 123".utf8))
