@@ -76,6 +76,35 @@ public final class MountClaim: Sendable {
         try sb.quorumSlots.map { s in (Int(s.slot), try read(meta, fsid: sb.fsid, slot: Int(s.slot))) }
     }
 
+    /// Throws (`.exists`, naming the holder) while any slot's claim by another host has a
+    /// heartbeat that advances within two and a half of its intervals; claims that stand still
+    /// or were made on this machine since boot are stale, which `log` hears of. The caller
+    /// holds the on-machine lock, so no process here holds the devices.
+    public static func refuseWhileClaimed(meta: any BlockDevice, superblock sb: SuperBlock, identity: Identity = .current,
+                                          log: @Sendable (String) -> Void) throws {
+        let found = try claims(meta: meta, superblock: sb).filter { $0.block.state == .mounted }
+        var watch: [(slot: Int, block: QuorumBlock)] = []
+        for c in found {
+            if c.block.host == identity.host && c.block.bootID == identity.bootID {
+                log("quorum slot \(c.slot): claim of pid \(c.block.pid) on this host is stale (no process here holds the devices); taking over")
+            } else {
+                watch.append(c)
+            }
+        }
+        guard !watch.isEmpty else { return }
+        // Two and a half of the slowest claimant's intervals: a live one beats at least twice.
+        let longest = watch.map { Int($0.block.intervalMillis) }.max() ?? 1000
+        let wait = min(max(longest, 100) * 5 / 2, 30_000)
+        usleep(UInt32(wait) * 1000)
+        for c in watch {
+            let now = try read(meta, fsid: sb.fsid, slot: c.slot)
+            if now.state == .mounted && (now.heartbeat != c.block.heartbeat || now.mountID != c.block.mountID) {
+                throw StoreError(.exists, "\(meta.name) is mounted on host \(now.host) (pid \(now.pid), quorum slot \(c.slot), mounted at \(timeText(now.mountedAt)) UTC): its heartbeat is advancing. Unmount it there first; until the cluster is built only one mount may use the devices. If that host is down, its heartbeat stops and a mount after \(wait / 1000 + 1) s takes over.")
+            }
+            log("quorum slot \(c.slot): claim of host \(c.block.host) pid \(c.block.pid) has not beaten in \(wait) ms; treating it as stale and taking over")
+        }
+    }
+
     /// One slot's quorum block, read past the page cache.
     public static func read(_ meta: any BlockDevice, fsid: UInt64, slot: Int) throws -> QuorumBlock {
         let blkno = Layout.quorumSmallBlkno(slot: slot)
@@ -102,28 +131,7 @@ public final class MountClaim: Sendable {
         self.slot = slot
         self.interval = interval
         self.log = log
-        let found = try Self.claims(meta: meta, superblock: sb).filter { $0.block.state == .mounted }
-        var watch: [(slot: Int, block: QuorumBlock)] = []
-        for c in found {
-            if c.block.host == identity.host && c.block.bootID == identity.bootID {
-                log("quorum slot \(c.slot): claim of pid \(c.block.pid) on this host is stale (no process here holds the devices); taking over")
-            } else {
-                watch.append(c)
-            }
-        }
-        if !watch.isEmpty {
-            // Two and a half of the slowest claimant's intervals: a live one beats at least twice.
-            let longest = watch.map { Int($0.block.intervalMillis) }.max() ?? 1000
-            let wait = min(max(longest, 100) * 5 / 2, 30_000)
-            usleep(UInt32(wait) * 1000)
-            for c in watch {
-                let now = try Self.read(meta, fsid: sb.fsid, slot: c.slot)
-                if now.state == .mounted && (now.heartbeat != c.block.heartbeat || now.mountID != c.block.mountID) {
-                    throw StoreError(.exists, "\(meta.name) is mounted on host \(now.host) (pid \(now.pid), quorum slot \(c.slot), mounted at \(Self.timeText(now.mountedAt)) UTC): its heartbeat is advancing. Unmount it there first; until the cluster is built only one mount may use the devices. If that host is down, its heartbeat stops and a mount after \(wait / 1000 + 1) s takes over.")
-                }
-                log("quorum slot \(c.slot): claim of host \(c.block.host) pid \(c.block.pid) has not beaten in \(wait) ms; treating it as stale and taking over")
-            }
-        }
+        try Self.refuseWhileClaimed(meta: meta, superblock: sb, identity: identity, log: log)
         var mountID: UInt64 = 0
         while mountID == 0 { mountID = UInt64.random(in: 1...UInt64.max) }
         let mine = QuorumBlock(state: .mounted, heartbeat: 1, mountID: mountID,

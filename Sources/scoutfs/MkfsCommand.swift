@@ -48,6 +48,14 @@ struct MkfsCommand: ParsableCommand {
             let slots = try quorumSlots.map(Self.parseSlot)
             let m = try openDevice(meta)
             let d = try openDevice(data)
+            // Not even --force formats devices a mount is using: here, by its lock; elsewhere,
+            // by a live heartbeat in the quorum blocks of the filesystem they hold.
+            guard try MountClaim.lockDevices(meta: m, data: d) else {
+                throw StoreError(.exists, "\(meta) or \(data) is in use by a mount on this machine (see `scoutfs status`); unmount it before formatting")
+            }
+            if let sb = try? Store.readSuperblock(m) {
+                try MountClaim.refuseWhileClaimed(meta: m, superblock: sb) { _ in }
+            }
             let store = try Store.format(meta: m, data: d, quorumSlots: slots, force: force)
             let sb = store.superblock
             print("""

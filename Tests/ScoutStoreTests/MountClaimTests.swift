@@ -38,6 +38,16 @@ import Testing
         #expect(try MountClaim.read(meta, fsid: sb.fsid, slot: 1).state == .unclaimed)
     }
 
+    @Test func aLiveClaimKeepsMkfsOff() throws {
+        let (meta, sb) = try formatted()
+        let a = try MountClaim(meta: meta, superblock: sb, slot: 0, identity: hostA, interval: .milliseconds(100), log: { _ in })
+        try a.start()
+        defer { try? a.release() }
+        #expect(throws: StoreError.self) { try MountClaim.refuseWhileClaimed(meta: meta, superblock: sb, identity: hostB) { _ in } }
+        try a.release()
+        try MountClaim.refuseWhileClaimed(meta: meta, superblock: sb, identity: hostB) { _ in }
+    }
+
     @Test func aClaimWhoseHeartbeatStoppedIsTakenOver() throws {
         let (meta, sb) = try formatted()
         // Written but never beating: its host died right after mounting.

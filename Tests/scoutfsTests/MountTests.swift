@@ -194,6 +194,9 @@ import Testing
         #expect(second.status == 1)
         #expect(second.stderr.contains("already mounted on this machine (on \(m.mnt), quorum slot 0, daemon pid \(m.pid))"), "\(second.stderr)")
         #expect(try CLI.run(["status", other]).status == 1)
+        // Not even mkfs --force touches devices in use.
+        let mk = try CLI.run(["mkfs", "--force", "-Q", "0,127.0.0.1,7100", m.meta, m.data])
+        #expect(mk.status == 1 && mk.stderr.contains("in use by a mount on this machine"), "\(mk.stderr)")
         for i in 0..<300 { try Sys.writeFile(m.path("f\(i)"), Array("file \(i)".utf8), fsync: i == 299) }
         // A client's id follows its slot, the same at every mount.
         #expect(try CLI.run(["statfs", "-p", m.mnt, "-s", "rid"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "0000000000000001")
