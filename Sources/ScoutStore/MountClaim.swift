@@ -71,18 +71,24 @@ public final class MountClaim: Sendable {
         return try data.tryLock(offset: 0, length: lockLength)
     }
 
-    /// The claim each configured slot's quorum block holds now, read past the page cache.
-    static func claims(meta: any BlockDevice, superblock sb: SuperBlock) throws -> [(slot: Int, block: QuorumBlock)] {
-        try sb.quorumSlots.map { s in (Int(s.slot), try read(meta, fsid: sb.fsid, slot: Int(s.slot))) }
-    }
-
     /// Throws (`.exists`, naming the holder) while any slot's claim by another host has a
     /// heartbeat that advances within two and a half of its intervals; claims that stand still
     /// or were made on this machine since boot are stale, which `log` hears of. The caller
     /// holds the on-machine lock, so no process here holds the devices.
     public static func refuseWhileClaimed(meta: any BlockDevice, superblock sb: SuperBlock, identity: Identity = .current,
                                           log: @Sendable (String) -> Void) throws {
-        let found = try claims(meta: meta, superblock: sb).filter { $0.block.state == .mounted }
+        var found: [(slot: Int, block: QuorumBlock)] = []
+        // A block that does not verify may be a heartbeat torn in flight: a live holder
+        // rewrites it within its interval, so it is watched like a claim.
+        var unreadable: [(slot: Int, why: String)] = []
+        for s in sb.quorumSlots {
+            do {
+                let b = try read(meta, fsid: sb.fsid, slot: Int(s.slot))
+                if b.state == .mounted { found.append((Int(s.slot), b)) }
+            } catch {
+                unreadable.append((Int(s.slot), "\(error)"))
+            }
+        }
         var watch: [(slot: Int, block: QuorumBlock)] = []
         for c in found {
             if c.block.host == identity.host && c.block.bootID == identity.bootID {
@@ -91,7 +97,7 @@ public final class MountClaim: Sendable {
                 watch.append(c)
             }
         }
-        guard !watch.isEmpty else { return }
+        guard !watch.isEmpty || !unreadable.isEmpty else { return }
         // Two and a half of the slowest claimant's intervals: a live one beats at least twice.
         let longest = watch.map { Int($0.block.intervalMillis) }.max() ?? 1000
         let wait = min(max(longest, 100) * 5 / 2, 30_000)
@@ -102,6 +108,12 @@ public final class MountClaim: Sendable {
                 throw StoreError(.exists, "\(meta.name) is mounted on host \(now.host) (pid \(now.pid), quorum slot \(c.slot), mounted at \(timeText(now.mountedAt)) UTC): its heartbeat is advancing. Unmount it there first; until the cluster is built only one mount may use the devices. If that host is down, its heartbeat stops and a mount after \(wait / 1000 + 1) s takes over.")
             }
             log("quorum slot \(c.slot): claim of host \(c.block.host) pid \(c.block.pid) has not beaten in \(wait) ms; treating it as stale and taking over")
+        }
+        for u in unreadable {
+            if let now = try? read(meta, fsid: sb.fsid, slot: u.slot), now.state == .mounted, now.host != identity.host || now.bootID != identity.bootID {
+                throw StoreError(.exists, "\(meta.name) is mounted on host \(now.host) (pid \(now.pid), quorum slot \(u.slot)): its claim was rewritten while this mount watched. Unmount it there first; until the cluster is built only one mount may use the devices.")
+            }
+            log("\(u.why); nothing rewrote it in \(wait) ms, so no mount holds that slot; going on")
         }
     }
 

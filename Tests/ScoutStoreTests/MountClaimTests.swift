@@ -48,6 +48,16 @@ import Testing
         try MountClaim.refuseWhileClaimed(meta: meta, superblock: sb, identity: hostB) { _ in }
     }
 
+    @Test func anUnreadableQuorumBlockThatNobodyRewritesDoesNotBlockTheMount() throws {
+        let (meta, sb) = try formatted()
+        let off = Layout.quorumSmallBlkno(slot: 1) * UInt64(Layout.smallBlockSize) + 200
+        try meta.write(at: off, [0xde, 0xad])
+        let log = Lines()
+        let c = try MountClaim(meta: meta, superblock: sb, slot: 0, identity: hostB, interval: .milliseconds(100), log: log.sink)
+        #expect(log.all.contains { $0.contains("quorum block of slot 1") && $0.contains("no mount holds that slot") }, "\(log.all)")
+        try c.release()
+    }
+
     @Test func aClaimWhoseHeartbeatStoppedIsTakenOver() throws {
         let (meta, sb) = try formatted()
         // Written but never beating: its host died right after mounting.
