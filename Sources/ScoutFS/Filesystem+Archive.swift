@@ -151,28 +151,28 @@ extension FSCore {
         try ensureDataSpace(count)
         _ = try cutExtents(ino, from: first, through: last)
         var staged: [MappedExtent] = []
+        // Allocated but not yet in the extent map: a failure frees it directly.
+        var unmapped: Extent?
         var at = first
         do {
             while at <= last {
                 let got = try store.allocData(last + 1 - at)
-                let run = MappedExtent(start: at, length: got.length, blkno: got.start)
+                unmapped = got
                 var buf = [UInt8](repeating: 0, count: Int(got.length * blockSize))
                 let lo = Int((at - first) * blockSize)
                 let hi = min(data.count, lo + buf.count)
                 buf.replaceSubrange(0..<(hi - lo), with: data[lo..<hi])
-                do {
-                    try store.data.write(at: got.start * blockSize, buf)
-                } catch {
-                    store.freeData(got)
-                    throw error
-                }
+                try store.data.write(at: got.start * blockSize, buf)
+                let run = MappedExtent(start: at, length: got.length, blkno: got.start)
                 try addExtent(ino, run)
+                unmapped = nil
                 staged.append(run)
                 at += got.length
             }
         } catch {
             // The region goes back to offline, so readers keep waiting for a stage that works
             // rather than reading blocks that never got their data.
+            if let unmapped { store.freeData(unmapped) }
             try unmapFresh(ino, staged)
             try putOfflineExtent(ino, from: first, through: last)
             throw error

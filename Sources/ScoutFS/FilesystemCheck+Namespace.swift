@@ -16,7 +16,6 @@ struct InodeTally {
     /// Entries of this directory that are directories (each holds a ".." link to it).
     var subdirectories: UInt64 = 0
     var firstParent: UInt64?
-    var otherItems = false
 }
 
 extension FilesystemCheck.Walk {
@@ -31,7 +30,6 @@ extension FilesystemCheck.Walk {
     /// An entry by name hash: its readdir twin, its target's backref and the target inode must
     /// all be there and agree.
     mutating func dirent(_ it: Item) throws {
-        current.otherItems = true
         let dir = it.key.first, hash = it.key.second, pos = it.key.third
         guard let e = try? DirentRecord(decoding: it.value) else {
             problem("bad entry", "directory \(dir): lookup item at position \(pos) does not decode")
@@ -54,7 +52,6 @@ extension FilesystemCheck.Walk {
     /// the lookup item), a position the directory has handed out, and counts toward the
     /// directory's link count when it is a directory.
     mutating func readdirItem(_ it: Item) throws {
-        current.otherItems = true
         let dir = it.key.first, pos = it.key.second
         guard let e = try? DirentRecord(decoding: it.value) else {
             problem("bad entry", "directory \(dir): readdir item at position \(pos) does not decode")
@@ -114,7 +111,7 @@ extension FilesystemCheck.Walk {
 
     /// Every directory's chain of parents ends at the root: a directory moved below itself
     /// would be linked yet unreachable.
-    mutating func reachability() throws {
+    mutating func reachability() {
         var reaches: [UInt64: Bool] = [FSCore.rootIno: true]
         for start in parents.keys.sorted() {
             var path: [UInt64] = []
@@ -125,10 +122,8 @@ extension FilesystemCheck.Walk {
                 if let known = reaches[at] { ok = known; break }
                 if !seen.insert(at).inserted { break }
                 path.append(at)
-                guard let up = parents[at] else {
-                    ok = try forest.lookup(Keys.inode(at), in: store) != nil && at == FSCore.rootIno
-                    break
-                }
+                // Not the root (it is known to reach itself) and no parent: the chain ends here.
+                guard let up = parents[at] else { break }
                 at = up
             }
             for p in path { reaches[p] = ok }

@@ -31,10 +31,6 @@ public enum FilesystemCheck {
     static let listLimit = 100
 
     public static func check(_ store: Store) -> Report {
-        check(store, superblock: store.superblock)
-    }
-
-    static func check(_ store: Store, superblock sb: SuperBlock) -> Report {
         var r = Report()
         do {
             var trees: [BTree] = []
@@ -45,14 +41,14 @@ public enum FilesystemCheck {
                 return true
             }
             trees.append(store.tree(.fs))
-            var walk = Walk(store: store, forest: Forest(trees: trees), superblock: sb)
+            var walk = Walk(store: store, forest: Forest(trees: trees), superblock: store.superblock)
             try walk.run()
             r.problems = walk.problems
             r.inodes = walk.inodes
             r.searchItems = walk.srchFound
             r.totals = walk.totl.count
         } catch {
-            r.problems.append("index check stopped: \(error)")
+            r.problems.append("filesystem check stopped: \(error)")
         }
         return r
     }
@@ -103,12 +99,12 @@ public enum FilesystemCheck {
                 case ItemType.dirent: try dirent(it)
                 case ItemType.readdir: try readdirItem(it)
                 case ItemType.linkBackref: try backref(it)
-                default: current.otherItems = true
+                default: break
                 }
                 return true
             }
             try finishInode()
-            try reachability()
+            reachability()
             let sb = superblock
             if maxIno >= sb.nextIno && maxIno > 0 {
                 let text = "superblock: next inode number \(sb.nextIno) is not above inode \(maxIno), which the trees hold; new files would overwrite it"

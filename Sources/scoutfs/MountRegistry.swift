@@ -42,7 +42,7 @@ enum MountRegistry {
         "\(dir)/mount-\(hex(nameHash(Array(canonical(mountpoint).utf8))))"
     }
 
-    static func file(for mountpoint: String) -> String { base(for: mountpoint) + ".json" }
+    static func file(for mountpoint: String, in dir: String = directory) -> String { base(for: mountpoint, in: dir) + ".json" }
 
     static func controlSocket(for mountpoint: String) -> String { base(for: mountpoint) + ".sock" }
 
@@ -59,7 +59,7 @@ enum MountRegistry {
     /// The record of a live mount at `mountpoint`, or nil (stale records of dead daemons are removed).
     static func lookup(_ mountpoint: String) -> MountRecord? {
         for dir in searchDirectories {
-            let path = base(for: mountpoint, in: dir) + ".json"
+            let path = file(for: mountpoint, in: dir)
             guard let data = FileManager.default.contents(atPath: path),
                   let rec = try? JSONDecoder().decode(MountRecord.self, from: data) else { continue }
             if isAlive(rec.pid) { return rec }
