@@ -63,7 +63,7 @@ let package = Package(
         .testTarget(name: "ScoutFormatTests", dependencies: ["ScoutFormat"], swiftSettings: strict),
         .testTarget(name: "ScoutStoreTests", dependencies: ["ScoutStore", "ScoutFormat", "ScoutTestSupport"], swiftSettings: strict),
         .testTarget(name: "ScoutNetTests", dependencies: ["ScoutNet", "ScoutFormat", "ScoutTestSupport"], swiftSettings: strict),
-        .testTarget(name: "ScoutClientTests", dependencies: ["ScoutClient", "ScoutServer", "ScoutNet", "ScoutFormat", "ScoutTestSupport"], swiftSettings: strict),
+        .testTarget(name: "ScoutClientTests", dependencies: ["ScoutClient", "ScoutServer", "ScoutStore", "ScoutNet", "ScoutFormat", "ScoutTestSupport"], swiftSettings: strict),
         .testTarget(name: "ScoutServerTests", dependencies: ["ScoutServer", "ScoutClient", "ScoutStore", "ScoutFormat", "ScoutTestSupport"], swiftSettings: strict),
         .testTarget(name: "ScoutFSTests", dependencies: ["ScoutFS", "ScoutStore", "ScoutFormat", "ScoutTestSupport"], swiftSettings: strict),
         .testTarget(name: "scoutfsTests", dependencies: ["ScoutStore", "ScoutFormat", "ScoutTestSupport"], swiftSettings: strict),

@@ -1,24 +1,52 @@
 public import ScoutFormat
 public import ScoutStore
 
-/// The items a mount reads and writes. Writes go into this client's own **log tree**; reads see
-/// the forest of that log tree over the fs tree, newest version winning, so a change is visible
-/// the moment it is made and durable once the server records the log tree at a commit. The
-/// server later merges the log tree into the fs tree and the client starts a new one.
+/// The committed items a client reads through: its own log tree (as of its last commit) over
+/// the fs tree. The item cache fills from it.
+final class CommittedForest: ItemSource {
+    let store: Store
+    var log: BTree
+
+    init(store: Store, log: BTree) {
+        self.store = store
+        self.log = log
+    }
+
+    func committedItem(_ key: Key) throws -> Item? {
+        if log.root.isEmpty {
+            guard let it = try store.tree(.fs).lookup(key, in: store), !it.isDeletion else { return nil }
+            return it
+        }
+        return try Forest(trees: [log, store.tree(.fs)]).lookup(key, in: store)
+    }
+
+    func committedItems(from start: Key, through end: Key, _ body: (Item) throws -> Bool) throws {
+        let trees = log.root.isEmpty ? [store.tree(.fs)] : [log, store.tree(.fs)]
+        try Forest(trees: trees).forEach(from: start, through: end, in: store, body)
+    }
+}
+
+/// The items a mount reads and writes. Changes stay in the item cache until a commit writes
+/// them, in one pass in key order, into this client's own **log tree**; reads see the cache
+/// over the forest of that log tree and the fs tree, so a change is visible the moment it is
+/// made and durable once the server records the log tree at a commit. The server later merges
+/// the log tree into the fs tree and the client starts a new one.
 ///
-/// Deleting an item the fs tree holds writes a tombstone into the log tree; deleting one that
-/// only the log tree holds just removes it there.
-///
-/// Not thread-safe: the filesystem serializes calls with its own lock.
+/// Not thread-safe: the filesystem serializes calls with its own lock (the cache itself is).
 public final class ClientItems {
     public let store: Store
     public let server: any ServerLink
     /// This mount's id among the server's clients.
     public let rid: UInt64
-    private var log: BTree
+    public let cache: ItemCache
+    private let committed: CommittedForest
+    private var log: BTree {
+        get { committed.log }
+        set { committed.log = newValue }
+    }
     /// Items written into the log tree since it was started (rewrites count again).
     private var logWrites: UInt64 = 0
-    /// A merge of this log tree stopped part way (see `addDelta`); cleared with a new log tree.
+    /// A merge of this log tree stopped part way (see `writeDelta`); cleared with a new log tree.
     private var partlyMerged = false
     /// Inode numbers granted by the server and not yet used.
     private var inodes: Range<UInt64> = 0..<0
@@ -26,68 +54,65 @@ public final class ClientItems {
     /// share lock ranges and different mounts' files do not.
     public static let inodeBatch: UInt64 = 1024
 
-    public init(store: Store, server: any ServerLink, rid: UInt64) {
+    public init(store: Store, server: any ServerLink, rid: UInt64, cacheBytes: Int = 256 << 20) {
         self.store = store
         self.server = server
         self.rid = rid
-        log = BTree(root: .empty, name: "log tree of client \(String(rid, radix: 16))")
+        committed = CommittedForest(store: store, log: BTree(root: .empty, name: "log tree of client \(String(rid, radix: 16))"))
+        cache = ItemCache(source: committed, blockCapacity: store.options.nodeCapacity, cleanByteLimit: cacheBytes)
     }
 
     /// The seq items written now carry.
     public var seq: UInt64 { server.transactionSeq }
 
-    private var forest: Forest { Forest(trees: [log, store.tree(.fs)]) }
-
     // MARK: reading
 
     /// The visible item for `key`, or nil.
     public func lookup(_ key: Key) throws -> Item? {
-        if log.root.isEmpty {
-            guard let it = try store.tree(.fs).lookup(key, in: store), !it.isDeletion else { return nil }
-            return it
-        }
-        return try forest.lookup(key, in: store)
+        try cache.lookup(key)
     }
 
     /// Calls `body` with each visible item in `[start, end]` in key order until it returns false.
     public func forEach(from start: Key, through end: Key, _ body: (Item) throws -> Bool) throws {
-        let trees = log.root.isEmpty ? [store.tree(.fs)] : [log, store.tree(.fs)]
-        try Forest(trees: trees).forEach(from: start, through: end, in: store, body)
+        try cache.forEach(from: start, through: end, body)
     }
 
     // MARK: writing
 
     public func insert(_ key: Key, _ value: [UInt8]) throws {
-        try log.insert(Item(key: key, seq: seq, value: value), in: store)
-        logWrites += 1
+        try cache.insert(key, value, seq: seq)
     }
 
     /// Makes `key` invisible.
     public func delete(_ key: Key) throws {
-        if let below = try store.tree(.fs).lookup(key, in: store), !below.isDeletion {
-            try log.insert(Item(key: key, seq: seq, flags: .deletion, value: []), in: store)
-            logWrites += 1
-        } else {
-            try log.delete(key, in: store)
-        }
+        try cache.delete(key, seq: seq)
     }
 
     /// Adds `fields` (little-endian Int64s) to the item at `key` without reading the forest, so
-    /// many writers can change one total at once. The log tree keeps one version per key, so a
-    /// second change in it folds into the first.
+    /// many writers can change one total at once.
     public func addDelta(_ key: Key, _ fields: [Int64]) throws {
-        var w = ByteWriter(capacity: fields.count * 8)
-        for f in fields { w.i64(f) }
-        let mine = Item(key: key, seq: seq, flags: .delta, value: w.bytes)
+        try cache.addDelta(key, fields, seq: seq)
+    }
+
+    /// The fs tree holds a visible item at `key`. (With one client the fs tree and this log
+    /// tree are the whole forest; once other clients' log trees join it, a deletion must
+    /// always be written.)
+    private func fsTreeHolds(_ key: Key) throws -> Bool {
+        guard let below = try store.tree(.fs).lookup(key, in: store) else { return false }
+        return !below.isDeletion
+    }
+
+    /// Puts a delta into the log tree, which keeps one version per key: a second change folds
+    /// into the first.
+    private func writeDelta(_ mine: Item) throws {
+        let key = mine.key
         var next = mine
         if let have = try log.lookup(key, in: store) {
             if have.isDelta, partlyMerged, let below = try store.tree(.fs).lookup(key, in: store), below.seq >= have.seq {
                 // A merge cut short already added `have` into the fs tree's sum (its seq says
                 // so). Folding into it would make the next merge add it again: the new delta
                 // replaces it instead, and counts once.
-                next.seq = seq
                 try log.insert(next, in: store)
-                logWrites += 1
                 return
             }
             if have.isDeletion {
@@ -99,10 +124,9 @@ public final class ClientItems {
             } else {
                 next = Forest.combine(base: have, deltas: [mine])
             }
-            next.seq = seq
+            next.seq = mine.seq
         }
         try log.insert(next, in: store)
-        logWrites += 1
     }
 
     /// An inode number never used before.
@@ -113,26 +137,43 @@ public final class ClientItems {
 
     // MARK: transactions
 
-    /// The log tree holds items (a merge would move them into the fs tree).
-    public var hasLogItems: Bool { !log.root.isEmpty }
+    /// The log tree holds items, or the cache holds changes for it (a merge would move them
+    /// into the fs tree).
+    public var hasLogItems: Bool { !log.root.isEmpty || cache.hasDirty }
 
     /// True when the open transaction holds anything a commit would write.
-    public var hasChanges: Bool { store.hasChanges }
+    public var hasChanges: Bool { store.hasChanges || cache.hasDirty }
 
-    /// Blocks the open transaction has dirtied.
-    public var dirtyBlocks: Int { store.dirtyBlocks }
+    /// Blocks the next commit may dirty: those the transaction has dirtied already (data
+    /// allocations) and an upper bound for writing the cached changes into the log tree.
+    public var dirtyBlocks: Int { store.dirtyBlocks + cache.commitBlockEstimate }
 
-    /// Makes every change so far durable: the server records the log tree and commits. If the
-    /// server merged the tree (asked to with `merge`, or because it grew big), a new empty one
-    /// starts.
+    /// Makes every change so far durable: writes the cached changes into the log tree in key
+    /// order, then the server records the log tree and commits. If the server merged the tree
+    /// (asked to with `merge`, or because it grew big), a new empty one starts.
     @discardableResult
     public func commit(merge: Bool = false) throws -> UInt64 {
-        guard store.hasChanges || (merge && !log.root.isEmpty) else { return server.committedSeq }
+        let snap = cache.dirtySnapshot()
+        guard store.hasChanges || !snap.isEmpty || (merge && !log.root.isEmpty) else { return server.committedSeq }
+        for it in snap.items {
+            if it.isDelta {
+                try writeDelta(it)
+            } else if it.isDeletion, try !fsTreeHolds(it.key) {
+                // Only this log tree can hold the key: removing it there hides it, and the
+                // log tree does not carry a tombstone to the merge.
+                _ = try log.delete(it.key, in: store)
+            } else {
+                try log.insert(it, in: store)
+            }
+        }
+        logWrites += UInt64(snap.items.count)
         let reply = try server.commitLogTree(rid: rid, LogTreeRecord(root: log.root, items: logWrites), merge: merge)
+        cache.committed(snap)
         if reply.merged {
             log = BTree(root: .empty, name: log.name)
             logWrites = 0
             partlyMerged = false
+            cache.logTreeRestarted()
         } else if reply.partlyMerged {
             partlyMerged = true
         }

@@ -282,7 +282,9 @@ final class FSCore: @unchecked Sendable {
     /// a commit may help (blocks freed in the open transaction become allocatable) and so may
     /// a merge of the log tree (its tombstones free fs tree blocks).
     func admit(freeing: Bool) throws {
-        let floor = store.operationFloor(freeing: freeing)
+        // Changes wait in the item cache and take their log tree blocks at commit: room for
+        // those must be there too, or the commit would be the edit that runs out.
+        var floor: UInt64 { store.operationFloor(freeing: freeing) + UInt64(items.cache.commitBlockEstimate) }
         if store.allocatableMetaBlocks >= floor { return }
         if store.pendingFreeMetaBlocks > 0 || items.hasLogItems {
             try commit(merge: items.hasLogItems)

@@ -119,7 +119,12 @@ import Testing
         var previous: Set<IndexPosition> = []
         var scanned: UInt64 = 0
         var violations = 0
-        for _ in 0..<300 {
+        // At least 300 walks, and on until the writer has committed often enough (walks served
+        // from the item cache can outrun the writer's commits).
+        let deadline = ContinuousClock.now + .seconds(60)
+        var walks = 0
+        while walks < 300 || (scanned <= 20 && ContinuousClock.now < deadline) {
+            walks += 1
             let walk = try all(fs, .dataSeq)
             // Nothing new may appear at or below a seq already scanned.
             violations += walk.filter { $0.seq <= scanned && !previous.contains($0) }.count

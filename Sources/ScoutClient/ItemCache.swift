@@ -1,0 +1,613 @@
+public import ScoutFormat
+import ScoutStore
+import Synchronization
+
+/// Where the item cache reads what it does not hold: the committed items (the forest of the
+/// fs tree and log trees), with deletions and deltas resolved.
+public protocol ItemSource: AnyObject {
+    /// The visible committed item at `key`, or nil.
+    func committedItem(_ key: Key) throws -> Item?
+    /// Calls `body` with each visible committed item in `[start, end]`, in order, until it
+    /// returns false.
+    func committedItems(from start: Key, through end: Key, _ body: (Item) throws -> Bool) throws
+}
+
+public struct ItemCacheError: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// A mount's items in memory (the original's `item.c`): what it has read and what its open
+/// transaction changed, kept per cluster lock range so that giving up a lock drops exactly what
+/// the lock covered and so that threads working under different locks never share a mutex.
+///
+/// Reads fill the cache from the committed forest: a point miss caches the one key (as an item
+/// or as a known absence), a walk caches whole spans, inside which a key with no entry is
+/// known absent. Changes stay in the cache as dirty entries until a commit writes them all into
+/// the log tree in one pass (`dirtySnapshot`, `committed`): no btree is edited per change.
+/// Clean entries are dropped, a lock range at a time, when they pass `cleanByteLimit`.
+///
+/// Thread-safe. Lock order: a partition's mutex → the dirty-set mutex; shard mutexes are
+/// taken alone. Reads from the source happen with no mutex held; what they return is put in only if
+/// nothing dropped the range meanwhile (its generation is unchanged).
+public final class ItemCache: Sendable {
+    /// One cached key and what the cache knows of it.
+    struct Entry {
+        var seq: UInt64
+        /// `.deletion`: known absent (clean) or deleted in the open transaction (dirty).
+        /// `.delta`: a dirty sum to add to a committed value the cache does not hold.
+        var flags: ItemFlags
+        var value: [UInt8]
+        var dirty: Bool
+        /// For a dirty entry: nothing committed exists under the key, so deleting it again
+        /// leaves nothing to write.
+        var belowAbsent: Bool
+        /// Changes with every write, so a commit marks clean only what it wrote.
+        var version: UInt64
+
+        var isNegative: Bool { flags.contains(.deletion) }
+        var isDelta: Bool { flags.contains(.delta) }
+        /// What the entry costs in memory (a guess good for limits, not an exact count).
+        var memoryBytes: Int { 96 + value.count }
+        /// What the entry becomes in a log tree leaf.
+        var leafBytes: Int { BTreeBlock.leafEntrySize(value.count) }
+
+        func item(_ key: Key) -> Item { Item(key: key, seq: seq, flags: flags, value: value) }
+    }
+
+    struct PartitionState {
+        var entries = SortedKeyMap<Entry>()
+        var spans = KeyRangeSet()
+        var dirtyKeys = Set<Key>()
+        var dirtyBytes = 0
+        var cleanBytes = 0
+        /// Leaf bytes written into the current log tree under this range: how many of its
+        /// leaves a commit may have to copy.
+        var logBytes = 0
+        /// Bumped whenever entries leave without a write (eviction, invalidation, a committed
+        /// delta), so a fill read before that is not put in.
+        var generation: UInt64 = 0
+        /// Taken out of the index: callers that still hold it look the range up again.
+        var retired = false
+        /// This range's share of `commitBlockEstimate`.
+        var estimate = 0
+    }
+
+    final class Partition: Sendable {
+        let range: LockRange
+        let state = Mutex(PartitionState())
+        let recentlyUsed = Atomic<Bool>(true)
+        init(range: LockRange) { self.range = range }
+    }
+
+    final class Shard: Sendable {
+        let map = Mutex([Key: Partition]())
+    }
+
+    // nonisolated(unsafe): set once; the source guards its own state (the mount's store is
+    // read under the mount's lock).
+    nonisolated(unsafe) private let source: any ItemSource
+    public let cleanByteLimit: Int
+    /// Bytes a log tree block may hold (the store's node capacity).
+    let blockCapacity: Int
+    private let shards: [Shard]
+    private let dirtyRanges = Mutex(Set<Key>())
+    private let versions = Atomic<UInt64>(0)
+    private let cleanBytes = Atomic<Int>(0)
+    private let estimate = Atomic<Int>(0)
+    private let clock = Mutex(0)
+    /// Items read from the source, for tests and statistics.
+    private let fills = Atomic<Int>(0)
+
+    public init(source: any ItemSource, blockCapacity: Int = BTreeBlock.capacity, cleanByteLimit: Int = 256 << 20) {
+        self.source = source
+        self.blockCapacity = blockCapacity
+        self.cleanByteLimit = cleanByteLimit
+        shards = (0..<64).map { _ in Shard() }
+    }
+
+    // MARK: partitions
+
+    private func shard(_ start: Key) -> Shard {
+        var h = start.first &* 0x9E37_79B9_7F4A_7C15
+        h ^= start.second &* 0xC2B2_AE3D_27D4_EB4F
+        h ^= UInt64(start.zone) << 56 | UInt64(start.type) << 48
+        return shards[Int(truncatingIfNeeded: (h >> 29) & 63)]
+    }
+
+    private func range(for key: Key) throws -> LockRange {
+        guard let r = LockRange.covering(key) else {
+            throw ItemCacheError(description: "key \(key) is in no lock range; the item cache holds only items clients may lock")
+        }
+        return r
+    }
+
+    private func partition(_ range: LockRange) -> Partition {
+        let s = shard(range.start)
+        return s.map.withLock { m in
+            if let p = m[range.start] { return p }
+            let p = Partition(range: range)
+            m[range.start] = p
+            return p
+        }
+    }
+
+    private func existingPartition(_ range: LockRange) -> Partition? {
+        shard(range.start).map.withLock { $0[range.start] }
+    }
+
+    /// Runs `body` on the state of the partition for `range`, looking it up again if it was
+    /// retired meanwhile.
+    private func withState<T>(_ range: LockRange, _ body: (inout PartitionState, Partition) throws -> T) rethrows -> T {
+        while true {
+            let p = partition(range)
+            let r: T? = try p.state.withLock { s in
+                if s.retired { return nil }
+                return try body(&s, p)
+            }
+            if let r {
+                p.recentlyUsed.store(true, ordering: .relaxed)
+                return r
+            }
+        }
+    }
+
+    // MARK: reading
+
+    private enum Probe {
+        case hit(Item?)
+        case miss(UInt64)
+        case needsBase(Entry, UInt64)
+    }
+
+    /// The visible item at `key`, reading and caching it on a miss.
+    public func lookup(_ key: Key) throws -> Item? {
+        let r = try range(for: key)
+        while true {
+            let probe: Probe = withState(r) { s, _ in
+                if let e = s.entries[key] {
+                    if e.isDelta { return .needsBase(e, s.generation) }
+                    return .hit(e.isNegative ? nil : e.item(key))
+                }
+                if s.spans.contains(key) { return .hit(nil) }
+                return .miss(s.generation)
+            }
+            switch probe {
+            case .hit(let it):
+                return it
+            case .needsBase(let e, _):
+                // A sum over a committed value the cache does not hold: add it to what is
+                // committed now, without caching the committed value.
+                let base = try source.committedItem(key)
+                return Forest.resolve([e.item(key)] + (base.map { [$0] } ?? []))
+            case .miss(let generation):
+                let found = try source.committedItem(key)
+                fills.add(1, ordering: .relaxed)
+                withState(r) { s, _ in
+                    guard s.generation == generation, s.entries[key] == nil, !s.spans.contains(key) else { return }
+                    let e = Entry(seq: found?.seq ?? 0, flags: found == nil ? .deletion : [], value: found?.value ?? [],
+                                  dirty: false, belowAbsent: false, version: 0)
+                    addClean(&s, key, e)
+                }
+                trimIfNeeded()
+            }
+        }
+    }
+
+    private enum Segment {
+        case items([Item], next: Key?)
+        case fill(Key, Key, UInt64)
+    }
+
+    /// Items handed to the caller per partition visit, so a long walk never holds a mutex long.
+    public static let walkBatch = 256
+    /// Items read from the source per fill.
+    public static let fillBatch = 512
+
+    /// Calls `body` with each visible item in `[start, end]`, in key order, until it returns
+    /// false. `body` runs with no mutex held and may call the cache.
+    public func forEach(from start: Key, through end: Key, _ body: (Item) throws -> Bool) throws {
+        var pos = start
+        while pos <= end {
+            let r = try range(for: pos)
+            let segEnd = min(end, r.end)
+            let seg: Segment = withState(r) { s, _ in
+                if let span = s.spans.span(containing: pos) {
+                    let spanEnd = min(segEnd, span.end)
+                    var out: [Item] = []
+                    var last: Key?
+                    s.entries.forEach(from: pos, through: spanEnd) { k, e in
+                        last = k
+                        if !e.isNegative { out.append(e.item(k)) }
+                        return out.count < Self.walkBatch
+                    }
+                    if out.count == Self.walkBatch, let last { return .items(out, next: last.successor) }
+                    return .items(out, next: spanEnd == end ? nil : spanEnd.successor)
+                }
+                var gapEnd = segEnd
+                if let next = s.spans.nextStart(after: pos), next <= segEnd, let before = next.predecessor { gapEnd = before }
+                return .fill(pos, gapEnd, s.generation)
+            }
+            switch seg {
+            case .items(let items, let next):
+                for it in items where try !body(it) { return }
+                guard let next else { return }
+                if next <= r.end {
+                    pos = next
+                } else {
+                    // On to the next lock range: skip the ranges that hold nothing, which a
+                    // walk over many ranges (an index from seq 0 to the last) mostly meets.
+                    guard let on = try nextOccupied(from: next, through: end) else { return }
+                    pos = on
+                }
+            case .fill(let from, let to, let generation):
+                try fill(r, from: from, through: to, generation: generation)
+            }
+        }
+    }
+
+    /// The first key in `[from, end]` that may have a visible item: the first committed one,
+    /// or the start of a range holding changes, whichever comes first. Ranges with only clean
+    /// entries hold nothing the source does not.
+    private func nextOccupied(from: Key, through end: Key) throws -> Key? {
+        // A next range already cached from its start answers for itself.
+        if let r = LockRange.covering(from), r.start == from, let p = existingPartition(r),
+           p.state.withLock({ s in !s.retired && s.spans.contains(from) }) {
+            return from
+        }
+        var committed: Key?
+        try source.committedItems(from: from, through: end) { it in
+            committed = it.key
+            return false
+        }
+        let dirty = dirtyRanges.withLock { starts in starts.filter { $0 >= from && $0 <= end }.min() }
+        let found: Key
+        switch (committed, dirty) {
+        case (nil, nil): return nil
+        case (let c?, nil): found = c
+        case (nil, let d?): found = d
+        case (let c?, let d?): found = min(c, d)
+        }
+        // Start at the beginning of that key's range (nothing lies between), so the span the
+        // walk caches there covers the range from its start and the next walk skips the read.
+        guard let r = LockRange.covering(found) else { return found }
+        return max(from, r.start)
+    }
+
+    /// Reads up to `fillBatch` committed items of `[from, to]` and caches the span they cover.
+    private func fill(_ r: LockRange, from: Key, through to: Key, generation: UInt64) throws {
+        var got: [Item] = []
+        try source.committedItems(from: from, through: to) { it in
+            got.append(it)
+            return got.count < Self.fillBatch
+        }
+        fills.add(got.count, ordering: .relaxed)
+        let spanEnd = got.count == Self.fillBatch ? got.last!.key : to
+        withState(r) { s, _ in
+            guard s.generation == generation else { return }
+            var committed: [Key: Item] = [:]
+            for it in got {
+                if let e = s.entries[it.key] {
+                    if e.isDelta { committed[it.key] = it }
+                    continue
+                }
+                addClean(&s, it.key, Entry(seq: it.seq, flags: [], value: it.value, dirty: false, belowAbsent: false, version: 0))
+            }
+            // Sums waiting on a committed value the cache did not hold now have it (or know
+            // there is none): they become whole dirty items, which a cached span requires.
+            var deltas: [(Key, Entry)] = []
+            s.entries.forEach(from: from, through: spanEnd) { k, e in
+                if e.isDelta { deltas.append((k, e)) }
+                return true
+            }
+            for (k, e) in deltas {
+                var sum = Forest.resolve([e.item(k)] + (committed[k].map { [$0] } ?? [])) ?? e.item(k)
+                sum.flags = []
+                var whole = e
+                whole.flags = []
+                whole.value = sum.value
+                whole.belowAbsent = committed[k] == nil
+                replaceDirty(&s, k, whole)
+            }
+            s.spans.insert(from, spanEnd)
+        }
+        trimIfNeeded()
+    }
+
+    // MARK: writing
+
+    /// Sets `key` to `value` in the open transaction (`seq`).
+    public func insert(_ key: Key, _ value: [UInt8], seq: UInt64) throws {
+        let r = try range(for: key)
+        withState(r) { s, p in
+            let old = s.entries[key]
+            let belowAbsent: Bool
+            if let old { belowAbsent = old.dirty ? old.belowAbsent : old.isNegative } else { belowAbsent = s.spans.contains(key) }
+            setDirty(&s, p, key, Entry(seq: seq, flags: [], value: value, dirty: true, belowAbsent: belowAbsent, version: 0))
+        }
+    }
+
+    /// Makes `key` invisible in the open transaction.
+    public func delete(_ key: Key, seq: UInt64) throws {
+        let r = try range(for: key)
+        withState(r) { s, p in
+            let old = s.entries[key]
+            if let old {
+                if old.dirty && old.belowAbsent && !old.isDelta {
+                    // Made and unmade in this transaction: nothing to write.
+                    replaceWithClean(&s, r, key, Entry(seq: 0, flags: .deletion, value: [], dirty: false, belowAbsent: false, version: 0))
+                    return
+                }
+                if !old.dirty && old.isNegative { return }
+            } else if s.spans.contains(key) {
+                return
+            }
+            setDirty(&s, p, key, Entry(seq: seq, flags: .deletion, value: [], dirty: true, belowAbsent: false, version: 0))
+        }
+    }
+
+    /// Adds `fields` (little-endian Int64s) to the value at `key` without reading what is
+    /// committed: when the cache does not know it, the sum stays a delta that the forest adds.
+    public func addDelta(_ key: Key, _ fields: [Int64], seq: UInt64) throws {
+        var w = ByteWriter(capacity: fields.count * 8)
+        for f in fields { w.i64(f) }
+        let mine = Item(key: key, seq: seq, flags: .delta, value: w.bytes)
+        let r = try range(for: key)
+        withState(r) { s, p in
+            let old = s.entries[key]
+            var e = Entry(seq: seq, flags: [], value: [], dirty: true, belowAbsent: false, version: 0)
+            if let old, old.isDelta {
+                var folded = Forest.combine(base: nil, deltas: [mine, old.item(key)])
+                folded.flags = .delta
+                e.flags = .delta
+                e.value = folded.value
+            } else if let old {
+                // The value is known (an item, or known absent): the sum becomes a whole item.
+                // A deletion below leaves nothing to add to.
+                e.value = Forest.combine(base: old.isNegative ? nil : old.item(key), deltas: [mine]).value
+                e.belowAbsent = old.dirty ? old.belowAbsent : old.isNegative
+            } else if s.spans.contains(key) {
+                e.value = mine.value
+                e.belowAbsent = true
+            } else {
+                e.flags = .delta
+                e.value = mine.value
+            }
+            setDirty(&s, p, key, e)
+        }
+    }
+
+    // MARK: commit
+
+    /// The dirty items of the open transaction, in key order, and what `committed` needs to
+    /// mark exactly those clean.
+    public struct DirtySnapshot {
+        public var items: [Item]
+        var versions: [UInt64]
+        public var isEmpty: Bool { items.isEmpty }
+    }
+
+    public func dirtySnapshot() -> DirtySnapshot {
+        let starts = dirtyRanges.withLock { $0 }.sorted()
+        var snap = DirtySnapshot(items: [], versions: [])
+        for start in starts {
+            guard let r = LockRange.covering(start), let p = existingPartition(r) else { continue }
+            p.state.withLock { s in
+                for k in s.dirtyKeys.sorted() {
+                    guard let e = s.entries[k], e.dirty else { continue }
+                    snap.items.append(e.item(k))
+                    snap.versions.append(e.version)
+                }
+            }
+        }
+        return snap
+    }
+
+    /// The snapshot's items are in the log tree: entries not changed since become clean; sums
+    /// the cache never held the base of leave (the forest now holds them).
+    public func committed(_ snap: DirtySnapshot) {
+        var i = 0
+        while i < snap.items.count {
+            guard let r = LockRange.covering(snap.items[i].key), let p = existingPartition(r) else { i += 1; continue }
+            var j = i
+            p.state.withLock { s in
+                while j < snap.items.count, r.contains(snap.items[j].key) {
+                    let k = snap.items[j].key
+                    if var e = s.entries[k], e.dirty, e.version == snap.versions[j] {
+                        s.logBytes += e.leafBytes
+                        if e.isDelta {
+                            removeDirty(&s, r, k)
+                            s.generation += 1
+                        } else {
+                            e.dirty = false
+                            e.belowAbsent = false
+                            replaceWithClean(&s, r, k, e)
+                        }
+                    }
+                    j += 1
+                }
+                updateEstimate(&s)
+            }
+            i = j
+        }
+        trimIfNeeded()
+    }
+
+    /// The log tree was merged and a new, empty one starts: no range has log leaves to copy.
+    public func logTreeRestarted() {
+        for shard in shards {
+            for p in shard.map.withLock({ Array($0.values) }) {
+                p.state.withLock { s in
+                    s.logBytes = 0
+                    updateEstimate(&s)
+                }
+            }
+        }
+    }
+
+    /// Dirty entries in all: commits are due when there are any.
+    public var hasDirty: Bool { !dirtyRanges.withLock { $0.isEmpty } }
+
+    /// An upper bound on the log tree blocks the next commit dirties: each range's dirty
+    /// entries touch at most the leaves its items fill (a quarter full at least) plus their
+    /// parents.
+    public var commitBlockEstimate: Int {
+        let e = estimate.load(ordering: .relaxed)
+        return e > 0 ? e + 8 : 0
+    }
+
+    // MARK: dropping
+
+    /// Drops everything cached under `range` (a lock given up). Dirty entries must have been
+    /// committed first: dropping them would lose changes.
+    @discardableResult
+    public func invalidate(_ range: LockRange) throws -> Int {
+        guard let p = existingPartition(range) else { return 0 }
+        let dropped: Int = try p.state.withLock { s in
+            if !s.dirtyKeys.isEmpty {
+                throw ItemCacheError(description: "lock range \(range) holds \(s.dirtyKeys.count) uncommitted item(s); commit before dropping it")
+            }
+            let n = s.entries.count
+            retire(&s)
+            return n
+        }
+        shard(range.start).map.withLock { m in
+            if m[range.start] === p { m[range.start] = nil }
+        }
+        return dropped
+    }
+
+    /// Drops clean entries, a lock range at a time (least recently used first, by a clock),
+    /// until at most `target` bytes of them remain.
+    @discardableResult
+    public func shrink(to target: Int) -> Int {
+        var all: [Partition] = []
+        for shard in shards { all += shard.map.withLock { Array($0.values) } }
+        guard !all.isEmpty else { return 0 }
+        all.sort { $0.range.start < $1.range.start }
+        var dropped = 0
+        var hand = clock.withLock { $0 } % all.count
+        var visited = 0
+        while cleanBytes.load(ordering: .relaxed) > target, visited < 2 * all.count {
+            let p = all[hand]
+            hand = (hand + 1) % all.count
+            visited += 1
+            if p.recentlyUsed.exchange(false, ordering: .relaxed) { continue }
+            var emptied = false
+            p.state.withLock { s in
+                guard !s.retired, s.cleanBytes > 0 || !s.spans.isEmpty else { return }
+                dropped += s.entries.removeAll { _, e in !e.dirty }
+                cleanBytes.subtract(s.cleanBytes, ordering: .relaxed)
+                s.cleanBytes = 0
+                s.spans.removeAll()
+                s.generation += 1
+                if s.entries.isEmpty && s.logBytes == 0 {
+                    s.retired = true
+                    emptied = true
+                }
+            }
+            if emptied {
+                shard(p.range.start).map.withLock { m in
+                    if m[p.range.start] === p { m[p.range.start] = nil }
+                }
+            }
+        }
+        clock.withLock { $0 = hand }
+        return dropped
+    }
+
+    private func trimIfNeeded() {
+        if cleanBytes.load(ordering: .relaxed) > cleanByteLimit { shrink(to: cleanByteLimit / 10 * 9) }
+    }
+
+    // MARK: statistics
+
+    /// Bytes of clean entries held.
+    public var cachedBytes: Int { cleanBytes.load(ordering: .relaxed) }
+    /// Items read from the source since the cache was made.
+    public var filledItems: Int { fills.load(ordering: .relaxed) }
+    /// Lock ranges with anything cached.
+    public var rangeCount: Int {
+        var n = 0
+        for shard in shards { n += shard.map.withLock { m in m.count } }
+        return n
+    }
+
+    // MARK: bookkeeping (partition mutex held)
+
+    private func retire(_ s: inout PartitionState) {
+        cleanBytes.subtract(s.cleanBytes, ordering: .relaxed)
+        estimate.subtract(s.estimate, ordering: .relaxed)
+        s = PartitionState()
+        s.retired = true
+    }
+
+    private func addClean(_ s: inout PartitionState, _ key: Key, _ e: Entry) {
+        s.entries[key] = e
+        s.cleanBytes += e.memoryBytes
+        cleanBytes.add(e.memoryBytes, ordering: .relaxed)
+    }
+
+    /// Takes the accounting of whatever `key` held off the books.
+    private func forgetOld(_ s: inout PartitionState, _ key: Key) -> Entry? {
+        guard let old = s.entries[key] else { return nil }
+        if old.dirty {
+            s.dirtyBytes -= old.leafBytes
+        } else {
+            s.cleanBytes -= old.memoryBytes
+            cleanBytes.subtract(old.memoryBytes, ordering: .relaxed)
+        }
+        return old
+    }
+
+    private func setDirty(_ s: inout PartitionState, _ p: Partition, _ key: Key, _ entry: Entry) {
+        var e = entry
+        e.version = versions.add(1, ordering: .relaxed).newValue
+        _ = forgetOld(&s, key)
+        s.entries[key] = e
+        s.dirtyBytes += e.leafBytes
+        if s.dirtyKeys.insert(key).inserted, s.dirtyKeys.count == 1 {
+            _ = dirtyRanges.withLock { $0.insert(p.range.start) }
+        }
+        updateEstimate(&s)
+    }
+
+    /// Rewrites a dirty entry in place (same transaction, new content).
+    private func replaceDirty(_ s: inout PartitionState, _ key: Key, _ entry: Entry) {
+        var e = entry
+        e.version = versions.add(1, ordering: .relaxed).newValue
+        _ = forgetOld(&s, key)
+        s.entries[key] = e
+        s.dirtyBytes += e.leafBytes
+        updateEstimate(&s)
+    }
+
+    private func replaceWithClean(_ s: inout PartitionState, _ r: LockRange, _ key: Key, _ e: Entry) {
+        if forgetOld(&s, key)?.dirty == true {
+            s.dirtyKeys.remove(key)
+            if s.dirtyKeys.isEmpty { _ = dirtyRanges.withLock { $0.remove(r.start) } }
+        }
+        addClean(&s, key, e)
+        updateEstimate(&s)
+    }
+
+    private func removeDirty(_ s: inout PartitionState, _ r: LockRange, _ key: Key) {
+        _ = forgetOld(&s, key)
+        s.entries.remove(key)
+        s.dirtyKeys.remove(key)
+        if s.dirtyKeys.isEmpty { _ = dirtyRanges.withLock { $0.remove(r.start) } }
+    }
+
+    private func updateEstimate(_ s: inout PartitionState) {
+        let now: Int
+        if s.dirtyKeys.isEmpty {
+            now = 0
+        } else {
+            let leaves = min(s.dirtyKeys.count, (s.logBytes + s.dirtyBytes) / max(1, blockCapacity / 4) + 2)
+            now = 2 * leaves + 2
+        }
+        if now != s.estimate {
+            estimate.add(now - s.estimate, ordering: .relaxed)
+            s.estimate = now
+        }
+    }
+}

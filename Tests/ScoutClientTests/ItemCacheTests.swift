@@ -1,0 +1,269 @@
+import ScoutClient
+import ScoutFormat
+import ScoutStore
+import ScoutTestSupport
+import Testing
+
+/// Committed items kept in a sorted map, counting what the cache reads.
+final class MapSource: ItemSource {
+    var items = SortedKeyMap<Item>()
+    var pointReads = 0
+    var walkedItems = 0
+
+    func committedItem(_ key: Key) throws -> Item? {
+        pointReads += 1
+        return items[key]
+    }
+
+    func committedItems(from start: Key, through end: Key, _ body: (Item) throws -> Bool) throws {
+        var stop = false
+        var batch: [Item] = []
+        items.forEach(from: start, through: end) { _, it in
+            batch.append(it)
+            return true
+        }
+        for it in batch where !stop {
+            walkedItems += 1
+            stop = try !body(it)
+        }
+    }
+
+    /// What a commit does to the committed forest: newest versions win, deletions remove,
+    /// deltas add.
+    func apply(_ snap: ItemCache.DirtySnapshot) {
+        for it in snap.items {
+            if it.isDeletion {
+                items.remove(it.key)
+            } else if it.isDelta {
+                var sum = Forest.resolve([it] + (items[it.key].map { [$0] } ?? []))!
+                sum.flags = []
+                items[it.key] = sum
+            } else {
+                items[it.key] = it
+            }
+        }
+    }
+}
+
+private func key(_ ino: UInt64, _ type: UInt8 = ItemType.inode, _ second: UInt64 = 0) -> Key {
+    Key(zone: Zone.fs, first: ino, type: type, second: second)
+}
+
+private func value(_ n: Int) -> [UInt8] { Array("v\(n)".utf8) }
+
+@Suite struct ItemCacheTests {
+    @Test func pointLookupsAreReadOnceAndAbsenceIsCachedToo() throws {
+        let src = MapSource()
+        src.items[key(5)] = Item(key: key(5), seq: 1, value: value(5))
+        let cache = ItemCache(source: src)
+        #expect(try cache.lookup(key(5))?.value == value(5))
+        #expect(try cache.lookup(key(6)) == nil)
+        #expect(src.pointReads == 2)
+        #expect(try cache.lookup(key(5))?.value == value(5))
+        #expect(try cache.lookup(key(6)) == nil)
+        #expect(src.pointReads == 2)
+        // Something committed behind the cache's back is not seen until the range is dropped:
+        // the lock that covers it is what makes that safe.
+        src.items[key(6)] = Item(key: key(6), seq: 2, value: value(6))
+        #expect(try cache.lookup(key(6)) == nil)
+        #expect(try cache.invalidate(LockRange.inodeGroup(6)) == 2)
+        #expect(try cache.lookup(key(6))?.value == value(6))
+        #expect(src.pointReads == 3)
+    }
+
+    @Test func walksCacheTheSpanTheyReadAndChangesWinOverIt() throws {
+        let src = MapSource()
+        for i in 1...40 { src.items[key(UInt64(i) * 100)] = Item(key: key(UInt64(i) * 100), seq: 1, value: value(i)) }
+        let cache = ItemCache(source: src)
+        try cache.insert(key(150), value(-1), seq: 2)
+        try cache.delete(key(200), seq: 2)
+        try cache.addDelta(key(300), [5], seq: 2)
+        var seen: [Key] = []
+        // Crosses the boundary between inode groups 0 and 1 (inode 1024).
+        try cache.forEach(from: key(100), through: key(1500)) { seen.append($0.key); return true }
+        var want = [key(100), key(150)] + (3...15).map { key(UInt64($0) * 100) }
+        want.sort()
+        #expect(seen == want)
+        let read = src.walkedItems
+        seen = []
+        try cache.forEach(from: key(100), through: key(1500)) { seen.append($0.key); return true }
+        #expect(seen == want)
+        #expect(src.walkedItems == read, "a second walk of a cached span reads nothing")
+        // A key inside a cached span with no entry is known absent without a read.
+        #expect(try cache.lookup(key(101)) == nil)
+        #expect(src.pointReads == 0)
+        // The sum found its committed value when the walk read it: "v3" is not a number, so
+        // check the shape instead: a whole item, no longer a delta.
+        let sum = try #require(try cache.lookup(key(300)))
+        #expect(!sum.isDelta)
+    }
+
+    @Test func aWalkStopsWhenTheCallerStopsAndCachesOnlyWhatItRead() throws {
+        let src = MapSource()
+        for i in 0..<2000 { src.items[key(1, ItemType.dirent, UInt64(i))] = Item(key: key(1, ItemType.dirent, UInt64(i)), seq: 1) }
+        let cache = ItemCache(source: src)
+        var n = 0
+        try cache.forEach(from: key(1, ItemType.dirent, 0), through: key(1, ItemType.dirent, .max)) { _ in
+            n += 1
+            return n < 10
+        }
+        #expect(n == 10)
+        #expect(src.walkedItems <= ItemCache.fillBatch)
+        // Far past what was read the cache knows nothing yet and reads.
+        #expect(try cache.lookup(key(1, ItemType.dirent, 1999)) != nil)
+        #expect(src.pointReads == 1)
+    }
+
+    @Test func madeAndUnmadeInOneTransactionLeavesNothingToWrite() throws {
+        let src = MapSource()
+        src.items[key(9)] = Item(key: key(9), seq: 1, value: value(9))
+        let cache = ItemCache(source: src)
+        #expect(try cache.lookup(key(8)) == nil)
+        try cache.insert(key(8), value(8), seq: 2)
+        try cache.delete(key(8), seq: 2)
+        #expect(!cache.hasDirty)
+        #expect(cache.commitBlockEstimate == 0)
+        // Deleting what is committed must write a deletion, known or not.
+        try cache.delete(key(9), seq: 2)
+        try cache.delete(key(10), seq: 2)
+        let snap = cache.dirtySnapshot()
+        #expect(snap.items.map(\.key) == [key(9), key(10)])
+        #expect(snap.items.allSatisfy { $0.isDeletion })
+        #expect(try cache.lookup(key(9)) == nil)
+    }
+
+    @Test func aSnapshotIsInKeyOrderAndCommitCleansOnlyWhatItWrote() throws {
+        let src = MapSource()
+        let cache = ItemCache(source: src)
+        for ino: UInt64 in [5000, 3, 2100, 7, 1030] { try cache.insert(key(ino), value(Int(ino)), seq: 2) }
+        try cache.insert(Key(zone: Zone.orphan, type: ItemType.orphan, second: 7), [], seq: 2)
+        #expect(cache.commitBlockEstimate > 0)
+        let snap = cache.dirtySnapshot()
+        #expect(snap.items.map(\.key) == snap.items.map(\.key).sorted())
+        #expect(snap.items.count == 6)
+        // Changed again after the snapshot (the next transaction): stays dirty.
+        try cache.insert(key(7), value(77), seq: 3)
+        src.apply(snap)
+        cache.committed(snap)
+        let next = cache.dirtySnapshot()
+        #expect(next.items.map(\.key) == [key(7)])
+        #expect(next.items[0].value == value(77))
+        #expect(next.items[0].seq == 3)
+        #expect(throws: ItemCacheError.self) { _ = try cache.invalidate(LockRange.inodeGroup(7)) }
+        src.apply(next)
+        cache.committed(next)
+        #expect(!cache.hasDirty)
+        #expect(cache.commitBlockEstimate == 0)
+        #expect(try cache.invalidate(LockRange.inodeGroup(7)) == 2)
+        #expect(try cache.lookup(key(7))?.value == value(77))
+    }
+
+    @Test func sumsOverAnUnknownValueStayDeltasUntilTheValueIsRead() throws {
+        let src = MapSource()
+        let k = Key(zone: Zone.xattrTotl, first: 1, second: 2, third: 3)
+        var w = ByteWriter(capacity: 16)
+        w.i64(100)
+        w.i64(2)
+        src.items[k] = Item(key: k, seq: 1, value: w.bytes)
+        let cache = ItemCache(source: src)
+        try cache.addDelta(k, [10, 1], seq: 2)
+        try cache.addDelta(k, [5, 1], seq: 2)
+        let snap = cache.dirtySnapshot()
+        #expect(snap.items.count == 1)
+        #expect(snap.items[0].isDelta)
+        #expect(try fields(cache.lookup(k)) == [115, 4])
+        src.apply(snap)
+        cache.committed(snap)
+        #expect(try fields(cache.lookup(k)) == [115, 4])
+        // Now the value is cached: a further change is a whole item.
+        try cache.addDelta(k, [-15, -1], seq: 3)
+        let whole = cache.dirtySnapshot()
+        #expect(!whole.items[0].isDelta)
+        #expect(try fields(cache.lookup(k)) == [100, 3])
+    }
+
+    @Test func shrinkingDropsCleanRangesAndKeepsChanges() throws {
+        let src = MapSource()
+        for g in 0..<50 { src.items[key(UInt64(g) * 1024)] = Item(key: key(UInt64(g) * 1024), seq: 1, value: [UInt8](repeating: 1, count: 800)) }
+        let cache = ItemCache(source: src, cleanByteLimit: 20 * 900)
+        try cache.insert(key(5 * 1024 + 1), value(1), seq: 2)
+        for g in 0..<50 { _ = try cache.lookup(key(UInt64(g) * 1024)) }
+        #expect(cache.cachedBytes <= 20 * 900)
+        #expect(cache.rangeCount < 50)
+        #expect(try cache.lookup(key(5 * 1024 + 1))?.value == value(1))
+        #expect(cache.dirtySnapshot().items.count == 1)
+    }
+
+    @Test func keysNoLockCoversAreRefused() throws {
+        let cache = ItemCache(source: MapSource())
+        #expect(throws: ItemCacheError.self) { try cache.lookup(Key(zone: Zone.logTrees, first: 1)) }
+        #expect(throws: ItemCacheError.self) { try cache.insert(Key(zone: Zone.logTrees, first: 1), [], seq: 1) }
+    }
+
+    /// Random changes, reads, commits, shrinks and drops against a plain dictionary: what the
+    /// cache shows must always be what the model holds.
+    @Test(arguments: [1, 2, 3, 4])
+    func agreesWithAModel(seed: UInt64) throws {
+        var rng = SplitMix64(seed: seed)
+        let src = MapSource()
+        let cache = ItemCache(source: src, cleanByteLimit: 64 * 1024)
+        var model: [Key: [UInt8]] = [:]
+        var seq: UInt64 = 1
+        func randomKey() -> Key {
+            let ino = UInt64.random(in: 0..<6, using: &rng) * 700 + UInt64.random(in: 0..<3, using: &rng)
+            return key(ino, ItemType.dirent, UInt64.random(in: 0..<40, using: &rng))
+        }
+        for step in 0..<20_000 {
+            let k = randomKey()
+            switch Int.random(in: 0..<100, using: &rng) {
+            case 0..<30:
+                let v = value(step)
+                try cache.insert(k, v, seq: seq)
+                model[k] = v
+            case 30..<45:
+                try cache.delete(k, seq: seq)
+                model[k] = nil
+            case 45..<70:
+                #expect(try cache.lookup(k)?.value == model[k], "seed \(seed) step \(step) lookup \(k)")
+            case 70..<85:
+                let end = Key(zone: k.zone, first: k.first + UInt64.random(in: 0..<1500, using: &rng), type: .max)
+                var got: [Key] = []
+                try cache.forEach(from: k, through: end) { it in
+                    got.append(it.key)
+                    return got.count < 200
+                }
+                let want = model.keys.filter { $0 >= k && $0 <= end }.sorted().prefix(200)
+                let same = got == Array(want)
+                #expect(same, "seed \(seed) step \(step) walk from \(k): \(got.count) keys, the model has \(want.count); first difference at \(Array(zip(got, want)).firstIndex { $0.0 != $0.1 } ?? min(got.count, want.count))")
+            case 85..<93:
+                let snap = cache.dirtySnapshot()
+                src.apply(snap)
+                cache.committed(snap)
+                seq += 1
+            case 93..<97:
+                cache.shrink(to: Int.random(in: 0..<32 * 1024, using: &rng))
+            default:
+                let snap = cache.dirtySnapshot()
+                src.apply(snap)
+                cache.committed(snap)
+                seq += 1
+                try cache.invalidate(LockRange.inodeGroup(k.first))
+            }
+        }
+        let snap = cache.dirtySnapshot()
+        src.apply(snap)
+        cache.committed(snap)
+        var committed: [Key: [UInt8]] = [:]
+        src.items.forEach(from: .min, through: .max) { k, it in
+            committed[k] = it.value
+            return true
+        }
+        #expect(committed == model)
+    }
+}
+
+private func fields(_ it: Item?) throws -> [Int64] {
+    let it = try #require(it)
+    var r = ByteReader(it.value, what: "total")
+    return try (0..<it.value.count / 8).map { _ in try r.i64() }
+}
