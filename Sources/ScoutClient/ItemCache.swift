@@ -276,7 +276,14 @@ public final class ItemCache: Sendable {
     /// Reads up to `fillBatch` committed items of `[from, to]` and caches the span they cover.
     private func fill(_ r: LockRange, from: Key, through to: Key, generation: UInt64) throws {
         var got: [Item] = []
+        var previous: Key?
         try source.committedItems(from: from, through: to) { it in
+            // Spans are cached on the promise that the source returns keys in order and in
+            // bounds; a damaged block that breaks it must not become a cached lie.
+            guard it.key >= from, it.key <= to, previous.map({ $0 < it.key }) ?? true else {
+                throw StoreError(.corrupt, "committed items out of order: \(it.key) after \(previous.map { "\($0)" } ?? "the start") while reading \(from) ... \(to); run `scoutfs check`")
+            }
+            previous = it.key
             got.append(it)
             return got.count < Self.fillBatch
         }
