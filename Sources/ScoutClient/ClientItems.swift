@@ -5,24 +5,51 @@ public import ScoutStore
 /// the fs tree. The item cache fills from it.
 final class CommittedForest: ItemSource {
     let store: Store
+    let rid: UInt64
     var log: BTree
+    /// Read the log trees other clients recorded too (clients sharing one store); a lone
+    /// mount has none beside its own once recovery merged what earlier mounts left.
+    let readsOtherLogTrees: Bool
 
-    init(store: Store, log: BTree) {
+    init(store: Store, rid: UInt64, log: BTree, readsOtherLogTrees: Bool) {
         self.store = store
+        self.rid = rid
         self.log = log
+        self.readsOtherLogTrees = readsOtherLogTrees
+    }
+
+    /// Own log tree first (ties in seq go to it), then the others as recorded now, then the fs
+    /// tree.
+    private func trees() throws -> [BTree] {
+        var out: [BTree] = log.root.isEmpty ? [] : [log]
+        if readsOtherLogTrees {
+            try store.tree(.logTrees).forEach(in: store) { it in
+                guard it.key.zone == Zone.logTrees, it.key.first != rid, !it.isDeletion else { return true }
+                let rec: LogTreeRecord
+                do {
+                    rec = try LogTreeRecord(decoding: it.value)
+                } catch {
+                    throw StoreError(.corrupt, "log-trees item of client \(String(it.key.first, radix: 16)): \(error); run `scoutfs check`")
+                }
+                if !rec.root.isEmpty { out.append(BTree(root: rec.root, name: "log tree of client \(String(it.key.first, radix: 16))")) }
+                return true
+            }
+        }
+        out.append(store.tree(.fs))
+        return out
     }
 
     func committedItem(_ key: Key) throws -> Item? {
-        if log.root.isEmpty {
-            guard let it = try store.tree(.fs).lookup(key, in: store), !it.isDeletion else { return nil }
+        let t = try trees()
+        if t.count == 1 {
+            guard let it = try t[0].lookup(key, in: store), !it.isDeletion else { return nil }
             return it
         }
-        return try Forest(trees: [log, store.tree(.fs)]).lookup(key, in: store)
+        return try Forest(trees: t).lookup(key, in: store)
     }
 
     func committedItems(from start: Key, through end: Key, _ body: (Item) throws -> Bool) throws {
-        let trees = log.root.isEmpty ? [store.tree(.fs)] : [log, store.tree(.fs)]
-        try Forest(trees: trees).forEach(from: start, through: end, in: store, body)
+        try Forest(trees: trees()).forEach(from: start, through: end, in: store, body)
     }
 }
 
@@ -54,11 +81,13 @@ public final class ClientItems {
     /// share lock ranges and different mounts' files do not.
     public static let inodeBatch: UInt64 = 1024
 
-    public init(store: Store, server: any ServerLink, rid: UInt64, cacheBytes: Int = 256 << 20) {
+    /// `sharesStore`: other clients record log trees in the same store, and reads see them.
+    public init(store: Store, server: any ServerLink, rid: UInt64, cacheBytes: Int = 256 << 20, sharesStore: Bool = false) {
         self.store = store
         self.server = server
         self.rid = rid
-        committed = CommittedForest(store: store, log: BTree(root: .empty, name: "log tree of client \(String(rid, radix: 16))"))
+        committed = CommittedForest(store: store, rid: rid, log: BTree(root: .empty, name: "log tree of client \(String(rid, radix: 16))"),
+                                    readsOtherLogTrees: sharesStore)
         cache = ItemCache(source: committed, blockCapacity: store.options.nodeCapacity, cleanByteLimit: cacheBytes)
     }
 
@@ -79,19 +108,22 @@ public final class ClientItems {
 
     // MARK: writing
 
-    public func insert(_ key: Key, _ value: [UInt8]) throws {
-        try cache.insert(key, value, seq: seq)
+    /// Changes carry `minSeq` when it is above the open transaction's seq: the write seq of
+    /// the cluster lock they are made under, so a change made after another client's always
+    /// wins in the forest, whatever the two clients' transaction seqs.
+    public func insert(_ key: Key, _ value: [UInt8], minSeq: UInt64 = 0) throws {
+        try cache.insert(key, value, seq: max(seq, minSeq))
     }
 
     /// Makes `key` invisible.
-    public func delete(_ key: Key) throws {
-        try cache.delete(key, seq: seq)
+    public func delete(_ key: Key, minSeq: UInt64 = 0) throws {
+        try cache.delete(key, seq: max(seq, minSeq))
     }
 
     /// Adds `fields` (little-endian Int64s) to the item at `key` without reading the forest, so
     /// many writers can change one total at once.
-    public func addDelta(_ key: Key, _ fields: [Int64]) throws {
-        try cache.addDelta(key, fields, seq: seq)
+    public func addDelta(_ key: Key, _ fields: [Int64], minSeq: UInt64 = 0) throws {
+        try cache.addDelta(key, fields, seq: max(seq, minSeq))
     }
 
     /// The fs tree holds a visible item at `key`. (With one client the fs tree and this log
@@ -158,7 +190,7 @@ public final class ClientItems {
         for it in snap.items {
             if it.isDelta {
                 try writeDelta(it)
-            } else if it.isDeletion, try !fsTreeHolds(it.key) {
+            } else if it.isDeletion, !committed.readsOtherLogTrees, try !fsTreeHolds(it.key) {
                 // Only this log tree can hold the key: removing it there hides it, and the
                 // log tree does not carry a tombstone to the merge.
                 _ = try log.delete(it.key, in: store)

@@ -451,6 +451,12 @@ public final class ItemCache: Sendable {
         }
     }
 
+    /// `range` holds changes not yet committed: giving up its write lock needs a commit first.
+    public func hasDirty(in range: LockRange) -> Bool {
+        guard let p = existingPartition(range) else { return false }
+        return p.state.withLock { !$0.dirtyKeys.isEmpty }
+    }
+
     /// Dirty entries in all: commits are due when there are any.
     public var hasDirty: Bool { !dirtyRanges.withLock { $0.isEmpty } }
 

@@ -52,8 +52,11 @@ public struct LockHandle: Sendable {
 
 /// Runs during an invalidation, in registration order, with the range and the modes it goes
 /// between: write back dirty state (the transaction commit hook), then drop caches unless the
-/// change is write → read.
-public typealias LockInvalidationHook = @Sendable (_ range: LockRange, _ from: LockMode, _ to: LockMode) -> Void
+/// change is write → read. A hook that throws (a commit that failed) stops the invalidation
+/// unanswered: the server must never hear that a lock was given back when what was written
+/// under it is not durable. The lock keeps its mode and stays blocked for new users the
+/// invalidation would not allow.
+public typealias LockInvalidationHook = @Sendable (_ range: LockRange, _ from: LockMode, _ to: LockMode) throws -> Void
 
 /// Reader/write-only/writer counts of one lock.
 struct UserCounts {
@@ -245,6 +248,7 @@ public final class LockClient: Sendable {
         var shrinkRequests = 0
         var freed = 0
         var retries = 0
+        var failedInvalidations: [String] = []
     }
 
     static let shardCount = 64
@@ -621,7 +625,17 @@ public final class LockClient: Sendable {
             case .answer(let m):
                 answer = m
             case .run(let from, let to, let seq, let id):
-                for hook in hooks.withLock({ $0 }) { hook(l.range, from, to) }
+                do {
+                    for hook in hooks.withLock({ $0 }) { try hook(l.range, from, to) }
+                } catch {
+                    l.state.withLock { s in
+                        s.invalidating = nil
+                        s.granted = from
+                    }
+                    counters.withLock { $0.failedInvalidations.append("\(l.range): \(error)") }
+                    put(l)
+                    return answered
+                }
                 l.state.withLock { s in
                     s.invalidating = nil
                     s.invalidations.removeFirst()
@@ -811,6 +825,9 @@ public final class LockClient: Sendable {
         defer { put(l) }
         return l.referenceCount - 1
     }
+
+    /// Invalidations a hook failed (range and error), left unanswered.
+    public var failedInvalidations: [String] { counters.withLock { $0.failedInvalidations } }
 
     /// Counts of requests sent, grants and invalidations received, shrink requests, locks freed
     /// and lookups that retried on a lock being freed.

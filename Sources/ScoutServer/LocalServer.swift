@@ -86,10 +86,21 @@ public final class LocalServer {
         return rids.count
     }
 
+    /// Merges the log tree of a client that is gone (crashed or unmounted) while others keep
+    /// running: its committed changes stay, what it had not committed is lost.
+    public func recoverLogTree(rid: UInt64) throws {
+        try mergeAndCommit(rid: rid)
+    }
+
     func mergeAndCommit(rid: UInt64) throws {
         guard let rec = try recordedLogTree(rid: rid) else { return }
         var log = BTree(root: rec.root, name: "log tree of client \(String(rid, radix: 16))")
-        _ = try LogMerge.merge(&log, into: store) { try commitMergeChunk(store) }
+        var others = false
+        try store.tree(.logTrees).forEach(in: store) { it in
+            if it.key.zone == Zone.logTrees, it.key.first != rid, !it.isDeletion { others = true }
+            return !others
+        }
+        _ = try LogMerge.merge(&log, into: store, keepTombstones: others) { try commitMergeChunk(store) }
         try store.delete(LogTreeRecord.key(rid: rid), from: .logTrees, forCommit: true)
         try store.commit()
         merges += 1

@@ -19,7 +19,12 @@ public enum LogMerge {
 
     /// Applies `log`'s items to the fs tree, then destroys `log`. `commit` is called between
     /// chunks; the caller commits after the return (the log tree's blocks are freed by then).
-    public static func merge(_ log: inout BTree, into store: Store, commit: () throws -> Void) throws -> Outcome {
+    ///
+    /// `keepTombstones`: other clients' unmerged log trees may hold older versions of what this
+    /// one deletes, so a deletion stays in the fs tree as a tombstone that hides them (deleting
+    /// the fs item would let the older version show again).
+    public static func merge(_ log: inout BTree, into store: Store, keepTombstones: Bool = false,
+                             commit: () throws -> Void) throws -> Outcome {
         var out = Outcome()
         var from = Key.min
         while true {
@@ -29,7 +34,7 @@ public enum LogMerge {
                 chunk.append(it)
                 return chunk.count < budget
             }
-            for it in chunk { try apply(it, to: store, &out) }
+            for it in chunk { try apply(it, to: store, keepTombstones: keepTombstones, &out) }
             guard chunk.count == budget, let last = chunk.last, let next = last.key.successor else { break }
             try commit()
             out.commits += 1
@@ -46,9 +51,18 @@ public enum LogMerge {
         return max(16, min(spare / 2, 50_000))
     }
 
-    static func apply(_ it: Item, to store: Store, _ out: inout Outcome) throws {
+    static func apply(_ it: Item, to store: Store, keepTombstones: Bool, _ out: inout Outcome) throws {
+        if !it.isDelta, let base = try store.lookup(it.key, in: .fs), base.seq > it.seq {
+            // Another client's log tree, merged first, held a newer version: it stays.
+            out.items += 1
+            return
+        }
         if it.isDeletion {
-            try store.delete(it.key, from: .fs, forCommit: true)
+            if keepTombstones {
+                try store.insert(it, into: .fs, forCommit: true)
+            } else {
+                try store.delete(it.key, from: .fs, forCommit: true)
+            }
             out.deletions += 1
         } else if it.isDelta {
             let base = try store.lookup(it.key, in: .fs)
