@@ -400,9 +400,15 @@ public final class ItemCache: Sendable {
             guard let r = LockRange.covering(start), let p = existingPartition(r) else { continue }
             p.state.withLock { s in
                 for k in s.dirtyKeys.sorted() {
-                    guard let e = s.entries[k], e.dirty else { continue }
+                    guard var e = s.entries[k], e.dirty else { continue }
                     snap.items.append(e.item(k))
                     snap.versions.append(e.version)
+                    if e.belowAbsent {
+                        // The commit taking this snapshot writes the item: deleting it from
+                        // now on must write a deletion too, even before that commit ends.
+                        e.belowAbsent = false
+                        s.entries[k] = e
+                    }
                 }
             }
         }
