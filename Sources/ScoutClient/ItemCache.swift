@@ -156,7 +156,7 @@ public final class ItemCache: Sendable {
     private enum Probe {
         case hit(Item?)
         case miss(UInt64)
-        case needsBase(Entry, UInt64)
+        case needsBase(Entry)
     }
 
     /// The visible item at `key`, reading and caching it on a miss.
@@ -165,7 +165,7 @@ public final class ItemCache: Sendable {
         while true {
             let probe: Probe = withState(r) { s, _ in
                 if let e = s.entries[key] {
-                    if e.isDelta { return .needsBase(e, s.generation) }
+                    if e.isDelta { return .needsBase(e) }
                     return .hit(e.isNegative ? nil : e.item(key))
                 }
                 if s.spans.contains(key) { return .hit(nil) }
@@ -174,7 +174,7 @@ public final class ItemCache: Sendable {
             switch probe {
             case .hit(let it):
                 return it
-            case .needsBase(let e, _):
+            case .needsBase(let e):
                 // A sum over a committed value the cache does not hold: add it to what is
                 // committed now, without caching the committed value.
                 let base = try source.committedItem(key)
@@ -289,7 +289,7 @@ public final class ItemCache: Sendable {
         }
         fills.add(got.count, ordering: .relaxed)
         let spanEnd = got.count == Self.fillBatch ? got.last!.key : to
-        withState(r) { s, _ in
+        withState(r) { s, p in
             guard s.generation == generation else { return }
             var committed: [Key: Item] = [:]
             for it in got {
@@ -313,7 +313,7 @@ public final class ItemCache: Sendable {
                 whole.flags = []
                 whole.value = sum.value
                 whole.belowAbsent = committed[k] == nil
-                replaceDirty(&s, k, whole)
+                setDirty(&s, p, k, whole)
             }
             s.spans.insert(from, spanEnd)
         }
@@ -587,16 +587,6 @@ public final class ItemCache: Sendable {
         if s.dirtyKeys.insert(key).inserted, s.dirtyKeys.count == 1 {
             _ = dirtyRanges.withLock { $0.insert(p.range.start) }
         }
-        updateEstimate(&s)
-    }
-
-    /// Rewrites a dirty entry in place (same transaction, new content).
-    private func replaceDirty(_ s: inout PartitionState, _ key: Key, _ entry: Entry) {
-        var e = entry
-        e.version = versions.add(1, ordering: .relaxed).newValue
-        _ = forgetOld(&s, key)
-        s.entries[key] = e
-        s.dirtyBytes += e.leafBytes
         updateEstimate(&s)
     }
 
