@@ -7,6 +7,10 @@ import Synchronization
 /// anything changes.
 public struct LockCoverageError: Error, CustomStringConvertible {
     public var description: String
+
+    public init(description: String) {
+        self.description = description
+    }
 }
 
 /// One client of the cluster: its own lock client, item cache, log tree and open transaction,
@@ -24,26 +28,38 @@ public struct LockCoverageError: Error, CustomStringConvertible {
 /// still reads it.
 ///
 /// The caller serializes item calls and commits with `withTransaction` (one at a time per
-/// client, like the filesystem lock that still guards the mount); locks are taken before it,
-/// never inside it, since a lock request may need another client's hook to commit.
+/// client); locks are taken before it, never inside it, since a lock request may need this
+/// client's own hook (which takes the transaction) or another client's to commit first.
 public final class ClusterClient: Sendable {
     public let id: ClientID
     public let locks: LockClient
     // nonisolated(unsafe): used only inside `transaction`'s mutex.
     nonisolated(unsafe) public let items: ClientItems
+    /// File data reads in flight outside the transaction; a commit waits for them.
+    public let readGate = DataReadGate()
+    /// Changes carry the write seq of the lock they are made under when it is above the
+    /// transaction's. Clients sharing one store in one process share its transaction seq,
+    /// which every hand-over of a lock raises (the giver commits), so that seq alone orders
+    /// them too; the mount, whose lock server counts from zero at every start, relies on it.
+    let ordersByLockSeq: Bool
     private let transaction = Mutex(())
     private let commits = Atomic<Int>(0)
 
-    public init(id: ClientID, locks: LockClient, store: Store, server: any ServerLink, cacheBytes: Int = 64 << 20) {
+    /// `sharesStore`: other clients record log trees in the same store (reads see them and
+    /// deletions are always written as tombstones); false for a lone mount.
+    public init(id: ClientID, locks: LockClient, store: Store, server: any ServerLink, cacheBytes: Int = 64 << 20,
+                sharesStore: Bool = true, ordersByLockSeq: Bool = true) {
         self.id = id
         self.locks = locks
-        items = ClientItems(store: store, server: server, rid: id, cacheBytes: cacheBytes, sharesStore: true)
+        self.ordersByLockSeq = ordersByLockSeq
+        items = ClientItems(store: store, server: server, rid: id, cacheBytes: cacheBytes, sharesStore: sharesStore)
         locks.addInvalidationHook { [weak self] range, from, to in
             try self?.downgrade(range, from: from, to: to)
         }
     }
 
     /// Runs `body` with the transaction held: item calls and commits go through here.
+    @discardableResult
     public func withTransaction<T>(_ body: () throws -> T) rethrows -> T {
         try transaction.withLock { _ in try body() }
     }
@@ -62,10 +78,13 @@ public final class ClusterClient: Sendable {
         }
     }
 
-    /// Makes this client's changes durable (the caller holds the transaction).
-    public func commitLocked() throws {
-        try items.commit()
+    /// Makes this client's changes durable (the caller holds the transaction). Blocks it freed
+    /// become allocatable, so it waits for file data reads in flight (`readGate`).
+    @discardableResult
+    public func commitLocked(merge: Bool = false) throws -> UInt64 {
+        let seq = try readGate.closed { try items.commit(merge: merge) }
         commits.add(1, ordering: .relaxed)
+        return seq
     }
 
     // MARK: item calls (transaction held)
@@ -74,11 +93,12 @@ public final class ClusterClient: Sendable {
         guard lock.range.contains(key) else {
             throw LockCoverageError(description: "key \(key) is outside the lock \(lock.range) it was used under")
         }
-        let allowed = write ? (lock.mode == .write || lock.mode == .writeOnly) : (lock.mode == .read || lock.mode == .write)
-        guard allowed else {
+        guard lock.permits(write: write) else {
             throw LockCoverageError(description: "a \(write ? "write" : "read") of \(key) under a \(lock.mode) lock")
         }
     }
+
+    private func minSeq(_ lock: LockHandle) -> UInt64 { ordersByLockSeq ? lock.writeSeq : 0 }
 
     public func lookup(_ key: Key, under lock: LockHandle) throws -> Item? {
         try check(key, lock, write: false)
@@ -93,16 +113,23 @@ public final class ClusterClient: Sendable {
 
     public func insert(_ key: Key, _ value: [UInt8], under lock: LockHandle) throws {
         try check(key, lock, write: true)
-        try items.insert(key, value, minSeq: lock.writeSeq)
+        try items.insert(key, value, minSeq: minSeq(lock))
     }
 
     public func delete(_ key: Key, under lock: LockHandle) throws {
         try check(key, lock, write: true)
-        try items.delete(key, minSeq: lock.writeSeq)
+        try items.delete(key, minSeq: minSeq(lock))
     }
 
     public func addDelta(_ key: Key, _ fields: [Int64], under lock: LockHandle) throws {
         try check(key, lock, write: true)
-        try items.addDelta(key, fields, minSeq: lock.writeSeq)
+        try items.addDelta(key, fields, minSeq: minSeq(lock))
+    }
+}
+
+extension LockHandle {
+    /// Whether items may be read (read, write) or changed (write, write-only) under this lock.
+    public func permits(write: Bool) -> Bool {
+        write ? mode.canWrite : mode.canRead
     }
 }

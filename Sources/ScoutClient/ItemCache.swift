@@ -247,8 +247,10 @@ public final class ItemCache: Sendable {
 
     /// The first key in `[from, end]` that may have a visible item: the first committed one,
     /// or the start of a range holding changes, whichever comes first. Ranges with only clean
-    /// entries hold nothing the source does not.
-    private func nextOccupied(from: Key, through end: Key) throws -> Key? {
+    /// entries hold nothing the source does not. A walk that locks one range at a time (walk
+    /// inodes) asks it where to go next, without a lock: it is a hint, read under no lock,
+    /// and what the walk then reads under the lock is the answer.
+    public func nextOccupied(from: Key, through end: Key) throws -> Key? {
         // A next range already cached from its start answers for itself.
         if let r = LockRange.covering(from), r.start == from, let p = existingPartition(r),
            p.state.withLock({ s in !s.retired && s.spans.contains(from) }) {

@@ -217,10 +217,12 @@ extension FSCore {
 
 extension Filesystem {
     /// Runs an archive operation, passing its reason along with the errno.
-    func archive<T>(_ space: SpaceUse, _ body: (FSCore) throws -> T) throws(ArchiveError) -> T {
+    func archive<T>(_ space: SpaceUse, _ ino: UInt64, _ body: (FSCore) throws -> T) throws(ArchiveError) -> T {
         var reason: ArchiveError?
+        var plan = LockPlan()
+        plan.write(ino)
         do {
-            return try run(space) { c in
+            return try locked(space, plan) { c in
                 do {
                     return try body(c)
                 } catch let e as ArchiveError {
@@ -234,20 +236,22 @@ extension Filesystem {
     }
 
     public func release(_ ino: UInt64, dataVersion: UInt64, offset: UInt64, length: UInt64) throws(ArchiveError) {
-        try archive(.frees) { try $0.release(ino, version: dataVersion, offset: offset, length: length) }
+        try archive(.frees, ino) { try $0.release(ino, version: dataVersion, offset: offset, length: length) }
     }
 
     @discardableResult
     public func stage(_ ino: UInt64, dataVersion: UInt64, offset: UInt64, data: [UInt8]) throws(ArchiveError) -> Int {
-        try archive(.grows) { try $0.stage(ino, version: dataVersion, offset: offset, data: data) }
+        try archive(.grows, ino) { try $0.stage(ino, version: dataVersion, offset: offset, data: data) }
     }
 
     public func setattrMore(_ ino: UInt64, _ s: SetattrMore) throws(ArchiveError) {
-        try archive(.grows) { try $0.setattrMore(ino, s) }
+        try archive(.grows, ino) { try $0.setattrMore(ino, s) }
     }
 
     public func statMore(_ ino: UInt64) throws(Errno) -> InodeStatMore {
-        try run(.reads) { c in
+        var plan = LockPlan()
+        plan.read(ino)
+        return try locked(.reads, plan) { c in
             let r = try c.inode(ino)
             return InodeStatMore(metaSeq: r.metaSeq, dataSeq: r.dataSeq, dataVersion: r.dataVersion,
                                  onlineBlocks: r.onlineBlocks, offlineBlocks: r.offlineBlocks, crtime: r.crtime)
@@ -255,7 +259,7 @@ extension Filesystem {
     }
 
     public func statfsMore() throws(Errno) -> FilesystemStatMore {
-        try run(.reads) { c in
+        try runAttempt(.reads, commit: false) { c in
             let sb = c.store.superblock
             return FilesystemStatMore(fsid: sb.fsid, rid: c.items.rid, committedSeq: c.stableSeq,
                                       totalMetaBlocks: sb.metaTotalBlocks, totalDataBlocks: sb.dataTotalBlocks,

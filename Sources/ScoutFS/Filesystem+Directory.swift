@@ -53,6 +53,42 @@ extension FSCore {
         try range(Keys.backref(dir, 0, 0), Keys.backref(dir, .max, .max), limit: 1).first?.key.second
     }
 
+    /// The inode `name` in `dir` leads to, for the locks of a lookup: nil when there is none
+    /// (the lookup then fails on its own).
+    func lookupTarget(_ dir: UInt64, _ name: [UInt8]) throws -> UInt64? {
+        if name == [UInt8(ascii: ".")] { return dir }
+        guard (try? directory(dir)) != nil else { return nil }
+        if name == [UInt8(ascii: "."), UInt8(ascii: ".")] { return try parent(of: dir) ?? Self.rootIno }
+        guard (try? checkName(name)) != nil else { return nil }
+        return try findEntry(dir, name)?.record.ino
+    }
+
+    /// The locks a rename needs beyond its two directories: the inodes of both names, and
+    /// (for a directory moving elsewhere) every ancestor the cycle check reads, found one
+    /// level per round as their groups come to be held.
+    func discoverRename(_ oldDir: UInt64, _ oldName: [UInt8], _ newDir: UInt64, _ newName: [UInt8], _ p: inout LockPlan) throws {
+        guard held.canRead(oldDir), held.canRead(newDir),
+              (try? directory(oldDir)) != nil, (try? directory(newDir)) != nil,
+              (try? checkName(oldName)) != nil, (try? checkName(newName)) != nil else { return }
+        let src = try findEntry(oldDir, oldName)?.record.ino
+        let dst = try findEntry(newDir, newName)?.record.ino
+        if let src { p.write(src) }
+        if let dst { p.mayFree(dst) }
+        guard oldDir != newDir else { return }
+        for (moving, into) in [(src, newDir), (dst, oldDir)] {
+            guard let moving, held.canRead(moving), (try? inode(moving))?.isDirectory == true else { continue }
+            var cur: UInt64? = into
+            while let c = cur, c != Self.rootIno, c != moving {
+                guard held.canRead(c) else {
+                    p.read(c)
+                    break
+                }
+                cur = try parent(of: c)
+                if let up = cur { p.read(up) }
+            }
+        }
+    }
+
     // MARK: operations
 
     func lookup(_ dir: UInt64, _ name: [UInt8]) throws -> Attributes {
@@ -79,7 +115,9 @@ extension FSCore {
     }
 
     /// Creates a file, directory, device, fifo, socket or symlink named `name` in `dir`.
-    func makeNode(_ dir: UInt64, _ name: [UInt8], mode: UInt32, rdev: UInt64 = 0, symlinkTarget: [UInt8]? = nil,
+    /// `ino` comes from `allocateIno`, taken before the operation's locks (its group is one
+    /// of them).
+    func makeNode(_ dir: UInt64, _ name: [UInt8], ino: UInt64, mode: UInt32, rdev: UInt64 = 0, symlinkTarget: [UInt8]? = nil,
                   caller: Caller) throws -> Attributes {
         var parent = try directory(dir)
         try checkName(name)
@@ -103,7 +141,6 @@ extension FSCore {
             rec.nlink = 2
             parent.nlink = try parent.nlink.adding(1, "link count of directory \(dir)")
         }
-        let ino = try allocateIno()
         // The entry first: a damaged parent fails before anything of the new inode is written.
         try addEntry(dir, &parent, name, ino, type: rec.direntType)
         if let target = symlinkTarget {
@@ -292,70 +329,127 @@ extension FSCore {
 
 extension Filesystem {
     public func getattr(_ ino: UInt64) throws(Errno) -> Attributes {
-        try run(.reads) { c in c.attributes(ino, try c.inode(ino)) }
+        var plan = LockPlan()
+        plan.read(ino)
+        return try locked(.reads, plan) { c in c.attributes(ino, try c.inode(ino)) }
     }
 
     /// Looks a name up and takes a kernel lookup reference on the result.
     public func lookup(_ dir: UInt64, _ name: [UInt8]) throws(Errno) -> Attributes {
-        try run(.reads) { try $0.lookup(dir, name) }
+        var plan = LockPlan()
+        plan.read(dir)
+        return try locked(.reads, plan, discover: { c, p in
+            guard c.held.canRead(dir) else { return }
+            if let target = try c.lookupTarget(dir, name) { p.read(target) }
+        }) { try $0.lookup(dir, name) }
     }
 
     public func forget(_ ino: UInt64, _ count: UInt64) throws(Errno) {
-        try run(.frees) { try $0.forget(ino, count) }
+        try forget([(ino, count)])
     }
 
-    /// Many forgets under one hold of the lock (FUSE's batch forget).
+    /// Many forgets in one operation (FUSE's batch forget). Only inodes with no links left
+    /// may be freed by a forget; only theirs are locked.
     public func forget(_ entries: [(ino: UInt64, count: UInt64)]) throws(Errno) {
-        try run(.frees) { c in for e in entries { try c.forget(e.ino, e.count) } }
+        try locked(.frees, discover: { c, p in
+            for e in entries where c.unlinked.contains(e.ino) { p.mayFree(e.ino) }
+        }) { c in for e in entries { try c.forget(e.ino, e.count) } }
+    }
+
+    /// Creates a node in `dir` under the locks of `dir` and of the new inode's group.
+    func makeNode<T>(_ dir: UInt64, _ body: (FSCore, UInt64) throws -> T) throws(Errno) -> T {
+        var plan = LockPlan()
+        plan.write(dir)
+        var ino: UInt64?
+        return try locked(.grows, plan, discover: { c, p in
+            if ino == nil { ino = try c.allocateIno() }
+            p.write(ino!)
+        }) { c in try body(c, ino!) }
     }
 
     public func mknod(_ dir: UInt64, _ name: [UInt8], mode: UInt32, rdev: UInt64, caller: Caller) throws(Errno) -> Attributes {
-        try run { try $0.makeNode(dir, name, mode: mode, rdev: rdev, caller: caller) }
+        try makeNode(dir) { c, ino in try c.makeNode(dir, name, ino: ino, mode: mode, rdev: rdev, caller: caller) }
     }
 
     public func mkdir(_ dir: UInt64, _ name: [UInt8], mode: UInt32, caller: Caller) throws(Errno) -> Attributes {
-        try run { try $0.makeNode(dir, name, mode: UInt32(S_IFDIR) | (mode & 0o7777), caller: caller) }
+        try makeNode(dir) { c, ino in try c.makeNode(dir, name, ino: ino, mode: UInt32(S_IFDIR) | (mode & 0o7777), caller: caller) }
     }
 
     public func symlink(_ dir: UInt64, _ name: [UInt8], target: [UInt8], caller: Caller) throws(Errno) -> Attributes {
-        try run { try $0.makeNode(dir, name, mode: UInt32(S_IFLNK) | 0o777, symlinkTarget: target, caller: caller) }
+        try makeNode(dir) { c, ino in
+            try c.makeNode(dir, name, ino: ino, mode: UInt32(S_IFLNK) | 0o777, symlinkTarget: target, caller: caller)
+        }
     }
 
     public func readlink(_ ino: UInt64) throws(Errno) -> [UInt8] {
-        try run(.reads) { try $0.readlink(ino) }
+        var plan = LockPlan()
+        plan.read(ino)
+        return try locked(.reads, plan) { try $0.readlink(ino) }
     }
 
     public func link(_ ino: UInt64, _ dir: UInt64, _ name: [UInt8]) throws(Errno) -> Attributes {
-        try run { try $0.link(ino, dir, name) }
+        var plan = LockPlan()
+        plan.write(ino)
+        plan.write(dir)
+        // Linking an orphan (an open, unlinked file) takes its orphan item away.
+        plan.writeOnly(.orphan)
+        return try locked(.grows, plan) { try $0.link(ino, dir, name) }
     }
 
     public func unlink(_ dir: UInt64, _ name: [UInt8]) throws(Errno) {
-        try run(.frees) { try $0.unlink(dir, name, directory: false) }
+        try unlink(dir, name, directory: false)
     }
 
     public func rmdir(_ dir: UInt64, _ name: [UInt8]) throws(Errno) {
-        try run(.frees) { try $0.unlink(dir, name, directory: true) }
+        try unlink(dir, name, directory: true)
+    }
+
+    private func unlink(_ dir: UInt64, _ name: [UInt8], directory: Bool) throws(Errno) {
+        var plan = LockPlan()
+        plan.write(dir)
+        try locked(.frees, plan, discover: { c, p in
+            guard c.held.canRead(dir), (try? c.directory(dir)) != nil, (try? c.checkName(name)) != nil,
+                  let e = try c.findEntry(dir, name) else { return }
+            p.mayFree(e.record.ino)
+        }) { try $0.unlink(dir, name, directory: directory) }
     }
 
     public func rename(_ oldDir: UInt64, _ oldName: [UInt8], _ newDir: UInt64, _ newName: [UInt8], flags: UInt32 = 0) throws(Errno) {
-        try run(.frees) { try $0.rename(oldDir, oldName, newDir, newName, flags: flags) }
+        var plan = LockPlan()
+        plan.write(oldDir)
+        plan.write(newDir)
+        // Between directories, a rename could make a cycle that the two directories' locks
+        // cannot see: renames between directories take turns, cluster-wide.
+        if oldDir != newDir { plan.add(.rename, .write) }
+        try locked(.frees, plan, discover: { c, p in
+            try c.discoverRename(oldDir, oldName, newDir, newName, &p)
+        }) { try $0.rename(oldDir, oldName, newDir, newName, flags: flags) }
     }
 
     /// Entries from `offset`; with a `stream` (one per open directory), only those that existed
     /// when its pass started at offset 0.
     public func readdir(_ dir: UInt64, offset: UInt64, limit: Int, stream: DirectoryStream? = nil) throws(Errno) -> [DirectoryEntry] {
-        try run(.reads) { try $0.readdir(dir, offset: offset, limit: limit, stream: stream) }
+        var plan = LockPlan()
+        plan.read(dir)
+        return try locked(.reads, plan) { try $0.readdir(dir, offset: offset, limit: limit, stream: stream) }
     }
 
     /// readdir with attributes; takes a lookup reference on each entry returned except . and ..
-    /// under the same lock hold that read it, so an unlink cannot free an inode between the
-    /// read and the reference. The caller gives back (`forget`) the references of entries it
-    /// did not hand to the kernel.
+    /// under the same hold of the transaction that read it, so an unlink cannot free an inode
+    /// between the read and the reference. The caller gives back (`forget`) the references of
+    /// entries it did not hand to the kernel.
     public func readdirPlus(_ dir: UInt64, offset: UInt64, limit: Int, stream: DirectoryStream? = nil) throws(Errno) -> [(DirectoryEntry, Attributes)] {
-        try run(.reads) { c in
-            let entries = try c.readdir(dir, offset: offset, limit: limit, stream: stream).map { e in
-                (e, c.attributes(e.ino, try c.inode(e.ino)))
-            }
+        var plan = LockPlan()
+        plan.read(dir)
+        // The entries read to find their inodes' locks, kept for the round that has them all:
+        // the same hold of the transaction, so still what the directory holds.
+        var found: [DirectoryEntry] = []
+        return try locked(.reads, plan, discover: { c, p in
+            guard c.held.canRead(dir) else { return }
+            found = try c.readdir(dir, offset: offset, limit: limit, stream: stream)
+            for e in found { p.read(e.ino) }
+        }) { c in
+            let entries = try found.map { e in (e, c.attributes(e.ino, try c.inode(e.ino))) }
             // Only once every entry read: a failure part way must not leave references behind.
             for (e, _) in entries where e.nextOffset > 2 { c.noteLookup(e.ino) }
             return entries

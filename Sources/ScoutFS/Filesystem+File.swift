@@ -25,7 +25,7 @@ extension FSCore {
     func forEachExtent(_ ino: UInt64, from first: UInt64, through last: UInt64,
                        _ body: (_ key: Key, _ start: UInt64, _ extent: FileExtent) throws -> Bool) throws {
         let dataBlocks = store.superblock.dataTotalBlocks
-        try items.forEach(from: Keys.extent(ino, last: first, length: 0), through: Keys.extent(ino, last: .max, length: .max)) { it in
+        try scan(Keys.extent(ino, last: first, length: 0), Keys.extent(ino, last: .max, length: .max)) { it in
             let e: ExtentItem
             do {
                 e = try ExtentItem(key: it.key, value: it.value, dataTotalBlocks: dataBlocks)
@@ -93,9 +93,11 @@ extension FSCore {
     /// count once a commit has made them reusable, so space a user just freed is there at once.
     func ensureDataSpace(_ blocks: UInt64) throws {
         if store.allocatableDataBlocks >= blocks { return }
-        if store.allocatableDataBlocks + store.pendingFreeDataBlocks >= blocks {
-            try commit()
-            if store.allocatableDataBlocks >= blocks { return }
+        if store.allocatableDataBlocks + store.pendingFreeDataBlocks >= blocks && !spaceCommitted {
+            // A commit makes them allocatable; the operation commits before it starts over
+            // (`Filesystem.locked`), since a commit inside it would move the transaction's seq
+            // past the index locks it holds.
+            throw CommitNeeded()
         }
         throw Errno.noSpace
     }
@@ -395,36 +397,70 @@ extension FSCore {
 }
 
 extension Filesystem {
+    private func inodePlan(_ ino: UInt64, write: Bool) -> LockPlan {
+        var plan = LockPlan()
+        if write { plan.write(ino) } else { plan.read(ino) }
+        return plan
+    }
+
     public func setattr(_ ino: UInt64, _ changes: AttributeChanges, cancel: WaitCancellation? = nil) throws(Errno) -> Attributes {
-        try runWaiting(.frees, cancel) { try $0.setattr(ino, changes) }
+        try lockedWaiting(.frees, cancel, inodePlan(ino, write: true)) { try $0.setattr(ino, changes) }
     }
 
     /// Opens `ino`; with O_TRUNC a writable open truncates (the mount negotiates atomic O_TRUNC).
     public func open(_ ino: UInt64, flags: Int32, caller: Caller? = nil) throws(Errno) {
-        try run(.frees) { try $0.open(ino, flags: flags, caller: caller) }
+        let truncates = flags & O_TRUNC != 0 && (flags & O_ACCMODE) != O_RDONLY
+        try locked(.frees, inodePlan(ino, write: truncates)) { try $0.open(ino, flags: flags, caller: caller) }
     }
 
     /// Creates and opens a regular file.
     public func create(_ dir: UInt64, _ name: [UInt8], mode: UInt32, flags: Int32, caller: Caller) throws(Errno) -> Attributes {
-        try run { c in
-            let a = try c.makeNode(dir, name, mode: UInt32(S_IFREG) | (mode & 0o7777), caller: caller)
+        try makeNode(dir) { c, ino in
+            let a = try c.makeNode(dir, name, ino: ino, mode: UInt32(S_IFREG) | (mode & 0o7777), caller: caller)
             try c.open(a.ino, flags: flags & ~O_TRUNC)
             return a
         }
     }
 
+    /// Ends an open; the last close of an unlinked inode frees it.
     public func release(_ ino: UInt64) throws(Errno) {
-        try run(.frees) { try $0.release(ino) }
+        try locked(.frees, discover: { c, p in
+            if c.unlinked.contains(ino) { p.mayFree(ino) }
+        }) { try $0.release(ino) }
     }
 
-    /// Reads file data. Only the extent lookup holds the filesystem lock; the device reads run
-    /// in parallel with other requests, inside the data read gate.
+    /// Reads file data. Only the extent lookup holds the transaction; the device reads run in
+    /// parallel with other requests, inside the data read gate and still under the inode's
+    /// lock, so no other node can change the mapping they follow meanwhile.
     public func read(_ ino: UInt64, offset: UInt64, count: Int, cancel: WaitCancellation? = nil) throws(Errno) -> [UInt8] {
-        let plan = try runWaiting(.reads, cancel, commit: false) { c in
-            let p = try c.planRead(ino, offset: offset, count: count)
-            if !p.segments.isEmpty { readGate.enter() }
-            return p
+        while true {
+            let outcome: Result<[UInt8], DataWaitNeeded> = try withLocks(inodePlan(ino, write: false)) { held throws(Errno) in
+                let attempt: Result<FSCore.ReadPlan, DataWaitNeeded> = try runAttempt(.reads, commit: false) { c in
+                    c.held = held
+                    defer { c.held = .none }
+                    do {
+                        let p = try c.planRead(ino, offset: offset, count: count)
+                        if !p.segments.isEmpty { readGate.enter() }
+                        return .success(p)
+                    } catch let w as DataWaitNeeded {
+                        return .failure(w)
+                    }
+                }
+                switch attempt {
+                case .success(let p): return .success(try readData(ino, offset: offset, p))
+                case .failure(let w): return .failure(w)
+                }
+            }
+            switch outcome {
+            case .success(let bytes): return bytes
+            // The locks went before the wait; the next round takes them again.
+            case .failure(let w): try waits.wait(w.ticket, cancel: cancel)
+            }
         }
+    }
+
+    /// The device reads of `read`, inside the read gate that `planRead`'s caller entered.
+    private func readData(_ ino: UInt64, offset: UInt64, _ plan: FSCore.ReadPlan) throws(Errno) -> [UInt8] {
         guard !plan.segments.isEmpty else { return [UInt8](repeating: 0, count: plan.count) }
         let data = dataDevice
         let bytes: [UInt8]
@@ -441,8 +477,8 @@ extension Filesystem {
                 initialized = plan.count
             }
         } catch {
-            // Out of the gate before the filesystem lock: a commit holds the lock while it
-            // waits for the gate, so logging from inside it would deadlock the mount.
+            // Out of the gate before taking the transaction: a commit holds the transaction
+            // while it waits for the gate, so logging from inside it would deadlock the mount.
             readGate.leave()
             withCore { $0.log("read of inode \(ino) at \(offset): \(error)") }
             throw .ioError
@@ -452,18 +488,19 @@ extension Filesystem {
     }
 
     public func write(_ ino: UInt64, offset: UInt64, data: [UInt8], cancel: WaitCancellation? = nil) throws(Errno) -> Int {
-        try runWaiting(.grows, cancel) { try $0.writeData(ino, offset: offset, data: data) }
+        try lockedWaiting(.grows, cancel, inodePlan(ino, write: true)) { try $0.writeData(ino, offset: offset, data: data) }
     }
 
     public func fallocate(_ ino: UInt64, mode: Int32, offset: UInt64, length: UInt64, cancel: WaitCancellation? = nil) throws(Errno) {
-        try runWaiting(.grows, cancel) { try $0.fallocate(ino, mode: mode, offset: offset, length: length) }
+        try lockedWaiting(.grows, cancel, inodePlan(ino, write: true)) { try $0.fallocate(ino, mode: mode, offset: offset, length: length) }
     }
 
     public func seek(_ ino: UInt64, offset: UInt64, whence: Int32) throws(Errno) -> UInt64 {
-        try run(.reads) { try $0.seek(ino, offset: offset, whence: whence) }
+        try locked(.reads, inodePlan(ino, write: false)) { try $0.seek(ino, offset: offset, whence: whence) }
     }
 
+    /// Reads only the store's counters: no item, no lock.
     public func statfs() throws(Errno) -> FilesystemStats {
-        try run(.reads) { $0.stats() }
+        try runAttempt(.reads, commit: false) { $0.stats() }
     }
 }

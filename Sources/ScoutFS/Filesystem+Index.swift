@@ -34,12 +34,11 @@ extension FSCore {
     /// so an agent that has walked up to it never sees an entry appear below it later.
     var stableSeq: UInt64 { seq - 1 }
 
-    func walkInodes(_ index: SeqIndex, from first: IndexPosition, through last: IndexPosition, limit: Int) throws -> [IndexPosition] {
-        let stop = min(last, IndexPosition(seq: stableSeq, ino: .max))
-        guard first <= stop, limit > 0 else { return [] }
+    /// The entries of one index lock range from `from` through `end` (both inside it), at most
+    /// `limit`, under the caller's read lock on the range.
+    func walkRange(_ index: SeqIndex, from: Key, through end: Key, limit: Int) throws -> [IndexPosition] {
         var out: [IndexPosition] = []
-        try items.forEach(from: Keys.seqIndex(index.itemType, first.seq, first.ino),
-                          through: Keys.seqIndex(index.itemType, stop.seq, stop.ino)) { it in
+        try scan(from, end) { it in
             out.append(IndexPosition(seq: it.key.second, ino: it.key.third))
             return out.count < limit
         }
@@ -50,9 +49,32 @@ extension FSCore {
 extension Filesystem {
     /// Inodes whose meta or data seq lies between two positions, in index order, at most
     /// `limit`; never past the stable seq. Continue from the last entry's `next`.
+    ///
+    /// One index lock range at a time, each under a read lock (which makes every client
+    /// commit what it wrote there, as the original's walk does); ranges with nothing in them
+    /// are skipped by a look at the next occupied key.
     public func walkInodes(_ index: SeqIndex, from first: IndexPosition, through last: IndexPosition,
                            limit: Int = 1024) throws(Errno) -> [IndexPosition] {
-        try run(.reads) { try $0.walkInodes(index, from: first, through: last, limit: limit) }
+        let stop = min(last, IndexPosition(seq: stableSeq, ino: .max))
+        guard first <= stop, limit > 0 else { return [] }
+        let stopKey = Keys.seqIndex(index.itemType, stop.seq, stop.ino)
+        var pos = Keys.seqIndex(index.itemType, first.seq, first.ino)
+        var out: [IndexPosition] = []
+        while out.count < limit {
+            let range = LockRange.index(index.itemType, seq: pos.second)
+            var plan = LockPlan()
+            plan.add(range, .read)
+            let from = pos
+            let want = limit - out.count
+            out += try locked(.reads, commit: false, plan) { c in
+                try c.walkRange(index, from: from, through: min(stopKey, range.end), limit: want)
+            }
+            guard out.count < limit, range.end < stopKey, let next = range.end.successor else { break }
+            let hint: Key?? = try runAttempt(.reads, commit: false) { c in try c.items.cache.nextOccupied(from: next, through: stopKey) }
+            guard let on = hint ?? nil else { break }
+            pos = on
+        }
+        return out
     }
 
     /// The highest seq whose index entries can no longer change (see `walkInodes`).

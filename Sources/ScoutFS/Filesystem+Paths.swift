@@ -30,15 +30,40 @@ extension FSCore {
     }
 }
 
+extension FSCore {
+    /// Read locks for every directory on the way from `ino`'s entries up to the root, found
+    /// one level per round as their groups come to be held.
+    func discoverPaths(_ ino: UInt64, after dir: UInt64, _ pos: UInt64, limit: Int, _ p: inout LockPlan) throws {
+        guard held.canRead(ino), (try? inode(ino)) != nil else { return }
+        for e in try referringEntries(ino, after: dir, pos, limit: limit) {
+            var at = e.dir
+            var steps = 0
+            while at != Self.rootIno, steps < 4096 {
+                p.read(at)
+                guard held.canRead(at),
+                      let it = try range(Keys.backref(at, 0, 0), Keys.backref(at, .max, .max), limit: 1).first else { break }
+                at = it.key.second
+                steps += 1
+            }
+        }
+    }
+}
+
 extension Filesystem {
     /// Directory entries that refer to `ino` (get-referring-entries).
     public func referringEntries(_ ino: UInt64, after dir: UInt64 = 0, _ pos: UInt64 = 0, limit: Int = 1024) throws(Errno) -> [ReferringEntry] {
-        try run(.reads) { try $0.referringEntries(ino, after: dir, pos, limit: limit) }
+        var plan = LockPlan()
+        plan.read(ino)
+        return try locked(.reads, plan) { try $0.referringEntries(ino, after: dir, pos, limit: limit) }
     }
 
     /// Paths from the root to `ino`, one per entry naming it, with the entry's (dir, pos).
     public func inoPaths(_ ino: UInt64, after dir: UInt64 = 0, _ pos: UInt64 = 0, limit: Int = 1024) throws(Errno) -> [InodePath] {
-        try run(.reads) { c in
+        var plan = LockPlan()
+        plan.read(ino)
+        return try locked(.reads, plan, discover: { c, p in
+            try c.discoverPaths(ino, after: dir, pos, limit: limit, &p)
+        }) { c in
             try c.referringEntries(ino, after: dir, pos, limit: limit).map { e in
                 let base = try c.directoryPath(e.dir)
                 return InodePath(dir: e.dir, pos: e.pos, path: base.isEmpty ? e.name : base + [UInt8(ascii: "/")] + e.name)

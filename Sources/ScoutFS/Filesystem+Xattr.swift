@@ -139,13 +139,25 @@ extension FSCore {
     }
 }
 
+extension LockPlan {
+    /// Writing xattr `name`: its inode, and the search and totals zones when it is tagged.
+    mutating func xattr(_ ino: UInt64, _ name: [UInt8]) {
+        write(ino)
+        if let tags = try? XattrTags.parse(name), tags.srch || tags.totl { xattrTags() }
+    }
+}
+
 extension Filesystem {
     public func setXattr(_ ino: UInt64, _ name: [UInt8], _ value: [UInt8], flags: Int32, caller: Caller) throws(Errno) {
-        try run { try $0.setXattr(ino, name, value, flags: flags, caller: caller) }
+        var plan = LockPlan()
+        plan.xattr(ino, name)
+        try locked(.grows, plan) { try $0.setXattr(ino, name, value, flags: flags, caller: caller) }
     }
 
     public func getXattr(_ ino: UInt64, _ name: [UInt8]) throws(Errno) -> [UInt8] {
-        try run(.reads) { c in
+        var plan = LockPlan()
+        plan.read(ino)
+        return try locked(.reads, plan) { c in
             _ = try c.inode(ino)
             if name.isEmpty || name.count > FSCore.maxXattrName { throw Errno.outOfRange }
             guard let x = try c.findXattr(ino, name) else { throw Errno.noData }
@@ -154,10 +166,14 @@ extension Filesystem {
     }
 
     public func listXattrs(_ ino: UInt64) throws(Errno) -> [[UInt8]] {
-        try run(.reads) { try $0.listXattrs(ino) }
+        var plan = LockPlan()
+        plan.read(ino)
+        return try locked(.reads, plan) { try $0.listXattrs(ino) }
     }
 
     public func removeXattr(_ ino: UInt64, _ name: [UInt8], caller: Caller) throws(Errno) {
-        try run(.frees) { try $0.removeXattr(ino, name, caller: caller) }
+        var plan = LockPlan()
+        plan.xattr(ino, name)
+        try locked(.frees, plan) { try $0.removeXattr(ino, name, caller: caller) }
     }
 }

@@ -150,7 +150,7 @@ extension FSCore {
             throw Errno.ioError
         }
         let total = Int64(bitPattern: v)
-        try items.addDelta(Keys.totl(n), adding ? [total, 1] : [0 &- total, -1])
+        try addDelta(Keys.totl(n), adding ? [total, 1] : [0 &- total, -1])
     }
 
     /// Takes back the search items and totals of every tagged xattr of an inode being deleted.
@@ -168,6 +168,8 @@ extension FSCore {
         let h = nameHash(name)
         var inos: [UInt64] = []
         var end = true
+        // Searches take no lock, as the original's do: they see what other clients committed
+        // and this client's own changes (the cache holds them under its write-only lock).
         try items.forEach(from: Keys.srch(h, first, 0), through: Keys.srch(h, last, .max)) { it in
             if inos.last == it.key.second { return true }
             if inos.count == limit {
@@ -188,7 +190,7 @@ extension FSCore {
         }
         var out: [XattrTotal] = []
         guard limit > 0 else { return out }
-        try items.forEach(from: start, through: .last(in: Zone.xattrTotl)) { it in
+        try scan(start, .last(in: Zone.xattrTotl)) { it in
             let t = try XattrTotal(item: it)
             // Every xattr of a name gone leaves a zero item behind; it is not a total.
             if t.total != 0 || t.count != 0 { out.append(t) }
@@ -203,16 +205,22 @@ extension Filesystem {
     /// `limit`; `end` is true when no more follow.
     public func searchXattrs(_ name: [UInt8], from first: UInt64 = 0, through last: UInt64 = .max,
                              limit: Int = 1024) throws(Errno) -> (inos: [UInt64], end: Bool) {
-        try run(.reads) { try $0.searchXattrs(name, from: first, through: last, limit: limit) }
+        try locked(.reads) { try $0.searchXattrs(name, from: first, through: last, limit: limit) }
     }
 
     /// The `.totl.` totals after `after` (from the start when nil) in name order, at most `limit`.
     public func xattrTotals(after: XattrTotalName? = nil, limit: Int = 1024) throws(Errno) -> [XattrTotal] {
-        try run(.reads) { try $0.xattrTotals(after: after, limit: limit) }
+        // A read of the totals zone: every client's write-only deltas are committed first (the
+        // lock's hooks), so the sums are whole.
+        var plan = LockPlan()
+        plan.add(.totals, .read)
+        return try locked(.reads, plan) { try $0.xattrTotals(after: after, limit: limit) }
     }
 
     /// The names of an inode's `.hide.` xattrs.
     public func hiddenXattrs(_ ino: UInt64) throws(Errno) -> [[UInt8]] {
-        try run(.reads) { try $0.listXattrs(ino, hidden: true) }
+        var plan = LockPlan()
+        plan.read(ino)
+        return try locked(.reads, plan) { try $0.listXattrs(ino, hidden: true) }
     }
 }

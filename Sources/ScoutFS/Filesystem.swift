@@ -3,6 +3,7 @@ import Glibc
 #endif
 import ScoutClient
 public import ScoutFormat
+import ScoutNet
 import ScoutServer
 public import ScoutStore
 public import SystemPackage
@@ -127,17 +128,22 @@ public struct FilesystemOptions: Sendable {
 
 /// A POSIX filesystem over the items of a store: inodes, directories, files, symlinks, xattrs.
 ///
-/// Every operation runs under one mutex that also guards the store, so operations are atomic
-/// with respect to each other and to commits. (Per-inode-group cluster locks will replace this
-/// single lock.) Operations are synchronous: they run on the caller's thread, which is a libfuse
-/// worker when mounted.
+/// The mount is a cluster client like any other: every operation first takes the cluster
+/// locks covering the items it reads and writes (`locked`, through a `LockClient` against a
+/// lock server in the same process), then holds the client's transaction, then works in the
+/// item cache. The transaction is still one mutex per mount, so operations are atomic with
+/// respect to each other and to commits; locks are never taken while it is held. Operations
+/// are synchronous: they run on the caller's thread, which is a libfuse worker when mounted.
 public final class Filesystem: Sendable {
-    private let lock = Mutex(())
     private let state: FSCore
+    let cluster: ClusterClient
+    /// The lock server of this mount's one-node cluster and the in-process network to it.
+    private let lockServer: LockServer
+    private let lockNetwork: InMemoryLockNetwork
     public let options: FilesystemOptions
-    let readGate = DataReadGate()
+    var readGate: DataReadGate { cluster.readGate }
     let waits = DataWaits()
-    /// File data is read from it outside the lock (see `read`).
+    /// File data is read from it outside the transaction (see `read`).
     // nonisolated(unsafe): set once in init; the device's reads are thread-safe.
     nonisolated(unsafe) let dataDevice: any BlockDevice
 
@@ -145,58 +151,70 @@ public final class Filesystem: Sendable {
     /// inodes that a crash left unlinked but allocated (orphans).
     public init(store: Store, options: FilesystemOptions = FilesystemOptions()) throws {
         let server = LocalServer(store: store, mergeThreshold: options.mergeThreshold)
-        let c = FSCore(store: store, server: server, readGate: readGate, waits: waits, rid: options.clientID)
+        var id = options.clientID ?? 0
+        while id == 0 { id = UInt64.random(in: 1...UInt64.max) }
+        let net = InMemoryLockNetwork(immediate: true)
+        let ls = LockServer(links: net.clientLinks)
+        net.attachServer { client, m in ls.receive(from: client, m) }
+        let locks = LockClient(id: id, link: net.serverLink(for: id))
+        net.attachClient(id) { m in locks.receive(m) }
+        // One client over its own store: reads need no other log trees, and the store's
+        // transaction seq orders every change (see `ClusterClient.ordersByLockSeq`).
+        let cl = ClusterClient(id: id, locks: locks, store: store, server: InProcessLink(server: server),
+                               cacheBytes: 256 << 20, sharesStore: false, ordersByLockSeq: false)
+        lockNetwork = net
+        lockServer = ls
+        cluster = cl
+        let c = FSCore(store: store, server: server, cluster: cl, waits: waits)
         dataDevice = store.data
-        try c.prepare()
         state = c
         self.options = options
+        locks.startWorker()
+        do {
+            try c.prepare()
+            try createRootIfMissing()
+            try freeOrphans()
+        } catch {
+            stopLocks()
+            throw error
+        }
+    }
+
+    deinit { stopLocks() }
+
+    private func stopLocks() {
+        cluster.locks.stopWorker()
+        lockNetwork.detachClient(cluster.id)
     }
 
     /// How an operation uses metadata space, which decides whether it may start on a nearly
     /// full device.
     enum SpaceUse { case reads, grows, frees }
 
-    /// Runs `body` on the core under the lock, mapping store errors to errnos, then commits if
-    /// the transaction has grown past its dirty limit. An operation that writes starts only if
-    /// the space it may need is there (`FSCore.admit`), so it never stops half way for space.
-    func run<T>(_ space: SpaceUse = .grows, _ body: (FSCore) throws -> T) throws(Errno) -> T {
-        try runWithoutCommit { c in
-            if space != .reads { try c.admit(freeing: space == .frees) }
-            let r = try body(c)
-            // On a filling device transactions stay small, so that committing and merging them
-            // never needs more room than is left.
-            let limit = min(options.dirtyBlockLimit, Int(c.store.allocatableMetaBlocks / 8))
-            if c.items.dirtyBlocks >= limit { try c.commit() }
-            return r
-        }
-    }
-
-    /// Runs an operation that may find offline data: when it does (`DataWaitNeeded`), the lock
-    /// is let go, the caller sleeps until the inode changes, and the operation starts over.
-    func runWaiting<T>(_ space: SpaceUse, _ cancel: WaitCancellation?, commit: Bool = true,
-                       _ body: (FSCore) throws -> T) throws(Errno) -> T {
-        while true {
-            let attempt: (FSCore) throws -> Result<T, DataWaitNeeded> = { c in
-                do { return .success(try body(c)) } catch let w as DataWaitNeeded { return .failure(w) }
-            }
-            let r = commit ? try run(space, attempt) : try runWithoutCommit(attempt)
-            switch r {
-            case .success(let v): return v
-            case .failure(let w): try waits.wait(w.ticket, cancel: cancel)
-            }
-        }
-    }
-
-    /// Runs `body` on the core under the lock, mapping store errors to errnos.
-    func runWithoutCommit<T>(_ body: (FSCore) throws -> T) throws(Errno) -> T {
+    /// One attempt of an operation, with the transaction held: maps store errors to errnos,
+    /// then commits if the transaction has grown past its dirty limit. An operation that
+    /// writes starts only if the space it may need is there (`FSCore.admit`), so it never
+    /// stops half way for space. The caller holds the operation's locks (`locked`).
+    func runAttempt<T>(_ space: SpaceUse, commit: Bool = true, _ body: (FSCore) throws -> T) throws(Errno) -> T {
         let result: Result<T, Errno> = withCore { c in
             do {
-                return .success(try body(c))
+                if space != .reads { try c.admit(freeing: space == .frees) }
+                let r = try body(c)
+                if commit {
+                    // On a filling device transactions stay small, so that committing and
+                    // merging them never needs more room than is left.
+                    let limit = min(options.dirtyBlockLimit, Int(c.store.allocatableMetaBlocks / 8))
+                    if c.items.dirtyBlocks >= limit { try c.commit() }
+                }
+                return .success(r)
             } catch let e as Errno {
                 return .failure(e)
             } catch let e as StoreError {
                 c.log("error: \(e.message)")
                 return .failure(Errno(rawValue: e.errno))
+            } catch let e as LockCoverageError {
+                c.log("error: \(e.description)")
+                return .failure(.ioError)
             } catch {
                 c.log("error: \(error)")
                 return .failure(.ioError)
@@ -205,19 +223,35 @@ public final class Filesystem: Sendable {
         return try result.get()
     }
 
-    /// The one way to reach the core: under the lock.
+    /// Runs an operation that may find offline data: when it does (`DataWaitNeeded`), its locks
+    /// and the transaction are let go, the caller sleeps until the inode changes, and the
+    /// operation starts over.
+    func lockedWaiting<T>(_ space: SpaceUse, _ cancel: WaitCancellation?, commit: Bool = true, _ plan: LockPlan,
+                          _ body: (FSCore) throws -> T) throws(Errno) -> T {
+        while true {
+            let r: Result<T, DataWaitNeeded> = try locked(space, commit: commit, plan) { c in
+                do { return .success(try body(c)) } catch let w as DataWaitNeeded { return .failure(w) }
+            }
+            switch r {
+            case .success(let v): return v
+            case .failure(let w): try waits.wait(w.ticket, cancel: cancel)
+            }
+        }
+    }
+
+    /// The one way to reach the core: with the transaction held.
     func withCore<T>(_ body: (FSCore) throws -> T) rethrows -> T {
-        try lock.withLock { _ in try body(state) }
+        try cluster.withTransaction { try body(state) }
     }
 
     /// Makes everything done so far durable.
     public func sync() throws(Errno) {
-        try run(.reads) { try $0.commit() }
+        try runAttempt(.reads, commit: false) { try $0.commit() }
     }
 
     /// Commits if the open transaction holds changes; the mount's commit timer calls this.
     public func commitIfDirty() throws(Errno) {
-        try run(.reads) { c in if c.items.hasChanges { try c.commit() } }
+        try runAttempt(.reads, commit: false) { c in if c.items.hasChanges { try c.commit() } }
     }
 
     public var fsid: UInt64 { withCore { $0.store.fsid } }
@@ -228,7 +262,7 @@ public final class Filesystem: Sendable {
     /// Commits, merges this mount's log tree into the fs tree and commits that: what a clean
     /// unmount leaves is one fs tree and no log trees.
     public func syncAndMerge() throws(Errno) {
-        try run(.reads) { c in
+        try runAttempt(.reads, commit: false) { c in
             try c.commit(merge: true)
         }
     }
@@ -236,10 +270,51 @@ public final class Filesystem: Sendable {
     /// How many log tree merges the server has done since mount.
     public var merges: Int { withCore { $0.server.merges } }
 
+    /// Cluster lock traffic of this mount's lock client (status, tests).
+    public var lockStatistics: (requests: Int, grants: Int, invalidations: Int, cached: Int) {
+        let s = cluster.locks.statistics
+        return (s.requests, s.grants, s.invalidations, cluster.locks.cachedCount)
+    }
+
     /// Lines for the mount's log (errors a FUSE reply can only show as an errno).
     public var logSink: (@Sendable (String) -> Void)? {
         get { withCore { $0.logSink } }
         set { withCore { $0.logSink = newValue } }
+    }
+
+    private func createRootIfMissing() throws {
+        var plan = LockPlan()
+        plan.write(FSCore.rootIno)
+        try locked(.reads, plan) { c in
+            guard try c.get(Keys.inode(FSCore.rootIno)) == nil else { return }
+            var root = InodeRecord(mode: UInt32(S_IFDIR) | 0o755, uid: 0, gid: 0, now: .now)
+            root.nlink = 2
+            if c.store.nextIno <= FSCore.rootIno { c.store.nextIno = FSCore.rootIno + 1 }
+            try c.putInode(FSCore.rootIno, &root)
+            try c.commit()
+        }
+    }
+
+    /// Frees the inodes a crash left unlinked but allocated, one operation each.
+    private func freeOrphans() throws {
+        var plan = LockPlan()
+        plan.add(.orphan, .read)
+        let orphans = try locked(.reads, plan) { c in try c.range(Keys.orphan(0), Keys.orphan(.max)).map(\.key.second) }
+        for ino in orphans {
+            var p = LockPlan()
+            p.mayFree(ino)
+            try locked(.frees, p) { c in
+                if let r = try? c.inode(ino), r.nlink > 0 {
+                    try c.remove(Keys.orphan(ino))
+                } else {
+                    try c.deleteInode(ino)
+                }
+            }
+        }
+        if !orphans.isEmpty {
+            withCore { $0.log("freed \(orphans.count) orphaned inode(s) left by an unclean unmount") }
+            try sync()
+        }
     }
 }
 
@@ -250,7 +325,13 @@ public final class Filesystem: Sendable {
 final class FSCore: @unchecked Sendable {
     let store: Store
     let server: LocalServer
+    let cluster: ClusterClient
     let items: ClientItems
+    /// The locks of the operation running now (set by `Filesystem.locked`).
+    var held = HeldLocks.none
+    /// This attempt of the operation follows a commit made to free space: short of space
+    /// again, it fails instead of asking for another.
+    var spaceCommitted = false
     /// Handles open per inode: an unlinked inode lives until its last close.
     var openCount: [UInt64: Int] = [:]
     /// The kernel's lookup references per inode (FUSE's nlookup), dropped by forget.
@@ -263,17 +344,14 @@ final class FSCore: @unchecked Sendable {
 
     static let rootIno: UInt64 = 1
 
-    let readGate: DataReadGate
     let waits: DataWaits
 
-    init(store: Store, server: LocalServer, readGate: DataReadGate, waits: DataWaits, rid: UInt64?) {
+    init(store: Store, server: LocalServer, cluster: ClusterClient, waits: DataWaits) {
         self.store = store
         self.server = server
-        self.readGate = readGate
+        self.cluster = cluster
+        self.items = cluster.items
         self.waits = waits
-        var id = rid ?? 0
-        while id == 0 { id = UInt64.random(in: 1...UInt64.max) }
-        items = ClientItems(store: store, server: InProcessLink(server: server), rid: id)
     }
 
     func log(_ s: String) { logSink?(s) }
@@ -296,43 +374,49 @@ final class FSCore: @unchecked Sendable {
     /// Makes the open transaction durable. Blocks it freed become allocatable, so no file data
     /// read may be in flight (`DataReadGate`).
     func commit(merge: Bool = false) throws {
-        try readGate.closed { _ = try items.commit(merge: merge) }
+        try cluster.commitLocked(merge: merge)
     }
 
+    /// What comes before any operation: the log trees an earlier mount left are merged (no
+    /// lock covers them; nothing else runs yet) and the next inode number is checked.
     func prepare() throws {
         let recovered = try server.recoverLogTrees()
         if recovered > 0 { log("merged \(recovered) log tree(s) left by an unclean unmount") }
         try checkNextInode()
-        if try items.lookup(Keys.inode(Self.rootIno)) == nil {
-            var root = InodeRecord(mode: UInt32(S_IFDIR) | 0o755, uid: 0, gid: 0, now: .now)
-            root.nlink = 2
-            if store.nextIno <= Self.rootIno { store.nextIno = Self.rootIno + 1 }
-            try putInode(Self.rootIno, &root)
-            try commit()
-        }
-        try freeOrphans()
     }
 
     // MARK: items
 
     var seq: UInt64 { items.seq }
 
+    // Every item call goes through the lock of the running operation that covers its key.
+
     func get(_ key: Key) throws -> Item? {
-        try items.lookup(key)
+        try cluster.lookup(key, under: held.handle(for: key, write: false))
     }
 
     func put(_ key: Key, _ value: [UInt8]) throws {
-        try items.insert(key, value)
+        try cluster.insert(key, value, under: held.handle(for: key, write: true))
     }
 
     func remove(_ key: Key) throws {
-        try items.delete(key)
+        try cluster.delete(key, under: held.handle(for: key, write: true))
     }
 
-    /// Items with keys in `[start, end]`, in order.
+    func addDelta(_ key: Key, _ fields: [Int64]) throws {
+        try cluster.addDelta(key, fields, under: held.handle(for: key, write: true))
+    }
+
+    /// Calls `body` with each item of `[start, end]` (within one lock) in order until it
+    /// returns false.
+    func scan(_ start: Key, _ end: Key, _ body: (Item) throws -> Bool) throws {
+        try cluster.forEach(from: start, through: end, under: held.handle(for: start, write: false), body)
+    }
+
+    /// Items with keys in `[start, end]` (within one lock), in order.
     func range(_ start: Key, _ end: Key, limit: Int = .max) throws -> [Item] {
         var out: [Item] = []
-        try items.forEach(from: start, through: end) { it in
+        try scan(start, end) { it in
             out.append(it)
             return out.count < limit
         }
@@ -442,22 +526,6 @@ final class FSCore: @unchecked Sendable {
         }
         if let last, last.key.zone == Zone.fs, last.key.first >= store.nextIno {
             throw StoreError(.corrupt, "the superblock's next inode number \(store.nextIno) is not above inode \(last.key.first), which the fs tree holds: new files would overwrite existing ones. The superblock is damaged; run `scoutfs check`")
-        }
-    }
-
-    func freeOrphans() throws {
-        let orphans = try range(Keys.orphan(0), Keys.orphan(.max))
-        for o in orphans {
-            let ino = o.key.second
-            if let r = try? inode(ino), r.nlink > 0 {
-                try remove(o.key)
-            } else {
-                try deleteInode(ino)
-            }
-        }
-        if !orphans.isEmpty {
-            log("freed \(orphans.count) orphaned inode(s) left by an unclean unmount")
-            try commit()
         }
     }
 }

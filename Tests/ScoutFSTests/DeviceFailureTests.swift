@@ -133,7 +133,9 @@ final class FailingDataDevice: BlockDevice, @unchecked Sendable {
         data.failWrites.withLock { $0 = false }
         let a = try fs.getattr(f.ino)
         #expect(a.offlineBlocks == 4 && a.onlineBlocks == 0)
-        #expect(try fs.withCore { try $0.firstOffline(f.ino, from: 0, through: 3) } == 0)
+        var plan = LockPlan()
+        plan.read(f.ino)
+        #expect(try fs.locked(.reads, commit: false, plan) { try $0.firstOffline(f.ino, from: 0, through: 3) } == 0)
         try fs.stage(f.ino, dataVersion: v, offset: 0, data: [UInt8](repeating: 9, count: 16384))
         #expect(try fs.read(f.ino, offset: 0, count: 16384) == [UInt8](repeating: 9, count: 16384))
         try fs.release(f.ino)

@@ -229,16 +229,21 @@ import Testing
 
         let a = try fs.getattr(inos[0]), b = try fs.getattr(inos[1])
         try fs.setXattr(inos[4], name("scoutfs.totl.m.4.5.6"), name("3"), flags: 0, caller: .root)
-        let xattrID = try fs.withCore { try #require(try $0.findXattr(inos[2], name("scoutfs.srch.tag"))).id }
+        var plan = LockPlan()
+        plan.read(inos[2])
+        let found = try fs.locked(.reads, commit: false, plan) { try $0.findXattr(inos[2], name("scoutfs.srch.tag")) }
+        let xattrID = try #require(found).id
+        // Damage made straight in the item cache, past the locks no filesystem code goes
+        // without.
         try fs.withCore { c in
-            try c.remove(Keys.seqIndex(ItemType.metaSeq, a.metaSeq, inos[0]))
-            try c.put(Keys.seqIndex(ItemType.dataSeq, 7, 999_999), [])
-            try c.put(Keys.seqIndex(ItemType.dataSeq, b.dataSeq + 1000, inos[1]), [])
-            try c.remove(Keys.srch(nameHash(name("scoutfs.srch.tag")), inos[2], xattrID))
-            try c.put(Keys.srch(nameHash(name("scoutfs.srch.gone")), inos[3], 77), [])
+            try c.items.delete(Keys.seqIndex(ItemType.metaSeq, a.metaSeq, inos[0]))
+            try c.items.insert(Keys.seqIndex(ItemType.dataSeq, 7, 999_999), [])
+            try c.items.insert(Keys.seqIndex(ItemType.dataSeq, b.dataSeq + 1000, inos[1]), [])
+            try c.items.delete(Keys.srch(nameHash(name("scoutfs.srch.tag")), inos[2], xattrID))
+            try c.items.insert(Keys.srch(nameHash(name("scoutfs.srch.gone")), inos[3], 77), [])
             try c.items.addDelta(Keys.totl(XattrTotalName(a: 1, b: 2, c: 3)), [5, 0])
             try c.items.addDelta(Keys.totl(XattrTotalName(a: 9, b: 9, c: 9)), [1, 1])
-            try c.remove(Keys.totl(XattrTotalName(a: 4, b: 5, c: 6)))
+            try c.items.delete(Keys.totl(XattrTotalName(a: 4, b: 5, c: 6)))
         }
         try fs.sync()
         r = try check()
