@@ -31,5 +31,16 @@ let package = Package(
             path: "Benchmarks/LockBenchmarks",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
+        .executableTarget(
+            name: "FilesystemBenchmarks",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "ScoutFS", package: "scoutfs-swift"),
+                .product(name: "ScoutStore", package: "scoutfs-swift"),
+                .product(name: "ScoutFormat", package: "scoutfs-swift"),
+            ],
+            path: "Benchmarks/FilesystemBenchmarks",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
     ]
 )

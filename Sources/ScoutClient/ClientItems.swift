@@ -1,11 +1,17 @@
 public import ScoutFormat
 public import ScoutStore
+import Synchronization
 
 /// The committed items a client reads through: its own log tree (as of its last commit) over
-/// the fs tree. The item cache fills from it.
-final class CommittedForest: ItemSource {
+/// the fs tree. The item cache fills from it, from any operation's thread: every read takes
+/// the store lock (`ClientItems.withStore`), and `log` changes only in a commit, which no
+/// operation runs beside.
+final class CommittedForest: ItemSource, @unchecked Sendable {
+    // @unchecked: `log` is written only with the transaction held exclusively (no reader
+    // runs then); the store is reached only through `storeLock`.
     let store: Store
     let rid: UInt64
+    let storeLock = Mutex(())
     var log: BTree
     /// Read the log trees other clients recorded too (clients sharing one store); a lone
     /// mount has none beside its own once recovery merged what earlier mounts left.
@@ -40,6 +46,10 @@ final class CommittedForest: ItemSource {
     }
 
     func committedItem(_ key: Key) throws -> Item? {
+        try storeLock.withLock { _ in try committedItemLocked(key) }
+    }
+
+    private func committedItemLocked(_ key: Key) throws -> Item? {
         let t = try trees()
         if t.count == 1 {
             guard let it = try t[0].lookup(key, in: store), !it.isDeletion else { return nil }
@@ -49,7 +59,7 @@ final class CommittedForest: ItemSource {
     }
 
     func committedItems(from start: Key, through end: Key, _ body: (Item) throws -> Bool) throws {
-        try Forest(trees: trees()).forEach(from: start, through: end, in: store, body)
+        try storeLock.withLock { _ in try Forest(trees: trees()).forEach(from: start, through: end, in: store, body) }
     }
 }
 
@@ -59,8 +69,12 @@ final class CommittedForest: ItemSource {
 /// made and durable once the server records the log tree at a commit. The server later merges
 /// the log tree into the fs tree and the client starts a new one.
 ///
-/// Not thread-safe: the filesystem serializes calls with its own lock (the cache itself is).
-public final class ClientItems {
+/// Reads and changes may come from many threads at once (the cache is thread-safe, and fills
+/// and inode batches take the store lock); `commit` runs alone (the caller holds the
+/// transaction exclusively).
+public final class ClientItems: @unchecked Sendable {
+    // @unchecked: `inodes` is guarded by the store lock; `logWrites` and `partlyMerged` are
+    // touched only by `commit`, which runs alone.
     public let store: Store
     public let server: any ServerLink
     /// This mount's id among the server's clients.
@@ -163,8 +177,17 @@ public final class ClientItems {
 
     /// An inode number never used before.
     public func allocateInode() throws -> UInt64 {
-        if inodes.isEmpty { inodes = try server.allocateInodes(Self.inodeBatch) }
-        return inodes.popFirst()!
+        try withStore {
+            if inodes.isEmpty { inodes = try server.allocateInodes(Self.inodeBatch) }
+            return inodes.popFirst()!
+        }
+    }
+
+    /// Runs `body` with the store to itself among this client's threads: operations running
+    /// in parallel allocate and free data blocks and read the store's counters through here
+    /// (never calling back into the cache inside, which may need the lock to fill).
+    public func withStore<T>(_ body: () throws -> T) rethrows -> T {
+        try committed.storeLock.withLock { _ in try body() }
     }
 
     // MARK: transactions
@@ -174,17 +197,21 @@ public final class ClientItems {
     public var hasLogItems: Bool { !log.root.isEmpty || cache.hasDirty }
 
     /// True when the open transaction holds anything a commit would write.
-    public var hasChanges: Bool { store.hasChanges || cache.hasDirty }
+    public var hasChanges: Bool { withStore { store.hasChanges } || cache.hasDirty }
 
     /// Blocks the next commit may dirty: those the transaction has dirtied already (data
     /// allocations) and an upper bound for writing the cached changes into the log tree.
-    public var dirtyBlocks: Int { store.dirtyBlocks + cache.commitBlockEstimate }
+    public var dirtyBlocks: Int { withStore { store.dirtyBlocks } + cache.commitBlockEstimate }
 
     /// Makes every change so far durable: writes the cached changes into the log tree in key
     /// order, then the server records the log tree and commits. If the server merged the tree
     /// (asked to with `merge`, or because it grew big), a new empty one starts.
     @discardableResult
     public func commit(merge: Bool = false) throws -> UInt64 {
+        try withStore { try commitLocked(merge: merge) }
+    }
+
+    private func commitLocked(merge: Bool) throws -> UInt64 {
         let snap = cache.dirtySnapshot()
         guard store.hasChanges || !snap.isEmpty || (merge && !log.root.isEmpty) else { return server.committedSeq }
         for it in snap.items {

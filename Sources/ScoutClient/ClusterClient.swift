@@ -27,14 +27,15 @@ public struct LockCoverageError: Error, CustomStringConvertible {
 /// A write → read downgrade keeps the cache: nobody can change the range while this client
 /// still reads it.
 ///
-/// The caller serializes item calls and commits with `withTransaction` (one at a time per
-/// client); locks are taken before it, never inside it, since a lock request may need this
-/// client's own hook (which takes the transaction) or another client's to commit first.
+/// Operations hold the transaction shared (`withOperation`) and may run in parallel (the item
+/// cache is thread-safe; what they share of the store goes through `ClientItems.withStore`);
+/// a commit holds it exclusively (`withTransaction`), so it never writes half an operation.
+/// Locks are taken before the transaction, never inside it, since a lock request may need
+/// this client's own hook (which takes the transaction) or another client's to commit first.
 public final class ClusterClient: Sendable {
     public let id: ClientID
     public let locks: LockClient
-    // nonisolated(unsafe): used only inside `transaction`'s mutex.
-    nonisolated(unsafe) public let items: ClientItems
+    public let items: ClientItems
     /// File data reads in flight outside the transaction; a commit waits for them.
     public let readGate = DataReadGate()
     /// Changes carry the write seq of the lock they are made under when it is above the
@@ -42,7 +43,7 @@ public final class ClusterClient: Sendable {
     /// which every hand-over of a lock raises (the giver commits), so that seq alone orders
     /// them too; the mount, whose lock server counts from zero at every start, relies on it.
     let ordersByLockSeq: Bool
-    private let transaction = Mutex(())
+    private let transaction = ReadWriteLock()
     private let commits = Atomic<Int>(0)
 
     /// `sharesStore`: other clients record log trees in the same store (reads see them and
@@ -58,10 +59,17 @@ public final class ClusterClient: Sendable {
         }
     }
 
-    /// Runs `body` with the transaction held: item calls and commits go through here.
+    /// Runs `body` with the transaction held exclusively: commits, and whatever must see no
+    /// operation half done.
     @discardableResult
     public func withTransaction<T>(_ body: () throws -> T) rethrows -> T {
-        try transaction.withLock { _ in try body() }
+        try transaction.withExclusive(body)
+    }
+
+    /// Runs `body` as one operation of the open transaction, beside other operations.
+    @discardableResult
+    public func withOperation<T>(_ body: () throws -> T) rethrows -> T {
+        try transaction.withShared(body)
     }
 
     /// Commits made so far (by the caller or by lock hooks).
@@ -87,7 +95,7 @@ public final class ClusterClient: Sendable {
         return seq
     }
 
-    // MARK: item calls (transaction held)
+    // MARK: item calls (transaction held, shared or exclusive)
 
     private func check(_ key: Key, _ lock: LockHandle, write: Bool) throws {
         guard lock.range.contains(key) else {

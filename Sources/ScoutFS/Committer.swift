@@ -54,7 +54,7 @@ public final class Committer: Sendable {
             do {
                 try fs.commitIfDirty()
             } catch {
-                fs.withCore { $0.log("periodic commit failed: \(error)") }
+                fs.shared.log("periodic commit failed: \(error)")
             }
             let seq = fs.committedSeq
             if seq != last {

@@ -178,7 +178,7 @@ extension FSCore {
         try putInode(ino, &target)
         if wasOrphan {
             try remove(Keys.orphan(ino))
-            unlinked.remove(ino)
+            shared.refs.withLock { _ = $0.unlinked.remove(ino) }
         }
         parent.mtime = now
         parent.ctime = now
@@ -194,7 +194,7 @@ extension FSCore {
         try putInode(ino, &rec)
         if rec.nlink == 0 {
             try put(Keys.orphan(ino), [])
-            unlinked.insert(ino)
+            shared.refs.withLock { _ = $0.unlinked.insert(ino) }
             try freeIfUnused(ino)
         }
     }
@@ -348,12 +348,12 @@ extension Filesystem {
         try forget([(ino, count)])
     }
 
-    /// Many forgets in one operation (FUSE's batch forget). Only inodes with no links left
-    /// may be freed by a forget; only theirs are locked.
+    /// Many forgets at once (FUSE's batch forget): references only, no item and no lock,
+    /// except for an inode whose last reference this was and which has no links left, freed
+    /// by an operation of its own.
     public func forget(_ entries: [(ino: UInt64, count: UInt64)]) throws(Errno) {
-        try locked(.frees, discover: { c, p in
-            for e in entries where c.unlinked.contains(e.ino) { p.mayFree(e.ino) }
-        }) { c in for e in entries { try c.forget(e.ino, e.count) } }
+        let freeable = shared.refs.withLock { r in entries.filter { r.forget($0.ino, $0.count) }.map(\.ino) }
+        for ino in freeable { try freeIfUnused(ino) }
     }
 
     /// Creates a node in `dir` under the locks of `dir` and of the new inode's group.
@@ -420,7 +420,7 @@ extension Filesystem {
         plan.write(newDir)
         // Between directories, a rename could make a cycle that the two directories' locks
         // cannot see: renames between directories take turns, cluster-wide.
-        if oldDir != newDir { plan.add(.rename, .write) }
+        if oldDir != newDir { plan.renameBetweenDirectories() }
         try locked(.frees, plan, discover: { c, p in
             try c.discoverRename(oldDir, oldName, newDir, newName, &p)
         }) { try $0.rename(oldDir, oldName, newDir, newName, flags: flags) }

@@ -78,7 +78,7 @@ extension FSCore {
             if cutEnd < e.end {
                 try putExtent(ino, MappedExtent(start: cutEnd, length: e.end - cutEnd, blkno: e.blkno + (cutEnd - e.start)))
             }
-            store.freeData(Extent(start: e.blkno + (cutStart - e.start), length: cutEnd - cutStart))
+            items.withStore { store.freeData(Extent(start: e.blkno + (cutStart - e.start), length: cutEnd - cutStart)) }
             freed += cutEnd - cutStart
         }
         return freed
@@ -92,8 +92,9 @@ extension FSCore {
     /// a write never maps blocks it then cannot fill. Blocks freed by the open transaction
     /// count once a commit has made them reusable, so space a user just freed is there at once.
     func ensureDataSpace(_ blocks: UInt64) throws {
-        if store.allocatableDataBlocks >= blocks { return }
-        if store.allocatableDataBlocks + store.pendingFreeDataBlocks >= blocks && !spaceCommitted {
+        let (free, pending) = items.withStore { (store.allocatableDataBlocks, store.pendingFreeDataBlocks) }
+        if free >= blocks { return }
+        if free + pending >= blocks && !spaceCommitted {
             // A commit makes them allocatable; the operation commits before it starts over
             // (`Filesystem.locked`), since a commit inside it would move the transaction's seq
             // past the index locks it holds.
@@ -113,18 +114,46 @@ extension FSCore {
             pos = max(pos, e.end)
         }
         if pos <= last { gaps.append((pos, last + 1)) }
-        try ensureDataSpace(gaps.reduce(0) { $0 + $1.1 - $1.0 })
+        var pool = try allocateData(gaps.reduce(0) { $0 + $1.1 - $1.0 })[...]
         for (g0, g1) in gaps {
             var at = g0
-            while at < g1 {
-                let got = try store.allocData(g1 - at)
-                let run = MappedExtent(start: at, length: got.length, blkno: got.start)
+            while at < g1, var got = pool.first {
+                let n = min(g1 - at, got.length)
+                let run = MappedExtent(start: at, length: n, blkno: got.start)
                 try addExtent(ino, run)
                 fresh.append(run)
-                at += got.length
+                at += n
+                got = Extent(start: got.start + n, length: got.length - n)
+                if got.length == 0 { pool.removeFirst() } else { pool[pool.startIndex] = got }
             }
         }
         return fresh
+    }
+
+    /// Allocates `blocks` data blocks, all or none, in one hold of the store: operations in
+    /// parallel cannot take the space between the check and the allocation, so a write never
+    /// maps part of its blocks and then finds no more.
+    func allocateData(_ blocks: UInt64) throws -> [Extent] {
+        guard blocks > 0 else { return [] }
+        return try items.withStore {
+            if store.allocatableDataBlocks < blocks {
+                if store.allocatableDataBlocks + store.pendingFreeDataBlocks >= blocks && !spaceCommitted { throw CommitNeeded() }
+                throw Errno.noSpace
+            }
+            var got: [Extent] = []
+            var left = blocks
+            do {
+                while left > 0 {
+                    let e = try store.allocData(left)
+                    got.append(e)
+                    left -= e.length
+                }
+            } catch {
+                for e in got { store.freeData(e) }
+                throw error
+            }
+            return got
+        }
     }
 
     // MARK: data I/O
@@ -370,25 +399,18 @@ extension FSCore {
             }
             try putInode(ino, &rec)
         }
-        openCount[ino, default: 0] += 1
-    }
-
-    func release(_ ino: UInt64) throws {
-        if let n = openCount[ino] {
-            openCount[ino] = n > 1 ? n - 1 : nil
-        }
-        try freeIfUnused(ino)
+        shared.refs.withLock { $0.openCount[ino, default: 0] += 1 }
     }
 
     func stats() -> FilesystemStats {
         let sb = store.superblock
-        let metaFree = store.freeMetaBlocks
+        let (metaFree, dataFree) = items.withStore { (store.freeMetaBlocks, store.freeDataBlocks) }
         // A rough inode count: a small inode takes about 300 bytes of metadata with its entry.
         let perBlock = UInt64(Layout.metaBlockSize / 300)
         return FilesystemStats(
             blockSize: UInt32(Layout.dataBlockSize),
             totalBlocks: sb.dataTotalBlocks - Layout.dataFirstBlkno,
-            freeBlocks: store.freeDataBlocks,
+            freeBlocks: dataFree,
             totalInodes: (sb.metaTotalBlocks - Layout.metaFirstBlkno) * perBlock,
             freeInodes: metaFree * perBlock,
             nameMax: UInt32(DirentRecord.maxNameLength),
@@ -424,20 +446,16 @@ extension Filesystem {
 
     /// Ends an open; the last close of an unlinked inode frees it.
     public func release(_ ino: UInt64) throws(Errno) {
-        try locked(.frees, discover: { c, p in
-            if c.unlinked.contains(ino) { p.mayFree(ino) }
-        }) { try $0.release(ino) }
+        if shared.refs.withLock({ $0.close(ino) }) { try freeIfUnused(ino) }
     }
 
-    /// Reads file data. Only the extent lookup holds the transaction; the device reads run in
-    /// parallel with other requests, inside the data read gate and still under the inode's
-    /// lock, so no other node can change the mapping they follow meanwhile.
+    /// Reads file data. Only the extent lookup holds the transaction and the group's turn; the
+    /// device reads run in parallel with other requests, inside the data read gate and still
+    /// under the inode's cluster lock, so no other node can change the mapping meanwhile.
     public func read(_ ino: UInt64, offset: UInt64, count: Int, cancel: WaitCancellation? = nil) throws(Errno) -> [UInt8] {
         while true {
             let outcome: Result<[UInt8], DataWaitNeeded> = try withLocks(inodePlan(ino, write: false)) { held throws(Errno) in
-                let attempt: Result<FSCore.ReadPlan, DataWaitNeeded> = try runAttempt(.reads, commit: false) { c in
-                    c.held = held
-                    defer { c.held = .none }
+                let attempt: Result<FSCore.ReadPlan, DataWaitNeeded> = try runOperation(held: held) { c in
                     do {
                         let p = try c.planRead(ino, offset: offset, count: count)
                         if !p.segments.isEmpty { readGate.enter() }
@@ -447,7 +465,12 @@ extension Filesystem {
                     }
                 }
                 switch attempt {
-                case .success(let p): return .success(try readData(ino, offset: offset, p))
+                case .success(let p):
+                    // The device reads need no turn at the inode's group: this mount's writers
+                    // may go on (the read gate keeps freed blocks from reuse meanwhile), while
+                    // the cluster lock keeps other nodes from changing the mapping.
+                    releaseStripes(held)
+                    return .success(try readData(ino, offset: offset, p))
                 case .failure(let w): return .failure(w)
                 }
             }
@@ -477,10 +500,9 @@ extension Filesystem {
                 initialized = plan.count
             }
         } catch {
-            // Out of the gate before taking the transaction: a commit holds the transaction
-            // while it waits for the gate, so logging from inside it would deadlock the mount.
+            // Out of the gate first: a commit waits for every reader inside it.
             readGate.leave()
-            withCore { $0.log("read of inode \(ino) at \(offset): \(error)") }
+            shared.log("read of inode \(ino) at \(offset): \(error)")
             throw .ioError
         }
         readGate.leave()
@@ -501,6 +523,6 @@ extension Filesystem {
 
     /// Reads only the store's counters: no item, no lock.
     public func statfs() throws(Errno) -> FilesystemStats {
-        try runAttempt(.reads, commit: false) { $0.stats() }
+        try runOperation(held: HeldLocks()) { $0.stats() }
     }
 }

@@ -70,7 +70,7 @@ extension Filesystem {
                 try c.walkRange(index, from: from, through: min(stopKey, range.end), limit: want)
             }
             guard out.count < limit, range.end < stopKey, let next = range.end.successor else { break }
-            let hint: Key?? = try runAttempt(.reads, commit: false) { c in try c.items.cache.nextOccupied(from: next, through: stopKey) }
+            let hint: Key?? = try runOperation(held: HeldLocks()) { c in try c.items.cache.nextOccupied(from: next, through: stopKey) }
             guard let on = hint ?? nil else { break }
             pos = on
         }

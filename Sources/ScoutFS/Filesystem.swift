@@ -83,10 +83,14 @@ public struct DirectoryEntry: Sendable {
 /// file again and again while another process renames (xfstests generic/736 loops forever
 /// that way). So a pass reads only the positions that existed when it started at offset 0,
 /// as POSIX allows; a rewind starts a new pass that sees everything.
-// @unchecked Sendable: `end` is read and written only under the filesystem lock.
-public final class DirectoryStream: @unchecked Sendable {
-    /// The first readdir position this pass does not show; 0 before the pass starts.
-    var end: UInt64 = 0
+public final class DirectoryStream: Sendable {
+    /// The first readdir position this pass does not show; 0 before the pass starts. Readers
+    /// of one directory share its lock, so two may set it at once (to the same position).
+    private let endPosition = Atomic<UInt64>(0)
+    var end: UInt64 {
+        get { endPosition.load(ordering: .relaxed) }
+        set { endPosition.store(newValue, ordering: .relaxed) }
+    }
 
     public init() {}
 }
@@ -130,19 +134,21 @@ public struct FilesystemOptions: Sendable {
 ///
 /// The mount is a cluster client like any other: every operation first takes the cluster
 /// locks covering the items it reads and writes (`locked`, through a `LockClient` against a
-/// lock server in the same process), then holds the client's transaction, then works in the
-/// item cache. The transaction is still one mutex per mount, so operations are atomic with
-/// respect to each other and to commits; locks are never taken while it is held. Operations
-/// are synchronous: they run on the caller's thread, which is a libfuse worker when mounted.
+/// lock server in the same process), then its inode groups' local stripes (operations on one
+/// group take turns, readers share), then the client's transaction shared with other
+/// operations, then works in the item cache. Operations on different groups run in parallel;
+/// a commit holds the transaction alone, so it never writes half an operation. Operations are
+/// synchronous: they run on the caller's thread, which is a libfuse worker when mounted.
 public final class Filesystem: Sendable {
-    private let state: FSCore
-    let cluster: ClusterClient
+    let shared: FSShared
+    var cluster: ClusterClient { shared.cluster }
     /// The lock server of this mount's one-node cluster and the in-process network to it.
     private let lockServer: LockServer
     private let lockNetwork: InMemoryLockNetwork
+    let localLocks = LocalLocks()
     public let options: FilesystemOptions
     var readGate: DataReadGate { cluster.readGate }
-    let waits = DataWaits()
+    var waits: DataWaits { shared.waits }
     /// File data is read from it outside the transaction (see `read`).
     // nonisolated(unsafe): set once in init; the device's reads are thread-safe.
     nonisolated(unsafe) let dataDevice: any BlockDevice
@@ -164,14 +170,12 @@ public final class Filesystem: Sendable {
                                cacheBytes: 256 << 20, sharesStore: false, ordersByLockSeq: false)
         lockNetwork = net
         lockServer = ls
-        cluster = cl
-        let c = FSCore(store: store, server: server, cluster: cl, waits: waits)
+        shared = FSShared(store: store, server: server, cluster: cl)
         dataDevice = store.data
-        state = c
         self.options = options
         locks.startWorker()
         do {
-            try c.prepare()
+            try cluster.withTransaction { try FSCore(shared, held: HeldLocks()).prepare() }
             try createRootIfMissing()
             try freeOrphans()
         } catch {
@@ -191,36 +195,62 @@ public final class Filesystem: Sendable {
     /// full device.
     enum SpaceUse { case reads, grows, frees }
 
-    /// One attempt of an operation, with the transaction held: maps store errors to errnos,
-    /// then commits if the transaction has grown past its dirty limit. An operation that
-    /// writes starts only if the space it may need is there (`FSCore.admit`), so it never
-    /// stops half way for space. The caller holds the operation's locks (`locked`).
-    func runAttempt<T>(_ space: SpaceUse, commit: Bool = true, _ body: (FSCore) throws -> T) throws(Errno) -> T {
-        let result: Result<T, Errno> = withCore { c in
+    /// Maps what an operation threw to its errno, logging what only a log line can explain.
+    func errno(of error: any Error) -> Errno {
+        switch error {
+        case let e as Errno:
+            return e
+        case let e as StoreError:
+            shared.log("error: \(e.message)")
+            return Errno(rawValue: e.errno)
+        case let e as LockCoverageError:
+            shared.log("error: \(e.description)")
+            return .ioError
+        default:
+            shared.log("error: \(error)")
+            return .ioError
+        }
+    }
+
+    /// One attempt of an operation under `held` (the caller's locks), with the transaction
+    /// held shared.
+    func runOperation<T>(held: HeldLocks, spaceCommitted: Bool = false, _ body: (FSCore) throws -> T) throws(Errno) -> T {
+        let result: Result<T, Errno> = cluster.withOperation {
+            let c = FSCore(shared, held: held)
+            c.spaceCommitted = spaceCommitted
             do {
-                if space != .reads { try c.admit(freeing: space == .frees) }
-                let r = try body(c)
-                if commit {
-                    // On a filling device transactions stay small, so that committing and
-                    // merging them never needs more room than is left.
-                    let limit = min(options.dirtyBlockLimit, Int(c.store.allocatableMetaBlocks / 8))
-                    if c.items.dirtyBlocks >= limit { try c.commit() }
-                }
-                return .success(r)
-            } catch let e as Errno {
-                return .failure(e)
-            } catch let e as StoreError {
-                c.log("error: \(e.message)")
-                return .failure(Errno(rawValue: e.errno))
-            } catch let e as LockCoverageError {
-                c.log("error: \(e.description)")
-                return .failure(.ioError)
+                return .success(try body(c))
             } catch {
-                c.log("error: \(error)")
-                return .failure(.ioError)
+                return .failure(errno(of: error))
             }
         }
         return try result.get()
+    }
+
+    /// Runs `body` with the transaction held alone: commits, and what must see no operation
+    /// half done.
+    func runExclusive<T>(_ body: (FSCore) throws -> T) throws(Errno) -> T {
+        let result: Result<T, Errno> = cluster.withTransaction {
+            do {
+                return .success(try body(FSCore(shared, held: HeldLocks())))
+            } catch {
+                return .failure(errno(of: error))
+            }
+        }
+        return try result.get()
+    }
+
+    /// Commits once the open transaction has grown past its dirty limit. On a filling device
+    /// transactions stay small, so that committing and merging them never needs more room
+    /// than is left.
+    func commitIfPastDirtyLimit() throws(Errno) {
+        let items = cluster.items
+        let limit = min(options.dirtyBlockLimit, Int(items.withStore { shared.store.allocatableMetaBlocks } / 8))
+        guard items.dirtyBlocks >= limit else { return }
+        try runExclusive { c in
+            // Another thread may have committed meanwhile.
+            if c.items.dirtyBlocks >= limit { try c.commit() }
+        }
     }
 
     /// Runs an operation that may find offline data: when it does (`DataWaitNeeded`), its locks
@@ -239,22 +269,22 @@ public final class Filesystem: Sendable {
         }
     }
 
-    /// The one way to reach the core: with the transaction held.
+    /// The core with the transaction held alone (tests, logging).
     func withCore<T>(_ body: (FSCore) throws -> T) rethrows -> T {
-        try cluster.withTransaction { try body(state) }
+        try cluster.withTransaction { try body(FSCore(shared, held: HeldLocks())) }
     }
 
     /// Makes everything done so far durable.
     public func sync() throws(Errno) {
-        try runAttempt(.reads, commit: false) { try $0.commit() }
+        try runExclusive { try $0.commit() }
     }
 
     /// Commits if the open transaction holds changes; the mount's commit timer calls this.
     public func commitIfDirty() throws(Errno) {
-        try runAttempt(.reads, commit: false) { c in if c.items.hasChanges { try c.commit() } }
+        try runExclusive { c in if c.items.hasChanges { try c.commit() } }
     }
 
-    public var fsid: UInt64 { withCore { $0.store.fsid } }
+    public var fsid: UInt64 { shared.store.fsid }
 
     /// The seq of the last commit.
     public var committedSeq: UInt64 { withCore { $0.store.superblock.seq } }
@@ -262,7 +292,7 @@ public final class Filesystem: Sendable {
     /// Commits, merges this mount's log tree into the fs tree and commits that: what a clean
     /// unmount leaves is one fs tree and no log trees.
     public func syncAndMerge() throws(Errno) {
-        try runAttempt(.reads, commit: false) { c in
+        try runExclusive { c in
             try c.commit(merge: true)
         }
     }
@@ -278,21 +308,22 @@ public final class Filesystem: Sendable {
 
     /// Lines for the mount's log (errors a FUSE reply can only show as an errno).
     public var logSink: (@Sendable (String) -> Void)? {
-        get { withCore { $0.logSink } }
-        set { withCore { $0.logSink = newValue } }
+        get { shared.logSink.withLock { $0 } }
+        set { shared.logSink.withLock { $0 = newValue } }
     }
 
     private func createRootIfMissing() throws {
         var plan = LockPlan()
         plan.write(FSCore.rootIno)
-        try locked(.reads, plan) { c in
-            guard try c.get(Keys.inode(FSCore.rootIno)) == nil else { return }
+        let created = try locked(.reads, plan) { c in
+            guard try c.get(Keys.inode(FSCore.rootIno)) == nil else { return false }
             var root = InodeRecord(mode: UInt32(S_IFDIR) | 0o755, uid: 0, gid: 0, now: .now)
             root.nlink = 2
-            if c.store.nextIno <= FSCore.rootIno { c.store.nextIno = FSCore.rootIno + 1 }
+            c.items.withStore { if c.store.nextIno <= FSCore.rootIno { c.store.nextIno = FSCore.rootIno + 1 } }
             try c.putInode(FSCore.rootIno, &root)
-            try c.commit()
+            return true
         }
+        if created { try sync() }
     }
 
     /// Frees the inodes a crash left unlinked but allocated, one operation each.
@@ -312,26 +343,50 @@ public final class Filesystem: Sendable {
             }
         }
         if !orphans.isEmpty {
-            withCore { $0.log("freed \(orphans.count) orphaned inode(s) left by an unclean unmount") }
+            shared.log("freed \(orphans.count) orphaned inode(s) left by an unclean unmount")
             try sync()
         }
+    }
+
+    /// Frees `ino` if nothing holds it any more (its last close or forget): an operation of
+    /// its own, under the locks freeing takes.
+    func freeIfUnused(_ ino: UInt64) throws(Errno) {
+        var plan = LockPlan()
+        plan.mayFree(ino)
+        try locked(.frees, plan) { try $0.freeIfUnused(ino) }
     }
 }
 
 // MARK: - the core
 
-/// The filesystem's state and logic.
-// @unchecked Sendable: reachable only through `Filesystem.withCore`, which holds the lock.
-final class FSCore: @unchecked Sendable {
-    let store: Store
-    let server: LocalServer
+/// What the mount's operations share besides the item cache: open and lookup references per
+/// inode, and the log. Guarded by its own mutex; everything else they reach (the cache, the
+/// lock client, the store through `ClientItems.withStore`) is thread-safe.
+final class FSShared: Sendable {
+    // nonisolated(unsafe): the store is reached only through `ClientItems.withStore`, or with
+    // the transaction held alone.
+    nonisolated(unsafe) let store: Store
+    // nonisolated(unsafe): its calls come from commits (transaction held alone) and from
+    // inode batches (under the store lock).
+    nonisolated(unsafe) let server: LocalServer
     let cluster: ClusterClient
-    let items: ClientItems
-    /// The locks of the operation running now (set by `Filesystem.locked`).
-    var held = HeldLocks.none
-    /// This attempt of the operation follows a commit made to free space: short of space
-    /// again, it fails instead of asking for another.
-    var spaceCommitted = false
+    let waits = DataWaits()
+    let refs = Mutex(InodeRefs())
+    let logSink = Mutex<(@Sendable (String) -> Void)?>(nil)
+
+    init(store: Store, server: LocalServer, cluster: ClusterClient) {
+        self.store = store
+        self.server = server
+        self.cluster = cluster
+    }
+
+    func log(_ s: String) {
+        if let sink = logSink.withLock({ $0 }) { sink(s) }
+    }
+}
+
+/// References that keep an inode alive past its last link.
+struct InodeRefs {
     /// Handles open per inode: an unlinked inode lives until its last close.
     var openCount: [UInt64: Int] = [:]
     /// The kernel's lookup references per inode (FUSE's nlookup), dropped by forget.
@@ -340,39 +395,78 @@ final class FSCore: @unchecked Sendable {
     /// ones a close or forget can free. Checking here first spares the inode read on every
     /// forget, which matters when the kernel drops a million cached inodes at once.
     var unlinked = Set<UInt64>()
-    var logSink: (@Sendable (String) -> Void)?
+
+    /// Nothing holds `ino` but its links, and it has none.
+    func isUnused(_ ino: UInt64) -> Bool {
+        unlinked.contains(ino) && (openCount[ino] ?? 0) == 0 && (lookupCount[ino] ?? 0) == 0
+    }
+
+    /// Drops `n` of the kernel's references; true when the inode may now be freed.
+    mutating func forget(_ ino: UInt64, _ n: UInt64) -> Bool {
+        guard let have = lookupCount[ino] else { return false }
+        if have <= n {
+            lookupCount[ino] = nil
+            // A dictionary never gives back its storage; once the kernel has forgotten most of
+            // what it once held, rebuild the table at its present size.
+            if lookupCount.capacity > 4096 && lookupCount.count < lookupCount.capacity / 8 {
+                lookupCount = Dictionary(minimumCapacity: lookupCount.count * 2).merging(lookupCount) { a, _ in a }
+            }
+        } else {
+            lookupCount[ino] = have - n
+        }
+        return isUnused(ino)
+    }
+
+    /// Ends one open; true when the inode may now be freed.
+    mutating func close(_ ino: UInt64) -> Bool {
+        if let n = openCount[ino] { openCount[ino] = n > 1 ? n - 1 : nil }
+        return isUnused(ino)
+    }
+}
+
+/// One operation's view of the filesystem: the shared state and the locks it holds.
+final class FSCore {
+    let shared: FSShared
+    /// The locks of this operation (set by `Filesystem.locked`).
+    let held: HeldLocks
+    /// This attempt of the operation follows a commit made to free space: short of space
+    /// again, it fails instead of asking for another.
+    var spaceCommitted = false
+
+    var store: Store { shared.store }
+    var server: LocalServer { shared.server }
+    var cluster: ClusterClient { shared.cluster }
+    var items: ClientItems { shared.cluster.items }
+    var waits: DataWaits { shared.waits }
 
     static let rootIno: UInt64 = 1
 
-    let waits: DataWaits
-
-    init(store: Store, server: LocalServer, cluster: ClusterClient, waits: DataWaits) {
-        self.store = store
-        self.server = server
-        self.cluster = cluster
-        self.items = cluster.items
-        self.waits = waits
+    init(_ shared: FSShared, held: HeldLocks) {
+        self.shared = shared
+        self.held = held
     }
 
-    func log(_ s: String) { logSink?(s) }
+    func log(_ s: String) { shared.log(s) }
 
     /// Fails with ENOSPC unless an operation has the metadata space it may need. Short of it,
     /// a commit may help (blocks freed in the open transaction become allocatable) and so may
-    /// a merge of the log tree (its tombstones free fs tree blocks).
+    /// a merge of the log tree (its tombstones free fs tree blocks): the operation asks for
+    /// one (`CommitNeeded`) before it starts, and fails if it still finds too little after.
     func admit(freeing: Bool) throws {
         // Changes wait in the item cache and take their log tree blocks at commit: room for
         // those must be there too, or the commit would be the edit that runs out.
-        var floor: UInt64 { store.operationFloor(freeing: freeing) + UInt64(items.cache.commitBlockEstimate) }
-        if store.allocatableMetaBlocks >= floor { return }
-        if store.pendingFreeMetaBlocks > 0 || items.hasLogItems {
-            try commit(merge: items.hasLogItems)
-            if store.allocatableMetaBlocks >= floor { return }
+        let estimate = UInt64(items.cache.commitBlockEstimate)
+        let (enough, commitMayHelp) = items.withStore {
+            (store.allocatableMetaBlocks >= store.operationFloor(freeing: freeing) + estimate,
+             store.pendingFreeMetaBlocks > 0)
         }
+        if enough { return }
+        if !spaceCommitted && (commitMayHelp || items.hasLogItems) { throw CommitNeeded(merge: items.hasLogItems) }
         throw Errno.noSpace
     }
 
-    /// Makes the open transaction durable. Blocks it freed become allocatable, so no file data
-    /// read may be in flight (`DataReadGate`).
+    /// Makes the open transaction durable (the caller holds the transaction alone). Blocks it
+    /// freed become allocatable, so no file data read may be in flight (`DataReadGate`).
     func commit(merge: Bool = false) throws {
         try cluster.commitLocked(merge: merge)
     }
@@ -473,36 +567,24 @@ final class FSCore: @unchecked Sendable {
     // MARK: lifetime of unlinked inodes
 
     func noteLookup(_ ino: UInt64) {
-        lookupCount[ino, default: 0] += 1
+        shared.refs.withLock { $0.lookupCount[ino, default: 0] += 1 }
     }
 
-    func forget(_ ino: UInt64, _ n: UInt64) throws {
-        guard let have = lookupCount[ino] else { return }
-        if have <= n {
-            lookupCount[ino] = nil
-            // A dictionary never gives back its storage; once the kernel has forgotten most of
-            // what it once held, rebuild the table at its present size.
-            if lookupCount.capacity > 4096 && lookupCount.count < lookupCount.capacity / 8 {
-                lookupCount = Dictionary(minimumCapacity: lookupCount.count * 2).merging(lookupCount) { a, _ in a }
-            }
-        } else {
-            lookupCount[ino] = have - n
-        }
-        try freeIfUnused(ino)
-    }
-
-    /// Deletes an inode with no links once no handle and no kernel reference remain.
+    /// Deletes an inode with no links once no handle and no kernel reference remain (the
+    /// caller holds the locks `LockPlan.mayFree` names). References are taken only under
+    /// the inode's group lock, which this operation holds for writing, so none can appear
+    /// between the check and the delete.
     func freeIfUnused(_ ino: UInt64) throws {
-        guard unlinked.contains(ino), ino != Self.rootIno, (openCount[ino] ?? 0) == 0, (lookupCount[ino] ?? 0) == 0 else { return }
+        guard ino != Self.rootIno, shared.refs.withLock({ $0.isUnused(ino) }) else { return }
         guard let r = try? inode(ino), r.nlink == 0 else {
-            unlinked.remove(ino)
+            shared.refs.withLock { _ = $0.unlinked.remove(ino) }
             return
         }
         try deleteInode(ino)
     }
 
     func deleteInode(_ ino: UInt64) throws {
-        unlinked.remove(ino)
+        shared.refs.withLock { _ = $0.unlinked.remove(ino) }
         if let r = try? inode(ino) { try removeIndexItems(ino, r) }
         try truncateExtents(ino, fromBlock: 0)
         for it in try range(Keys.first(ino), Keys.last(ino)) {

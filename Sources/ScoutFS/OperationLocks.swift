@@ -7,28 +7,53 @@ import SystemPackage
 /// inode groups it reads and writes, and the write-only zones (index, orphan, totals, search)
 /// its changes reach.
 struct LockPlan {
-    private(set) var modes: [LockRange: LockMode] = [:]
+    /// A handful per operation (readdirplus adds one per entry, mostly the same few groups):
+    /// a scan of a small array beats hashing two keys per add.
+    private(set) var modes: [(range: LockRange, mode: LockMode)] = []
     /// Inodes the operation may write: an inode write moves its index entries, so the index
     /// ranges of its current seqs (and of the open transaction's) are locked too.
     private(set) var indexed: [UInt64] = []
+    /// Every inode it reads or writes, for this mount's own turns (`LocalLocks`).
+    private(set) var inodes: [(ino: UInt64, write: Bool)] = []
+    /// It renames between directories (the cluster's rename lock, and this mount's turn).
+    private(set) var renames = false
 
     init() {}
 
     /// A range wanted in two modes that no one grant serves (write-only and a read) is taken
     /// in write mode, which allows both reading and writing.
     mutating func add(_ range: LockRange, _ mode: LockMode) {
-        if let have = modes[range] {
-            modes[range] = LockMode.covering(have, mode) ?? .write
+        if let i = modes.firstIndex(where: { $0.range == range }) {
+            modes[i].mode = LockMode.covering(modes[i].mode, mode) ?? .write
         } else {
-            modes[range] = mode
+            modes.append((range, mode))
         }
     }
 
-    mutating func read(_ ino: UInt64) { add(.inodeGroup(ino), .read) }
+    mutating func read(_ ino: UInt64) {
+        add(.inodeGroup(ino), .read)
+        noteInode(ino, write: false)
+    }
 
     mutating func write(_ ino: UInt64) {
         add(.inodeGroup(ino), .write)
         if !indexed.contains(ino) { indexed.append(ino) }
+        noteInode(ino, write: true)
+    }
+
+    private mutating func noteInode(_ ino: UInt64, write: Bool) {
+        if let i = inodes.firstIndex(where: { $0.ino == ino }) {
+            inodes[i].write = inodes[i].write || write
+        } else {
+            inodes.append((ino, write))
+        }
+    }
+
+    /// A rename between directories: one at a time in the cluster (the rename lock) and in
+    /// this mount.
+    mutating func renameBetweenDirectories() {
+        add(.rename, .write)
+        renames = true
     }
 
     mutating func writeOnly(_ range: LockRange) { add(range, .writeOnly) }
@@ -48,23 +73,69 @@ struct LockPlan {
     }
 }
 
-/// A change of plan found while the transaction was held: the operation lets everything go,
-/// takes the locks it now knows it needs, and starts over.
-struct LocksNeeded: Error {
-    var plan: LockPlan
+/// Space that a commit would make allocatable (blocks freed in the open transaction, or fs
+/// tree blocks a merge frees); the operation commits outside itself and starts over. Thrown
+/// before the operation changes anything.
+struct CommitNeeded: Error {
+    var merge = false
 }
 
-/// Space that a commit would make allocatable (blocks freed in the open transaction); the
-/// operation commits, outside itself, and starts over. Thrown before the operation changes
-/// anything.
-struct CommitNeeded: Error {}
+/// Operations of this mount on one inode take turns: a cluster lock says which node may use a
+/// range, not which of its threads, and the filesystem reads and rewrites an inode's items
+/// (its record, a directory's entries and positions, a file's extents) whole. Readers share.
+/// An inode's items are all its own, so operations on different inodes of one group run in
+/// parallel: two processes creating in their own directories touch different inodes even
+/// when the mount handed them numbers of one group. Inodes map onto a fixed set of
+/// reader-writer locks; two inodes on one stripe only wait for each other needlessly, and an
+/// operation takes its stripes in stripe order, so no two operations can each hold what the
+/// other waits for.
+final class LocalLocks: Sendable {
+    static let stripeCount = 4096
+    private let stripes: [ReadWriteLock] = (0...LocalLocks.stripeCount).map { _ in ReadWriteLock() }
+
+    /// Renames between directories have a stripe of their own, beside the inodes'.
+    static let renameStripe = stripeCount
+
+    /// The stripes of `plan`, each once, exclusive if any inode on it is written. Zones need
+    /// none: their items are unique per inode or summed (deltas), and the cache keeps each
+    /// item whole.
+    static func stripes(of plan: LockPlan) -> [(index: Int, exclusive: Bool)] {
+        var out: [(index: Int, exclusive: Bool)] = []
+        for (ino, write) in plan.inodes {
+            let i = Int(ino % UInt64(stripeCount))
+            if let at = out.firstIndex(where: { $0.index == i }) {
+                out[at].exclusive = out[at].exclusive || write
+            } else {
+                out.append((i, write))
+            }
+        }
+        if plan.renames { out.append((renameStripe, true)) }
+        return out.sorted { $0.index < $1.index }
+    }
+
+    func lock(_ index: Int, exclusive: Bool) {
+        if exclusive { stripes[index].lockExclusive() } else { stripes[index].lockShared() }
+    }
+
+    func tryLock(_ index: Int, exclusive: Bool) -> Bool {
+        exclusive ? stripes[index].tryLockExclusive() : stripes[index].tryLockShared()
+    }
+
+    func unlock(_ index: Int) { stripes[index].unlock() }
+}
 
 /// The locks an operation holds while it runs, in key order: every item call finds its
 /// lock here and is refused without one.
-struct HeldLocks {
-    var handles: [LockHandle] = []
+final class HeldLocks {
+    private(set) var handles: [LockHandle] = []
+    /// Local stripes taken, in the order taken.
+    private(set) var stripes: [(index: Int, exclusive: Bool)] = []
 
-    static let none = HeldLocks()
+    func add(_ h: LockHandle) { handles.append(h) }
+    func add(stripe: Int, exclusive: Bool) { stripes.append((stripe, exclusive)) }
+
+    /// Forgets the stripes (their holder has let them go).
+    func clearStripes() { stripes = [] }
 
     func handle(for key: Key) -> LockHandle? {
         // A handful of locks per operation: a scan beats any index.
@@ -83,13 +154,19 @@ struct HeldLocks {
         return h
     }
 
+    func holds(_ range: LockRange) -> Bool { handles.contains { $0.range == range } }
+
     func serves(_ range: LockRange, _ mode: LockMode) -> Bool {
         guard let h = handles.first(where: { $0.range == range }) else { return false }
         return h.mode.satisfies(mode) || (h.mode == .write && mode == .writeOnly)
     }
 
     func serves(_ plan: LockPlan) -> Bool {
-        plan.modes.allSatisfy { serves($0.key, $0.value) }
+        plan.modes.allSatisfy { serves($0.range, $0.mode) }
+    }
+
+    func holdsStripe(_ index: Int, exclusive: Bool) -> Bool {
+        stripes.contains { $0.index == index && ($0.exclusive || !exclusive) }
     }
 
     /// `ino`'s items may be read.
@@ -117,17 +194,20 @@ extension FSCore {
 enum LockedStep<T> {
     case done(T)
     case more(LockPlan)
-    case commitFirst
+    case commitFirst(merge: Bool)
 }
 
 extension Filesystem {
-    /// Runs one operation the way every operation runs: its locks first (in key order, outside
-    /// the transaction), then the transaction, then `body` in the item cache.
+    /// Runs one operation the way every operation runs: its cluster locks first (in key order,
+    /// outside the transaction), then its inode groups' local stripes, then the transaction
+    /// shared with other operations, then `body` in the item cache.
     ///
     /// `discover` runs with the transaction held before `body`, under the locks taken so far,
     /// and adds what it finds the operation needs (the inode a name leads to, the ancestors a
-    /// rename must check); when the plan grew past what is held, everything is let go and the
-    /// operation starts over with the larger plan. `body` then runs with all of it held, in
+    /// rename must check); it only ever adds, and runs again after every lock it added was
+    /// taken. Locks it adds are tried without waiting (a lock that is already granted, a
+    /// stripe nobody holds); when one is not to be had, everything is let go and the
+    /// operation starts over with the larger plan, waiting in order. `body` then runs in
     /// the same hold of the transaction as the last `discover`, so what `discover` found is
     /// still true.
     func locked<T>(_ space: SpaceUse = .grows, commit: Bool = true, _ initial: LockPlan = LockPlan(),
@@ -136,54 +216,94 @@ extension Filesystem {
         var plan = initial
         var spaceCommitted = false
         while true {
-            let step: LockedStep<T> = try withLocks(plan) { held throws(Errno) in try runAttempt(space, commit: commit) { c in
-                c.held = held
-                c.spaceCommitted = spaceCommitted
-                defer { c.held = .none }
-                var want = plan
-                do {
-                    try discover?(c, &want)
-                    try c.addIndexRanges(&want)
-                    guard held.serves(want) else { return .more(want) }
-                    return .done(try body(c))
-                } catch let e as LocksNeeded {
-                    return .more(e.plan)
-                } catch is CommitNeeded {
-                    return .commitFirst
+            let held = takeLocks(plan)
+            let step: LockedStep<T>
+            do {
+                defer { release(held) }
+                step = try runOperation(held: held, spaceCommitted: spaceCommitted) { c in
+                    var want = plan
+                    do {
+                        // An operation that writes starts only if the space it may need is
+                        // there, so it never stops half way for space.
+                        if space != .reads { try c.admit(freeing: space == .frees) }
+                        // Discovery and index ranges read what the held locks cover: a lock
+                        // just taken may show more (a rename's next ancestor, a target's
+                        // seqs), so both run again until the plan stops growing.
+                        while true {
+                            try discover?(c, &want)
+                            try c.addIndexRanges(&want)
+                            if held.serves(want) { break }
+                            guard tryTakeMore(want, into: held) else { return .more(want) }
+                        }
+                        return .done(try body(c))
+                    } catch let e as CommitNeeded {
+                        return .commitFirst(merge: e.merge)
+                    }
                 }
-            } }
+            }
             switch step {
             case .done(let v):
+                if commit { try commitIfPastDirtyLimit() }
                 return v
             case .more(let p):
                 plan = p
-            case .commitFirst:
-                try runAttempt(.reads, commit: false) { c in try c.commit() }
+            case .commitFirst(let merge):
+                try runExclusive { c in try c.commit(merge: merge) }
                 spaceCommitted = true
             }
         }
     }
 
-    /// Runs `body` holding every lock of `plan`.
+    /// Runs `body` holding every lock of `plan` (no transaction).
     func withLocks<T>(_ plan: LockPlan, _ body: (HeldLocks) throws(Errno) -> T) throws(Errno) -> T {
         let held = takeLocks(plan)
-        defer { for h in held.handles { cluster.locks.unlock(h) } }
+        defer { release(held) }
         return try body(held)
     }
 
     /// Takes every lock of `plan` in key order (the global order that keeps two operations
-    /// from each holding what the other waits for).
+    /// from each holding what the other waits for), then its stripes in stripe order.
     func takeLocks(_ plan: LockPlan) -> HeldLocks {
-        var held = HeldLocks()
-        held.handles.reserveCapacity(plan.modes.count)
-        for (range, mode) in plan.modes.sorted(by: { $0.key.start < $1.key.start }) {
+        let held = HeldLocks()
+        for (range, mode) in plan.modes.sorted(by: { $0.range.start < $1.range.start }) {
             do {
-                held.handles.append(try cluster.locks.lock(range, mode))
+                held.add(try cluster.locks.lock(range, mode))
             } catch {
                 // Every range comes from LockRange's helpers, which never overlap.
                 preconditionFailure("\(error)")
             }
         }
+        for s in LocalLocks.stripes(of: plan) {
+            localLocks.lock(s.index, exclusive: s.exclusive)
+            held.add(stripe: s.index, exclusive: s.exclusive)
+        }
         return held
+    }
+
+    /// Takes what `plan` adds to `held` without waiting (the caller holds the transaction, so
+    /// it must not wait for anything); false, with nothing taken beyond `held`'s locks, when
+    /// something was not to be had at once. What it took is let go with the rest of `held`.
+    func tryTakeMore(_ plan: LockPlan, into held: HeldLocks) -> Bool {
+        for (range, mode) in plan.modes where !held.serves(range, mode) {
+            // A range held in a weaker mode needs the next round: one handle per range.
+            guard !held.holds(range), let h = try? cluster.locks.tryLock(range, mode) else { return false }
+            held.add(h)
+        }
+        for s in LocalLocks.stripes(of: plan) where !held.holdsStripe(s.index, exclusive: s.exclusive) {
+            guard !held.holdsStripe(s.index, exclusive: false), localLocks.tryLock(s.index, exclusive: s.exclusive) else { return false }
+            held.add(stripe: s.index, exclusive: s.exclusive)
+        }
+        return true
+    }
+
+    func release(_ held: HeldLocks) {
+        releaseStripes(held)
+        for h in held.handles { cluster.locks.unlock(h) }
+    }
+
+    /// Lets the other threads of this mount at the groups again, keeping the cluster locks.
+    func releaseStripes(_ held: HeldLocks) {
+        for s in held.stripes.reversed() { localLocks.unlock(s.index) }
+        held.clearStripes()
     }
 }

@@ -110,3 +110,39 @@ import Testing
         #expect(fs.cluster.locks.grantedMode(.index(ItemType.metaSeq, seq: seq)) == .writeOnly)
     }
 }
+
+extension OperationLockTests {
+    /// Fills the rest of the current inode group, so the next inode comes from a new group.
+    func nextGroup(_ fs: Filesystem, _ dir: UInt64, _ tag: String) throws {
+        var last = try fs.create(dir, name("\(tag)-0"), mode: 0o644, flags: O_RDWR, caller: user).ino
+        var i = 1
+        while (last + 1) % LockRange.groupSize != 0 {
+            last = try fs.create(dir, name("\(tag)-\(i)"), mode: 0o644, flags: O_RDWR, caller: user).ino
+            i += 1
+        }
+    }
+
+    /// A directory moving between directories is checked against every ancestor of its new
+    /// parent: those in other inode groups are locked (one level per round) before the walk.
+    @Test func aRenameLocksEveryAncestorItsCycleCheckReads() throws {
+        let log = DamagedMetadataTests.Log()
+        let fs = try devices.mount()
+        fs.logSink = { line in log.lines.withLock { $0.append(line) } }
+        let a = try fs.mkdir(1, name("a"), mode: 0o755, caller: user)
+        try nextGroup(fs, 1, "pad1")
+        let b = try fs.mkdir(a.ino, name("b"), mode: 0o755, caller: user)
+        try nextGroup(fs, 1, "pad2")
+        let c = try fs.mkdir(b.ino, name("c"), mode: 0o755, caller: user)
+        try nextGroup(fs, 1, "pad3")
+        let m = try fs.mkdir(1, name("m"), mode: 0o755, caller: user)
+        #expect(Set([a.ino, b.ino, c.ino, m.ino].map { $0 / LockRange.groupSize }).count == 4)
+        // Give the locks back, so none of the ancestors' groups is held when the rename starts.
+        for _ in 0..<2 { fs.cluster.locks.shrink(10_000) }
+        guard eventually("every lock given back", { fs.cluster.locks.cachedCount == 0 }) else { return }
+        try fs.rename(1, name("m"), c.ino, name("m"))
+        #expect(try fs.lookup(c.ino, name("m")).ino == m.ino)
+        // And the cycle is found through groups it had to lock.
+        #expect(throws: Errno.invalidArgument) { try fs.rename(1, name("a"), m.ino, name("a")) }
+        #expect(log.all.filter { $0.contains("no lock held") } == [])
+    }
+}

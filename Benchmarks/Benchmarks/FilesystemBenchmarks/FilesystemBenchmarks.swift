@@ -1,0 +1,79 @@
+import Benchmark
+import ScoutFS
+import ScoutFormat
+import ScoutStore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// Figures for one mount's operations in process, without FUSE: the same work by one thread
+// and by two threads in directories of their own (different inode groups), which the
+// client core lets run in parallel.
+
+/// A filesystem on memory devices, with one directory per thread.
+func mountWithDirectories(_ n: Int) -> (Filesystem, [UInt64]) {
+    let meta = MemoryBlockDevice(name: "meta", size: 2 << 30)
+    let data = MemoryBlockDevice(name: "data", size: 1 << 30)
+    let store = try! Store.format(meta: meta, data: data, quorumSlots: [QuorumSlot(slot: 0, address: "127.0.0.1", port: 7100)])
+    let fs = try! Filesystem(store: store)
+    let dirs = (0..<n).map { i in try! fs.mkdir(1, Array("d\(i)".utf8), mode: 0o755, caller: .root).ino }
+    return (fs, dirs)
+}
+
+func onThreads(_ n: Int, _ body: @escaping @Sendable (Int) -> Void) {
+    final class Job: @unchecked Sendable {
+        // @unchecked: written before the thread starts, read only by it.
+        let body: @Sendable (Int) -> Void
+        let index: Int
+        init(_ b: @escaping @Sendable (Int) -> Void, _ i: Int) { body = b; index = i }
+    }
+    var tids: [pthread_t] = []
+    for i in 0..<n {
+        var t = pthread_t()
+        let job = Unmanaged.passRetained(Job(body, i)).toOpaque()
+        pthread_create(&t, nil, { arg in
+            let j = Unmanaged<Job>.fromOpaque(arg!).takeRetainedValue()
+            j.body(j.index)
+            return nil
+        }, job)
+        tids.append(t)
+    }
+    for t in tids { pthread_join(t, nil) }
+}
+
+let filesPerThread = 20_000
+
+let benchmarks: @Sendable () -> Void = {
+    Benchmark.defaultConfiguration = .init(metrics: [.wallClock, .throughput], maxDuration: .seconds(20), maxIterations: 5)
+
+    for threads in [1, 2] {
+        Benchmark("creates: \(threads) thread(s) × \(filesPerThread) files, own directories") { benchmark in
+            let (fs, dirs) = mountWithDirectories(threads)
+            benchmark.startMeasurement()
+            onThreads(threads) { t in
+                for i in 0..<filesPerThread {
+                    let a = try! fs.create(dirs[t], Array("f\(i)".utf8), mode: 0o644, flags: O_RDWR, caller: .root)
+                    try! fs.release(a.ino)
+                    try! fs.forget(a.ino, 1)
+                }
+            }
+        }
+        Benchmark("stats: \(threads) thread(s) × \(filesPerThread) lookups, own directories") { benchmark in
+            let (fs, dirs) = mountWithDirectories(threads)
+            var inos: [[UInt64]] = []
+            for t in 0..<threads {
+                inos.append((0..<filesPerThread).map { i in
+                    let a = try! fs.create(dirs[t], Array("f\(i)".utf8), mode: 0o644, flags: O_RDWR, caller: .root)
+                    try! fs.release(a.ino)
+                    return a.ino
+                })
+            }
+            let all = inos
+            benchmark.startMeasurement()
+            onThreads(threads) { t in
+                for ino in all[t] { _ = try! fs.getattr(ino) }
+            }
+        }
+    }
+}
