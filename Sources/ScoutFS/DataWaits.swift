@@ -24,17 +24,17 @@ public final class WaitCancellation: Sendable {
     func attach(_ p: Parker?) { parker.withLock { $0 = p } }
 }
 
-/// Thrown by an operation that found offline data: the filesystem lock is let go, the caller
-/// waits on the ticket, then runs the operation again from the start.
+/// Thrown by an operation that found offline data: its locks and the transaction are let go,
+/// the caller waits on the ticket, then runs the operation again from the start.
 struct DataWaitNeeded: Error {
     let ticket: DataWaits.Ticket
 }
 
 /// Requests blocked on offline (released) file data, the original's data-waiting tree.
 ///
-/// A waiter registers under the filesystem lock, at the moment it finds offline data, so a
-/// stage (which needs that lock) cannot slip in between unseen; it then sleeps without any
-/// lock. Any change to the inode wakes its waiters, which retry and, if the data is still
+/// A waiter registers during its operation's turn at the inode, at the moment it finds
+/// offline data, so a stage (which writes the inode and so waits for that turn) cannot slip
+/// in between unseen; it then sleeps without any lock. Any change to the inode wakes its waiters, which retry and, if the data is still
 /// offline, register again. `fail` (data-wait-err) makes matching waiters return an errno.
 final class DataWaits: Sendable {
     struct Entry {

@@ -8,7 +8,8 @@ import Synchronization
 /// order (blocks, flush, superblock, flush) depends on that.
 ///
 /// Reads may run concurrently with each other and with writes to other ranges (file data is
-/// read outside the filesystem lock); everything else is serialized by the store.
+/// read outside the transaction and the store lock); everything else is serialized by the
+/// store.
 public protocol BlockDevice: AnyObject {
     /// What to call this device in messages (usually its path).
     var name: String { get }
