@@ -249,6 +249,7 @@ public final class LockClient: Sendable {
         var freed = 0
         var retries = 0
         var failedInvalidations: [String] = []
+        var failedRanges = Set<Key>()
     }
 
     static let shardCount = 64
@@ -632,7 +633,10 @@ public final class LockClient: Sendable {
                         s.invalidating = nil
                         s.granted = from
                     }
-                    counters.withLock { $0.failedInvalidations.append("\(l.range): \(error)") }
+                    counters.withLock { c in
+                        c.failedInvalidations.append("\(l.range): \(error)")
+                        c.failedRanges.insert(l.range.start)
+                    }
                     put(l)
                     return answered
                 }
@@ -828,6 +832,12 @@ public final class LockClient: Sendable {
 
     /// Invalidations a hook failed (range and error), left unanswered.
     public var failedInvalidations: [String] { counters.withLock { $0.failedInvalidations } }
+
+    /// An invalidation of `range` stopped unanswered (its hook failed): whoever waits for the
+    /// lock may wait forever, and should give up.
+    public func invalidationFailed(_ range: LockRange) -> Bool {
+        counters.withLock { $0.failedRanges.contains(range.start) }
+    }
 
     /// Counts of requests sent, grants and invalidations received, shrink requests, locks freed
     /// and lookups that retried on a lock being freed.

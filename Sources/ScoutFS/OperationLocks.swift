@@ -216,7 +216,7 @@ extension Filesystem {
         var plan = initial
         var spaceCommitted = false
         while true {
-            let held = takeLocks(plan)
+            let held = try takeLocks(plan)
             let step: LockedStep<T>
             do {
                 defer { release(held) }
@@ -256,21 +256,21 @@ extension Filesystem {
 
     /// Runs `body` holding every lock of `plan` (no transaction).
     func withLocks<T>(_ plan: LockPlan, _ body: (HeldLocks) throws(Errno) -> T) throws(Errno) -> T {
-        let held = takeLocks(plan)
+        let held = try takeLocks(plan)
         defer { release(held) }
         return try body(held)
     }
 
     /// Takes every lock of `plan` in key order (the global order that keeps two operations
     /// from each holding what the other waits for), then its stripes in stripe order.
-    func takeLocks(_ plan: LockPlan) -> HeldLocks {
+    func takeLocks(_ plan: LockPlan) throws(Errno) -> HeldLocks {
         let held = HeldLocks()
         for (range, mode) in plan.modes.sorted(by: { $0.range.start < $1.range.start }) {
             do {
-                held.add(try cluster.locks.lock(range, mode))
+                held.add(try lock(range, mode))
             } catch {
-                // Every range comes from LockRange's helpers, which never overlap.
-                preconditionFailure("\(error)")
+                release(held)
+                throw error
             }
         }
         for s in LocalLocks.stripes(of: plan) {
@@ -296,6 +296,33 @@ extension Filesystem {
         return true
     }
 
+    /// One lock, waited for until granted — or until its invalidation failed (a commit that
+    /// could not be made durable leaves the lock given back to nobody): then the operation
+    /// fails with EIO instead of waiting forever, and a grant that still comes is given back.
+    func lock(_ range: LockRange, _ mode: LockMode) throws(Errno) -> LockHandle {
+        let locks = cluster.locks
+        // The common case, a lock this mount holds already: no waiter to make.
+        if let h = try? locks.tryLock(range, mode) { return h }
+        let wait = LockWait()
+        let granted: LockHandle?
+        do {
+            granted = try locks.acquire(range, mode) { h in
+                if !wait.deliver(h) { locks.unlock(h) }
+            }
+        } catch {
+            // Every range comes from LockRange's helpers, which never overlap.
+            preconditionFailure("\(error)")
+        }
+        if let granted { return granted }
+        while true {
+            if let h = wait.take(within: 0.1) { return h }
+            if locks.invalidationFailed(range), wait.abandon() {
+                shared.log("error: the lock \(range) cannot be had: giving it up failed (\(locks.failedInvalidations.last ?? "")); remount")
+                throw .ioError
+            }
+        }
+    }
+
     func release(_ held: HeldLocks) {
         releaseStripes(held)
         for h in held.handles { cluster.locks.unlock(h) }
@@ -305,5 +332,42 @@ extension Filesystem {
     func releaseStripes(_ held: HeldLocks) {
         for s in held.stripes.reversed() { localLocks.unlock(s.index) }
         held.clearStripes()
+    }
+}
+
+/// A lock request one operation waits for: the grant, or the operation giving up first.
+final class LockWait: Sendable {
+    private struct State {
+        var handle: LockHandle?
+        var abandoned = false
+    }
+    private let state = Mutex(State())
+    private let parker = Parker()
+
+    /// Hands over a grant; false if the waiter gave up (the caller gives the lock back).
+    func deliver(_ h: LockHandle) -> Bool {
+        let taken = state.withLock { s -> Bool in
+            guard !s.abandoned else { return false }
+            s.handle = h
+            return true
+        }
+        if taken { parker.unpark() }
+        return taken
+    }
+
+    /// The grant, if it came within `seconds`.
+    func take(within seconds: Double) -> LockHandle? {
+        if let h = state.withLock({ $0.handle }) { return h }
+        _ = parker.park(seconds: seconds)
+        return state.withLock { $0.handle }
+    }
+
+    /// Gives up waiting; false if the grant came meanwhile (the caller takes it after all).
+    func abandon() -> Bool {
+        state.withLock { s in
+            guard s.handle == nil else { return false }
+            s.abandoned = true
+            return true
+        }
     }
 }
