@@ -201,7 +201,14 @@ public final class ClientItems: @unchecked Sendable {
 
     /// Blocks the next commit may dirty: those the transaction has dirtied already (data
     /// allocations) and an upper bound for writing the cached changes into the log tree.
-    public var dirtyBlocks: Int { withStore { store.dirtyBlocks } + cache.commitBlockEstimate }
+    public var dirtyBlocks: Int { commitPressure.dirty }
+
+    /// `dirtyBlocks` and the metadata blocks left to allocate, read in one hold of the store
+    /// lock (the dirty limit checks both after every operation).
+    public var commitPressure: (dirty: Int, allocatableMeta: UInt64) {
+        let (dirty, free) = withStore { (store.dirtyBlocks, store.allocatableMetaBlocks) }
+        return (dirty + cache.commitBlockEstimate, free)
+    }
 
     /// Makes every change so far durable: writes the cached changes into the log tree in key
     /// order, then the server records the log tree and commits. If the server merged the tree

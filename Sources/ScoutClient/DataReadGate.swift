@@ -1,7 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// Lets file data be read from the data device outside the transaction, safely.
 ///
 /// A reader maps its extents with the transaction held and enters the gate before letting it
@@ -9,29 +5,17 @@ import Glibc
 /// truncate or unlink become allocatable again — closes the gate and waits for readers inside
 /// to leave, so no read can see a block after another file has been given it. No reader can
 /// enter while a commit waits: entering needs the transaction, which the commit holds.
-// @unchecked Sendable: the rwlock is the synchronization; its storage never moves.
-public final class DataReadGate: @unchecked Sendable {
-    private let rw: UnsafeMutablePointer<pthread_rwlock_t>
+public final class DataReadGate: Sendable {
+    private let rw = ReadWriteLock()
 
-    public init() {
-        rw = .allocate(capacity: 1)
-        rw.initialize(to: pthread_rwlock_t())
-        pthread_rwlock_init(rw, nil)
-    }
+    public init() {}
 
-    deinit {
-        pthread_rwlock_destroy(rw)
-        rw.deallocate()
-    }
+    public func enter() { rw.lockShared() }
 
-    public func enter() { pthread_rwlock_rdlock(rw) }
-
-    public func leave() { pthread_rwlock_unlock(rw) }
+    public func leave() { rw.unlock() }
 
     /// Runs `body` with no reader inside.
     public func closed<T>(_ body: () throws -> T) rethrows -> T {
-        pthread_rwlock_wrlock(rw)
-        defer { pthread_rwlock_unlock(rw) }
-        return try body()
+        try rw.withExclusive(body)
     }
 }

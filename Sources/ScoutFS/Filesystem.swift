@@ -244,9 +244,9 @@ public final class Filesystem: Sendable {
     /// transactions stay small, so that committing and merging them never needs more room
     /// than is left.
     func commitIfPastDirtyLimit() throws(Errno) {
-        let items = cluster.items
-        let limit = min(options.dirtyBlockLimit, Int(items.withStore { shared.store.allocatableMetaBlocks } / 8))
-        guard items.dirtyBlocks >= limit else { return }
+        let (dirty, allocatable) = cluster.items.commitPressure
+        let limit = min(options.dirtyBlockLimit, Int(allocatable / 8))
+        guard dirty >= limit else { return }
         try runExclusive { c in
             // Another thread may have committed meanwhile.
             if c.items.dirtyBlocks >= limit { try c.commit() }
@@ -486,25 +486,25 @@ final class FSCore {
     // Every item call goes through the lock of the running operation that covers its key.
 
     func get(_ key: Key) throws -> Item? {
-        try cluster.lookup(key, under: held.handle(for: key, write: false))
+        try cluster.lookup(key, under: held.covering(key))
     }
 
     func put(_ key: Key, _ value: [UInt8]) throws {
-        try cluster.insert(key, value, under: held.handle(for: key, write: true))
+        try cluster.insert(key, value, under: held.covering(key))
     }
 
     func remove(_ key: Key) throws {
-        try cluster.delete(key, under: held.handle(for: key, write: true))
+        try cluster.delete(key, under: held.covering(key))
     }
 
     func addDelta(_ key: Key, _ fields: [Int64]) throws {
-        try cluster.addDelta(key, fields, under: held.handle(for: key, write: true))
+        try cluster.addDelta(key, fields, under: held.covering(key))
     }
 
     /// Calls `body` with each item of `[start, end]` (within one lock) in order until it
     /// returns false.
     func scan(_ start: Key, _ end: Key, _ body: (Item) throws -> Bool) throws {
-        try cluster.forEach(from: start, through: end, under: held.handle(for: start, write: false), body)
+        try cluster.forEach(from: start, through: end, under: held.covering(start), body)
     }
 
     /// Items with keys in `[start, end]` (within one lock), in order.
