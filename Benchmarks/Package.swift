@@ -9,6 +9,7 @@ let package = Package(
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.0", traits: ["MallocInterposer"]),
     ],
     targets: [
+        .target(name: "BenchmarkThreads", path: "Benchmarks/BenchmarkThreads"),
         .executableTarget(
             name: "BTreeBenchmarks",
             dependencies: [
@@ -23,6 +24,7 @@ let package = Package(
             name: "LockBenchmarks",
             dependencies: [
                 .product(name: "Benchmark", package: "benchmark"),
+                "BenchmarkThreads",
                 .product(name: "ScoutClient", package: "scoutfs-swift"),
                 .product(name: "ScoutServer", package: "scoutfs-swift"),
                 .product(name: "ScoutNet", package: "scoutfs-swift"),
@@ -35,6 +37,7 @@ let package = Package(
             name: "FilesystemBenchmarks",
             dependencies: [
                 .product(name: "Benchmark", package: "benchmark"),
+                "BenchmarkThreads",
                 .product(name: "ScoutFS", package: "scoutfs-swift"),
                 .product(name: "ScoutStore", package: "scoutfs-swift"),
                 .product(name: "ScoutFormat", package: "scoutfs-swift"),

@@ -1,4 +1,5 @@
 import Benchmark
+import BenchmarkThreads
 import ScoutFS
 import ScoutFormat
 import ScoutStore
@@ -19,27 +20,6 @@ func mountWithDirectories(_ n: Int) -> (Filesystem, [UInt64]) {
     let fs = try! Filesystem(store: store)
     let dirs = (0..<n).map { i in try! fs.mkdir(1, Array("d\(i)".utf8), mode: 0o755, caller: .root).ino }
     return (fs, dirs)
-}
-
-func onThreads(_ n: Int, _ body: @escaping @Sendable (Int) -> Void) {
-    final class Job: @unchecked Sendable {
-        // @unchecked: written before the thread starts, read only by it.
-        let body: @Sendable (Int) -> Void
-        let index: Int
-        init(_ b: @escaping @Sendable (Int) -> Void, _ i: Int) { body = b; index = i }
-    }
-    var tids: [pthread_t] = []
-    for i in 0..<n {
-        var t = pthread_t()
-        let job = Unmanaged.passRetained(Job(body, i)).toOpaque()
-        pthread_create(&t, nil, { arg in
-            let j = Unmanaged<Job>.fromOpaque(arg!).takeRetainedValue()
-            j.body(j.index)
-            return nil
-        }, job)
-        tids.append(t)
-    }
-    for t in tids { pthread_join(t, nil) }
 }
 
 let filesPerThread = 20_000
