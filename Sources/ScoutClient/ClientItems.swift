@@ -1,6 +1,11 @@
 public import ScoutFormat
+public import ScoutNet
 public import ScoutStore
 import Synchronization
+
+/// The lock that the clients of one store in one process hold around every use of it (the
+/// store and the server in front of it are not thread-safe).
+public typealias StoreLock = BlockingMutex<Void>
 
 /// The committed items a client reads through: its own log tree (as of its last commit) over
 /// the fs tree. The item cache fills from it, from any operation's thread: every read takes
@@ -11,14 +16,16 @@ final class CommittedForest: ItemSource, @unchecked Sendable {
     // runs then); the store is reached only through `storeLock`.
     let store: Store
     let rid: UInt64
-    let storeLock = Mutex(())
+    /// One lock for every client of the store in this process: the store is not thread-safe.
+    let storeLock: StoreLock
     var log: BTree
     /// Read the log trees other clients recorded too (clients sharing one store); a lone
     /// mount has none beside its own once recovery merged what earlier mounts left.
     let readsOtherLogTrees: Bool
 
-    init(store: Store, rid: UInt64, log: BTree, readsOtherLogTrees: Bool) {
+    init(store: Store, storeLock: StoreLock, rid: UInt64, log: BTree, readsOtherLogTrees: Bool) {
         self.store = store
+        self.storeLock = storeLock
         self.rid = rid
         self.log = log
         self.readsOtherLogTrees = readsOtherLogTrees
@@ -73,7 +80,7 @@ final class CommittedForest: ItemSource, @unchecked Sendable {
 /// and inode batches take the store lock); `commit` runs alone (the caller holds the
 /// transaction exclusively).
 public final class ClientItems: @unchecked Sendable {
-    // @unchecked: `inodes` is guarded by the store lock; `logWrites` and `partlyMerged` are
+    // @unchecked: `inodes` and `pool` are guarded by the store lock; `logWrites` and `partlyMerged` are
     // touched only by `commit`, which runs alone.
     public let store: Store
     public let server: any ServerLink
@@ -91,16 +98,20 @@ public final class ClientItems: @unchecked Sendable {
     private var partlyMerged = false
     /// Inode numbers granted by the server and not yet used.
     private var inodes: Range<UInt64> = 0..<0
+    /// Data blocks to allocate from (under the store lock).
+    private var pool = DataPool()
     /// How many inode numbers to ask for at a time: one inode group, so one mount's files
     /// share lock ranges and different mounts' files do not.
     public static let inodeBatch: UInt64 = 1024
 
-    /// `sharesStore`: other clients record log trees in the same store, and reads see them.
-    public init(store: Store, server: any ServerLink, rid: UInt64, cacheBytes: Int = 256 << 20, sharesStore: Bool = false) {
+    /// `sharesStore`: other clients record log trees in the same store, and reads see them;
+    /// they must then share `storeLock` too.
+    public init(store: Store, server: any ServerLink, rid: UInt64, cacheBytes: Int = 256 << 20, sharesStore: Bool = false,
+                storeLock: StoreLock = StoreLock(())) {
         self.store = store
         self.server = server
         self.rid = rid
-        committed = CommittedForest(store: store, rid: rid, log: BTree(root: .empty, name: "log tree of client \(String(rid, radix: 16))"),
+        committed = CommittedForest(store: store, storeLock: storeLock, rid: rid, log: BTree(root: .empty, name: "log tree of client \(String(rid, radix: 16))"),
                                     readsOtherLogTrees: sharesStore)
         cache = ItemCache(source: committed, blockCapacity: store.options.nodeCapacity, cleanByteLimit: cacheBytes)
     }
@@ -190,6 +201,61 @@ public final class ClientItems: @unchecked Sendable {
         try committed.storeLock.withLock { _ in try body() }
     }
 
+    // MARK: data blocks
+
+    /// `blocks` data blocks, all or none, from this client's pool, which asks the server for
+    /// more when it runs short. Short even then, it throws `DataSpaceShortage` (saying whether
+    /// a commit would help: blocks this client freed come back with its next commit).
+    public func allocateData(_ blocks: UInt64) throws -> [Extent] {
+        guard blocks > 0 else { return [] }
+        return try withStore {
+            try refill(toHold: blocks)
+            var got: [Extent] = []
+            var left = blocks
+            while left > 0, let e = pool.take(left) {
+                got.append(e)
+                left -= e.length
+            }
+            return got
+        }
+    }
+
+    /// Up to `count` contiguous data blocks (fewer when free space is fragmented).
+    public func allocateDataRun(upTo count: UInt64) throws -> Extent {
+        try withStore {
+            if pool.availBlocks == 0 { try refill(toHold: 1) }
+            guard let e = pool.take(count) else { throw DataSpaceShortage(commitMayHelp: false) }
+            return e
+        }
+    }
+
+    /// Frees data blocks: the next commit hands them back to the server, and they become
+    /// allocatable once that commit is durable.
+    public func freeData(_ extent: Extent) {
+        withStore { pool.free(extent) }
+    }
+
+    /// Data blocks this client can allocate now (its pool and what the server has outside
+    /// every pool), and those it freed, which a commit makes allocatable.
+    public var dataSpace: (allocatable: UInt64, pendingFree: UInt64) {
+        withStore {
+            let server = server.dataSpace
+            return (pool.availBlocks + server.free, pool.freedBlocks + server.pendingFree)
+        }
+    }
+
+    /// Tops the pool up to at least `blocks` (store lock held).
+    private func refill(toHold blocks: UInt64) throws {
+        guard pool.availBlocks < blocks else { return }
+        if server.dataSpace.free > 0 {
+            pool.add(try server.refillDataPool(rid: rid, atLeast: blocks - pool.availBlocks))
+        }
+        guard pool.availBlocks >= blocks else {
+            let pending = pool.freedBlocks + server.dataSpace.pendingFree
+            throw DataSpaceShortage(commitMayHelp: pool.availBlocks + server.dataSpace.free + pending >= blocks)
+        }
+    }
+
     // MARK: transactions
 
     /// The log tree holds items, or the cache holds changes for it (a merge would move them
@@ -197,7 +263,7 @@ public final class ClientItems: @unchecked Sendable {
     public var hasLogItems: Bool { !log.root.isEmpty || cache.hasDirty }
 
     /// True when the open transaction holds anything a commit would write.
-    public var hasChanges: Bool { withStore { store.hasChanges } || cache.hasDirty }
+    public var hasChanges: Bool { withStore { store.hasChanges || pool.freedBlocks > 0 } || cache.hasDirty }
 
     /// Blocks the next commit may dirty: those the transaction has dirtied already (data
     /// allocations) and an upper bound for writing the cached changes into the log tree.
@@ -212,15 +278,19 @@ public final class ClientItems: @unchecked Sendable {
 
     /// Makes every change so far durable: writes the cached changes into the log tree in key
     /// order, then the server records the log tree and commits. If the server merged the tree
-    /// (asked to with `merge`, or because it grew big), a new empty one starts.
+    /// (asked to with `merge`, or because it grew big), a new empty one starts. `returnPool`
+    /// (a client leaving) hands the unused pool back too.
     @discardableResult
-    public func commit(merge: Bool = false) throws -> UInt64 {
-        try withStore { try commitLocked(merge: merge) }
+    public func commit(merge: Bool = false, returnPool: Bool = false) throws -> UInt64 {
+        try withStore { try commitLocked(merge: merge, returnPool: returnPool) }
     }
 
-    private func commitLocked(merge: Bool) throws -> UInt64 {
+    private func commitLocked(merge: Bool, returnPool: Bool) throws -> UInt64 {
+        if returnPool { pool.returnAvail() }
         let snap = cache.dirtySnapshot()
-        guard store.hasChanges || !snap.isEmpty || (merge && !log.root.isEmpty) else { return server.committedSeq }
+        guard store.hasChanges || !snap.isEmpty || pool.freedBlocks > 0 || (merge && !log.root.isEmpty) else {
+            return server.committedSeq
+        }
         for it in snap.items {
             if it.isDelta {
                 try writeDelta(it)
@@ -233,7 +303,8 @@ public final class ClientItems: @unchecked Sendable {
             }
         }
         logWrites += UInt64(snap.items.count)
-        let reply = try server.commitLogTree(rid: rid, LogTreeRecord(root: log.root, items: logWrites), merge: merge)
+        let record = LogTreeRecord(root: log.root, items: logWrites, dataPool: pool.avail)
+        let reply = try server.commitLogTree(rid: rid, record, freed: pool.takeFreed(), merge: merge)
         cache.committed(snap)
         if reply.merged {
             log = BTree(root: .empty, name: log.name)
@@ -246,6 +317,23 @@ public final class ClientItems: @unchecked Sendable {
         return reply.seq
     }
 
+    /// Blocks in this client's pool (tests).
+    public var poolBlocks: UInt64 { withStore { pool.availBlocks } }
+
     /// Items written since the log tree started; tests and `status` read it.
     public var logTreeWrites: UInt64 { logWrites }
+}
+
+/// Not enough data blocks for an allocation now.
+public struct DataSpaceShortage: Error, CustomStringConvertible {
+    /// Blocks this client freed would cover it once a commit hands them back.
+    public var commitMayHelp: Bool
+
+    public init(commitMayHelp: Bool) {
+        self.commitMayHelp = commitMayHelp
+    }
+
+    public var description: String {
+        "data device is full: no free 4 KiB blocks left\(commitMayHelp ? " until the next commit" : ""); free space or grow the device"
+    }
 }

@@ -1,7 +1,7 @@
 public import ScoutFormat
 public import ScoutNet
 public import ScoutStore
-import Synchronization
+public import Synchronization
 
 /// An item call made under a lock that does not allow it: a bug in the caller, refused before
 /// anything changes.
@@ -45,15 +45,20 @@ public final class ClusterClient: Sendable {
     let ordersByLockSeq: Bool
     private let transaction = ReadWriteLock()
     private let commits = Atomic<Int>(0)
+    /// Giving a lock up runs the hooks below. Tests turn this off to plant the bug their
+    /// randomized cluster test must find (a lock given up without its commit and without
+    /// dropping what it cached); nothing else may.
+    public let runsDowngradeHooks = Atomic<Bool>(true)
 
     /// `sharesStore`: other clients record log trees in the same store (reads see them and
     /// deletions are always written as tombstones); false for a lone mount.
     public init(id: ClientID, locks: LockClient, store: Store, server: any ServerLink, cacheBytes: Int = 64 << 20,
-                sharesStore: Bool = true, ordersByLockSeq: Bool = true) {
+                sharesStore: Bool = true, ordersByLockSeq: Bool = true, storeLock: StoreLock = StoreLock(())) {
         self.id = id
         self.locks = locks
         self.ordersByLockSeq = ordersByLockSeq
-        items = ClientItems(store: store, server: server, rid: id, cacheBytes: cacheBytes, sharesStore: sharesStore)
+        items = ClientItems(store: store, server: server, rid: id, cacheBytes: cacheBytes, sharesStore: sharesStore,
+                            storeLock: storeLock)
         locks.addInvalidationHook { [weak self] range, from, to in
             try self?.downgrade(range, from: from, to: to)
         }
@@ -76,6 +81,7 @@ public final class ClusterClient: Sendable {
     public var commitCount: Int { commits.load(ordering: .relaxed) }
 
     private func downgrade(_ range: LockRange, from: LockMode, to: LockMode) throws {
+        guard runsDowngradeHooks.load(ordering: .relaxed) else { return }
         try withTransaction {
             if from == .write || from == .writeOnly, items.cache.hasDirty(in: range) {
                 try commitLocked()
@@ -89,8 +95,8 @@ public final class ClusterClient: Sendable {
     /// Makes this client's changes durable (the caller holds the transaction). Blocks it freed
     /// become allocatable, so it waits for file data reads in flight (`readGate`).
     @discardableResult
-    public func commitLocked(merge: Bool = false) throws -> UInt64 {
-        let seq = try readGate.closed { try items.commit(merge: merge) }
+    public func commitLocked(merge: Bool = false, returnPool: Bool = false) throws -> UInt64 {
+        let seq = try readGate.closed { try items.commit(merge: merge, returnPool: returnPool) }
         commits.add(1, ordering: .relaxed)
         return seq
     }

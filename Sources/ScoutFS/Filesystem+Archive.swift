@@ -77,7 +77,7 @@ extension FSCore {
             if isOffline {
                 offline += cutEnd - cutStart
             } else {
-                items.withStore { store.freeData(Extent(start: fe.blkno + (cutStart - start), length: cutEnd - cutStart)) }
+                items.freeData(Extent(start: fe.blkno + (cutStart - start), length: cutEnd - cutStart))
                 online += cutEnd - cutStart
             }
         }
@@ -156,7 +156,7 @@ extension FSCore {
         var at = first
         do {
             while at <= last {
-                let got = try items.withStore { try store.allocData(last + 1 - at) }
+                let got = try allocateDataRun(upTo: last + 1 - at)
                 unmapped = got
                 var buf = [UInt8](repeating: 0, count: Int(got.length * blockSize))
                 let lo = Int((at - first) * blockSize)
@@ -172,7 +172,7 @@ extension FSCore {
         } catch {
             // The region goes back to offline, so readers keep waiting for a stage that works
             // rather than reading blocks that never got their data.
-            if let unmapped { items.withStore { store.freeData(unmapped) } }
+            if let unmapped { items.freeData(unmapped) }
             try unmapFresh(ino, staged)
             try putOfflineExtent(ino, from: first, through: last)
             throw error
@@ -264,7 +264,7 @@ extension Filesystem {
             return FilesystemStatMore(fsid: sb.fsid, rid: c.items.rid, committedSeq: c.stableSeq,
                                       totalMetaBlocks: sb.metaTotalBlocks, totalDataBlocks: sb.dataTotalBlocks,
                                       freeMetaBlocks: c.items.withStore { c.store.freeMetaBlocks },
-                                      freeDataBlocks: c.items.withStore { c.store.freeDataBlocks })
+                                      freeDataBlocks: c.items.dataSpace.allocatable + c.items.dataSpace.pendingFree)
         }
     }
 

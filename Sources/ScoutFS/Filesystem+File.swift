@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import ScoutClient
 import ScoutFormat
 import ScoutStore
 public import SystemPackage
@@ -78,7 +79,7 @@ extension FSCore {
             if cutEnd < e.end {
                 try putExtent(ino, MappedExtent(start: cutEnd, length: e.end - cutEnd, blkno: e.blkno + (cutEnd - e.start)))
             }
-            items.withStore { store.freeData(Extent(start: e.blkno + (cutStart - e.start), length: cutEnd - cutStart)) }
+            items.freeData(Extent(start: e.blkno + (cutStart - e.start), length: cutEnd - cutStart))
             freed += cutEnd - cutStart
         }
         return freed
@@ -92,7 +93,7 @@ extension FSCore {
     /// a write never maps blocks it then cannot fill. Blocks freed by the open transaction
     /// count once a commit has made them reusable, so space a user just freed is there at once.
     func ensureDataSpace(_ blocks: UInt64) throws {
-        let (free, pending) = items.withStore { (store.allocatableDataBlocks, store.pendingFreeDataBlocks) }
+        let (free, pending) = items.dataSpace
         if free >= blocks { return }
         if free + pending >= blocks && !spaceCommitted {
             // A commit makes them allocatable; the operation commits before it starts over
@@ -130,29 +131,25 @@ extension FSCore {
         return fresh
     }
 
-    /// Allocates `blocks` data blocks, all or none, in one hold of the store: operations in
-    /// parallel cannot take the space between the check and the allocation, so a write never
-    /// maps part of its blocks and then finds no more.
+    /// Allocates `blocks` data blocks, all or none, from the client's pool in one hold of it:
+    /// operations in parallel cannot take the space between the check and the allocation, so
+    /// a write never maps part of its blocks and then finds no more.
     func allocateData(_ blocks: UInt64) throws -> [Extent] {
-        guard blocks > 0 else { return [] }
-        return try items.withStore {
-            if store.allocatableDataBlocks < blocks {
-                if store.allocatableDataBlocks + store.pendingFreeDataBlocks >= blocks && !spaceCommitted { throw CommitNeeded() }
-                throw Errno.noSpace
-            }
-            var got: [Extent] = []
-            var left = blocks
-            do {
-                while left > 0 {
-                    let e = try store.allocData(left)
-                    got.append(e)
-                    left -= e.length
-                }
-            } catch {
-                for e in got { store.freeData(e) }
-                throw error
-            }
-            return got
+        do {
+            return try items.allocateData(blocks)
+        } catch let e as DataSpaceShortage {
+            if e.commitMayHelp && !spaceCommitted { throw CommitNeeded() }
+            throw Errno.noSpace
+        }
+    }
+
+    /// Up to `count` contiguous data blocks from the client's pool (stage fills a region run
+    /// by run; `ensureDataSpace` checked the total before).
+    func allocateDataRun(upTo count: UInt64) throws -> Extent {
+        do {
+            return try items.allocateDataRun(upTo: count)
+        } catch is DataSpaceShortage {
+            throw Errno.noSpace
         }
     }
 
@@ -404,7 +401,9 @@ extension FSCore {
 
     func stats() -> FilesystemStats {
         let sb = store.superblock
-        let (metaFree, dataFree) = items.withStore { (store.freeMetaBlocks, store.freeDataBlocks) }
+        let metaFree = items.withStore { store.freeMetaBlocks }
+        let data = items.dataSpace
+        let dataFree = data.allocatable + data.pendingFree
         // A rough inode count: a small inode takes about 300 bytes of metadata with its entry.
         let perBlock = UInt64(Layout.metaBlockSize / 300)
         return FilesystemStats(

@@ -142,9 +142,8 @@ public struct FilesystemOptions: Sendable {
 public final class Filesystem: Sendable {
     let shared: FSShared
     var cluster: ClusterClient { shared.cluster }
-    /// The lock server of this mount's one-node cluster and the in-process network to it.
-    private let lockServer: LockServer
-    private let lockNetwork: InMemoryLockNetwork
+    /// The server, lock server and store this client shares with the others in its process.
+    public let localCluster: LocalCluster
     let localLocks = LocalLocks()
     public let options: FilesystemOptions
     var readGate: DataReadGate { cluster.readGate }
@@ -153,42 +152,56 @@ public final class Filesystem: Sendable {
     // nonisolated(unsafe): set once in init; the device's reads are thread-safe.
     nonisolated(unsafe) let dataDevice: any BlockDevice
 
-    /// Opens the filesystem on an open store: creates the root directory on first use and frees
-    /// inodes that a crash left unlinked but allocated (orphans).
-    public init(store: Store, options: FilesystemOptions = FilesystemOptions()) throws {
-        let server = LocalServer(store: store, mergeThreshold: options.mergeThreshold)
+    /// Opens the filesystem on an open store as the only client of its own cluster (a mount):
+    /// creates the root directory on first use and frees inodes that a crash left unlinked but
+    /// allocated (orphans).
+    public convenience init(store: Store, options: FilesystemOptions = FilesystemOptions()) throws {
+        try self.init(joining: LocalCluster(store: store, mergeThreshold: options.mergeThreshold), options: options)
+    }
+
+    /// Joins `local` as one more client: its own lock client, item cache, log tree,
+    /// transaction and data pool, over the store and servers it shares with the others.
+    public init(joining local: LocalCluster, options: FilesystemOptions = FilesystemOptions()) throws {
         var id = options.clientID ?? 0
         while id == 0 { id = UInt64.random(in: 1...UInt64.max) }
-        let net = InMemoryLockNetwork(immediate: true)
-        let ls = LockServer(links: net.clientLinks)
-        net.attachServer { client, m in ls.receive(from: client, m) }
-        let locks = LockClient(id: id, link: net.serverLink(for: id))
-        net.attachClient(id) { m in locks.receive(m) }
-        // One client over its own store: reads need no other log trees, and the store's
-        // transaction seq orders every change (see `ClusterClient.ordersByLockSeq`).
-        let cl = ClusterClient(id: id, locks: locks, store: store, server: InProcessLink(server: server),
-                               cacheBytes: 256 << 20, sharesStore: false, ordersByLockSeq: false)
-        lockNetwork = net
-        lockServer = ls
-        shared = FSShared(store: store, server: server, cluster: cl)
-        dataDevice = store.data
+        let locks = LockClient(id: id, link: local.lockNetwork.serverLink(for: id))
+        // The store's transaction seq orders every change: whoever hands a lock over commits
+        // first, which advances it (see `ClusterClient.ordersByLockSeq`).
+        let cl = ClusterClient(id: id, locks: locks, store: local.store, server: local.server,
+                               cacheBytes: 256 << 20, sharesStore: local.several, ordersByLockSeq: false,
+                               storeLock: local.storeLock)
+        let shared = FSShared(store: local.store, server: local.server, cluster: cl, local: local)
+        // Before the object is whole: a refused join must not run `deinit`, which would take
+        // the client already holding this id out of the cluster.
+        try local.join(id, shared)
+        localCluster = local
+        self.shared = shared
+        dataDevice = local.store.data
         self.options = options
+        local.lockNetwork.attachClient(id) { m in locks.receive(m) }
         locks.startWorker()
         do {
-            try cluster.withTransaction { try FSCore(shared, held: HeldLocks()).prepare() }
+            if local.recovered > 0 { shared.log("merged \(local.recovered) log tree(s) left by an unclean unmount") }
+            try cluster.items.withStore { try FSCore(shared, held: HeldLocks()).checkNextInode() }
             try createRootIfMissing()
-            try freeOrphans()
+            try reclaimOrphans()
         } catch {
-            stopLocks()
+            leaveCluster()
             throw error
         }
     }
 
-    deinit { stopLocks() }
+    deinit { leaveCluster() }
 
-    private func stopLocks() {
+    /// Set once this client is out of its cluster: its id may then belong to a new client
+    /// (one that rejoined after a crash), which leaving again would take out.
+    private let departed = Atomic<Bool>(false)
+
+    /// Stops the lock client and takes this client out of the cluster, once.
+    func leaveCluster() {
+        guard !departed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         cluster.locks.stopWorker()
-        lockNetwork.detachClient(cluster.id)
+        localCluster.leave(cluster.id)
     }
 
     /// How an operation uses metadata space, which decides whether it may start on a nearly
@@ -287,18 +300,18 @@ public final class Filesystem: Sendable {
     public var fsid: UInt64 { shared.store.fsid }
 
     /// The seq of the last commit.
-    public var committedSeq: UInt64 { withCore { $0.store.superblock.seq } }
+    public var committedSeq: UInt64 { cluster.items.withStore { shared.store.superblock.seq } }
 
-    /// Commits, merges this mount's log tree into the fs tree and commits that: what a clean
-    /// unmount leaves is one fs tree and no log trees.
+    /// Commits, merges this mount's log tree into the fs tree, hands its data pool back and
+    /// commits that: what a clean unmount leaves is one fs tree and no log trees.
     public func syncAndMerge() throws(Errno) {
         try runExclusive { c in
-            try c.commit(merge: true)
+            try c.commit(merge: true, returnPool: true)
         }
     }
 
     /// How many log tree merges the server has done since mount.
-    public var merges: Int { withCore { $0.server.merges } }
+    public var merges: Int { cluster.items.withStore { shared.server.merges } }
 
     /// Cluster lock traffic of this mount's lock client (status, tests).
     public var lockStatistics: (requests: Int, grants: Int, invalidations: Int, cached: Int) {
@@ -326,26 +339,32 @@ public final class Filesystem: Sendable {
         if created { try sync() }
     }
 
-    /// Frees the inodes a crash left unlinked but allocated, one operation each.
-    private func freeOrphans() throws {
+    /// Frees the inodes a crash left unlinked but allocated (orphans no client holds), one
+    /// operation each; returns how many. A client runs it when it joins, and after another
+    /// client died.
+    @discardableResult
+    public func reclaimOrphans() throws -> Int {
         var plan = LockPlan()
         plan.add(.orphan, .read)
         let orphans = try locked(.reads, plan) { c in try c.range(Keys.orphan(0), Keys.orphan(.max)).map(\.key.second) }
+        var freed = 0
         for ino in orphans {
             var p = LockPlan()
             p.mayFree(ino)
             try locked(.frees, p) { c in
                 if let r = try? c.inode(ino), r.nlink > 0 {
                     try c.remove(Keys.orphan(ino))
-                } else {
+                } else if !c.shared.heldElsewhere(ino) {
                     try c.deleteInode(ino)
+                    freed += 1
                 }
             }
         }
-        if !orphans.isEmpty {
-            shared.log("freed \(orphans.count) orphaned inode(s) left by an unclean unmount")
+        if freed > 0 {
+            shared.log("freed \(freed) orphaned inode(s) left by an unclean unmount")
             try sync()
         }
+        return freed
     }
 
     /// Frees `ino` if nothing holds it any more (its last close or forget): an operation of
@@ -370,14 +389,22 @@ final class FSShared: Sendable {
     // inode batches (under the store lock).
     nonisolated(unsafe) let server: LocalServer
     let cluster: ClusterClient
+    /// The other clients in this process, asked before an unlinked inode is freed.
+    let local: LocalCluster
     let waits = DataWaits()
     let refs = Mutex(InodeRefs())
     let logSink = Mutex<(@Sendable (String) -> Void)?>(nil)
 
-    init(store: Store, server: LocalServer, cluster: ClusterClient) {
+    init(store: Store, server: LocalServer, cluster: ClusterClient, local: LocalCluster) {
         self.store = store
         self.server = server
         self.cluster = cluster
+        self.local = local
+    }
+
+    /// Another client holds `ino` (and now knows it is unlinked). Always false alone.
+    func heldElsewhere(_ ino: UInt64) -> Bool {
+        local.several && local.heldElsewhere(ino, by: cluster.id)
     }
 
     func log(_ s: String) {
@@ -415,6 +442,14 @@ struct InodeRefs {
             lookupCount[ino] = have - n
         }
         return isUnused(ino)
+    }
+
+    /// `ino` is held here, which a client that unlinked it elsewhere asks before freeing it:
+    /// if so it is marked unlinked, so the last close or forget here frees it.
+    mutating func takeUnlinked(_ ino: UInt64) -> Bool {
+        guard (openCount[ino] ?? 0) > 0 || (lookupCount[ino] ?? 0) > 0 else { return false }
+        unlinked.insert(ino)
+        return true
     }
 
     /// Ends one open; true when the inode may now be freed.
@@ -467,21 +502,15 @@ final class FSCore {
 
     /// Makes the open transaction durable (the caller holds the transaction alone). Blocks it
     /// freed become allocatable, so no file data read may be in flight (`DataReadGate`).
-    func commit(merge: Bool = false) throws {
-        try cluster.commitLocked(merge: merge)
-    }
-
-    /// What comes before any operation: the log trees an earlier mount left are merged (no
-    /// lock covers them; nothing else runs yet) and the next inode number is checked.
-    func prepare() throws {
-        let recovered = try server.recoverLogTrees()
-        if recovered > 0 { log("merged \(recovered) log tree(s) left by an unclean unmount") }
-        try checkNextInode()
+    func commit(merge: Bool = false, returnPool: Bool = false) throws {
+        try cluster.commitLocked(merge: merge, returnPool: returnPool)
     }
 
     // MARK: items
 
-    var seq: UInt64 { items.seq }
+    /// The open transaction's seq as this operation first saw it: another client's commit may
+    /// advance the store's meanwhile, and an inode's seqs must name its index items exactly.
+    private(set) lazy var seq: UInt64 = items.seq
 
     // Every item call goes through the lock of the running operation that covers its key.
 
@@ -575,7 +604,7 @@ final class FSCore {
     /// the inode's group lock, which this operation holds for writing, so none can appear
     /// between the check and the delete.
     func freeIfUnused(_ ino: UInt64) throws {
-        guard ino != Self.rootIno, shared.refs.withLock({ $0.isUnused(ino) }) else { return }
+        guard ino != Self.rootIno, shared.refs.withLock({ $0.isUnused(ino) }), !shared.heldElsewhere(ino) else { return }
         guard let r = try? inode(ino), r.nlink == 0 else {
             shared.refs.withLock { _ = $0.unlinked.remove(ino) }
             return
@@ -670,18 +699,6 @@ enum Keys {
     /// The first and last keys of everything an inode owns.
     static func first(_ ino: UInt64) -> Key { Key(zone: Zone.fs, first: ino) }
     static func last(_ ino: UInt64) -> Key { Key(zone: Zone.fs, first: ino, type: .max, second: .max, third: .max, fourth: .max) }
-}
-
-/// The client's view of a server in the same process: plain calls.
-final class InProcessLink: ServerLink {
-    let server: LocalServer
-    init(server: LocalServer) { self.server = server }
-    var transactionSeq: UInt64 { server.transactionSeq }
-    var committedSeq: UInt64 { server.committedSeq }
-    func allocateInodes(_ count: UInt64) throws -> Range<UInt64> { server.allocateInodes(count) }
-    func commitLogTree(rid: UInt64, _ record: LogTreeRecord, merge: Bool) throws -> LogCommit {
-        try server.commitLogTree(rid: rid, record, merge: merge)
-    }
 }
 
 extension FixedWidthInteger {

@@ -1,13 +1,19 @@
 public import ScoutFormat
+public import ScoutNet
 public import ScoutStore
 
 /// The server side of a mount, running in the mount's own process: it records each client's
 /// committed log tree, hands out inode numbers and transaction seqs, and merges log trees into
 /// the fs tree. Only the server writes the superblock.
 ///
-/// Not thread-safe: the caller serializes calls (the single-node mount holds its filesystem
+/// It is also the only editor of the free trees: each client allocates file data from a pool
+/// of blocks the server gave it (recorded in its log-trees item) and hands back what it freed
+/// at each commit, so clients in one process, and later on other nodes, never edit the
+/// allocator's trees themselves.
+///
+/// Not thread-safe: the caller serializes calls (clients in one process hold their store
 /// lock). The cluster puts the network between clients and this type; the calls stay the same.
-public final class LocalServer {
+public final class LocalServer: ServerLink {
     public let store: Store
     /// A client's log tree is merged at the commit that finds it holding at least this many
     /// items (an upper bound: rewrites of one key count each time).
@@ -17,9 +23,14 @@ public final class LocalServer {
     /// way a device running out of space does.
     public var commitMergeChunk: (Store) throws -> Void = { try $0.commit() }
 
-    public init(store: Store, mergeThreshold: UInt64 = 100_000) {
+    /// Blocks a pool refill hands out beyond what was asked for, so a client writing a large
+    /// file asks once per this many blocks.
+    public var poolRefill: UInt64
+
+    public init(store: Store, mergeThreshold: UInt64 = 100_000, poolRefill: UInt64 = 8192) {
         self.store = store
         self.mergeThreshold = mergeThreshold
+        self.poolRefill = poolRefill
     }
 
     /// The seq that items written in the open transaction carry.
@@ -44,17 +55,19 @@ public final class LocalServer {
         return try decode(it, rid: rid)
     }
 
-    /// Records `record` as `rid`'s log tree and commits. When asked to, or when the tree has
-    /// grown past the threshold, it is merged into the fs tree and a second commit makes that
-    /// durable; the reply says so, and the client starts a new, empty log tree.
-    public func commitLogTree(rid: UInt64, _ record: LogTreeRecord, merge: Bool = false) throws -> LogCommit {
+    /// Records `record` as `rid`'s log tree (with the pool it has left) and commits; the blocks
+    /// it `freed` become free with that commit. When asked to, or when the tree has grown past
+    /// the threshold, it is merged into the fs tree and a second commit makes that durable;
+    /// the reply says so, and the client starts a new, empty log tree (keeping its pool).
+    public func commitLogTree(rid: UInt64, _ record: LogTreeRecord, freed: [Extent] = [], merge: Bool = false) throws -> LogCommit {
         try setRecord(rid: rid, record)
+        for e in freed { store.freeData(e) }
         try store.commit()
         let seq = store.superblock.seq
         let wanted = try merge || record.items >= mergeThreshold || mergeNeededForSpace(record)
         guard wanted else { return LogCommit(seq: seq, merged: false) }
         do {
-            try mergeAndCommit(rid: rid)
+            try mergeAndCommit(rid: rid, clientGone: false)
         } catch let e as StoreError where e.code == .noSpace {
             // The log tree is durable; a merge that ran out of room is retried later. What it
             // applied so far is newer-wins and applying it again changes nothing, as long as
@@ -62,6 +75,34 @@ public final class LocalServer {
             return LogCommit(seq: store.superblock.seq, merged: false, partlyMerged: true)
         }
         return LogCommit(seq: store.superblock.seq, merged: true)
+    }
+
+    /// Takes at least `count` data blocks (more, up to `poolRefill`, while the device has
+    /// them) from the free tree into `rid`'s recorded pool. Nothing is committed here: the
+    /// next commit, whoever makes it, records the blocks as taken and as the pool's together,
+    /// so a crash before it loses neither.
+    public func refillDataPool(rid: UInt64, atLeast count: UInt64) throws -> [Extent] {
+        let want = max(count, poolRefill)
+        var got: [Extent] = []
+        var have: UInt64 = 0
+        var rec = try recordedLogTree(rid: rid) ?? LogTreeRecord(root: .empty, items: 0)
+        // Fragmented free space comes in many small extents; a pool takes a bounded number.
+        let room = LogTreeRecord.maxPoolExtents - rec.dataPool.count
+        while have < want, got.count < min(room, 64), store.allocatableDataBlocks > 0 {
+            let e = try store.allocData(want - have)
+            got.append(e)
+            have += e.length
+        }
+        guard !got.isEmpty else {
+            throw StoreError(.noSpace, "data device is full: no free 4 KiB blocks left; free space or grow the device")
+        }
+        rec.dataPool.append(contentsOf: got)
+        try setRecord(rid: rid, rec)
+        return got
+    }
+
+    public var dataSpace: (free: UInt64, pendingFree: UInt64) {
+        (store.allocatableDataBlocks, store.pendingFreeDataBlocks)
     }
 
     /// A merge writes about as many fs tree blocks as the log tree holds before the log tree's
@@ -82,17 +123,20 @@ public final class LocalServer {
             if it.key.zone == Zone.logTrees { rids.append(it.key.first) }
             return true
         }
-        for rid in rids { try mergeAndCommit(rid: rid) }
+        for rid in rids { try mergeAndCommit(rid: rid, clientGone: true) }
         return rids.count
     }
 
     /// Merges the log tree of a client that is gone (crashed or unmounted) while others keep
-    /// running: its committed changes stay, what it had not committed is lost.
+    /// running and takes back its pool: its committed changes stay, what it had not committed
+    /// is lost, and the blocks it allocated for that are free again.
     public func recoverLogTree(rid: UInt64) throws {
-        try mergeAndCommit(rid: rid)
+        try mergeAndCommit(rid: rid, clientGone: true)
     }
 
-    func mergeAndCommit(rid: UInt64) throws {
+    /// Merges `rid`'s log tree into the fs tree. A live client keeps its pool in a record with
+    /// an empty tree; a departed one's pool goes back to the free tree.
+    func mergeAndCommit(rid: UInt64, clientGone: Bool) throws {
         guard let rec = try recordedLogTree(rid: rid) else { return }
         var log = BTree(root: rec.root, name: "log tree of client \(String(rid, radix: 16))")
         var others = false
@@ -101,14 +145,19 @@ public final class LocalServer {
             return !others
         }
         _ = try LogMerge.merge(&log, into: store, keepTombstones: others) { try commitMergeChunk(store) }
-        try store.delete(LogTreeRecord.key(rid: rid), from: .logTrees, forCommit: true)
+        if clientGone {
+            for e in rec.dataPool { store.freeData(e) }
+            try store.delete(LogTreeRecord.key(rid: rid), from: .logTrees, forCommit: true)
+        } else {
+            try setRecord(rid: rid, LogTreeRecord(root: .empty, items: 0, dataPool: rec.dataPool))
+        }
         try store.commit()
         merges += 1
     }
 
     private func setRecord(rid: UInt64, _ record: LogTreeRecord) throws {
         let key = LogTreeRecord.key(rid: rid)
-        if record.root.isEmpty {
+        if record.root.isEmpty && record.dataPool.isEmpty {
             try store.delete(key, from: .logTrees, forCommit: true)
         } else {
             try store.insert(Item(key: key, seq: store.txnSeq, value: record.encoded), into: .logTrees, forCommit: true)

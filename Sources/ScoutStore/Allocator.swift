@@ -1,19 +1,5 @@
 import ScoutFormat
 
-/// A run of free blocks.
-public struct Extent: Hashable, Sendable, CustomStringConvertible {
-    public var start: UInt64
-    public var length: UInt64
-
-    public init(start: UInt64, length: UInt64) {
-        self.start = start
-        self.length = length
-    }
-
-    public var end: UInt64 { start + length }
-    public var description: String { "\(start)+\(length)" }
-}
-
 /// Free space of one device as extents in a btree, indexed twice: by start (to merge a freed
 /// extent with its neighbours) and by length (to find room for a large allocation).
 ///

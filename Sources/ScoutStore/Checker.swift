@@ -20,6 +20,8 @@ public struct CheckReport: Sendable {
     public var dataBlocks: UInt64 = 0
     public var dataFree: UInt64 = 0
     public var dataReferenced: UInt64 = 0
+    /// Data blocks in clients' pools: neither free nor referenced yet.
+    public var dataPooled: UInt64 = 0
 
     public var isClean: Bool { problems.isEmpty }
 }
@@ -117,6 +119,10 @@ private struct Walker {
             problem("\(error)")
         }
         for (rid, rec) in records {
+            for e in rec.dataPool {
+                dataOwned.append(Owned(start: e.start, length: e.length, owner: "data pool of client \(String(rid, radix: 16))"))
+                report.dataPooled += e.length
+            }
             var summary = TreeSummary()
             summary.height = Int(rec.root.height)
             if !rec.root.isEmpty {
@@ -196,10 +202,9 @@ private struct Walker {
             if let have = logExtents[key], have.seq >= v.seq { return }
             logExtents[key] = (v.seq, v, blkno)
         case .fs:
-            if v.flags.contains(.deletion) {
-                problem("metadata block \(blkno) in fs tree: deletion item \(key); only log trees hold deletions")
-                return
-            }
+            // A merge made while other clients had log trees leaves a deletion behind as a
+            // tombstone that hides their older versions; it owns no blocks.
+            if v.flags.contains(.deletion) { return }
             if logExtents[key] == nil { ownExtent(key, v, treeName: "fs", blkno: blkno) }
         }
     }

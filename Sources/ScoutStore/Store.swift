@@ -1,4 +1,5 @@
 public import ScoutFormat
+import Synchronization
 
 /// Tunables of an open store.
 public struct StoreOptions: Sendable {
@@ -32,8 +33,10 @@ public final class Store {
     /// The last committed superblock.
     public private(set) var superblock: SuperBlock
     /// The seq of the open transaction: stamped on every block it writes, one more than the
-    /// last commit's.
-    public private(set) var txnSeq: UInt64
+    /// last commit's. Clients sharing the store stamp their changes with it from their own
+    /// threads, without the store lock, while another client's commit may advance it.
+    public var txnSeq: UInt64 { openSeq.load(ordering: .acquiring) }
+    private let openSeq: Atomic<UInt64>
     var trees: [TreeID: BTree] = [:]
     let metaAlloc: ExtentAllocator
     let dataAlloc: ExtentAllocator
@@ -57,7 +60,7 @@ public final class Store {
         self.options = options
         self.superblock = superblock
         cache = BlockCache(capacity: options.cacheBlocks)
-        txnSeq = superblock.seq + 1
+        openSeq = Atomic(superblock.seq + 1)
         nextIno = superblock.nextIno
         nextSeq = superblock.nextSeq
         for t in [TreeID.fs, .logTrees, .mountedClients, .srch] {
@@ -385,7 +388,7 @@ public final class Store {
             metaAlloc.transactionCommitted()
             dataAlloc.transactionCommitted()
             cache.markClean(dirty)
-            txnSeq += 1
+            openSeq.add(1, ordering: .releasing)
         } catch let e as StoreError {
             fail(e)
             throw e

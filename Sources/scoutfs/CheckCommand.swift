@@ -27,6 +27,7 @@ struct CheckCommand: ParsableCommand {
         var metaFree: UInt64
         var dataBlocks: UInt64
         var dataReferenced: UInt64
+        var dataPooled: UInt64
         var dataFree: UInt64
         var inodes: UInt64
         var searchItems: UInt64
@@ -50,14 +51,14 @@ struct CheckCommand: ParsableCommand {
         }
         let out = Output(clean: report.isClean, problems: report.problems,
                          metaBlocks: report.metaBlocks, metaReferenced: report.metaReferenced, metaFree: report.metaFree,
-                         dataBlocks: report.dataBlocks, dataReferenced: report.dataReferenced, dataFree: report.dataFree,
+                         dataBlocks: report.dataBlocks, dataReferenced: report.dataReferenced, dataPooled: report.dataPooled, dataFree: report.dataFree,
                          inodes: index.inodes, searchItems: index.searchItems, xattrTotals: index.totals)
         if json {
             try printJSON(out)
         } else {
             for p in report.problems { print(p) }
             if report.isClean {
-                print("clean: \(report.metaReferenced) metadata blocks referenced, \(report.metaFree) free of \(report.metaBlocks); \(report.dataReferenced) data blocks referenced, \(report.dataFree) free of \(report.dataBlocks); \(index.inodes) inodes, their index items, \(index.searchItems) search items and \(index.totals) xattr totals match")
+                print("clean: \(report.metaReferenced) metadata blocks referenced, \(report.metaFree) free of \(report.metaBlocks); \(report.dataReferenced) data blocks referenced, \(report.dataPooled > 0 ? "\(report.dataPooled) in clients' pools, " : "")\(report.dataFree) free of \(report.dataBlocks); \(index.inodes) inodes, their index items, \(index.searchItems) search items and \(index.totals) xattr totals match")
             } else {
                 print("\(report.problems.count) problem\(report.problems.count == 1 ? "" : "s") found")
             }

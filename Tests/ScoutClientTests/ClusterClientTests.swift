@@ -6,18 +6,6 @@ import ScoutStore
 import ScoutTestSupport
 import Testing
 
-/// The server as clients in the same process reach it.
-final class SharedServerLink: ServerLink {
-    let server: LocalServer
-    init(_ server: LocalServer) { self.server = server }
-    var transactionSeq: UInt64 { server.transactionSeq }
-    var committedSeq: UInt64 { server.committedSeq }
-    func allocateInodes(_ count: UInt64) throws -> Range<UInt64> { server.allocateInodes(count) }
-    func commitLogTree(rid: UInt64, _ record: LogTreeRecord, merge: Bool) throws -> LogCommit {
-        try server.commitLogTree(rid: rid, record, merge: merge)
-    }
-}
-
 /// A memory device whose writes can be made to fail, as a dying disk's do.
 final class FailableDevice: BlockDevice, @unchecked Sendable {
     // @unchecked: `failWrites` is set by the test thread between operations.
@@ -55,7 +43,7 @@ final class ItemCluster {
     }
 
     private func makeClient(_ i: Int) -> ClusterClient {
-        ClusterClient(id: net.clients[i].id, locks: net.clients[i], store: store, server: SharedServerLink(server))
+        ClusterClient(id: net.clients[i].id, locks: net.clients[i], store: store, server: server)
     }
 
     /// Locks on client `c`, delivering messages and running every client's invalidations

@@ -59,6 +59,28 @@ import ScoutFormat
         #expect(throws: FormatError.self) { try BTreeBlock(decoding: [1, 2, 3]) }
     }
 
+    @Test func logTreeRecordsKeepTheirPoolAndRefuseDamagedOnes() throws {
+        let root = BTreeRoot(ref: BlockRef(blkno: 12, seq: 5), height: 2)
+        let plain = LogTreeRecord(root: root, items: 77)
+        #expect(plain.encoded.count == LogTreeRecord.baseSize)
+        #expect(try LogTreeRecord(decoding: plain.encoded) == plain)
+        let pooled = LogTreeRecord(root: .empty, items: 0, dataPool: [Extent(start: 100, length: 8192), Extent(start: 9000, length: 3)])
+        #expect(try LogTreeRecord(decoding: pooled.encoded) == pooled)
+        #expect(pooled.poolBlocks == 8195)
+
+        var cut = pooled.encoded
+        cut.removeLast()
+        #expect(throws: FormatError.self) { try LogTreeRecord(decoding: cut) }
+        var huge = plain.encoded
+        huge += [0xFF, 0xFF, 0xFF, 0x7F]
+        #expect(throws: FormatError.self) { try LogTreeRecord(decoding: huge) }
+        var wraps = pooled.encoded
+        // The first pool extent's start: just past the root, the item count and the extent count.
+        let at = LogTreeRecord.baseSize + 4
+        for k in 0..<8 { wraps[at + k] = 0xFF }
+        #expect(throws: FormatError.self) { try LogTreeRecord(decoding: wraps) }
+    }
+
     @Test func superblockRoundTrip() throws {
         var sb = SuperBlock(uuid: Array(1...16), metaTotalBlocks: 4096, dataTotalBlocks: 65536,
                             quorumSlots: [QuorumSlot(slot: 0, address: "127.0.0.1", port: 7100),

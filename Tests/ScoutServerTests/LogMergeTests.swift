@@ -5,16 +5,6 @@ import ScoutStore
 import ScoutTestSupport
 import Testing
 
-/// A client writing into its log tree over a server in the same process.
-final class Link: ServerLink {
-    let server: LocalServer
-    init(_ server: LocalServer) { self.server = server }
-    var transactionSeq: UInt64 { server.transactionSeq }
-    var committedSeq: UInt64 { server.committedSeq }
-    func allocateInodes(_ count: UInt64) throws -> Range<UInt64> { server.allocateInodes(count) }
-    func commitLogTree(rid: UInt64, _ record: LogTreeRecord, merge: Bool) throws -> LogCommit { try server.commitLogTree(rid: rid, record, merge: merge) }
-}
-
 @Suite struct LogMergeTests {
     let meta = MemoryBlockDevice(name: "meta", size: 256 << 20)
     let data = MemoryBlockDevice(name: "data", size: 256 << 20)
@@ -37,7 +27,7 @@ final class Link: ServerLink {
         var rng = SplitMix64(seed: seed)
         var store = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
         var server = LocalServer(store: store, mergeThreshold: 500)
-        var client = ClientItems(store: store, server: Link(server), rid: 7)
+        var client = ClientItems(store: store, server: server, rid: 7)
         var committed: [UInt64: [UInt8]] = [:]
         var working: [UInt64: [UInt8]] = [:]
         var sawMerge = false
@@ -65,7 +55,7 @@ final class Link: ServerLink {
                 store = try Store.open(meta: meta, data: data)
                 server = LocalServer(store: store, mergeThreshold: 500)
                 try server.recoverLogTrees()
-                client = ClientItems(store: store, server: Link(server), rid: 7)
+                client = ClientItems(store: store, server: server, rid: 7)
                 working = committed
             } else {
                 try client.commit()
@@ -88,7 +78,7 @@ final class Link: ServerLink {
     @Test func unmergedLogTreeIsVisibleAndChecked() throws {
         let store = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
         let server = LocalServer(store: store, mergeThreshold: .max)
-        let client = ClientItems(store: store, server: Link(server), rid: 9)
+        let client = ClientItems(store: store, server: server, rid: 9)
         for n in 0..<500 as Range<UInt64> { try client.insert(key(n), value(n, 0)) }
         try client.commit(merge: true)
         let before = try store.tree(.fs).items(in: store).count
@@ -105,7 +95,7 @@ final class Link: ServerLink {
         let reopened = try Store.open(meta: meta, data: data)
         let server2 = LocalServer(store: reopened)
         #expect(try server2.recordedLogTree(rid: 9)?.items == 101)
-        let c2 = ClientItems(store: reopened, server: Link(server2), rid: 10)
+        let c2 = ClientItems(store: reopened, server: server2, rid: 10)
         // The new client has an empty log tree; the unmerged one is not in its forest until
         // the server merges it, which recovery does.
         #expect(try server2.recoverLogTrees() == 1)
@@ -119,7 +109,7 @@ final class Link: ServerLink {
     @Test func deleteOfLogOnlyItemLeavesNoTombstone() throws {
         let store = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
         let server = LocalServer(store: store, mergeThreshold: .max)
-        let client = ClientItems(store: store, server: Link(server), rid: 3)
+        let client = ClientItems(store: store, server: server, rid: 3)
         try client.insert(key(1), value(1, 0))
         try client.delete(key(1))
         try client.commit()
@@ -146,7 +136,7 @@ final class Link: ServerLink {
         var rng = SplitMix64(seed: seed)
         var store = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
         var server = LocalServer(store: store, mergeThreshold: 300)
-        var client = ClientItems(store: store, server: Link(server), rid: 4)
+        var client = ClientItems(store: store, server: server, rid: 4)
         var committed: [UInt64: [Int64]] = [:]
         var working: [UInt64: [Int64]] = [:]
         for round in 0..<24 {
@@ -176,7 +166,7 @@ final class Link: ServerLink {
                 store = try Store.open(meta: meta, data: data)
                 server = LocalServer(store: store, mergeThreshold: 300)
                 try server.recoverLogTrees()
-                client = ClientItems(store: store, server: Link(server), rid: 4)
+                client = ClientItems(store: store, server: server, rid: 4)
                 working = committed
             } else {
                 try client.commit(merge: round % 3 == 0)
@@ -196,7 +186,7 @@ final class Link: ServerLink {
     @Test func deltaMergeCutShortCountsEachDeltaOnce() throws {
         let store = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
         let server = LocalServer(store: store, mergeThreshold: .max)
-        let client = ClientItems(store: store, server: Link(server), rid: 5)
+        let client = ClientItems(store: store, server: server, rid: 5)
         let keys = 0..<UInt64(5000)
         for n in keys { try client.addDelta(key(n), [Int64(n), 1]) }
         try client.commit(merge: true)
@@ -226,7 +216,7 @@ final class Link: ServerLink {
 
         let server2 = LocalServer(store: reopened)
         #expect(try server2.recoverLogTrees() == 1)
-        let c2 = ClientItems(store: reopened, server: Link(server2), rid: 6)
+        let c2 = ClientItems(store: reopened, server: server2, rid: 6)
         for n in keys { #expect(fields(try c2.lookup(key(n))?.value) == expected(n), "key \(n) after recovery") }
         #expect(Checker.check(meta: meta, data: data).isClean)
     }
@@ -237,7 +227,7 @@ final class Link: ServerLink {
     @Test func deltaMergeCutShortByENOSPCCountsEachDeltaOnce() throws {
         let store = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
         let server = LocalServer(store: store, mergeThreshold: .max)
-        let client = ClientItems(store: store, server: Link(server), rid: 7)
+        let client = ClientItems(store: store, server: server, rid: 7)
         let keys = 0..<UInt64(5000)
         for n in keys { try client.addDelta(key(n), [Int64(n), 1]) }
         try client.commit(merge: true)
@@ -269,8 +259,8 @@ final class Link: ServerLink {
     @Test func inodeNumbersComeInBatchesAndNeverRepeat() throws {
         let store = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
         let server = LocalServer(store: store)
-        let a = ClientItems(store: store, server: Link(server), rid: 1)
-        let b = ClientItems(store: store, server: Link(server), rid: 2)
+        let a = ClientItems(store: store, server: server, rid: 1)
+        let b = ClientItems(store: store, server: server, rid: 2)
         let fromA = try (0..<3).map { _ in try a.allocateInode() }
         let fromB = try b.allocateInode()
         #expect(fromA == [fromA[0], fromA[0] + 1, fromA[0] + 2])

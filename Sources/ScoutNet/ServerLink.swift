@@ -1,0 +1,23 @@
+public import ScoutFormat
+
+/// What a client asks of the server: the calls the network will carry between nodes. Clients
+/// in the server's own process make them as plain calls (`LocalServer` answers them), one at
+/// a time per store (the caller holds the store lock).
+public protocol ServerLink: AnyObject {
+    /// The seq that items written in the open transaction carry.
+    var transactionSeq: UInt64 { get }
+    /// The seq of the last commit the server made durable.
+    var committedSeq: UInt64 { get }
+    /// A batch of inode numbers for this client alone.
+    func allocateInodes(_ count: UInt64) throws -> Range<UInt64>
+    /// At least `count` data blocks (in a few extents) for `rid`'s pool, recorded as its pool
+    /// in the same commit that takes them from the free tree; fewer only when the device has
+    /// fewer. Only the server takes blocks from the free tree, so clients never edit it.
+    func refillDataPool(rid: UInt64, atLeast count: UInt64) throws -> [Extent]
+    /// Data blocks outside every pool: free now, and freed by commits not yet made durable.
+    var dataSpace: (free: UInt64, pendingFree: UInt64) { get }
+    /// Records the client's log tree (and the pool it has left) and makes it durable, taking
+    /// back the data blocks it freed since its last commit; with `merge` (or when the tree has
+    /// grown past the server's threshold) the server also merges it into the fs tree.
+    func commitLogTree(rid: UInt64, _ record: LogTreeRecord, freed: [Extent], merge: Bool) throws -> LogCommit
+}
