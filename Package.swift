@@ -46,7 +46,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
-        .target(name: "ScoutFUSE", dependencies: ["CFuse3", "ScoutFS", "ScoutStore"], swiftSettings: strict),
+        .target(name: "ScoutFUSE", dependencies: ["CFuse3", "ScoutFS", "ScoutClient", "ScoutStore", "ScoutFormat"], swiftSettings: strict),
         .executableTarget(
             name: "scoutfs",
             dependencies: [
@@ -66,6 +66,7 @@ let package = Package(
         .testTarget(name: "ScoutClientTests", dependencies: ["ScoutClient", "ScoutServer", "ScoutStore", "ScoutNet", "ScoutFormat", "ScoutTestSupport"], swiftSettings: strict),
         .testTarget(name: "ScoutServerTests", dependencies: ["ScoutServer", "ScoutClient", "ScoutStore", "ScoutFormat", "ScoutTestSupport"], swiftSettings: strict),
         .testTarget(name: "ScoutFSTests", dependencies: ["ScoutFS", "ScoutStore", "ScoutFormat", "ScoutTestSupport"], swiftSettings: strict),
+        .testTarget(name: "ScoutFUSETests", dependencies: ["ScoutFUSE", "ScoutFS", "ScoutStore", "ScoutFormat", "ScoutTestSupport"], swiftSettings: strict),
         .testTarget(name: "scoutfsTests", dependencies: ["ScoutStore", "ScoutFormat", "ScoutTestSupport"], swiftSettings: strict),
     ]
 )

@@ -49,6 +49,9 @@ public final class ClusterClient: Sendable {
     /// randomized cluster test must find (a lock given up without its commit and without
     /// dropping what it cached); nothing else may.
     public let runsDowngradeHooks = Atomic<Bool>(true)
+    /// Told of each range this client stops caching (lock dropped to null): the FUSE layer
+    /// drops what the kernel caches of it. Called inside the hook; must not block.
+    private let dropHooks = Mutex<[@Sendable (LockRange) -> Void]>([])
 
     /// `sharesStore`: other clients record log trees in the same store (reads see them and
     /// deletions are always written as tombstones); false for a lone mount.
@@ -90,6 +93,14 @@ public final class ClusterClient: Sendable {
                 try items.cache.invalidate(range)
             }
         }
+        if to == .null {
+            for hook in dropHooks.withLock({ $0 }) { hook(range) }
+        }
+    }
+
+    /// Adds a hook told of every range given up to null, after its cache partition went.
+    public func addDropHook(_ hook: @escaping @Sendable (LockRange) -> Void) {
+        dropHooks.withLock { $0.append(hook) }
     }
 
     /// Makes this client's changes durable (the caller holds the transaction). Blocks it freed

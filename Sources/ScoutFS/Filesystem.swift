@@ -422,6 +422,8 @@ struct InodeRefs {
     /// ones a close or forget can free. Checking here first spares the inode read on every
     /// forget, which matters when the kernel drops a million cached inodes at once.
     var unlinked = Set<UInt64>()
+    /// What the kernel caches, by inode group, when other clients can change it (nil alone).
+    var kernel: KernelNames?
 
     /// Nothing holds `ino` but its links, and it has none.
     func isUnused(_ ino: UInt64) -> Bool {
@@ -433,6 +435,7 @@ struct InodeRefs {
         guard let have = lookupCount[ino] else { return false }
         if have <= n {
             lookupCount[ino] = nil
+            kernel?.forget(ino)
             // A dictionary never gives back its storage; once the kernel has forgotten most of
             // what it once held, rebuild the table at its present size.
             if lookupCount.capacity > 4096 && lookupCount.count < lookupCount.capacity / 8 {
@@ -595,8 +598,12 @@ final class FSCore {
 
     // MARK: lifetime of unlinked inodes
 
-    func noteLookup(_ ino: UInt64) {
-        shared.refs.withLock { $0.lookupCount[ino, default: 0] += 1 }
+    /// The kernel now holds a reference to `ino`, found as `name` in `parent` when given.
+    func noteLookup(_ ino: UInt64, in parent: UInt64? = nil, name: [UInt8]? = nil) {
+        shared.refs.withLock { r in
+            r.lookupCount[ino, default: 0] += 1
+            r.kernel?.note(ino, in: parent, name: name)
+        }
     }
 
     /// Deletes an inode with no links once no handle and no kernel reference remain (the

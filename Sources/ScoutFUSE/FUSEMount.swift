@@ -67,11 +67,22 @@ public final class FUSEMount {
         }
         mounted = true
         self.maxThreads = maxThreads
+        do {
+            notifier = try KernelNotifier(session: se)
+        } catch {
+            fuse_session_unmount(se)
+            fuse_session_destroy(se)
+            ctx.release()
+            throw MountError("cannot start the kernel cache notifier: \(error)")
+        }
+        filesystem.invalidateKernelCaches(through: notifier)
         let exited = UInt(bitPattern: se)
         filesystem.abandonDataWaits { fuse_session_exited(OpaquePointer(bitPattern: exited)) != 0 }
     }
 
     let maxThreads: UInt32
+    /// Drops from the kernel what another client may change once this one lost its lock.
+    private let notifier: KernelNotifier
 
     /// libfuse splits options at commas and treats backslash as an escape.
     static func escapeOption(_ s: String) -> String {
@@ -110,6 +121,7 @@ public final class FUSEMount {
 
     /// Unmounts and frees the session; call after `run` returns.
     public func close() {
+        notifier.stop()
         if mounted {
             fuse_session_unmount(session)
             mounted = false

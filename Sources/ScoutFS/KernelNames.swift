@@ -1,0 +1,73 @@
+import ScoutFormat
+
+/// The inodes and names this client has handed to the kernel, by inode group, so that giving
+/// a group's lock up can drop exactly them from the kernel's caches: another client may change
+/// them next, and the kernel would otherwise answer from its cache for up to a minute. An
+/// inode's attributes and pages belong to its own group's lock; a name belongs to its
+/// directory's. Entries stay until the kernel forgets the inode (a rename or unlink made here
+/// leaves a stale one behind, whose invalidation the kernel ignores).
+///
+/// Kept only when other clients exist: alone, nothing changes behind the kernel's back.
+struct KernelNames {
+    struct Name: Hashable {
+        var parent: UInt64
+        var name: [UInt8]
+        var child: UInt64
+    }
+
+    private var inodes: [UInt64: Set<UInt64>] = [:]
+    private var names: [UInt64: Set<Name>] = [:]
+    private var namesOf: [UInt64: [Name]] = [:]
+
+    private static func group(_ ino: UInt64) -> UInt64 { ino / LockRange.groupSize }
+
+    mutating func note(_ ino: UInt64, in parent: UInt64?, name: [UInt8]?) {
+        inodes[Self.group(ino), default: []].insert(ino)
+        guard let parent, let name else { return }
+        let n = Name(parent: parent, name: name, child: ino)
+        if names[Self.group(parent), default: []].insert(n).inserted { namesOf[ino, default: []].append(n) }
+    }
+
+    /// The kernel dropped its last reference to `ino`: nothing of it is cached there now.
+    mutating func forget(_ ino: UInt64) {
+        let g = Self.group(ino)
+        inodes[g]?.remove(ino)
+        if inodes[g]?.isEmpty == true { inodes[g] = nil }
+        for n in namesOf.removeValue(forKey: ino) ?? [] {
+            let pg = Self.group(n.parent)
+            names[pg]?.remove(n)
+            if names[pg]?.isEmpty == true { names[pg] = nil }
+        }
+    }
+
+    /// What the kernel caches under inode group `group`'s lock.
+    func cached(inGroup group: UInt64) -> (inodes: [UInt64], names: [(parent: UInt64, name: [UInt8])]) {
+        (Array(inodes[group] ?? []), (names[group] ?? []).map { ($0.parent, $0.name) })
+    }
+}
+
+/// Where the filesystem sends what the kernel must forget; the FUSE layer drains it from a
+/// thread of its own, since a notification may wait for a request that waits for a lock.
+public protocol KernelInvalidation: Sendable {
+    /// Drop the attributes and pages of `ino`.
+    func invalidateInode(_ ino: UInt64)
+    /// Drop the name `name` in directory `parent`.
+    func invalidateEntry(_ parent: UInt64, _ name: [UInt8])
+}
+
+extension Filesystem {
+    /// Sends to `target`, from now on, what the kernel must drop whenever this client gives
+    /// up an inode group's lock, when other clients can change what it covers (nothing is
+    /// tracked for a client alone in its cluster).
+    public func invalidateKernelCaches(through target: any KernelInvalidation) {
+        guard localCluster.several else { return }
+        shared.refs.withLock { if $0.kernel == nil { $0.kernel = KernelNames() } }
+        let refs = shared.refs
+        cluster.addDropHook { range in
+            guard range.start.zone == Zone.fs, range == LockRange.inodeGroup(range.start.first) else { return }
+            let (inodes, names) = refs.withLock { $0.kernel?.cached(inGroup: range.start.first / LockRange.groupSize) ?? ([], []) }
+            for n in names { target.invalidateEntry(n.parent, n.name) }
+            for ino in inodes { target.invalidateInode(ino) }
+        }
+    }
+}
