@@ -4,8 +4,48 @@ public import ScoutStore
 import Synchronization
 
 /// The lock that the clients of one store in one process hold around every use of it (the
-/// store and the server in front of it are not thread-safe).
-public typealias StoreLock = BlockingMutex<Void>
+/// store and the server in front of it are not thread-safe), and the store's space figures as
+/// they stood when it was last let go: every operation checks them, and must not wait for a
+/// commit that holds the lock to do so.
+public final class StoreLock: Sendable {
+    private let mutex = Mutex(())
+    private let metaAllocatable = Atomic<UInt64>(0)
+    private let metaPendingFree = Atomic<UInt64>(0)
+    private let dataFree = Atomic<UInt64>(0)
+    private let dataPendingFree = Atomic<UInt64>(0)
+    private let dirty = Atomic<Int>(0)
+
+    public init() {}
+
+    public func withLock<T>(_ store: Store, _ body: () throws -> T) rethrows -> T {
+        try mutex.withLock { _ in
+            defer {
+                metaAllocatable.store(store.allocatableMetaBlocks, ordering: .relaxed)
+                metaPendingFree.store(store.pendingFreeMetaBlocks, ordering: .relaxed)
+                dataFree.store(store.allocatableDataBlocks, ordering: .relaxed)
+                dataPendingFree.store(store.pendingFreeDataBlocks, ordering: .relaxed)
+                dirty.store(store.dirtyBlocks, ordering: .relaxed)
+            }
+            return try body()
+        }
+    }
+
+    /// The figures as of the last release of the lock.
+    var space: StoreSpace {
+        StoreSpace(metaAllocatable: metaAllocatable.load(ordering: .relaxed), metaPendingFree: metaPendingFree.load(ordering: .relaxed),
+                   dataFree: dataFree.load(ordering: .relaxed), dataPendingFree: dataPendingFree.load(ordering: .relaxed),
+                   dirtyBlocks: dirty.load(ordering: .relaxed))
+    }
+}
+
+/// A store's space, as `StoreLock` last saw it.
+public struct StoreSpace: Sendable {
+    public var metaAllocatable: UInt64
+    public var metaPendingFree: UInt64
+    public var dataFree: UInt64
+    public var dataPendingFree: UInt64
+    public var dirtyBlocks: Int
+}
 
 /// The committed items a client reads through: its own log tree (as of its last commit) over
 /// the fs tree. The item cache fills from it, from any operation's thread: every read takes
@@ -53,7 +93,7 @@ final class CommittedForest: ItemSource, @unchecked Sendable {
     }
 
     func committedItem(_ key: Key) throws -> Item? {
-        try storeLock.withLock { _ in try committedItemLocked(key) }
+        try storeLock.withLock(store) { try committedItemLocked(key) }
     }
 
     private func committedItemLocked(_ key: Key) throws -> Item? {
@@ -66,7 +106,7 @@ final class CommittedForest: ItemSource, @unchecked Sendable {
     }
 
     func committedItems(from start: Key, through end: Key, _ body: (Item) throws -> Bool) throws {
-        try storeLock.withLock { _ in try Forest(trees: trees()).forEach(from: start, through: end, in: store, body) }
+        try storeLock.withLock(store) { try Forest(trees: trees()).forEach(from: start, through: end, in: store, body) }
     }
 }
 
@@ -80,7 +120,7 @@ final class CommittedForest: ItemSource, @unchecked Sendable {
 /// and inode batches take the store lock); `commit` runs alone (the caller holds the
 /// transaction exclusively).
 public final class ClientItems: @unchecked Sendable {
-    // @unchecked: `inodes` and `pool` are guarded by the store lock; `logWrites` and `partlyMerged` are
+    // @unchecked: `logWrites` and `partlyMerged` are
     // touched only by `commit`, which runs alone.
     public let store: Store
     public let server: any ServerLink
@@ -96,10 +136,14 @@ public final class ClientItems: @unchecked Sendable {
     private var logWrites: UInt64 = 0
     /// A merge of this log tree stopped part way (see `writeDelta`); cleared with a new log tree.
     private var partlyMerged = false
-    /// Inode numbers granted by the server and not yet used.
-    private var inodes: Range<UInt64> = 0..<0
-    /// Data blocks to allocate from (under the store lock).
-    private var pool = DataPool()
+    /// Inode numbers granted by the server and not yet used; its lock comes before the store
+    /// lock.
+    private let inodes = Mutex<Range<UInt64>>(0..<0)
+    /// Data blocks to allocate from; its lock comes before the store lock.
+    private let pool = Mutex(DataPool())
+    /// Changes made after a commit's switch carry at least this seq, one above the seq the
+    /// committing transaction's changes carry.
+    private let seqFloor = Atomic<UInt64>(0)
     /// How many inode numbers to ask for at a time: one inode group, so one mount's files
     /// share lock ranges and different mounts' files do not.
     public static let inodeBatch: UInt64 = 1024
@@ -107,7 +151,7 @@ public final class ClientItems: @unchecked Sendable {
     /// `sharesStore`: other clients record log trees in the same store, and reads see them;
     /// they must then share `storeLock` too.
     public init(store: Store, server: any ServerLink, rid: UInt64, cacheBytes: Int = 256 << 20, sharesStore: Bool = false,
-                storeLock: StoreLock = StoreLock(())) {
+                storeLock: StoreLock = StoreLock()) {
         self.store = store
         self.server = server
         self.rid = rid
@@ -117,7 +161,7 @@ public final class ClientItems: @unchecked Sendable {
     }
 
     /// The seq items written now carry.
-    public var seq: UInt64 { server.transactionSeq }
+    public var seq: UInt64 { max(server.transactionSeq, seqFloor.load(ordering: .acquiring)) }
 
     // MARK: reading
 
@@ -188,9 +232,10 @@ public final class ClientItems: @unchecked Sendable {
 
     /// An inode number never used before.
     public func allocateInode() throws -> UInt64 {
-        try withStore {
-            if inodes.isEmpty { inodes = try server.allocateInodes(Self.inodeBatch) }
-            return inodes.popFirst()!
+        // Only a new batch takes the store lock (which a commit may hold while it writes).
+        try inodes.withLock { batch in
+            if batch.isEmpty { batch = try withStore { try server.allocateInodes(Self.inodeBatch) } }
+            return batch.popFirst()!
         }
     }
 
@@ -198,18 +243,23 @@ public final class ClientItems: @unchecked Sendable {
     /// in parallel allocate and free data blocks and read the store's counters through here
     /// (never calling back into the cache inside, which may need the lock to fill).
     public func withStore<T>(_ body: () throws -> T) rethrows -> T {
-        try committed.storeLock.withLock { _ in try body() }
+        try committed.storeLock.withLock(store, body)
     }
+
+    /// The store's space as of the last release of the store lock: what operations check
+    /// before they start, without waiting for a commit in progress.
+    public var space: StoreSpace { committed.storeLock.space }
 
     // MARK: data blocks
 
     /// `blocks` data blocks, all or none, from this client's pool, which asks the server for
     /// more when it runs short. Short even then, it throws `DataSpaceShortage` (saying whether
-    /// a commit would help: blocks this client freed come back with its next commit).
+    /// a commit would help: blocks this client freed come back with its next commit). Only a
+    /// refill takes the store lock, so writes go on while a commit writes.
     public func allocateData(_ blocks: UInt64) throws -> [Extent] {
         guard blocks > 0 else { return [] }
-        return try withStore {
-            try refill(toHold: blocks)
+        return try pool.withLock { pool in
+            try refill(&pool, toHold: blocks)
             var got: [Extent] = []
             var left = blocks
             while left > 0, let e = pool.take(left) {
@@ -222,8 +272,8 @@ public final class ClientItems: @unchecked Sendable {
 
     /// Up to `count` contiguous data blocks (fewer when free space is fragmented).
     public func allocateDataRun(upTo count: UInt64) throws -> Extent {
-        try withStore {
-            if pool.availBlocks == 0 { try refill(toHold: 1) }
+        try pool.withLock { pool in
+            if pool.availBlocks == 0 { try refill(&pool, toHold: 1) }
             guard let e = pool.take(count) else { throw DataSpaceShortage(commitMayHelp: false) }
             return e
         }
@@ -232,27 +282,28 @@ public final class ClientItems: @unchecked Sendable {
     /// Frees data blocks: the next commit hands them back to the server, and they become
     /// allocatable once that commit is durable.
     public func freeData(_ extent: Extent) {
-        withStore { pool.free(extent) }
+        pool.withLock { $0.free(extent) }
     }
 
     /// Data blocks this client can allocate now (its pool and what the server has outside
     /// every pool), and those it freed, which a commit makes allocatable.
     public var dataSpace: (allocatable: UInt64, pendingFree: UInt64) {
-        withStore {
-            let server = server.dataSpace
-            return (pool.availBlocks + server.free, pool.freedBlocks + server.pendingFree)
-        }
+        let server = space
+        return pool.withLock { pool in (pool.availBlocks + server.dataFree, pool.freedBlocks + server.dataPendingFree) }
     }
 
-    /// Tops the pool up to at least `blocks` (store lock held).
-    private func refill(toHold blocks: UInt64) throws {
+    /// Tops the pool up to at least `blocks` (pool lock held; takes the store lock).
+    private func refill(_ pool: inout DataPool, toHold blocks: UInt64) throws {
         guard pool.availBlocks < blocks else { return }
-        if server.dataSpace.free > 0 {
-            pool.add(try server.refillDataPool(rid: rid, atLeast: blocks - pool.availBlocks))
+        let have = pool.availBlocks
+        let (got, free, pending) = try withStore {
+            let free = server.dataSpace.free
+            let got = free > 0 ? try server.refillDataPool(rid: rid, atLeast: blocks - have) : []
+            return (got, server.dataSpace.free, server.dataSpace.pendingFree)
         }
+        pool.add(got)
         guard pool.availBlocks >= blocks else {
-            let pending = pool.freedBlocks + server.dataSpace.pendingFree
-            throw DataSpaceShortage(commitMayHelp: pool.availBlocks + server.dataSpace.free + pending >= blocks)
+            throw DataSpaceShortage(commitMayHelp: pool.availBlocks + free + pool.freedBlocks + pending >= blocks)
         }
     }
 
@@ -260,65 +311,88 @@ public final class ClientItems: @unchecked Sendable {
 
     /// The log tree holds items, or the cache holds changes for it (a merge would move them
     /// into the fs tree).
-    public var hasLogItems: Bool { !log.root.isEmpty || cache.hasDirty }
+    public var hasLogItems: Bool { withStore { !log.root.isEmpty } || cache.hasDirty }
 
     /// True when the open transaction holds anything a commit would write.
-    public var hasChanges: Bool { withStore { store.hasChanges || pool.freedBlocks > 0 } || cache.hasDirty }
+    public var hasChanges: Bool { pool.withLock { $0.freedBlocks > 0 } || withStore { store.hasChanges } || cache.hasDirty }
 
     /// Blocks the next commit may dirty: those the transaction has dirtied already (data
     /// allocations) and an upper bound for writing the cached changes into the log tree.
     public var dirtyBlocks: Int { commitPressure.dirty }
 
-    /// `dirtyBlocks` and the metadata blocks left to allocate, read in one hold of the store
-    /// lock (the dirty limit checks both after every operation).
+    /// `dirtyBlocks` and the metadata blocks left to allocate, as of the last release of the
+    /// store lock (the dirty limit checks both after every operation).
     public var commitPressure: (dirty: Int, allocatableMeta: UInt64) {
-        let (dirty, free) = withStore { (store.dirtyBlocks, store.allocatableMetaBlocks) }
-        return (dirty + cache.commitBlockEstimate, free)
+        let s = space
+        return (s.dirtyBlocks + cache.commitBlockEstimate, s.metaAllocatable)
     }
 
-    /// Makes every change so far durable: writes the cached changes into the log tree in key
-    /// order, then the server records the log tree and commits. If the server merged the tree
-    /// (asked to with `merge`, or because it grew big), a new empty one starts. `returnPool`
-    /// (a client leaving) hands the unused pool back too.
+    /// A whole commit, switch and write, for a caller with nothing running beside it.
     @discardableResult
     public func commit(merge: Bool = false, returnPool: Bool = false) throws -> UInt64 {
-        try withStore { try commitLocked(merge: merge, returnPool: returnPool) }
+        try finishCommit(beginCommit(returnPool: returnPool), merge: merge)
     }
 
-    private func commitLocked(merge: Bool, returnPool: Bool) throws -> UInt64 {
-        if returnPool { pool.returnAvail() }
+    /// What a commit took at its switch: the changes it writes and the pool it records.
+    public struct PendingCommit {
+        let snap: ItemCache.DirtySnapshot
+        let freed: [Extent]
+        let pool: [Extent]
+    }
+
+    /// A commit's switch (the caller holds the transaction alone): takes the cached changes
+    /// and the pool as they stand, and makes changes from now on carry the next seq, so that
+    /// operations can go on while the commit writes. `returnPool` (a client leaving) hands
+    /// the unused pool back too.
+    public func beginCommit(returnPool: Bool = false) -> PendingCommit {
+        let (freed, avail) = pool.withLock { pool in
+            if returnPool { pool.returnAvail() }
+            return (pool.takeFreed(), pool.avail)
+        }
         let snap = cache.dirtySnapshot()
-        guard store.hasChanges || !snap.isEmpty || pool.freedBlocks > 0 || (merge && !log.root.isEmpty) else {
-            return server.committedSeq
-        }
-        for it in snap.items {
-            if it.isDelta {
-                try writeDelta(it)
-            } else if it.isDeletion, !committed.readsOtherLogTrees, try !fsTreeHolds(it.key) {
-                // Only this log tree can hold the key: removing it there hides it, and the
-                // log tree does not carry a tombstone to the merge.
-                _ = try log.delete(it.key, in: store)
-            } else {
-                try log.insert(it, in: store)
+        if !snap.isEmpty || !freed.isEmpty { seqFloor.store(server.transactionSeq + 1, ordering: .releasing) }
+        return PendingCommit(snap: snap, freed: freed, pool: avail)
+    }
+
+    /// Makes a begun commit durable: writes its changes into the log tree in key order, then
+    /// the server records the log tree and commits. If the server merged the tree (asked to
+    /// with `merge`, or because it grew big), a new empty one starts. One commit at a time
+    /// (the caller's commit turn); operations may run meanwhile.
+    @discardableResult
+    public func finishCommit(_ p: PendingCommit, merge: Bool = false) throws -> UInt64 {
+        try withStore {
+            guard store.hasChanges || !p.snap.isEmpty || !p.freed.isEmpty || (merge && !log.root.isEmpty) else {
+                return server.committedSeq
             }
+            for it in p.snap.items {
+                if it.isDelta {
+                    try writeDelta(it)
+                } else if it.isDeletion, !committed.readsOtherLogTrees, try !fsTreeHolds(it.key) {
+                    // Only this log tree can hold the key: removing it there hides it, and the
+                    // log tree does not carry a tombstone to the merge.
+                    _ = try log.delete(it.key, in: store)
+                } else {
+                    try log.insert(it, in: store)
+                }
+            }
+            logWrites += UInt64(p.snap.items.count)
+            let record = LogTreeRecord(root: log.root, items: logWrites, dataPool: p.pool)
+            let reply = try server.commitLogTree(rid: rid, record, freed: p.freed, merge: merge)
+            cache.committed(p.snap)
+            if reply.merged {
+                log = BTree(root: .empty, name: log.name)
+                logWrites = 0
+                partlyMerged = false
+                cache.logTreeRestarted()
+            } else if reply.partlyMerged {
+                partlyMerged = true
+            }
+            return reply.seq
         }
-        logWrites += UInt64(snap.items.count)
-        let record = LogTreeRecord(root: log.root, items: logWrites, dataPool: pool.avail)
-        let reply = try server.commitLogTree(rid: rid, record, freed: pool.takeFreed(), merge: merge)
-        cache.committed(snap)
-        if reply.merged {
-            log = BTree(root: .empty, name: log.name)
-            logWrites = 0
-            partlyMerged = false
-            cache.logTreeRestarted()
-        } else if reply.partlyMerged {
-            partlyMerged = true
-        }
-        return reply.seq
     }
 
     /// Blocks in this client's pool (tests).
-    public var poolBlocks: UInt64 { withStore { pool.availBlocks } }
+    public var poolBlocks: UInt64 { pool.withLock { $0.availBlocks } }
 
     /// Items written since the log tree started; tests and `status` read it.
     public var logTreeWrites: UInt64 { logWrites }

@@ -44,6 +44,8 @@ public final class ClusterClient: Sendable {
     /// them too; the mount, whose lock server counts from zero at every start, relies on it.
     let ordersByLockSeq: Bool
     private let transaction = ReadWriteLock()
+    /// One commit at a time; taken before the transaction, never inside it.
+    private let commitTurn = Mutex(())
     private let commits = Atomic<Int>(0)
     /// Giving a lock up runs the hooks below. Tests turn this off to plant the bug their
     /// randomized cluster test must find (a lock given up without its commit and without
@@ -56,7 +58,7 @@ public final class ClusterClient: Sendable {
     /// `sharesStore`: other clients record log trees in the same store (reads see them and
     /// deletions are always written as tombstones); false for a lone mount.
     public init(id: ClientID, locks: LockClient, store: Store, server: any ServerLink, cacheBytes: Int = 64 << 20,
-                sharesStore: Bool = true, ordersByLockSeq: Bool = true, storeLock: StoreLock = StoreLock(())) {
+                sharesStore: Bool = true, ordersByLockSeq: Bool = true, storeLock: StoreLock = StoreLock()) {
         self.id = id
         self.locks = locks
         self.ordersByLockSeq = ordersByLockSeq
@@ -85,13 +87,17 @@ public final class ClusterClient: Sendable {
 
     private func downgrade(_ range: LockRange, from: LockMode, to: LockMode) throws {
         guard runsDowngradeHooks.load(ordering: .relaxed) else { return }
-        try withTransaction {
-            if from == .write || from == .writeOnly, items.cache.hasDirty(in: range) {
-                try commitLocked()
+        if from == .write || from == .writeOnly {
+            // The turn first: a commit in flight may hold this range's changes (its switch
+            // took them out of the dirty set already); the next holder must find them durable.
+            try commitTurn.withLock { _ in
+                if items.cache.hasDirty(in: range) { _ = try commitHoldingTurn(merge: false, returnPool: false) }
             }
-            if to == .null || from == .writeOnly {
-                try items.cache.invalidate(range)
-            }
+        }
+        if to == .null || from == .writeOnly {
+            // No operation runs under this lock now (the lock client waited for its users
+            // and holds new ones back), so nothing of it can be dirty again.
+            try withTransaction { _ = try items.cache.invalidate(range) }
         }
         if to == .null {
             for hook in dropHooks.withLock({ $0 }) { hook(range) }
@@ -103,11 +109,21 @@ public final class ClusterClient: Sendable {
         dropHooks.withLock { $0.append(hook) }
     }
 
-    /// Makes this client's changes durable (the caller holds the transaction). Blocks it freed
-    /// become allocatable, so it waits for file data reads in flight (`readGate`).
+    /// Makes this client's changes durable and returns the commit's seq. Operations wait only
+    /// for the switch (a moment with the transaction held alone, in which the commit takes
+    /// the cached changes and the next changes get the next seq); they run on while the log
+    /// tree is written and the server commits. Blocks the committing transaction freed
+    /// become allocatable, so the commit first waits for the file data reads that began
+    /// before the switch (`readGate`). Never call it holding the transaction.
     @discardableResult
-    public func commitLocked(merge: Bool = false, returnPool: Bool = false) throws -> UInt64 {
-        let seq = try readGate.closed { try items.commit(merge: merge, returnPool: returnPool) }
+    public func commit(merge: Bool = false, returnPool: Bool = false) throws -> UInt64 {
+        try commitTurn.withLock { _ in try commitHoldingTurn(merge: merge, returnPool: returnPool) }
+    }
+
+    private func commitHoldingTurn(merge: Bool, returnPool: Bool) throws -> UInt64 {
+        let (pending, readers) = withTransaction { (items.beginCommit(returnPool: returnPool), readGate.switchEpoch()) }
+        readGate.waitForReaders(of: readers)
+        let seq = try items.finishCommit(pending, merge: merge)
         commits.add(1, ordering: .relaxed)
         return seq
     }

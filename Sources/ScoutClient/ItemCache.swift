@@ -395,6 +395,19 @@ public final class ItemCache: Sendable {
         public var isEmpty: Bool { items.isEmpty }
     }
 
+    /// Fieldwise `a - b` of two sums (little-endian Int64s).
+    static func subtract(_ a: [UInt8], _ b: [UInt8]) -> [UInt8] {
+        var w = ByteWriter(capacity: a.count)
+        var ra = ByteReader(a, what: "sum")
+        var rb = ByteReader(b, what: "sum")
+        for _ in 0..<(a.count / 8) {
+            let x = (try? ra.i64()) ?? 0
+            let y = (try? rb.i64()) ?? 0
+            w.i64(x &- y)
+        }
+        return w.bytes
+    }
+
     public func dirtySnapshot() -> DirtySnapshot {
         let starts = dirtyRanges.withLock { $0 }.sorted()
         var snap = DirtySnapshot(items: [], versions: [])
@@ -412,6 +425,7 @@ public final class ItemCache: Sendable {
                         s.entries[k] = e
                     }
                 }
+                updateEstimate(&s)
             }
         }
         return snap
@@ -427,7 +441,12 @@ public final class ItemCache: Sendable {
             p.state.withLock { s in
                 while j < snap.items.count, r.contains(snap.items[j].key) {
                     let k = snap.items[j].key
-                    if var e = s.entries[k], e.dirty, e.version == snap.versions[j] {
+                    if var e = s.entries[k], e.dirty, e.version != snap.versions[j], e.isDelta, snap.items[j].isDelta {
+                        // Added to while the commit wrote (operations go on after its switch):
+                        // the log tree holds the part the snapshot took, the rest stays.
+                        e.value = Self.subtract(e.value, snap.items[j].value)
+                        s.entries[k] = e
+                    } else if var e = s.entries[k], e.dirty, e.version == snap.versions[j] {
                         s.logBytes += e.leafBytes
                         if e.isDelta {
                             removeDirty(&s, r, k)

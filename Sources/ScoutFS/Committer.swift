@@ -11,8 +11,9 @@ let mallocTrim: (@convention(c) (Int) -> Int32)? = {
     return unsafeBitCast(sym, to: (@convention(c) (Int) -> Int32).self)
 }()
 
-/// Commits the open transaction every few seconds on its own thread, and tells `published`
-/// each new committed seq (the mount rewrites its status record with it).
+/// Commits the open transaction every few seconds on its own thread, and at once when an
+/// operation finds the transaction past its dirty limit; tells `published` each new committed
+/// seq (the mount rewrites its status record with it).
 public final class Committer: Sendable {
     let fs: Filesystem
     let interval: Duration
@@ -31,11 +32,15 @@ public final class Committer: Sendable {
         running.store(true, ordering: .releasing)
         let t = try JoinableThread("the commit timer") { [self] in loop() }
         thread.withLock { $0 = t }
+        // Operations past the dirty limit wake this thread instead of committing themselves.
+        let wake = wake
+        fs.backgroundCommit.withLock { $0 = { wake.unpark() } }
     }
 
     /// Stops the timer and waits for a commit in progress and its `published` call, so nothing
     /// publishes a status record after unmount has removed it.
     public func stop() {
+        fs.backgroundCommit.withLock { $0 = nil }
         running.store(false, ordering: .releasing)
         wake.unpark()
         let t = thread.withLock { t -> JoinableThread? in

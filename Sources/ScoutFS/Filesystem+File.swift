@@ -160,6 +160,8 @@ extension FSCore {
     struct ReadPlan {
         var count = 0
         var segments: [(at: Int, device: UInt64, length: Int)] = []
+        /// The read gate's token, once entered.
+        var gate = 0
     }
 
     func planRead(_ ino: UInt64, offset: UInt64, count: Int) throws -> ReadPlan {
@@ -456,8 +458,8 @@ extension Filesystem {
             let outcome: Result<[UInt8], DataWaitNeeded> = try withLocks(inodePlan(ino, write: false)) { held throws(Errno) in
                 let attempt: Result<FSCore.ReadPlan, DataWaitNeeded> = try runOperation(held: held) { c in
                     do {
-                        let p = try c.planRead(ino, offset: offset, count: count)
-                        if !p.segments.isEmpty { readGate.enter() }
+                        var p = try c.planRead(ino, offset: offset, count: count)
+                        if !p.segments.isEmpty { p.gate = readGate.enter() }
                         return .success(p)
                     } catch let w as DataWaitNeeded {
                         return .failure(w)
@@ -500,11 +502,11 @@ extension Filesystem {
             }
         } catch {
             // Out of the gate first: a commit waits for every reader inside it.
-            readGate.leave()
+            readGate.leave(plan.gate)
             shared.log("read of inode \(ino) at \(offset): \(error)")
             throw .ioError
         }
-        readGate.leave()
+        readGate.leave(plan.gate)
         return bytes
     }
 

@@ -255,14 +255,30 @@ public final class Filesystem: Sendable {
 
     /// Commits once the open transaction has grown past its dirty limit. On a filling device
     /// transactions stay small, so that committing and merging them never needs more room
-    /// than is left.
+    /// than is left. With a commit thread (`Committer`), the operation only wakes it, and
+    /// waits for a commit itself only past twice the limit, when writers outrun commits.
     func commitIfPastDirtyLimit() throws(Errno) {
         let (dirty, allocatable) = cluster.items.commitPressure
         let limit = min(options.dirtyBlockLimit, Int(allocatable / 8))
         guard dirty >= limit else { return }
-        try runExclusive { c in
-            // Another thread may have committed meanwhile.
-            if c.items.dirtyBlocks >= limit { try c.commit() }
+        if dirty < 2 * limit, let kick = backgroundCommit.withLock({ $0 }) {
+            kick()
+            return
+        }
+        // Another thread may have committed meanwhile.
+        guard cluster.items.dirtyBlocks >= limit else { return }
+        try commitNow()
+    }
+
+    /// Wakes the commit thread (`Committer` sets it while it runs).
+    let backgroundCommit = Mutex<(@Sendable () -> Void)?>(nil)
+
+    /// A commit, with its failure mapped to an errno and a log line.
+    func commitNow(merge: Bool = false, returnPool: Bool = false) throws(Errno) {
+        do {
+            try cluster.commit(merge: merge, returnPool: returnPool)
+        } catch {
+            throw errno(of: error)
         }
     }
 
@@ -289,12 +305,12 @@ public final class Filesystem: Sendable {
 
     /// Makes everything done so far durable.
     public func sync() throws(Errno) {
-        try runExclusive { try $0.commit() }
+        try commitNow()
     }
 
     /// Commits if the open transaction holds changes; the mount's commit timer calls this.
     public func commitIfDirty() throws(Errno) {
-        try runExclusive { c in if c.items.hasChanges { try c.commit() } }
+        if cluster.items.hasChanges { try commitNow() }
     }
 
     public var fsid: UInt64 { shared.store.fsid }
@@ -305,9 +321,7 @@ public final class Filesystem: Sendable {
     /// Commits, merges this mount's log tree into the fs tree, hands its data pool back and
     /// commits that: what a clean unmount leaves is one fs tree and no log trees.
     public func syncAndMerge() throws(Errno) {
-        try runExclusive { c in
-            try c.commit(merge: true, returnPool: true)
-        }
+        try commitNow(merge: true, returnPool: true)
     }
 
     /// How many log tree merges the server has done since mount.
@@ -494,19 +508,17 @@ final class FSCore {
         // Changes wait in the item cache and take their log tree blocks at commit: room for
         // those must be there too, or the commit would be the edit that runs out.
         let estimate = UInt64(items.cache.commitBlockEstimate)
+        // Far from full, the figures of the last release of the store lock do: a commit
+        // writing meanwhile holds the lock, and an operation must not wait for it.
+        let floor = Store.operationFloor(freeing: freeing) + estimate
+        if items.space.metaAllocatable >= 2 * floor + 1024 { return }
         let (enough, commitMayHelp) = items.withStore {
-            (store.allocatableMetaBlocks >= store.operationFloor(freeing: freeing) + estimate,
+            (store.allocatableMetaBlocks >= floor,
              store.pendingFreeMetaBlocks > 0)
         }
         if enough { return }
         if !spaceCommitted && (commitMayHelp || items.hasLogItems) { throw CommitNeeded(merge: items.hasLogItems) }
         throw Errno.noSpace
-    }
-
-    /// Makes the open transaction durable (the caller holds the transaction alone). Blocks it
-    /// freed become allocatable, so no file data read may be in flight (`DataReadGate`).
-    func commit(merge: Bool = false, returnPool: Bool = false) throws {
-        try cluster.commitLocked(merge: merge, returnPool: returnPool)
     }
 
     // MARK: items

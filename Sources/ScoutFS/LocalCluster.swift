@@ -16,7 +16,7 @@ public final class LocalCluster: Sendable {
     // joins).
     nonisolated(unsafe) let store: Store
     nonisolated(unsafe) let server: LocalServer
-    let storeLock = StoreLock(())
+    let storeLock = StoreLock()
     let lockServer: LockServer
     let lockNetwork: InMemoryLockNetwork
     /// Clients may be more than one: each reads the others' log trees and writes deletions as
@@ -70,7 +70,7 @@ public final class LocalCluster: Sendable {
     /// The `Filesystem` object must not be used again.
     public func crash(_ fs: Filesystem) throws {
         fs.leaveCluster()
-        try storeLock.withLock { _ in try server.recoverLogTree(rid: fs.cluster.id) }
+        try storeLock.withLock(store) { try server.recoverLogTree(rid: fs.cluster.id) }
     }
 
     /// Whether a client other than `id` holds `ino` open or cached in its kernel (the

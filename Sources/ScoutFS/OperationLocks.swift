@@ -246,7 +246,7 @@ extension Filesystem {
             case .more(let p):
                 plan = p
             case .commitFirst(let merge):
-                try runExclusive { c in try c.commit(merge: merge) }
+                try commitNow(merge: merge)
                 spaceCommitted = true
             }
         }

@@ -228,8 +228,8 @@ public final class Store {
     /// The allocatable blocks an operation must find before it starts, so that no edit inside
     /// it can fail for space and leave it half done. Operations that free space (unlink,
     /// truncate, …) may go one budget lower than others: on a full device they still run.
-    public func operationFloor(freeing: Bool) -> UInt64 {
-        Self.commitMargin + 32 + Self.operationBudget * (freeing ? 1 : 2)
+    public static func operationFloor(freeing: Bool) -> UInt64 {
+        commitMargin + 32 + operationBudget * (freeing ? 1 : 2)
     }
 
     /// Fails an edit with ENOSPC before it touches anything, rather than part way through a split.

@@ -136,7 +136,7 @@ private func value(_ s: String) -> [UInt8] { Array(s.utf8) }
         let g = LockRange.inodeGroup(7)
         try cl.with(0, g, .write) { c, h in try c.insert(key(7, 1), value("old"), under: h) }
         try cl.with(1, g, .write) { c, h in try c.insert(key(7, 1), value("new"), under: h) }
-        try cl.clients[1].withTransaction { try cl.clients[1].commitLocked() }
+        try cl.clients[1].commit()
         for rid in bFirst ? [cl.net.clients[1].id, cl.net.clients[0].id] : [cl.net.clients[0].id, cl.net.clients[1].id] {
             try cl.server.recoverLogTree(rid: rid)
         }
@@ -199,7 +199,7 @@ private func value(_ s: String) -> [UInt8] { Array(s.utf8) }
                 let same = got == want
                 #expect(same, "seed \(seed) step \(step): client \(c) walks group \(g): \(got.count) keys, the model has \(want.count)")
             case 80..<88:
-                try cl.clients[c].withTransaction { try cl.clients[c].commitLocked() }
+                try cl.clients[c].commit()
             case 88..<96:
                 cl.net.clients[c].shrink(Int.random(in: 1...4, using: &rng))
                 cl.net.pump(&cl.rng)
@@ -211,7 +211,7 @@ private func value(_ s: String) -> [UInt8] { Array(s.utf8) }
             for i in 0..<n where !cl.clients[i].items.cache.hasDirty { uncommitted[i] = [:] }
         }
         #expect(crashes > 0 && steps == 2999)
-        for c in 0..<n { try cl.clients[c].withTransaction { try cl.clients[c].commitLocked() } }
+        for c in 0..<n { try cl.clients[c].commit() }
         for c in 0..<n { try cl.server.recoverLogTree(rid: cl.net.clients[c].id) }
         var fs: [Key: [UInt8]] = [:]
         try cl.store.tree(.fs).forEach(in: cl.store) { it in

@@ -182,6 +182,31 @@ private func value(_ n: Int) -> [UInt8] { Array("v\(n)".utf8) }
         #expect(try fields(cache.lookup(k)) == [100, 3])
     }
 
+    /// Operations go on after a commit's switch: a sum added to while its commit writes keeps
+    /// only the new part dirty, so each part is written once.
+    @Test func aSumAddedToWhileItsCommitWritesCountsEachPartOnce() throws {
+        let src = MapSource()
+        let k = Key(zone: Zone.xattrTotl, first: 4, second: 5, third: 6)
+        var w = ByteWriter(capacity: 16)
+        w.i64(100)
+        w.i64(2)
+        src.items[k] = Item(key: k, seq: 1, value: w.bytes)
+        let cache = ItemCache(source: src)
+        try cache.addDelta(k, [10, 1], seq: 2)
+        let snap = cache.dirtySnapshot()
+        try cache.addDelta(k, [5, 1], seq: 3)
+        src.apply(snap)
+        cache.committed(snap)
+        let next = cache.dirtySnapshot()
+        #expect(next.items.count == 1)
+        #expect(next.items.first?.isDelta == true)
+        #expect(try fields(next.items.first) == [5, 1])
+        src.apply(next)
+        cache.committed(next)
+        #expect(!cache.hasDirty)
+        #expect(try fields(cache.lookup(k)) == [115, 4])
+    }
+
     @Test func shrinkingDropsCleanRangesAndKeepsChanges() throws {
         let src = MapSource()
         for g in 0..<50 { src.items[key(UInt64(g) * 1024)] = Item(key: key(UInt64(g) * 1024), seq: 1, value: [UInt8](repeating: 1, count: 800)) }

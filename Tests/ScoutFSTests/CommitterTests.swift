@@ -4,6 +4,8 @@ import Glibc
 import ScoutFormat
 @testable import ScoutFS
 import ScoutStore
+import ScoutClient
+import ScoutTestSupport
 import Synchronization
 import Testing
 
@@ -31,5 +33,81 @@ import Testing
         usleep(200_000)
         #expect(started.load(ordering: .relaxed) == atStop)
         #expect(finished.load(ordering: .relaxed) == atStop)
+    }
+}
+
+/// A metadata device whose flushes can be held, as a slow disk holds a commit.
+final class HeldFlushDevice: BlockDevice, @unchecked Sendable {
+    // @unchecked: `holding` is behind its mutex; the inner device is thread-safe.
+    let inner: MemoryBlockDevice
+    private let holding = Mutex(false)
+    private let released = Parker()
+    /// Flushes that found the device held.
+    let heldFlushes = Atomic<Int>(0)
+    init(_ inner: MemoryBlockDevice) { self.inner = inner }
+    var name: String { inner.name }
+    var size: UInt64 { inner.size }
+    func read(at offset: UInt64, count: Int) throws -> [UInt8] { try inner.read(at: offset, count: count) }
+    func write(at offset: UInt64, _ bytes: [UInt8]) throws { try inner.write(at: offset, bytes) }
+    func flush() throws {
+        while holding.withLock({ $0 }) {
+            heldFlushes.add(1, ordering: .relaxed)
+            released.park()
+        }
+    }
+    func hold() { holding.withLock { $0 = true } }
+    func release() {
+        holding.withLock { $0 = false }
+        released.unpark()
+    }
+}
+
+@Suite struct CommitSwitchTests {
+    /// While a commit waits for the device, operations go on: they wait only for its switch.
+    @Test func operationsRunWhileACommitWaitsForTheDevice() throws {
+        let meta = HeldFlushDevice(MemoryBlockDevice(name: "meta", size: 256 << 20))
+        let data = MemoryBlockDevice(name: "data", size: 256 << 20)
+        let store = try Store.format(meta: meta, data: data, quorumSlots: [QuorumSlot(slot: 0, address: "127.0.0.1", port: 7100)])
+        let fs = try Filesystem(store: store)
+        let f = try fs.create(1, Array("f".utf8), mode: 0o644, flags: O_RDWR, caller: .root).ino
+        _ = try fs.write(f, offset: 0, data: [UInt8](repeating: 7, count: 5000))
+        try fs.sync()
+
+        _ = try fs.setattr(f, AttributeChanges(mode: 0o600))
+        meta.hold()
+        let syncing = ScoutTestSupport.Thread { try? fs.sync() }
+        syncing.start()
+        // The commit is in flight once it waits for the device.
+        var waited = 0
+        while meta.heldFlushes.load(ordering: .relaxed) == 0 && waited < 500 {
+            usleep(10_000)
+            waited += 1
+        }
+        let reached = meta.heldFlushes.load(ordering: .relaxed) > 0
+        #expect(reached, "the commit never reached the device")
+        let done = Atomic<Bool>(false)
+        let worker = ScoutTestSupport.Thread {
+            // Cached items only: a read that must fill the cache from the device still waits
+            // for the commit's store lock.
+            _ = try? fs.write(f, offset: 5000, data: [9, 9, 9])
+            _ = try? fs.setattr(f, AttributeChanges(mtime: .set(Timestamp(seconds: 1234, nanoseconds: 0))))
+            _ = try? fs.getattr(f)
+            _ = try? fs.read(f, offset: 0, count: 10)
+            done.store(true, ordering: .releasing)
+        }
+        worker.start()
+        var spins = 0
+        while !done.load(ordering: .acquiring) && spins < 500 {
+            usleep(10_000)
+            spins += 1
+        }
+        let finished = done.load(ordering: .acquiring)
+        #expect(finished, "operations waited for the commit's device writes")
+        meta.release()
+        syncing.join()
+        worker.join()
+        try fs.sync()
+        let a = try fs.getattr(f)
+        #expect(a.mode & 0o7777 == 0o600 && a.size == 5003 && a.mtime.seconds == 1234)
     }
 }
