@@ -76,16 +76,8 @@ final class CommittedForest: ItemSource, @unchecked Sendable {
     private func trees() throws -> [BTree] {
         var out: [BTree] = log.root.isEmpty ? [] : [log]
         if readsOtherLogTrees {
-            try store.tree(.logTrees).forEach(in: store) { it in
-                guard it.key.zone == Zone.logTrees, it.key.first != rid, !it.isDeletion else { return true }
-                let rec: LogTreeRecord
-                do {
-                    rec = try LogTreeRecord(decoding: it.value)
-                } catch {
-                    throw StoreError(.corrupt, "log-trees item of client \(String(it.key.first, radix: 16)): \(error); run `scoutfs check`")
-                }
-                if !rec.root.isEmpty { out.append(BTree(root: rec.root, name: "log tree of client \(String(it.key.first, radix: 16))")) }
-                return true
+            for (other, rec) in try store.logTreeRecords() where other != rid && !rec.root.isEmpty {
+                out.append(BTree(root: rec.root, name: "log tree of client \(String(other, radix: 16))"))
             }
         }
         out.append(store.tree(.fs))

@@ -52,7 +52,7 @@ public final class LocalServer: ServerLink {
     /// The log tree recorded for `rid`, or nil.
     public func recordedLogTree(rid: UInt64) throws -> LogTreeRecord? {
         guard let it = try store.lookup(LogTreeRecord.key(rid: rid), in: .logTrees) else { return nil }
-        return try decode(it, rid: rid)
+        return try LogTreeRecord(item: it)
     }
 
     /// Records `record` as `rid`'s log tree (with the pool it has left) and commits; the blocks
@@ -139,11 +139,8 @@ public final class LocalServer: ServerLink {
     func mergeAndCommit(rid: UInt64, clientGone: Bool) throws {
         guard let rec = try recordedLogTree(rid: rid) else { return }
         var log = BTree(root: rec.root, name: "log tree of client \(String(rid, radix: 16))")
-        var others = false
-        try store.tree(.logTrees).forEach(in: store) { it in
-            if it.key.zone == Zone.logTrees, it.key.first != rid, !it.isDeletion { others = true }
-            return !others
-        }
+        // Other clients' trees may hold older versions of what this one deletes.
+        let others = try store.logTreeRecords().contains { $0.rid != rid && !$0.record.root.isEmpty }
         _ = try LogMerge.merge(&log, into: store, keepTombstones: others) { try commitMergeChunk(store) }
         if clientGone {
             for e in rec.dataPool { store.freeData(e) }
@@ -161,14 +158,6 @@ public final class LocalServer: ServerLink {
             try store.delete(key, from: .logTrees, forCommit: true)
         } else {
             try store.insert(Item(key: key, seq: store.txnSeq, value: record.encoded), into: .logTrees, forCommit: true)
-        }
-    }
-
-    private func decode(_ it: Item, rid: UInt64) throws -> LogTreeRecord {
-        do {
-            return try LogTreeRecord(decoding: it.value)
-        } catch {
-            throw StoreError(.corrupt, "log-trees item of client \(String(rid, radix: 16)): \(error); run `scoutfs check`")
         }
     }
 }
