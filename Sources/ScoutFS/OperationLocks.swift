@@ -15,6 +15,8 @@ struct LockPlan {
     private(set) var indexed: [UInt64] = []
     /// Every inode it reads or writes, for this mount's own turns (`LocalLocks`).
     private(set) var inodes: [(ino: UInt64, write: Bool)] = []
+    /// Where each inode is in `inodes`: a readdirplus plan names every entry's inode.
+    private var inodeAt: [UInt64: Int] = [:]
     /// It renames between directories (the cluster's rename lock, and this mount's turn).
     private(set) var renames = false
 
@@ -42,9 +44,10 @@ struct LockPlan {
     }
 
     private mutating func noteInode(_ ino: UInt64, write: Bool) {
-        if let i = inodes.firstIndex(where: { $0.ino == ino }) {
+        if let i = inodeAt[ino] {
             inodes[i].write = inodes[i].write || write
         } else {
+            inodeAt[ino] = inodes.count
             inodes.append((ino, write))
         }
     }
@@ -100,17 +103,13 @@ final class LocalLocks: Sendable {
     /// none: their items are unique per inode or summed (deltas), and the cache keeps each
     /// item whole.
     static func stripes(of plan: LockPlan) -> [(index: Int, exclusive: Bool)] {
-        var out: [(index: Int, exclusive: Bool)] = []
+        var exclusive: [Int: Bool] = [:]
         for (ino, write) in plan.inodes {
             let i = Int(ino % UInt64(stripeCount))
-            if let at = out.firstIndex(where: { $0.index == i }) {
-                out[at].exclusive = out[at].exclusive || write
-            } else {
-                out.append((i, write))
-            }
+            exclusive[i] = (exclusive[i] ?? false) || write
         }
-        if plan.renames { out.append((renameStripe, true)) }
-        return out.sorted { $0.index < $1.index }
+        if plan.renames { exclusive[renameStripe] = true }
+        return exclusive.map { (index: $0.key, exclusive: $0.value) }.sorted { $0.index < $1.index }
     }
 
     func lock(_ index: Int, exclusive: Bool) {
@@ -130,12 +129,20 @@ final class HeldLocks {
     private(set) var handles: [LockHandle] = []
     /// Local stripes taken, in the order taken.
     private(set) var stripes: [(index: Int, exclusive: Bool)] = []
+    /// The same, by stripe (a readdirplus holds one per entry).
+    private var stripeModes: [Int: Bool] = [:]
 
     func add(_ h: LockHandle) { handles.append(h) }
-    func add(stripe: Int, exclusive: Bool) { stripes.append((stripe, exclusive)) }
+    func add(stripe: Int, exclusive: Bool) {
+        stripes.append((stripe, exclusive))
+        stripeModes[stripe] = exclusive
+    }
 
     /// Forgets the stripes (their holder has let them go).
-    func clearStripes() { stripes = [] }
+    func clearStripes() {
+        stripes = []
+        stripeModes = [:]
+    }
 
     func handle(for key: Key) -> LockHandle? {
         // A handful of locks per operation: a scan beats any index.
@@ -164,7 +171,8 @@ final class HeldLocks {
     }
 
     func holdsStripe(_ index: Int, exclusive: Bool) -> Bool {
-        stripes.contains { $0.index == index && ($0.exclusive || !exclusive) }
+        guard let held = stripeModes[index] else { return false }
+        return held || !exclusive
     }
 
     /// `ino`'s items may be read.
