@@ -22,6 +22,8 @@ public struct CheckReport: Sendable {
     public var dataReferenced: UInt64 = 0
     /// Data blocks in clients' pools: neither free nor referenced yet.
     public var dataPooled: UInt64 = 0
+    /// Each recorded client's pool, in data blocks.
+    public var logTreePools: [UInt64: UInt64] = [:]
 
     public var isClean: Bool { problems.isEmpty }
 }
@@ -119,6 +121,7 @@ private struct Walker {
             problem("\(error)")
         }
         for (rid, rec) in records {
+            report.logTreePools[rid] = rec.poolBlocks
             for e in rec.dataPool {
                 dataOwned.append(Owned(start: e.start, length: e.length, owner: "data pool of client \(String(rid, radix: 16))"))
                 report.dataPooled += e.length

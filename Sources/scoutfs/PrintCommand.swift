@@ -34,8 +34,9 @@ struct PrintCommand: ParsableCommand {
         }
         var quorumClaims: [Claim]
         var trees: [Tree]
-        struct LogTree: Encodable { var rid: String; var height: Int; var items: UInt64; var blocks: UInt64 }
-        /// Clients' committed log trees the server has not merged into the fs tree yet.
+        struct LogTree: Encodable { var rid: String; var height: Int; var items: UInt64; var blocks: UInt64; var poolBlocks: UInt64 }
+        /// Clients' committed log trees the server has not merged into the fs tree yet, and
+        /// the data blocks each client holds in its pool.
         var logTrees: [LogTree]
         var metaFreeBlocks: UInt64
         var metaReserveBlocks: Int
@@ -73,7 +74,8 @@ struct PrintCommand: ParsableCommand {
                                  rootBlkno: r.ref.blkno, rootSeq: r.ref.seq)
                 },
                 logTrees: summary.logTrees.map { rid, s in
-                    .init(rid: String(rid, radix: 16), height: s.height, items: s.items, blocks: s.blocks)
+                    .init(rid: String(rid, radix: 16), height: s.height, items: s.items, blocks: s.blocks,
+                          poolBlocks: summary.logTreePools[rid] ?? 0)
                 },
                 metaFreeBlocks: sb.metaFreeBlocks, metaReserveBlocks: sb.metaReserve.count,
                 dataFreeBlocks: sb.dataFreeBlocks, problems: problems)
@@ -112,7 +114,12 @@ struct PrintCommand: ParsableCommand {
             print("  \(name) height \(t.height) items \(t.items) blocks \(t.blocks) root \(t.rootBlkno)@\(t.rootSeq)")
         }
         for l in o.logTrees {
-            print("  log tree of client \(l.rid): height \(l.height) items \(l.items) blocks \(l.blocks) (not merged yet)")
+            let pool = l.poolBlocks > 0 ? ", pool \(l.poolBlocks) data blocks" : ""
+            if l.height == 0 {
+                print("  log tree of client \(l.rid): empty (merged)\(pool)")
+            } else {
+                print("  log tree of client \(l.rid): height \(l.height) items \(l.items) blocks \(l.blocks) (not merged yet)\(pool)")
+            }
         }
         print("allocators:")
         print("  meta free_blocks \(o.metaFreeBlocks) reserve_blocks \(o.metaReserveBlocks) of \(o.metaTotalBlocks)")

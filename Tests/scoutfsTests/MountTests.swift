@@ -242,10 +242,15 @@ import Testing
         #expect(status.status == 0 && status.stdout.contains("pid            \(m.pid)"), "\(status.stderr)")
         try Sys.writeFile(m.path("unsynced"), Array("lost".utf8))
         m.crash()
+        // The dead client's record keeps its data pool until the next mount takes it back.
+        let left = try CLI.run(["print", m.meta])
+        #expect(left.stdout.contains("log tree of client 1:") && left.stdout.contains(", pool "), "\(left.stdout)")
         try m.mount()
         #expect(try Sys.readFile(m.path("synced")) == Array("kept".utf8))
         #expect(!FileManager.default.fileExists(atPath: m.path("unsynced")))
         try m.unmount()
+        let clean = try CLI.run(["print", m.meta])
+        #expect(clean.status == 0 && !clean.stdout.contains("log tree of client"), "\(clean.stdout)")
     }
 
     /// SIGKILL at random points of a workload that fsyncs markers: after remount every fsynced
