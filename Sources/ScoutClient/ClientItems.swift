@@ -10,7 +10,6 @@ import Synchronization
 public final class StoreLock: Sendable {
     private let mutex = Mutex(())
     private let metaAllocatable = Atomic<UInt64>(0)
-    private let metaPendingFree = Atomic<UInt64>(0)
     private let dataFree = Atomic<UInt64>(0)
     private let dataPendingFree = Atomic<UInt64>(0)
     private let dirty = Atomic<Int>(0)
@@ -21,7 +20,6 @@ public final class StoreLock: Sendable {
         try mutex.withLock { _ in
             defer {
                 metaAllocatable.store(store.allocatableMetaBlocks, ordering: .relaxed)
-                metaPendingFree.store(store.pendingFreeMetaBlocks, ordering: .relaxed)
                 dataFree.store(store.allocatableDataBlocks, ordering: .relaxed)
                 dataPendingFree.store(store.pendingFreeDataBlocks, ordering: .relaxed)
                 dirty.store(store.dirtyBlocks, ordering: .relaxed)
@@ -32,8 +30,7 @@ public final class StoreLock: Sendable {
 
     /// The figures as of the last release of the lock.
     var space: StoreSpace {
-        StoreSpace(metaAllocatable: metaAllocatable.load(ordering: .relaxed), metaPendingFree: metaPendingFree.load(ordering: .relaxed),
-                   dataFree: dataFree.load(ordering: .relaxed), dataPendingFree: dataPendingFree.load(ordering: .relaxed),
+        StoreSpace(metaAllocatable: metaAllocatable.load(ordering: .relaxed), dataFree: dataFree.load(ordering: .relaxed), dataPendingFree: dataPendingFree.load(ordering: .relaxed),
                    dirtyBlocks: dirty.load(ordering: .relaxed))
     }
 }
@@ -41,7 +38,6 @@ public final class StoreLock: Sendable {
 /// A store's space, as `StoreLock` last saw it.
 public struct StoreSpace: Sendable {
     public var metaAllocatable: UInt64
-    public var metaPendingFree: UInt64
     public var dataFree: UInt64
     public var dataPendingFree: UInt64
     public var dirtyBlocks: Int
@@ -49,11 +45,10 @@ public struct StoreSpace: Sendable {
 
 /// The committed items a client reads through: its own log tree (as of its last commit) over
 /// the fs tree. The item cache fills from it, from any operation's thread: every read takes
-/// the store lock (`ClientItems.withStore`), and `log` changes only in a commit, which no
-/// operation runs beside.
+/// the store lock (`ClientItems.withStore`), and `log` changes only in a commit's write, which
+/// holds that lock throughout.
 final class CommittedForest: ItemSource, @unchecked Sendable {
-    // @unchecked: `log` is written only with the transaction held exclusively (no reader
-    // runs then); the store is reached only through `storeLock`.
+    // @unchecked: `log` and the store are reached only with `storeLock` held.
     let store: Store
     let rid: UInt64
     /// One lock for every client of the store in this process: the store is not thread-safe.
@@ -108,12 +103,13 @@ final class CommittedForest: ItemSource, @unchecked Sendable {
 /// made and durable once the server records the log tree at a commit. The server later merges
 /// the log tree into the fs tree and the client starts a new one.
 ///
-/// Reads and changes may come from many threads at once (the cache is thread-safe, and fills
-/// and inode batches take the store lock); `commit` runs alone (the caller holds the
-/// transaction exclusively).
+/// Reads and changes may come from many threads at once (the cache is thread-safe, fills take
+/// the store lock, the pool and inode batch their own mutexes); a commit's switch
+/// (`beginCommit`) runs with the caller's transaction held alone, its write (`finishCommit`)
+/// one at a time beside operations.
 public final class ClientItems: @unchecked Sendable {
-    // @unchecked: `logWrites` and `partlyMerged` are
-    // touched only by `commit`, which runs alone.
+    // @unchecked: `logWrites` and `partlyMerged` are touched only by `finishCommit`, under the
+    // store lock.
     public let store: Store
     public let server: any ServerLink
     /// This mount's id among the server's clients.
@@ -284,18 +280,24 @@ public final class ClientItems: @unchecked Sendable {
         return pool.withLock { pool in (pool.availBlocks + server.dataFree, pool.freedBlocks + server.dataPendingFree) }
     }
 
+    /// Free data blocks as statfs counts them: this client's pool, what it freed, and what the
+    /// server has outside every pool.
+    public var freeDataBlocks: UInt64 {
+        let (allocatable, pending) = dataSpace
+        return allocatable + pending
+    }
+
     /// Tops the pool up to at least `blocks` (pool lock held; takes the store lock).
     private func refill(_ pool: inout DataPool, toHold blocks: UInt64) throws {
         guard pool.availBlocks < blocks else { return }
         let have = pool.availBlocks
-        let (got, free, pending) = try withStore {
-            let free = server.dataSpace.free
-            let got = free > 0 ? try server.refillDataPool(rid: rid, atLeast: blocks - have) : []
-            return (got, server.dataSpace.free, server.dataSpace.pendingFree)
+        let (got, left) = try withStore {
+            let got = server.dataSpace.free > 0 ? try server.refillDataPool(rid: rid, atLeast: blocks - have) : []
+            return (got, server.dataSpace)
         }
         pool.add(got)
         guard pool.availBlocks >= blocks else {
-            throw DataSpaceShortage(commitMayHelp: pool.availBlocks + free + pool.freedBlocks + pending >= blocks)
+            throw DataSpaceShortage(commitMayHelp: pool.availBlocks + left.free + pool.freedBlocks + left.pendingFree >= blocks)
         }
     }
 

@@ -29,7 +29,8 @@ public struct LockCoverageError: Error, CustomStringConvertible {
 ///
 /// Operations hold the transaction shared (`withOperation`) and may run in parallel (the item
 /// cache is thread-safe; what they share of the store goes through `ClientItems.withStore`);
-/// a commit holds it exclusively (`withTransaction`), so it never writes half an operation.
+/// a commit's switch holds it exclusively (`withTransaction`), so a commit never takes half
+/// an operation, and writes what it took while operations go on (`commit`).
 /// Locks are taken before the transaction, never inside it, since a lock request may need
 /// this client's own hook (which takes the transaction) or another client's to commit first.
 public final class ClusterClient: Sendable {

@@ -5,7 +5,7 @@ import ScoutFormat
 /// commit. Only the server edits the free trees, so clients never contend on them, and a
 /// client that dies loses nothing: its recorded pool goes back to the free tree.
 ///
-/// Not thread-safe: `ClientItems` reaches it with the store lock held.
+/// Not thread-safe: `ClientItems` keeps it behind a mutex of its own.
 struct DataPool {
     private(set) var avail: [Extent] = []
     private(set) var freed: [Extent] = []

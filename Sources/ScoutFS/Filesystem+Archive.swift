@@ -264,7 +264,7 @@ extension Filesystem {
             return FilesystemStatMore(fsid: sb.fsid, rid: c.items.rid, committedSeq: c.stableSeq,
                                       totalMetaBlocks: sb.metaTotalBlocks, totalDataBlocks: sb.dataTotalBlocks,
                                       freeMetaBlocks: c.items.withStore { c.store.freeMetaBlocks },
-                                      freeDataBlocks: c.items.dataSpace.allocatable + c.items.dataSpace.pendingFree)
+                                      freeDataBlocks: c.items.freeDataBlocks)
         }
     }
 

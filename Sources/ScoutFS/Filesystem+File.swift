@@ -404,8 +404,7 @@ extension FSCore {
     func stats() -> FilesystemStats {
         let sb = store.superblock
         let metaFree = items.withStore { store.freeMetaBlocks }
-        let data = items.dataSpace
-        let dataFree = data.allocatable + data.pendingFree
+        let dataFree = items.freeDataBlocks
         // A rough inode count: a small inode takes about 300 bytes of metadata with its entry.
         let perBlock = UInt64(Layout.metaBlockSize / 300)
         return FilesystemStats(

@@ -240,19 +240,6 @@ public final class Filesystem: Sendable {
         return try result.get()
     }
 
-    /// Runs `body` with the transaction held alone: commits, and what must see no operation
-    /// half done.
-    func runExclusive<T>(_ body: (FSCore) throws -> T) throws(Errno) -> T {
-        let result: Result<T, Errno> = cluster.withTransaction {
-            do {
-                return .success(try body(FSCore(shared, held: HeldLocks())))
-            } catch {
-                return .failure(errno(of: error))
-            }
-        }
-        return try result.get()
-    }
-
     /// Commits once the open transaction has grown past its dirty limit. On a filling device
     /// transactions stay small, so that committing and merging them never needs more room
     /// than is left. With a commit thread (`Committer`), the operation only wakes it, and
@@ -517,7 +504,8 @@ final class FSCore {
              store.pendingFreeMetaBlocks > 0)
         }
         if enough { return }
-        if !spaceCommitted && (commitMayHelp || items.hasLogItems) { throw CommitNeeded(merge: items.hasLogItems) }
+        let merge = items.hasLogItems
+        if !spaceCommitted && (commitMayHelp || merge) { throw CommitNeeded(merge: merge) }
         throw Errno.noSpace
     }
 
