@@ -30,9 +30,11 @@ extension FSCore {
         if rec.dataSeq != 0 { try remove(Keys.seqIndex(ItemType.dataSeq, rec.dataSeq, ino)) }
     }
 
-    /// The highest seq no open transaction can still write: entries at or below it are final,
-    /// so an agent that has walked up to it never sees an entry appear below it later.
-    var stableSeq: UInt64 { seq - 1 }
+    /// The highest seq no open transaction of any client can still write: entries at or below
+    /// it are final, so an agent that has walked up to it never sees an entry appear below it
+    /// later. (Entries other clients wrote at or below it and have not committed yet are made
+    /// visible by the walk's read locks, which make them commit.)
+    var stableSeq: UInt64 { min(seq - 1, items.server.stableSeq) }
 
     /// The entries of one index lock range from `from` through `end` (both inside it), at most
     /// `limit`, under the caller's read lock on the range.

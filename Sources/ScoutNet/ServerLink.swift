@@ -8,6 +8,11 @@ public protocol ServerLink: AnyObject {
     var transactionSeq: UInt64 { get }
     /// The seq of the last commit the server made durable.
     var committedSeq: UInt64 { get }
+    /// The last seq below every client's open transaction: no client can write an item at or
+    /// below it any more, so index entries up to it are final (walk-inodes stops there). A
+    /// client's own seq is no guide: its commit in flight raises it past seqs that other
+    /// clients' open transactions still write. Read without the store lock.
+    var stableSeq: UInt64 { get }
     /// A batch of inode numbers for this client alone.
     func allocateInodes(_ count: UInt64) throws -> Range<UInt64>
     /// At least `count` data blocks (in a few extents) for `rid`'s pool, recorded as its pool

@@ -38,6 +38,10 @@ public final class LocalServer: ServerLink {
 
     public var committedSeq: UInt64 { store.superblock.seq }
 
+    /// Clients of one store stamp their changes with at least its open transaction's seq (a
+    /// client's own floor only goes above it), and that seq never goes back.
+    public var stableSeq: UInt64 { store.txnSeq - 1 }
+
     /// Up to `count` inode numbers never handed out before, ending at or before the end of the
     /// first one's inode group: a batch never straddles two groups, so one client's files
     /// share a group lock and two clients' files never do. Numbers a crashed client did not use

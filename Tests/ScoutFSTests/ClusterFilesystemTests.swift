@@ -5,6 +5,7 @@ import ScoutFormat
 @testable import ScoutFS
 import ScoutStore
 import ScoutTestSupport
+import Synchronization
 import SystemPackage
 import Testing
 
@@ -205,6 +206,47 @@ final class FilesystemCluster {
         #expect(seen == seen.sorted())
         try c.leaveAll()
         #expect(Checker.check(meta: c.meta, data: c.data).problems == [])
+    }
+
+    /// The stable seq is every client's, not the walker's: a commit in flight raises its own
+    /// client's seq past the seq other clients still write at, and a walk that went up to the
+    /// walker's seq would pass entries that appear below it afterwards.
+    @Test func theStableSeqStaysBelowEveryClientsOpenTransaction() throws {
+        let meta = HeldFlushDevice(MemoryBlockDevice(name: "meta", size: 256 << 20))
+        let data = MemoryBlockDevice(name: "data", size: 256 << 20)
+        let store = try Store.format(meta: meta, data: data, quorumSlots: [QuorumSlot(slot: 0, address: "127.0.0.1", port: 7100)])
+        let local = try LocalCluster(store: store, several: true)
+        let a = try Filesystem(joining: local, options: FilesystemOptions(clientID: 1))
+        let b = try Filesystem(joining: local, options: FilesystemOptions(clientID: 2))
+        let fa = try Self.makeFile(a, Self.root, "a", [])
+        let fb = try Self.makeFile(b, Self.root, "b", [])
+        try a.sync()
+        try b.sync()
+
+        _ = try a.setattr(fa, AttributeChanges(mode: 0o600))
+        meta.hold()
+        let syncing = ScoutTestSupport.Thread { try? a.sync() }
+        syncing.start()
+        var waited = 0
+        while meta.heldFlushes.load(ordering: .relaxed) == 0 && waited < 500 {
+            usleep(10_000)
+            waited += 1
+        }
+        #expect(meta.heldFlushes.load(ordering: .relaxed) > 0, "the commit never reached the device")
+        let stableDuringCommit = a.stableSeq
+        let bWritesAt = b.cluster.items.seq
+        #expect(stableDuringCommit < bWritesAt, "a's walk would stop at \(stableDuringCommit) while b still writes at \(bWritesAt)")
+        meta.release()
+        syncing.join()
+
+        // What b writes now lands above what a could have walked past.
+        _ = try b.setattr(fb, AttributeChanges(mode: 0o600))
+        try b.sync()
+        #expect(try b.getattr(fb).metaSeq > stableDuringCommit)
+        let listed = try a.walkInodes(.metaSeq, from: IndexPosition(seq: stableDuringCommit + 1, ino: 0), through: IndexPosition(seq: .max, ino: .max))
+        #expect(listed.contains { $0.ino == fb })
+        try a.syncAndMerge()
+        try b.syncAndMerge()
     }
 
     @Test func aCrashedClientLosesOnlyWhatItHadNotCommittedAndItsPoolComesBack() throws {
