@@ -358,8 +358,13 @@ public final class ClientItems: @unchecked Sendable {
             guard store.hasChanges || !p.snap.isEmpty || !p.freed.isEmpty || (merge && !log.root.isEmpty) else {
                 return server.committedSeq
             }
-            for it in p.snap.items {
+            for var it in p.snap.items {
                 if it.isDelta {
+                    // A delta counts in a sum whose seq is below its own (Forest.resolve), and
+                    // another client may have merged a sum at this transaction's seq while
+                    // this delta waited: restamped with the seq of the commit that records it,
+                    // it is above every sum merged before, and no merge can take it sooner.
+                    it.seq = max(it.seq, store.txnSeq)
                     try writeDelta(it)
                 } else if it.isDeletion, !committed.readsOtherLogTrees, try !fsTreeHolds(it.key) {
                     // Only this log tree can hold the key: removing it there hides it, and the

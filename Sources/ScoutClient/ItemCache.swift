@@ -178,7 +178,7 @@ public final class ItemCache: Sendable {
                 // A sum over a committed value the cache does not hold: add it to what is
                 // committed now, without caching the committed value.
                 let base = try source.committedItem(key)
-                return Forest.resolve([e.item(key)] + (base.map { [$0] } ?? []))
+                return Self.sum(e.item(key), over: base)
             case .miss(let generation):
                 let found = try source.committedItem(key)
                 fills.add(1, ordering: .relaxed)
@@ -309,7 +309,7 @@ public final class ItemCache: Sendable {
                 return true
             }
             for (k, e) in deltas {
-                var sum = Forest.resolve([e.item(k)] + (committed[k].map { [$0] } ?? [])) ?? e.item(k)
+                var sum = Self.sum(e.item(k), over: committed[k])
                 sum.flags = []
                 var whole = e
                 whole.flags = []
@@ -464,6 +464,13 @@ public final class ItemCache: Sendable {
             i = j
         }
         trimIfNeeded()
+    }
+
+    /// A dirty delta added to the committed value below it. It is never part of that value,
+    /// whatever the seqs say: it is not committed, and no one else changes the item while this
+    /// client holds a lock that reads it.
+    static func sum(_ delta: Item, over base: Item?) -> Item {
+        Forest.combine(base: base.flatMap { $0.isDeletion ? nil : $0 }, deltas: [delta])
     }
 
     /// The log tree was merged and a new, empty one starts: no range has log leaves to copy.

@@ -157,6 +157,28 @@ final class FilesystemCluster {
         #expect(Checker.check(meta: c.meta, data: c.data).problems == [])
     }
 
+    /// A client's delta to a total, not yet committed when another client's log tree holding
+    /// deltas to the same total is merged, still counts once it commits: the merged sum's seq
+    /// says nothing of deltas in other clients' log trees.
+    @Test func aTotalCountsADeltaCommittedAfterAnotherClientsMerge() throws {
+        let c = try FilesystemCluster(clients: 2)
+        let f = try Self.makeFile(c[0], Self.root, "f", [])
+        let g = try Self.makeFile(c[1], Self.root, "g", [])
+        try c[0].sync()
+        try c[1].sync()
+        let total = Self.name("scoutfs.totl.1.2.3")
+        try c[1].setXattr(g, total, Self.name("5"), flags: 0, caller: Self.user)
+        try c[0].setXattr(f, total, Self.name("7"), flags: 0, caller: Self.user)
+        try c[0].syncAndMerge()
+        let want = [XattrTotal(name: XattrTotalName(a: 1, b: 2, c: 3), total: 12, count: 2)]
+        #expect(try c[0].xattrTotals() == want)
+        #expect(try c[1].xattrTotals() == want)
+        try c[1].syncAndMerge()
+        #expect(try c[0].xattrTotals() == want)
+        try c.leaveAll()
+        #expect(Checker.check(meta: c.meta, data: c.data).problems == [])
+    }
+
     @Test func aFileUnlinkedOnOneClientLivesWhileAnotherHasItOpen() throws {
         let c = try FilesystemCluster(clients: 2)
         let bytes = [UInt8](repeating: 9, count: 40_000)
