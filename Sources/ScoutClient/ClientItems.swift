@@ -89,11 +89,14 @@ final class CommittedForest: ItemSource, @unchecked Sendable {
             guard let it = try t[0].lookup(key, in: store), !it.isDeletion else { return nil }
             return it
         }
-        return try Forest(trees: t).lookup(key, in: store)
+        return try Forest(trees: t, mergedIndex: t.count - 1).lookup(key, in: store)
     }
 
     func committedItems(from start: Key, through end: Key, _ body: (Item) throws -> Bool) throws {
-        try storeLock.withLock(store) { try Forest(trees: trees()).forEach(from: start, through: end, in: store, body) }
+        try storeLock.withLock(store) {
+            let t = try trees()
+            try Forest(trees: t, mergedIndex: t.count - 1).forEach(from: start, through: end, in: store, body)
+        }
     }
 }
 
@@ -108,7 +111,7 @@ final class CommittedForest: ItemSource, @unchecked Sendable {
 /// (`beginCommit`) runs with the caller's transaction held alone, its write (`finishCommit`)
 /// one at a time beside operations.
 public final class ClientItems: @unchecked Sendable {
-    // @unchecked: `logWrites` and `partlyMerged` are touched only by `finishCommit`, under the
+    // @unchecked: `logWrites` is touched only by `finishCommit`, under the
     // store lock.
     public let store: Store
     public let server: any ServerLink
@@ -122,8 +125,6 @@ public final class ClientItems: @unchecked Sendable {
     }
     /// Items written into the log tree since it was started (rewrites count again).
     private var logWrites: UInt64 = 0
-    /// A merge of this log tree stopped part way (see `writeDelta`); cleared with a new log tree.
-    private var partlyMerged = false
     /// Inode numbers granted by the server and not yet used; its lock comes before the store
     /// lock.
     private let inodes = Mutex<Range<UInt64>>(0..<0)
@@ -197,13 +198,6 @@ public final class ClientItems: @unchecked Sendable {
         let key = mine.key
         var next = mine
         if let have = try log.lookup(key, in: store) {
-            if have.isDelta, partlyMerged, let below = try store.tree(.fs).lookup(key, in: store), below.seq >= have.seq {
-                // A merge cut short already added `have` into the fs tree's sum (its seq says
-                // so). Folding into it would make the next merge add it again: the new delta
-                // replaces it instead, and counts once.
-                try log.insert(next, in: store)
-                return
-            }
             if have.isDeletion {
                 // Nothing below the tombstone counts any more: the sum starts again from zero.
                 next.flags = []
@@ -381,10 +375,9 @@ public final class ClientItems: @unchecked Sendable {
             if reply.merged {
                 log = BTree(root: .empty, name: log.name)
                 logWrites = 0
-                partlyMerged = false
                 cache.logTreeRestarted()
-            } else if reply.partlyMerged {
-                partlyMerged = true
+            } else if let left = reply.remainingRoot {
+                log = BTree(root: left, name: log.name)
             }
             return reply.seq
         }

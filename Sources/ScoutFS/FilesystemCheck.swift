@@ -41,7 +41,7 @@ public enum FilesystemCheck {
                 return true
             }
             trees.append(store.tree(.fs))
-            var walk = Walk(store: store, forest: Forest(trees: trees), superblock: store.superblock)
+            var walk = Walk(store: store, forest: Forest(trees: trees, mergedIndex: trees.count - 1), superblock: store.superblock)
             try walk.run()
             r.problems = walk.problems
             r.inodes = walk.inodes

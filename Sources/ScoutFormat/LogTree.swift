@@ -74,13 +74,13 @@ public struct LogCommit: Equatable, Sendable {
     public var seq: UInt64
     /// The log tree was merged into the fs tree: the client starts a new, empty one.
     public var merged: Bool
-    /// A merge started and stopped part way (out of space): some of the log tree's items are
-    /// in the fs tree already, while the client goes on writing into the same log tree.
-    public var partlyMerged: Bool
+    /// A merge started and stopped part way (out of space): the items it moved into the fs
+    /// tree left the log tree, and the client goes on with this root.
+    public var remainingRoot: BTreeRoot?
 
-    public init(seq: UInt64, merged: Bool, partlyMerged: Bool = false) {
+    public init(seq: UInt64, merged: Bool, remainingRoot: BTreeRoot? = nil) {
         self.seq = seq
         self.merged = merged
-        self.partlyMerged = partlyMerged
+        self.remainingRoot = remainingRoot
     }
 }

@@ -74,9 +74,10 @@ public final class LocalServer: ServerLink {
             try mergeAndCommit(rid: rid, clientGone: false)
         } catch let e as StoreError where e.code == .noSpace {
             // The log tree is durable; a merge that ran out of room is retried later. What it
-            // applied so far is newer-wins and applying it again changes nothing, as long as
-            // the client no longer folds new deltas into deltas already merged (it is told).
-            return LogCommit(seq: store.superblock.seq, merged: false, partlyMerged: true)
+            // applied so far left the log tree in the same edits: the client goes on with what
+            // is left, which the record names.
+            let left = try recordedLogTree(rid: rid)?.root ?? .empty
+            return LogCommit(seq: store.superblock.seq, merged: false, remainingRoot: left)
         }
         return LogCommit(seq: store.superblock.seq, merged: true)
     }
@@ -145,7 +146,25 @@ public final class LocalServer: ServerLink {
         var log = BTree(root: rec.root, name: "log tree of client \(String(rid, radix: 16))")
         // Other clients' trees may hold older versions of what this one deletes.
         let others = try store.logTreeRecords().contains { $0.rid != rid && !$0.record.root.isEmpty }
-        _ = try LogMerge.merge(&log, into: store, keepTombstones: others) { try commitMergeChunk(store) }
+        func record(_ left: BTree) throws {
+            try setRecord(rid: rid, LogTreeRecord(root: left.root, items: rec.items, dataPool: rec.dataPool))
+        }
+        do {
+            _ = try LogMerge.merge(&log, into: store, keepTombstones: others) { left in
+                try record(left)
+                try commitMergeChunk(store)
+            }
+        } catch let e as StoreError where e.code == .noSpace {
+            // What was applied left the log tree in the same transaction: recorded together,
+            // the next commit keeps every item in exactly one of the two trees.
+            do {
+                try record(log)
+            } catch let failed as StoreError {
+                store.abandon(failed)
+                throw failed
+            }
+            throw e
+        }
         if clientGone {
             for e in rec.dataPool { store.freeData(e) }
             try store.delete(LogTreeRecord.key(rid: rid), from: .logTrees, forCommit: true)

@@ -3,12 +3,12 @@ public import ScoutStore
 
 /// Moves the items of a finished log tree into the fs tree and frees the log tree's blocks.
 ///
-/// Items are applied in key order, in chunks that each fit the free space, with a commit after
-/// each chunk; so a merge finishes on a nearly full device, where it is most needed. Until the
-/// last commit the log tree stays recorded: after a crash the merge starts again from the
-/// beginning, and applying an item twice changes nothing: the log tree's versions are newer
-/// than anything in the fs tree, and a merged delta's sum takes the delta's seq, which tells
-/// `Forest.resolve` the delta is already in it.
+/// A tree that fits one commit is applied whole and destroyed, and the caller's commit makes
+/// both durable at once. A bigger one (or one on a nearly full device) goes in chunks that
+/// each fit the free space, with a commit after each: every item leaves the log tree as it
+/// enters the fs tree, so whichever commit lands last, no item is in both (a delta would count
+/// twice: the fs tree's sums never hold a delta still in a log tree) and none is in neither.
+/// After a crash the merge goes on with what the log tree still holds.
 public enum LogMerge {
     public struct Outcome: Equatable, Sendable {
         public var items = 0
@@ -18,37 +18,55 @@ public enum LogMerge {
     }
 
     /// Applies `log`'s items to the fs tree, then destroys `log`. `commit` is called between
-    /// chunks; the caller commits after the return (the log tree's blocks are freed by then).
+    /// chunks with what is left of the log tree, which the caller records before it commits;
+    /// the caller commits after the return (the log tree's blocks are freed by then). If it
+    /// throws, `log` is what is left: the caller records it with the items applied so far.
     ///
     /// `keepTombstones`: other clients' unmerged log trees may hold older versions of what this
     /// one deletes, so a deletion stays in the fs tree as a tombstone that hides them (deleting
     /// the fs item would let the older version show again).
     public static func merge(_ log: inout BTree, into store: Store, keepTombstones: Bool = false,
-                             commit: () throws -> Void) throws -> Outcome {
+                             commit: (BTree) throws -> Void) throws -> Outcome {
         var out = Outcome()
-        var from = Key.min
+        var budget = chunkItems(store)
+        var whole: [Item] = []
+        try log.forEach(in: store) { it in
+            whole.append(it)
+            return whole.count <= budget
+        }
+        if whole.count <= budget {
+            for it in whole { try apply(it, to: store, keepTombstones: keepTombstones, &out) }
+            out.freedBlocks = try log.destroy(in: store)
+            return out
+        }
         while true {
-            let budget = chunkItems(store)
             var chunk: [Item] = []
-            try log.forEach(from: from, in: store) { it in
+            try log.forEach(in: store) { it in
                 chunk.append(it)
                 return chunk.count < budget
             }
-            for it in chunk { try apply(it, to: store, keepTombstones: keepTombstones, &out) }
-            guard chunk.count == budget, let last = chunk.last, let next = last.key.successor else { break }
-            try commit()
+            for it in chunk {
+                // Room for both edits first: a failure between them would leave the item in
+                // both trees.
+                try store.ensureRoom(editing: [log, store.tree(.fs)])
+                try apply(it, to: store, keepTombstones: keepTombstones, &out)
+                _ = try log.delete(it.key, in: store)
+            }
+            guard chunk.count == budget else { break }
+            try commit(log)
             out.commits += 1
-            from = next
+            budget = chunkItems(store)
         }
         out.freedBlocks = try log.destroy(in: store)
         return out
     }
 
-    /// Items one chunk may hold: each may copy an fs tree leaf and its path, so about two
-    /// blocks apiece out of what is free beyond what commits keep for themselves.
+    /// Items one chunk may hold: each may copy an fs tree leaf and its path and a log tree
+    /// leaf, so about three blocks apiece out of what is free beyond what commits keep for
+    /// themselves.
     static func chunkItems(_ store: Store) -> Int {
         let spare = Int(clamping: store.allocatableMetaBlocks) - Int(Store.commitMargin / 2) - 64
-        return max(16, min(spare / 2, 50_000))
+        return max(16, min(spare / 3, 50_000))
     }
 
     static func apply(_ it: Item, to store: Store, keepTombstones: Bool, _ out: inout Outcome) throws {
@@ -65,8 +83,10 @@ public enum LogMerge {
             }
             out.deletions += 1
         } else if it.isDelta {
+            // Added to the fs tree's sum whatever its seq (see Forest); a tombstone newer than
+            // the delta keeps hiding it.
             let base = try store.lookup(it.key, in: .fs)
-            if let sum = Forest.resolve([it] + (base.map { [$0] } ?? [])) {
+            if let sum = Forest.resolve([it], merged: base) {
                 try store.insert(sum, into: .fs, forCommit: true)
             }
             out.items += 1

@@ -5,14 +5,26 @@ public import ScoutFormat
 /// their Int64 fields to the version below them. Ties in seq go to the tree listed first, so
 /// callers list newer trees first.
 ///
+/// The fs tree (`mergedIndex`) is special for deltas: a delta still in a log tree is never part
+/// of the fs tree's sum, whatever the seqs, because a merge removes from the log tree what it
+/// adds to the fs tree in the same commit. (Seqs cannot say it: clients' log trees are merged
+/// one at a time, so a merged sum may carry a seq above deltas other clients committed and
+/// have not had merged.) A sum in a log tree, written by a client that read the total under
+/// its write lock, does include the deltas older than itself.
+///
 /// Reads that hit a stale block (the roots moved while reading) fetch new roots and retry once;
 /// stale again on the same roots is an I/O error, since the device no longer holds what the
 /// newest superblock points at.
 public struct Forest {
     public var trees: [BTree]
+    /// The tree holding merged items (the fs tree), if the forest has one.
+    public var mergedIndex: Int?
 
-    public init(trees: [BTree]) {
+    /// `mergedIndex`: the position of the fs tree in `trees`, whose sums never hold a delta
+    /// found in another tree.
+    public init(trees: [BTree], mergedIndex: Int? = nil) {
         self.trees = trees
+        self.mergedIndex = mergedIndex
     }
 
     public init(roots: [BTreeRoot], name: String = "forest") {
@@ -22,10 +34,12 @@ public struct Forest {
     /// The visible item for `key`, or nil if absent or deleted.
     public func lookup(_ key: Key, in store: Store) throws -> Item? {
         var versions: [Item] = []
-        for t in trees {
-            if let it = try t.lookup(key, in: store) { versions.append(it) }
+        var merged: Item?
+        for (i, t) in trees.enumerated() {
+            guard let it = try t.lookup(key, in: store) else { continue }
+            if i == mergedIndex { merged = it } else { versions.append(it) }
         }
-        return Self.resolve(versions)
+        return Self.resolve(versions, merged: merged)
     }
 
     /// The first visible item with a key ≥ `key`.
@@ -34,17 +48,20 @@ public struct Forest {
         while true {
             var best: Key?
             var versions: [Item] = []
-            for t in trees {
+            var merged: Item?
+            for (i, t) in trees.enumerated() {
                 guard let it = try t.next(from: search, in: store) else { continue }
                 if best == nil || it.key < best! {
                     best = it.key
-                    versions = [it]
-                } else if it.key == best! {
-                    versions.append(it)
+                    versions = []
+                    merged = nil
+                } else if it.key != best! {
+                    continue
                 }
+                if i == mergedIndex { merged = it } else { versions.append(it) }
             }
             guard let k = best else { return nil }
-            if let visible = Self.resolve(versions) { return visible }
+            if let visible = Self.resolve(versions, merged: merged) { return visible }
             guard let after = k.successor else { return nil }
             search = after
         }
@@ -89,11 +106,12 @@ public struct Forest {
                 }
                 guard let k = key else { break }
                 var versions: [Item] = []
+                var merged: Item?
                 for i in lists.indices where heads[i] < lists[i].count && lists[i][heads[i]].key == k {
-                    versions.append(lists[i][heads[i]])
+                    if i == mergedIndex { merged = lists[i][heads[i]] } else { versions.append(lists[i][heads[i]]) }
                     heads[i] += 1
                 }
-                if let visible = Self.resolve(versions), try !body(visible) { return }
+                if let visible = Self.resolve(versions, merged: merged), try !body(visible) { return }
             }
             guard more, let after = complete.successor else { return }
             search = after
@@ -131,31 +149,58 @@ public struct Forest {
         }
     }
 
-    /// Merges the versions of one key found in different trees.
-    public static func resolve(_ versions: [Item]) -> Item? {
-        guard !versions.isEmpty else { return nil }
+    /// Merges the versions of one key found in different trees: `versions` from log trees
+    /// (newer trees first), `merged` from the fs tree.
+    public static func resolve(_ versions: [Item], merged: Item? = nil) -> Item? {
+        var logVersions = versions
+        var merged = merged
+        if let m = merged, m.isDelta {
+            // The fs tree holds sums, never deltas; one found there counts like a log tree's.
+            logVersions.append(m)
+            merged = nil
+        }
+        if logVersions.isEmpty { return merged.flatMap { $0.isDeletion ? nil : $0 } }
+        if logVersions.count == 1 && merged == nil {
+            let v = logVersions[0]
+            if v.isDeletion { return nil }
+            if !v.isDelta { return v }
+        }
         // Stable sort keeps the caller's tree order among equal seqs.
-        let ordered = versions.enumerated().sorted {
+        let ordered = logVersions.enumerated().sorted {
             $0.element.seq != $1.element.seq ? $0.element.seq > $1.element.seq : $0.offset < $1.offset
         }.map(\.element)
         var deltas: [Item] = []
+        var base: Item?
         for v in ordered {
             if v.isDelta {
                 deltas.append(v)
-                continue
+            } else {
+                base = v
+                break
             }
-            // A delta no newer than the version below it is already part of that version: a
-            // merge gives the sum the delta's seq, and a merge cut short by a crash leaves the
-            // log tree (and its delta) next to the partly merged fs tree.
-            deltas.removeAll { $0.seq <= v.seq }
-            if deltas.isEmpty { return v.isDeletion ? nil : v }
-            if v.isDeletion { break }
-            return combine(base: v, deltas: deltas)
         }
-        guard let newest = deltas.first else { return nil }
-        var sum = combine(base: nil, deltas: deltas)
-        sum.seq = newest.seq
-        return sum
+        if let b = base { deltas.removeAll { $0.seq <= b.seq } }
+        // The newest log version below the deltas, unless the fs tree's is newer (log trees
+        // win ties). Deltas older than a log tree's version are part of it (or were deleted
+        // by it); every delta counts on top of the fs tree's sum.
+        if let m = merged, base.map({ m.seq > $0.seq }) ?? true {
+            base = m
+            if !m.isDeletion {
+                deltas = ordered.filter(\.isDelta)
+            } else {
+                deltas = ordered.filter { $0.isDelta && $0.seq > m.seq }
+            }
+        }
+        guard let newest = deltas.first else {
+            guard let base, !base.isDeletion else { return nil }
+            return base
+        }
+        guard let base, !base.isDeletion else {
+            var sum = combine(base: nil, deltas: deltas)
+            sum.seq = newest.seq
+            return sum
+        }
+        return combine(base: base, deltas: deltas)
     }
 
     /// Adds deltas' little-endian Int64 fields to the base (or to zero), keeping the newest seq.

@@ -232,6 +232,21 @@ public final class Store {
         commitMargin + 32 + operationBudget * (freeing ? 1 : 2)
     }
 
+    /// Throws ENOSPC unless every tree of `trees` can take one edit (keeping half the commit
+    /// margin, as the server's own bookkeeping may): for a caller that must make several edits
+    /// or none.
+    public func ensureRoom(editing trees: [BTree]) throws {
+        try usable()
+        let need = trees.reduce(UInt64(0)) { $0 + UInt64(4 * (Int($1.root.height) + 2)) }
+        try preflight(BTree(root: .empty, name: "edits"), margin: Self.commitMargin / 2 + need)
+    }
+
+    /// Gives up the open transaction after a failure that left it half done: nothing of it may
+    /// be committed. The store refuses further work until it is opened again.
+    public func abandon(_ e: StoreError) {
+        fail(e)
+    }
+
     /// Fails an edit with ENOSPC before it touches anything, rather than part way through a split.
     private func preflight(_ t: BTree, margin: UInt64) throws {
         let need = UInt64(4 * (Int(t.root.height) + 2)) + margin

@@ -12,13 +12,18 @@ import Testing
 /// clients of one cluster, with lock shrinking, commits and client crashes at random points,
 /// against a model of what every client must see. After each step one client, chosen at
 /// random, must see exactly the model; a crashed client takes back only what it had not
-/// committed. At the end every client leaves and both checks must find nothing wrong.
+/// committed. Files also carry a `.totl.` xattr whose sum over every client's deltas each
+/// client must see. At the end every client leaves and both checks must find nothing wrong.
 @Suite struct ClusterModelTests {
     struct Node: Equatable {
         var ino: UInt64
         var bytes: [UInt8]
         var xattr: [UInt8]?
+        /// The file's value of the `.totl.` xattr every client adds to one sum.
+        var total: Int64?
     }
+
+    static let totalName = name("scoutfs.totl.1.2.3")
 
     /// What a crash must take back: the model's entries as they were before a client's
     /// uncommitted change.
@@ -122,7 +127,7 @@ import Testing
             let path = randomPath()
             let (dir, nm) = split(path)
             let have = model.paths[path]
-            switch rng.next() % 20 {
+            switch rng.next() % 22 {
             case 0...3:
                 guard have == nil else { fallthrough }
                 let bytes = randomBytes(Int(rng.next() % 20_000))
@@ -181,6 +186,17 @@ import Testing
                 let v = randomBytes(Int(rng.next() % 40) + 1)
                 try fs.setXattr(n.ino, ClusterModelTests.name("user.k"), v, flags: 0, caller: ClusterModelTests.user)
                 n.xattr = v
+                model.setNode(id, n, by: c)
+            case 18, 19:
+                guard let id = have, var n = model.nodes[id] else { return }
+                if n.total != nil && rng.next() % 3 == 0 {
+                    try fs.removeXattr(n.ino, ClusterModelTests.totalName, caller: ClusterModelTests.user)
+                    n.total = nil
+                } else {
+                    let v = Int64(rng.next() % 1000)
+                    try fs.setXattr(n.ino, ClusterModelTests.totalName, ClusterModelTests.name("\(v)"), flags: 0, caller: ClusterModelTests.user)
+                    n.total = v
+                }
                 model.setNode(id, n, by: c)
             case 14, 15:
                 fs.cluster.locks.shrink(Int(rng.next() % 50) + 1)
@@ -243,6 +259,10 @@ import Testing
                 let x = try xattr(fs, a.ino)
                 if x != n.xattr { mismatch("client \(v) reads another xattr on \(p)") }
             }
+            let totals = model.nodes.values.compactMap(\.total)
+            let want = totals.isEmpty ? [] : [XattrTotal(name: XattrTotalName(a: 1, b: 2, c: 3), total: totals.reduce(0, +), count: Int64(totals.count))]
+            let got = try fs.xattrTotals()
+            if got != want { mismatch("client \(v) sums the totals as \(got); model: \(want)") }
         }
     }
 
