@@ -43,37 +43,43 @@ public struct StoreSpace: Sendable {
     public var dirtyBlocks: Int
 }
 
-/// The committed items a client reads through: its own log tree (as of its last commit) over
-/// the fs tree. The item cache fills from it, from any operation's thread: every read takes
-/// the store lock (`ClientItems.withStore`), and `log` changes only in a commit's write, which
-/// holds that lock throughout.
+/// The committed items a client reads through: its own log tree (as recorded at its last
+/// commit, less what the server's background merges moved on since) over the fs tree. The
+/// item cache fills from it, from any operation's thread: every read takes the store lock
+/// (`ClientItems.withStore`), and log trees change only with that lock held, so a read always
+/// finds the records and the trees they name in step.
 final class CommittedForest: ItemSource, @unchecked Sendable {
-    // @unchecked: `log` and the store are reached only with `storeLock` held.
+    // @unchecked: the store is reached only with `storeLock` held.
     let store: Store
     let rid: UInt64
     /// One lock for every client of the store in this process: the store is not thread-safe.
     let storeLock: StoreLock
-    var log: BTree
     /// Read the log trees other clients recorded too (clients sharing one store); a lone
     /// mount has none beside its own once recovery merged what earlier mounts left.
     let readsOtherLogTrees: Bool
 
-    init(store: Store, storeLock: StoreLock, rid: UInt64, log: BTree, readsOtherLogTrees: Bool) {
+    init(store: Store, storeLock: StoreLock, rid: UInt64, readsOtherLogTrees: Bool) {
         self.store = store
         self.storeLock = storeLock
         self.rid = rid
-        self.log = log
         self.readsOtherLogTrees = readsOtherLogTrees
     }
 
     /// Own log tree first (ties in seq go to it), then the others as recorded now, then the fs
     /// tree.
     private func trees() throws -> [BTree] {
-        var out: [BTree] = log.root.isEmpty ? [] : [log]
+        var out: [BTree] = []
         if readsOtherLogTrees {
-            for (other, rec) in try store.logTreeRecords() where other != rid && !rec.root.isEmpty {
+            let records = try store.logTreeRecords()
+            for (other, rec) in records where other == rid && !rec.root.isEmpty {
                 out.append(BTree(root: rec.root, name: "log tree of client \(String(other, radix: 16))"))
             }
+            for (other, rec) in records where other != rid && !rec.root.isEmpty {
+                out.append(BTree(root: rec.root, name: "log tree of client \(String(other, radix: 16))"))
+            }
+        } else if let it = try store.lookup(LogTreeRecord.key(rid: rid), in: .logTrees) {
+            let rec = try LogTreeRecord(item: it)
+            if !rec.root.isEmpty { out.append(BTree(root: rec.root, name: "log tree of client \(String(rid, radix: 16))")) }
         }
         out.append(store.tree(.fs))
         return out
@@ -119,10 +125,10 @@ public final class ClientItems: @unchecked Sendable {
     public let rid: UInt64
     public let cache: ItemCache
     private let committed: CommittedForest
-    private var log: BTree {
-        get { committed.log }
-        set { committed.log = newValue }
-    }
+    /// This client's log tree as its commits write it; the record is the truth between
+    /// commits (the server's background merges shrink the tree), and each commit starts from
+    /// it (`followRecord`).
+    private var log: BTree
     /// Items written into the log tree since it was started (rewrites count again).
     private var logWrites: UInt64 = 0
     /// Inode numbers granted by the server and not yet used; its lock comes before the store
@@ -144,8 +150,8 @@ public final class ClientItems: @unchecked Sendable {
         self.store = store
         self.server = server
         self.rid = rid
-        committed = CommittedForest(store: store, storeLock: storeLock, rid: rid, log: BTree(root: .empty, name: "log tree of client \(String(rid, radix: 16))"),
-                                    readsOtherLogTrees: sharesStore)
+        log = BTree(root: .empty, name: "log tree of client \(String(rid, radix: 16))")
+        committed = CommittedForest(store: store, storeLock: storeLock, rid: rid, readsOtherLogTrees: sharesStore)
         cache = ItemCache(source: committed, blockCapacity: store.options.nodeCapacity, cleanByteLimit: cacheBytes)
     }
 
@@ -299,7 +305,24 @@ public final class ClientItems: @unchecked Sendable {
 
     /// The log tree holds items, or the cache holds changes for it (a merge would move them
     /// into the fs tree).
-    public var hasLogItems: Bool { withStore { !log.root.isEmpty } || cache.hasDirty }
+    public var hasLogItems: Bool { withStore { (try? recordedRoot().isEmpty == false) ?? true } || cache.hasDirty }
+
+    /// The root of this client's log tree as the server records it (store lock held).
+    private func recordedRoot() throws -> BTreeRoot {
+        try server.recordedLogTree(rid: rid)?.root ?? .empty
+    }
+
+    /// Starts from the log tree as recorded (store lock held): the server's merges may have
+    /// moved some or all of it into the fs tree since this client last wrote it.
+    private func followRecord() throws {
+        let rec = try server.recordedLogTree(rid: rid)
+        let root = rec?.root ?? .empty
+        guard root != log.root else { return }
+        log = BTree(root: root, name: log.name)
+        logWrites = rec?.items ?? 0
+        // Fewer leaves to copy at the next commit than the estimates assumed.
+        cache.logTreeRestarted()
+    }
 
     /// True when the open transaction holds anything a commit would write.
     public var hasChanges: Bool { pool.withLock { $0.freedBlocks > 0 } || withStore { store.hasChanges } || cache.hasDirty }
@@ -349,6 +372,7 @@ public final class ClientItems: @unchecked Sendable {
     @discardableResult
     public func finishCommit(_ p: PendingCommit, merge: Bool = false) throws -> UInt64 {
         try withStore {
+            try followRecord()
             guard store.hasChanges || !p.snap.isEmpty || !p.freed.isEmpty || (merge && !log.root.isEmpty) else {
                 return server.committedSeq
             }
@@ -372,13 +396,8 @@ public final class ClientItems: @unchecked Sendable {
             let record = LogTreeRecord(root: log.root, items: logWrites, dataPool: p.pool)
             let reply = try server.commitLogTree(rid: rid, record, freed: p.freed, merge: merge)
             cache.committed(p.snap)
-            if reply.merged {
-                log = BTree(root: .empty, name: log.name)
-                logWrites = 0
-                cache.logTreeRestarted()
-            } else if let left = reply.remainingRoot {
-                log = BTree(root: left, name: log.name)
-            }
+            // Merged now, whole or in part (a merge short of space leaves the rest).
+            try followRecord()
             return reply.seq
         }
     }

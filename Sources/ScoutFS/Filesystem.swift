@@ -179,6 +179,7 @@ public final class Filesystem: Sendable {
         dataDevice = local.store.data
         self.options = options
         local.lockNetwork.attachClient(id) { m in locks.receive(m) }
+        local.mergeReports.setIfUnset { [weak shared] message in shared?.log(message) }
         locks.startWorker()
         do {
             if local.recovered > 0 { shared.log("merged \(local.recovered) log tree(s) left by an unclean unmount") }

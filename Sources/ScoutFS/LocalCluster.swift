@@ -23,6 +23,23 @@ public final class LocalCluster: Sendable {
     /// tombstones. A cluster of one (the mount today) skips both.
     let several: Bool
     private let members = Mutex<[UInt64: WeakMember]>([:])
+    /// Runs the server's merges of log trees past the threshold, beside the clients.
+    let merger: LogMerger
+    /// Where the merge thread reports failures: the log of the first client that joined.
+    let mergeReports = ReportSink()
+
+    final class ReportSink: Sendable {
+        private let target = Mutex<(@Sendable (String) -> Void)?>(nil)
+        func setIfUnset(_ t: @escaping @Sendable (String) -> Void) { target.withLock { if $0 == nil { $0 = t } } }
+        func report(_ message: String) { target.withLock { $0 }?(message) }
+    }
+
+    /// What the merge thread reaches: only ever with the store lock held.
+    private struct MergeWork: @unchecked Sendable {
+        let store: Store
+        let server: LocalServer
+        let storeLock: StoreLock
+    }
 
     final class WeakMember: @unchecked Sendable {
         // @unchecked: set once; `FSShared` is Sendable.
@@ -42,6 +59,16 @@ public final class LocalCluster: Sendable {
         lockNetwork = net
         lockServer = ls
         recovered = try server.recoverLogTrees()
+        let work = MergeWork(store: store, server: server, storeLock: storeLock)
+        let sink = mergeReports
+        merger = LogMerger(step: { try work.storeLock.withLock(work.store) { try work.server.mergeStep() } },
+                           report: { sink.report($0) })
+        server.onMergeWanted = { [merger] in merger.wakeUp() }
+        try merger.start()
+    }
+
+    deinit {
+        merger.stop()
     }
 
     /// Log trees merged when the cluster opened.

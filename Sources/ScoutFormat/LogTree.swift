@@ -74,13 +74,9 @@ public struct LogCommit: Equatable, Sendable {
     public var seq: UInt64
     /// The log tree was merged into the fs tree: the client starts a new, empty one.
     public var merged: Bool
-    /// A merge started and stopped part way (out of space): the items it moved into the fs
-    /// tree left the log tree, and the client goes on with this root.
-    public var remainingRoot: BTreeRoot?
 
-    public init(seq: UInt64, merged: Bool, remainingRoot: BTreeRoot? = nil) {
+    public init(seq: UInt64, merged: Bool) {
         self.seq = seq
         self.merged = merged
-        self.remainingRoot = remainingRoot
     }
 }

@@ -21,8 +21,12 @@ public protocol ServerLink: AnyObject {
     func refillDataPool(rid: UInt64, atLeast count: UInt64) throws -> [Extent]
     /// Data blocks outside every pool: free now, and freed by commits not yet made durable.
     var dataSpace: (free: UInt64, pendingFree: UInt64) { get }
+    /// `rid`'s log tree as last recorded: what its commits wrote, less what the server's
+    /// merges have moved into the fs tree since. A client starts each commit from it.
+    func recordedLogTree(rid: UInt64) throws -> LogTreeRecord?
     /// Records the client's log tree (and the pool it has left) and makes it durable, taking
-    /// back the data blocks it freed since its last commit; with `merge` (or when the tree has
-    /// grown past the server's threshold) the server also merges it into the fs tree.
+    /// back the data blocks it freed since its last commit; with `merge` the server also merges
+    /// it into the fs tree before it answers (past its threshold, it merges it later, between
+    /// the client's commits).
     func commitLogTree(rid: UInt64, _ record: LogTreeRecord, freed: [Extent], merge: Bool) throws -> LogCommit
 }

@@ -26,6 +26,15 @@ public final class LocalServer: ServerLink {
     /// Blocks a pool refill hands out beyond what was asked for, so a client writing a large
     /// file asks once per this many blocks.
     public var poolRefill: UInt64
+    /// Items one background merge step moves (one store commit, with the store lock held):
+    /// small, so clients' commits and cache fills wait little for it.
+    public var backgroundChunk = 2000
+    /// Clients whose log trees passed the merge threshold, merged a chunk at a time by
+    /// `mergeStep` between their commits.
+    public private(set) var mergesWanted: Set<UInt64> = []
+    /// Told when a log tree is wanted for merging (with the store lock held: must not block);
+    /// the cluster wakes its merge thread.
+    public var onMergeWanted: (() -> Void)?
 
     public init(store: Store, mergeThreshold: UInt64 = 100_000, poolRefill: UInt64 = 8192) {
         self.store = store
@@ -60,26 +69,77 @@ public final class LocalServer: ServerLink {
     }
 
     /// Records `record` as `rid`'s log tree (with the pool it has left) and commits; the blocks
-    /// it `freed` become free with that commit. When asked to, or when the tree has grown past
-    /// the threshold, it is merged into the fs tree and a second commit makes that durable;
-    /// the reply says so, and the client starts a new, empty log tree (keeping its pool).
+    /// it `freed` become free with that commit. A tree past the threshold is merged later, in
+    /// the background (`mergeStep`), never inside the client's commit; one the client asks to
+    /// have merged (`merge`: an unmount, an operation short of space), or that grew past what
+    /// the free space can merge, is merged now, and a second commit makes that durable.
     public func commitLogTree(rid: UInt64, _ record: LogTreeRecord, freed: [Extent] = [], merge: Bool = false) throws -> LogCommit {
         try setRecord(rid: rid, record)
         for e in freed { store.freeData(e) }
         try store.commit()
         let seq = store.superblock.seq
-        let wanted = try merge || record.items >= mergeThreshold || mergeNeededForSpace(record)
-        guard wanted else { return LogCommit(seq: seq, merged: false) }
+        guard !record.root.isEmpty else { return LogCommit(seq: seq, merged: false) }
+        guard try merge || mergeNeededForSpace(record) else {
+            if record.items >= mergeThreshold, mergesWanted.insert(rid).inserted { onMergeWanted?() }
+            return LogCommit(seq: seq, merged: false)
+        }
         do {
             try mergeAndCommit(rid: rid, clientGone: false)
         } catch let e as StoreError where e.code == .noSpace {
-            // The log tree is durable; a merge that ran out of room is retried later. What it
-            // applied so far left the log tree in the same edits: the client goes on with what
-            // is left, which the record names.
-            let left = try recordedLogTree(rid: rid)?.root ?? .empty
-            return LogCommit(seq: store.superblock.seq, merged: false, remainingRoot: left)
+            // The log tree is durable; what the merge did not move stays in it (the record
+            // names what is left), and the background merges take it up again.
+            if mergesWanted.insert(rid).inserted { onMergeWanted?() }
+            return LogCommit(seq: store.superblock.seq, merged: false)
         }
         return LogCommit(seq: store.superblock.seq, merged: true)
+    }
+
+    /// One step of the background merges: up to `backgroundChunk` items of a wanted log tree
+    /// move into the fs tree and leave the log tree, and a commit makes both durable. The
+    /// client goes on committing into what is left (it reads its tree from the record). True
+    /// while more is wanted. Throws ENOSPC with nothing half done.
+    public func mergeStep() throws -> Bool {
+        guard let rid = mergesWanted.min() else { return false }
+        guard let rec = try recordedLogTree(rid: rid), !rec.root.isEmpty else {
+            mergesWanted.remove(rid)
+            return !mergesWanted.isEmpty
+        }
+        var log = BTree(root: rec.root, name: "log tree of client \(String(rid, radix: 16))")
+        let others = try othersHoldItems(besides: rid)
+        var out = LogMerge.Outcome()
+        let done: Bool
+        do {
+            done = try LogMerge.mergeSome(&log, into: store, keepTombstones: others, limit: backgroundChunk, &out)
+        } catch let e as StoreError where e.code == .noSpace {
+            try recordLeft(rid: rid, rec, log, moved: out)
+            throw e
+        }
+        if done {
+            _ = try log.destroy(in: store)
+            mergesWanted.remove(rid)
+            merges += 1
+        }
+        try recordLeft(rid: rid, rec, log, moved: out)
+        try commitMergeChunk(store)
+        return !mergesWanted.isEmpty
+    }
+
+    /// Records what a merge left of `rid`'s log tree, in the transaction that moved the rest:
+    /// should that fail, nothing of the transaction may be committed (items would be in both
+    /// trees), so the store gives it up.
+    private func recordLeft(rid: UInt64, _ rec: LogTreeRecord, _ log: BTree, moved: LogMerge.Outcome) throws {
+        let n = UInt64(moved.items + moved.deletions)
+        do {
+            try setRecord(rid: rid, LogTreeRecord(root: log.root, items: log.root.isEmpty ? 0 : rec.items - min(rec.items, n),
+                                                  dataPool: rec.dataPool))
+        } catch let e as StoreError {
+            store.abandon(e)
+            throw e
+        }
+    }
+
+    private func othersHoldItems(besides rid: UInt64) throws -> Bool {
+        try store.logTreeRecords().contains { $0.rid != rid && !$0.record.root.isEmpty }
     }
 
     /// Takes at least `count` data blocks (more, up to `poolRefill`, while the device has
@@ -145,26 +205,18 @@ public final class LocalServer: ServerLink {
         guard let rec = try recordedLogTree(rid: rid) else { return }
         var log = BTree(root: rec.root, name: "log tree of client \(String(rid, radix: 16))")
         // Other clients' trees may hold older versions of what this one deletes.
-        let others = try store.logTreeRecords().contains { $0.rid != rid && !$0.record.root.isEmpty }
-        func record(_ left: BTree) throws {
-            try setRecord(rid: rid, LogTreeRecord(root: left.root, items: rec.items, dataPool: rec.dataPool))
-        }
+        let others = try othersHoldItems(besides: rid)
+        var moved = LogMerge.Outcome()
         do {
-            _ = try LogMerge.merge(&log, into: store, keepTombstones: others) { left in
-                try record(left)
+            moved = try LogMerge.merge(&log, into: store, keepTombstones: others) { left in
+                try recordLeft(rid: rid, rec, left, moved: LogMerge.Outcome())
                 try commitMergeChunk(store)
             }
         } catch let e as StoreError where e.code == .noSpace {
-            // What was applied left the log tree in the same transaction: recorded together,
-            // the next commit keeps every item in exactly one of the two trees.
-            do {
-                try record(log)
-            } catch let failed as StoreError {
-                store.abandon(failed)
-                throw failed
-            }
+            try recordLeft(rid: rid, rec, log, moved: moved)
             throw e
         }
+        mergesWanted.remove(rid)
         if clientGone {
             for e in rec.dataPool { store.freeData(e) }
             try store.delete(LogTreeRecord.key(rid: rid), from: .logTrees, forCommit: true)

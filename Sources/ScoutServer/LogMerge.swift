@@ -39,26 +39,33 @@ public enum LogMerge {
             out.freedBlocks = try log.destroy(in: store)
             return out
         }
-        while true {
-            var chunk: [Item] = []
-            try log.forEach(in: store) { it in
-                chunk.append(it)
-                return chunk.count < budget
-            }
-            for it in chunk {
-                // Room for both edits first: a failure between them would leave the item in
-                // both trees.
-                try store.ensureRoom(editing: [log, store.tree(.fs)])
-                try apply(it, to: store, keepTombstones: keepTombstones, &out)
-                _ = try log.delete(it.key, in: store)
-            }
-            guard chunk.count == budget else { break }
+        while try !mergeSome(&log, into: store, keepTombstones: keepTombstones, limit: budget, &out) {
             try commit(log)
             out.commits += 1
             budget = chunkItems(store)
         }
         out.freedBlocks = try log.destroy(in: store)
         return out
+    }
+
+    /// Moves up to `limit` items of `log`, in key order, into the fs tree, each leaving the log
+    /// tree in the same transaction (room for both edits is checked before either is made), so
+    /// a commit at any point has every item in exactly one of the two. True when the log tree
+    /// holds no items any more (its blocks are the caller's to destroy). On a throw, `log` is
+    /// what is left.
+    public static func mergeSome(_ log: inout BTree, into store: Store, keepTombstones: Bool, limit: Int,
+                                 _ out: inout Outcome) throws -> Bool {
+        var chunk: [Item] = []
+        try log.forEach(in: store) { it in
+            chunk.append(it)
+            return chunk.count <= limit
+        }
+        for it in chunk.prefix(limit) {
+            try store.ensureRoom(editing: [log, store.tree(.fs)])
+            try apply(it, to: store, keepTombstones: keepTombstones, &out)
+            _ = try log.delete(it.key, in: store)
+        }
+        return chunk.count <= limit
     }
 
     /// Items one chunk may hold: each may copy an fs tree leaf and its path and a log tree

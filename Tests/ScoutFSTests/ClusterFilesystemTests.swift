@@ -290,6 +290,43 @@ final class FilesystemCluster {
         #expect(report.dataPooled == 0)
     }
 
+    /// A log tree past the merge threshold is merged by the server's own thread, a chunk and a
+    /// commit at a time, while its client goes on: never inside the client's commit.
+    @Test func logTreesPastTheThresholdAreMergedInTheBackground() throws {
+        let c = try FilesystemCluster(clients: 2, mergeThreshold: 200)
+        let server = c.local.server
+        server.backgroundChunk = 50
+        let testThread = pthread_self()
+        let chunks = Mutex<(onTestThread: Int, elsewhere: Int)>((0, 0))
+        c.local.storeLock.withLock(c.local.store) {
+            server.commitMergeChunk = { s in
+                let here = pthread_equal(pthread_self(), testThread) != 0
+                chunks.withLock { here ? ($0.onTestThread += 1) : ($0.elsewhere += 1) }
+                try s.commit()
+            }
+        }
+        var made = Set<String>()
+        for round in 0..<4 {
+            for i in 0..<150 {
+                _ = try Self.makeFile(c[0], Self.root, "r\(round)-\(i)", [])
+                made.insert("r\(round)-\(i)")
+            }
+            try c[0].sync()
+        }
+        var waited = 0
+        while c[0].merges == 0 && waited < 1000 {
+            usleep(10_000)
+            waited += 1
+        }
+        #expect(c[0].merges > 0, "no background merge in 10 s")
+        let seen = chunks.withLock { $0 }
+        #expect(seen.onTestThread == 0 && seen.elsewhere > 0, "merge chunks: \(seen)")
+        #expect(try Self.names(c[1], Self.root) == made)
+        #expect(try Self.names(c[0], Self.root) == made)
+        try c.leaveAll()
+        #expect(Checker.check(meta: c.meta, data: c.data).problems == [])
+    }
+
     @Test func twoClientsCannotShareOneID() throws {
         let c = try FilesystemCluster(clients: 1)
         #expect(throws: StoreError.self) { try c.join(0) }

@@ -19,14 +19,16 @@ import Testing
         return w.bytes
     }
 
-    /// Random inserts and deletes through the client, commits, merges at a low threshold and
+    /// Random inserts and deletes through the client, commits, background merge steps at a low
+    /// threshold (in small chunks, so the client commits into trees merged part way) and
     /// "crashes" (reopening from the devices) between rounds: the client's view, the fs tree
     /// after a final merge, and a reference map agree, and check finds nothing wrong.
     @Test(arguments: [1, 2, 3])
     func clientViewMatchesReferenceThroughMerges(seed: UInt64) throws {
         var rng = SplitMix64(seed: seed)
         var store = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
-        var server = LocalServer(store: store, mergeThreshold: 500)
+        var server = LocalServer(store: store, mergeThreshold: 300)
+        server.backgroundChunk = 150
         var client = ClientItems(store: store, server: server, rid: 7)
         var committed: [UInt64: [UInt8]] = [:]
         var working: [UInt64: [UInt8]] = [:]
@@ -53,14 +55,21 @@ import Testing
             if round % 4 == 3 {
                 // Crash: drop the open transaction and reopen from what the devices hold.
                 store = try Store.open(meta: meta, data: data)
-                server = LocalServer(store: store, mergeThreshold: 500)
+                server = LocalServer(store: store, mergeThreshold: 300)
+                server.backgroundChunk = 150
                 try server.recoverLogTrees()
                 client = ClientItems(store: store, server: server, rid: 7)
                 working = committed
             } else {
                 try client.commit()
                 committed = working
-                sawMerge = sawMerge || client.logTreeWrites == 0
+                let before = server.merges
+                switch rng.next() % 3 {
+                case 0: _ = try server.mergeStep()
+                case 1: while try server.mergeStep() {}
+                default: break
+                }
+                sawMerge = sawMerge || server.merges > before
             }
         }
         try client.commit(merge: true)
