@@ -295,10 +295,11 @@ final class FilesystemCluster {
     @Test func logTreesPastTheThresholdAreMergedInTheBackground() throws {
         let c = try FilesystemCluster(clients: 2, mergeThreshold: 200)
         let server = c.local.server
-        server.backgroundChunk = 50
         let testThread = pthread_self()
         let chunks = Mutex<(onTestThread: Int, elsewhere: Int)>((0, 0))
+        // The merge thread reads both with the store lock held.
         c.local.storeLock.withLock(c.local.store) {
+            server.backgroundChunk = 50
             server.commitMergeChunk = { s in
                 let here = pthread_equal(pthread_self(), testThread) != 0
                 chunks.withLock { here ? ($0.onTestThread += 1) : ($0.elsewhere += 1) }
