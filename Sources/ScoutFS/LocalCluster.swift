@@ -63,7 +63,8 @@ public final class LocalCluster: Sendable {
         let sink = mergeReports
         merger = LogMerger(step: { try work.storeLock.withLock(work.store) { try work.server.mergeStep() } },
                            report: { sink.report($0) })
-        server.onMergeWanted = { [merger] in merger.wakeUp() }
+        // Weak: the merge thread's work holds the server, which holds this closure.
+        server.onMergeWanted = { [weak merger] in merger?.wakeUp() }
         try merger.start()
     }
 
