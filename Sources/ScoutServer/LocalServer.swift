@@ -111,7 +111,7 @@ public final class LocalServer: ServerLink {
         do {
             done = try LogMerge.mergeSome(&log, into: store, keepTombstones: others, limit: backgroundChunk, &out)
         } catch let e as StoreError where e.code == .noSpace {
-            try recordLeft(rid: rid, rec, log, moved: out)
+            try recordLeft(rid: rid, rec, log, moved: out.items + out.deletions)
             throw e
         }
         if done {
@@ -119,7 +119,7 @@ public final class LocalServer: ServerLink {
             mergesWanted.remove(rid)
             merges += 1
         }
-        try recordLeft(rid: rid, rec, log, moved: out)
+        try recordLeft(rid: rid, rec, log, moved: out.items + out.deletions)
         try commitMergeChunk(store)
         return !mergesWanted.isEmpty
     }
@@ -127,8 +127,8 @@ public final class LocalServer: ServerLink {
     /// Records what a merge left of `rid`'s log tree, in the transaction that moved the rest:
     /// should that fail, nothing of the transaction may be committed (items would be in both
     /// trees), so the store gives it up.
-    private func recordLeft(rid: UInt64, _ rec: LogTreeRecord, _ log: BTree, moved: LogMerge.Outcome) throws {
-        let n = UInt64(moved.items + moved.deletions)
+    private func recordLeft(rid: UInt64, _ rec: LogTreeRecord, _ log: BTree, moved: Int = 0) throws {
+        let n = UInt64(moved)
         do {
             try setRecord(rid: rid, LogTreeRecord(root: log.root, items: log.root.isEmpty ? 0 : rec.items - min(rec.items, n),
                                                   dataPool: rec.dataPool))
@@ -206,14 +206,13 @@ public final class LocalServer: ServerLink {
         var log = BTree(root: rec.root, name: "log tree of client \(String(rid, radix: 16))")
         // Other clients' trees may hold older versions of what this one deletes.
         let others = try othersHoldItems(besides: rid)
-        var moved = LogMerge.Outcome()
         do {
-            moved = try LogMerge.merge(&log, into: store, keepTombstones: others) { left in
-                try recordLeft(rid: rid, rec, left, moved: LogMerge.Outcome())
+            _ = try LogMerge.merge(&log, into: store, keepTombstones: others) { left in
+                try recordLeft(rid: rid, rec, left)
                 try commitMergeChunk(store)
             }
         } catch let e as StoreError where e.code == .noSpace {
-            try recordLeft(rid: rid, rec, log, moved: moved)
+            try recordLeft(rid: rid, rec, log)
             throw e
         }
         mergesWanted.remove(rid)

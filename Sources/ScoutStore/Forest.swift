@@ -191,16 +191,9 @@ public struct Forest {
                 deltas = ordered.filter { $0.isDelta && $0.seq > m.seq }
             }
         }
-        guard let newest = deltas.first else {
-            guard let base, !base.isDeletion else { return nil }
-            return base
-        }
-        guard let base, !base.isDeletion else {
-            var sum = combine(base: nil, deltas: deltas)
-            sum.seq = newest.seq
-            return sum
-        }
-        return combine(base: base, deltas: deltas)
+        let below = base.flatMap { $0.isDeletion ? nil : $0 }
+        // `deltas` is newest first: a sum over nothing takes the newest delta's seq.
+        return deltas.isEmpty ? below : combine(base: below, deltas: deltas)
     }
 
     /// Adds deltas' little-endian Int64 fields to the base (or to zero), keeping the newest seq.

@@ -237,8 +237,7 @@ public final class Store {
     /// or none.
     public func ensureRoom(editing trees: [BTree]) throws {
         try usable()
-        let need = trees.reduce(UInt64(0)) { $0 + UInt64(4 * (Int($1.root.height) + 2)) }
-        try preflight(BTree(root: .empty, name: "edits"), margin: Self.commitMargin / 2 + need)
+        try preflight(need: trees.reduce(0) { $0 + Self.editBlocks($1) }, margin: Self.commitMargin / 2)
     }
 
     /// Gives up the open transaction after a failure that left it half done: nothing of it may
@@ -249,7 +248,14 @@ public final class Store {
 
     /// Fails an edit with ENOSPC before it touches anything, rather than part way through a split.
     private func preflight(_ t: BTree, margin: UInt64) throws {
-        let need = UInt64(4 * (Int(t.root.height) + 2)) + margin
+        try preflight(need: Self.editBlocks(t), margin: margin)
+    }
+
+    /// Blocks one edit of `t` may dirty at most: a path copied and split.
+    private static func editBlocks(_ t: BTree) -> UInt64 { UInt64(4 * (Int(t.root.height) + 2)) }
+
+    private func preflight(need edits: UInt64, margin: UInt64) throws {
+        let need = edits + margin
         if metaAlloc.freeBlocks + UInt64(metaAlloc.reserve.count) < need {
             throw StoreError(.noSpace, "metadata device \(meta.name) is full (\(metaAlloc.freeBlocks + UInt64(metaAlloc.reserve.count)) free 64 KiB blocks, \(margin) kept for commits); free space or grow the device")
         }
