@@ -44,65 +44,102 @@ public struct StoreSpace: Sendable {
 }
 
 /// The committed items a client reads through: its own log tree (as recorded at its last
-/// commit, less what the server's background merges moved on since) over the fs tree. The
-/// item cache fills from it, from any operation's thread: every read takes the store lock
-/// (`ClientItems.withStore`), and log trees change only with that lock held, so a read always
-/// finds the records and the trees they name in step.
-final class CommittedForest: ItemSource, @unchecked Sendable {
-    // @unchecked: the store is reached only with `storeLock` held.
-    let store: Store
+/// commit, less what the server's background merges moved on since) over the others' (clients
+/// sharing the store) over the fs tree, all as of the last commit. The item cache fills from
+/// it from any operation's thread without the store lock: a fill never waits for a commit in
+/// flight, whoever makes it.
+///
+/// While this client's own commit lands, reads keep to the roots from before it (`pin`): the
+/// cache still holds that commit's changes as dirty until it has marked them written, and a
+/// read of roots that already hold them would count them twice (a delta) or bring back what
+/// they deleted.
+final class CommittedForest: ItemSource, Sendable {
+    let blocks: CommittedBlocks
     let rid: UInt64
-    /// One lock for every client of the store in this process: the store is not thread-safe.
-    let storeLock: StoreLock
     /// Read the log trees other clients recorded too (clients sharing one store); a lone
     /// mount has none beside its own once recovery merged what earlier mounts left.
     let readsOtherLogTrees: Bool
 
-    init(store: Store, storeLock: StoreLock, rid: UInt64, readsOtherLogTrees: Bool) {
-        self.store = store
-        self.storeLock = storeLock
+    private struct View {
+        var pinned: CommittedRoots?
+        /// The trees of the roots last read, built once per commit.
+        var trees: (seq: UInt64, trees: [BTree])?
+    }
+    private let view = Mutex(View())
+
+    init(store: Store, rid: UInt64, readsOtherLogTrees: Bool) {
+        blocks = store.committed
         self.rid = rid
         self.readsOtherLogTrees = readsOtherLogTrees
     }
 
-    /// Own log tree first (ties in seq go to it), then the others as recorded now, then the fs
-    /// tree.
-    private func trees() throws -> [BTree] {
+    /// Holds reads to the roots as they are now, until `unpin`: the caller (holding the store
+    /// lock) is about to commit this client's changes.
+    func pin() {
+        let now = blocks.roots
+        view.withLock { $0.pinned = now }
+    }
+
+    /// Lets reads see the newest roots again: the cache has marked the commit's changes written.
+    func unpin() {
+        view.withLock { $0.pinned = nil }
+    }
+
+    private func pick() -> CommittedRoots {
+        view.withLock { $0.pinned } ?? blocks.roots
+    }
+
+    /// Own log tree first (ties in seq go to it), then the others, then the fs tree.
+    private func trees(_ roots: CommittedRoots) throws -> [BTree] {
+        if let t = view.withLock({ v in v.trees.flatMap { $0.seq == roots.seq ? $0.trees : nil } }) { return t }
+        let records = try roots.records.get()
         var out: [BTree] = []
+        for (other, rec) in records where other == rid && !rec.root.isEmpty {
+            out.append(BTree(root: rec.root, name: "log tree of client \(String(other, radix: 16))"))
+        }
         if readsOtherLogTrees {
-            let records = try store.logTreeRecords()
-            for (other, rec) in records where other == rid && !rec.root.isEmpty {
-                out.append(BTree(root: rec.root, name: "log tree of client \(String(other, radix: 16))"))
-            }
             for (other, rec) in records where other != rid && !rec.root.isEmpty {
                 out.append(BTree(root: rec.root, name: "log tree of client \(String(other, radix: 16))"))
             }
-        } else if let it = try store.lookup(LogTreeRecord.key(rid: rid), in: .logTrees) {
-            let rec = try LogTreeRecord(item: it)
-            if !rec.root.isEmpty { out.append(BTree(root: rec.root, name: "log tree of client \(String(rid, radix: 16))")) }
         }
-        out.append(store.tree(.fs))
+        out.append(BTree(root: roots.fs, name: TreeID.fs.description))
+        view.withLock { $0.trees = (roots.seq, out) }
         return out
     }
 
     func committedItem(_ key: Key) throws -> Item? {
-        try storeLock.withLock(store) { try committedItemLocked(key) }
-    }
-
-    private func committedItemLocked(_ key: Key) throws -> Item? {
-        let t = try trees()
-        if t.count == 1 {
-            guard let it = try t[0].lookup(key, in: store), !it.isDeletion else { return nil }
-            return it
+        try blocks.reading(pick) { roots in
+            let t = try trees(roots)
+            if t.count == 1 {
+                guard let it = try t[0].lookup(key, in: blocks), !it.isDeletion else { return nil }
+                return it
+            }
+            return try Forest(trees: t, mergedIndex: t.count - 1).lookup(key, in: blocks)
         }
-        return try Forest(trees: t, mergedIndex: t.count - 1).lookup(key, in: store)
     }
 
+    /// A read that meets a reused block goes on from the key after the last one delivered,
+    /// over newer roots: what this client's locks cover is the same in both.
     func committedItems(from start: Key, through end: Key, _ body: (Item) throws -> Bool) throws {
-        try storeLock.withLock(store) {
-            let t = try trees()
-            try Forest(trees: t, mergedIndex: t.count - 1).forEach(from: start, through: end, in: store, body)
+        var pos: Key? = start
+        var bodyError: (any Error)?
+        try blocks.reading(pick) { roots in
+            guard let from = pos else { return }
+            let t = try trees(roots)
+            try Forest(trees: t, mergedIndex: t.count - 1).forEach(from: from, through: end, in: blocks) { it in
+                let more: Bool
+                do {
+                    more = try body(it)
+                } catch {
+                    bodyError = error
+                    more = false
+                }
+                pos = more ? it.key.successor : nil
+                return more
+            }
+            pos = nil
         }
+        if let bodyError { throw bodyError }
     }
 }
 
@@ -125,6 +162,8 @@ public final class ClientItems: @unchecked Sendable {
     public let rid: UInt64
     public let cache: ItemCache
     private let committed: CommittedForest
+    /// One lock for every client of the store in this process: the store is not thread-safe.
+    private let storeLock: StoreLock
     /// This client's log tree as its commits write it; the record is the truth between
     /// commits (the server's background merges shrink the tree), and each commit starts from
     /// it (`followRecord`).
@@ -151,7 +190,8 @@ public final class ClientItems: @unchecked Sendable {
         self.server = server
         self.rid = rid
         log = BTree(root: .empty, name: "log tree of client \(String(rid, radix: 16))")
-        committed = CommittedForest(store: store, storeLock: storeLock, rid: rid, readsOtherLogTrees: sharesStore)
+        committed = CommittedForest(store: store, rid: rid, readsOtherLogTrees: sharesStore)
+        self.storeLock = storeLock
         cache = ItemCache(source: committed, blockCapacity: store.options.nodeCapacity, cleanByteLimit: cacheBytes)
     }
 
@@ -231,12 +271,12 @@ public final class ClientItems: @unchecked Sendable {
     /// in parallel allocate and free data blocks and read the store's counters through here
     /// (never calling back into the cache inside, which may need the lock to fill).
     public func withStore<T>(_ body: () throws -> T) rethrows -> T {
-        try committed.storeLock.withLock(store, body)
+        try storeLock.withLock(store, body)
     }
 
     /// The store's space as of the last release of the store lock: what operations check
     /// before they start, without waiting for a commit in progress.
-    public var space: StoreSpace { committed.storeLock.space }
+    public var space: StoreSpace { storeLock.space }
 
     // MARK: data blocks
 
@@ -394,6 +434,8 @@ public final class ClientItems: @unchecked Sendable {
             }
             logWrites += UInt64(p.snap.items.count)
             let record = LogTreeRecord(root: log.root, items: logWrites, dataPool: p.pool)
+            committed.pin()
+            defer { committed.unpin() }
             let reply = try server.commitLogTree(rid: rid, record, freed: p.freed, merge: merge)
             cache.committed(p.snap)
             // Merged now, whole or in part (a merge short of space leaves the rest).

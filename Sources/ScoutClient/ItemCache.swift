@@ -176,9 +176,15 @@ public final class ItemCache: Sendable {
                 return it
             case .needsBase(let e):
                 // A sum over a committed value the cache does not hold: add it to what is
-                // committed now, without caching the committed value.
+                // committed now, without caching the committed value. Should a commit have
+                // written part of the sum meanwhile, the committed value may hold that part
+                // too: read both again.
                 let base = try source.committedItem(key)
-                return Self.sum(e.item(key), over: base)
+                let unchanged = withState(r) { s, _ in
+                    guard let now = s.entries[key] else { return false }
+                    return now.dirty && now.version == e.version && now.value == e.value && now.flags == e.flags
+                }
+                if unchanged { return Self.sum(e.item(key), over: base) }
             case .miss(let generation):
                 let found = try source.committedItem(key)
                 fills.add(1, ordering: .relaxed)
@@ -446,6 +452,9 @@ public final class ItemCache: Sendable {
                         // the log tree holds the part the snapshot took, the rest stays.
                         e.value = Self.subtract(e.value, snap.items[j].value)
                         s.entries[k] = e
+                        // A fill that read the committed value before the commit would add
+                        // it to what is left and lose the written part.
+                        s.generation += 1
                     } else if var e = s.entries[k], e.dirty, e.version == snap.versions[j] {
                         s.logBytes += e.leafBytes
                         if e.isDelta {

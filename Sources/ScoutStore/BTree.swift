@@ -23,7 +23,7 @@ public struct BTree: Sendable {
     // MARK: reading
 
     /// The item stored under `key`, if any (deletion items are returned as stored).
-    public func lookup(_ key: Key, in store: Store) throws -> Item? {
+    public func lookup(_ key: Key, in store: some NodeSource) throws -> Item? {
         guard !root.isEmpty else { return nil }
         let leaf = try descend(to: key, in: store).leaf
         let i = lowerBound(leaf.block.keys, key)
@@ -32,7 +32,7 @@ public struct BTree: Sendable {
     }
 
     /// The first item whose key is ≥ `key`.
-    public func next(from key: Key, in store: Store) throws -> Item? {
+    public func next(from key: Key, in store: some NodeSource) throws -> Item? {
         var search = key
         while !root.isEmpty {
             let d = try descend(to: search, in: store)
@@ -46,7 +46,7 @@ public struct BTree: Sendable {
     }
 
     /// The last item whose key is ≤ `key`.
-    public func prev(from key: Key, in store: Store) throws -> Item? {
+    public func prev(from key: Key, in store: some NodeSource) throws -> Item? {
         var search = key
         while !root.isEmpty {
             let d = try descend(to: search, in: store)
@@ -59,7 +59,7 @@ public struct BTree: Sendable {
     }
 
     /// Calls `body` with each item in `[start, end]` in key order until it returns false.
-    public func forEach(from start: Key = .min, through end: Key = .max, in store: Store, _ body: (Item) throws -> Bool) throws {
+    public func forEach(from start: Key = .min, through end: Key = .max, in store: some NodeSource, _ body: (Item) throws -> Bool) throws {
         var search = start
         while !root.isEmpty {
             let d = try descend(to: search, in: store)
@@ -76,7 +76,7 @@ public struct BTree: Sendable {
     }
 
     /// Every item in `[start, end]`.
-    public func items(from start: Key = .min, through end: Key = .max, in store: Store) throws -> [Item] {
+    public func items(from start: Key = .min, through end: Key = .max, in store: some NodeSource) throws -> [Item] {
         var out: [Item] = []
         try forEach(from: start, through: end, in: store) { out.append($0); return true }
         return out
@@ -119,7 +119,7 @@ public struct BTree: Sendable {
 
     /// How many blocks the tree spans. Reads only parent blocks: leaves are counted from their
     /// parents' child lists.
-    public func blockCount(in store: Store) throws -> Int {
+    public func blockCount(in store: some NodeSource) throws -> Int {
         guard !root.isEmpty else { return 0 }
         if root.height == 1 { return 1 }
         var count = 0
@@ -165,7 +165,7 @@ public struct BTree: Sendable {
         var lowerBound: Key?
     }
 
-    private func descend(to key: Key, in store: Store) throws -> Descent {
+    private func descend(to key: Key, in store: some NodeSource) throws -> Descent {
         var node = try store.readNode(root.ref, level: root.height - 1, tree: name)
         var upper: Key? = nil
         var lower: Key? = nil

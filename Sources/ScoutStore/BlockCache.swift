@@ -1,12 +1,16 @@
-import ScoutFormat
+public import ScoutFormat
+import Synchronization
 
-/// A decoded btree block held in memory. Dirty nodes were allocated in the open transaction and
-/// are pinned until the commit writes them; clean nodes sit on the cache's LRU.
-final class CachedNode {
-    let blkno: UInt64
+/// A decoded btree block held in memory. A dirty node was allocated in the open transaction
+/// and is edited in place under the store's lock until the commit writes it; from then on it
+/// is clean and never changes again, so readers on any thread may share it.
+public final class CachedNode: @unchecked Sendable {
+    // @unchecked: `block` and `dirty` change only while the node is dirty, which only the
+    // store's owner (under its lock) can reach; `newer`/`older` only under the cache's mutex.
+    public let blkno: UInt64
     /// The commit that wrote (or will write) this block; matches the `seq` of refs to it.
-    let seq: UInt64
-    var block: BTreeBlock
+    public let seq: UInt64
+    public internal(set) var block: BTreeBlock
     var dirty: Bool
     // LRU links, used only while clean. Both are strong: the cache unlinks a node before it
     // drops it, and `removeAll` breaks every link, so no cycle outlives the list. (A weak link
@@ -21,22 +25,25 @@ final class CachedNode {
         self.dirty = dirty
     }
 
-    var ref: BlockRef { BlockRef(blkno: blkno, seq: seq) }
+    public var ref: BlockRef { BlockRef(blkno: blkno, seq: seq) }
 }
 
-/// Decoded metadata blocks by block number: every dirty block of the open transaction plus a
-/// bounded LRU of clean ones. Bounding only the clean set keeps a transaction's working set whole
-/// (it must be written at commit) while reads of huge trees cannot grow memory without limit.
-final class BlockCache {
-    fileprivate var nodes: [UInt64: CachedNode] = [:]
-    /// Oldest clean node (evicted first) and newest clean node.
-    private var oldest: CachedNode?
-    private var newest: CachedNode?
-    private(set) var cleanCount = 0
-    private(set) var dirtyCount = 0
+/// Clean decoded metadata blocks by block number, a bounded LRU shared by every reader of the
+/// store: the store's own trees under its lock, and clients reading committed roots from their
+/// own threads. One version per block number: the newest seen, since readers of an older
+/// root are the rare ones (they retry from newer roots when they meet a newer block).
+final class BlockCache: Sendable {
+    private struct State {
+        var nodes: [UInt64: CachedNode] = [:]
+        /// Oldest node (evicted first) and newest node.
+        var oldest: CachedNode?
+        var newest: CachedNode?
+    }
+
+    private let state = Mutex(State())
     let capacity: Int
 
-    /// `capacity` is the number of clean 64 KiB blocks kept.
+    /// `capacity` is the number of 64 KiB blocks kept.
     init(capacity: Int) {
         self.capacity = max(16, capacity)
     }
@@ -45,102 +52,72 @@ final class BlockCache {
     // each closed store left its whole clean cache behind (the fuzzer ran out of memory).
     deinit { removeAll() }
 
-    func get(_ blkno: UInt64) -> CachedNode? {
-        guard let n = nodes[blkno] else { return nil }
-        if !n.dirty { touch(n) }
-        return n
-    }
-
-    /// Adds a node read from the device.
-    func insertClean(_ n: CachedNode) {
-        remove(n.blkno)
-        n.dirty = false
-        nodes[n.blkno] = n
-        link(n)
-        cleanCount += 1
-        evict()
-    }
-
-    /// Adds a node allocated in the open transaction (replacing whatever the blkno held before).
-    func insertDirty(_ n: CachedNode) {
-        remove(n.blkno)
-        n.dirty = true
-        nodes[n.blkno] = n
-        dirtyCount += 1
-    }
-
-    func remove(_ blkno: UInt64) {
-        guard let n = nodes.removeValue(forKey: blkno) else { return }
-        if n.dirty {
-            dirtyCount -= 1
-        } else {
-            unlink(n)
-            cleanCount -= 1
+    /// The cached version of `blkno` if it is the one `seq` names.
+    func get(_ blkno: UInt64, seq: UInt64) -> CachedNode? {
+        state.withLock { s in
+            guard let n = s.nodes[blkno], n.seq == seq else { return nil }
+            Self.touch(&s, n)
+            return n
         }
     }
 
-    /// Every dirty node, in block-number order (the order the commit writes them).
-    func dirtyNodes() -> [CachedNode] {
-        nodes.values.filter(\.dirty).sorted { $0.blkno < $1.blkno }
+    /// Adds a clean node (read from the device, or written by a commit), unless a newer
+    /// version of the block is cached already.
+    func insert(_ n: CachedNode) {
+        state.withLock { s in
+            if let old = s.nodes[n.blkno] {
+                guard old.seq <= n.seq else { return }
+                Self.unlink(&s, old)
+            }
+            s.nodes[n.blkno] = n
+            Self.link(&s, n)
+            while s.nodes.count > capacity, let victim = s.oldest {
+                Self.unlink(&s, victim)
+                s.nodes.removeValue(forKey: victim.blkno)
+            }
+        }
     }
 
-    /// After a commit wrote them, dirty nodes become ordinary clean cache entries.
-    func markClean(_ list: [CachedNode]) {
-        for n in list where n.dirty {
-            n.dirty = false
-            dirtyCount -= 1
-            link(n)
-            cleanCount += 1
-        }
-        evict()
-    }
+    var count: Int { state.withLock { $0.nodes.count } }
 
     /// Forgets everything; used when a failed commit leaves memory out of step with the device.
     func removeAll() {
-        nodes.removeAll()
-        var n = oldest
-        while let cur = n {
-            n = cur.newer
-            cur.newer = nil
-            cur.older = nil
+        state.withLock { s in
+            s.nodes.removeAll()
+            var n = s.oldest
+            while let cur = n {
+                n = cur.newer
+                cur.newer = nil
+                cur.older = nil
+            }
+            s.oldest = nil
+            s.newest = nil
         }
-        oldest = nil
-        newest = nil
-        cleanCount = 0
-        dirtyCount = 0
     }
 
-    private func link(_ n: CachedNode) {
-        n.older = newest
+    private static func link(_ s: inout State, _ n: CachedNode) {
+        n.older = s.newest
         n.newer = nil
-        newest?.newer = n
-        newest = n
-        if oldest == nil { oldest = n }
+        s.newest?.newer = n
+        s.newest = n
+        if s.oldest == nil { s.oldest = n }
     }
 
-    private func unlink(_ n: CachedNode) {
-        if let o = n.older { o.newer = n.newer } else { oldest = n.newer }
-        if let nw = n.newer { nw.older = n.older } else { newest = n.older }
+    private static func unlink(_ s: inout State, _ n: CachedNode) {
+        if let o = n.older { o.newer = n.newer } else { s.oldest = n.newer }
+        if let nw = n.newer { nw.older = n.older } else { s.newest = n.older }
         n.newer = nil
         n.older = nil
     }
 
-    private func touch(_ n: CachedNode) {
-        if newest === n { return }
-        unlink(n)
-        link(n)
-    }
-
-    private func evict() {
-        while cleanCount > capacity, let victim = oldest {
-            unlink(victim)
-            nodes.removeValue(forKey: victim.blkno)
-            cleanCount -= 1
-        }
+    private static func touch(_ s: inout State, _ n: CachedNode) {
+        if s.newest === n { return }
+        unlink(&s, n)
+        link(&s, n)
     }
 }
 
 extension BlockCache {
-    /// Every cached node by block number (tests inspect which blocks are dirty).
-    var all: [UInt64: CachedNode] { nodes }
+    /// Every cached node by block number (tests).
+    var all: [UInt64: CachedNode] { state.withLock { $0.nodes } }
 }

@@ -32,7 +32,7 @@ public struct Forest {
     }
 
     /// The visible item for `key`, or nil if absent or deleted.
-    public func lookup(_ key: Key, in store: Store) throws -> Item? {
+    public func lookup(_ key: Key, in store: some NodeSource) throws -> Item? {
         var versions: [Item] = []
         var merged: Item?
         for (i, t) in trees.enumerated() {
@@ -43,7 +43,7 @@ public struct Forest {
     }
 
     /// The first visible item with a key ≥ `key`.
-    public func next(from key: Key, in store: Store) throws -> Item? {
+    public func next(from key: Key, in store: some NodeSource) throws -> Item? {
         var search = key
         while true {
             var best: Key?
@@ -71,7 +71,7 @@ public struct Forest {
     ///
     /// Walks every tree in batches and merges them, so a long scan costs about one leaf visit
     /// per batch per tree rather than a descent of every tree per item.
-    public func forEach(from start: Key = .min, through end: Key = .max, in store: Store, _ body: (Item) throws -> Bool) throws {
+    public func forEach(from start: Key = .min, through end: Key = .max, in store: some NodeSource, _ body: (Item) throws -> Bool) throws {
         if trees.count == 1 {
             try trees[0].forEach(from: start, through: end, in: store) { it in it.isDeletion ? true : try body(it) }
             return
@@ -119,7 +119,7 @@ public struct Forest {
     }
 
     /// Every visible item in `[start, end]`, in key order.
-    public func items(from start: Key = .min, through end: Key = .max, in store: Store) throws -> [Item] {
+    public func items(from start: Key = .min, through end: Key = .max, in store: some NodeSource) throws -> [Item] {
         var out: [Item] = []
         var search = start
         while let it = try next(from: search, in: store), it.key <= end {
@@ -128,25 +128,6 @@ public struct Forest {
             search = after
         }
         return out
-    }
-
-    /// Runs `body` with a forest of the roots `roots()` returns, fetching them again and retrying
-    /// once if a read finds a stale block.
-    public static func reading<T>(
-        in store: Store, roots: () throws -> [BTreeRoot], _ body: (Forest) throws -> T
-    ) throws -> T {
-        var last: [BTreeRoot]?
-        while true {
-            let r = try roots()
-            do {
-                return try body(Forest(roots: r))
-            } catch let e as StoreError where e.code == .stale {
-                if let last, last == r {
-                    throw StoreError(.io, "\(e.message); read stale twice from the same roots")
-                }
-                last = r
-            }
-        }
     }
 
     /// Merges the versions of one key found in different trees: `versions` from log trees

@@ -25,11 +25,16 @@ public struct StoreOptions: Sendable {
 /// superblock lands nothing new is reachable; after, all of it is.
 ///
 /// A `Store` is not thread-safe: one caller at a time (the mount wraps it in its own lock).
-public final class Store {
+public final class Store: NodeSource {
     public let meta: any BlockDevice
     public let data: any BlockDevice
     public let options: StoreOptions
+    /// Clean blocks, shared with readers of committed roots on other threads.
     let cache: BlockCache
+    /// The blocks the open transaction allocated, edited in place until the commit writes them.
+    private var dirty: [UInt64: CachedNode] = [:]
+    /// The last commit's roots and the blocks under them, for readers without the store lock.
+    public let committed: CommittedBlocks
     /// The last committed superblock.
     public private(set) var superblock: SuperBlock
     /// The seq of the open transaction: stamped on every block it writes, one more than the
@@ -49,7 +54,7 @@ public final class Store {
     /// Set for stores opened for reading only; commit refuses.
     var readOnly = false
 
-    public var fsid: UInt64 { superblock.fsid }
+    public let fsid: UInt64
     var nodeCapacity: Int { options.nodeCapacity }
 
     init(meta: any BlockDevice, data: any BlockDevice, superblock: SuperBlock, options: StoreOptions) {
@@ -60,6 +65,9 @@ public final class Store {
         self.options = options
         self.superblock = superblock
         cache = BlockCache(capacity: options.cacheBlocks)
+        fsid = superblock.fsid
+        committed = CommittedBlocks(cache: cache, meta: meta, fsid: superblock.fsid, metaTotalBlocks: superblock.metaTotalBlocks,
+                                    roots: CommittedRoots(seq: superblock.seq, fs: superblock.root(.fs), records: .success([])))
         openSeq = Atomic(superblock.seq + 1)
         nextIno = superblock.nextIno
         nextSeq = superblock.nextSeq
@@ -69,6 +77,21 @@ public final class Store {
         metaAlloc = ExtentAllocator(kind: .meta, root: superblock.root(.metaFree),
                                     freeBlocks: superblock.metaFreeBlocks, reserve: superblock.metaReserve)
         dataAlloc = ExtentAllocator(kind: .data, root: superblock.root(.dataFree), freeBlocks: superblock.dataFreeBlocks)
+        publishRoots()
+    }
+
+    /// Makes the roots of the last commit (the working ones, right after it) what readers
+    /// without the lock read.
+    private func publishRoots() {
+        let records: Result<[(rid: UInt64, record: LogTreeRecord)], StoreError>
+        do {
+            records = .success(try logTreeRecords())
+        } catch let e as StoreError {
+            records = .failure(e)
+        } catch {
+            records = .failure(StoreError(.corrupt, "log-trees tree: \(error); run `scoutfs check`"))
+        }
+        committed.publish(CommittedRoots(seq: superblock.seq, fs: superblock.root(.fs), records: records))
     }
 
     // MARK: opening
@@ -299,49 +322,25 @@ public final class Store {
     public var pendingFreeDataBlocks: UInt64 { dataAlloc.pendingFree.reduce(0) { $0 + $1.length } }
 
     /// Blocks the open transaction has dirtied so far (each becomes a 64 KiB write at commit).
-    public var dirtyBlocks: Int { cache.dirtyCount }
+    public var dirtyBlocks: Int { dirty.count }
 
     // MARK: blocks
 
-    /// Reads (or finds cached) the block a reference names, checking that it is that block.
-    func readNode(_ ref: BlockRef, level: UInt8, tree: String) throws -> CachedNode {
-        if let n = cache.get(ref.blkno) {
-            guard n.seq == ref.seq else {
-                throw StoreError(.stale, "metadata block \(ref.blkno) in \(tree) tree: holds seq \(n.seq), reference expects \(ref.seq)")
-            }
+    /// Reads the block a reference names in the working trees: the open transaction's own
+    /// block, else the committed one (cached or from the device), checked to be that block.
+    public func readNode(_ ref: BlockRef, level: UInt8, tree: String) throws -> CachedNode {
+        if let n = dirty[ref.blkno], n.seq == ref.seq {
             guard n.block.level == level else {
                 throw StoreError(.corrupt, "metadata block \(ref.blkno) in \(tree) tree: level \(n.block.level), expected \(level); run `scoutfs check`")
             }
             return n
         }
-        let block = try readBlock(ref, tree: tree)
-        guard block.level == level else {
-            throw StoreError(.corrupt, "metadata block \(ref.blkno) in \(tree) tree: level \(block.level), expected \(level); run `scoutfs check`")
-        }
-        let n = CachedNode(blkno: ref.blkno, seq: ref.seq, block: block, dirty: false)
-        cache.insertClean(n)
-        return n
+        return try committed.readNode(ref, level: level, tree: tree)
     }
 
     /// Reads and verifies a btree block from the device, bypassing the cache.
     func readBlock(_ ref: BlockRef, tree: String) throws -> BTreeBlock {
-        guard ref.blkno >= Layout.metaFirstBlkno && ref.blkno < superblock.metaTotalBlocks else {
-            throw StoreError(.corrupt, "\(tree) tree references metadata block \(ref.blkno), outside the device's \(superblock.metaTotalBlocks) blocks; run `scoutfs check`")
-        }
-        let bytes = try meta.read(at: ref.blkno << UInt64(Layout.metaBlockShift), count: Layout.metaBlockSize)
-        switch BlockHeader.verify(bytes, magic: BlockMagic.btree, fsid: fsid, blkno: ref.blkno, seq: ref.seq) {
-        case .valid:
-            break
-        case .stale(let why):
-            throw StoreError(.stale, "metadata block \(ref.blkno) in \(tree) tree: \(why)")
-        case .corrupt(let why):
-            throw StoreError(.corrupt, "metadata block \(ref.blkno) in \(tree) tree: \(why); run `scoutfs check`")
-        }
-        do {
-            return try BTreeBlock(decoding: bytes)
-        } catch {
-            throw StoreError(.corrupt, "metadata block \(ref.blkno) in \(tree) tree: \(error); run `scoutfs check`")
-        }
+        try committed.readBlock(ref, tree: tree)
     }
 
     /// The block a reference names, made writable in the open transaction: itself if it was
@@ -350,14 +349,14 @@ public final class Store {
         let n = try readNode(ref, level: level, tree: tree)
         if n.dirty { return n }
         let copy = CachedNode(blkno: try metaAlloc.allocMeta(self), seq: txnSeq, block: n.block, dirty: true)
-        cache.insertDirty(copy)
+        dirty[copy.blkno] = copy
         metaAlloc.pendingFree.append(Extent(start: n.blkno, length: 1))
         return copy
     }
 
     func newNode(level: UInt8) throws -> CachedNode {
         let n = CachedNode(blkno: try metaAlloc.allocMeta(self), seq: txnSeq, block: BTreeBlock(level: level), dirty: true)
-        cache.insertDirty(n)
+        dirty[n.blkno] = n
         return n
     }
 
@@ -365,7 +364,7 @@ public final class Store {
     /// transaction commits.
     func freeNode(_ n: CachedNode) {
         if n.dirty {
-            cache.remove(n.blkno)
+            dirty.removeValue(forKey: n.blkno)
             metaAlloc.reserve.append(n.blkno)
         } else {
             metaAlloc.pendingFree.append(Extent(start: n.blkno, length: 1))
@@ -376,7 +375,7 @@ public final class Store {
 
     /// True when the open transaction holds anything a commit would write.
     public var hasChanges: Bool {
-        cache.dirtyCount > 0 || !metaAlloc.pendingFree.isEmpty || !dataAlloc.pendingFree.isEmpty
+        !dirty.isEmpty || !metaAlloc.pendingFree.isEmpty || !dataAlloc.pendingFree.isEmpty
             || nextIno != superblock.nextIno || nextSeq != superblock.nextSeq
     }
 
@@ -390,8 +389,8 @@ public final class Store {
         }
         do {
             try settleAllocators()
-            let dirty = cache.dirtyNodes()
-            try writeNodes(dirty)
+            let written = dirty.values.sorted { $0.blkno < $1.blkno }
+            try writeNodes(written)
             try data.flush()
             try meta.flush()
             var sb = superblock
@@ -408,7 +407,12 @@ public final class Store {
             superblock = sb
             metaAlloc.transactionCommitted()
             dataAlloc.transactionCommitted()
-            cache.markClean(dirty)
+            dirty.removeAll()
+            for n in written {
+                n.dirty = false
+                cache.insert(n)
+            }
+            publishRoots()
             openSeq.add(1, ordering: .releasing)
         } catch let e as StoreError {
             fail(e)
@@ -454,6 +458,7 @@ public final class Store {
 
     private func fail(_ e: StoreError) {
         failure = e
+        dirty.removeAll()
         cache.removeAll()
     }
 }
@@ -471,5 +476,5 @@ extension Store {
 
 extension Store {
     /// The cached nodes by block number; for tests that check copy-on-write.
-    func cacheSnapshot() -> [UInt64: CachedNode] { cache.all }
+    func cacheSnapshot() -> [UInt64: CachedNode] { cache.all.merging(dirty) { $1 } }
 }

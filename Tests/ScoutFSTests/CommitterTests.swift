@@ -111,3 +111,60 @@ final class HeldFlushDevice: BlockDevice, @unchecked Sendable {
         #expect(a.mode & 0o7777 == 0o600 && a.size == 5003 && a.mtime.seconds == 1234)
     }
 }
+
+@Suite struct ColdReadTests {
+    /// Reads that must fill the cache from the device do not wait for a commit in flight:
+    /// they read the last commit's roots without the store lock.
+    @Test(.timeLimit(.minutes(2))) func coldReadsRunWhileACommitWaitsForTheDevice() throws {
+        let meta = HeldFlushDevice(MemoryBlockDevice(name: "meta", size: 256 << 20))
+        let data = MemoryBlockDevice(name: "data", size: 256 << 20)
+        let names = (0..<300).map { Array("file-\($0)".utf8) }
+        var inos: [UInt64] = []
+        do {
+            let store = try Store.format(meta: meta, data: data, quorumSlots: [QuorumSlot(slot: 0, address: "127.0.0.1", port: 7100)])
+            let fs = try Filesystem(store: store)
+            for (i, n) in names.enumerated() {
+                let f = try fs.create(1, n, mode: 0o644, flags: O_RDWR, caller: .root)
+                _ = try fs.write(f.ino, offset: 0, data: [UInt8(i & 0xff)])
+                inos.append(f.ino)
+            }
+            try fs.sync()
+        }
+        // A new mount: nothing of those files is in its cache.
+        let fs = try Filesystem(store: try Store.open(meta: meta, data: data))
+        let own = try fs.create(1, Array("own".utf8), mode: 0o644, flags: O_RDWR, caller: .root).ino
+        try fs.sync()
+        _ = try fs.setattr(own, AttributeChanges(mode: 0o600))
+        meta.hold()
+        let syncing = ScoutTestSupport.Thread { try? fs.sync() }
+        syncing.start()
+        var waited = 0
+        while meta.heldFlushes.load(ordering: .relaxed) == 0 && waited < 500 {
+            usleep(10_000)
+            waited += 1
+        }
+        #expect(meta.heldFlushes.load(ordering: .relaxed) > 0, "the commit never reached the device")
+        let found = Atomic<Int>(0)
+        let expected = inos
+        let worker = ScoutTestSupport.Thread {
+            for (i, n) in names.enumerated() {
+                guard let a = try? fs.lookup(1, n), a.ino == expected[i], a.size == 1,
+                      let bytes = try? fs.read(a.ino, offset: 0, count: 1), bytes == [UInt8(i & 0xff)] else { return }
+                found.add(1, ordering: .relaxed)
+            }
+        }
+        worker.start()
+        var spins = 0
+        while found.load(ordering: .relaxed) < names.count && spins < 1000 {
+            usleep(10_000)
+            spins += 1
+        }
+        let readWhileHeld = found.load(ordering: .relaxed)
+        meta.release()
+        syncing.join()
+        worker.join()
+        #expect(readWhileHeld == names.count, "only \(readWhileHeld) of \(names.count) cold lookups finished while the commit waited")
+        #expect(fs.committedSeq > 0)
+        #expect(try fs.getattr(own).mode & 0o7777 == 0o600)
+    }
+}

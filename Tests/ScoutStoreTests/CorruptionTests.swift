@@ -149,9 +149,9 @@ import ScoutFormat
         do {
             let cache = BlockCache(capacity: 16)
             for b in 0..<8 as Range<UInt64> {
-                cache.insertClean(CachedNode(blkno: b, seq: 1, block: BTreeBlock(level: 0), dirty: false))
+                cache.insert(CachedNode(blkno: b, seq: 1, block: BTreeBlock(level: 0), dirty: false))
             }
-            node = cache.get(3)
+            node = cache.get(3, seq: 1)
             #expect(node != nil)
         }
         #expect(node == nil)

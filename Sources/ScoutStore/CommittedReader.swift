@@ -1,0 +1,112 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+public import ScoutFormat
+import Synchronization
+
+/// Where a btree reads its blocks from. The store reads its working trees (the open
+/// transaction's dirty blocks over the committed ones) with its lock held; `CommittedBlocks`
+/// reads only what commits made durable, from any thread, with no lock.
+public protocol NodeSource {
+    /// The block `ref` names, checked to be that block at `level`.
+    func readNode(_ ref: BlockRef, level: UInt8, tree: String) throws -> CachedNode
+}
+
+/// The roots of one commit, as clients read them: the fs tree and every client's recorded log
+/// tree. Blocks these roots reach stay as they are until a later commit frees them and a
+/// writer reuses them; a reader that then meets another block than its ref names (stale, or
+/// torn while being rewritten) takes newer roots and reads again (`CommittedBlocks.reading`).
+public struct CommittedRoots: Sendable {
+    /// The commit these are the roots of.
+    public let seq: UInt64
+    public let fs: BTreeRoot
+    /// Every client's log-trees record, by client id in key order; a damaged record is the
+    /// error reading it gave.
+    public let records: Result<[(rid: UInt64, record: LogTreeRecord)], StoreError>
+}
+
+/// Reads committed blocks without the store's lock: through the store's shared cache of clean
+/// blocks, else from the device, checking each block against its ref.
+public final class CommittedBlocks: NodeSource, Sendable {
+    let cache: BlockCache
+    // nonisolated(unsafe): the devices' reads are safe from any thread (BlockDevice).
+    nonisolated(unsafe) let meta: any BlockDevice
+    let fsid: UInt64
+    let metaTotalBlocks: UInt64
+    private let published: Mutex<CommittedRoots>
+
+    init(cache: BlockCache, meta: any BlockDevice, fsid: UInt64, metaTotalBlocks: UInt64, roots: CommittedRoots) {
+        self.cache = cache
+        self.meta = meta
+        self.fsid = fsid
+        self.metaTotalBlocks = metaTotalBlocks
+        published = Mutex(roots)
+    }
+
+    /// The roots of the last commit.
+    public var roots: CommittedRoots { published.withLock { $0 } }
+
+    func publish(_ roots: CommittedRoots) {
+        published.withLock { $0 = roots }
+    }
+
+    public func readNode(_ ref: BlockRef, level: UInt8, tree: String) throws -> CachedNode {
+        if let n = cache.get(ref.blkno, seq: ref.seq) {
+            guard n.block.level == level else {
+                throw StoreError(.corrupt, "metadata block \(ref.blkno) in \(tree) tree: level \(n.block.level), expected \(level); run `scoutfs check`")
+            }
+            return n
+        }
+        let block = try readBlock(ref, tree: tree)
+        guard block.level == level else {
+            throw StoreError(.corrupt, "metadata block \(ref.blkno) in \(tree) tree: level \(block.level), expected \(level); run `scoutfs check`")
+        }
+        let n = CachedNode(blkno: ref.blkno, seq: ref.seq, block: block, dirty: false)
+        cache.insert(n)
+        return n
+    }
+
+    /// Reads and verifies a btree block from the device, bypassing the cache.
+    func readBlock(_ ref: BlockRef, tree: String) throws -> BTreeBlock {
+        guard ref.blkno >= Layout.metaFirstBlkno && ref.blkno < metaTotalBlocks else {
+            throw StoreError(.corrupt, "\(tree) tree references metadata block \(ref.blkno), outside the device's \(metaTotalBlocks) blocks; run `scoutfs check`")
+        }
+        let bytes = try meta.read(at: ref.blkno << UInt64(Layout.metaBlockShift), count: Layout.metaBlockSize)
+        switch BlockHeader.verify(bytes, magic: BlockMagic.btree, fsid: fsid, blkno: ref.blkno, seq: ref.seq) {
+        case .valid:
+            break
+        case .stale(let why):
+            throw StoreError(.stale, "metadata block \(ref.blkno) in \(tree) tree: \(why)")
+        case .corrupt(let why):
+            throw StoreError(.corrupt, "metadata block \(ref.blkno) in \(tree) tree: \(why); run `scoutfs check`")
+        }
+        do {
+            return try BTreeBlock(decoding: bytes)
+        } catch {
+            throw StoreError(.corrupt, "metadata block \(ref.blkno) in \(tree) tree: \(error); run `scoutfs check`")
+        }
+    }
+
+    /// Runs `body` on roots `pick` chooses (normally the last commit's), and again on newer
+    /// ones when a read meets a block other than its ref names: a commit since freed it and a
+    /// writer reused it (a block being rewritten can also read as torn). The same failure on
+    /// the newest roots is real and is thrown. `pick` may hold older roots back for a while
+    /// (a client whose own commit is landing); the retries wait for it.
+    public func reading<T>(_ pick: () -> CommittedRoots, _ body: (CommittedRoots) throws -> T) throws -> T {
+        var waits = 0
+        while true {
+            let r = pick()
+            do {
+                return try body(r)
+            } catch let e as StoreError where e.code == .stale || e.code == .corrupt {
+                guard roots.seq != r.seq else { throw e }
+                if pick().seq == r.seq {
+                    // Held back on purpose; the hold ends with the commit that set it.
+                    waits += 1
+                    if waits > 100_000 { throw e }
+                    usleep(100)
+                }
+            }
+        }
+    }
+}
