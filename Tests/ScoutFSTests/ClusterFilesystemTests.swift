@@ -249,12 +249,7 @@ final class FilesystemCluster {
         meta.hold()
         let syncing = ScoutTestSupport.Thread { try? a.sync() }
         syncing.start()
-        var waited = 0
-        while meta.heldFlushes.load(ordering: .relaxed) == 0 && waited < 500 {
-            usleep(10_000)
-            waited += 1
-        }
-        #expect(meta.heldFlushes.load(ordering: .relaxed) > 0, "the commit never reached the device")
+        #expect(meta.waitUntilHeld(), "the commit never reached the device")
         let stableDuringCommit = a.stableSeq
         let bWritesAt = b.cluster.items.seq
         #expect(stableDuringCommit < bWritesAt, "a's walk would stop at \(stableDuringCommit) while b still writes at \(bWritesAt)")

@@ -56,6 +56,15 @@ final class HeldFlushDevice: BlockDevice, @unchecked Sendable {
         }
     }
     func hold() { holding.withLock { $0 = true } }
+    /// Waits (up to 5 s) until a flush is held: a commit is in flight. True if one is.
+    func waitUntilHeld() -> Bool {
+        var waited = 0
+        while heldFlushes.load(ordering: .relaxed) == 0 && waited < 500 {
+            usleep(10_000)
+            waited += 1
+        }
+        return heldFlushes.load(ordering: .relaxed) > 0
+    }
     func release() {
         holding.withLock { $0 = false }
         released.unpark()
@@ -78,12 +87,7 @@ final class HeldFlushDevice: BlockDevice, @unchecked Sendable {
         let syncing = ScoutTestSupport.Thread { try? fs.sync() }
         syncing.start()
         // The commit is in flight once it waits for the device.
-        var waited = 0
-        while meta.heldFlushes.load(ordering: .relaxed) == 0 && waited < 500 {
-            usleep(10_000)
-            waited += 1
-        }
-        let reached = meta.heldFlushes.load(ordering: .relaxed) > 0
+        let reached = meta.waitUntilHeld()
         #expect(reached, "the commit never reached the device")
         let done = Atomic<Bool>(false)
         let worker = ScoutTestSupport.Thread {
@@ -138,12 +142,7 @@ final class HeldFlushDevice: BlockDevice, @unchecked Sendable {
         meta.hold()
         let syncing = ScoutTestSupport.Thread { try? fs.sync() }
         syncing.start()
-        var waited = 0
-        while meta.heldFlushes.load(ordering: .relaxed) == 0 && waited < 500 {
-            usleep(10_000)
-            waited += 1
-        }
-        #expect(meta.heldFlushes.load(ordering: .relaxed) > 0, "the commit never reached the device")
+        #expect(meta.waitUntilHeld(), "the commit never reached the device")
         let found = Atomic<Int>(0)
         let expected = inos
         let worker = ScoutTestSupport.Thread {
