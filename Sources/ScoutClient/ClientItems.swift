@@ -154,8 +154,7 @@ final class CommittedForest: ItemSource, Sendable {
 /// (`beginCommit`) runs with the caller's transaction held alone, its write (`finishCommit`)
 /// one at a time beside operations.
 public final class ClientItems: @unchecked Sendable {
-    // @unchecked: `logWrites` is touched only by `finishCommit`, under the
-    // store lock.
+    // @unchecked: `log`, `logWrites` and `metaPool` are touched only with `logTurn` held.
     public let store: Store
     public let server: any ServerLink
     /// This mount's id among the server's clients.
@@ -170,6 +169,12 @@ public final class ClientItems: @unchecked Sendable {
     private var log: BTree
     /// Items written into the log tree since it was started (rewrites count again).
     private var logWrites: UInt64 = 0
+    /// Metadata blocks the server gave this client for its log tree and it has not used.
+    private var metaPool: [UInt64] = []
+    /// Held while a commit builds the log tree outside the store lock, and by the server's
+    /// merge steps on this tree: they must not edit it under a commit being built on it.
+    /// Comes before the store lock.
+    private let logTurn = Mutex(())
     /// Inode numbers granted by the server and not yet used; its lock comes before the store
     /// lock.
     private let inodes = Mutex<Range<UInt64>>(0..<0)
@@ -232,18 +237,23 @@ public final class ClientItems: @unchecked Sendable {
 
     /// The fs tree holds a visible item at `key`. (With one client the fs tree and this log
     /// tree are the whole forest; once other clients' log trees join it, a deletion must
-    /// always be written.)
+    /// always be written.) Only this client's own commits and the merges of its tree, which
+    /// its log turn keeps out, change the fs tree: the last commit's is current.
     private func fsTreeHolds(_ key: Key) throws -> Bool {
-        guard let below = try store.tree(.fs).lookup(key, in: store) else { return false }
+        let blocks = store.committed
+        let below = try blocks.reading({ blocks.roots }) { r in
+            try BTree(root: r.fs, name: TreeID.fs.description).lookup(key, in: blocks)
+        }
+        guard let below else { return false }
         return !below.isDeletion
     }
 
     /// Puts a delta into the log tree, which keeps one version per key: a second change folds
     /// into the first.
-    private func writeDelta(_ mine: Item) throws {
+    private func writeDelta(_ mine: Item, into tree: inout BTree, _ builder: LogTreeBuilder) throws {
         let key = mine.key
         var next = mine
-        if let have = try log.lookup(key, in: store) {
+        if let have = try tree.lookup(key, in: builder) {
             if have.isDeletion {
                 // Nothing below the tombstone counts any more: the sum starts again from zero.
                 next.flags = []
@@ -255,7 +265,7 @@ public final class ClientItems: @unchecked Sendable {
             }
             next.seq = mine.seq
         }
-        try log.insert(next, in: store)
+        try tree.insert(next, in: builder)
     }
 
     /// An inode number never used before.
@@ -389,6 +399,8 @@ public final class ClientItems: @unchecked Sendable {
         let snap: ItemCache.DirtySnapshot
         let freed: [Extent]
         let pool: [Extent]
+        /// The client is leaving: its metadata pool goes back too.
+        let returnPool: Bool
     }
 
     /// A commit's switch (the caller holds the transaction alone): takes the cached changes
@@ -402,46 +414,85 @@ public final class ClientItems: @unchecked Sendable {
         }
         let snap = cache.dirtySnapshot()
         if !snap.isEmpty || !freed.isEmpty { seqFloor.store(server.transactionSeq + 1, ordering: .releasing) }
-        return PendingCommit(snap: snap, freed: freed, pool: avail)
+        return PendingCommit(snap: snap, freed: freed, pool: avail, returnPool: returnPool)
     }
 
     /// Makes a begun commit durable: writes its changes into the log tree in key order, then
-    /// the server records the log tree and commits. If the server merged the tree (asked to
-    /// with `merge`, or because it grew big), a new empty one starts. One commit at a time
-    /// (the caller's commit turn); operations may run meanwhile.
+    /// the server records the log tree and commits. The tree is built and written outside the
+    /// store lock, in blocks of this client's metadata pool, so clients sharing the store build
+    /// their commits at once and readers never wait for it; the store lock covers only the
+    /// server's record and commit. If the server merged the tree (asked to with `merge`, or
+    /// because it grew past what the free space can merge later), what is left of it is
+    /// followed. One commit at a time (the caller's commit turn); operations may run meanwhile.
     @discardableResult
     public func finishCommit(_ p: PendingCommit, merge: Bool = false) throws -> UInt64 {
-        try withStore {
-            try followRecord()
-            guard store.hasChanges || !p.snap.isEmpty || !p.freed.isEmpty || (merge && !log.root.isEmpty) else {
-                return server.committedSeq
+        try logTurn.withLock { _ in
+            let needed: Int? = try withStore {
+                try followRecord()
+                guard store.hasChanges || !p.snap.isEmpty || !p.freed.isEmpty || (merge && !log.root.isEmpty) || p.returnPool else {
+                    return nil
+                }
+                // Enough for the estimate up front: a refill in the middle takes the lock again.
+                let want = cache.commitBlockEstimate + 8
+                if metaPool.count < want && !p.snap.isEmpty {
+                    metaPool += try server.refillMetaPool(rid: rid, atLeast: want - metaPool.count)
+                }
+                return p.snap.items.count
             }
+            guard needed != nil else { return withStore { server.committedSeq } }
+            let builder = LogTreeBuilder(store: store, pool: metaPool) { [self] n in
+                // The pool owns what a refill brings whether or not this build lands.
+                let got = try withStore { try server.refillMetaPool(rid: rid, atLeast: n) }
+                metaPool += got
+                return got
+            }
+            var tree = log
             for var it in p.snap.items {
                 if it.isDelta {
                     // A delta counts in a sum whose seq is below its own (Forest.resolve), and
                     // another client may have merged a sum at this transaction's seq while
-                    // this delta waited: restamped with the seq of the commit that records it,
-                    // it is above every sum merged before, and no merge can take it sooner.
+                    // this delta waited: restamped with the store's open seq now, it is above
+                    // every sum committed before this client got the lock it was made under.
                     it.seq = max(it.seq, store.txnSeq)
-                    try writeDelta(it)
+                    try writeDelta(it, into: &tree, builder)
                 } else if it.isDeletion, !committed.readsOtherLogTrees, try !fsTreeHolds(it.key) {
                     // Only this log tree can hold the key: removing it there hides it, and the
                     // log tree does not carry a tombstone to the merge.
-                    _ = try log.delete(it.key, in: store)
+                    _ = try tree.delete(it.key, in: builder)
                 } else {
-                    try log.insert(it, in: store)
+                    try tree.insert(it, in: builder)
                 }
             }
-            logWrites += UInt64(p.snap.items.count)
-            let record = LogTreeRecord(root: log.root, items: logWrites, dataPool: p.pool)
-            committed.pin()
-            defer { committed.unpin() }
-            let reply = try server.commitLogTree(rid: rid, record, freed: p.freed, merge: merge)
-            cache.committed(p.snap)
-            // Merged now, whole or in part (a merge short of space leaves the rest).
-            try followRecord()
-            return reply.seq
+            try builder.write()
+            return try withStore {
+                let writes = logWrites + UInt64(p.snap.items.count)
+                // A pool the record cannot hold (blocks the build freed scatter it) gives the
+                // rest back.
+                let (metaExtents, extra) = p.returnPool ? ([], builder.pool)
+                    : LogTreeRecord.fit(builder.pool, into: [], beside: p.pool.count)
+                let extraSet = Set(extra)
+                let left = builder.pool.filter { !extraSet.contains($0) }
+                let freedMeta = LogTreeBuilder.extents(builder.freed) + LogTreeBuilder.extents(extra)
+                let record = LogTreeRecord(root: tree.root, items: writes, dataPool: p.pool, metaPool: metaExtents)
+                committed.pin()
+                defer { committed.unpin() }
+                let reply = try server.commitLogTree(rid: rid, record, freed: p.freed, freedMeta: freedMeta, merge: merge)
+                builder.committedBlocks()
+                metaPool = left
+                log = tree
+                logWrites = writes
+                cache.committed(p.snap)
+                // Merged now, whole or in part (a merge short of space leaves the rest).
+                try followRecord()
+                return reply.seq
+            }
         }
+    }
+
+    /// Runs `body` (a server merge step on this client's log tree) while no commit of this
+    /// client builds on the tree.
+    public func withLogTurn<T>(_ body: () throws -> T) rethrows -> T {
+        try logTurn.withLock { _ in try body() }
     }
 
     /// Blocks in this client's pool (tests).

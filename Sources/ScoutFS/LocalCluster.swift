@@ -22,7 +22,7 @@ public final class LocalCluster: Sendable {
     /// Clients may be more than one: each reads the others' log trees and writes deletions as
     /// tombstones. A cluster of one (the mount today) skips both.
     let several: Bool
-    private let members = Mutex<[UInt64: WeakMember]>([:])
+    private let members = Members()
     /// Runs the server's merges of log trees past the threshold, beside the clients.
     let merger: LogMerger
     /// Where the merge thread reports failures: the log of the first client that joined.
@@ -47,6 +47,16 @@ public final class LocalCluster: Sendable {
         init(_ s: FSShared) { shared = s }
     }
 
+    /// The clients that joined, shared with the merge thread (which must keep a client's
+    /// commits off the log tree it merges).
+    final class Members: Sendable {
+        private let table = Mutex<[UInt64: WeakMember]>([:])
+        func withLock<T>(_ body: (inout [UInt64: WeakMember]) throws -> T) rethrows -> T {
+            try table.withLock { try body(&$0) }
+        }
+        func items(_ id: UInt64) -> ClientItems? { table.withLock { $0[id]?.shared?.cluster.items } }
+    }
+
     /// Opens the cluster on a store no client uses yet: log trees that clients of an earlier
     /// mount left behind are merged (their pools go back to the free tree) before anyone joins.
     public init(store: Store, mergeThreshold: UInt64 = 100_000, several: Bool = false) throws {
@@ -61,8 +71,14 @@ public final class LocalCluster: Sendable {
         recovered = try server.recoverLogTrees()
         let work = MergeWork(store: store, server: server, storeLock: storeLock)
         let sink = mergeReports
-        merger = LogMerger(step: { try work.storeLock.withLock(work.store) { try work.server.mergeStep() } },
-                           report: { sink.report($0) })
+        let members = members
+        merger = LogMerger(step: {
+            guard let rid = work.storeLock.withLock(work.store, { work.server.nextMergeWanted }) else { return false }
+            let step = { try work.storeLock.withLock(work.store) { try work.server.mergeStep(rid: rid) } }
+            // A client that left has no commits to keep out; a live one's wait for the step.
+            guard let client = members.items(rid) else { return try step() }
+            return try client.withLogTurn(step)
+        }, report: { sink.report($0) })
         // Weak: the merge thread's work holds the server, which holds this closure.
         server.onMergeWanted = { [weak merger] in merger?.wakeUp() }
         try merger.start()

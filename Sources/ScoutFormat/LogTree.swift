@@ -9,38 +9,82 @@ public struct LogTreeRecord: Hashable, Sendable {
     /// to the free tree. Blocks it used since are referenced by extent items of its next
     /// commit, so none is ever both free and in use, nor lost, across a crash.
     public var dataPool: [Extent]
+    /// Metadata blocks the server gave the client for the blocks of its log tree, not used as
+    /// of this record: the client writes its tree into them outside the server's transaction,
+    /// and a dead client's go back to the free tree like its data pool.
+    public var metaPool: [Extent]
 
     /// The record without a pool (what the original layout held).
     public static let baseSize = BTreeRoot.encodedSize + 8
-    /// A pool is refilled a few extents at a time and only shrinks in between; more than this
-    /// many is a damaged record.
-    public static let maxPoolExtents = 1024
+    /// Extents both pools may hold together: what fits in one item's value beside the root,
+    /// the count and the two extent counts.
+    public static let maxPoolExtents = (Item.maxValueLength - baseSize - 8) / 16
+    /// Extents the data pool may take of them, so the metadata pool always has room.
+    public static let maxDataPoolExtents = maxPoolExtents - 16
 
-    public init(root: BTreeRoot, items: UInt64, dataPool: [Extent] = []) {
+    /// `blocks` as extents added to `pool` while the record still fits beside `otherExtents`
+    /// of the other pool; the blocks that did not fit come back as `left`.
+    public static func fit(_ blocks: [UInt64], into pool: [Extent], beside otherExtents: Int) -> (pool: [Extent], left: [UInt64]) {
+        var extents = pool
+        var left: [UInt64] = []
+        for b in blocks.sorted() {
+            if let i = extents.firstIndex(where: { $0.start + $0.length == b }) {
+                extents[i].length += 1
+                if i + 1 < extents.count, extents[i + 1].start == b + 1 {
+                    extents[i].length += extents[i + 1].length
+                    extents.remove(at: i + 1)
+                }
+            } else if let i = extents.firstIndex(where: { $0.start == b + 1 }) {
+                extents[i] = Extent(start: b, length: extents[i].length + 1)
+            } else if extents.count + otherExtents < maxPoolExtents {
+                let at = extents.firstIndex(where: { $0.start > b }) ?? extents.count
+                extents.insert(Extent(start: b, length: 1), at: at)
+            } else {
+                left.append(b)
+            }
+        }
+        return (extents, left)
+    }
+
+    public init(root: BTreeRoot, items: UInt64, dataPool: [Extent] = [], metaPool: [Extent] = []) {
         self.root = root
         self.items = items
         self.dataPool = dataPool
+        self.metaPool = metaPool
     }
 
     public static func key(rid: UInt64, nr: UInt64 = 0) -> Key {
         Key(zone: Zone.logTrees, first: rid, type: 0, second: nr)
     }
 
-    /// Blocks in the pool.
+    /// Blocks in the data pool.
     public var poolBlocks: UInt64 { dataPool.reduce(0) { $0 + $1.length } }
 
+    /// Blocks in the metadata pool.
+    public var metaPoolBlocks: UInt64 { metaPool.reduce(0) { $0 + $1.length } }
+
+    /// Base, then the data pool (count and extents) when either pool is there, then the
+    /// metadata pool when it is: a record without pools keeps the original layout, one with a
+    /// data pool only the layout before metadata pools.
     public var encoded: [UInt8] {
-        var w = ByteWriter(capacity: Self.baseSize + 4 + 16 * dataPool.count)
+        var w = ByteWriter(capacity: Self.baseSize + 8 + 16 * (dataPool.count + metaPool.count))
         root.encode(into: &w)
         w.u64(items)
-        if !dataPool.isEmpty {
-            w.u32(UInt32(dataPool.count))
-            for e in dataPool {
-                w.u64(e.start)
-                w.u64(e.length)
-            }
+        if !dataPool.isEmpty || !metaPool.isEmpty {
+            Self.encode(dataPool, into: &w)
+        }
+        if !metaPool.isEmpty {
+            Self.encode(metaPool, into: &w)
         }
         return w.bytes
+    }
+
+    private static func encode(_ pool: [Extent], into w: inout ByteWriter) {
+        w.u32(UInt32(pool.count))
+        for e in pool {
+            w.u64(e.start)
+            w.u64(e.length)
+        }
     }
 
     public init(decoding bytes: [UInt8]) throws(FormatError) {
@@ -51,20 +95,36 @@ public struct LogTreeRecord: Hashable, Sendable {
         root = try BTreeRoot(decoding: &r)
         items = try r.u64()
         dataPool = []
+        metaPool = []
         guard bytes.count > Self.baseSize else { return }
-        let n = Int(try r.u32())
-        guard n > 0, n <= Self.maxPoolExtents, bytes.count == Self.baseSize + 4 + 16 * n else {
-            throw FormatError("log tree record: a pool of \(n) extents in \(bytes.count) bytes")
+        dataPool = try Self.decodePool(&r, "data")
+        if r.remaining > 0 {
+            metaPool = try Self.decodePool(&r, "metadata")
+            guard !metaPool.isEmpty else { throw FormatError("log tree record: an empty metadata pool written out") }
+        } else if dataPool.isEmpty {
+            throw FormatError("log tree record: an empty data pool written out")
         }
-        dataPool.reserveCapacity(n)
+        guard r.remaining == 0 else {
+            throw FormatError("log tree record: \(r.remaining) bytes after its pools")
+        }
+    }
+
+    private static func decodePool(_ r: inout ByteReader, _ what: String) throws(FormatError) -> [Extent] {
+        let n = Int(try r.u32())
+        guard n <= Self.maxPoolExtents, r.remaining >= 16 * n else {
+            throw FormatError("log tree record: a \(what) pool of \(n) extents in \(r.remaining) bytes")
+        }
+        var pool: [Extent] = []
+        pool.reserveCapacity(n)
         for _ in 0..<n {
             let start = try r.u64()
             let length = try r.u64()
             guard length > 0, start <= UInt64.max - length else {
-                throw FormatError("log tree record: pool extent \(start)+\(length) is impossible")
+                throw FormatError("log tree record: \(what) pool extent \(start)+\(length) is impossible")
             }
-            dataPool.append(Extent(start: start, length: length))
+            pool.append(Extent(start: start, length: length))
         }
+        return pool
     }
 }
 

@@ -19,14 +19,19 @@ public protocol ServerLink: AnyObject {
     /// in the same commit that takes them from the free tree; fewer only when the device has
     /// fewer. Only the server takes blocks from the free tree, so clients never edit it.
     func refillDataPool(rid: UInt64, atLeast count: UInt64) throws -> [Extent]
+    /// At least `count` metadata blocks for `rid`'s log tree, recorded as its metadata pool in
+    /// the same commit that takes them from the free tree: the client writes its log tree
+    /// blocks into them itself.
+    func refillMetaPool(rid: UInt64, atLeast count: Int) throws -> [UInt64]
     /// Data blocks outside every pool: free now, and freed by commits not yet made durable.
     var dataSpace: (free: UInt64, pendingFree: UInt64) { get }
     /// `rid`'s log tree as last recorded: what its commits wrote, less what the server's
     /// merges have moved into the fs tree since. A client starts each commit from it.
     func recordedLogTree(rid: UInt64) throws -> LogTreeRecord?
-    /// Records the client's log tree (and the pool it has left) and makes it durable, taking
-    /// back the data blocks it freed since its last commit; with `merge` the server also merges
-    /// it into the fs tree before it answers (past its threshold, it merges it later, between
-    /// the client's commits).
-    func commitLogTree(rid: UInt64, _ record: LogTreeRecord, freed: [Extent], merge: Bool) throws -> LogCommit
+    /// Records the client's log tree (and the pools it has left) and makes it durable, taking
+    /// back the data blocks it freed since its last commit and the metadata blocks its new
+    /// tree no longer uses (`freedMeta`); the tree's new blocks must be written before the
+    /// call. With `merge` the server also merges it into the fs tree before it answers (past
+    /// its threshold, it merges it later, between the client's commits).
+    func commitLogTree(rid: UInt64, _ record: LogTreeRecord, freed: [Extent], freedMeta: [Extent], merge: Bool) throws -> LogCommit
 }

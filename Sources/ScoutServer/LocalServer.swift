@@ -36,6 +36,9 @@ public final class LocalServer: ServerLink {
     /// the cluster wakes its merge thread.
     public var onMergeWanted: (() -> Void)?
 
+    /// Metadata blocks a metadata pool refill hands out at least.
+    public var metaPoolRefill = 64
+
     public init(store: Store, mergeThreshold: UInt64 = 100_000, poolRefill: UInt64 = 8192) {
         self.store = store
         self.mergeThreshold = mergeThreshold
@@ -73,9 +76,11 @@ public final class LocalServer: ServerLink {
     /// the background (`mergeStep`), never inside the client's commit; one the client asks to
     /// have merged (`merge`: an unmount, an operation short of space), or that grew past what
     /// the free space can merge, is merged now, and a second commit makes that durable.
-    public func commitLogTree(rid: UInt64, _ record: LogTreeRecord, freed: [Extent] = [], merge: Bool = false) throws -> LogCommit {
+    public func commitLogTree(rid: UInt64, _ record: LogTreeRecord, freed: [Extent] = [], freedMeta: [Extent] = [],
+                              merge: Bool = false) throws -> LogCommit {
         try setRecord(rid: rid, record)
         for e in freed { store.freeData(e) }
+        for e in freedMeta { store.freeMeta(e) }
         try store.commit()
         let seq = store.superblock.seq
         guard !record.root.isEmpty else { return LogCommit(seq: seq, merged: false) }
@@ -100,6 +105,16 @@ public final class LocalServer: ServerLink {
     /// while more is wanted. Throws ENOSPC with nothing half done.
     public func mergeStep() throws -> Bool {
         guard let rid = mergesWanted.min() else { return false }
+        return try mergeStep(rid: rid)
+    }
+
+    /// The client whose log tree the next merge step takes, if any is wanted. Its caller
+    /// keeps that client's commits out while the step edits the tree (`mergeStep(rid:)`).
+    public var nextMergeWanted: UInt64? { mergesWanted.min() }
+
+    /// One merge step on `rid`'s log tree, which its client must not be building a commit on.
+    public func mergeStep(rid: UInt64) throws -> Bool {
+        guard mergesWanted.contains(rid) else { return !mergesWanted.isEmpty }
         guard let rec = try recordedLogTree(rid: rid), !rec.root.isEmpty else {
             mergesWanted.remove(rid)
             return !mergesWanted.isEmpty
@@ -131,7 +146,7 @@ public final class LocalServer: ServerLink {
         let n = UInt64(moved)
         do {
             try setRecord(rid: rid, LogTreeRecord(root: log.root, items: log.root.isEmpty ? 0 : rec.items - min(rec.items, n),
-                                                  dataPool: rec.dataPool))
+                                                  dataPool: rec.dataPool, metaPool: rec.metaPool))
         } catch let e as StoreError {
             store.abandon(e)
             throw e
@@ -152,7 +167,7 @@ public final class LocalServer: ServerLink {
         var have: UInt64 = 0
         var rec = try recordedLogTree(rid: rid) ?? LogTreeRecord(root: .empty, items: 0)
         // Fragmented free space comes in many small extents; a pool takes a bounded number.
-        let room = LogTreeRecord.maxPoolExtents - rec.dataPool.count
+        let room = LogTreeRecord.maxPoolExtents - rec.dataPool.count - rec.metaPool.count
         while have < want, got.count < min(room, 64), store.allocatableDataBlocks > 0 {
             let e = try store.allocData(want - have)
             got.append(e)
@@ -162,6 +177,26 @@ public final class LocalServer: ServerLink {
             throw StoreError(.noSpace, "data device is full: no free 4 KiB blocks left; free space or grow the device")
         }
         rec.dataPool.append(contentsOf: got)
+        try setRecord(rid: rid, rec)
+        return got
+    }
+
+    /// Takes at least `count` metadata blocks (at least `metaPoolRefill`) out of the free
+    /// space into `rid`'s recorded metadata pool; like data refills, the next commit makes
+    /// both durable together.
+    public func refillMetaPool(rid: UInt64, atLeast count: Int) throws -> [UInt64] {
+        var rec = try recordedLogTree(rid: rid) ?? LogTreeRecord(root: .empty, items: 0)
+        let taken = try store.allocMetaBlocks(max(count, metaPoolRefill))
+        // Blocks scattered over the device take an extent each; what the record cannot hold
+        // goes back (free after the next commit).
+        let (pool, left) = LogTreeRecord.fit(taken, into: rec.metaPool, beside: rec.dataPool.count)
+        for b in left { store.freeMeta(Extent(start: b, length: 1)) }
+        let leftSet = Set(left)
+        let got = taken.filter { !leftSet.contains($0) }
+        guard !got.isEmpty else {
+            throw StoreError(.noSpace, "metadata free space is too fragmented to give client \(String(rid, radix: 16)) more pool blocks in a record of at most \(LogTreeRecord.maxPoolExtents) extents; free space or run `scoutfs check`")
+        }
+        rec.metaPool = pool
         try setRecord(rid: rid, rec)
         return got
     }
@@ -218,9 +253,10 @@ public final class LocalServer: ServerLink {
         mergesWanted.remove(rid)
         if clientGone {
             for e in rec.dataPool { store.freeData(e) }
+            for e in rec.metaPool { store.freeMeta(e) }
             try store.delete(LogTreeRecord.key(rid: rid), from: .logTrees, forCommit: true)
         } else {
-            try setRecord(rid: rid, LogTreeRecord(root: .empty, items: 0, dataPool: rec.dataPool))
+            try setRecord(rid: rid, LogTreeRecord(root: .empty, items: 0, dataPool: rec.dataPool, metaPool: rec.metaPool))
         }
         try store.commit()
         merges += 1
@@ -228,10 +264,11 @@ public final class LocalServer: ServerLink {
 
     private func setRecord(rid: UInt64, _ record: LogTreeRecord) throws {
         let key = LogTreeRecord.key(rid: rid)
-        if record.root.isEmpty && record.dataPool.isEmpty {
+        if record.root.isEmpty && record.dataPool.isEmpty && record.metaPool.isEmpty {
             try store.delete(key, from: .logTrees, forCommit: true)
         } else {
             try store.insert(Item(key: key, seq: store.txnSeq, value: record.encoded), into: .logTrees, forCommit: true)
         }
     }
 }
+

@@ -85,7 +85,7 @@ public struct BTree: Sendable {
     // MARK: writing
 
     /// Inserts `item`, replacing any item with the same key.
-    public mutating func insert(_ item: Item, in store: Store) throws {
+    public mutating func insert(_ item: Item, in store: some NodeWriter) throws {
         guard item.value.count <= Item.maxValueLength else {
             throw StoreError(.invalid, "\(name) tree: item \(item.key) value of \(item.value.count) bytes exceeds \(Item.maxValueLength)")
         }
@@ -108,7 +108,7 @@ public struct BTree: Sendable {
 
     /// Removes the item stored under `key` and returns it; nil (and no block dirtied) if absent.
     @discardableResult
-    public mutating func delete(_ key: Key, in store: Store) throws -> Item? {
+    public mutating func delete(_ key: Key, in store: some NodeWriter) throws -> Item? {
         guard let old = try lookup(key, in: store) else { return nil }
         var (path, leaf) = try dirtyPath(to: key, in: store)
         let i = lowerBound(leaf.block.keys, key)
@@ -139,7 +139,7 @@ public struct BTree: Sendable {
     /// Frees every block of the tree (committed ones once this transaction commits) and leaves
     /// it empty. Returns how many blocks it freed.
     @discardableResult
-    public mutating func destroy(in store: Store) throws -> Int {
+    public mutating func destroy(in store: some NodeWriter) throws -> Int {
         guard !root.isEmpty else { return 0 }
         var freed = 0
         var pending = [(root.ref, root.height - 1)]
@@ -182,7 +182,7 @@ public struct BTree: Sendable {
     }
 
     /// Dirties (copies on write) every block from the root to the leaf for `key`.
-    private mutating func dirtyPath(to key: Key, in store: Store) throws -> ([(node: CachedNode, index: Int)], CachedNode) {
+    private mutating func dirtyPath(to key: Key, in store: some NodeWriter) throws -> ([(node: CachedNode, index: Int)], CachedNode) {
         var node = try store.dirtyNode(root.ref, level: root.height - 1, tree: name)
         root.ref = node.ref
         var path: [(node: CachedNode, index: Int)] = []
@@ -204,7 +204,7 @@ public struct BTree: Sendable {
         block.keys.last ?? .min
     }
 
-    private mutating func splitUpwards(_ path: inout [(node: CachedNode, index: Int)], _ node: inout CachedNode, in store: Store) throws {
+    private mutating func splitUpwards(_ path: inout [(node: CachedNode, index: Int)], _ node: inout CachedNode, in store: some NodeWriter) throws {
         while node.block.usedBytes > store.nodeCapacity {
             let right = try store.newNode(level: node.block.level)
             right.block = node.block.split(at: node.block.midpoint())
@@ -227,7 +227,7 @@ public struct BTree: Sendable {
         }
     }
 
-    private mutating func joinUpwards(_ path: inout [(node: CachedNode, index: Int)], _ start: CachedNode, in store: Store) throws {
+    private mutating func joinUpwards(_ path: inout [(node: CachedNode, index: Int)], _ start: CachedNode, in store: some NodeWriter) throws {
         var node = start
         let lowWater = store.nodeCapacity / 4
         while let (parent, i) = path.popLast() {

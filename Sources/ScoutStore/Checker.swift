@@ -22,8 +22,12 @@ public struct CheckReport: Sendable {
     public var dataReferenced: UInt64 = 0
     /// Data blocks in clients' pools: neither free nor referenced yet.
     public var dataPooled: UInt64 = 0
+    /// Metadata blocks in clients' pools (given out for their log trees, not used yet).
+    public var metaPooled: UInt64 = 0
     /// Each recorded client's pool, in data blocks.
     public var logTreePools: [UInt64: UInt64] = [:]
+    /// Each recorded client's metadata pool, in blocks.
+    public var logTreeMetaPools: [UInt64: UInt64] = [:]
 
     public var isClean: Bool { problems.isEmpty }
 }
@@ -122,9 +126,14 @@ private struct Walker {
         }
         for (rid, rec) in records {
             report.logTreePools[rid] = rec.poolBlocks
+            report.logTreeMetaPools[rid] = rec.metaPoolBlocks
             for e in rec.dataPool {
                 dataOwned.append(Owned(start: e.start, length: e.length, owner: "data pool of client \(String(rid, radix: 16))"))
                 report.dataPooled += e.length
+            }
+            for e in rec.metaPool {
+                metaOwned.append(Owned(start: e.start, length: e.length, owner: "metadata pool of client \(String(rid, radix: 16))"))
+                report.metaPooled += e.length
             }
             var summary = TreeSummary()
             summary.height = Int(rec.root.height)

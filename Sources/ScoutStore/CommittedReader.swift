@@ -12,6 +12,19 @@ public protocol NodeSource {
     func readNode(_ ref: BlockRef, level: UInt8, tree: String) throws -> CachedNode
 }
 
+/// Where a btree edit gets its blocks: copies of committed blocks and new ones, allocated
+/// from the store's transaction (the server's trees) or from a client's pool (its log tree).
+public protocol NodeWriter: NodeSource {
+    /// Bytes of entries a block may hold before it splits.
+    var nodeCapacity: Int { get }
+    /// The block `ref` names, made writable: itself if this writer allocated it, else a copy
+    /// in a new block (the old one freed once the edit is committed).
+    func dirtyNode(_ ref: BlockRef, level: UInt8, tree: String) throws -> CachedNode
+    func newNode(level: UInt8) throws -> CachedNode
+    /// A block that left its tree.
+    func freeNode(_ n: CachedNode)
+}
+
 /// The roots of one commit, as clients read them: the fs tree and every client's recorded log
 /// tree. Blocks these roots reach stay as they are until a later commit frees them and a
 /// writer reuses them; a reader that then meets another block than its ref names (stale, or
@@ -45,6 +58,14 @@ public final class CommittedBlocks: NodeSource, Sendable {
 
     /// The roots of the last commit.
     public var roots: CommittedRoots { published.withLock { $0 } }
+
+    /// Blocks a client wrote and a commit made durable join the clean cache.
+    func adopt(_ nodes: [CachedNode]) {
+        for n in nodes {
+            n.dirty = false
+            cache.insert(n)
+        }
+    }
 
     func publish(_ roots: CommittedRoots) {
         published.withLock { $0 = roots }

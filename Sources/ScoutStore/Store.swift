@@ -25,7 +25,7 @@ public struct StoreOptions: Sendable {
 /// superblock lands nothing new is reachable; after, all of it is.
 ///
 /// A `Store` is not thread-safe: one caller at a time (the mount wraps it in its own lock).
-public final class Store: NodeSource {
+public final class Store: NodeWriter {
     public let meta: any BlockDevice
     public let data: any BlockDevice
     public let options: StoreOptions
@@ -55,7 +55,7 @@ public final class Store: NodeSource {
     var readOnly = false
 
     public let fsid: UInt64
-    var nodeCapacity: Int { options.nodeCapacity }
+    public var nodeCapacity: Int { options.nodeCapacity }
 
     init(meta: any BlockDevice, data: any BlockDevice, superblock: SuperBlock, options: StoreOptions) {
         precondition(options.nodeCapacity >= 4 * BTreeBlock.leafEntrySize(Item.maxValueLength)
@@ -304,6 +304,23 @@ public final class Store: NodeSource {
         dataAlloc.pendingFree.append(extent)
     }
 
+    /// `count` metadata blocks for a client's pool: it writes its log tree into them itself,
+    /// outside this transaction. Throws ENOSPC, taking none, unless the commit margin stays.
+    public func allocMetaBlocks(_ count: Int) throws -> [UInt64] {
+        try usable()
+        try preflight(need: UInt64(count) + Self.editBlocks(tree(.logTrees)), margin: Self.commitMargin)
+        var got: [UInt64] = []
+        got.reserveCapacity(count)
+        for _ in 0..<count { got.append(try metaAlloc.allocMeta(self)) }
+        return got
+    }
+
+    /// Frees metadata blocks a commit takes out of use (a client's log tree blocks it copied,
+    /// its pool when it leaves); they become allocatable after that commit.
+    public func freeMeta(_ extent: Extent) {
+        metaAlloc.pendingFree.append(extent)
+    }
+
     /// Free space as a reader of statfs would count it: what is free now plus what the open
     /// transaction has freed.
     public var freeMetaBlocks: UInt64 {
@@ -345,7 +362,7 @@ public final class Store: NodeSource {
 
     /// The block a reference names, made writable in the open transaction: itself if it was
     /// allocated in this transaction, else a copy in a new block (and the old one freed).
-    func dirtyNode(_ ref: BlockRef, level: UInt8, tree: String) throws -> CachedNode {
+    public func dirtyNode(_ ref: BlockRef, level: UInt8, tree: String) throws -> CachedNode {
         let n = try readNode(ref, level: level, tree: tree)
         if n.dirty { return n }
         let copy = CachedNode(blkno: try metaAlloc.allocMeta(self), seq: txnSeq, block: n.block, dirty: true)
@@ -354,7 +371,7 @@ public final class Store: NodeSource {
         return copy
     }
 
-    func newNode(level: UInt8) throws -> CachedNode {
+    public func newNode(level: UInt8) throws -> CachedNode {
         let n = CachedNode(blkno: try metaAlloc.allocMeta(self), seq: txnSeq, block: BTreeBlock(level: level), dirty: true)
         dirty[n.blkno] = n
         return n
@@ -362,7 +379,7 @@ public final class Store: NodeSource {
 
     /// Frees a block that left its tree: at once if this transaction allocated it, else when the
     /// transaction commits.
-    func freeNode(_ n: CachedNode) {
+    public func freeNode(_ n: CachedNode) {
         if n.dirty {
             dirty.removeValue(forKey: n.blkno)
             metaAlloc.reserve.append(n.blkno)
@@ -432,9 +449,13 @@ public final class Store: NodeSource {
             || metaAlloc.reserve.count > SuperBlock.maxReserve
     }
 
+    private func writeNodes(_ nodes: [CachedNode]) throws {
+        try Self.write(nodes, to: meta, fsid: fsid)
+    }
+
     /// Writes blocks in block order, gathering runs of adjacent blocks into one write of up to
     /// 1 MiB: far fewer syscalls for the mostly sequential blocks a transaction allocates.
-    private func writeNodes(_ nodes: [CachedNode]) throws {
+    static func write(_ nodes: [CachedNode], to meta: any BlockDevice, fsid: UInt64) throws {
         let maxRun = 16
         var i = 0
         while i < nodes.count {

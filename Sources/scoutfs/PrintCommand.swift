@@ -34,7 +34,7 @@ struct PrintCommand: ParsableCommand {
         }
         var quorumClaims: [Claim]
         var trees: [Tree]
-        struct LogTree: Encodable { var rid: String; var height: Int; var items: UInt64; var blocks: UInt64; var poolBlocks: UInt64 }
+        struct LogTree: Encodable { var rid: String; var height: Int; var items: UInt64; var blocks: UInt64; var poolBlocks: UInt64; var metaPoolBlocks: UInt64 }
         /// Clients' committed log trees the server has not merged into the fs tree yet, and
         /// the data blocks each client holds in its pool.
         var logTrees: [LogTree]
@@ -75,7 +75,7 @@ struct PrintCommand: ParsableCommand {
                 },
                 logTrees: summary.logTrees.map { rid, s in
                     .init(rid: String(rid, radix: 16), height: s.height, items: s.items, blocks: s.blocks,
-                          poolBlocks: summary.logTreePools[rid] ?? 0)
+                          poolBlocks: summary.logTreePools[rid] ?? 0, metaPoolBlocks: summary.logTreeMetaPools[rid] ?? 0)
                 },
                 metaFreeBlocks: sb.metaFreeBlocks, metaReserveBlocks: sb.metaReserve.count,
                 dataFreeBlocks: sb.dataFreeBlocks, problems: problems)
@@ -114,7 +114,8 @@ struct PrintCommand: ParsableCommand {
             print("  \(name) height \(t.height) items \(t.items) blocks \(t.blocks) root \(t.rootBlkno)@\(t.rootSeq)")
         }
         for l in o.logTrees {
-            let pool = l.poolBlocks > 0 ? ", pool \(l.poolBlocks) data blocks" : ""
+            let pool = (l.poolBlocks > 0 ? ", pool \(l.poolBlocks) data blocks" : "")
+                + (l.metaPoolBlocks > 0 ? ", pool \(l.metaPoolBlocks) metadata blocks" : "")
             if l.height == 0 {
                 print("  log tree of client \(l.rid): empty (merged)\(pool)")
             } else {

@@ -67,6 +67,20 @@ import ScoutFormat
         let pooled = LogTreeRecord(root: .empty, items: 0, dataPool: [Extent(start: 100, length: 8192), Extent(start: 9000, length: 3)])
         #expect(try LogTreeRecord(decoding: pooled.encoded) == pooled)
         #expect(pooled.poolBlocks == 8195)
+        let metaOnly = LogTreeRecord(root: root, items: 3, metaPool: [Extent(start: 40, length: 16)])
+        #expect(try LogTreeRecord(decoding: metaOnly.encoded) == metaOnly)
+        #expect(metaOnly.encoded.count == LogTreeRecord.baseSize + 4 + 4 + 16)
+        let both = LogTreeRecord(root: root, items: 3, dataPool: [Extent(start: 7, length: 1)], metaPool: [Extent(start: 40, length: 16), Extent(start: 90, length: 2)])
+        #expect(try LogTreeRecord(decoding: both.encoded) == both)
+        #expect(both.metaPoolBlocks == 18)
+        // A record of the layout before metadata pools (data pool only) reads as before.
+        #expect(pooled.encoded.count == LogTreeRecord.baseSize + 4 + 32)
+        var trailing = both.encoded
+        trailing += [0, 0, 0, 0]
+        #expect(throws: FormatError.self) { try LogTreeRecord(decoding: trailing) }
+        var emptyMeta = pooled.encoded
+        emptyMeta += [0, 0, 0, 0]
+        #expect(throws: FormatError.self) { try LogTreeRecord(decoding: emptyMeta) }
 
         var cut = pooled.encoded
         cut.removeLast()
