@@ -64,7 +64,7 @@ let package = Package(
         .testTarget(name: "ScoutStoreTests", dependencies: ["ScoutStore", "ScoutFormat", "ScoutTestSupport"], swiftSettings: strict),
         .testTarget(name: "ScoutNetTests", dependencies: ["ScoutNet", "ScoutFormat", "ScoutTestSupport"], swiftSettings: strict),
         .testTarget(name: "ScoutClientTests", dependencies: ["ScoutClient", "ScoutServer", "ScoutStore", "ScoutNet", "ScoutFormat", "ScoutTestSupport"], swiftSettings: strict),
-        .testTarget(name: "ScoutServerTests", dependencies: ["ScoutServer", "ScoutClient", "ScoutStore", "ScoutFormat", "ScoutTestSupport"], swiftSettings: strict),
+        .testTarget(name: "ScoutServerTests", dependencies: ["ScoutServer", "ScoutClient", "ScoutStore", "ScoutNet", "ScoutFormat", "ScoutTestSupport"], swiftSettings: strict),
         .testTarget(name: "ScoutFSTests", dependencies: ["ScoutFS", "ScoutClient", "ScoutStore", "ScoutFormat", "ScoutTestSupport"], swiftSettings: strict),
         .testTarget(name: "ScoutFUSETests", dependencies: ["ScoutFUSE", "ScoutFS", "ScoutStore", "ScoutFormat", "ScoutTestSupport"], swiftSettings: strict),
         .testTarget(name: "scoutfsTests", dependencies: ["ScoutStore", "ScoutFormat", "ScoutTestSupport"], swiftSettings: strict),

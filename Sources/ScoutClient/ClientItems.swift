@@ -173,8 +173,9 @@ public final class ClientItems: @unchecked Sendable {
     private var metaPool: [UInt64] = []
     /// Held while a commit builds the log tree outside the store lock, and by the server's
     /// merge steps on this tree: they must not edit it under a commit being built on it.
-    /// Comes before the store lock.
-    private let logTurn = Mutex(())
+    /// Comes before the store lock. Held for a whole build, so a waiter sleeps rather than
+    /// spins (`BlockingMutex`).
+    private let logTurn = BlockingMutex(())
     /// Inode numbers granted by the server and not yet used; its lock comes before the store
     /// lock.
     private let inodes = Mutex<Range<UInt64>>(0..<0)

@@ -82,6 +82,18 @@ import ScoutFormat
         emptyMeta += [0, 0, 0, 0]
         #expect(throws: FormatError.self) { try LogTreeRecord(decoding: emptyMeta) }
 
+        // Scattered blocks take an extent each: fit stops where the record would outgrow an
+        // item, and hands back the rest; adjacent blocks join extents already there.
+        let data = (0..<LogTreeRecord.maxDataPoolExtents).map { Extent(start: 1_000_000 + 2 * UInt64($0), length: 1) }
+        let (meta, left) = LogTreeRecord.fit((0..<40).map { 2 * UInt64($0) }, into: [], beside: data.count)
+        #expect(meta.count == LogTreeRecord.maxPoolExtents - data.count)
+        #expect(left == (meta.count..<40).map { 2 * UInt64($0) })
+        let full = LogTreeRecord(root: root, items: 1, dataPool: data, metaPool: meta)
+        #expect(full.encoded.count <= Item.maxValueLength)
+        #expect(try LogTreeRecord(decoding: full.encoded) == full)
+        let (joined, none) = LogTreeRecord.fit([1, 3], into: meta, beside: data.count)
+        #expect(none.isEmpty && joined.count == meta.count - 2 && joined[0] == Extent(start: 0, length: 5))
+
         var cut = pooled.encoded
         cut.removeLast()
         #expect(throws: FormatError.self) { try LogTreeRecord(decoding: cut) }

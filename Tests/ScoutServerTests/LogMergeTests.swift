@@ -1,5 +1,6 @@
 import ScoutClient
 import ScoutFormat
+import ScoutNet
 import ScoutServer
 import ScoutStore
 import ScoutTestSupport
@@ -293,5 +294,63 @@ import Testing
         #expect(server.allocateInodes(1024) == 1024..<2048)
         #expect(server.allocateInodes(100) == 2048..<2148)
         #expect(server.allocateInodes(1024) == 2148..<3072)
+    }
+}
+
+/// A server whose log tree commits fail on demand: the client has built and written its tree
+/// into its metadata pool by then, and nothing records it.
+final class CommitFailingServer: ServerLink {
+    let inner: LocalServer
+    var failCommits = false
+    init(_ inner: LocalServer) { self.inner = inner }
+    var transactionSeq: UInt64 { inner.transactionSeq }
+    var committedSeq: UInt64 { inner.committedSeq }
+    var stableSeq: UInt64 { inner.stableSeq }
+    func allocateInodes(_ count: UInt64) throws -> Range<UInt64> { inner.allocateInodes(count) }
+    func refillDataPool(rid: UInt64, atLeast count: UInt64) throws -> [Extent] {
+        try inner.refillDataPool(rid: rid, atLeast: count)
+    }
+    func refillMetaPool(rid: UInt64, atLeast count: Int) throws -> [UInt64] {
+        try inner.refillMetaPool(rid: rid, atLeast: count)
+    }
+    var dataSpace: (free: UInt64, pendingFree: UInt64) { inner.dataSpace }
+    func recordedLogTree(rid: UInt64) throws -> LogTreeRecord? { try inner.recordedLogTree(rid: rid) }
+    func commitLogTree(rid: UInt64, _ record: LogTreeRecord, freed: [Extent], freedMeta: [Extent], merge: Bool) throws -> LogCommit {
+        if failCommits { throw StoreError(.io, "test: the server's commit failed") }
+        return try inner.commitLogTree(rid: rid, record, freed: freed, freedMeta: freedMeta, merge: merge)
+    }
+}
+
+extension LogMergeTests {
+    /// A crash after a client wrote its log tree blocks but before the server recorded them
+    /// loses only that commit: the committed tree still reads whole (the build wrote only pool
+    /// blocks), check counts the written blocks as the client's pool, and recovery frees them.
+    @Test func logTreeWrittenButNotRecordedIsLostCleanly() throws {
+        let store = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
+        let server = CommitFailingServer(LocalServer(store: store, mergeThreshold: .max))
+        let client = ClientItems(store: store, server: server, rid: 7)
+        for n in 0..<3000 as Range<UInt64> { try client.insert(key(n), value(n, 0)) }
+        try client.commit()
+        let first = try #require(try server.recordedLogTree(rid: 7))
+        #expect(!first.root.isEmpty && first.metaPoolBlocks > 0, "the commit left no metadata pool: \(first)")
+
+        // Rewrites of every key copy every leaf of the committed tree into pool blocks.
+        for n in 0..<3000 as Range<UInt64> { try client.insert(key(n), value(n, 1)) }
+        server.failCommits = true
+        #expect(throws: StoreError.self) { try client.commit() }
+
+        let reopened = try Store.open(meta: meta, data: data)
+        let crashed = Checker.check(meta: meta, data: data)
+        #expect(crashed.isClean, "\(crashed.problems)")
+        #expect(crashed.logTreeMetaPools[7] == first.metaPoolBlocks)
+        let again = LocalServer(store: reopened, mergeThreshold: .max)
+        #expect(try again.recoverLogTrees() == 1)
+        let fs = try reopened.tree(.fs).items(in: reopened)
+        #expect(fs.count == 3000)
+        #expect(fs.allSatisfy { $0.value == value($0.key.first, 0) })
+        let recovered = Checker.check(meta: meta, data: data)
+        #expect(recovered.isClean, "\(recovered.problems)")
+        #expect(recovered.metaPooled == 0)
+        #expect(try reopened.tree(.logTrees).items(in: reopened).isEmpty)
     }
 }
