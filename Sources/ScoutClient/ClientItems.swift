@@ -428,19 +428,19 @@ public final class ClientItems: @unchecked Sendable {
     @discardableResult
     public func finishCommit(_ p: PendingCommit, merge: Bool = false) throws -> UInt64 {
         try logTurn.withLock { _ in
-            let needed: Int? = try withStore {
+            let needed = try withStore {
                 try followRecord()
                 guard store.hasChanges || !p.snap.isEmpty || !p.freed.isEmpty || (merge && !log.root.isEmpty) || p.returnPool else {
-                    return nil
+                    return false
                 }
                 // Enough for the estimate up front: a refill in the middle takes the lock again.
                 let want = cache.commitBlockEstimate + 8
                 if metaPool.count < want && !p.snap.isEmpty {
                     metaPool += try server.refillMetaPool(rid: rid, atLeast: want - metaPool.count)
                 }
-                return p.snap.items.count
+                return true
             }
-            guard needed != nil else { return withStore { server.committedSeq } }
+            guard needed else { return withStore { server.committedSeq } }
             let builder = LogTreeBuilder(store: store, pool: metaPool) { [self] n in
                 // The pool owns what a refill brings whether or not this build lands.
                 let got = try withStore { try server.refillMetaPool(rid: rid, atLeast: n) }
@@ -473,7 +473,7 @@ public final class ClientItems: @unchecked Sendable {
                     : LogTreeRecord.fit(builder.pool, into: [], beside: p.pool.count)
                 let extraSet = Set(extra)
                 let left = builder.pool.filter { !extraSet.contains($0) }
-                let freedMeta = LogTreeBuilder.extents(builder.freed) + LogTreeBuilder.extents(extra)
+                let freedMeta = LogTreeBuilder.extents(builder.freed + extra)
                 let record = LogTreeRecord(root: tree.root, items: writes, dataPool: p.pool, metaPool: metaExtents)
                 committed.pin()
                 defer { committed.unpin() }

@@ -59,6 +59,18 @@ public final class CommittedBlocks: NodeSource, Sendable {
     /// The roots of the last commit.
     public var roots: CommittedRoots { published.withLock { $0 } }
 
+    /// The block `ref` names: a writer's own uncommitted copy in `own` if that is it, else the
+    /// committed one. The store's transaction and a client's log tree build both read so.
+    func readNode(_ ref: BlockRef, level: UInt8, tree: String, over own: [UInt64: CachedNode]) throws -> CachedNode {
+        if let n = own[ref.blkno], n.seq == ref.seq {
+            guard n.block.level == level else {
+                throw StoreError(.corrupt, "metadata block \(ref.blkno) in \(tree) tree: level \(n.block.level), expected \(level); run `scoutfs check`")
+            }
+            return n
+        }
+        return try readNode(ref, level: level, tree: tree)
+    }
+
     /// Blocks a client wrote and a commit made durable join the clean cache.
     func adopt(_ nodes: [CachedNode]) {
         for n in nodes {

@@ -39,13 +39,7 @@ public final class LogTreeBuilder: NodeWriter {
     }
 
     public func readNode(_ ref: BlockRef, level: UInt8, tree: String) throws -> CachedNode {
-        if let n = written[ref.blkno], n.seq == ref.seq {
-            guard n.block.level == level else {
-                throw StoreError(.corrupt, "metadata block \(ref.blkno) in \(tree) tree: level \(n.block.level), expected \(level); run `scoutfs check`")
-            }
-            return n
-        }
-        return try committed.readNode(ref, level: level, tree: tree)
+        try committed.readNode(ref, level: level, tree: tree, over: written)
     }
 
     public func dirtyNode(_ ref: BlockRef, level: UInt8, tree: String) throws -> CachedNode {
@@ -104,14 +98,6 @@ public final class LogTreeBuilder: NodeWriter {
 
     /// Block numbers as the fewest extents.
     public static func extents(_ blocks: [UInt64]) -> [Extent] {
-        var out: [Extent] = []
-        for b in blocks.sorted() {
-            if let last = out.last, last.start + last.length == b {
-                out[out.count - 1].length += 1
-            } else {
-                out.append(Extent(start: b, length: 1))
-            }
-        }
-        return out
+        ExtentAllocator.coalesce(blocks.map { Extent(start: $0, length: 1) })
     }
 }

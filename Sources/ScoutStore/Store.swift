@@ -346,13 +346,7 @@ public final class Store: NodeWriter {
     /// Reads the block a reference names in the working trees: the open transaction's own
     /// block, else the committed one (cached or from the device), checked to be that block.
     public func readNode(_ ref: BlockRef, level: UInt8, tree: String) throws -> CachedNode {
-        if let n = dirty[ref.blkno], n.seq == ref.seq {
-            guard n.block.level == level else {
-                throw StoreError(.corrupt, "metadata block \(ref.blkno) in \(tree) tree: level \(n.block.level), expected \(level); run `scoutfs check`")
-            }
-            return n
-        }
-        return try committed.readNode(ref, level: level, tree: tree)
+        try committed.readNode(ref, level: level, tree: tree, over: dirty)
     }
 
     /// Reads and verifies a btree block from the device, bypassing the cache.
