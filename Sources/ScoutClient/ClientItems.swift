@@ -178,16 +178,12 @@ public final class ClientItems: @unchecked Sendable {
     private let logTurn = BlockingMutex(())
     /// Inode numbers granted by the server and not yet used; its lock comes before the store
     /// lock.
-    private let inodes = Mutex<Range<UInt64>>(0..<0)
+    private let inodes = Mutex(InodeNumbers())
     /// Data blocks to allocate from; its lock comes before the store lock.
     private let pool = Mutex(DataPool())
     /// Changes made after a commit's switch carry at least this seq, one above the seq the
     /// committing transaction's changes carry.
     private let seqFloor = Atomic<UInt64>(0)
-    /// How many inode numbers to ask for at a time: one inode group, so one mount's files
-    /// share lock ranges and different mounts' files do not.
-    public static let inodeBatch: UInt64 = 1024
-
     /// `sharesStore`: other clients record log trees in the same store, and reads see them;
     /// they must then share `storeLock` too.
     public init(store: Store, server: any ServerLink, rid: UInt64, cacheBytes: Int = 256 << 20, sharesStore: Bool = false,
@@ -269,12 +265,13 @@ public final class ClientItems: @unchecked Sendable {
         try tree.insert(next, in: builder)
     }
 
-    /// An inode number never used before.
-    public func allocateInode() throws -> UInt64 {
+    /// An inode number never used before, for a new entry of `parent` (see `InodeNumbers`).
+    public func allocateInode(parent: UInt64, directory: Bool) throws -> UInt64 {
         // Only a new batch takes the store lock (which a commit may hold while it writes).
-        try inodes.withLock { batch in
-            if batch.isEmpty { batch = try withStore { try server.allocateInodes(Self.inodeBatch) } }
-            return batch.popFirst()!
+        try inodes.withLock { numbers in
+            try numbers.take(parent: parent, directory: directory) {
+                try withStore { try server.allocateInodes(InodeNumbers.batch) }
+            }
         }
     }
 

@@ -356,13 +356,14 @@ extension Filesystem {
         for ino in freeable { try freeIfUnused(ino) }
     }
 
-    /// Creates a node in `dir` under the locks of `dir` and of the new inode's group.
-    func makeNode<T>(_ dir: UInt64, _ body: (FSCore, UInt64) throws -> T) throws(Errno) -> T {
+    /// Creates a node in `dir` under the locks of `dir` and of the new inode's group (a new
+    /// `directory` starts a group of its own).
+    func makeNode<T>(_ dir: UInt64, directory: Bool = false, _ body: (FSCore, UInt64) throws -> T) throws(Errno) -> T {
         var plan = LockPlan()
         plan.write(dir)
         var ino: UInt64?
         return try locked(.grows, plan, discover: { c, p in
-            if ino == nil { ino = try c.allocateIno() }
+            if ino == nil { ino = try c.allocateIno(parent: dir, directory: directory) }
             p.write(ino!)
         }) { c in try body(c, ino!) }
     }
@@ -372,7 +373,7 @@ extension Filesystem {
     }
 
     public func mkdir(_ dir: UInt64, _ name: [UInt8], mode: UInt32, caller: Caller) throws(Errno) -> Attributes {
-        try makeNode(dir) { c, ino in try c.makeNode(dir, name, ino: ino, mode: UInt32(S_IFDIR) | (mode & 0o7777), caller: caller) }
+        try makeNode(dir, directory: true) { c, ino in try c.makeNode(dir, name, ino: ino, mode: UInt32(S_IFDIR) | (mode & 0o7777), caller: caller) }
     }
 
     public func symlink(_ dir: UInt64, _ name: [UInt8], target: [UInt8], caller: Caller) throws(Errno) -> Attributes {

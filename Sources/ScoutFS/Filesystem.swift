@@ -587,8 +587,8 @@ final class FSCore {
                    onlineBlocks: r.onlineBlocks, offlineBlocks: r.offlineBlocks)
     }
 
-    func allocateIno() throws -> UInt64 {
-        try items.allocateInode()
+    func allocateIno(parent: UInt64, directory: Bool) throws -> UInt64 {
+        try items.allocateInode(parent: parent, directory: directory)
     }
 
     func directory(_ ino: UInt64) throws -> InodeRecord {

@@ -54,14 +54,14 @@ public final class LocalServer: ServerLink {
     /// client's own floor only goes above it), and that seq never goes back.
     public var stableSeq: UInt64 { store.txnSeq - 1 }
 
-    /// Up to `count` inode numbers never handed out before, ending at or before the end of the
-    /// first one's inode group: a batch never straddles two groups, so one client's files
-    /// share a group lock and two clients' files never do. Numbers a crashed client did not use
-    /// are lost, never reused.
+    /// At least `count` inode numbers never handed out before, ending on an inode group
+    /// boundary: clients give whole groups to directories, so one client's directories
+    /// share no group with another's. Numbers a crashed client did not use are lost, never
+    /// reused.
     public func allocateInodes(_ count: UInt64) -> Range<UInt64> {
         let first = store.nextIno
-        let groupEnd = (first | (LockRange.groupSize - 1)) + 1
-        store.nextIno = min(first + max(count, 1), groupEnd)
+        let mask = LockRange.groupSize - 1
+        store.nextIno = (first + max(count, 1) + mask) & ~mask
         return first..<store.nextIno
     }
 

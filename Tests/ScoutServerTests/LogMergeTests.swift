@@ -272,28 +272,29 @@ import Testing
         let server = LocalServer(store: store)
         let a = ClientItems(store: store, server: server, rid: 1)
         let b = ClientItems(store: store, server: server, rid: 2)
-        let fromA = try (0..<3).map { _ in try a.allocateInode() }
-        let fromB = try b.allocateInode()
+        let fromA = try (0..<3).map { _ in try a.allocateInode(parent: 1, directory: false) }
+        let fromB = try b.allocateInode(parent: 1, directory: false)
         #expect(fromA == [fromA[0], fromA[0] + 1, fromA[0] + 2])
-        // Batches end on inode group boundaries: B's starts the next group, and every number
-        // of A's batch stays in A's group.
-        #expect(fromB == (fromA[0] / LockRange.groupSize + 1) * LockRange.groupSize)
+        // Batches end on inode group boundaries: B's starts a group, and every number of A's
+        // batches stays in A's groups, for files and directories alike.
+        #expect(fromB % LockRange.groupSize == 0 && fromB > fromA[2])
         var more = fromA
-        for _ in 0..<3000 { more.append(try a.allocateInode()) }
+        for i in 0..<3000 { more.append(try a.allocateInode(parent: 1, directory: i % 100 == 0)) }
         #expect(Set(more).count == more.count && !more.contains(fromB))
         #expect(!more.contains { $0 / LockRange.groupSize == fromB / LockRange.groupSize })
     }
 
-    /// A batch that starts in the middle of a group (the first one, after the root inode)
-    /// ends at that group's end.
-    @Test func inodeBatchesAreAlignedToInodeGroups() throws {
+    /// Every batch ends on a group boundary, holding at least what was asked; the first one
+    /// starts after the root inode.
+    @Test func inodeBatchesEndOnInodeGroupBoundaries() throws {
         let store = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
         let server = LocalServer(store: store)
         store.nextIno = 2
-        #expect(server.allocateInodes(1024) == 2..<1024)
-        #expect(server.allocateInodes(1024) == 1024..<2048)
-        #expect(server.allocateInodes(100) == 2048..<2148)
-        #expect(server.allocateInodes(1024) == 2148..<3072)
+        #expect(server.allocateInodes(1024) == 2..<2048)
+        #expect(server.allocateInodes(1024) == 2048..<3072)
+        #expect(server.allocateInodes(100) == 3072..<4096)
+        #expect(server.allocateInodes(3 * 1024) == 4096..<7168)
+        #expect(server.allocateInodes(0) == 7168..<8192)
     }
 }
 
