@@ -20,9 +20,9 @@ public struct ItemCacheError: Error, CustomStringConvertible {
 /// transaction changed, kept per cluster lock range so that giving up a lock drops exactly what
 /// the lock covered and so that threads working under different locks never share a mutex.
 ///
-/// Reads fill the cache from the committed forest: a point miss caches the one key (as an item
-/// or as a known absence), a walk caches whole spans, inside which a key with no entry is
-/// known absent. Changes stay in the cache as dirty entries until a commit writes them all into
+/// Reads fill the cache from the committed forest in spans, inside which a key with no entry is
+/// known absent: a miss caches what it read and the empty keys after it, up to the next
+/// committed item (`fill`). Changes stay in the cache as dirty entries until a commit writes them all into
 /// the log tree in one pass (`dirtySnapshot`, `committed`): no btree is edited per change.
 /// Clean entries are dropped, a lock range at a time, when they pass `cleanByteLimit`.
 ///
@@ -155,7 +155,8 @@ public final class ItemCache: Sendable {
 
     private enum Probe {
         case hit(Item?)
-        case miss(UInt64)
+        /// The partition's generation, and where the uncached gap holding the key ends.
+        case miss(UInt64, Key)
         case needsBase(Entry)
     }
 
@@ -169,7 +170,7 @@ public final class ItemCache: Sendable {
                     return .hit(e.isNegative ? nil : e.item(key))
                 }
                 if s.spans.contains(key) { return .hit(nil) }
-                return .miss(s.generation)
+                return .miss(s.generation, Self.gapEnd(s, after: key, in: r))
             }
             switch probe {
             case .hit(let it):
@@ -185,23 +186,16 @@ public final class ItemCache: Sendable {
                     return now.dirty && now.version == e.version && now.value == e.value && now.flags == e.flags
                 }
                 if unchanged { return Self.sum(e.item(key), over: base) }
-            case .miss(let generation):
-                let found = try source.committedItem(key)
-                fills.add(1, ordering: .relaxed)
-                withState(r) { s, _ in
-                    guard s.generation == generation, s.entries[key] == nil, !s.spans.contains(key) else { return }
-                    let e = Entry(seq: found?.seq ?? 0, flags: found == nil ? .deletion : [], value: found?.value ?? [],
-                                  dirty: false, belowAbsent: false, version: 0)
-                    addClean(&s, key, e)
-                }
-                trimIfNeeded()
+            case .miss(let generation, let gapEnd):
+                try fill(r, from: key, wanted: key, through: gapEnd, generation: generation)
             }
         }
     }
 
     private enum Segment {
         case items([Item], next: Key?)
-        case fill(Key, Key, UInt64)
+        /// From, wanted, gap end, generation.
+        case fill(Key, Key, Key, UInt64)
     }
 
     /// Items handed to the caller per partition visit, so a long walk never holds a mutex long.
@@ -229,9 +223,7 @@ public final class ItemCache: Sendable {
                     if out.count == Self.walkBatch, let last { return .items(out, next: last.successor) }
                     return .items(out, next: spanEnd == end ? nil : spanEnd.successor)
                 }
-                var gapEnd = segEnd
-                if let next = s.spans.nextStart(after: pos), next <= segEnd, let before = next.predecessor { gapEnd = before }
-                return .fill(pos, gapEnd, s.generation)
+                return .fill(pos, segEnd, Self.gapEnd(s, after: pos, in: r), s.generation)
             }
             switch seg {
             case .items(let items, let next):
@@ -245,8 +237,8 @@ public final class ItemCache: Sendable {
                     guard let on = try nextOccupied(from: next, through: end) else { return }
                     pos = on
                 }
-            case .fill(let from, let to, let generation):
-                try fill(r, from: from, through: to, generation: generation)
+            case .fill(let from, let wanted, let gapEnd, let generation):
+                try fill(r, from: from, wanted: wanted, through: gapEnd, generation: generation)
             }
         }
     }
@@ -281,22 +273,48 @@ public final class ItemCache: Sendable {
         return max(from, r.start)
     }
 
-    /// Reads up to `fillBatch` committed items of `[from, to]` and caches the span they cover.
-    private func fill(_ r: LockRange, from: Key, through to: Key, generation: UInt64) throws {
+    /// Where the uncached gap that holds `key` (not cached itself) ends: before the next
+    /// cached span, or at the range's end.
+    private static func gapEnd(_ s: PartitionState, after key: Key, in r: LockRange) -> Key {
+        if let next = s.spans.nextStart(after: key), next <= r.end, let before = next.predecessor { return before }
+        return r.end
+    }
+
+    /// Reads up to `fillBatch` committed items of `[from, wanted]` and caches the span they
+    /// cover. The read goes on to the first committed item past `wanted` (or to `gapEnd`, the
+    /// end of the uncached gap), without caching it: the span then also covers the empty keys
+    /// up to it. So a miss in a directory or inode group that holds few committed items caches
+    /// that they are absent all at once, as the original caches the key range of the leaf it
+    /// read; creates then never read the forest again for a new name or a new inode.
+    private func fill(_ r: LockRange, from: Key, wanted: Key, through gapEnd: Key, generation: UInt64) throws {
         var got: [Item] = []
         var previous: Key?
-        try source.committedItems(from: from, through: to) { it in
+        var beyond: Key?
+        try source.committedItems(from: from, through: gapEnd) { it in
             // Spans are cached on the promise that the source returns keys in order and in
             // bounds; a damaged block that breaks it must not become a cached lie.
-            guard it.key >= from, it.key <= to, previous.map({ $0 < it.key }) ?? true else {
-                throw StoreError(.corrupt, "committed items out of order: \(it.key) after \(previous.map { "\($0)" } ?? "the start") while reading \(from) ... \(to); run `scoutfs check`")
+            guard it.key >= from, it.key <= gapEnd, previous.map({ $0 < it.key }) ?? true else {
+                throw StoreError(.corrupt, "committed items out of order: \(it.key) after \(previous.map { "\($0)" } ?? "the start") while reading \(from) ... \(gapEnd); run `scoutfs check`")
             }
             previous = it.key
+            if it.key > wanted {
+                beyond = it.key
+                return false
+            }
             got.append(it)
             return got.count < Self.fillBatch
         }
         fills.add(got.count, ordering: .relaxed)
-        let spanEnd = got.count == Self.fillBatch ? got.last!.key : to
+        let spanEnd: Key
+        if got.count == Self.fillBatch {
+            spanEnd = got.last!.key
+        } else if let beyond {
+            // Keys are dense only in their last field at worst: `beyond` > `wanted` >= `from`,
+            // so it has a predecessor at or after `wanted`.
+            spanEnd = beyond.predecessor!
+        } else {
+            spanEnd = gapEnd
+        }
         withState(r) { s, p in
             guard s.generation == generation else { return }
             var committed: [Key: Item] = [:]

@@ -8,6 +8,7 @@ import Testing
 final class MapSource: ItemSource {
     var items = SortedKeyMap<Item>()
     var pointReads = 0
+    var walks = 0
     var walkedItems = 0
 
     func committedItem(_ key: Key) throws -> Item? {
@@ -16,6 +17,7 @@ final class MapSource: ItemSource {
     }
 
     func committedItems(from start: Key, through end: Key, _ body: (Item) throws -> Bool) throws {
+        walks += 1
         var stop = false
         var batch: [Item] = []
         items.forEach(from: start, through: end) { _, it in
@@ -52,23 +54,35 @@ private func key(_ ino: UInt64, _ type: UInt8 = ItemType.inode, _ second: UInt64
 private func value(_ n: Int) -> [UInt8] { Array("v\(n)".utf8) }
 
 @Suite struct ItemCacheTests {
-    @Test func pointLookupsAreReadOnceAndAbsenceIsCachedToo() throws {
+    @Test func aMissCachesTheKeyAndTheEmptyKeysUpToTheNextCommittedOne() throws {
         let src = MapSource()
         src.items[key(5)] = Item(key: key(5), seq: 1, value: value(5))
+        src.items[key(9)] = Item(key: key(9), seq: 1, value: value(9))
         let cache = ItemCache(source: src)
         #expect(try cache.lookup(key(5))?.value == value(5))
+        #expect(src.walks == 1 && src.walkedItems == 2, "the read goes on to the next committed item, 9")
         #expect(try cache.lookup(key(6)) == nil)
-        #expect(src.pointReads == 2)
+        #expect(try cache.lookup(key(8)) == nil)
+        #expect(src.walks == 1, "6 and 8 lie in the span the first miss cached")
+        #expect(try cache.lookup(key(9))?.value == value(9))
+        #expect(try cache.lookup(key(1000)) == nil)
+        #expect(src.walks == 2, "past 9 nothing is committed up to the group's end")
+        #expect(try cache.lookup(key(3)) == nil)
+        #expect(try cache.lookup(key(4)) == nil)
         #expect(try cache.lookup(key(5))?.value == value(5))
-        #expect(try cache.lookup(key(6)) == nil)
-        #expect(src.pointReads == 2)
+        #expect(src.walks == 3, "3 read up to the span at 5, no further")
+        #expect(try cache.lookup(key(2)) == nil)
+        #expect(src.walks == 4, "what lies before a miss is not known from it")
+        #expect(try cache.lookup(key(1024)) == nil)
+        #expect(src.walks == 5, "the next inode group is a range of its own")
+        #expect(src.pointReads == 0)
         // Something committed behind the cache's back is not seen until the range is dropped:
         // the lock that covers it is what makes that safe.
         src.items[key(6)] = Item(key: key(6), seq: 2, value: value(6))
         #expect(try cache.lookup(key(6)) == nil)
         #expect(try cache.invalidate(LockRange.inodeGroup(6)) == 2)
         #expect(try cache.lookup(key(6))?.value == value(6))
-        #expect(src.pointReads == 3)
+        #expect(src.walks == 6)
     }
 
     @Test func walksCacheTheSpanTheyReadAndChangesWinOverIt() throws {
@@ -111,7 +125,7 @@ private func value(_ n: Int) -> [UInt8] { Array("v\(n)".utf8) }
         #expect(src.walkedItems <= ItemCache.fillBatch)
         // Far past what was read the cache knows nothing yet and reads.
         #expect(try cache.lookup(key(1, ItemType.dirent, 1999)) != nil)
-        #expect(src.pointReads == 1)
+        #expect(src.walks == 2)
     }
 
     @Test func madeAndUnmadeInOneTransactionLeavesNothingToWrite() throws {
