@@ -115,10 +115,38 @@ public final class ItemCache: Sendable {
     }
 
     private func range(for key: Key) throws -> LockRange {
-        guard let r = LockRange.covering(key) else {
+        guard let r = Self.partitionRange(for: key) else {
             throw ItemCacheError(description: "key \(key) is in no lock range; the item cache holds only items clients may lock")
         }
         return r
+    }
+
+    /// The keys that share `key`'s partition: its lock range, except in the inode indexes,
+    /// where one seq's entries are split by inode group. Every operation of a transaction
+    /// writes its inodes' index entries at the transaction's seq, so a partition per index
+    /// lock range would be one mutex that all of a mount's threads take on every create;
+    /// split, threads creating in their own directories (so their own inode groups) share
+    /// none. The pieces are contiguous, so walks visit them in key order like lock ranges.
+    static func partitionRange(for key: Key) -> LockRange? {
+        guard let r = LockRange.covering(key) else { return nil }
+        guard key.zone == Zone.inodeIndex else { return r }
+        let mask = LockRange.groupSize - 1
+        return LockRange(start: Key(zone: key.zone, type: key.type, second: key.second, third: key.third & ~mask),
+                         end: Key(zone: key.zone, type: key.type, second: key.second, third: key.third | mask, fourth: .max))
+    }
+
+    /// The partitions that hold keys of the lock range `range`: its own, or the pieces of
+    /// an index range (found by looking at every partition: index ranges are given up rarely,
+    /// when another node reads the index or the lock is shrunk).
+    private func partitions(in range: LockRange) -> [Partition] {
+        guard range.start.zone == Zone.inodeIndex else { return existingPartition(range).map { [$0] } ?? [] }
+        var out: [Partition] = []
+        for shard in shards {
+            shard.map.withLock { m in
+                for (start, p) in m where range.contains(start) { out.append(p) }
+            }
+        }
+        return out
     }
 
     private func partition(_ range: LockRange) -> Partition {
@@ -250,7 +278,7 @@ public final class ItemCache: Sendable {
     /// and what the walk then reads under the lock is the answer.
     public func nextOccupied(from: Key, through end: Key) throws -> Key? {
         // A next range already cached from its start answers for itself.
-        if let r = LockRange.covering(from), r.start == from, let p = existingPartition(r),
+        if let r = Self.partitionRange(for: from), r.start == from, let p = existingPartition(r),
            p.state.withLock({ s in !s.retired && s.spans.contains(from) }) {
             return from
         }
@@ -269,7 +297,7 @@ public final class ItemCache: Sendable {
         }
         // Start at the beginning of that key's range (nothing lies between), so the span the
         // walk caches there covers the range from its start and the next walk skips the read.
-        guard let r = LockRange.covering(found) else { return found }
+        guard let r = Self.partitionRange(for: found) else { return found }
         return max(from, r.start)
     }
 
@@ -436,7 +464,7 @@ public final class ItemCache: Sendable {
         let starts = dirtyRanges.withLock { $0 }.sorted()
         var snap = DirtySnapshot(items: [], versions: [])
         for start in starts {
-            guard let r = LockRange.covering(start), let p = existingPartition(r) else { continue }
+            guard let r = Self.partitionRange(for: start), let p = existingPartition(r) else { continue }
             p.state.withLock { s in
                 for k in s.dirtyKeys.sorted() {
                     guard var e = s.entries[k], e.dirty else { continue }
@@ -456,14 +484,17 @@ public final class ItemCache: Sendable {
     }
 
     /// The snapshot's items are in the log tree: entries not changed since become clean; sums
-    /// the cache never held the base of leave (the forest now holds them).
+    /// the cache never held the base of leave (the forest now holds them). A partition's
+    /// mutex is let go every `walkBatch` items: operations go on during this pass, and a
+    /// range that every operation writes (an index range: every create's inode lands in the
+    /// open transaction's) would otherwise stop them all for the whole of its part.
     public func committed(_ snap: DirtySnapshot) {
         var i = 0
         while i < snap.items.count {
-            guard let r = LockRange.covering(snap.items[i].key), let p = existingPartition(r) else { i += 1; continue }
+            guard let r = Self.partitionRange(for: snap.items[i].key), let p = existingPartition(r) else { i += 1; continue }
             var j = i
             p.state.withLock { s in
-                while j < snap.items.count, r.contains(snap.items[j].key) {
+                while j < snap.items.count, j - i < Self.walkBatch, r.contains(snap.items[j].key) {
                     let k = snap.items[j].key
                     if var e = s.entries[k], e.dirty, e.version != snap.versions[j], e.isDelta, snap.items[j].isDelta {
                         // Added to while the commit wrote (operations go on after its switch):
@@ -514,8 +545,7 @@ public final class ItemCache: Sendable {
 
     /// `range` holds changes not yet committed: giving up its write lock needs a commit first.
     public func hasDirty(in range: LockRange) -> Bool {
-        guard let p = existingPartition(range) else { return false }
-        return p.state.withLock { !$0.dirtyKeys.isEmpty }
+        partitions(in: range).contains { p in p.state.withLock { !$0.dirtyKeys.isEmpty } }
     }
 
     /// Dirty entries in all: commits are due when there are any.
@@ -532,20 +562,24 @@ public final class ItemCache: Sendable {
     // MARK: dropping
 
     /// Drops everything cached under `range` (a lock given up). Dirty entries must have been
-    /// committed first: dropping them would lose changes.
+    /// committed first: dropping them would lose changes. (Should an index range hold some,
+    /// the clean pieces met before the dirty one are dropped: dropping clean entries is always
+    /// safe.)
     @discardableResult
     public func invalidate(_ range: LockRange) throws -> Int {
-        guard let p = existingPartition(range) else { return 0 }
-        let dropped: Int = try p.state.withLock { s in
-            if !s.dirtyKeys.isEmpty {
-                throw ItemCacheError(description: "lock range \(range) holds \(s.dirtyKeys.count) uncommitted item(s); commit before dropping it")
+        var dropped = 0
+        for p in partitions(in: range) {
+            dropped += try p.state.withLock { s in
+                if !s.dirtyKeys.isEmpty {
+                    throw ItemCacheError(description: "lock range \(range) holds \(s.dirtyKeys.count) uncommitted item(s); commit before dropping it")
+                }
+                let n = s.entries.count
+                retire(&s)
+                return n
             }
-            let n = s.entries.count
-            retire(&s)
-            return n
-        }
-        shard(range.start).map.withLock { m in
-            if m[range.start] === p { m[range.start] = nil }
+            shard(p.range.start).map.withLock { m in
+                if m[p.range.start] === p { m[p.range.start] = nil }
+            }
         }
         return dropped
     }
