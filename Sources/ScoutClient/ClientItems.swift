@@ -466,10 +466,8 @@ public final class ClientItems: @unchecked Sendable {
                 let writes = logWrites + UInt64(p.snap.items.count)
                 // A pool the record cannot hold (blocks the build freed scatter it) gives the
                 // rest back.
-                let (metaExtents, extra) = p.returnPool ? ([], builder.pool)
+                let (metaExtents, left, extra) = p.returnPool ? ([], [], builder.pool)
                     : LogTreeRecord.fit(builder.pool, into: [], beside: p.pool.count)
-                let extraSet = Set(extra)
-                let left = builder.pool.filter { !extraSet.contains($0) }
                 let freedMeta = LogTreeBuilder.extents(builder.freed + extra)
                 let record = LogTreeRecord(root: tree.root, items: writes, dataPool: p.pool, metaPool: metaExtents)
                 committed.pin()

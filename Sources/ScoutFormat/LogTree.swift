@@ -23,9 +23,12 @@ public struct LogTreeRecord: Hashable, Sendable {
     public static let maxDataPoolExtents = maxPoolExtents - 16
 
     /// `blocks` as extents added to `pool` while the record still fits beside `otherExtents`
-    /// of the other pool; the blocks that did not fit come back as `left`.
-    public static func fit(_ blocks: [UInt64], into pool: [Extent], beside otherExtents: Int) -> (pool: [Extent], left: [UInt64]) {
+    /// of the other pool: the blocks that went in come back as `kept` and those that did not
+    /// as `left`, both in block order.
+    public static func fit(_ blocks: [UInt64], into pool: [Extent], beside otherExtents: Int)
+        -> (pool: [Extent], kept: [UInt64], left: [UInt64]) {
         var extents = pool
+        var kept: [UInt64] = []
         var left: [UInt64] = []
         for b in blocks.sorted() {
             if let i = extents.firstIndex(where: { $0.start + $0.length == b }) {
@@ -41,9 +44,11 @@ public struct LogTreeRecord: Hashable, Sendable {
                 extents.insert(Extent(start: b, length: 1), at: at)
             } else {
                 left.append(b)
+                continue
             }
+            kept.append(b)
         }
-        return (extents, left)
+        return (extents, kept, left)
     }
 
     public init(root: BTreeRoot, items: UInt64, dataPool: [Extent] = [], metaPool: [Extent] = []) {

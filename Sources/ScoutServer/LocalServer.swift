@@ -189,10 +189,8 @@ public final class LocalServer: ServerLink {
         let taken = try store.allocMetaBlocks(max(count, metaPoolRefill))
         // Blocks scattered over the device take an extent each; what the record cannot hold
         // goes back (free after the next commit).
-        let (pool, left) = LogTreeRecord.fit(taken, into: rec.metaPool, beside: rec.dataPool.count)
+        let (pool, got, left) = LogTreeRecord.fit(taken, into: rec.metaPool, beside: rec.dataPool.count)
         for b in left { store.freeMeta(Extent(start: b, length: 1)) }
-        let leftSet = Set(left)
-        let got = taken.filter { !leftSet.contains($0) }
         guard !got.isEmpty else {
             throw StoreError(.noSpace, "metadata free space is too fragmented to give client \(String(rid, radix: 16)) more pool blocks in a record of at most \(LogTreeRecord.maxPoolExtents) extents; free space or run `scoutfs check`")
         }

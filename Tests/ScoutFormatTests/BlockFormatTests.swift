@@ -85,14 +85,15 @@ import ScoutFormat
         // Scattered blocks take an extent each: fit stops where the record would outgrow an
         // item, and hands back the rest; adjacent blocks join extents already there.
         let data = (0..<LogTreeRecord.maxDataPoolExtents).map { Extent(start: 1_000_000 + 2 * UInt64($0), length: 1) }
-        let (meta, left) = LogTreeRecord.fit((0..<40).map { 2 * UInt64($0) }, into: [], beside: data.count)
+        let (meta, kept, left) = LogTreeRecord.fit((0..<40).map { 2 * UInt64($0) }, into: [], beside: data.count)
         #expect(meta.count == LogTreeRecord.maxPoolExtents - data.count)
+        #expect(kept == (0..<meta.count).map { 2 * UInt64($0) })
         #expect(left == (meta.count..<40).map { 2 * UInt64($0) })
         let full = LogTreeRecord(root: root, items: 1, dataPool: data, metaPool: meta)
         #expect(full.encoded.count <= Item.maxValueLength)
         #expect(try LogTreeRecord(decoding: full.encoded) == full)
-        let (joined, none) = LogTreeRecord.fit([1, 3], into: meta, beside: data.count)
-        #expect(none.isEmpty && joined.count == meta.count - 2 && joined[0] == Extent(start: 0, length: 5))
+        let (joined, joinedBlocks, none) = LogTreeRecord.fit([1, 3], into: meta, beside: data.count)
+        #expect(none.isEmpty && joinedBlocks == [1, 3] && joined.count == meta.count - 2 && joined[0] == Extent(start: 0, length: 5))
 
         var cut = pooled.encoded
         cut.removeLast()
