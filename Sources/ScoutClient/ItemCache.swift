@@ -235,26 +235,35 @@ public final class ItemCache: Sendable {
     /// false. `body` runs with no mutex held and may call the cache.
     public func forEach(from start: Key, through end: Key, _ body: (Item) throws -> Bool) throws {
         var pos = start
+        // Most walks want an item or two (the extent holding a block, a name's entry): the
+        // first visits hand out few, and later ones more. A visit also stops after looking at
+        // four times its batch of entries, since deletions it skips (an overwritten file's
+        // split extents, say) cost as much as items it hands out.
+        var batch = 16
         while pos <= end {
             let r = try range(for: pos)
             let segEnd = min(end, r.end)
+            let want = batch
             let seg: Segment = withState(r) { s, _ in
                 if let span = s.spans.span(containing: pos) {
                     let spanEnd = min(segEnd, span.end)
                     var out: [Item] = []
                     var last: Key?
+                    var looked = 0
                     s.entries.forEach(from: pos, through: spanEnd) { k, e in
                         last = k
+                        looked += 1
                         if !e.isNegative { out.append(e.item(k)) }
-                        return out.count < Self.walkBatch
+                        return out.count < want && looked < 4 * want
                     }
-                    if out.count == Self.walkBatch, let last { return .items(out, next: last.successor) }
+                    if out.count == want || looked == 4 * want, let last { return .items(out, next: last.successor) }
                     return .items(out, next: spanEnd == end ? nil : spanEnd.successor)
                 }
                 return .fill(pos, segEnd, Self.gapEnd(s, after: pos, in: r), s.generation)
             }
             switch seg {
             case .items(let items, let next):
+                batch = min(Self.walkBatch, 4 * batch)
                 for it in items where try !body(it) { return }
                 guard let next else { return }
                 if next <= r.end {
@@ -394,8 +403,16 @@ public final class ItemCache: Sendable {
             let old = s.entries[key]
             if let old {
                 if old.dirty && old.belowAbsent && !old.isDelta {
-                    // Made and unmade in this transaction: nothing to write.
-                    replaceWithClean(&s, r, key, Entry(seq: 0, flags: .deletion, value: [], dirty: false, belowAbsent: false, version: 0))
+                    // Made and unmade in this transaction: nothing to write. Inside a cached
+                    // span no entry is needed to know the key absent, and none is kept: an
+                    // overwritten file makes and unmakes an extent key per write, and walks
+                    // would step over every one of them.
+                    if s.spans.contains(key) {
+                        removeDirty(&s, r, key)
+                        updateEstimate(&s)
+                    } else {
+                        replaceWithClean(&s, r, key, Entry(seq: 0, flags: .deletion, value: [], dirty: false, belowAbsent: false, version: 0))
+                    }
                     return
                 }
                 if !old.dirty && old.isNegative { return }
@@ -509,6 +526,10 @@ public final class ItemCache: Sendable {
                         if e.isDelta {
                             removeDirty(&s, r, k)
                             s.generation += 1
+                        } else if e.isNegative && s.spans.contains(k) {
+                            // A cached span already says the key is absent: a clean deletion
+                            // entry would only be one more thing for walks to step over.
+                            removeDirty(&s, r, k)
                         } else {
                             e.dirty = false
                             e.belowAbsent = false

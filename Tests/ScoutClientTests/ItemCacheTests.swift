@@ -137,6 +137,9 @@ private func value(_ n: Int) -> [UInt8] { Array("v\(n)".utf8) }
         try cache.delete(key(8), seq: 2)
         #expect(!cache.hasDirty)
         #expect(cache.commitBlockEstimate == 0)
+        let walks = src.walks
+        #expect(try cache.lookup(key(8)) == nil)
+        #expect(src.walks == walks, "8 is still known absent, with no entry left for it")
         // Deleting what is committed must write a deletion, known or not.
         try cache.delete(key(9), seq: 2)
         try cache.delete(key(10), seq: 2)
@@ -260,6 +263,28 @@ private func value(_ n: Int) -> [UInt8] { Array("v\(n)".utf8) }
         seen = []
         try cache.forEach(from: range.start, through: range.end) { seen.append($0.key.third); return true }
         #expect(seen == [10, 2000, 5000])
+    }
+
+    /// A committed deletion inside a cached span leaves no entry behind: the span says the
+    /// key is absent, and a walk would only step over it (an overwritten file's extents).
+    @Test func committedDeletionsInsideASpanLeaveNoEntries() throws {
+        let src = MapSource()
+        for i in 0..<100 { src.items[key(1, ItemType.dirent, UInt64(i))] = Item(key: key(1, ItemType.dirent, UInt64(i)), seq: 1) }
+        let cache = ItemCache(source: src)
+        var n = 0
+        try cache.forEach(from: key(1, ItemType.dirent, 0), through: key(1, ItemType.dirent, .max)) { _ in n += 1; return true }
+        #expect(n == 100)
+        for i in stride(from: 0, to: 100, by: 2) { try cache.delete(key(1, ItemType.dirent, UInt64(i)), seq: 2) }
+        let snap = cache.dirtySnapshot()
+        #expect(snap.items.count == 50 && snap.items.allSatisfy(\.isDeletion))
+        src.apply(snap)
+        cache.committed(snap)
+        var seen: [UInt64] = []
+        try cache.forEach(from: key(1, ItemType.dirent, 0), through: key(1, ItemType.dirent, .max)) { seen.append($0.key.second); return true }
+        #expect(seen == Array(stride(from: 1, to: 100, by: 2)))
+        #expect(try cache.lookup(key(1, ItemType.dirent, 4)) == nil)
+        #expect(src.walks == 1, "still all cached")
+        #expect(try cache.invalidate(LockRange.inodeGroup(1)) == 50, "only the live entries remain")
     }
 
     @Test func keysNoLockCoversAreRefused() throws {
