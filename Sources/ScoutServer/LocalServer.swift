@@ -168,6 +168,10 @@ public final class LocalServer: ServerLink {
         var rec = try recordedLogTree(rid: rid) ?? LogTreeRecord(root: .empty, items: 0)
         // Fragmented free space comes in many small extents; a pool takes a bounded number.
         let room = LogTreeRecord.maxPoolExtents - rec.dataPool.count - rec.metaPool.count
+        // Refills append to what the last commit recorded, though the client may have used
+        // those extents up since: a record full of them is not a full device. Nothing is
+        // given, and the client commits (recording the pool it really holds) and asks again.
+        if room <= 0 { return [] }
         while have < want, got.count < min(room, 64), store.allocatableDataBlocks > 0 {
             let e = try store.allocData(want - have)
             got.append(e)

@@ -267,6 +267,31 @@ import Testing
         #expect(Checker.check(meta: meta, data: data).isClean)
     }
 
+    /// Refills between commits append extents to the recorded pool, used up or not; once the
+    /// record has no room the client is told to commit, not that the device is full.
+    @Test func aPoolRecordFullOfRefillsIsNotAFullDevice() throws {
+        let store = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
+        let server = LocalServer(store: store, poolRefill: 1)
+        let client = ClientItems(store: store, server: server, rid: 1)
+        var allocated = 0
+        var shortage: DataSpaceShortage?
+        while allocated < 200 {
+            do {
+                _ = try client.allocateData(1)
+                allocated += 1
+            } catch let e as DataSpaceShortage {
+                shortage = e
+                break
+            }
+        }
+        let short = try #require(shortage, "200 one-block refills never filled the record")
+        #expect(short.commitMayHelp)
+        #expect(allocated == LogTreeRecord.maxPoolExtents)
+        #expect(store.allocatableDataBlocks > 1000)
+        _ = try client.commit()
+        #expect(try client.allocateData(1).count == 1, "the commit recorded the pool the client holds, and the record has room again")
+    }
+
     @Test func inodeNumbersComeInBatchesAndNeverRepeat() throws {
         let store = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
         let server = LocalServer(store: store)
