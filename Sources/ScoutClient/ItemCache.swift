@@ -403,16 +403,8 @@ public final class ItemCache: Sendable {
             let old = s.entries[key]
             if let old {
                 if old.dirty && old.belowAbsent && !old.isDelta {
-                    // Made and unmade in this transaction: nothing to write. Inside a cached
-                    // span no entry is needed to know the key absent, and none is kept: an
-                    // overwritten file makes and unmakes an extent key per write, and walks
-                    // would step over every one of them.
-                    if s.spans.contains(key) {
-                        removeDirty(&s, r, key)
-                        updateEstimate(&s)
-                    } else {
-                        replaceWithClean(&s, r, key, Entry(seq: 0, flags: .deletion, value: [], dirty: false, belowAbsent: false, version: 0))
-                    }
+                    // Made and unmade in this transaction: nothing to write.
+                    replaceWithClean(&s, r, key, Entry(seq: 0, flags: .deletion, value: [], dirty: false, belowAbsent: false, version: 0))
                     return
                 }
                 if !old.dirty && old.isNegative { return }
@@ -526,10 +518,6 @@ public final class ItemCache: Sendable {
                         if e.isDelta {
                             removeDirty(&s, r, k)
                             s.generation += 1
-                        } else if e.isNegative && s.spans.contains(k) {
-                            // A cached span already says the key is absent: a clean deletion
-                            // entry would only be one more thing for walks to step over.
-                            removeDirty(&s, r, k)
                         } else {
                             e.dirty = false
                             e.belowAbsent = false
@@ -705,7 +693,14 @@ public final class ItemCache: Sendable {
             s.dirtyKeys.remove(key)
             if s.dirtyKeys.isEmpty { _ = dirtyRanges.withLock { $0.remove(r.start) } }
         }
-        addClean(&s, key, e)
+        if e.isNegative && s.spans.contains(key) {
+            // A cached span already says the key is absent: a clean deletion entry would only
+            // be one more thing for walks to step over (a key made and unmade in one
+            // transaction, a committed deletion; rewriting a file does both at every write).
+            s.entries.remove(key)
+        } else {
+            addClean(&s, key, e)
+        }
         updateEstimate(&s)
     }
 
