@@ -21,8 +21,7 @@ CHANGED=${2:-1000}
 STAGE_MIB=${3:-1024}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/scoutfs-bench}
 
-swift build -c release --static-swift-stdlib --product scoutfs >/dev/null
-SCOUTFS="$(swift build -c release --static-swift-stdlib --show-bin-path)/scoutfs"
+SCOUTFS=$(release_product scoutfs)
 
 MNT="$BENCH_DIR/archive-mnt"
 mkdir -p "$MNT"

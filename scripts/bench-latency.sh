@@ -13,8 +13,7 @@ source scripts/setup.sh
 
 WRITE_MIB=${1:-4096}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/scoutfs-bench}
-swift build -c release --static-swift-stdlib --product scoutfs >/dev/null
-SCOUTFS="$(swift build -c release --static-swift-stdlib --show-bin-path)/scoutfs"
+SCOUTFS=$(release_product scoutfs)
 
 MNT="$BENCH_DIR/latency-mnt"
 cleanup() {

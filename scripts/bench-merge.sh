@@ -18,8 +18,7 @@ BENCH_DIR=${BENCH_DIR:-/var/tmp/scoutfs-bench}
 if [ -n "${2:-}" ]; then
     SCOUTFS=$2
 else
-    swift build -c release --static-swift-stdlib --product scoutfs >/dev/null
-    SCOUTFS="$(swift build -c release --static-swift-stdlib --show-bin-path)/scoutfs"
+    SCOUTFS=$(release_product scoutfs)
 fi
 
 MNT="$BENCH_DIR/merge-mnt"

@@ -20,11 +20,9 @@ SEQ_MIB=${2:-1024}
 [ "$MODE" = rss ] && FILES=${1:-1000000}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/scoutfs-bench}
 
-swift build -c release --static-swift-stdlib --product scoutfs >/dev/null
-swift build -c release --static-swift-stdlib --product mountbench >/dev/null
-BIN_DIR="$(swift build -c release --static-swift-stdlib --show-bin-path)"
-SCOUTFS="$BIN_DIR/scoutfs"
-MOUNTBENCH="$BIN_DIR/mountbench"
+SCOUTFS=$(release_product scoutfs)
+MOUNTBENCH=$(release_product mountbench)
+BIN_DIR=$(dirname "$SCOUTFS")
 
 EXAMPLES=/usr/share/doc/libfuse3-dev/examples
 PASSTHROUGH="$BIN_DIR/passthrough_ll"

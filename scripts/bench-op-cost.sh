@@ -17,8 +17,7 @@ source scripts/setup.sh
 N=${1:-20000}
 MEMFS=${2:-}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/scoutfs-bench}
-swift build -c release --static-swift-stdlib --product scoutfs >/dev/null
-SCOUTFS="$(swift build -c release --static-swift-stdlib --show-bin-path)/scoutfs"
+SCOUTFS=$(release_product scoutfs)
 
 MNT="$BENCH_DIR/opcost-mnt"
 MMNT="$BENCH_DIR/opcost-memfs"

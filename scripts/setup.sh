@@ -15,3 +15,10 @@ if ! command -v swift >/dev/null 2>&1 && [ -x /opt/swift/usr/bin/swift ]; then
     export PATH="$PATH:/opt/swift/usr/bin"
 fi
 command -v swift >/dev/null || { echo "swift not found: install a Swift 6.1+ toolchain" >&2; exit 1; }
+
+# Builds a release product with the Swift runtime linked in (as the installed binary is) and
+# prints its path: SCOUTFS=$(release_product scoutfs).
+release_product() {
+    swift build -c release --static-swift-stdlib --product "$1" >/dev/null || return 1
+    echo "$(swift build -c release --static-swift-stdlib --show-bin-path)/$1"
+}
