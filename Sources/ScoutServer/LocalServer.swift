@@ -187,16 +187,19 @@ public final class LocalServer: ServerLink {
 
     /// Takes at least `count` metadata blocks (at least `metaPoolRefill`) out of the free
     /// space into `rid`'s recorded metadata pool; like data refills, the next commit makes
-    /// both durable together.
+    /// both durable together. The blocks come in as few runs as the free space allows: the
+    /// record holds a bounded number of extents, and blocks taken one by one from fragmented
+    /// free space once filled it with a few dozen blocks, which no commit could live on.
     public func refillMetaPool(rid: UInt64, atLeast count: Int) throws -> [UInt64] {
         var rec = try recordedLogTree(rid: rid) ?? LogTreeRecord(root: .empty, items: 0)
-        let taken = try store.allocMetaBlocks(max(count, metaPoolRefill))
-        // Blocks scattered over the device take an extent each; what the record cannot hold
-        // goes back (free after the next commit).
+        let room = LogTreeRecord.maxPoolExtents - rec.dataPool.count - rec.metaPool.count
+        let runs = room > 0 ? try store.allocMetaExtents(max(count, metaPoolRefill), maxExtents: room) : []
+        let taken = runs.flatMap { $0.start..<$0.end }
         let (pool, got, left) = LogTreeRecord.fit(taken, into: rec.metaPool, beside: rec.dataPool.count)
+        // No more runs than the record has room for were taken, so none should be left over.
         for b in left { store.freeMeta(Extent(start: b, length: 1)) }
         guard !got.isEmpty else {
-            throw StoreError(.noSpace, "metadata free space is too fragmented to give client \(String(rid, radix: 16)) more pool blocks in a record of at most \(LogTreeRecord.maxPoolExtents) extents; free space or run `scoutfs check`")
+            throw StoreError(.noSpace, "metadata free space is too fragmented to give client \(String(rid, radix: 16)) more pool blocks: its record already holds \(rec.metaPool.count + rec.dataPool.count) of at most \(LogTreeRecord.maxPoolExtents) extents, and no free run is left; free space or run `scoutfs check`")
         }
         rec.metaPool = pool
         try setRecord(rid: rid, rec)

@@ -120,6 +120,35 @@ final class ExtentAllocator {
         }
     }
 
+    /// Up to `count` contiguous metadata blocks for a client's pool: the smallest free extent
+    /// that holds them all, else the front of the largest. A pool's record holds a bounded
+    /// number of extents, so pools come from whole runs; the single blocks that copy-on-write
+    /// frees scatter over the device are left to the reserve (which takes the lowest first)
+    /// and to the server's own trees. Blocks freed in the open transaction are skipped.
+    func allocMetaRun(_ count: UInt64, _ store: Store) throws -> Extent? {
+        precondition(kind == .meta && count > 0)
+        var got: Extent?
+        try editing(store) { t in
+            var found = isExtentItem(try t.next(from: Self.lengthKey(count, 0), in: store), ItemType.freeByLength)
+            if found == nil {
+                found = isExtentItem(try t.prev(from: Self.lengthKey(.max, .max), in: store), ItemType.freeByLength)
+            }
+            guard let item = found else { return }
+            let ext = try freeExtent(item, store)
+            guard let piece = Self.firstGap(in: ext, avoiding: freedThisTransaction, upTo: count) else { return }
+            try removeItems(ext, &t, store)
+            if piece.start > ext.start {
+                try insertItems(Extent(start: ext.start, length: piece.start - ext.start), &t, store)
+            }
+            if piece.end < ext.end {
+                try insertItems(Extent(start: piece.end, length: ext.end - piece.end), &t, store)
+            }
+            try takeFree(piece.length)
+            got = piece
+        }
+        return got
+    }
+
     /// The first run of at most `limit` blocks of `ext` outside every extent of `avoid` (sorted,
     /// non-overlapping).
     static func firstGap(in ext: Extent, avoiding avoid: [Extent], upTo limit: UInt64) -> Extent? {

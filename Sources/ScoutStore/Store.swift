@@ -304,14 +304,20 @@ public final class Store: NodeWriter {
         dataAlloc.pendingFree.append(extent)
     }
 
-    /// `count` metadata blocks for a client's pool: it writes its log tree into them itself,
-    /// outside this transaction. Throws ENOSPC, taking none, unless the commit margin stays.
-    public func allocMetaBlocks(_ count: Int) throws -> [UInt64] {
+    /// `count` metadata blocks for a client's pool, as at most `maxExtents` runs
+    /// (`ExtentAllocator.allocMetaRun`): the client writes its log tree into them itself,
+    /// outside this transaction. Fewer blocks when the free space is in more pieces than
+    /// that. Throws ENOSPC, taking none, unless the commit margin stays.
+    public func allocMetaExtents(_ count: Int, maxExtents: Int) throws -> [Extent] {
         try usable()
         try preflight(need: UInt64(count) + Self.editBlocks(tree(.logTrees)), margin: Self.commitMargin)
-        var got: [UInt64] = []
-        got.reserveCapacity(count)
-        for _ in 0..<count { got.append(try metaAlloc.allocMeta(self)) }
+        var got: [Extent] = []
+        var have: UInt64 = 0
+        while have < UInt64(count), got.count < maxExtents,
+              let e = try metaAlloc.allocMetaRun(UInt64(count) - have, self) {
+            got.append(e)
+            have += e.length
+        }
         return got
     }
 

@@ -126,6 +126,7 @@ struct MountCommand: ParsableCommand {
         let logLine: @Sendable (String) -> Void = { line in FileHandle.standardError.write(Data("scoutfs: \(line)\n".utf8)) }
         do {
             let metaDev = try openDevice(meta)
+            try metaDev.adviseRandomReads()
             let dataDev = try openDevice(data)
             if try !MountClaim.lockDevices(meta: metaDev, data: dataDev) {
                 try waitForLeavingDaemon(metaDev, dataDev)

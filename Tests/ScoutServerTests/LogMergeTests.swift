@@ -292,6 +292,37 @@ import Testing
         #expect(try client.allocateData(1).count == 1, "the commit recorded the pool the client holds, and the record has room again")
     }
 
+    /// Copy-on-write leaves single free blocks all over the device. A client's metadata pool
+    /// must still come in runs: a record of a few dozen extents filled with single blocks
+    /// left commits of more than that many blocks failing with ENOSPC on a device mostly free.
+    @Test func metadataPoolsComeInRunsFromFragmentedFreeSpace() throws {
+        let store = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
+        let server = LocalServer(store: store)
+        let taken = try store.allocMetaExtents(1200, maxExtents: 8).flatMap { $0.start..<$0.end }
+        #expect(taken.count == 1200)
+        for b in taken where b % 2 == 0 { store.freeMeta(Extent(start: b, length: 1)) }
+        try store.commit()
+
+        let got = try server.refillMetaPool(rid: 1, atLeast: 300)
+        #expect(got.count >= 300)
+        let pool = try #require(try server.recordedLogTree(rid: 1)).metaPool
+        #expect(pool.count <= 2, "pool of \(got.count) blocks took \(pool.count) extents")
+
+        // A commit that writes far more blocks than the record has extents.
+        let client = ClientItems(store: store, server: server, rid: 2)
+        #expect(throws: StoreError.self) { try client.insert(key(0), [UInt8](repeating: 7, count: Item.maxValueLength + 1)) }
+        let bulky = [UInt8](repeating: 7, count: Item.maxValueLength)
+        for n in 0..<8000 as Range<UInt64> { try client.insert(key(n), bulky) }
+        _ = try client.commit()
+        #expect(try client.lookup(key(7999))?.value == bulky)
+        #expect(try store.tree(.logTrees).lookup(LogTreeRecord.key(rid: 2), in: store) != nil)
+
+        for b in taken where b % 2 == 1 { store.freeMeta(Extent(start: b, length: 1)) }
+        try server.recoverLogTree(rid: 1)
+        try store.commit()
+        #expect(Checker.check(meta: meta, data: data).isClean)
+    }
+
     @Test func inodeNumbersComeInBatchesAndNeverRepeat() throws {
         let store = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
         let server = LocalServer(store: store)
