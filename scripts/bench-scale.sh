@@ -37,11 +37,13 @@ trap cleanup EXIT
 mkdir -p "$SMNT" "$EMNT"
 
 rm -f "$BENCH_DIR/meta.img" "$BENCH_DIR/data.img" "$BENCH_DIR/ext4.img"
-# Preallocated, so reads of the images are not slowed by ext4 allocating them piecemeal.
+# Preallocated, so reads of the images are not slowed by ext4 allocating them piecemeal, and
+# attached with direct I/O, so that each filesystem's reads reach the disk as it makes them
+# (through the page cache of the image files, each would also read ahead in them).
 fallocate -l $(( LAST * 1536 / (1 << 30) + 4 ))G "$BENCH_DIR/meta.img"
 truncate -s 8G "$BENCH_DIR/data.img"
 fallocate -l $(( LAST * 512 / (1 << 30) + 8 ))G "$BENCH_DIR/ext4.img"
-attach() { local l; l=$(losetup -f --show "$1"); LOOPS+=("$l"); echo "$l"; }
+attach() { local l; l=$(losetup --direct-io=on -f --show "$1"); LOOPS+=("$l"); echo "$l"; }
 META=$(attach "$BENCH_DIR/meta.img")
 DATA=$(attach "$BENCH_DIR/data.img")
 EXT4=$(attach "$BENCH_DIR/ext4.img")

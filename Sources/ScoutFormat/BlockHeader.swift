@@ -55,7 +55,7 @@ public struct BlockHeader: Equatable, Sendable {
         w.u64(blkno)
     }
 
-    public init(decoding r: inout ByteReader) throws(FormatError) {
+    public init(decoding r: inout some FieldReader) throws(FormatError) {
         crc = try r.u32()
         magic = try r.u32()
         fsid = try r.u64()
@@ -87,9 +87,14 @@ public struct BlockHeader: Equatable, Sendable {
 
     /// Checks a whole block read from the device. `seq == nil` accepts any seq (superblocks).
     public static func verify(_ block: [UInt8], magic: UInt32, fsid: UInt64?, blkno: UInt64, seq: UInt64?) -> Verdict {
-        var r = ByteReader(block, what: "block header")
+        block.withUnsafeBytes { verify($0, magic: magic, fsid: fsid, blkno: blkno, seq: seq) }
+    }
+
+    /// The same check of a block in a buffer the caller owns (a read that skips the copy).
+    public static func verify(_ block: UnsafeRawBufferPointer, magic: UInt32, fsid: UInt64?, blkno: UInt64, seq: UInt64?) -> Verdict {
+        var r = RawReader(block, what: "block header")
         guard let h = try? BlockHeader(decoding: &r) else { return .corrupt("shorter than a block header") }
-        let crc = CRC32C.checksum(block, from: 4)
+        let crc = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: block[4...]))
         if crc != h.crc {
             return .corrupt("checksum mismatch (stored \(hex32(h.crc)), computed \(hex32(crc)))")
         }

@@ -8,6 +8,8 @@ public protocol FieldWriter {
 /// Where decoders read fixed-width fields from, with bounds checks that throw.
 public protocol FieldReader {
     mutating func u8() throws(FormatError) -> UInt8
+    mutating func u32() throws(FormatError) -> UInt32
+    mutating func u64() throws(FormatError) -> UInt64
     mutating func u64BigEndian() throws(FormatError) -> UInt64
 }
 

@@ -125,8 +125,7 @@ struct MountCommand: ParsableCommand {
         var warnings: [String] = []
         let logLine: @Sendable (String) -> Void = { line in FileHandle.standardError.write(Data("scoutfs: \(line)\n".utf8)) }
         do {
-            let metaDev = try openDevice(meta)
-            try metaDev.adviseRandomReads()
+            let metaDev = try openDevice(meta, directReads: true)
             let dataDev = try openDevice(data)
             if try !MountClaim.lockDevices(meta: metaDev, data: dataDev) {
                 try waitForLeavingDaemon(metaDev, dataDev)

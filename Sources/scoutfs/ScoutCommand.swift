@@ -26,11 +26,11 @@ func fail(_ verb: String, _ message: String) -> ExitCode {
     return ExitCode(1)
 }
 
-func openDevice(_ path: String, readOnly: Bool = false) throws -> FileBlockDevice {
+func openDevice(_ path: String, readOnly: Bool = false, directReads: Bool = false) throws -> FileBlockDevice {
     if !FileManager.default.fileExists(atPath: path) {
         throw StoreError(.io, "\(path) does not exist; give a block device or create a file (truncate -s 1G \(path))")
     }
-    return try FileBlockDevice(path: path, readOnly: readOnly)
+    return try FileBlockDevice(path: path, readOnly: readOnly, directReads: directReads)
 }
 
 func printJSON(_ value: some Encodable) throws {

@@ -1,0 +1,30 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Testing
+@testable import ScoutStore
+
+/// Direct reads (the metadata device of a mount) must see what buffered writes just wrote,
+/// aligned or not, and reads past the end must fail.
+@Suite struct FileBlockDeviceTests {
+    @Test func directReadsSeeBufferedWrites() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fbd-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("meta").path
+        #expect(FileManager.default.createFile(atPath: path, contents: nil))
+        #expect(truncate(path, 1 << 20) == 0)
+        let dev = try FileBlockDevice(path: path, directReads: true)
+        let block = (0..<(64 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
+        for round in 0..<3 {
+            let bytes = block.map { $0 &+ UInt8(round) }
+            try dev.write(at: 128 << 10, bytes)
+            #expect(try dev.read(at: 128 << 10, count: 64 << 10) == bytes, "round \(round)")
+            #expect(try dev.withBytes(at: 128 << 10, count: 64 << 10) { [UInt8]($0) } == bytes, "round \(round)")
+            // Unaligned reads take the buffered path and see the same bytes.
+            #expect(try dev.read(at: (128 << 10) + 5, count: 100) == Array(bytes[5..<105]))
+        }
+        #expect(throws: StoreError.self) { try dev.withBytes(at: 1 << 20, count: 64 << 10) { $0.count } }
+    }
+}
