@@ -103,14 +103,7 @@ final class ExtentAllocator {
                 let want = UInt64(max(0, Self.reserveRefill - reserve.count))
                 guard want > 0 else { return }
                 if let piece = Self.firstGap(in: ext, avoiding: freedThisTransaction, upTo: want) {
-                    try removeItems(ext, &t, store)
-                    if piece.start > ext.start {
-                        try insertItems(Extent(start: ext.start, length: piece.start - ext.start), &t, store)
-                    }
-                    if piece.end < ext.end {
-                        try insertItems(Extent(start: piece.end, length: ext.end - piece.end), &t, store)
-                    }
-                    try takeFree(piece.length)
+                    try carve(piece, from: ext, &t, store)
                     reserve.append(contentsOf: stride(from: piece.end - 1, through: piece.start, by: -1))
                     return
                 }
@@ -128,25 +121,34 @@ final class ExtentAllocator {
     func allocMetaRun(_ count: UInt64, _ store: Store) throws -> Extent? {
         precondition(kind == .meta && count > 0)
         var got: Extent?
-        try editing(store) { t in
-            var found = isExtentItem(try t.next(from: Self.lengthKey(count, 0), in: store), ItemType.freeByLength)
-            if found == nil {
-                found = isExtentItem(try t.prev(from: Self.lengthKey(.max, .max), in: store), ItemType.freeByLength)
-            }
-            guard let item = found else { return }
-            let ext = try freeExtent(item, store)
-            guard let piece = Self.firstGap(in: ext, avoiding: freedThisTransaction, upTo: count) else { return }
-            try removeItems(ext, &t, store)
-            if piece.start > ext.start {
-                try insertItems(Extent(start: ext.start, length: piece.start - ext.start), &t, store)
-            }
-            if piece.end < ext.end {
-                try insertItems(Extent(start: piece.end, length: ext.end - piece.end), &t, store)
-            }
-            try takeFree(piece.length)
-            got = piece
-        }
+        try editing(store) { t in got = try bestFit(count, &t, store) }
         return got
+    }
+
+    /// Takes up to `count` blocks out of the tree: the smallest free extent that holds them
+    /// all, else the largest, less what the open transaction freed.
+    private func bestFit(_ count: UInt64, _ t: inout BTree, _ store: Store) throws -> Extent? {
+        var found = isExtentItem(try t.next(from: Self.lengthKey(count, 0), in: store), ItemType.freeByLength)
+        if found == nil {
+            found = isExtentItem(try t.prev(from: Self.lengthKey(.max, .max), in: store), ItemType.freeByLength)
+        }
+        guard let item = found else { return nil }
+        let ext = try freeExtent(item, store)
+        guard let piece = Self.firstGap(in: ext, avoiding: freedThisTransaction, upTo: count) else { return nil }
+        try carve(piece, from: ext, &t, store)
+        return piece
+    }
+
+    /// Takes `piece` of the free extent `ext` out of the tree; the rest of `ext` stays free.
+    private func carve(_ piece: Extent, from ext: Extent, _ t: inout BTree, _ store: Store) throws {
+        try removeItems(ext, &t, store)
+        if piece.start > ext.start {
+            try insertItems(Extent(start: ext.start, length: piece.start - ext.start), &t, store)
+        }
+        if piece.end < ext.end {
+            try insertItems(Extent(start: piece.end, length: ext.end - piece.end), &t, store)
+        }
+        try takeFree(piece.length)
     }
 
     /// The first run of at most `limit` blocks of `ext` outside every extent of `avoid` (sorted,
@@ -181,21 +183,7 @@ final class ExtentAllocator {
     func allocData(_ count: UInt64, _ store: Store) throws -> Extent {
         precondition(kind == .data && count > 0)
         var got: Extent?
-        try editing(store) { t in
-            var found = isExtentItem(try t.next(from: Self.lengthKey(count, 0), in: store), ItemType.freeByLength)
-            if found == nil {
-                found = isExtentItem(try t.prev(from: Self.lengthKey(.max, .max), in: store), ItemType.freeByLength)
-            }
-            guard let item = found else { return }
-            let ext = try freeExtent(item, store)
-            let take = min(ext.length, count)
-            try removeItems(ext, &t, store)
-            if take < ext.length {
-                try insertItems(Extent(start: ext.start + take, length: ext.length - take), &t, store)
-            }
-            try takeFree(take)
-            got = Extent(start: ext.start, length: take)
-        }
+        try editing(store) { t in got = try bestFit(count, &t, store) }
         guard let got else {
             throw StoreError(.noSpace, "data device is full: no free 4 KiB blocks left; free space or grow the device")
         }
