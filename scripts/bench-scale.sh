@@ -43,10 +43,11 @@ rm -f "$BENCH_DIR/meta.img" "$BENCH_DIR/data.img" "$BENCH_DIR/ext4.img"
 fallocate -l $(( LAST * 1536 / (1 << 30) + 4 ))G "$BENCH_DIR/meta.img"
 truncate -s 8G "$BENCH_DIR/data.img"
 fallocate -l $(( LAST * 512 / (1 << 30) + 8 ))G "$BENCH_DIR/ext4.img"
-attach() { local l; l=$(losetup --direct-io=on -f --show "$1"); LOOPS+=("$l"); echo "$l"; }
-META=$(attach "$BENCH_DIR/meta.img")
-DATA=$(attach "$BENCH_DIR/data.img")
-EXT4=$(attach "$BENCH_DIR/ext4.img")
+# Not in a command substitution: its subshell would keep LOOPS from the cleanup.
+attach() { LOOPS+=("$(losetup --direct-io=on -f --show "$1")"); }
+attach "$BENCH_DIR/meta.img"; META=${LOOPS[-1]}
+attach "$BENCH_DIR/data.img"; DATA=${LOOPS[-1]}
+attach "$BENCH_DIR/ext4.img"; EXT4=${LOOPS[-1]}
 "$SCOUTFS" mkfs -Q 0,127.0.0.1,7100 "$META" "$DATA" >/dev/null
 mkfs.ext4 -q -F -N $(( LAST + 100000 )) "$EXT4"
 
