@@ -218,10 +218,6 @@ public final class ClientItems: @unchecked Sendable {
     /// the cluster lock they are made under, so a change made after another client's always
     /// wins in the forest, whatever the two clients' transaction seqs.
     public func insert(_ key: Key, _ value: [UInt8], minSeq: UInt64 = 0) throws {
-        // Refused now, not at the commit: a commit that meets it could never succeed.
-        guard value.count <= Item.maxValueLength else {
-            throw StoreError(.invalid, "item \(key): value of \(value.count) bytes exceeds \(Item.maxValueLength)")
-        }
         try cache.insert(key, value, seq: max(seq, minSeq))
     }
 

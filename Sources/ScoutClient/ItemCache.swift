@@ -387,6 +387,10 @@ public final class ItemCache: Sendable {
 
     /// Sets `key` to `value` in the open transaction (`seq`).
     public func insert(_ key: Key, _ value: [UInt8], seq: UInt64) throws {
+        // Refused now, not at the commit: a commit that meets it could never succeed.
+        guard value.count <= Item.maxValueLength else {
+            throw StoreError(.invalid, "item \(key): value of \(value.count) bytes exceeds \(Item.maxValueLength)")
+        }
         let r = try range(for: key)
         withState(r) { s, p in
             let old = s.entries[key]

@@ -123,16 +123,22 @@ public final class FileBlockDevice: BlockDevice {
     public func withBytes<T>(at offset: UInt64, count: Int, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T {
         try checkRange("read", offset, count)
         guard readsDirectly(offset, count) else { return try read(at: offset, count: count).withUnsafeBytes(body) }
+        return try readAligned(directFD, at: offset, count: count, "read", body)
+    }
+
+    /// Reads through an O_DIRECT descriptor into an aligned buffer lent to `body`.
+    private func readAligned<T>(_ fd: Int32, at offset: UInt64, count: Int, _ what: String,
+                                _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T {
         let b = try takeBuffer(count)
         defer { giveBack(b, count) }
-        try readFully(directFD, b, count, at: offset, "read")
+        try readFully(fd, b, count, at: offset, what)
         return try body(UnsafeRawBufferPointer(start: b, count: count))
     }
 
     public func read(at offset: UInt64, count: Int) throws -> [UInt8] {
         try checkRange("read", offset, count)
         if readsDirectly(offset, count) {
-            return try withBytes(at: offset, count: count) { [UInt8]($0) }
+            return try readAligned(directFD, at: offset, count: count, "read") { [UInt8]($0) }
         }
         // Read straight into uninitialized storage: zeroing 64 KiB first showed up in profiles.
         return try [UInt8](unsafeUninitializedCapacity: count) { buf, initialized in
@@ -214,22 +220,16 @@ public final class FileBlockDevice: BlockDevice {
     /// not from this machine's page cache. Where O_DIRECT is refused (tmpfs), the cached pages
     /// of the range are dropped first instead. Offsets and counts are in whole 4 KiB blocks.
     public func readUncached(at offset: UInt64, count: Int) throws -> [UInt8] {
-        let align = 4096
+        let align = Self.directAlignment
         precondition(offset % UInt64(align) == 0 && count % align == 0, "uncached reads are in whole 4 KiB blocks")
         try checkRange("uncached read", offset, count)
-        let direct = open(name, O_RDONLY | O_CLOEXEC | linuxODirect)
+        let direct = directFD >= 0 ? directFD : open(name, O_RDONLY | O_CLOEXEC | linuxODirect)
         guard direct >= 0 else {
             _ = posix_fadvise(fd, off_t(offset), off_t(count), POSIX_FADV_DONTNEED)
             return try read(at: offset, count: count)
         }
-        defer { close(direct) }
-        var raw: UnsafeMutableRawPointer?
-        guard posix_memalign(&raw, align, count) == 0, let raw else {
-            throw StoreError(.io, "\(name): no memory for an aligned read of \(count) bytes")
-        }
-        defer { free(raw) }
-        try readFully(direct, raw, count, at: offset, "uncached read")
-        return [UInt8](UnsafeRawBufferPointer(start: raw, count: count))
+        defer { if direct != directFD { close(direct) } }
+        return try readAligned(direct, at: offset, count: count, "uncached read") { [UInt8]($0) }
     }
 
     /// Asks the kernel to drop this device's clean pages from its page cache, so the next reads

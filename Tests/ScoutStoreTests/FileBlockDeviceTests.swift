@@ -6,7 +6,7 @@ import Testing
 @testable import ScoutStore
 
 /// Direct reads (the metadata device of a mount) must see what buffered writes just wrote,
-/// aligned or not, and reads past the end must fail.
+/// aligned or not, uncached or not, and reads past the end must fail.
 @Suite struct FileBlockDeviceTests {
     @Test func directReadsSeeBufferedWrites() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fbd-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
@@ -24,6 +24,13 @@ import Testing
             #expect(try dev.withBytes(at: 128 << 10, count: 64 << 10) { [UInt8]($0) } == bytes, "round \(round)")
             // Unaligned reads take the buffered path and see the same bytes.
             #expect(try dev.read(at: (128 << 10) + 5, count: 100) == Array(bytes[5..<105]))
+        }
+        // Uncached reads (quorum heartbeats) go through the same direct descriptor, and through
+        // a descriptor of their own on a device opened without direct reads.
+        try dev.flush()
+        let plain = try FileBlockDevice(path: path)
+        for d in [dev, plain] {
+            #expect(try d.readUncached(at: 128 << 10, count: 8 << 10) == Array(block.map { $0 &+ 2 }[0..<(8 << 10)]))
         }
         #expect(throws: StoreError.self) { try dev.withBytes(at: 1 << 20, count: 64 << 10) { $0.count } }
     }
