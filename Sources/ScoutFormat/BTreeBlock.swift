@@ -43,6 +43,15 @@ public struct LeafValue: Hashable, Sendable {
     }
 }
 
+/// A leaf entry's payload as a decoded block holds it: where its value lies in the block's
+/// bytes. 16 bytes, no allocation of its own.
+struct PackedEntry {
+    var seq: UInt64
+    var offset: UInt32
+    var length: UInt16
+    var flags: ItemFlags
+}
+
 /// A btree block decoded into arrays. Layout after the 32-byte header:
 /// ```
 /// level u8, pad[3], nr u32
@@ -51,11 +60,21 @@ public struct LeafValue: Hashable, Sendable {
 /// ```
 /// A parent entry's key is the largest key its child's subtree may hold; the last entry of each
 /// level on the right spine holds `Key.max`, so every key has a child to descend into.
+///
+/// A leaf read from the device keeps its values where they lie, in one copy of the block's
+/// entry bytes, and makes an array of a value only when a reader asks for it: a cold lookup
+/// reads one or two items of a leaf of hundreds, and making hundreds of arrays (then freeing
+/// them when the block leaves the cache) was most of the daemon's CPU per cold block. The first
+/// edit turns the leaf into one array of values, the form edits work on.
 public struct BTreeBlock: Sendable {
     public var level: UInt8
     public var keys: [Key]
-    /// Leaf payloads, parallel to `keys`; empty in parents.
-    public var values: [LeafValue]
+    /// Leaf payloads of an edited leaf, parallel to `keys`; empty in parents and decoded leaves.
+    private var edited: [LeafValue]
+    /// A decoded leaf's payloads, parallel to `keys`, and the bytes their offsets index.
+    private var packed: [PackedEntry]
+    private var packedBytes: [UInt8]
+    private var isPacked: Bool
     /// Child references, parallel to `keys`; empty in leaves.
     public var children: [BlockRef]
     /// Bytes the entries take when encoded (excluding the fixed block prefix).
@@ -70,7 +89,10 @@ public struct BTreeBlock: Sendable {
     public init(level: UInt8) {
         self.level = level
         keys = []
-        values = []
+        edited = []
+        packed = []
+        packedBytes = []
+        isPacked = false
         children = []
         usedBytes = 0
     }
@@ -80,23 +102,56 @@ public struct BTreeBlock: Sendable {
 
     public static func leafEntrySize(_ valueLength: Int) -> Int { leafEntryOverhead + valueLength }
 
+    // MARK: reading leaf payloads
+
+    /// Entry `i`'s payload.
+    public func value(at i: Int) -> LeafValue {
+        guard isPacked else { return edited[i] }
+        let e = packed[i]
+        let start = Int(e.offset)
+        let bytes = packedBytes.withUnsafeBufferPointer { Array(UnsafeBufferPointer(rebasing: $0[start..<start + Int(e.length)])) }
+        return LeafValue(seq: e.seq, flags: e.flags, value: bytes)
+    }
+
+    /// The length of entry `i`'s value, without making it.
+    public func valueLength(at i: Int) -> Int {
+        isPacked ? Int(packed[i].length) : edited[i].value.count
+    }
+
+    /// Every leaf payload, parallel to `keys`; empty in parents.
+    public var values: [LeafValue] {
+        isPacked ? (0..<count).map(value(at:)) : edited
+    }
+
+    /// Edits work on whole values: a decoded leaf makes them all once, at its first edit.
+    private mutating func unpack() {
+        guard isPacked else { return }
+        edited = values
+        packed = []
+        packedBytes = []
+        isPacked = false
+    }
+
     // MARK: editing (callers keep keys sorted; these only maintain the byte count)
 
     public mutating func insertLeaf(_ key: Key, _ value: LeafValue, at i: Int) {
+        unpack()
         keys.insert(key, at: i)
-        values.insert(value, at: i)
+        edited.insert(value, at: i)
         usedBytes += Self.leafEntrySize(value.value.count)
     }
 
     public mutating func replaceLeaf(at i: Int, with value: LeafValue) {
-        usedBytes += value.value.count - values[i].value.count
-        values[i] = value
+        unpack()
+        usedBytes += value.value.count - edited[i].value.count
+        edited[i] = value
     }
 
     public mutating func removeLeaf(at i: Int) {
-        usedBytes -= Self.leafEntrySize(values[i].value.count)
+        unpack()
+        usedBytes -= Self.leafEntrySize(edited[i].value.count)
         keys.remove(at: i)
-        values.remove(at: i)
+        edited.remove(at: i)
     }
 
     public mutating func insertChild(_ key: Key, _ ref: BlockRef, at i: Int) {
@@ -113,12 +168,13 @@ public struct BTreeBlock: Sendable {
 
     /// Splits off the entries from `i` on into a new block of the same level.
     public mutating func split(at i: Int) -> BTreeBlock {
+        unpack()
         var right = BTreeBlock(level: level)
         right.keys = Array(keys[i...])
         keys.removeSubrange(i...)
         if isLeaf {
-            right.values = Array(values[i...])
-            values.removeSubrange(i...)
+            right.edited = Array(edited[i...])
+            edited.removeSubrange(i...)
         } else {
             right.children = Array(children[i...])
             children.removeSubrange(i...)
@@ -130,15 +186,16 @@ public struct BTreeBlock: Sendable {
 
     /// Appends all of `right`'s entries (which sort after ours).
     public mutating func append(contentsOf right: BTreeBlock) {
+        unpack()
         keys += right.keys
-        values += right.values
+        if right.isLeaf { edited += right.values }
         children += right.children
         usedBytes += right.usedBytes
     }
 
     public mutating func recount() {
         if isLeaf {
-            usedBytes = values.reduce(0) { $0 + Self.leafEntrySize($1.value.count) }
+            usedBytes = (0..<count).reduce(0) { $0 + Self.leafEntrySize(valueLength(at: $1)) }
         } else {
             usedBytes = children.count * Self.parentEntrySize
         }
@@ -148,8 +205,8 @@ public struct BTreeBlock: Sendable {
     public func midpoint() -> Int {
         if !isLeaf { return count / 2 }
         var acc = 0
-        for (i, v) in values.enumerated() {
-            acc += Self.leafEntrySize(v.value.count)
+        for i in 0..<count {
+            acc += Self.leafEntrySize(valueLength(at: i))
             if acc * 2 >= usedBytes { return Swift.max(1, Swift.min(i + 1, count - 1)) }
         }
         return count / 2
@@ -169,7 +226,7 @@ public struct BTreeBlock: Sendable {
             for i in 0..<count {
                 keys[i].encode(into: &w)
                 if isLeaf {
-                    let v = values[i]
+                    let v = value(at: i)
                     w.u64(v.seq)
                     w.u8(v.flags.rawValue)
                     w.u16(UInt16(v.value.count))
@@ -204,10 +261,14 @@ public struct BTreeBlock: Sendable {
         if nr > Self.capacity / minEntry { throw FormatError("btree block claims \(nr) entries, more than fit") }
         keys = []
         keys.reserveCapacity(nr)
-        values = []
+        edited = []
+        packed = []
+        packedBytes = []
+        isPacked = level == 0
         children = []
         usedBytes = 0
-        if level == 0 { values.reserveCapacity(nr) } else { children.reserveCapacity(nr) }
+        if level == 0 { packed.reserveCapacity(nr) } else { children.reserveCapacity(nr) }
+        let entriesStart = r.offset
         for i in 0..<nr {
             let key = try Key(decoding: &r)
             if i > 0 && !(keys[i - 1] < key) {
@@ -220,7 +281,8 @@ public struct BTreeBlock: Sendable {
                 if !ItemFlags.known.isSuperset(of: flags) { throw FormatError("item \(key) has unknown flags \(flags.rawValue)") }
                 let len = Int(try r.u16())
                 if len > Item.maxValueLength { throw FormatError("item \(key) value of \(len) bytes exceeds \(Item.maxValueLength)") }
-                values.append(LeafValue(seq: seq, flags: flags, value: try r.raw(len)))
+                packed.append(PackedEntry(seq: seq, offset: UInt32(r.offset - entriesStart), length: UInt16(len), flags: flags))
+                try r.skip(len)
                 usedBytes += Self.leafEntrySize(len)
             } else {
                 let ref = BlockRef(blkno: try r.u64(), seq: try r.u64())
@@ -228,6 +290,10 @@ public struct BTreeBlock: Sendable {
                 children.append(ref)
                 usedBytes += Self.parentEntrySize
             }
+        }
+        if level == 0 {
+            // One copy of the entries' bytes (not the whole block: split leaves are part full).
+            packedBytes = Array(UnsafeRawBufferPointer(rebasing: buf[entriesStart..<r.offset]))
         }
     }
 }

@@ -275,7 +275,7 @@ public struct BTree: Sendable {
     }
 
     private func item(_ leaf: CachedNode, _ i: Int) -> Item {
-        let v = leaf.block.values[i]
+        let v = leaf.block.value(at: i)
         return Item(key: leaf.block.keys[i], seq: v.seq, flags: v.flags, value: v.value)
     }
 }

@@ -191,8 +191,9 @@ private struct Walker {
         }
         if block.isLeaf {
             summary.items += UInt64(block.count)
-            for (i, key) in block.keys.enumerated() {
-                checkItem(key, block.values[i], kind: kind, blkno: ref.blkno)
+            // Only extents are checked item by item; the others' values are not made at all.
+            for (i, key) in block.keys.enumerated() where key.zone == Zone.fs && key.type == ItemType.dataExtent {
+                checkItem(key, block.value(at: i), kind: kind, blkno: ref.blkno)
             }
             return
         }

@@ -22,6 +22,44 @@ import ScoutFormat
         #expect(d.usedBytes == b.usedBytes)
     }
 
+    /// A decoded leaf keeps its values in the block's bytes until its first edit: every edit
+    /// on it must give what the same edit gives on the leaf it was encoded from.
+    @Test func decodedLeavesEditLikeTheBlocksTheyCameFrom() throws {
+        let original = sampleLeaf()
+        let decoded = try BTreeBlock(decoding: original.encode(fsid: 1, seq: 2, blkno: 3))
+        for i in [0, 7, 49] {
+            #expect(decoded.value(at: i) == original.value(at: i))
+            #expect(decoded.valueLength(at: i) == Int(i))
+        }
+        #expect(decoded.midpoint() == original.midpoint())
+
+        let edits: [(inout BTreeBlock) -> Void] = [
+            { $0.insertLeaf(Key(zone: Zone.fs, first: 100, type: ItemType.inode), LeafValue(seq: 1, flags: [], value: [9, 9]), at: 50) },
+            { $0.replaceLeaf(at: 10, with: LeafValue(seq: 77, flags: .delta, value: Array(repeating: 5, count: 300))) },
+            { $0.removeLeaf(at: 0) },
+        ]
+        for edit in edits {
+            var a = original, b = decoded
+            edit(&a)
+            edit(&b)
+            #expect(b.keys == a.keys)
+            #expect(b.values == a.values)
+            #expect(b.usedBytes == a.usedBytes)
+            #expect(b.encode(fsid: 1, seq: 2, blkno: 3) == a.encode(fsid: 1, seq: 2, blkno: 3))
+        }
+
+        var a = original, b = decoded
+        let ar = a.split(at: 20), br = b.split(at: 20)
+        #expect(b.values == a.values && br.values == ar.values && b.usedBytes == a.usedBytes && br.usedBytes == ar.usedBytes)
+        // Appending a decoded right half to an edited left one, and the reverse.
+        var joined = a
+        joined.append(contentsOf: try BTreeBlock(decoding: ar.encode(fsid: 1, seq: 2, blkno: 4)))
+        #expect(joined.values == original.values && joined.usedBytes == original.usedBytes)
+        var joined2 = try BTreeBlock(decoding: a.encode(fsid: 1, seq: 2, blkno: 5))
+        joined2.append(contentsOf: ar)
+        #expect(joined2.keys == original.keys && joined2.values == original.values)
+    }
+
     @Test func parentRoundTrip() throws {
         var b = BTreeBlock(level: 2)
         b.insertChild(Key(zone: 1), BlockRef(blkno: 10, seq: 1), at: 0)
