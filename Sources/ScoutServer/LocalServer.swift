@@ -259,7 +259,7 @@ public final class LocalServer: ServerLink {
         if clientGone {
             for e in rec.dataPool { store.freeData(e) }
             for e in rec.metaPool { store.freeMeta(e) }
-            try store.delete(LogTreeRecord.key(rid: rid), from: .logTrees, forCommit: true)
+            try store.delete(LogTreeRecord.key(rid: rid), from: .logTrees)
         } else {
             try setRecord(rid: rid, LogTreeRecord(root: .empty, items: 0, dataPool: rec.dataPool, metaPool: rec.metaPool))
         }
@@ -270,9 +270,9 @@ public final class LocalServer: ServerLink {
     private func setRecord(rid: UInt64, _ record: LogTreeRecord) throws {
         let key = LogTreeRecord.key(rid: rid)
         if record.root.isEmpty && record.dataPool.isEmpty && record.metaPool.isEmpty {
-            try store.delete(key, from: .logTrees, forCommit: true)
+            try store.delete(key, from: .logTrees)
         } else {
-            try store.insert(Item(key: key, seq: store.txnSeq, value: record.encoded), into: .logTrees, forCommit: true)
+            try store.insert(Item(key: key, seq: store.txnSeq, value: record.encoded), into: .logTrees)
         }
     }
 }

@@ -84,9 +84,9 @@ public enum LogMerge {
         }
         if it.isDeletion {
             if keepTombstones {
-                try store.insert(it, into: .fs, forCommit: true)
+                try store.insert(it, into: .fs)
             } else {
-                try store.delete(it.key, from: .fs, forCommit: true)
+                try store.delete(it.key, from: .fs)
             }
             out.deletions += 1
         } else if it.isDelta {
@@ -94,11 +94,11 @@ public enum LogMerge {
             // the delta keeps hiding it.
             let base = try store.lookup(it.key, in: .fs)
             if let sum = Forest.resolve([it], merged: base) {
-                try store.insert(sum, into: .fs, forCommit: true)
+                try store.insert(sum, into: .fs)
             }
             out.items += 1
         } else {
-            try store.insert(it, into: .fs, forCommit: true)
+            try store.insert(it, into: .fs)
             out.items += 1
         }
     }

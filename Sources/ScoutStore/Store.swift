@@ -225,11 +225,14 @@ public final class Store: NodeWriter {
         try t.insert(item, in: self)
     }
 
+    /// Deletes from a tree, keeping half the margin kept for commits (as the server's own
+    /// bookkeeping does): deleting is how a full device is emptied, and a device filled by
+    /// inserts has only the margin left.
     @discardableResult
-    public func delete(_ key: Key, from id: TreeID, forCommit: Bool = false) throws -> Item? {
+    public func delete(_ key: Key, from id: TreeID) throws -> Item? {
         try usable()
         var t = tree(id)
-        try preflight(t, margin: forCommit ? Self.commitMargin / 2 : Self.commitMargin)
+        try preflight(t, margin: Self.commitMargin / 2)
         defer { setTree(id, t) }
         return try t.delete(key, in: self)
     }
