@@ -103,7 +103,7 @@ public struct BTree: Sendable {
         } else {
             leaf.block.insertLeaf(item.key, value, at: i)
         }
-        try splitUpwards(&path, &leaf, in: store)
+        try splitUpwards(&path, &leaf, changedAt: i, in: store)
     }
 
     /// Removes the item stored under `key` and returns it; nil (and no block dirtied) if absent.
@@ -204,15 +204,27 @@ public struct BTree: Sendable {
         block.keys.last ?? .min
     }
 
-    private mutating func splitUpwards(_ path: inout [(node: CachedNode, index: Int)], _ node: inout CachedNode, in store: some NodeWriter) throws {
+    /// Splits the blocks on the path that overflowed, from `node` (whose entry `changedAt`
+    /// the edit inserted or replaced) up. A block overflowed by its last entry keeps all the
+    /// others and gives the last one a new block: commits and merges insert in key order, and
+    /// halving each block they fill would leave every block they wrote half empty for good
+    /// (the tree twice the size, half as much of it in the cache).
+    private mutating func splitUpwards(_ path: inout [(node: CachedNode, index: Int)], _ node: inout CachedNode, changedAt: Int,
+                                       in store: some NodeWriter) throws {
+        var changed = changedAt
         while node.block.usedBytes > store.nodeCapacity {
             let right = try store.newNode(level: node.block.level)
-            right.block = node.block.split(at: node.block.midpoint())
+            let last = node.block.count - 1
+            let lastBytes = node.block.isLeaf ? BTreeBlock.leafEntrySize(node.block.valueLength(at: last)) : BTreeBlock.parentEntrySize
+            let appended = changed == last && last > 0 && node.block.usedBytes - lastBytes <= store.nodeCapacity
+            let at = appended ? last : node.block.midpoint()
+            right.block = node.block.split(at: at)
             let leftBound = Self.bound(of: node.block)
             if let (parent, i) = path.popLast() {
                 let rightBound = parent.block.keys[i]
                 parent.block.keys[i] = leftBound
                 parent.block.insertChild(rightBound, right.ref, at: i + 1)
+                changed = i + 1
                 node = parent
             } else {
                 guard root.height < BTreeBlock.maxLevel + 1 else {

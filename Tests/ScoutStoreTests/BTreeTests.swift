@@ -29,6 +29,27 @@ import ScoutFormat
         #expect(Checker.check(meta: m, data: d).problems == [])
     }
 
+    /// Commits and merges insert in key order: the blocks that fills must end up nearly full,
+    /// not halved at each split (which left them half empty for good), and inserts in random
+    /// order must still split evenly.
+    @Test func inOrderInsertsFillTheirBlocks() throws {
+        func fill(order: [UInt64]) throws -> Double {
+            let (m, d) = Fixture.devices()
+            let s = try Fixture.format(m, d)
+            for n in order { try s.insert(Item(key: Fixture.key(n), seq: 1, value: [UInt8](repeating: UInt8(n & 0xff), count: 100)), into: .fs) }
+            try s.commit()
+            for n in order.prefix(50) { #expect(try s.lookup(Fixture.key(n), in: .fs)?.value.first == UInt8(n & 0xff)) }
+            #expect(Checker.check(meta: m, data: d).problems == [])
+            let bytes = Double(order.count * BTreeBlock.leafEntrySize(100))
+            return bytes / Double(try s.tree(.fs).blockCount(in: s) * Fixture.smallNodes.nodeCapacity)
+        }
+        let inOrder = try fill(order: Array(1...5000))
+        #expect(inOrder > 0.9, "in-order inserts filled blocks to \(inOrder)")
+        var g = SplitMix64(seed: 7)
+        let random = try fill(order: Array(1...5000).shuffled(using: &g))
+        #expect(random > 0.55 && random < 0.9, "random inserts filled blocks to \(random)")
+    }
+
     @Test func valueLongerThanTheLimitIsRefused() throws {
         let (m, d) = Fixture.devices()
         let s = try Fixture.format(m, d)
