@@ -113,13 +113,17 @@ public struct SortedKeyMap<Value> {
         var c = chunkIndex(for: start)
         var i = Self.lowerBound(chunks[c], start)
         while c < chunks.count {
-            let chunk = chunks[c]
-            while i < chunk.count {
-                let e = chunk[i]
-                if e.key > end { return }
-                if try !body(e.key, e.value) { return }
-                i += 1
+            // Through the buffer, entries reach `body` borrowed: a copy of each (a retain and
+            // release of its value) was a good part of listing a large directory.
+            let stop = try chunks[c].withUnsafeBufferPointer { chunk in
+                while i < chunk.count {
+                    if chunk[i].key > end { return true }
+                    if try !body(chunk[i].key, chunk[i].value) { return true }
+                    i += 1
+                }
+                return false
             }
+            if stop { return }
             c += 1
             i = 0
         }

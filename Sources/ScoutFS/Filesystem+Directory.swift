@@ -308,24 +308,41 @@ extension FSCore {
 
     /// Entries from `offset` on: 0 is ".", 1 is "..", then entries by readdir position.
     func readdir(_ dir: UInt64, offset: UInt64, limit: Int, stream: DirectoryStream?) throws -> [DirectoryEntry] {
-        let rec = try directory(dir)
-        if let stream, offset == 0 || stream.end == 0 { stream.end = rec.nextReaddirPos }
-        let end = stream?.end ?? .max
         var out: [DirectoryEntry] = []
-        if offset == 0 { out.append(DirectoryEntry(ino: dir, type: rec.direntType, name: [UInt8(ascii: ".")], nextOffset: 1)) }
-        if offset <= 1 {
-            let up = try parent(of: dir) ?? dir
-            out.append(DirectoryEntry(ino: up, type: UInt8(DT_DIR), name: [UInt8(ascii: "."), UInt8(ascii: ".")], nextOffset: 2))
-        }
-        guard out.count < limit else { return Array(out.prefix(limit)) }
-        guard max(offset, 2) < end else { return out }
-        for it in try range(Keys.readdir(dir, max(offset, 2)), Keys.readdir(dir, end - 1), limit: limit - out.count) {
-            let e = try DirentRecord(decoding: it.value)
-            out.append(DirectoryEntry(ino: e.ino, type: e.type, name: e.name, nextOffset: it.key.second + 1))
+        guard limit > 0 else { return out }
+        try forEachEntry(dir, offset: offset, stream: stream) { ino, type, name, next in
+            out.append(DirectoryEntry(ino: ino, type: type, name: Array(name), nextOffset: next))
+            return out.count < limit
         }
         return out
     }
+
+    /// Calls `emit` with each entry from `offset` on, as `readdir` lists them, until it returns
+    /// false; the name is lent for the call only (see `DirentRecord.withFields`).
+    func forEachEntry(_ dir: UInt64, offset: UInt64, stream: DirectoryStream?, _ emit: DirectoryEntryVisitor) throws {
+        let rec = try directory(dir)
+        if let stream, offset == 0 || stream.end == 0 { stream.end = rec.nextReaddirPos }
+        let end = stream?.end ?? .max
+        if offset == 0 {
+            guard try Self.dot.withUnsafeBytes({ try emit(dir, rec.direntType, $0, 1) }) else { return }
+        }
+        if offset <= 1 {
+            let up = try parent(of: dir) ?? dir
+            guard try Self.dotDot.withUnsafeBytes({ try emit(up, UInt8(DT_DIR), $0, 2) }) else { return }
+        }
+        guard max(offset, 2) < end else { return }
+        try scan(Keys.readdir(dir, max(offset, 2)), Keys.readdir(dir, end - 1)) { it in
+            try DirentRecord.withFields(of: it.value) { ino, type, name in try emit(ino, type, name, it.key.second + 1) }
+        }
+    }
+
+    static let dot: [UInt8] = [UInt8(ascii: ".")]
+    static let dotDot: [UInt8] = [UInt8(ascii: "."), UInt8(ascii: ".")]
 }
+
+/// What a directory listing calls for each entry: its inode number, `DT_*` type, name (lent
+/// for the call) and the offset that continues after it; returns whether to go on.
+public typealias DirectoryEntryVisitor = (_ ino: UInt64, _ type: UInt8, _ name: UnsafeRawBufferPointer, _ nextOffset: UInt64) throws -> Bool
 
 extension Filesystem {
     public func getattr(_ ino: UInt64) throws(Errno) -> Attributes {
@@ -433,6 +450,14 @@ extension Filesystem {
         var plan = LockPlan()
         plan.read(dir)
         return try locked(.reads, plan) { try $0.readdir(dir, offset: offset, limit: limit, stream: stream) }
+    }
+
+    /// readdir without an array: `emit` gets each entry in turn, under the directory's lock,
+    /// until it returns false (a reply buffer that is full). It must not call the filesystem.
+    public func readdir(_ dir: UInt64, offset: UInt64, stream: DirectoryStream? = nil, _ emit: DirectoryEntryVisitor) throws(Errno) {
+        var plan = LockPlan()
+        plan.read(dir)
+        try locked(.reads, plan) { try $0.forEachEntry(dir, offset: offset, stream: stream, emit) }
     }
 
     /// readdir with attributes; takes a lookup reference on each entry returned except . and ..

@@ -262,23 +262,26 @@ func directoryStream(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> DirectorySt
 func fillDirectory(_ req: fuse_req_t?, _ ino: fuse_ino_t, size: Int, offset: off_t, plus: Bool, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
     let fsys = fs(req)
     let stream = directoryStream(fi)
-    // The smallest entry takes 24 bytes plus its name (more with attributes): ask for enough.
-    let limit = size / (plus ? 160 : 32) + 2
-    var buf = [CChar](repeating: 0, count: size)
+    let buf = UnsafeMutableRawPointer.allocate(byteCount: max(size, 1), alignment: 8)
+    defer { buf.deallocate() }
     var used = 0
+    // libfuse takes names NUL-terminated; one scratch copy serves every entry of the reply.
+    let name = UnsafeMutablePointer<CChar>.allocate(capacity: DirentRecord.maxNameLength + 1)
+    defer { name.deallocate() }
+    func terminated(_ bytes: UnsafeRawBufferPointer) -> UnsafeMutablePointer<CChar> {
+        let n = min(bytes.count, DirentRecord.maxNameLength)
+        if n > 0 { UnsafeMutableRawPointer(name).copyMemory(from: bytes.baseAddress!, byteCount: n) }
+        name[n] = 0
+        return name
+    }
     do {
         if plus {
-            let entries = try fsys.readdirPlus(ino, offset: try fileOffset(offset), limit: limit, stream: stream)
+            // The smallest entry with attributes takes about 160 bytes: ask for enough.
+            let entries = try fsys.readdirPlus(ino, offset: try fileOffset(offset), limit: size / 160 + 2, stream: stream)
             var added = 0
             for (e, a) in entries {
                 var param = entry(of: a)
-                let name = e.name + [0]
-                let n = name.withUnsafeBufferPointer { nm in
-                    buf.withUnsafeMutableBufferPointer { b in
-                        fuse_add_direntry_plus(req, b.baseAddress! + used, size - used,
-                                               UnsafeRawPointer(nm.baseAddress!).assumingMemoryBound(to: CChar.self), &param, off_t(e.nextOffset))
-                    }
-                }
+                let n = e.name.withUnsafeBytes { fuse_add_direntry_plus(req, buf + used, size - used, terminated($0), &param, off_t(e.nextOffset)) }
                 if n > size - used { break }
                 used += n
                 added += 1
@@ -288,22 +291,17 @@ func fillDirectory(_ req: fuse_req_t?, _ ino: fuse_ino_t, size: Int, offset: off
             let unsent = entries[added...].filter { $0.0.nextOffset > 2 }.map { (ino: $0.0.ino, count: UInt64(1)) }
             if !unsent.isEmpty { try? fsys.forget(unsent) }
         } else {
-            for e in try fsys.readdir(ino, offset: try fileOffset(offset), limit: limit, stream: stream) {
+            try fsys.readdir(ino, offset: try fileOffset(offset), stream: stream) { ino, type, entryName, next in
                 var st = Glibc.stat()
-                st.st_ino = UInt(e.ino)
-                st.st_mode = UInt32(e.type) << 12
-                let name = e.name + [0]
-                let n = name.withUnsafeBufferPointer { nm in
-                    buf.withUnsafeMutableBufferPointer { b in
-                        fuse_add_direntry(req, b.baseAddress! + used, size - used,
-                                          UnsafeRawPointer(nm.baseAddress!).assumingMemoryBound(to: CChar.self), &st, off_t(e.nextOffset))
-                    }
-                }
-                if n > size - used { break }
+                st.st_ino = UInt(ino)
+                st.st_mode = UInt32(type) << 12
+                let n = fuse_add_direntry(req, buf + used, size - used, terminated(entryName), &st, off_t(next))
+                if n > size - used { return false }
                 used += n
+                return true
             }
         }
-        buf.withUnsafeBufferPointer { b in _ = fuse_reply_buf(req, b.baseAddress, used) }
+        _ = fuse_reply_buf(req, buf, used)
     } catch {
         replyErr(req, error)
     }

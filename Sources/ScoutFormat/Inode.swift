@@ -124,7 +124,7 @@ public struct DirentRecord: Hashable, Sendable {
     }
 
     public var encoded: [UInt8] {
-        var w = ByteWriter(capacity: 9 + name.count)
+        var w = ByteWriter(capacity: Self.nameOffset + name.count)
         w.u64(ino)
         w.u8(type)
         w.raw(name)
@@ -132,12 +132,34 @@ public struct DirentRecord: Hashable, Sendable {
     }
 
     public init(decoding bytes: [UInt8]) throws(FormatError) {
-        var r = ByteReader(bytes, what: "directory entry")
-        ino = try r.u64()
-        type = try r.u8()
-        name = try r.raw(r.remaining)
-        if name.isEmpty || name.count > Self.maxNameLength {
-            throw FormatError("directory entry name of \(name.count) bytes")
+        (ino, type) = try Self.header(of: bytes)
+        name = Array(bytes[Self.nameOffset...])
+    }
+
+    /// Where the name starts: after the inode number and the type.
+    static let nameOffset = 9
+
+    /// Checks an encoded entry's length: a name of 1 to `maxNameLength` bytes after the header.
+    static func checkLength(of bytes: [UInt8]) throws(FormatError) {
+        let nameLength = bytes.count - nameOffset
+        guard nameLength >= 1, nameLength <= maxNameLength else {
+            throw FormatError("directory entry of \(bytes.count) bytes: its name must take 1 to \(maxNameLength)")
+        }
+    }
+
+    /// The inode number and type of an encoded entry, once its length is checked.
+    static func header(of bytes: [UInt8]) throws(FormatError) -> (ino: UInt64, type: UInt8) {
+        try checkLength(of: bytes)
+        return bytes.withUnsafeBytes { (UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)), $0[8]) }
+    }
+
+    /// Reads an encoded entry's inode number and type and lends `body` its name in place:
+    /// listing a directory hands thousands of names straight on to the kernel's buffer, and
+    /// an array for each would cost more than the rest of the listing.
+    public static func withFields<R>(of bytes: [UInt8], _ body: (_ ino: UInt64, _ type: UInt8, _ name: UnsafeRawBufferPointer) throws -> R) throws -> R {
+        try checkLength(of: bytes)
+        return try bytes.withUnsafeBytes { raw in
+            try body(UInt64(littleEndian: raw.loadUnaligned(as: UInt64.self)), raw[8], UnsafeRawBufferPointer(rebasing: raw[nameOffset...]))
         }
     }
 }

@@ -160,6 +160,39 @@ import Testing
         #expect(try m.check().status == 0)
     }
 
+    /// Listings through the kernel return every name whole, from 1 to 255 bytes and in
+    /// UTF-8, whether the reply carries attributes (the first) or not (the rest), and with
+    /// d_type.
+    @Test func listingsReturnEveryNameWhole() throws {
+        let m = try TestMount()
+        defer { m.cleanup() }
+        try m.mount()
+        let dir = m.path("names")
+        try Sys.check(mkdir(dir, 0o755), "mkdir")
+        var want: [String: UInt8] = [:]
+        for length in 1...255 {
+            let name = String(repeating: length % 2 == 0 ? "n" : "é", count: length % 2 == 0 ? length : length / 2) + (length % 2 == 0 ? "" : "x")
+            if length % 7 == 0 {
+                try Sys.check(mkdir("\(dir)/\(name)", 0o755), "mkdir \(length)")
+                want[name] = UInt8(DT_DIR)
+            } else {
+                close(try Sys.check(open("\(dir)/\(name)", O_CREAT | O_WRONLY, 0o644), "create \(length)"))
+                want[name] = UInt8(DT_REG)
+            }
+        }
+        for pass in 0..<2 {
+            guard let d = opendir(dir) else { throw Sys.Failure(call: "opendir", errno: errno) }
+            var got: [String: UInt8] = [:]
+            while let e = readdir(d) {
+                let name = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+                if name != "." && name != ".." { #expect(got.updateValue(e.pointee.d_type, forKey: name) == nil, "\(name) twice") }
+            }
+            closedir(d)
+            #expect(got == want, "pass \(pass)")
+        }
+        try m.unmount()
+    }
+
     @Test func secondMountStatusAndSigterm() throws {
         let m = try TestMount()
         defer { m.cleanup() }
