@@ -33,8 +33,7 @@ public final class Committer: Sendable {
         let t = try JoinableThread("the commit timer") { [self] in loop() }
         thread.withLock { $0 = t }
         // Operations past the dirty limit wake this thread instead of committing themselves.
-        let wake = wake
-        fs.backgroundCommit.withLock { $0 = { wake.unpark() } }
+        fs.backgroundCommit.withLock { $0 = wake }
     }
 
     /// Stops the timer and waits for a commit in progress and its `published` call, so nothing

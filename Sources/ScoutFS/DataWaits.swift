@@ -78,9 +78,9 @@ final class DataWaits: Sendable {
     private let count = Atomic(0)
     /// Says when the mount is going away: waiters then give up (EIO) instead of holding the
     /// request threads that the session's shutdown joins.
-    private let abandoned = Mutex<(@Sendable () -> Bool)?>(nil)
+    private let abandoned = Mutex<Callback<Void, Bool>?>(nil)
 
-    func setAbandonCheck(_ check: @escaping @Sendable () -> Bool) { abandoned.withLock { $0 = check } }
+    func setAbandonCheck(_ check: @escaping @Sendable () -> Bool) { abandoned.withLock { $0 = Callback(check) } }
 
     var hasWaiters: Bool { count.load(ordering: .relaxed) > 0 }
 
@@ -115,7 +115,7 @@ final class DataWaits: Sendable {
             if let error { throw Errno(rawValue: error) }
             if woken { return }
             if cancel?.isCancelled == true { throw Errno.interrupted }
-            if abandoned.withLock({ $0 })?() == true { throw Errno.ioError }
+            if abandoned.withLock({ $0 })?.call(()) == true { throw Errno.ioError }
             // Woken by a change, an error or a cancel; the timeout only notices a shutdown.
             _ = t.parker.park(seconds: 1)
         }

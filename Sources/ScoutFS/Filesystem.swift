@@ -249,8 +249,8 @@ public final class Filesystem: Sendable {
         let (dirty, allocatable) = cluster.items.commitPressure
         let limit = min(options.dirtyBlockLimit, Int(allocatable / 8))
         guard dirty >= limit else { return }
-        if dirty < 2 * limit, let kick = backgroundCommit.withLock({ $0 }) {
-            kick()
+        if dirty < 2 * limit, let committer = backgroundCommit.withLock({ $0 }) {
+            committer.unpark()
             return
         }
         // Another thread may have committed meanwhile.
@@ -259,7 +259,7 @@ public final class Filesystem: Sendable {
     }
 
     /// Wakes the commit thread (`Committer` sets it while it runs).
-    let backgroundCommit = Mutex<(@Sendable () -> Void)?>(nil)
+    let backgroundCommit = Mutex<Parker?>(nil)
 
     /// A commit, with its failure mapped to an errno and a log line.
     func commitNow(merge: Bool = false, returnPool: Bool = false) throws(Errno) {
@@ -323,8 +323,8 @@ public final class Filesystem: Sendable {
 
     /// Lines for the mount's log (errors a FUSE reply can only show as an errno).
     public var logSink: (@Sendable (String) -> Void)? {
-        get { shared.logSink.withLock { $0 } }
-        set { shared.logSink.withLock { $0 = newValue } }
+        get { shared.logSink.withLock { $0 }?.call }
+        set { shared.logSink.withLock { $0 = newValue.map(Callback.init) } }
     }
 
     private func createRootIfMissing() throws {
@@ -395,7 +395,7 @@ final class FSShared: Sendable {
     let local: LocalCluster
     let waits = DataWaits()
     let refs = Mutex(InodeRefs())
-    let logSink = Mutex<(@Sendable (String) -> Void)?>(nil)
+    let logSink = Mutex<Callback<String, Void>?>(nil)
 
     init(store: Store, server: LocalServer, cluster: ClusterClient, local: LocalCluster) {
         self.store = store
@@ -410,7 +410,7 @@ final class FSShared: Sendable {
     }
 
     func log(_ s: String) {
-        if let sink = logSink.withLock({ $0 }) { sink(s) }
+        logSink.withLock { $0 }?.call(s)
     }
 }
 

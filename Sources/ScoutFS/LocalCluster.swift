@@ -29,9 +29,9 @@ public final class LocalCluster: Sendable {
     let mergeReports = ReportSink()
 
     final class ReportSink: Sendable {
-        private let target = Mutex<(@Sendable (String) -> Void)?>(nil)
-        func setIfUnset(_ t: @escaping @Sendable (String) -> Void) { target.withLock { if $0 == nil { $0 = t } } }
-        func report(_ message: String) { target.withLock { $0 }?(message) }
+        private let target = Mutex<Callback<String, Void>?>(nil)
+        func setIfUnset(_ t: @escaping @Sendable (String) -> Void) { target.withLock { if $0 == nil { $0 = Callback(t) } } }
+        func report(_ message: String) { target.withLock { $0 }?.call(message) }
     }
 
     /// What the merge thread reaches: only ever with the store lock held.

@@ -15,6 +15,8 @@ import Darwin
 /// sanitizer sees pthread mutexes, while `Synchronization.Mutex` hands a contended lock over
 /// in its uninstrumented futex slow path, so the sanitizer reported races inside correctly
 /// locked sections.
+///
+/// Keep a closure in it through a `Callback`, never as the value itself (`Callback` says why).
 public final class BlockingMutex<Value>: @unchecked Sendable {
     // @unchecked: `storage` is only touched with `mutex` held.
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>

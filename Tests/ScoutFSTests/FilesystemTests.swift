@@ -33,6 +33,19 @@ import Testing
         }
     }
 
+    /// Hooks kept in a mutex are read on hot paths (the log sink on every line, the commit
+    /// wake-up on every operation past the dirty limit): a read must leave the hook as it was.
+    /// Kept as a bare closure, each read wrapped it in two more thunks (`Callback`), so after
+    /// a million reads one call went two million calls deep and overflowed the stack.
+    @Test func hooksStayAsTheyWereHoweverOftenRead() throws {
+        let fs = try mount()
+        let lines = Mutex<[String]>([])
+        fs.logSink = { line in lines.withLock { $0.append(line) } }
+        for _ in 0..<1_000_000 { _ = fs.logSink }
+        fs.logSink?("one line")
+        #expect(lines.withLock { $0 } == ["one line"])
+    }
+
     /// readdirplus hands the kernel references; they must be taken while the entries are read,
     /// or an unlink in between frees an inode the kernel then holds.
     @Test func readdirPlusTakesItsReferencesUnderTheSameLock() throws {
