@@ -178,7 +178,7 @@ extension FSCore {
         try putInode(ino, &target)
         if wasOrphan {
             try remove(Keys.orphan(ino))
-            shared.refs.withLock { _ = $0.unlinked.remove(ino) }
+            shared.refs.withLock(ino) { _ = $0.unlinked.remove(ino) }
         }
         parent.mtime = now
         parent.ctime = now
@@ -194,7 +194,7 @@ extension FSCore {
         try putInode(ino, &rec)
         if rec.nlink == 0 {
             try put(Keys.orphan(ino), [])
-            shared.refs.withLock { _ = $0.unlinked.insert(ino) }
+            shared.refs.withLock(ino) { _ = $0.unlinked.insert(ino) }
             try freeIfUnused(ino)
         }
     }
@@ -369,7 +369,7 @@ extension Filesystem {
     /// except for an inode whose last reference this was and which has no links left, freed
     /// by an operation of its own.
     public func forget(_ entries: [(ino: UInt64, count: UInt64)]) throws(Errno) {
-        let freeable = shared.refs.withLock { r in entries.filter { r.forget($0.ino, $0.count) }.map(\.ino) }
+        let freeable = entries.filter { shared.refs.forget($0.ino, $0.count) }.map(\.ino)
         for ino in freeable { try freeIfUnused(ino) }
     }
 

@@ -398,7 +398,7 @@ extension FSCore {
             }
             try putInode(ino, &rec)
         }
-        shared.refs.withLock { $0.openCount[ino, default: 0] += 1 }
+        shared.refs.withLock(ino) { $0.openCount[ino, default: 0] += 1 }
     }
 
     func stats() -> FilesystemStats {
@@ -446,7 +446,7 @@ extension Filesystem {
 
     /// Ends an open; the last close of an unlinked inode frees it.
     public func release(_ ino: UInt64) throws(Errno) {
-        if shared.refs.withLock({ $0.close(ino) }) { try freeIfUnused(ino) }
+        if shared.refs.withLock(ino, { $0.close(ino) }) { try freeIfUnused(ino) }
     }
 
     /// Reads file data. Only the extent lookup holds the transaction and the group's turn; the

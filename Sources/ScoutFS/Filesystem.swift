@@ -394,7 +394,7 @@ final class FSShared: Sendable {
     /// The other clients in this process, asked before an unlinked inode is freed.
     let local: LocalCluster
     let waits = DataWaits()
-    let refs = Mutex(InodeRefs())
+    let refs = InodeReferences()
     let logSink = Mutex<Callback<String, Void>?>(nil)
 
     init(store: Store, server: LocalServer, cluster: ClusterClient, local: LocalCluster) {
@@ -414,7 +414,53 @@ final class FSShared: Sendable {
     }
 }
 
-/// References that keep an inode alive past its last link.
+/// The references that keep inodes alive past their last link, in shards by inode group:
+/// every open, close, lookup and forget of the mount takes one, and threads working in
+/// directories of their own (inode groups of their own) must not meet here. One mutex for
+/// all was where two threads creating in their own directories waited most.
+final class InodeReferences: Sendable {
+    static let shardCount = 64
+    private let shards: [Mutex<InodeRefs>] = (0..<InodeReferences.shardCount).map { _ in Mutex(InodeRefs()) }
+    /// What the kernel caches, kept once other clients can change it (`trackKernel`); taken
+    /// only inside a shard's mutex or alone, so an inode's count and names change together.
+    private let kernel = Mutex<KernelNames?>(nil)
+    private let tracksKernel = Atomic(false)
+
+    /// Runs `body` on the references of `ino`'s shard.
+    func withLock<T>(_ ino: UInt64, _ body: (inout InodeRefs) throws -> T) rethrows -> T {
+        try shards[Int((ino / LockRange.groupSize) % UInt64(Self.shardCount))].withLock { try body(&$0) }
+    }
+
+    /// The kernel now holds one more reference to `ino`, found as `name` in `parent` if given.
+    func noteLookup(_ ino: UInt64, in parent: UInt64?, name: [UInt8]?) {
+        withLock(ino) { r in
+            r.lookupCount[ino, default: 0] += 1
+            if tracksKernel.load(ordering: .acquiring) { kernel.withLock { $0?.note(ino, in: parent, name: name) } }
+        }
+    }
+
+    /// Drops `n` of the kernel's references to `ino`; true when the inode may now be freed.
+    func forget(_ ino: UInt64, _ n: UInt64) -> Bool {
+        withLock(ino) { r in
+            let (forgotten, unused) = r.forget(ino, n)
+            if forgotten && tracksKernel.load(ordering: .acquiring) { kernel.withLock { $0?.forget(ino) } }
+            return unused
+        }
+    }
+
+    /// Keeps what the kernel caches from now on.
+    func trackKernel() {
+        kernel.withLock { if $0 == nil { $0 = KernelNames() } }
+        tracksKernel.store(true, ordering: .releasing)
+    }
+
+    /// What the kernel caches under inode group `group`'s lock.
+    func kernelCached(inGroup group: UInt64) -> (inodes: [UInt64], names: [(parent: UInt64, name: [UInt8])]) {
+        kernel.withLock { $0?.cached(inGroup: group) ?? ([], []) }
+    }
+}
+
+/// The references of one shard of inodes (`InodeReferences`).
 struct InodeRefs {
     /// Handles open per inode: an unlinked inode lives until its last close.
     var openCount: [UInt64: Int] = [:]
@@ -424,29 +470,27 @@ struct InodeRefs {
     /// ones a close or forget can free. Checking here first spares the inode read on every
     /// forget, which matters when the kernel drops a million cached inodes at once.
     var unlinked = Set<UInt64>()
-    /// What the kernel caches, by inode group, when other clients can change it (nil alone).
-    var kernel: KernelNames?
 
     /// Nothing holds `ino` but its links, and it has none.
     func isUnused(_ ino: UInt64) -> Bool {
         unlinked.contains(ino) && (openCount[ino] ?? 0) == 0 && (lookupCount[ino] ?? 0) == 0
     }
 
-    /// Drops `n` of the kernel's references; true when the inode may now be freed.
-    mutating func forget(_ ino: UInt64, _ n: UInt64) -> Bool {
-        guard let have = lookupCount[ino] else { return false }
+    /// Drops `n` of the kernel's references: whether the kernel now holds none, and whether
+    /// the inode may now be freed.
+    mutating func forget(_ ino: UInt64, _ n: UInt64) -> (forgotten: Bool, unused: Bool) {
+        guard let have = lookupCount[ino] else { return (false, false) }
         if have <= n {
             lookupCount[ino] = nil
-            kernel?.forget(ino)
             // A dictionary never gives back its storage; once the kernel has forgotten most of
             // what it once held, rebuild the table at its present size.
             if lookupCount.capacity > 4096 && lookupCount.count < lookupCount.capacity / 8 {
                 lookupCount = Dictionary(minimumCapacity: lookupCount.count * 2).merging(lookupCount) { a, _ in a }
             }
-        } else {
-            lookupCount[ino] = have - n
+            return (true, isUnused(ino))
         }
-        return isUnused(ino)
+        lookupCount[ino] = have - n
+        return (false, isUnused(ino))
     }
 
     /// `ino` is held here, which a client that unlinked it elsewhere asks before freeing it:
@@ -601,10 +645,7 @@ final class FSCore {
 
     /// The kernel now holds a reference to `ino`, found as `name` in `parent` when given.
     func noteLookup(_ ino: UInt64, in parent: UInt64? = nil, name: [UInt8]? = nil) {
-        shared.refs.withLock { r in
-            r.lookupCount[ino, default: 0] += 1
-            r.kernel?.note(ino, in: parent, name: name)
-        }
+        shared.refs.noteLookup(ino, in: parent, name: name)
     }
 
     /// Deletes an inode with no links once no handle and no kernel reference remain (the
@@ -612,16 +653,16 @@ final class FSCore {
     /// the inode's group lock, which this operation holds for writing, so none can appear
     /// between the check and the delete.
     func freeIfUnused(_ ino: UInt64) throws {
-        guard ino != Self.rootIno, shared.refs.withLock({ $0.isUnused(ino) }), !shared.heldElsewhere(ino) else { return }
+        guard ino != Self.rootIno, shared.refs.withLock(ino, { $0.isUnused(ino) }), !shared.heldElsewhere(ino) else { return }
         guard let r = try? inode(ino), r.nlink == 0 else {
-            shared.refs.withLock { _ = $0.unlinked.remove(ino) }
+            shared.refs.withLock(ino) { _ = $0.unlinked.remove(ino) }
             return
         }
         try deleteInode(ino)
     }
 
     func deleteInode(_ ino: UInt64) throws {
-        shared.refs.withLock { _ = $0.unlinked.remove(ino) }
+        shared.refs.withLock(ino) { _ = $0.unlinked.remove(ino) }
         if let r = try? inode(ino) { try removeIndexItems(ino, r) }
         try truncateExtents(ino, fromBlock: 0)
         for it in try range(Keys.first(ino), Keys.last(ino)) {

@@ -61,11 +61,11 @@ extension Filesystem {
     /// tracked for a client alone in its cluster).
     public func invalidateKernelCaches(through target: any KernelInvalidation) {
         guard localCluster.several else { return }
-        shared.refs.withLock { if $0.kernel == nil { $0.kernel = KernelNames() } }
+        shared.refs.trackKernel()
         let refs = shared.refs
         cluster.addDropHook { range in
             guard range.start.zone == Zone.fs, range == LockRange.inodeGroup(range.start.first) else { return }
-            let (inodes, names) = refs.withLock { $0.kernel?.cached(inGroup: range.start.first / LockRange.groupSize) ?? ([], []) }
+            let (inodes, names) = refs.kernelCached(inGroup: range.start.first / LockRange.groupSize)
             for n in names { target.invalidateEntry(n.parent, n.name) }
             for ino in inodes { target.invalidateInode(ino) }
         }

@@ -123,7 +123,7 @@ public final class LocalCluster: Sendable {
     func heldElsewhere(_ ino: UInt64, by id: UInt64) -> Bool {
         let others = members.withLock { m in m.filter { $0.key != id }.compactMap(\.value.shared) }
         var held = false
-        for s in others where s.refs.withLock({ r in r.takeUnlinked(ino) }) { held = true }
+        for s in others where s.refs.withLock(ino, { r in r.takeUnlinked(ino) }) { held = true }
         return held
     }
 }
