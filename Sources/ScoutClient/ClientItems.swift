@@ -184,6 +184,10 @@ public final class ClientItems: @unchecked Sendable {
     /// Changes made after a commit's switch carry at least this seq, one above the seq the
     /// committing transaction's changes carry.
     private let seqFloor = Atomic<UInt64>(0)
+    /// The commit estimate of the changes a commit in flight took at its switch: they stay
+    /// dirty in the cache until it ends, but the next commit's trigger counts only what came
+    /// after them.
+    private let inFlightEstimate = Atomic<Int>(0)
     /// `sharesStore`: other clients record log trees in the same store, and reads see them;
     /// they must then share `storeLock` too.
     public init(store: Store, server: any ServerLink, rid: UInt64, cacheBytes: Int = 256 << 20, sharesStore: Bool = false,
@@ -380,10 +384,12 @@ public final class ClientItems: @unchecked Sendable {
     public var dirtyBlocks: Int { commitPressure.dirty }
 
     /// `dirtyBlocks` and the metadata blocks left to allocate, as of the last release of the
-    /// store lock (the dirty limit checks both after every operation).
+    /// store lock (the dirty limit checks both after every operation). Changes a commit in
+    /// flight writes do not count: were they to, every operation while it writes would find
+    /// the limit passed and start (or wait to start) another commit at once.
     public var commitPressure: (dirty: Int, allocatableMeta: UInt64) {
         let s = space
-        return (s.dirtyBlocks + cache.commitBlockEstimate, s.metaAllocatable)
+        return (s.dirtyBlocks + max(0, cache.commitBlockEstimate - inFlightEstimate.load(ordering: .relaxed)), s.metaAllocatable)
     }
 
     /// A whole commit, switch and write, for a caller with nothing running beside it.
@@ -411,6 +417,7 @@ public final class ClientItems: @unchecked Sendable {
             return (pool.takeFreed(), pool.avail)
         }
         let snap = cache.dirtySnapshot()
+        inFlightEstimate.store(cache.commitBlockEstimate, ordering: .relaxed)
         if !snap.isEmpty || !freed.isEmpty { seqFloor.store(server.transactionSeq + 1, ordering: .releasing) }
         return PendingCommit(snap: snap, freed: freed, pool: avail, returnPool: returnPool)
     }
@@ -424,7 +431,9 @@ public final class ClientItems: @unchecked Sendable {
     /// followed. One commit at a time (the caller's commit turn); operations may run meanwhile.
     @discardableResult
     public func finishCommit(_ p: PendingCommit, merge: Bool = false) throws -> UInt64 {
-        try logTurn.withLock { _ in
+        // Written or not, its changes count again: what failed stays dirty for the next one.
+        defer { inFlightEstimate.store(0, ordering: .relaxed) }
+        return try logTurn.withLock { _ in
             let needed = try withStore {
                 try followRecord()
                 guard store.hasChanges || !p.snap.isEmpty || !p.freed.isEmpty || (merge && !log.root.isEmpty) || p.returnPool else {

@@ -479,17 +479,29 @@ public final class ItemCache: Sendable {
         for start in starts {
             guard let r = Self.partitionRange(for: start), let p = existingPartition(r) else { continue }
             p.state.withLock { s in
-                for k in s.dirtyKeys.sorted() {
-                    guard var e = s.entries[k], e.dirty else { continue }
-                    snap.items.append(e.item(k))
-                    snap.versions.append(e.version)
-                    if e.belowAbsent {
-                        // The commit taking this snapshot writes the item: deleting it from
-                        // now on must write a deletion too, even before that commit ends.
-                        e.belowAbsent = false
-                        s.entries[k] = e
+                // The commit taking this snapshot writes these items: deleting one from now on
+                // must write a deletion too, even before that commit ends.
+                var written: [Key] = []
+                if s.dirtyKeys.count * 4 >= s.entries.count {
+                    // Mostly dirty (creates fill ranges of their own): one pass over the entries,
+                    // already in order, costs less than sorting the dirty keys, and every
+                    // operation waits for this switch.
+                    s.entries.forEach(from: r.start, through: r.end) { k, e in
+                        guard e.dirty else { return true }
+                        snap.items.append(e.item(k))
+                        snap.versions.append(e.version)
+                        if e.belowAbsent { written.append(k) }
+                        return true
+                    }
+                } else {
+                    for k in s.dirtyKeys.sorted() {
+                        guard let e = s.entries[k], e.dirty else { continue }
+                        snap.items.append(e.item(k))
+                        snap.versions.append(e.version)
+                        if e.belowAbsent { written.append(k) }
                     }
                 }
+                for k in written { s.entries[k]?.belowAbsent = false }
                 updateEstimate(&s)
             }
         }

@@ -116,6 +116,53 @@ final class HeldFlushDevice: BlockDevice, @unchecked Sendable {
     }
 }
 
+extension CommitSwitchTests {
+    /// Changes a commit in flight is writing do not count toward the next commit's trigger:
+    /// operations after its switch go on until their own changes pass the dirty limit. (When
+    /// they counted, every operation while a commit wrote found the limit passed and waited
+    /// for that commit to end so as to start the next.)
+    @Test(.timeLimit(.minutes(2))) func aCommitInFlightDoesNotTriggerTheNext() throws {
+        let meta = HeldFlushDevice(MemoryBlockDevice(name: "meta", size: 1 << 30))
+        let data = MemoryBlockDevice(name: "data", size: 256 << 20)
+        let store = try Store.format(meta: meta, data: data, quorumSlots: [QuorumSlot(slot: 0, address: "127.0.0.1", port: 7100)])
+        let fs = try Filesystem(store: store, options: FilesystemOptions(dirtyBlockLimit: 64))
+        let a = try fs.mkdir(1, Array("a".utf8), mode: 0o755, caller: .root).ino
+        let b = try fs.mkdir(1, Array("b".utf8), mode: 0o755, caller: .root).ino
+        try fs.sync()
+
+        meta.hold()
+        // Creates until one of them passes the limit and commits, and waits at the device.
+        let filler = ScoutTestSupport.Thread {
+            for i in 0..<100_000 {
+                guard (try? fs.create(a, Array("f\(i)".utf8), mode: 0o644, flags: O_RDWR, caller: .root)) != nil else { return }
+                if meta.heldFlushes.load(ordering: .relaxed) > 0 { return }
+            }
+        }
+        filler.start()
+        #expect(meta.waitUntilHeld(), "no create passed the dirty limit")
+        let done = Atomic<Int>(0)
+        let worker = ScoutTestSupport.Thread {
+            for i in 0..<5 {
+                guard let f = try? fs.create(b, Array("g\(i)".utf8), mode: 0o644, flags: O_RDWR, caller: .root) else { return }
+                try? fs.release(f.ino)
+                done.add(1, ordering: .relaxed)
+            }
+        }
+        worker.start()
+        var spins = 0
+        while done.load(ordering: .relaxed) < 5 && spins < 500 {
+            usleep(10_000)
+            spins += 1
+        }
+        #expect(done.load(ordering: .relaxed) == 5, "creates after the switch waited for the commit in flight")
+        meta.release()
+        filler.join()
+        worker.join()
+        try fs.sync()
+        for i in 0..<5 { #expect((try? fs.lookup(b, Array("g\(i)".utf8))) != nil) }
+    }
+}
+
 @Suite struct ColdReadTests {
     /// Reads that must fill the cache from the device do not wait for a commit in flight:
     /// they read the last commit's roots without the store lock.
