@@ -139,17 +139,13 @@ public struct DirentRecord: Hashable, Sendable {
     /// Where the name starts: after the inode number and the type.
     static let nameOffset = 9
 
-    /// Checks an encoded entry's length: a name of 1 to `maxNameLength` bytes after the header.
-    static func checkLength(of bytes: [UInt8]) throws(FormatError) {
+    /// The inode number and type of an encoded entry, once its length is checked: a name of 1
+    /// to `maxNameLength` bytes after them.
+    static func header(of bytes: [UInt8]) throws(FormatError) -> (ino: UInt64, type: UInt8) {
         let nameLength = bytes.count - nameOffset
         guard nameLength >= 1, nameLength <= maxNameLength else {
             throw FormatError("directory entry of \(bytes.count) bytes: its name must take 1 to \(maxNameLength)")
         }
-    }
-
-    /// The inode number and type of an encoded entry, once its length is checked.
-    static func header(of bytes: [UInt8]) throws(FormatError) -> (ino: UInt64, type: UInt8) {
-        try checkLength(of: bytes)
         return bytes.withUnsafeBytes { (UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)), $0[8]) }
     }
 
@@ -157,10 +153,8 @@ public struct DirentRecord: Hashable, Sendable {
     /// listing a directory hands thousands of names straight on to the kernel's buffer, and
     /// an array for each would cost more than the rest of the listing.
     public static func withFields<R>(of bytes: [UInt8], _ body: (_ ino: UInt64, _ type: UInt8, _ name: UnsafeRawBufferPointer) throws -> R) throws -> R {
-        try checkLength(of: bytes)
-        return try bytes.withUnsafeBytes { raw in
-            try body(UInt64(littleEndian: raw.loadUnaligned(as: UInt64.self)), raw[8], UnsafeRawBufferPointer(rebasing: raw[nameOffset...]))
-        }
+        let (ino, type) = try header(of: bytes)
+        return try bytes.withUnsafeBytes { try body(ino, type, UnsafeRawBufferPointer(rebasing: $0[nameOffset...])) }
     }
 }
 
