@@ -154,6 +154,14 @@ public struct BTreeBlock: Sendable {
         edited.remove(at: i)
     }
 
+    /// Removes the leaf entries in `range` at once (one shift of what follows them).
+    public mutating func removeLeaves(_ range: Range<Int>) {
+        unpack()
+        for i in range { usedBytes -= Self.leafEntrySize(edited[i].value.count) }
+        keys.removeSubrange(range)
+        edited.removeSubrange(range)
+    }
+
     public mutating func insertChild(_ key: Key, _ ref: BlockRef, at i: Int) {
         keys.insert(key, at: i)
         children.insert(ref, at: i)

@@ -55,17 +55,19 @@ public enum LogMerge {
     /// what is left.
     public static func mergeSome(_ log: inout BTree, into store: Store, keepTombstones: Bool, limit: Int,
                                  _ out: inout Outcome) throws -> Bool {
-        var chunk: [Item] = []
-        try log.forEach(in: store) { it in
-            chunk.append(it)
-            return chunk.count <= limit
-        }
-        for it in chunk.prefix(limit) {
+        var moved = 0
+        while moved < limit && !log.root.isEmpty {
+            // Room for the log leaf's path before it is copied, then for each item's two edits.
             try store.ensureRoom(editing: [log, store.tree(.fs)])
-            try apply(it, to: store, keepTombstones: keepTombstones, &out)
-            _ = try log.delete(it.key, in: store)
+            // Taking items out never makes the log tree taller: its room is what it is now.
+            let before = log
+            moved += try log.takeFirstLeaf(limit: limit - moved, in: store) { it in
+                try store.ensureRoom(editing: [before, store.tree(.fs)])
+                try apply(it, to: store, keepTombstones: keepTombstones, &out)
+                return true
+            }
         }
-        return chunk.count <= limit
+        return log.root.isEmpty
     }
 
     /// Items one chunk may hold: each may copy an fs tree leaf and its path and a log tree

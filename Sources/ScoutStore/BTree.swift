@@ -117,6 +117,33 @@ public struct BTree: Sendable {
         return old
     }
 
+    /// Hands `body` the items of the tree's first leaf in key order, at most `limit`, and
+    /// removes those it took, all at once: `body` returns false to stop before an item, and an
+    /// item it throws on stays (those before it go, then the error is rethrown). Returns how
+    /// many were taken. A merge empties its log tree from the front, and taking items out one
+    /// `delete` at a time descended the tree twice for each and shifted the rest of the leaf.
+    public mutating func takeFirstLeaf(limit: Int, in store: some NodeWriter, _ body: (Item) throws -> Bool) throws -> Int {
+        guard !root.isEmpty, limit > 0 else { return 0 }
+        var (path, leaf) = try dirtyPath(to: .min, in: store)
+        var taken = 0
+        var failure: (any Error)?
+        while taken < min(limit, leaf.block.count) {
+            do {
+                guard try body(item(leaf, taken)) else { break }
+            } catch {
+                failure = error
+                break
+            }
+            taken += 1
+        }
+        if taken > 0 {
+            leaf.block.removeLeaves(0..<taken)
+            try joinUpwards(&path, leaf, in: store)
+        }
+        if let failure { throw failure }
+        return taken
+    }
+
     /// How many blocks the tree spans. Reads only parent blocks: leaves are counted from their
     /// parents' child lists.
     public func blockCount(in store: some NodeSource) throws -> Int {

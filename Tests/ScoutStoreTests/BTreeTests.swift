@@ -50,6 +50,59 @@ import ScoutFormat
         #expect(random > 0.55 && random < 0.9, "random inserts filled blocks to \(random)")
     }
 
+    /// A merge takes its log tree's items from the front a leaf at a time: what `body` took is
+    /// gone, what it stopped before or threw on stays, and the tree stays sound throughout.
+    @Test(arguments: [1, 2, 3] as [UInt64])
+    func takingFirstLeavesLeavesTheRestInOrder(seed: UInt64) throws {
+        struct Refused: Error {}
+        var rng = SplitMix64(seed: seed)
+        let (m, d) = Fixture.devices()
+        let s = try Fixture.format(m, d)
+        for n in (0..<6000 as Range<UInt64>).shuffled(using: &rng) {
+            let len = Int.random(in: 0..<20, using: &rng) == 0 ? Item.maxValueLength : Int.random(in: 0...60, using: &rng)
+            try s.insert(Item(key: Fixture.key(n), seq: n, value: [UInt8](repeating: UInt8(n & 0xff), count: len)), into: .fs)
+        }
+        try s.commit()
+        var left = try Fixture.contents(s)
+        var tree = s.tree(.fs)
+        var round = 0
+        while !left.isEmpty {
+            round += 1
+            let limit = Int.random(in: 1...400, using: &rng)
+            let stopAt = Int.random(in: 0..<4, using: &rng) == 0 ? Int.random(in: 0..<limit, using: &rng) : Int.max
+            let throwAt = Int.random(in: 0..<4, using: &rng) == 0 ? Int.random(in: 0..<limit, using: &rng) : Int.max
+            var seen: [Item] = []
+            var threw = false
+            var taken = 0
+            do {
+                taken = try tree.takeFirstLeaf(limit: limit, in: s) { it in
+                    if seen.count == stopAt { return false }
+                    if seen.count == throwAt { throw Refused() }
+                    seen.append(it)
+                    return true
+                }
+            } catch is Refused {
+                threw = true
+                taken = seen.count
+            }
+            if threw { #expect(taken == throwAt) }
+            #expect(taken == seen.count && taken <= min(limit, stopAt, throwAt))
+            #expect(seen == Array(left.prefix(taken)), "seed \(seed) round \(round): took items out of order")
+            left.removeFirst(taken)
+            s.setTree(.fs, tree)
+            if round % 7 == 0 {
+                #expect(try Fixture.contents(s) == left, "seed \(seed) round \(round): the rest differs")
+                try s.commit()
+                tree = s.tree(.fs)
+            }
+            if taken == 0 && !threw && stopAt != 0 { Issue.record("nothing taken from a non-empty tree"); break }
+        }
+        s.setTree(.fs, tree)
+        #expect(tree.root.isEmpty)
+        try s.commit()
+        #expect(Checker.check(meta: m, data: d).problems == [])
+    }
+
     @Test func valueLongerThanTheLimitIsRefused() throws {
         let (m, d) = Fixture.devices()
         let s = try Fixture.format(m, d)
