@@ -272,7 +272,7 @@ public final class LocalServer: ServerLink {
         if record.root.isEmpty && record.dataPool.isEmpty && record.metaPool.isEmpty {
             try store.delete(key, from: .logTrees)
         } else {
-            try store.insert(Item(key: key, seq: store.txnSeq, value: record.encoded), into: .logTrees)
+            try store.insert(Item(key: key, seq: store.txnSeq, value: record.encoded), into: .logTrees, forCommit: true)
         }
     }
 }

@@ -86,7 +86,7 @@ public enum LogMerge {
         }
         if it.isDeletion {
             if keepTombstones {
-                try store.insert(it, into: .fs)
+                try store.insert(it, into: .fs, forCommit: true)
             } else {
                 try store.delete(it.key, from: .fs)
             }
@@ -96,11 +96,11 @@ public enum LogMerge {
             // the delta keeps hiding it.
             let base = try store.lookup(it.key, in: .fs)
             if let sum = Forest.resolve([it], merged: base) {
-                try store.insert(sum, into: .fs)
+                try store.insert(sum, into: .fs, forCommit: true)
             }
             out.items += 1
         } else {
-            try store.insert(it, into: .fs)
+            try store.insert(it, into: .fs, forCommit: true)
             out.items += 1
         }
     }
