@@ -80,7 +80,7 @@ import Testing
         defer { closedir(d) }
         var out = Set<String>()
         while let e = readdir(d) {
-            let n = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            let n = direntName(e)
             if n != "." && n != ".." { out.insert(n) }
         }
         return out

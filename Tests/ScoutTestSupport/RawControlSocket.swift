@@ -85,7 +85,7 @@ public enum RawControlSocket {
         var n = 0
         var target = [CChar](repeating: 0, count: 4096)
         while let e = readdir(dir) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            let name = direntName(e)
             let len = readlink("/proc/self/fd/\(name)", &target, target.count - 1)
             if len > 0 && String(decoding: target[0..<len].map { UInt8(bitPattern: $0) }, as: UTF8.self) == path { n += 1 }
         }

@@ -1,4 +1,5 @@
 import Foundation
+import ScoutTestSupport
 import Testing
 
 /// POSIX behaviour through a real kernel mount, driven by syscalls.
@@ -140,7 +141,7 @@ import Testing
         var added = 0
         var removed = 0
         while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            let name = direntName(e)
             if !seen.insert(name).inserted { duplicates += 1 }
             // Churn while reading: remove entries not yet seen and add new ones.
             if seen.count % 100 == 0 && added < 2000 {
@@ -184,7 +185,7 @@ import Testing
             guard let d = opendir(dir) else { throw Sys.Failure(call: "opendir", errno: errno) }
             var got: [String: UInt8] = [:]
             while let e = readdir(d) {
-                let name = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+                let name = direntName(e)
                 if name != "." && name != ".." { #expect(got.updateValue(e.pointee.d_type, forKey: name) == nil, "\(name) twice") }
             }
             closedir(d)
