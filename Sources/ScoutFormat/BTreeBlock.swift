@@ -43,15 +43,6 @@ public struct LeafValue: Hashable, Sendable {
     }
 }
 
-/// A leaf entry's payload as a decoded block holds it: where its value lies in the block's
-/// bytes. 16 bytes, no allocation of its own.
-struct PackedEntry {
-    var seq: UInt64
-    var offset: UInt32
-    var length: UInt16
-    var flags: ItemFlags
-}
-
 /// A btree block decoded into arrays. Layout after the 32-byte header:
 /// ```
 /// level u8, pad[3], nr u32
@@ -61,21 +52,24 @@ struct PackedEntry {
 /// A parent entry's key is the largest key its child's subtree may hold; the last entry of each
 /// level on the right spine holds `Key.max`, so every key has a child to descend into.
 ///
-/// A leaf read from the device keeps its values where they lie, in one copy of the block's
-/// entry bytes, and makes an array of a value only when a reader asks for it: a cold lookup
-/// reads one or two items of a leaf of hundreds, and making hundreds of arrays (then freeing
-/// them when the block leaves the cache) was most of the daemon's CPU per cold block. The first
-/// edit turns the leaf into one array of values, the form edits work on.
+/// A leaf read from the device stays in its encoded form: one copy of the block's entry bytes
+/// and where each entry begins. A cold lookup reads one or two items of a leaf of hundreds, and
+/// decoding every key (48 bytes each in memory) and payload of the leaf was most of the daemon's
+/// CPU per cold block, much of it the kernel handing out and zeroing the pages those arrays
+/// took. Keys are compared where they lie (their encoding sorts as the keys do: big-endian
+/// fields in key order) and a key or value is made only when asked for. The first edit turns
+/// the leaf into arrays of keys and values, the form edits work on.
 public struct BTreeBlock: Sendable {
     public var level: UInt8
-    public var keys: [Key]
-    /// Leaf payloads of an edited leaf, parallel to `keys`; empty in parents and decoded leaves.
+    /// Keys of parents and of edited leaves; empty in a packed leaf.
+    private var keyList: [Key]
+    /// Leaf payloads of an edited leaf, parallel to `keyList`; empty in parents and packed leaves.
     private var edited: [LeafValue]
-    /// A decoded leaf's payloads, parallel to `keys`, and the bytes their offsets index.
-    private var packed: [PackedEntry]
+    /// A packed leaf: where each entry begins in `packedBytes`, a copy of the block's entries.
+    private var offsets: [UInt32]
     private var packedBytes: [UInt8]
     private var isPacked: Bool
-    /// Child references, parallel to `keys`; empty in leaves.
+    /// Child references, parallel to the keys; empty in leaves.
     public var children: [BlockRef]
     /// Bytes the entries take when encoded (excluding the fixed block prefix).
     public private(set) var usedBytes: Int
@@ -86,11 +80,17 @@ public struct BTreeBlock: Sendable {
     public static let parentEntrySize = Key.encodedSize + BlockRef.encodedSize
     public static let maxLevel: UInt8 = 20
 
+    // Where a leaf entry's fields lie after its key.
+    private static let seqOffset = Key.encodedSize
+    private static let flagsOffset = Key.encodedSize + 8
+    private static let lengthOffset = Key.encodedSize + 9
+    private static let valueOffset = Key.encodedSize + 11
+
     public init(level: UInt8) {
         self.level = level
-        keys = []
+        keyList = []
         edited = []
-        packed = []
+        offsets = []
         packedBytes = []
         isPacked = false
         children = []
@@ -98,24 +98,142 @@ public struct BTreeBlock: Sendable {
     }
 
     public var isLeaf: Bool { level == 0 }
-    public var count: Int { keys.count }
+    public var count: Int { isPacked ? offsets.count : keyList.count }
 
     public static func leafEntrySize(_ valueLength: Int) -> Int { leafEntryOverhead + valueLength }
+
+    // MARK: keys
+
+    /// Entry `i`'s key.
+    @inline(__always)
+    public func key(at i: Int) -> Key {
+        guard isPacked else { return keyList[i] }
+        return packedBytes.withUnsafeBytes { Self.rawKey($0.baseAddress! + Int(offsets[i])) }
+    }
+
+    /// Every key in order (a packed leaf makes them all: for checks and tests, not lookups).
+    public var keys: [Key] {
+        isPacked ? (0..<count).map(key(at:)) : keyList
+    }
+
+    public var lastKey: Key? { count == 0 ? nil : key(at: count - 1) }
+
+    /// Sets a parent entry's key (the bound of its child's subtree).
+    public mutating func setKey(_ key: Key, at i: Int) {
+        precondition(!isLeaf, "leaf keys change only by inserting and removing entries")
+        keyList[i] = key
+    }
+
+    /// Index of the first entry whose key is ≥ `key`.
+    public func lowerBound(_ key: Key) -> Int {
+        guard isPacked else { return Self.lowerBound(keyList, key) }
+        return packedBytes.withUnsafeBytes { raw in
+            offsets.withUnsafeBufferPointer { offs in
+                let base = raw.baseAddress!
+                var lo = 0
+                var hi = offs.count
+                while lo < hi {
+                    let mid = (lo + hi) >> 1
+                    if Self.compare(base + Int(offs[mid]), key) < 0 { lo = mid + 1 } else { hi = mid }
+                }
+                return lo
+            }
+        }
+    }
+
+    /// Index of the first entry whose key is > `key`.
+    public func upperBound(_ key: Key) -> Int {
+        guard isPacked else { return Self.upperBound(keyList, key) }
+        return packedBytes.withUnsafeBytes { raw in
+            offsets.withUnsafeBufferPointer { offs in
+                let base = raw.baseAddress!
+                var lo = 0
+                var hi = offs.count
+                while lo < hi {
+                    let mid = (lo + hi) >> 1
+                    if Self.compare(base + Int(offs[mid]), key) > 0 { hi = mid } else { lo = mid + 1 }
+                }
+                return lo
+            }
+        }
+    }
+
+    @inline(__always)
+    private static func lowerBound(_ keys: [Key], _ key: Key) -> Int {
+        var lo = 0
+        var hi = keys.count
+        while lo < hi {
+            let mid = (lo + hi) >> 1
+            if keys[mid] < key { lo = mid + 1 } else { hi = mid }
+        }
+        return lo
+    }
+
+    @inline(__always)
+    private static func upperBound(_ keys: [Key], _ key: Key) -> Int {
+        var lo = 0
+        var hi = keys.count
+        while lo < hi {
+            let mid = (lo + hi) >> 1
+            if key < keys[mid] { hi = mid } else { lo = mid + 1 }
+        }
+        return lo
+    }
+
+    @inline(__always)
+    private static func rawKey(_ p: UnsafeRawPointer) -> Key {
+        Key(zone: p.load(as: UInt8.self),
+            first: UInt64(bigEndian: p.loadUnaligned(fromByteOffset: 1, as: UInt64.self)),
+            type: p.load(fromByteOffset: 9, as: UInt8.self),
+            second: UInt64(bigEndian: p.loadUnaligned(fromByteOffset: 10, as: UInt64.self)),
+            third: UInt64(bigEndian: p.loadUnaligned(fromByteOffset: 18, as: UInt64.self)),
+            fourth: p.load(fromByteOffset: 26, as: UInt8.self))
+    }
+
+    /// The encoded key at `p` against `key`: negative, zero or positive as it sorts before, with
+    /// or after it. Field by field, stopping at the first that differs, as `Key.<` does.
+    @inline(__always)
+    private static func compare(_ p: UnsafeRawPointer, _ key: Key) -> Int {
+        let zone = p.load(as: UInt8.self)
+        if zone != key.zone { return zone < key.zone ? -1 : 1 }
+        let first = UInt64(bigEndian: p.loadUnaligned(fromByteOffset: 1, as: UInt64.self))
+        if first != key.first { return first < key.first ? -1 : 1 }
+        let type = p.load(fromByteOffset: 9, as: UInt8.self)
+        if type != key.type { return type < key.type ? -1 : 1 }
+        let second = UInt64(bigEndian: p.loadUnaligned(fromByteOffset: 10, as: UInt64.self))
+        if second != key.second { return second < key.second ? -1 : 1 }
+        let third = UInt64(bigEndian: p.loadUnaligned(fromByteOffset: 18, as: UInt64.self))
+        if third != key.third { return third < key.third ? -1 : 1 }
+        let fourth = p.load(fromByteOffset: 26, as: UInt8.self)
+        return fourth == key.fourth ? 0 : (fourth < key.fourth ? -1 : 1)
+    }
 
     // MARK: reading leaf payloads
 
     /// Entry `i`'s payload.
     public func value(at i: Int) -> LeafValue {
         guard isPacked else { return edited[i] }
-        let e = packed[i]
-        let start = Int(e.offset)
-        let bytes = packedBytes.withUnsafeBufferPointer { Array(UnsafeBufferPointer(rebasing: $0[start..<start + Int(e.length)])) }
-        return LeafValue(seq: e.seq, flags: e.flags, value: bytes)
+        return packedBytes.withUnsafeBytes { raw in
+            let p = raw.baseAddress! + Int(offsets[i])
+            let len = Int(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: Self.lengthOffset, as: UInt16.self)))
+            return LeafValue(seq: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: Self.seqOffset, as: UInt64.self)),
+                             flags: ItemFlags(rawValue: p.load(fromByteOffset: Self.flagsOffset, as: UInt8.self)),
+                             value: Array(UnsafeRawBufferPointer(start: p + Self.valueOffset, count: len)))
+        }
+    }
+
+    /// Entry `i` as an item.
+    public func item(at i: Int) -> Item {
+        let v = value(at: i)
+        return Item(key: key(at: i), seq: v.seq, flags: v.flags, value: v.value)
     }
 
     /// The length of entry `i`'s value, without making it.
     public func valueLength(at i: Int) -> Int {
-        isPacked ? Int(packed[i].length) : edited[i].value.count
+        guard isPacked else { return edited[i].value.count }
+        return packedBytes.withUnsafeBytes { raw in
+            Int(UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: Int(offsets[i]) + Self.lengthOffset, as: UInt16.self)))
+        }
     }
 
     /// Every leaf payload, parallel to `keys`; empty in parents.
@@ -123,11 +241,13 @@ public struct BTreeBlock: Sendable {
         isPacked ? (0..<count).map(value(at:)) : edited
     }
 
-    /// Edits work on whole values: a decoded leaf makes them all once, at its first edit.
+    /// Edits work on whole keys and values: a packed leaf makes them all once, at its first edit.
     private mutating func unpack() {
         guard isPacked else { return }
-        edited = values
-        packed = []
+        let (k, v) = (keys, values)
+        keyList = k
+        edited = v
+        offsets = []
         packedBytes = []
         isPacked = false
     }
@@ -136,7 +256,7 @@ public struct BTreeBlock: Sendable {
 
     public mutating func insertLeaf(_ key: Key, _ value: LeafValue, at i: Int) {
         unpack()
-        keys.insert(key, at: i)
+        keyList.insert(key, at: i)
         edited.insert(value, at: i)
         usedBytes += Self.leafEntrySize(value.value.count)
     }
@@ -150,7 +270,7 @@ public struct BTreeBlock: Sendable {
     public mutating func removeLeaf(at i: Int) {
         unpack()
         usedBytes -= Self.leafEntrySize(edited[i].value.count)
-        keys.remove(at: i)
+        keyList.remove(at: i)
         edited.remove(at: i)
     }
 
@@ -158,18 +278,18 @@ public struct BTreeBlock: Sendable {
     public mutating func removeLeaves(_ range: Range<Int>) {
         unpack()
         for i in range { usedBytes -= Self.leafEntrySize(edited[i].value.count) }
-        keys.removeSubrange(range)
+        keyList.removeSubrange(range)
         edited.removeSubrange(range)
     }
 
     public mutating func insertChild(_ key: Key, _ ref: BlockRef, at i: Int) {
-        keys.insert(key, at: i)
+        keyList.insert(key, at: i)
         children.insert(ref, at: i)
         usedBytes += Self.parentEntrySize
     }
 
     public mutating func removeChild(at i: Int) {
-        keys.remove(at: i)
+        keyList.remove(at: i)
         children.remove(at: i)
         usedBytes -= Self.parentEntrySize
     }
@@ -178,8 +298,8 @@ public struct BTreeBlock: Sendable {
     public mutating func split(at i: Int) -> BTreeBlock {
         unpack()
         var right = BTreeBlock(level: level)
-        right.keys = Array(keys[i...])
-        keys.removeSubrange(i...)
+        right.keyList = Array(keyList[i...])
+        keyList.removeSubrange(i...)
         if isLeaf {
             right.edited = Array(edited[i...])
             edited.removeSubrange(i...)
@@ -195,7 +315,7 @@ public struct BTreeBlock: Sendable {
     /// Appends all of `right`'s entries (which sort after ours).
     public mutating func append(contentsOf right: BTreeBlock) {
         unpack()
-        keys += right.keys
+        keyList += right.keys
         if right.isLeaf { edited += right.values }
         children += right.children
         usedBytes += right.usedBytes
@@ -231,10 +351,15 @@ public struct BTreeBlock: Sendable {
             w.u8(level)
             w.skip(3)
             w.u32(UInt32(count))
+            if isPacked {
+                // Still the entries as they were read.
+                w.raw(packedBytes)
+                return
+            }
             for i in 0..<count {
-                keys[i].encode(into: &w)
+                keyList[i].encode(into: &w)
                 if isLeaf {
-                    let v = value(at: i)
+                    let v = edited[i]
                     w.u64(v.seq)
                     w.u8(v.flags.rawValue)
                     w.u16(UInt16(v.value.count))
@@ -267,41 +392,49 @@ public struct BTreeBlock: Sendable {
         if level > Self.maxLevel { throw FormatError("btree block level \(level) above the maximum \(Self.maxLevel)") }
         let minEntry = level == 0 ? Self.leafEntryOverhead : Self.parentEntrySize
         if nr > Self.capacity / minEntry { throw FormatError("btree block claims \(nr) entries, more than fit") }
-        keys = []
-        keys.reserveCapacity(nr)
+        keyList = []
         edited = []
-        packed = []
+        offsets = []
         packedBytes = []
         isPacked = level == 0
         children = []
         usedBytes = 0
-        if level == 0 { packed.reserveCapacity(nr) } else { children.reserveCapacity(nr) }
         let entriesStart = r.offset
-        for i in 0..<nr {
-            let key = try Key(decoding: &r)
-            if i > 0 && !(keys[i - 1] < key) {
-                throw FormatError("btree block keys out of order at entry \(i): \(keys[i - 1]) then \(key)")
-            }
-            keys.append(key)
-            if level == 0 {
-                let seq = try r.u64()
-                let flags = ItemFlags(rawValue: try r.u8())
-                if !ItemFlags.known.isSuperset(of: flags) { throw FormatError("item \(key) has unknown flags \(flags.rawValue)") }
-                let len = Int(try r.u16())
-                if len > Item.maxValueLength { throw FormatError("item \(key) value of \(len) bytes exceeds \(Item.maxValueLength)") }
-                packed.append(PackedEntry(seq: seq, offset: UInt32(r.offset - entriesStart), length: UInt16(len), flags: flags))
-                try r.skip(len)
-                usedBytes += Self.leafEntrySize(len)
-            } else {
-                let ref = BlockRef(blkno: try r.u64(), seq: try r.u64())
-                if ref.isNone { throw FormatError("btree parent entry \(i) references block 0") }
-                children.append(ref)
-                usedBytes += Self.parentEntrySize
-            }
-        }
         if level == 0 {
+            offsets.reserveCapacity(nr)
+            let base = buf.baseAddress!
+            var previous: Int?
+            for _ in 0..<nr {
+                let at = r.offset
+                try r.skip(Key.encodedSize + 8)
+                let flags = ItemFlags(rawValue: try r.u8())
+                let len = Int(try r.u16())
+                if let previous, Self.compare(base + previous, Self.rawKey(base + at)) >= 0 {
+                    throw FormatError("btree block keys out of order at entry \(offsets.count): \(Self.rawKey(base + previous)) then \(Self.rawKey(base + at))")
+                }
+                if !ItemFlags.known.isSuperset(of: flags) { throw FormatError("item \(Self.rawKey(base + at)) has unknown flags \(flags.rawValue)") }
+                if len > Item.maxValueLength { throw FormatError("item \(Self.rawKey(base + at)) value of \(len) bytes exceeds \(Item.maxValueLength)") }
+                try r.skip(len)
+                offsets.append(UInt32(at - entriesStart))
+                previous = at
+            }
+            usedBytes = r.offset - entriesStart
             // One copy of the entries' bytes (not the whole block: split leaves are part full).
             packedBytes = Array(UnsafeRawBufferPointer(rebasing: buf[entriesStart..<r.offset]))
+            return
+        }
+        keyList.reserveCapacity(nr)
+        children.reserveCapacity(nr)
+        for i in 0..<nr {
+            let key = try Key(decoding: &r)
+            if i > 0 && !(keyList[i - 1] < key) {
+                throw FormatError("btree block keys out of order at entry \(i): \(keyList[i - 1]) then \(key)")
+            }
+            keyList.append(key)
+            let ref = BlockRef(blkno: try r.u64(), seq: try r.u64())
+            if ref.isNone { throw FormatError("btree parent entry \(i) references block 0") }
+            children.append(ref)
+            usedBytes += Self.parentEntrySize
         }
     }
 }

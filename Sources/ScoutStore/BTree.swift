@@ -26,9 +26,9 @@ public struct BTree: Sendable {
     public func lookup(_ key: Key, in store: some NodeSource) throws -> Item? {
         guard !root.isEmpty else { return nil }
         let leaf = try descend(to: key, in: store).leaf
-        let i = lowerBound(leaf.block.keys, key)
-        guard i < leaf.block.count, leaf.block.keys[i] == key else { return nil }
-        return item(leaf, i)
+        let i = leaf.block.lowerBound(key)
+        guard i < leaf.block.count, leaf.block.key(at: i) == key else { return nil }
+        return leaf.block.item(at: i)
     }
 
     /// The first item whose key is ≥ `key`.
@@ -36,8 +36,8 @@ public struct BTree: Sendable {
         var search = key
         while !root.isEmpty {
             let d = try descend(to: search, in: store)
-            let i = lowerBound(d.leaf.block.keys, search)
-            if i < d.leaf.block.count { return item(d.leaf, i) }
+            let i = d.leaf.block.lowerBound(search)
+            if i < d.leaf.block.count { return d.leaf.block.item(at: i) }
             // Everything ≤ the leaf's bound has been seen; carry on in the next subtree.
             guard let bound = d.upperBound, let after = bound.successor else { return nil }
             search = after
@@ -50,8 +50,8 @@ public struct BTree: Sendable {
         var search = key
         while !root.isEmpty {
             let d = try descend(to: search, in: store)
-            let i = upperBound(d.leaf.block.keys, search)
-            if i > 0 { return item(d.leaf, i - 1) }
+            let i = d.leaf.block.upperBound(search)
+            if i > 0 { return d.leaf.block.item(at: i - 1) }
             guard let below = d.lowerBound else { return nil }
             search = below
         }
@@ -64,10 +64,12 @@ public struct BTree: Sendable {
         while !root.isEmpty {
             let d = try descend(to: search, in: store)
             let block = d.leaf.block
-            var i = lowerBound(block.keys, search)
+            var i = block.lowerBound(search)
             while i < block.count {
-                if block.keys[i] > end { return }
-                if try !body(item(d.leaf, i)) { return }
+                let key = block.key(at: i)
+                if key > end { return }
+                let v = block.value(at: i)
+                if try !body(Item(key: key, seq: v.seq, flags: v.flags, value: v.value)) { return }
                 i += 1
             }
             guard let bound = d.upperBound, bound < end, let after = bound.successor else { return }
@@ -97,8 +99,8 @@ public struct BTree: Sendable {
             return
         }
         var (path, leaf) = try dirtyPath(to: item.key, in: store)
-        let i = lowerBound(leaf.block.keys, item.key)
-        if i < leaf.block.count && leaf.block.keys[i] == item.key {
+        let i = leaf.block.lowerBound(item.key)
+        if i < leaf.block.count && leaf.block.key(at: i) == item.key {
             leaf.block.replaceLeaf(at: i, with: value)
         } else {
             leaf.block.insertLeaf(item.key, value, at: i)
@@ -111,7 +113,7 @@ public struct BTree: Sendable {
     public mutating func delete(_ key: Key, in store: some NodeWriter) throws -> Item? {
         guard let old = try lookup(key, in: store) else { return nil }
         var (path, leaf) = try dirtyPath(to: key, in: store)
-        let i = lowerBound(leaf.block.keys, key)
+        let i = leaf.block.lowerBound(key)
         leaf.block.removeLeaf(at: i)
         try joinUpwards(&path, leaf, in: store)
         return old
@@ -129,7 +131,7 @@ public struct BTree: Sendable {
         var failure: (any Error)?
         while taken < min(limit, leaf.block.count) {
             do {
-                guard try body(item(leaf, taken)) else { break }
+                guard try body(leaf.block.item(at: taken)) else { break }
             } catch {
                 failure = error
                 break
@@ -197,12 +199,12 @@ public struct BTree: Sendable {
         var upper: Key? = nil
         var lower: Key? = nil
         while !node.block.isLeaf {
-            let i = lowerBound(node.block.keys, key)
+            let i = node.block.lowerBound(key)
             guard i < node.block.count else {
                 throw StoreError(.corrupt, "\(name) tree: block \(node.blkno) has no child for key \(key) (right spine bound is not the maximum key); run `scoutfs check`")
             }
-            upper = node.block.keys[i]
-            if i > 0 { lower = node.block.keys[i - 1] }
+            upper = node.block.key(at: i)
+            if i > 0 { lower = node.block.key(at: i - 1) }
             node = try store.readNode(node.block.children[i], level: node.block.level - 1, tree: name)
         }
         return Descent(leaf: node, upperBound: upper, lowerBound: lower)
@@ -215,7 +217,7 @@ public struct BTree: Sendable {
         var path: [(node: CachedNode, index: Int)] = []
         path.reserveCapacity(Int(root.height))
         while !node.block.isLeaf {
-            let i = lowerBound(node.block.keys, key)
+            let i = node.block.lowerBound(key)
             guard i < node.block.count else {
                 throw StoreError(.corrupt, "\(name) tree: block \(node.blkno) has no child for key \(key); run `scoutfs check`")
             }
@@ -228,7 +230,7 @@ public struct BTree: Sendable {
     }
 
     private static func bound(of block: BTreeBlock) -> Key {
-        block.keys.last ?? .min
+        block.lastKey ?? .min
     }
 
     /// Splits the blocks on the path that overflowed, from `node` (whose entry `changedAt`
@@ -248,8 +250,8 @@ public struct BTree: Sendable {
             right.block = node.block.split(at: at)
             let leftBound = Self.bound(of: node.block)
             if let (parent, i) = path.popLast() {
-                let rightBound = parent.block.keys[i]
-                parent.block.keys[i] = leftBound
+                let rightBound = parent.block.key(at: i)
+                parent.block.setKey(leftBound, at: i)
                 parent.block.insertChild(rightBound, right.ref, at: i + 1)
                 changed = i + 1
                 node = parent
@@ -282,7 +284,7 @@ public struct BTree: Sendable {
             parent.block.children[li + 1] = right.ref
             if left.block.usedBytes + right.block.usedBytes <= store.nodeCapacity {
                 left.block.append(contentsOf: right.block)
-                parent.block.keys[li] = parent.block.keys[li + 1]
+                parent.block.setKey(parent.block.key(at: li + 1), at: li)
                 parent.block.removeChild(at: li + 1)
                 store.freeNode(right)
             } else {
@@ -292,7 +294,7 @@ public struct BTree: Sendable {
                 let rightHalf = both.split(at: both.midpoint())
                 left.block = both
                 right.block = rightHalf
-                parent.block.keys[li] = Self.bound(of: left.block)
+                parent.block.setKey(Self.bound(of: left.block), at: li)
             }
             node = parent
         }
@@ -312,33 +314,4 @@ public struct BTree: Sendable {
             root = BTreeRoot(ref: child, height: root.height - 1)
         }
     }
-
-    private func item(_ leaf: CachedNode, _ i: Int) -> Item {
-        let v = leaf.block.value(at: i)
-        return Item(key: leaf.block.keys[i], seq: v.seq, flags: v.flags, value: v.value)
-    }
-}
-
-/// Index of the first key ≥ `key`.
-@inline(__always)
-func lowerBound(_ keys: [Key], _ key: Key) -> Int {
-    var lo = 0
-    var hi = keys.count
-    while lo < hi {
-        let mid = (lo + hi) >> 1
-        if keys[mid] < key { lo = mid + 1 } else { hi = mid }
-    }
-    return lo
-}
-
-/// Index of the first key > `key`.
-@inline(__always)
-func upperBound(_ keys: [Key], _ key: Key) -> Int {
-    var lo = 0
-    var hi = keys.count
-    while lo < hi {
-        let mid = (lo + hi) >> 1
-        if key < keys[mid] { hi = mid } else { lo = mid + 1 }
-    }
-    return lo
 }

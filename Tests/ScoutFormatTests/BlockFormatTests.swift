@@ -60,6 +60,53 @@ import ScoutFormat
         #expect(joined2.keys == original.keys && joined2.values == original.values)
     }
 
+    /// A decoded leaf searches its keys where they lie in the block's bytes: every field of a
+    /// key must order there as it does in `Key`, including values whose bytes differ in order
+    /// between the little-endian memory form and the big-endian encoding.
+    @Test func decodedLeavesSearchLikeTheirKeys() throws {
+        var rng = SystemRandomNumberGenerator()
+        let edges: [UInt64] = [0, 1, 0xff, 0x100, 0xff00, 0x1_0000_0000, 1 << 63, .max - 1, .max]
+        func field() -> UInt64 { Bool.random(using: &rng) ? edges.randomElement(using: &rng)! : UInt64.random(in: 0...3, using: &rng) }
+        func byte() -> UInt8 { [0, 1, 0x7f, 0x80, 0xff].randomElement(using: &rng)! }
+        func key() -> Key { Key(zone: byte(), first: field(), type: byte(), second: field(), third: field(), fourth: byte()) }
+        for _ in 0..<20 {
+            let keys = Array(Set((0..<300).map { _ in key() })).sorted()
+            var b = BTreeBlock(level: 0)
+            for (i, k) in keys.enumerated() {
+                b.insertLeaf(k, LeafValue(seq: UInt64(i), flags: [], value: Array(repeating: UInt8(truncatingIfNeeded: i), count: i % 40)), at: i)
+            }
+            let d = try BTreeBlock(decoding: b.encode(fsid: 1, seq: 2, blkno: 3))
+            #expect(d.count == keys.count)
+            #expect((0..<keys.count).allSatisfy { d.key(at: $0) == keys[$0] && d.item(at: $0).value == b.value(at: $0).value })
+            #expect(d.lastKey == keys.last)
+            for probe in keys.prefix(50) + (0..<200).map({ _ in key() }) {
+                let lower = keys.firstIndex { !($0 < probe) } ?? keys.count
+                let upper = keys.firstIndex { probe < $0 } ?? keys.count
+                #expect(d.lowerBound(probe) == lower, "lower bound of \(probe)")
+                #expect(d.upperBound(probe) == upper, "upper bound of \(probe)")
+                #expect(b.lowerBound(probe) == lower && b.upperBound(probe) == upper)
+            }
+            // Unedited, it encodes to the bytes it came from.
+            #expect(d.encode(fsid: 1, seq: 2, blkno: 3) == b.encode(fsid: 1, seq: 2, blkno: 3))
+        }
+    }
+
+    /// Two entries whose keys differ only in a late field, swapped in the encoded block, are
+    /// refused by the decoder's order check.
+    @Test func decodingRefusesLeafKeysOutOfOrder() throws {
+        var b = BTreeBlock(level: 0)
+        let k1 = Key(zone: 16, first: 5, type: 1, second: 0, third: 0x100, fourth: 0)
+        let k2 = Key(zone: 16, first: 5, type: 1, second: 0, third: 0x100, fourth: 1)
+        b.insertLeaf(k1, LeafValue(seq: 1, flags: [], value: [1]), at: 0)
+        b.insertLeaf(k2, LeafValue(seq: 1, flags: [], value: [2]), at: 1)
+        var bytes = b.encode(fsid: 1, seq: 2, blkno: 3)
+        let first = BTreeBlock.prefixSize + Key.encodedSize - 1
+        let second = first + BTreeBlock.leafEntrySize(1)
+        bytes.swapAt(first, second)
+        BlockHeader.seal(&bytes, magic: BlockMagic.btree, fsid: 1, seq: 2, blkno: 3)
+        #expect(throws: FormatError.self) { try BTreeBlock(decoding: bytes) }
+    }
+
     @Test func parentRoundTrip() throws {
         var b = BTreeBlock(level: 2)
         b.insertChild(Key(zone: 1), BlockRef(blkno: 10, seq: 1), at: 0)
