@@ -454,7 +454,17 @@ public final class ClientItems: @unchecked Sendable {
                 return got
             }
             var tree = log
-            for var it in p.snap.items {
+            // Plain items go in by runs, a leaf's share at a time.
+            let items = p.snap.items
+            var run = items.startIndex
+            func flushRun(before end: Int) throws {
+                if run < end { try tree.insert(sorted: items[run..<end], in: builder) }
+                run = end + 1
+            }
+            for (n, original) in items.enumerated() {
+                var it = original
+                if !it.isDelta && !it.isDeletion { continue }
+                try flushRun(before: n)
                 if it.isDelta {
                     // A delta counts in a sum whose seq is below its own (Forest.resolve), and
                     // another client may have merged a sum at this transaction's seq while
@@ -470,6 +480,7 @@ public final class ClientItems: @unchecked Sendable {
                     try tree.insert(it, in: builder)
                 }
             }
+            try flushRun(before: items.endIndex)
             try builder.write()
             return try withStore {
                 let writes = logWrites + UInt64(p.snap.items.count)

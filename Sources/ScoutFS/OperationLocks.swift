@@ -15,8 +15,10 @@ struct LockPlan {
     private(set) var indexed: [UInt64] = []
     /// Every inode it reads or writes, for this mount's own turns (`LocalLocks`).
     private(set) var inodes: [(ino: UInt64, write: Bool)] = []
-    /// Where each inode is in `inodes`: a readdirplus plan names every entry's inode.
+    /// Where each inode is in `inodes`, once there are many (a readdirplus plan names every
+    /// entry's inode); most plans name one to three, which a scan finds without hashing.
     private var inodeAt: [UInt64: Int] = [:]
+    private static let scanLimit = 16
     /// It renames between directories (the cluster's rename lock, and this mount's turn).
     private(set) var renames = false
 
@@ -44,11 +46,16 @@ struct LockPlan {
     }
 
     private mutating func noteInode(_ ino: UInt64, write: Bool) {
-        if let i = inodeAt[ino] {
+        let found = inodes.count <= Self.scanLimit ? inodes.firstIndex { $0.ino == ino } : inodeAt[ino]
+        if let i = found {
             inodes[i].write = inodes[i].write || write
-        } else {
-            inodeAt[ino] = inodes.count
-            inodes.append((ino, write))
+            return
+        }
+        inodes.append((ino, write))
+        if inodes.count == Self.scanLimit + 1 {
+            for (i, n) in inodes.enumerated() { inodeAt[n.ino] = i }
+        } else if inodes.count > Self.scanLimit + 1 {
+            inodeAt[ino] = inodes.count - 1
         }
     }
 
@@ -103,13 +110,21 @@ final class LocalLocks: Sendable {
     /// none: their items are unique per inode or summed (deltas), and the cache keeps each
     /// item whole.
     static func stripes(of plan: LockPlan) -> [(index: Int, exclusive: Bool)] {
-        var exclusive: [Int: Bool] = [:]
-        for (ino, write) in plan.inodes {
-            let i = Int(ino % UInt64(stripeCount))
-            exclusive[i] = (exclusive[i] ?? false) || write
+        var out: [(index: Int, exclusive: Bool)] = plan.inodes.map { (Int($0.ino % UInt64(stripeCount)), $0.write) }
+        if plan.renames { out.append((renameStripe, true)) }
+        out.sort { $0.index < $1.index }
+        // Each stripe once, exclusive if any of its inodes is written.
+        var w = 0
+        for r in 0..<out.count {
+            if w > 0 && out[w - 1].index == out[r].index {
+                out[w - 1].exclusive = out[w - 1].exclusive || out[r].exclusive
+            } else {
+                out[w] = out[r]
+                w += 1
+            }
         }
-        if plan.renames { exclusive[renameStripe] = true }
-        return exclusive.map { (index: $0.key, exclusive: $0.value) }.sorted { $0.index < $1.index }
+        out.removeSubrange(w...)
+        return out
     }
 
     func lock(_ index: Int, exclusive: Bool) {
@@ -129,13 +144,19 @@ final class HeldLocks {
     private(set) var handles: [LockHandle] = []
     /// Local stripes taken, in the order taken.
     private(set) var stripes: [(index: Int, exclusive: Bool)] = []
-    /// The same, by stripe (a readdirplus holds one per entry).
+    /// The same, by stripe, once there are many (a readdirplus holds one per entry); a scan
+    /// serves the few most operations hold.
     private var stripeModes: [Int: Bool] = [:]
+    private static let scanLimit = 16
 
     func add(_ h: LockHandle) { handles.append(h) }
     func add(stripe: Int, exclusive: Bool) {
         stripes.append((stripe, exclusive))
-        stripeModes[stripe] = exclusive
+        if stripes.count == Self.scanLimit + 1 {
+            for s in stripes { stripeModes[s.index] = s.exclusive }
+        } else if stripes.count > Self.scanLimit + 1 {
+            stripeModes[stripe] = exclusive
+        }
     }
 
     /// Forgets the stripes (their holder has let them go).
@@ -171,7 +192,8 @@ final class HeldLocks {
     }
 
     func holdsStripe(_ index: Int, exclusive: Bool) -> Bool {
-        guard let held = stripeModes[index] else { return false }
+        let found = stripes.count <= Self.scanLimit ? stripes.first { $0.index == index }?.exclusive : stripeModes[index]
+        guard let held = found else { return false }
         return held || !exclusive
     }
 

@@ -261,6 +261,39 @@ public struct BTreeBlock: Sendable {
         usedBytes += Self.leafEntrySize(value.value.count)
     }
 
+    /// Inserts entries whose keys the leaf does not hold, sorted by key, all at once: one
+    /// pass from the back moves each entry after the first insertion point once, where
+    /// inserting them one by one shifted the rest of the leaf for each.
+    public mutating func insertLeaves(sorted new: [(key: Key, value: LeafValue)]) {
+        guard !new.isEmpty else { return }
+        unpack()
+        let old = keyList.count
+        keyList.append(contentsOf: repeatElement(Key.min, count: new.count))
+        edited.append(contentsOf: repeatElement(LeafValue(seq: 0, flags: [], value: []), count: new.count))
+        keyList.withUnsafeMutableBufferPointer { keys in
+            edited.withUnsafeMutableBufferPointer { values in
+                // Slots above `a` and up to `dst` are free (placeholders): an old entry is
+                // swapped up into `dst`, leaving the placeholder where it was.
+                var a = old - 1
+                var b = new.count - 1
+                var dst = old + new.count - 1
+                while b >= 0 {
+                    if a >= 0 && new[b].key < keys[a] {
+                        keys[dst] = keys[a]
+                        values.swapAt(a, dst)
+                        a -= 1
+                    } else {
+                        keys[dst] = new[b].key
+                        values[dst] = new[b].value
+                        b -= 1
+                    }
+                    dst -= 1
+                }
+            }
+        }
+        for n in new { usedBytes += Self.leafEntrySize(n.value.value.count) }
+    }
+
     public mutating func replaceLeaf(at i: Int, with value: LeafValue) {
         unpack()
         usedBytes += value.value.count - edited[i].value.count

@@ -112,6 +112,64 @@ import ScoutFormat
     }
 
     /// Random inserts, updates, deletes, commits and reopens checked against a sorted map.
+    /// A commit writes its sorted items a leaf's share at a time: the tree must end the same as
+    /// inserting them one by one, block for block (same leaves, same fill), with replaced
+    /// values, new keys between old ones, values that overflow a leaf, and commits between.
+    @Test(arguments: [1, 2, 3] as [UInt64])
+    func sortedInsertsLeaveTheTreeOneByOneInsertsLeave(seed: UInt64) throws {
+        var rng = SplitMix64(seed: seed)
+        let (m1, d1) = Fixture.devices()
+        let (m2, d2) = Fixture.devices()
+        let one = try Fixture.format(m1, d1)
+        let batched = try Fixture.format(m2, d2)
+        var model = ReferenceMap()
+        func leafShape(_ s: Store) throws -> [[Key]] {
+            let tree = s.tree(.fs)
+            guard !tree.root.isEmpty else { return [] }
+            var leaves: [[Key]] = []
+            func walk(_ ref: BlockRef, _ level: UInt8) throws {
+                let n = try s.readNode(ref, level: level, tree: "fs")
+                if level == 0 { leaves.append(n.block.keys); return }
+                for c in n.block.children { try walk(c, level - 1) }
+            }
+            try walk(tree.root.ref, tree.root.height - 1)
+            return leaves
+        }
+        var seq: UInt64 = 0
+        for round in 0..<40 {
+            var keys = Set<Key>()
+            let size = Int.random(in: 1...(round < 5 ? 3000 : 800), using: &rng)
+            while keys.count < size {
+                if Int.random(in: 0..<3, using: &rng) == 0, let k = model.randomKey(using: &rng) {
+                    keys.insert(k)
+                } else {
+                    keys.insert(Fixture.key(UInt64.random(in: 0..<50_000, using: &rng), UInt64.random(in: 0..<3, using: &rng)))
+                }
+            }
+            seq += 1
+            let batch = keys.sorted().map { k in
+                let len = Int.random(in: 0..<200, using: &rng) == 0 ? Item.maxValueLength : Int.random(in: 0...90, using: &rng)
+                return Item(key: k, seq: seq, value: [UInt8](repeating: UInt8(truncatingIfNeeded: k.first), count: len))
+            }
+            for it in batch {
+                try one.insert(it, into: .fs)
+                model.set(it)
+            }
+            var tree = batched.tree(.fs)
+            try tree.insert(sorted: batch[...], in: batched)
+            batched.setTree(.fs, tree)
+            #expect(try Fixture.contents(batched) == model.sorted, "seed \(seed) round \(round): contents differ")
+            #expect(try leafShape(batched) == leafShape(one), "seed \(seed) round \(round): leaves differ")
+            if round % 4 == 3 {
+                try one.commit()
+                try batched.commit()
+            }
+        }
+        try batched.commit()
+        #expect(batched.tree(.fs).root.height >= 3, "seed \(seed): parents never split")
+        #expect(Checker.check(meta: m2, data: d2).problems == [])
+    }
+
     @Test(arguments: [1, 2, 3, 4] as [UInt64])
     func randomOperationsMatchAReferenceMap(seed: UInt64) throws {
         var rng = SplitMix64(seed: seed)
