@@ -463,9 +463,8 @@ public final class ClientItems: @unchecked Sendable {
             }
             for (n, original) in items.enumerated() {
                 var it = original
-                if !it.isDelta && !it.isDeletion { continue }
-                try flushRun(before: n)
                 if it.isDelta {
+                    try flushRun(before: n)
                     // A delta counts in a sum whose seq is below its own (Forest.resolve), and
                     // another client may have merged a sum at this transaction's seq while
                     // this delta waited: restamped with the store's open seq now, it is above
@@ -473,12 +472,13 @@ public final class ClientItems: @unchecked Sendable {
                     it.seq = max(it.seq, store.txnSeq)
                     try writeDelta(it, into: &tree, builder)
                 } else if it.isDeletion, !committed.readsOtherLogTrees, try !fsTreeHolds(it.key) {
+                    try flushRun(before: n)
                     // Only this log tree can hold the key: removing it there hides it, and the
                     // log tree does not carry a tombstone to the merge.
                     _ = try tree.delete(it.key, in: builder)
-                } else {
-                    try tree.insert(it, in: builder)
                 }
+                // Everything else (items, and tombstones the merge carries on) goes in with
+                // its run.
             }
             try flushRun(before: items.endIndex)
             try builder.write()

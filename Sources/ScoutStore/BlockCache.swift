@@ -10,7 +10,10 @@ public final class CachedNode: @unchecked Sendable {
     public let blkno: UInt64
     /// The commit that wrote (or will write) this block; matches the `seq` of refs to it.
     public let seq: UInt64
-    public internal(set) var block: BTreeBlock
+    // Unchecked: every btree edit reaches its block through this class property, and the
+    // runtime's exclusivity check on each access was 4% of a merge's CPU; only the store's
+    // owner edits a dirty node (see above), one edit at a time.
+    @exclusivity(unchecked) public internal(set) var block: BTreeBlock
     var dirty: Bool
     // LRU links, used only while clean. Both are strong: the cache unlinks a node before it
     // drops it, and `removeAll` breaks every link, so no cycle outlives the list. (A weak link
