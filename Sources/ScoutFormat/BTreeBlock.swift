@@ -315,6 +315,30 @@ public struct BTreeBlock: Sendable {
         edited.removeSubrange(range)
     }
 
+    /// Removes the leaf entries at `indexes` (ascending) in one pass over what follows the
+    /// first of them.
+    public mutating func removeLeaves(at indexes: [Int]) {
+        guard let first = indexes.first else { return }
+        unpack()
+        var w = first
+        var k = 0
+        edited.withUnsafeMutableBufferPointer { values in
+            for r in first..<keyList.count {
+                if k < indexes.count && indexes[k] == r {
+                    usedBytes -= Self.leafEntrySize(values[r].value.count)
+                    k += 1
+                    continue
+                }
+                keyList[w] = keyList[r]
+                // What is swapped up past `w` is dropped with the tail below.
+                values.swapAt(w, r)
+                w += 1
+            }
+        }
+        keyList.removeSubrange(w...)
+        edited.removeSubrange(w...)
+    }
+
     public mutating func insertChild(_ key: Key, _ ref: BlockRef, at i: Int) {
         keyList.insert(key, at: i)
         children.insert(ref, at: i)

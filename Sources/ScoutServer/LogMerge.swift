@@ -35,7 +35,8 @@ public enum LogMerge {
             return whole.count <= budget
         }
         if whole.count <= budget {
-            for it in whole { try apply(it, to: store, keepTombstones: keepTombstones, &out) }
+            let before = log
+            if let failure = apply(whole, to: store, before: before, keepTombstones: keepTombstones, &out).failure { throw failure }
             out.freedBlocks = try log.destroy(in: store)
             return out
         }
@@ -57,14 +58,12 @@ public enum LogMerge {
                                  _ out: inout Outcome) throws -> Bool {
         var moved = 0
         while moved < limit && !log.root.isEmpty {
-            // Room for the log leaf's path before it is copied, then for each item's two edits.
+            // Room for the log leaf's path before it is copied, then for each fs leaf's edits.
             try store.ensureRoom(editing: [log, store.tree(.fs)])
             // Taking items out never makes the log tree taller: its room is what it is now.
             let before = log
-            moved += try log.takeFirstLeaf(limit: limit - moved, in: store) { it in
-                try store.ensureRoom(editing: [before, store.tree(.fs)])
-                try apply(it, to: store, keepTombstones: keepTombstones, &out)
-                return true
+            moved += try log.takeFirstLeaf(limit: limit - moved, in: store) { items in
+                apply(items, to: store, before: before, keepTombstones: keepTombstones, &out)
             }
         }
         return log.root.isEmpty
@@ -78,30 +77,59 @@ public enum LogMerge {
         return max(16, min(spare / 3, 50_000))
     }
 
-    static func apply(_ it: Item, to store: Store, keepTombstones: Bool, _ out: inout Outcome) throws {
-        if !it.isDelta, let base = try store.lookup(it.key, in: .fs), base.seq > it.seq {
-            // Another client's log tree, merged first, held a newer version: it stays.
-            out.items += 1
-            return
-        }
-        if it.isDeletion {
-            if keepTombstones {
-                try store.insert(it, into: .fs, forCommit: true)
+    /// Applies `items` (a log tree's, in key order) to the fs tree, a leaf of it at a time.
+    /// Returns how many of them, from the front, are in the fs tree (each one's change is
+    /// made or needs none), and the error that stopped the rest; `out` counts those.
+    static func apply(_ items: [Item], to store: Store, before log: BTree, keepTombstones: Bool,
+                      _ out: inout Outcome) -> (taken: Int, failure: (any Error)?) {
+        var edits: [TreeEdit] = []
+        // The item each edit comes from; the items between two edits need none.
+        var from: [Int] = []
+        var isDeletion: [Bool] = []
+        var failure: (any Error)?
+        var considered = items.count
+        for (n, it) in items.enumerated() {
+            let base: Item?
+            do {
+                base = try store.lookup(it.key, in: .fs)
+            } catch {
+                failure = error
+                considered = n
+                break
+            }
+            isDeletion.append(it.isDeletion)
+            let edit: TreeEdit?
+            if !it.isDelta, let base, base.seq > it.seq {
+                // Another client's log tree, merged first, held a newer version: it stays.
+                edit = nil
+            } else if it.isDeletion {
+                edit = keepTombstones ? .put(it) : (base == nil ? nil : .remove(it.key))
+            } else if it.isDelta {
+                // Added to the fs tree's sum whatever its seq (see Forest); a tombstone newer
+                // than the delta keeps hiding it.
+                edit = Forest.resolve([it], merged: base).map { .put($0) }
             } else {
-                try store.delete(it.key, from: .fs)
+                edit = .put(it)
             }
-            out.deletions += 1
-        } else if it.isDelta {
-            // Added to the fs tree's sum whatever its seq (see Forest); a tombstone newer than
-            // the delta keeps hiding it.
-            let base = try store.lookup(it.key, in: .fs)
-            if let sum = Forest.resolve([it], merged: base) {
-                try store.insert(sum, into: .fs, forCommit: true)
+            if let edit {
+                edits.append(edit)
+                from.append(n)
             }
-            out.items += 1
-        } else {
-            try store.insert(it, into: .fs, forCommit: true)
-            out.items += 1
         }
+        var applied = 0
+        var fs = store.tree(.fs)
+        do {
+            try fs.apply(sorted: edits[...], in: store, applied: &applied) { now in
+                try store.ensureRoom(editing: [log, now])
+            }
+        } catch {
+            failure = error
+        }
+        store.setTree(.fs, fs)
+        let taken = applied < edits.count ? from[applied] : considered
+        for n in 0..<taken {
+            if isDeletion[n] { out.deletions += 1 } else { out.items += 1 }
+        }
+        return (taken, failure)
     }
 }

@@ -1,5 +1,18 @@
 public import ScoutFormat
 
+/// One change of a batch (`BTree.apply(sorted:)`).
+public enum TreeEdit: Sendable, Equatable {
+    case put(Item)
+    case remove(Key)
+
+    public var key: Key {
+        switch self {
+        case .put(let it): it.key
+        case .remove(let k): k
+        }
+    }
+}
+
 /// A copy-on-write btree of items in 64 KiB blocks.
 ///
 /// Writers never modify a block that a committed root can reach: the first change to a block in
@@ -168,6 +181,82 @@ public struct BTree: Sendable {
         }
     }
 
+    /// Applies `edits` (sorted by key, no key twice), a leaf's share at a time, as
+    /// `insert(sorted:)` does for inserts: a merge moves thousands of a log tree's items into
+    /// the fs tree in key order, and each insert or delete alone descended the tree and
+    /// shifted the rest of its leaf. A removal of a key the tree does not hold changes
+    /// nothing, but its leaf's path is copied like the others': callers that know leave it
+    /// out. `beforeLeaf` runs with the tree as it is before each leaf is changed (a room
+    /// check); `applied` counts the edits made, so a caller that sees it throw knows which.
+    public mutating func apply(sorted edits: ArraySlice<TreeEdit>, in store: some NodeWriter, applied: inout Int,
+                               beforeLeaf: (BTree) throws -> Void) throws {
+        for n in edits.indices.dropFirst() where !(edits[n - 1].key < edits[n].key) {
+            throw StoreError(.invalid, "\(name) tree: edits are not in key order (\(edits[n - 1].key) then \(edits[n].key))")
+        }
+        for case .put(let it) in edits where it.value.count > Item.maxValueLength {
+            throw StoreError(.invalid, "\(name) tree: item \(it.key) value of \(it.value.count) bytes exceeds \(Item.maxValueLength)")
+        }
+        var i = edits.startIndex
+        while i < edits.endIndex {
+            try beforeLeaf(self)
+            if root.isEmpty {
+                if case .put(let it) = edits[i] { try insert(it, in: store) }
+                i += 1
+                applied += 1
+                continue
+            }
+            var (path, leaf) = try dirtyPath(to: edits[i].key, in: store)
+            let bound = path.last.map { $0.node.block.key(at: $0.index) } ?? .max
+            var used = leaf.block.usedBytes
+            var replaced: [(index: Int, value: LeafValue)] = []
+            var added: [(key: Key, value: LeafValue)] = []
+            var removed: [Int] = []
+            var j = i
+            collect: while j < edits.endIndex, edits[j].key <= bound {
+                let key = edits[j].key
+                let at = leaf.block.lowerBound(key)
+                let present = at < leaf.block.count && leaf.block.key(at: at) == key
+                switch edits[j] {
+                case .remove:
+                    if present {
+                        removed.append(at)
+                        used -= BTreeBlock.leafEntrySize(leaf.block.valueLength(at: at))
+                    }
+                case .put(let it):
+                    let grows = present ? it.value.count - leaf.block.valueLength(at: at) : BTreeBlock.leafEntrySize(it.value.count)
+                    // What does not fit goes in alone below, and splits the leaf as it would have.
+                    if used + grows > store.nodeCapacity { break collect }
+                    used += grows
+                    let value = LeafValue(seq: it.seq, flags: it.flags, value: it.value)
+                    if present { replaced.append((at, value)) } else { added.append((key, value)) }
+                }
+                j += 1
+            }
+            if j == i {
+                // A put that does not fit the leaf as it is.
+                guard case .put(let it) = edits[i] else { preconditionFailure("a removal always fits") }
+                let at = leaf.block.lowerBound(it.key)
+                let value = LeafValue(seq: it.seq, flags: it.flags, value: it.value)
+                if at < leaf.block.count && leaf.block.key(at: at) == it.key {
+                    leaf.block.replaceLeaf(at: at, with: value)
+                } else {
+                    leaf.block.insertLeaf(it.key, value, at: at)
+                }
+                try splitUpwards(&path, &leaf, changedAt: at, in: store)
+                i += 1
+                applied += 1
+                continue
+            }
+            // Replacements and removals by the indexes found before anything moved.
+            for r in replaced { leaf.block.replaceLeaf(at: r.index, with: r.value) }
+            leaf.block.removeLeaves(at: removed)
+            leaf.block.insertLeaves(sorted: added)
+            if !removed.isEmpty { try joinUpwards(&path, leaf, in: store) }
+            applied += j - i
+            i = j
+        }
+    }
+
     /// Removes the item stored under `key` and returns it; nil (and no block dirtied) if absent.
     @discardableResult
     public mutating func delete(_ key: Key, in store: some NodeWriter) throws -> Item? {
@@ -185,19 +274,27 @@ public struct BTree: Sendable {
     /// many were taken. A merge empties its log tree from the front, and taking items out one
     /// `delete` at a time descended the tree twice for each and shifted the rest of the leaf.
     public mutating func takeFirstLeaf(limit: Int, in store: some NodeWriter, _ body: (Item) throws -> Bool) throws -> Int {
+        try takeFirstLeaf(limit: limit, in: store) { items in
+            for (n, it) in items.enumerated() {
+                do {
+                    guard try body(it) else { return (n, nil) }
+                } catch {
+                    return (n, error)
+                }
+            }
+            return (items.count, nil)
+        }
+    }
+
+    /// The same with the leaf's items handed over together: `batch` says how many of them,
+    /// from the front, it took, and the error that stopped it short, if one did.
+    public mutating func takeFirstLeaf(limit: Int, in store: some NodeWriter,
+                                       batch body: ([Item]) -> (taken: Int, failure: (any Error)?)) throws -> Int {
         guard !root.isEmpty, limit > 0 else { return 0 }
         var (path, leaf) = try dirtyPath(to: .min, in: store)
-        var taken = 0
-        var failure: (any Error)?
-        while taken < min(limit, leaf.block.count) {
-            do {
-                guard try body(leaf.block.item(at: taken)) else { break }
-            } catch {
-                failure = error
-                break
-            }
-            taken += 1
-        }
+        let items = (0..<min(limit, leaf.block.count)).map { leaf.block.item(at: $0) }
+        let (taken, failure) = body(items)
+        precondition(taken >= 0 && taken <= items.count, "took \(taken) of \(items.count) items")
         if taken > 0 {
             leaf.block.removeLeaves(0..<taken)
             try joinUpwards(&path, leaf, in: store)

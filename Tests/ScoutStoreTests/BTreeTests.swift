@@ -170,6 +170,72 @@ import ScoutFormat
         #expect(Checker.check(meta: m2, data: d2).problems == [])
     }
 
+    /// A merge's puts and removals go into the fs tree a leaf's share at a time: the contents
+    /// must be what one edit at a time gives, the tree sound (leaves that lost most of their
+    /// entries joined), a room check that throws part way must leave exactly the edits it
+    /// counted, and a tree emptied by removals must end empty.
+    @Test(arguments: [1, 2, 3] as [UInt64])
+    func batchedEditsMatchOneAtATime(seed: UInt64) throws {
+        struct NoRoom: Error {}
+        var rng = SplitMix64(seed: seed)
+        let (m, d) = Fixture.devices()
+        let s = try Fixture.format(m, d)
+        var model = ReferenceMap()
+        var seq: UInt64 = 0
+        for round in 0..<40 {
+            seq += 1
+            var keys = Set<Key>()
+            let size = Int.random(in: 1...(round < 4 ? 4000 : 1500), using: &rng)
+            let removing = round >= 20 ? 70 : 30
+            while keys.count < size {
+                if Int.random(in: 0..<100, using: &rng) < removing, let k = model.randomKey(using: &rng) {
+                    keys.insert(k)
+                } else {
+                    keys.insert(Fixture.key(UInt64.random(in: 0..<40_000, using: &rng), UInt64.random(in: 0..<3, using: &rng)))
+                }
+            }
+            let edits: [TreeEdit] = keys.sorted().map { k in
+                if Int.random(in: 0..<100, using: &rng) < removing { return .remove(k) }
+                let len = Int.random(in: 0..<150, using: &rng) == 0 ? Item.maxValueLength : Int.random(in: 0...90, using: &rng)
+                return .put(Item(key: k, seq: seq, value: [UInt8](repeating: UInt8(truncatingIfNeeded: k.first), count: len)))
+            }
+            // Now and then the room check gives out part way.
+            let failAt = Int.random(in: 0..<5, using: &rng) == 0 ? Int.random(in: 0..<8, using: &rng) : Int.max
+            var checks = 0
+            var applied = 0
+            var tree = s.tree(.fs)
+            do {
+                try tree.apply(sorted: edits[...], in: s, applied: &applied) { _ in
+                    if checks == failAt { throw NoRoom() }
+                    checks += 1
+                }
+                #expect(applied == edits.count)
+            } catch is NoRoom {
+                #expect(applied < edits.count)
+            }
+            s.setTree(.fs, tree)
+            for e in edits.prefix(applied) {
+                switch e {
+                case .put(let it): model.set(it)
+                case .remove(let k): model.remove(k)
+                }
+            }
+            #expect(try Fixture.contents(s) == model.sorted, "seed \(seed) round \(round): contents differ after \(applied) of \(edits.count) edits")
+            if round % 5 == 4 {
+                try s.commit()
+                #expect(Checker.check(meta: m, data: d).problems == [], "seed \(seed) round \(round)")
+            }
+        }
+        var applied = 0
+        var tree = s.tree(.fs)
+        let all = model.sorted.map { TreeEdit.remove($0.key) }
+        try tree.apply(sorted: all[...], in: s, applied: &applied) { _ in }
+        s.setTree(.fs, tree)
+        #expect(applied == all.count && tree.root.isEmpty)
+        try s.commit()
+        #expect(Checker.check(meta: m, data: d).problems == [])
+    }
+
     @Test(arguments: [1, 2, 3, 4] as [UInt64])
     func randomOperationsMatchAReferenceMap(seed: UInt64) throws {
         var rng = SplitMix64(seed: seed)
