@@ -454,17 +454,17 @@ public final class ClientItems: @unchecked Sendable {
                 return got
             }
             var tree = log
-            // Plain items go in by runs, a leaf's share at a time.
-            let items = p.snap.items
-            var run = items.startIndex
-            func flushRun(before end: Int) throws {
-                if run < end { try tree.insert(sorted: items[run..<end], in: builder) }
-                run = end + 1
+            // Items, tombstones and removals go in by runs, a leaf's share at a time.
+            var run: [TreeEdit] = []
+            func flushRun() throws {
+                guard !run.isEmpty else { return }
+                var applied = 0
+                try tree.apply(sorted: run[...], in: builder, applied: &applied) { _ in }
+                run.removeAll(keepingCapacity: true)
             }
-            for (n, original) in items.enumerated() {
-                var it = original
+            for var it in p.snap.items {
                 if it.isDelta {
-                    try flushRun(before: n)
+                    try flushRun()
                     // A delta counts in a sum whose seq is below its own (Forest.resolve), and
                     // another client may have merged a sum at this transaction's seq while
                     // this delta waited: restamped with the store's open seq now, it is above
@@ -472,15 +472,15 @@ public final class ClientItems: @unchecked Sendable {
                     it.seq = max(it.seq, store.txnSeq)
                     try writeDelta(it, into: &tree, builder)
                 } else if it.isDeletion, !committed.readsOtherLogTrees, try !fsTreeHolds(it.key) {
-                    try flushRun(before: n)
                     // Only this log tree can hold the key: removing it there hides it, and the
                     // log tree does not carry a tombstone to the merge.
-                    _ = try tree.delete(it.key, in: builder)
+                    run.append(.remove(it.key))
+                } else {
+                    // Items, and tombstones the merge carries on.
+                    run.append(.put(it))
                 }
-                // Everything else (items, and tombstones the merge carries on) goes in with
-                // its run.
             }
-            try flushRun(before: items.endIndex)
+            try flushRun()
             try builder.write()
             return try withStore {
                 let writes = logWrites + UInt64(p.snap.items.count)

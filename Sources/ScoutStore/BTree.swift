@@ -121,72 +121,14 @@ public struct BTree: Sendable {
         try splitUpwards(&path, &leaf, changedAt: i, in: store)
     }
 
-    /// Inserts `items` (sorted by key, no key twice), replacing items with the same keys. The
-    /// tree ends as `insert` of each in turn would leave it, but each leaf takes its share at
-    /// once, as much of it as fits: a commit writes thousands of items in key order into a
-    /// log tree that already holds earlier commits' items, mostly between them (names go by
-    /// hash), and one insert at a time descended the tree and shifted the rest of the leaf
-    /// for each.
-    public mutating func insert(sorted items: ArraySlice<Item>, in store: some NodeWriter) throws {
-        // Merged into leaves out of order, they would leave a leaf unsorted for good.
-        for n in items.indices.dropFirst() where !(items[n - 1].key < items[n].key) {
-            throw StoreError(.invalid, "\(name) tree: items to insert are not in key order (\(items[n - 1].key) then \(items[n].key))")
-        }
-        var i = items.startIndex
-        while i < items.endIndex {
-            if root.isEmpty {
-                try insert(items[i], in: store)
-                i += 1
-                continue
-            }
-            var (path, leaf) = try dirtyPath(to: items[i].key, in: store)
-            // Keys above the parent's bound for this leaf belong to the next one.
-            let bound = path.last.map { $0.node.block.key(at: $0.index) } ?? .max
-            var used = leaf.block.usedBytes
-            var replaced: [(index: Int, value: LeafValue)] = []
-            var added: [(key: Key, value: LeafValue)] = []
-            var j = i
-            while j < items.endIndex, items[j].key <= bound {
-                let it = items[j]
-                guard it.value.count <= Item.maxValueLength else {
-                    throw StoreError(.invalid, "\(name) tree: item \(it.key) value of \(it.value.count) bytes exceeds \(Item.maxValueLength)")
-                }
-                let at = leaf.block.lowerBound(it.key)
-                let replaces = at < leaf.block.count && leaf.block.key(at: at) == it.key
-                let grows = replaces ? it.value.count - leaf.block.valueLength(at: at) : BTreeBlock.leafEntrySize(it.value.count)
-                // What does not fit goes in alone below, and splits the leaf as it would have.
-                if used + grows > store.nodeCapacity { break }
-                used += grows
-                let value = LeafValue(seq: it.seq, flags: it.flags, value: it.value)
-                if replaces { replaced.append((at, value)) } else { added.append((it.key, value)) }
-                j += 1
-            }
-            if j == i {
-                let it = items[i]
-                let at = leaf.block.lowerBound(it.key)
-                let value = LeafValue(seq: it.seq, flags: it.flags, value: it.value)
-                if at < leaf.block.count && leaf.block.key(at: at) == it.key {
-                    leaf.block.replaceLeaf(at: at, with: value)
-                } else {
-                    leaf.block.insertLeaf(it.key, value, at: at)
-                }
-                try splitUpwards(&path, &leaf, changedAt: at, in: store)
-                i += 1
-                continue
-            }
-            // Replacements first: their indexes are those before the insertions.
-            for r in replaced { leaf.block.replaceLeaf(at: r.index, with: r.value) }
-            leaf.block.insertLeaves(sorted: added)
-            i = j
-        }
-    }
-
-    /// Applies `edits` (sorted by key, no key twice), a leaf's share at a time, as
-    /// `insert(sorted:)` does for inserts: a merge moves thousands of a log tree's items into
-    /// the fs tree in key order, and each insert or delete alone descended the tree and
-    /// shifted the rest of its leaf. A removal of a key the tree does not hold changes
-    /// nothing, but its leaf's path is copied like the others': callers that know leave it
-    /// out. `beforeLeaf` runs with the tree as it is before each leaf is changed (a room
+    /// Applies `edits` (sorted by key, no key twice) a leaf's share at a time, as much of it
+    /// as fits; a put that does not fit goes in alone and splits the leaf as `insert` would,
+    /// so puts alone leave the tree block for block as one `insert` each leaves it. A commit
+    /// writes thousands of items in key order into a log tree that already holds earlier
+    /// commits' items, mostly between them (names go by hash), and a merge moves them on into
+    /// the fs tree: one insert or delete at a time descended the tree and shifted the rest of
+    /// the leaf for each. A removal of a key the tree does not hold changes nothing, but its
+    /// leaf's path is copied like the others': callers that know leave it out. `beforeLeaf` runs with the tree as it is before each leaf is changed (a room
     /// check); `applied` counts the edits made, so a caller that sees it throw knows which.
     public mutating func apply(sorted edits: ArraySlice<TreeEdit>, in store: some NodeWriter, applied: inout Int,
                                beforeLeaf: (BTree) throws -> Void) throws {
