@@ -108,7 +108,7 @@ public struct BTreeBlock: Sendable {
     @inline(__always)
     public func key(at i: Int) -> Key {
         guard isPacked else { return keyList[i] }
-        return packedBytes.withUnsafeBytes { Self.rawKey($0.baseAddress! + Int(offsets[i])) }
+        return withPackedEntries { Self.rawKey($0(i)) }
     }
 
     /// Every key in order (a packed leaf makes them all: for checks and tests, not lookups).
@@ -126,58 +126,38 @@ public struct BTreeBlock: Sendable {
 
     /// Index of the first entry whose key is ≥ `key`.
     public func lowerBound(_ key: Key) -> Int {
-        guard isPacked else { return Self.lowerBound(keyList, key) }
-        return packedBytes.withUnsafeBytes { raw in
-            offsets.withUnsafeBufferPointer { offs in
-                let base = raw.baseAddress!
-                var lo = 0
-                var hi = offs.count
-                while lo < hi {
-                    let mid = (lo + hi) >> 1
-                    if Self.compare(base + Int(offs[mid]), key) < 0 { lo = mid + 1 } else { hi = mid }
-                }
-                return lo
-            }
-        }
+        guard isPacked else { return Self.firstIndex(keyList.count) { !(keyList[$0] < key) } }
+        return withPackedEntries { entry in Self.firstIndex(offsets.count) { Self.compare(entry($0), key) >= 0 } }
     }
 
     /// Index of the first entry whose key is > `key`.
     public func upperBound(_ key: Key) -> Int {
-        guard isPacked else { return Self.upperBound(keyList, key) }
-        return packedBytes.withUnsafeBytes { raw in
+        guard isPacked else { return Self.firstIndex(keyList.count) { key < keyList[$0] } }
+        return withPackedEntries { entry in Self.firstIndex(offsets.count) { Self.compare(entry($0), key) > 0 } }
+    }
+
+    /// The first of `count` indexes where `isAtOrPast` holds, for a test that is false, then
+    /// true (a binary search).
+    @inline(__always)
+    private static func firstIndex(_ count: Int, where isAtOrPast: (Int) -> Bool) -> Int {
+        var lo = 0
+        var hi = count
+        while lo < hi {
+            let mid = (lo + hi) >> 1
+            if isAtOrPast(mid) { hi = mid } else { lo = mid + 1 }
+        }
+        return lo
+    }
+
+    /// Lends `body` where each entry of a packed leaf begins.
+    @inline(__always)
+    private func withPackedEntries<T>(_ body: ((Int) -> UnsafeRawPointer) -> T) -> T {
+        packedBytes.withUnsafeBytes { raw in
             offsets.withUnsafeBufferPointer { offs in
                 let base = raw.baseAddress!
-                var lo = 0
-                var hi = offs.count
-                while lo < hi {
-                    let mid = (lo + hi) >> 1
-                    if Self.compare(base + Int(offs[mid]), key) > 0 { hi = mid } else { lo = mid + 1 }
-                }
-                return lo
+                return body { base + Int(offs[$0]) }
             }
         }
-    }
-
-    @inline(__always)
-    private static func lowerBound(_ keys: [Key], _ key: Key) -> Int {
-        var lo = 0
-        var hi = keys.count
-        while lo < hi {
-            let mid = (lo + hi) >> 1
-            if keys[mid] < key { lo = mid + 1 } else { hi = mid }
-        }
-        return lo
-    }
-
-    @inline(__always)
-    private static func upperBound(_ keys: [Key], _ key: Key) -> Int {
-        var lo = 0
-        var hi = keys.count
-        while lo < hi {
-            let mid = (lo + hi) >> 1
-            if key < keys[mid] { hi = mid } else { lo = mid + 1 }
-        }
-        return lo
     }
 
     @inline(__always)
@@ -213,8 +193,8 @@ public struct BTreeBlock: Sendable {
     /// Entry `i`'s payload.
     public func value(at i: Int) -> LeafValue {
         guard isPacked else { return edited[i] }
-        return packedBytes.withUnsafeBytes { raw in
-            let p = raw.baseAddress! + Int(offsets[i])
+        return withPackedEntries { entry in
+            let p = entry(i)
             let len = Int(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: Self.lengthOffset, as: UInt16.self)))
             return LeafValue(seq: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: Self.seqOffset, as: UInt64.self)),
                              flags: ItemFlags(rawValue: p.load(fromByteOffset: Self.flagsOffset, as: UInt8.self)),
@@ -231,9 +211,7 @@ public struct BTreeBlock: Sendable {
     /// The length of entry `i`'s value, without making it.
     public func valueLength(at i: Int) -> Int {
         guard isPacked else { return edited[i].value.count }
-        return packedBytes.withUnsafeBytes { raw in
-            Int(UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: Int(offsets[i]) + Self.lengthOffset, as: UInt16.self)))
-        }
+        return withPackedEntries { Int(UInt16(littleEndian: $0(i).loadUnaligned(fromByteOffset: Self.lengthOffset, as: UInt16.self))) }
     }
 
     /// Every leaf payload, parallel to `keys`; empty in parents.

@@ -35,8 +35,7 @@ public enum LogMerge {
             return whole.count <= budget
         }
         if whole.count <= budget {
-            let before = log
-            if let failure = apply(whole, to: store, before: before, keepTombstones: keepTombstones, &out).failure { throw failure }
+            if let failure = apply(whole, to: store, before: log, keepTombstones: keepTombstones, &out).failure { throw failure }
             out.freedBlocks = try log.destroy(in: store)
             return out
         }

@@ -112,11 +112,18 @@ public struct BTree: Sendable {
             return
         }
         var (path, leaf) = try dirtyPath(to: item.key, in: store)
-        let i = leaf.block.lowerBound(item.key)
-        if i < leaf.block.count && leaf.block.key(at: i) == item.key {
+        try put(item.key, value, &path, &leaf, in: store)
+    }
+
+    /// Puts one entry into the dirtied `leaf` (replacing one with the same key) and splits what
+    /// overflowed on `path`.
+    private mutating func put(_ key: Key, _ value: LeafValue, _ path: inout [(node: CachedNode, index: Int)],
+                              _ leaf: inout CachedNode, in store: some NodeWriter) throws {
+        let i = leaf.block.lowerBound(key)
+        if i < leaf.block.count && leaf.block.key(at: i) == key {
             leaf.block.replaceLeaf(at: i, with: value)
         } else {
-            leaf.block.insertLeaf(item.key, value, at: i)
+            leaf.block.insertLeaf(key, value, at: i)
         }
         try splitUpwards(&path, &leaf, changedAt: i, in: store)
     }
@@ -128,8 +135,9 @@ public struct BTree: Sendable {
     /// commits' items, mostly between them (names go by hash), and a merge moves them on into
     /// the fs tree: one insert or delete at a time descended the tree and shifted the rest of
     /// the leaf for each. A removal of a key the tree does not hold changes nothing, but its
-    /// leaf's path is copied like the others': callers that know leave it out. `beforeLeaf` runs with the tree as it is before each leaf is changed (a room
-    /// check); `applied` counts the edits made, so a caller that sees it throw knows which.
+    /// leaf's path is copied like the others': callers that know leave it out. `beforeLeaf`
+    /// runs with the tree as it is before each leaf is changed (a room check); `applied`
+    /// counts the edits made, so a caller that sees it throw knows which.
     public mutating func apply(sorted edits: ArraySlice<TreeEdit>, in store: some NodeWriter, applied: inout Int,
                                beforeLeaf: (BTree) throws -> Void) throws {
         for n in edits.indices.dropFirst() where !(edits[n - 1].key < edits[n].key) {
@@ -177,14 +185,7 @@ public struct BTree: Sendable {
             if j == i {
                 // A put that does not fit the leaf as it is.
                 guard case .put(let it) = edits[i] else { preconditionFailure("a removal always fits") }
-                let at = leaf.block.lowerBound(it.key)
-                let value = LeafValue(seq: it.seq, flags: it.flags, value: it.value)
-                if at < leaf.block.count && leaf.block.key(at: at) == it.key {
-                    leaf.block.replaceLeaf(at: at, with: value)
-                } else {
-                    leaf.block.insertLeaf(it.key, value, at: at)
-                }
-                try splitUpwards(&path, &leaf, changedAt: at, in: store)
+                try put(it.key, LeafValue(seq: it.seq, flags: it.flags, value: it.value), &path, &leaf, in: store)
                 i += 1
                 applied += 1
                 continue
