@@ -236,17 +236,22 @@ public final class ClientItems: @unchecked Sendable {
         try cache.addDelta(key, fields, seq: max(seq, minSeq))
     }
 
-    /// The fs tree holds a visible item at `key`. (With one client the fs tree and this log
-    /// tree are the whole forest; once other clients' log trees join it, a deletion must
-    /// always be written.) Only this client's own commits and the merges of its tree, which
-    /// its log turn keeps out, change the fs tree: the last commit's is current.
-    private func fsTreeHolds(_ key: Key) throws -> Bool {
+    /// Whether the fs tree holds a visible item at each of `keys` (ascending), in one ordered
+    /// pass. (With one client the fs tree and this log tree are the whole forest; once other
+    /// clients' log trees join it, a deletion must always be written.) Only this client's own
+    /// commits and the merges of its tree, which its log turn keeps out, change the fs tree:
+    /// the last commit's is current.
+    private func fsTreeHolds(sorted keys: [Key]) throws -> [Bool] {
+        guard !keys.isEmpty else { return [] }
         let blocks = store.committed
-        let below = try blocks.reading({ blocks.roots }) { r in
-            try BTree(root: r.fs, name: TreeID.fs.description).lookup(key, in: blocks)
+        return try blocks.reading({ blocks.roots }) { r in
+            var holds: [Bool] = []
+            holds.reserveCapacity(keys.count)
+            try BTree(root: r.fs, name: TreeID.fs.description).lookup(sorted: keys, in: blocks) { _, below in
+                holds.append(below.map { !$0.isDeletion } ?? false)
+            }
+            return holds
         }
-        guard let below else { return false }
-        return !below.isDeletion
     }
 
     /// Puts a delta into the log tree, which keeps one version per key: a second change folds
@@ -456,6 +461,11 @@ public final class ClientItems: @unchecked Sendable {
             var tree = log
             // Items, tombstones and removals go in by runs, a leaf's share at a time.
             var run: [TreeEdit] = []
+            // A deletion of a key only this log tree can hold removes it there; looked up
+            // before the build, in the snapshot's order, so the fs tree is descended once a leaf.
+            let soleLog = !committed.readsOtherLogTrees
+            let holds = soleLog ? try fsTreeHolds(sorted: p.snap.items.compactMap { $0.isDelta || !$0.isDeletion ? nil : $0.key }) : []
+            var nextHold = 0
             func flushRun() throws {
                 guard !run.isEmpty else { return }
                 var applied = 0
@@ -471,11 +481,13 @@ public final class ClientItems: @unchecked Sendable {
                     // every sum committed before this client got the lock it was made under.
                     it.seq = max(it.seq, store.txnSeq)
                     try writeDelta(it, into: &tree, builder)
-                } else if it.isDeletion, !committed.readsOtherLogTrees, try !fsTreeHolds(it.key) {
+                } else if it.isDeletion, soleLog, !holds[nextHold] {
                     // Only this log tree can hold the key: removing it there hides it, and the
                     // log tree does not carry a tombstone to the merge.
+                    nextHold += 1
                     run.append(.remove(it.key))
                 } else {
+                    if it.isDeletion, soleLog { nextHold += 1 }
                     // Items, and tombstones the merge carries on.
                     run.append(.put(it))
                 }

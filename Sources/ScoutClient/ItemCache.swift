@@ -362,11 +362,12 @@ public final class ItemCache: Sendable {
             guard s.generation == generation else { return }
             var committed: [Key: Item] = [:]
             for it in got {
-                if let e = s.entries[it.key] {
-                    if e.isDelta { committed[it.key] = it }
+                let at = s.entries.position(of: it.key)
+                if at.found {
+                    if s.entries[at: at].isDelta { committed[it.key] = it }
                     continue
                 }
-                addClean(&s, it.key, Entry(seq: it.seq, flags: [], value: it.value, dirty: false, belowAbsent: false, version: 0))
+                addClean(&s, it.key, Entry(seq: it.seq, flags: [], value: it.value, dirty: false, belowAbsent: false, version: 0), at: at)
             }
             // Sums waiting on a committed value the cache did not hold now have it (or know
             // there is none): they become whole dirty items, which a cached span requires.
@@ -382,7 +383,7 @@ public final class ItemCache: Sendable {
                 whole.flags = []
                 whole.value = sum.value
                 whole.belowAbsent = committed[k] == nil
-                setDirty(&s, p, k, whole)
+                setDirty(&s, p, k, whole, at: s.entries.position(of: k))
             }
             s.spans.insert(from, spanEnd)
         }
@@ -399,10 +400,15 @@ public final class ItemCache: Sendable {
         }
         let r = try range(for: key)
         withState(r) { s, p in
-            let old = s.entries[key]
+            let at = s.entries.position(of: key)
             let belowAbsent: Bool
-            if let old { belowAbsent = old.dirty ? old.belowAbsent : old.isNegative } else { belowAbsent = s.spans.contains(key) }
-            setDirty(&s, p, key, Entry(seq: seq, flags: [], value: value, dirty: true, belowAbsent: belowAbsent, version: 0))
+            if at.found {
+                let old = s.entries[at: at]
+                belowAbsent = old.dirty ? old.belowAbsent : old.isNegative
+            } else {
+                belowAbsent = s.spans.contains(key)
+            }
+            setDirty(&s, p, key, Entry(seq: seq, flags: [], value: value, dirty: true, belowAbsent: belowAbsent, version: 0), at: at)
         }
     }
 
@@ -410,18 +416,19 @@ public final class ItemCache: Sendable {
     public func delete(_ key: Key, seq: UInt64) throws {
         let r = try range(for: key)
         withState(r) { s, p in
-            let old = s.entries[key]
-            if let old {
+            let at = s.entries.position(of: key)
+            if at.found {
+                let old = s.entries[at: at]
                 if old.dirty && old.belowAbsent && !old.isDelta {
                     // Made and unmade in this transaction: nothing to write.
-                    replaceWithClean(&s, r, key, Entry(seq: 0, flags: .deletion, value: [], dirty: false, belowAbsent: false, version: 0))
+                    replaceWithClean(&s, r, key, Entry(seq: 0, flags: .deletion, value: [], dirty: false, belowAbsent: false, version: 0), at: at)
                     return
                 }
                 if !old.dirty && old.isNegative { return }
             } else if s.spans.contains(key) {
                 return
             }
-            setDirty(&s, p, key, Entry(seq: seq, flags: .deletion, value: [], dirty: true, belowAbsent: false, version: 0))
+            setDirty(&s, p, key, Entry(seq: seq, flags: .deletion, value: [], dirty: true, belowAbsent: false, version: 0), at: at)
         }
     }
 
@@ -433,7 +440,8 @@ public final class ItemCache: Sendable {
         let mine = Item(key: key, seq: seq, flags: .delta, value: w.bytes)
         let r = try range(for: key)
         withState(r) { s, p in
-            let old = s.entries[key]
+            let at = s.entries.position(of: key)
+            let old = at.found ? s.entries[at: at] : nil
             var e = Entry(seq: seq, flags: [], value: [], dirty: true, belowAbsent: false, version: 0)
             if let old, old.isDelta {
                 var folded = Forest.combine(base: nil, deltas: [mine, old.item(key)])
@@ -452,7 +460,7 @@ public final class ItemCache: Sendable {
                 e.flags = .delta
                 e.value = mine.value
             }
-            setDirty(&s, p, key, e)
+            setDirty(&s, p, key, e, at: at)
         }
     }
 
@@ -487,18 +495,20 @@ public final class ItemCache: Sendable {
             p.state.withLock { s in
                 // The commit taking this snapshot writes these items: deleting one from now on
                 // must write a deletion too, even before that commit ends.
-                var written: [Key] = []
                 var still: [Key] = []
+                still.reserveCapacity(s.dirtyCount)
+                func take(_ k: Key, _ e: inout Entry) {
+                    snap.items.append(e.item(k))
+                    snap.versions.append(e.version)
+                    still.append(k)
+                    e.belowAbsent = false
+                }
                 if s.dirtyLog.count * 4 >= s.entries.count {
                     // Mostly dirty (creates fill ranges of their own): one pass over the entries,
                     // already in order, costs less than sorting the dirty keys, and every
                     // operation waits for this switch.
-                    s.entries.forEach(from: r.start, through: r.end) { k, e in
-                        guard e.dirty else { return true }
-                        snap.items.append(e.item(k))
-                        snap.versions.append(e.version)
-                        still.append(k)
-                        if e.belowAbsent { written.append(k) }
+                    s.entries.forEachMutating(from: r.start, through: r.end) { k, e in
+                        if e.dirty { take(k, &e) }
                         return true
                     }
                 } else {
@@ -506,15 +516,12 @@ public final class ItemCache: Sendable {
                     var last: Key?
                     for k in s.dirtyLog where k != last {
                         last = k
-                        guard let e = s.entries[k], e.dirty else { continue }
-                        snap.items.append(e.item(k))
-                        snap.versions.append(e.version)
-                        still.append(k)
-                        if e.belowAbsent { written.append(k) }
+                        let at = s.entries.position(of: k)
+                        guard at.found, s.entries[at: at].dirty else { continue }
+                        take(k, &s.entries[at: at])
                     }
                 }
                 s.dirtyLog = still
-                for k in written { s.entries[k]?.belowAbsent = false }
                 updateEstimate(&s)
             }
         }
@@ -534,26 +541,26 @@ public final class ItemCache: Sendable {
             p.state.withLock { s in
                 while j < snap.items.count, j - i < Self.walkBatch, r.contains(snap.items[j].key) {
                     let k = snap.items[j].key
-                    if var e = s.entries[k], e.dirty, e.version != snap.versions[j], e.isDelta, snap.items[j].isDelta {
+                    let at = s.entries.position(of: k)
+                    defer { j += 1 }
+                    guard at.found, s.entries[at: at].dirty else { continue }
+                    if s.entries[at: at].version != snap.versions[j] {
+                        guard s.entries[at: at].isDelta, snap.items[j].isDelta else { continue }
                         // Added to while the commit wrote (operations go on after its switch):
                         // the log tree holds the part the snapshot took, the rest stays.
-                        e.value = Self.subtract(e.value, snap.items[j].value)
-                        s.entries[k] = e
+                        s.entries[at: at].value = Self.subtract(s.entries[at: at].value, snap.items[j].value)
                         // A fill that read the committed value before the commit would add
                         // it to what is left and lose the written part.
                         s.generation += 1
-                    } else if var e = s.entries[k], e.dirty, e.version == snap.versions[j] {
-                        s.logBytes += e.leafBytes
-                        if e.isDelta {
-                            removeDirty(&s, r, k)
-                            s.generation += 1
-                        } else {
-                            e.dirty = false
-                            e.belowAbsent = false
-                            replaceWithClean(&s, r, k, e)
-                        }
+                        continue
                     }
-                    j += 1
+                    s.logBytes += s.entries[at: at].leafBytes
+                    if s.entries[at: at].isDelta {
+                        removeDirty(&s, r, at: at)
+                        s.generation += 1
+                    } else {
+                        markClean(&s, r, k, at: at)
+                    }
                 }
                 updateEstimate(&s)
             }
@@ -687,29 +694,32 @@ public final class ItemCache: Sendable {
         s.retired = true
     }
 
-    private func addClean(_ s: inout PartitionState, _ key: Key, _ e: Entry) {
-        s.entries[key] = e
+    /// Stores `e` at `key`, whose position `at` is, and counts it clean.
+    private func addClean(_ s: inout PartitionState, _ key: Key, _ e: Entry, at: SortedKeyMap<Entry>.Position) {
+        if at.found { s.entries[at: at] = e } else { s.entries.insert(key, e, at: at) }
         s.cleanBytes += e.memoryBytes
         cleanBytes.add(e.memoryBytes, ordering: .relaxed)
     }
 
-    /// Takes the accounting of whatever `key` held off the books.
-    private func forgetOld(_ s: inout PartitionState, _ key: Key) -> Entry? {
-        guard let old = s.entries[key] else { return nil }
-        if old.dirty {
-            s.dirtyBytes -= old.leafBytes
-        } else {
-            s.cleanBytes -= old.memoryBytes
-            cleanBytes.subtract(old.memoryBytes, ordering: .relaxed)
+    /// Takes the accounting of what the entry at `at` holds off the books; whether it was dirty
+    /// (false for a position with no entry).
+    private func forgetOld(_ s: inout PartitionState, at: SortedKeyMap<Entry>.Position) -> Bool {
+        guard at.found else { return false }
+        if s.entries[at: at].dirty {
+            s.dirtyBytes -= s.entries[at: at].leafBytes
+            return true
         }
-        return old
+        let bytes = s.entries[at: at].memoryBytes
+        s.cleanBytes -= bytes
+        cleanBytes.subtract(bytes, ordering: .relaxed)
+        return false
     }
 
-    private func setDirty(_ s: inout PartitionState, _ p: Partition, _ key: Key, _ entry: Entry) {
+    private func setDirty(_ s: inout PartitionState, _ p: Partition, _ key: Key, _ entry: Entry, at: SortedKeyMap<Entry>.Position) {
         var e = entry
         e.version = versions.add(1, ordering: .relaxed).newValue
-        let wasDirty = forgetOld(&s, key)?.dirty == true
-        s.entries[key] = e
+        let wasDirty = forgetOld(&s, at: at)
+        if at.found { s.entries[at: at] = e } else { s.entries.insert(key, e, at: at) }
         s.dirtyBytes += e.leafBytes
         if !wasDirty {
             s.dirtyLog.append(key)
@@ -719,22 +729,38 @@ public final class ItemCache: Sendable {
         updateEstimate(&s)
     }
 
-    private func replaceWithClean(_ s: inout PartitionState, _ r: LockRange, _ key: Key, _ e: Entry) {
-        if forgetOld(&s, key)?.dirty == true { noLongerDirty(&s, r) }
+    private func replaceWithClean(_ s: inout PartitionState, _ r: LockRange, _ key: Key, _ e: Entry, at: SortedKeyMap<Entry>.Position) {
+        if forgetOld(&s, at: at) { noLongerDirty(&s, r) }
         if e.isNegative && s.spans.contains(key) {
             // A cached span already says the key is absent: a clean deletion entry would only
             // be one more thing for walks to step over (a key made and unmade in one
             // transaction, a committed deletion; rewriting a file does both at every write).
-            s.entries.remove(key)
+            if at.found { s.entries.remove(at: at) }
         } else {
-            addClean(&s, key, e)
+            addClean(&s, key, e, at: at)
         }
         updateEstimate(&s)
     }
 
-    private func removeDirty(_ s: inout PartitionState, _ r: LockRange, _ key: Key) {
-        let wasDirty = forgetOld(&s, key)?.dirty == true
-        s.entries.remove(key)
+    /// The dirty entry at `at` is now in the log tree: it stays as a clean entry, changed in
+    /// place (a negative one inside a cached span goes, as in `replaceWithClean`).
+    private func markClean(_ s: inout PartitionState, _ r: LockRange, _ key: Key, at: SortedKeyMap<Entry>.Position) {
+        _ = forgetOld(&s, at: at)
+        noLongerDirty(&s, r)
+        if s.entries[at: at].isNegative && s.spans.contains(key) {
+            s.entries.remove(at: at)
+        } else {
+            s.entries[at: at].dirty = false
+            s.entries[at: at].belowAbsent = false
+            let bytes = s.entries[at: at].memoryBytes
+            s.cleanBytes += bytes
+            cleanBytes.add(bytes, ordering: .relaxed)
+        }
+    }
+
+    private func removeDirty(_ s: inout PartitionState, _ r: LockRange, at: SortedKeyMap<Entry>.Position) {
+        let wasDirty = forgetOld(&s, at: at)
+        s.entries.remove(at: at)
         if wasDirty { noLongerDirty(&s, r) }
     }
 

@@ -56,20 +56,46 @@ public struct SortedKeyMap<Value> {
         }
     }
 
-    /// Sets the value of `key`, adding it if absent.
-    public mutating func insert(_ key: Key, _ value: Value) {
+    /// Where a key is or would go: found once, then read, changed, filled or emptied without
+    /// searching again (an item cache write searched three times: to read the old entry, to
+    /// take its accounting off, to store the new one). Any change to the map other than
+    /// through this position makes it meaningless.
+    public struct Position {
+        fileprivate var chunk: Int
+        fileprivate var index: Int
+        public let found: Bool
+    }
+
+    public func position(of key: Key) -> Position {
+        guard !chunks.isEmpty else { return Position(chunk: 0, index: 0, found: false) }
+        let c = chunkIndex(for: key)
+        let i = Self.lowerBound(chunks[c], key)
+        return Position(chunk: c, index: i, found: i < chunks[c].count && chunks[c][i].key == key)
+    }
+
+    /// The value at a found position, borrowed and changed in place.
+    public subscript(at p: Position) -> Value {
+        _read {
+            precondition(p.found, "SortedKeyMap: no value at a position that was not found")
+            yield chunks[p.chunk][p.index].value
+        }
+        _modify {
+            precondition(p.found, "SortedKeyMap: no value at a position that was not found")
+            yield &chunks[p.chunk][p.index].value
+        }
+    }
+
+    /// Adds `key`, which `p` (its position) did not find.
+    public mutating func insert(_ key: Key, _ value: Value, at p: Position) {
+        precondition(!p.found, "SortedKeyMap: insert at a position that holds a key")
         guard !chunks.isEmpty else {
             chunks = [[(key, value)]]
             firsts = [key]
             count = 1
             return
         }
-        let c = chunkIndex(for: key)
-        let i = Self.lowerBound(chunks[c], key)
-        if i < chunks[c].count, chunks[c][i].key == key {
-            chunks[c][i].value = value
-            return
-        }
+        let c = p.chunk
+        let i = p.index
         chunks[c].insert((key, value), at: i)
         if i == 0 { firsts[c] = key }
         count += 1
@@ -82,13 +108,12 @@ public struct SortedKeyMap<Value> {
         }
     }
 
-    /// Removes `key`; returns its value if it was there.
+    /// Removes the entry at a found position; returns its value.
     @discardableResult
-    public mutating func remove(_ key: Key) -> Value? {
-        guard !chunks.isEmpty else { return nil }
-        let c = chunkIndex(for: key)
-        let i = Self.lowerBound(chunks[c], key)
-        guard i < chunks[c].count, chunks[c][i].key == key else { return nil }
+    public mutating func remove(at p: Position) -> Value {
+        precondition(p.found, "SortedKeyMap: remove at a position that was not found")
+        let c = p.chunk
+        let i = p.index
         let v = chunks[c].remove(at: i).value
         count -= 1
         if chunks[c].isEmpty {
@@ -98,6 +123,19 @@ public struct SortedKeyMap<Value> {
             firsts[c] = chunks[c][0].key
         }
         return v
+    }
+
+    /// Sets the value of `key`, adding it if absent.
+    public mutating func insert(_ key: Key, _ value: Value) {
+        let p = position(of: key)
+        if p.found { self[at: p] = value } else { insert(key, value, at: p) }
+    }
+
+    /// Removes `key`; returns its value if it was there.
+    @discardableResult
+    public mutating func remove(_ key: Key) -> Value? {
+        let p = position(of: key)
+        return p.found ? remove(at: p) : nil
     }
 
     public mutating func removeAll() {
@@ -119,6 +157,26 @@ public struct SortedKeyMap<Value> {
                 while i < chunk.count {
                     if chunk[i].key > end { return true }
                     if try !body(chunk[i].key, chunk[i].value) { return true }
+                    i += 1
+                }
+                return false
+            }
+            if stop { return }
+            c += 1
+            i = 0
+        }
+    }
+
+    /// `forEach` with each value open to change in place.
+    public mutating func forEachMutating(from start: Key, through end: Key, _ body: (Key, inout Value) throws -> Bool) rethrows {
+        guard !chunks.isEmpty, start <= end else { return }
+        var c = chunkIndex(for: start)
+        var i = Self.lowerBound(chunks[c], start)
+        while c < chunks.count {
+            let stop = try chunks[c].withUnsafeMutableBufferPointer { chunk in
+                while i < chunk.count {
+                    if chunk[i].key > end { return true }
+                    if try !body(chunk[i].key, &chunk[i].value) { return true }
                     i += 1
                 }
                 return false

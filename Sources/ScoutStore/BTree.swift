@@ -44,6 +44,27 @@ public struct BTree: Sendable {
         return leaf.block.item(at: i)
     }
 
+    /// Looks up each of `keys` (ascending) and calls `body` with it and what the tree holds
+    /// there. A key that falls in the leaf of the one before it is found in that leaf: a
+    /// commit's deletions, which come in order and cluster, descend once per leaf, not once
+    /// per key.
+    public func lookup<S: Sequence<Key>>(sorted keys: S, in store: some NodeSource, _ body: (Key, Item?) throws -> Void) throws {
+        var last: Descent?
+        var previous: Key?
+        for key in keys {
+            precondition(previous.map { $0 <= key } ?? true, "BTree.lookup(sorted:) needs ascending keys")
+            previous = key
+            guard !root.isEmpty else { try body(key, nil); continue }
+            // Keys ascend, so the leaf still covers `key` while `key` is within its upper bound.
+            if last == nil || last!.upperBound.map({ key > $0 }) == true {
+                last = try descend(to: key, in: store)
+            }
+            let block = last!.leaf.block
+            let i = block.lowerBound(key)
+            try body(key, i < block.count && block.key(at: i) == key ? block.item(at: i) : nil)
+        }
+    }
+
     /// The first item whose key is ≥ `key`.
     public func next(from key: Key, in store: some NodeSource) throws -> Item? {
         var search = key

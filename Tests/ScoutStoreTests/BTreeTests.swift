@@ -320,6 +320,35 @@ import ScoutFormat
         #expect(seen == [10, 11, 12, 13, 14])
     }
 
+    /// A commit looks up its deletions in order and reuses a leaf while the next key falls in
+    /// it: every answer must be what a lookup of that key alone gives, at leaf edges too.
+    @Test(arguments: [1, 2, 3] as [UInt64])
+    func sortedLookupsAnswerAsSingleOnes(seed: UInt64) throws {
+        var rng = SplitMix64(seed: seed)
+        let (m, d) = Fixture.devices()
+        let s = try Fixture.format(m, d)
+        // Even keys only, so that half the probes miss, inside leaves and past their edges.
+        for i in stride(from: 0, to: 6000, by: 2) as StrideTo<UInt64> {
+            try s.insert(Item(key: Fixture.key(i), seq: 1, value: [UInt8(i & 0xff)]), into: .fs)
+        }
+        try s.commit()
+        #expect(s.tree(.fs).root.height >= 2)
+        var probes = (0..<400).map { _ in Fixture.key(rng.next() % 6100) }
+        probes += [Fixture.key(0), Fixture.key(5998), Fixture.key(5999), .min, .max]
+        probes.sort()
+        var got: [(Key, Item?)] = []
+        try s.tree(.fs).lookup(sorted: probes, in: s) { got.append(($0, $1)) }
+        #expect(got.map(\.0) == probes)
+        for (k, item) in got {
+            #expect(item == (try s.lookup(k, in: .fs)), "key \(k)")
+        }
+        #expect(got.filter { $0.1 != nil }.count == probes.filter { $0 != .min && $0 != .max && $0.first % 2 == 0 && $0.first < 6000 }.count)
+        // An empty tree answers every key with nothing.
+        var empty = 0
+        try BTree(root: .empty, name: "empty").lookup(sorted: probes, in: s) { _, item in if item == nil { empty += 1 } }
+        #expect(empty == probes.count)
+    }
+
     @Test func committedBlocksAreNeverOverwrittenInTheNextTransaction() throws {
         let (m, d) = Fixture.devices()
         let s = try Fixture.format(m, d)
