@@ -33,11 +33,22 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.0"..<"5.0.0"),
     ],
     targets: [
         .target(name: "ScoutFormat", swiftSettings: formatSettings),
         .target(name: "ScoutStore", dependencies: ["ScoutFormat"], swiftSettings: strict),
-        .target(name: "ScoutNet", dependencies: ["ScoutFormat"], swiftSettings: strict),
+        .target(
+            name: "ScoutNet",
+            dependencies: [
+                "ScoutFormat",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strict
+        ),
         .target(name: "ScoutClient", dependencies: ["ScoutFormat", "ScoutStore", "ScoutNet"], swiftSettings: strict),
         .target(name: "ScoutServer", dependencies: ["ScoutFormat", "ScoutStore", "ScoutNet"], swiftSettings: strict),
         .target(

@@ -27,7 +27,7 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
 func decode(_ input: [UInt8]) {
     guard let which = input.first else { return }
     let bytes = Array(input.dropFirst())
-    switch which % 12 {
+    switch which % 13 {
     case 0:
         // A whole block: padded to the block size the way a read returns one.
         var block = bytes
@@ -53,6 +53,15 @@ func decode(_ input: [UInt8]) {
     case 8: _ = try? ControlReply(decoding: bytes)
     case 9: _ = try? LockClientMessage(decoding: bytes)
     case 10: _ = try? LockServerMessage(decoding: bytes)
+    case 11:
+        // What a peer sends over the network, before and after the handshake.
+        if let f = try? NetFrame(decodingAfterLength: bytes) {
+            _ = try? NetHello(decoding: f.body)
+            _ = try? NetGreeting(decoding: f.body)
+            _ = try? NetWelcome(decoding: f.body)
+            _ = try? NetRefusal(decoding: f.body)
+        }
+        if bytes.count >= 4 { _ = try? NetFrame.checkLength(UInt32(bytes[0]) | UInt32(bytes[1]) << 8 | UInt32(bytes[2]) << 16 | UInt32(bytes[3]) << 24) }
     default:
         var r = ByteReader(bytes, what: "fuzz")
         _ = try? BTreeRoot(decoding: &r)

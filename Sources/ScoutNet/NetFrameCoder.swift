@@ -1,0 +1,65 @@
+import NIOCore
+import ScoutFormat
+
+/// Cuts a TCP stream into `NetFrame`s. The length is checked as soon as its four bytes are in,
+/// so a peer announcing an oversized or undersized frame is refused before anything of the
+/// frame is buffered (the length-field decoders of NIO's extras accept up to 2 GiB).
+struct NetFrameDecoder: ByteToMessageDecoder {
+    typealias InboundOut = NetFrame
+
+    mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        guard let length = buffer.getInteger(at: buffer.readerIndex, endianness: .little, as: UInt32.self) else {
+            return .needMoreData
+        }
+        let n = try NetFrame.checkLength(length)
+        guard buffer.readableBytes >= NetFrame.lengthSize + n else { return .needMoreData }
+        buffer.moveReaderIndex(forwardBy: NetFrame.lengthSize)
+        guard let bytes = buffer.readBytes(length: n) else { return .needMoreData }
+        context.fireChannelRead(wrapInboundOut(try NetFrame(decodingAfterLength: bytes)))
+        return .continue
+    }
+
+    mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        while try decode(context: context, buffer: &buffer) == .continue {}
+        if buffer.readableBytes > 0 {
+            let left = buffer.readableBytes
+            buffer.moveReaderIndex(forwardBy: left)
+            throw NetError("connection ended inside a frame (\(left) bytes of it arrived)")
+        }
+        return .needMoreData
+    }
+}
+
+struct NetFrameEncoder: MessageToByteEncoder {
+    typealias OutboundIn = NetFrame
+
+    func encode(data: NetFrame, out: inout ByteBuffer) throws {
+        out.writeBytes(data.encoded)
+    }
+}
+
+/// A failure of a connection or of a call over it.
+public struct NetError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// How often each side sends a heartbeat when it has nothing else to say, and how long it
+/// waits for any frame from the other before it gives the connection up. The timeout covers
+/// the handshake too: a peer that connects and says nothing is dropped.
+public struct NetTimers: Sendable {
+    public var heartbeatInterval: Duration
+    public var silenceTimeout: Duration
+
+    public init(heartbeatInterval: Duration = .seconds(1), silenceTimeout: Duration = .seconds(10)) {
+        self.heartbeatInterval = heartbeatInterval
+        self.silenceTimeout = silenceTimeout
+    }
+}
+
+extension TimeAmount {
+    init(_ d: Duration) {
+        let (s, atto) = d.components
+        self = .nanoseconds(s * 1_000_000_000 + atto / 1_000_000_000)
+    }
+}
