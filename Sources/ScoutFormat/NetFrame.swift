@@ -1,16 +1,18 @@
 /// One message between a node and the server, as it crosses the network:
 ///
 ///     u32 length of what follows (little-endian)
-///     u16 kind · u8 flags · u8 zero · u64 id
+///     u16 kind · u8 flags · u8 zero · u64 id · u64 seq · u64 ack
 ///     body (length − `headerSize` bytes, at most `maxBody`)
 ///
 /// A call (a request that expects an answer) has a nonzero id and its answer repeats it with
-/// `.answer` set; messages that expect none (lock messages, heartbeats) have id 0. The length
+/// `.answer` set; messages that expect none (lock messages, heartbeats) have id 0. `seq` numbers
+/// lock and call frames in each direction and `ack` counts those taken in from the peer, so a
+/// session can resend across reconnects (ScoutNet's `NetSession`). The length
 /// comes first and is checked before anything else is read, so a peer that announces more than
 /// `maxBody` is refused at the header, before it can make the other side buffer it.
 public struct NetFrame: Sendable, Equatable {
     /// Bytes after the length field and before the body.
-    public static let headerSize = 12
+    public static let headerSize = 28
     /// Bytes of the length field.
     public static let lengthSize = 4
     /// The largest body either side sends or accepts. A commit's record with its freed
@@ -20,12 +22,16 @@ public struct NetFrame: Sendable, Equatable {
     public var kind: NetKind
     public var flags: NetFrameFlags
     public var id: UInt64
+    public var seq: UInt64
+    public var ack: UInt64
     public var body: [UInt8]
 
-    public init(_ kind: NetKind, flags: NetFrameFlags = [], id: UInt64 = 0, body: [UInt8] = []) {
+    public init(_ kind: NetKind, flags: NetFrameFlags = [], id: UInt64 = 0, seq: UInt64 = 0, ack: UInt64 = 0, body: [UInt8] = []) {
         self.kind = kind
         self.flags = flags
         self.id = id
+        self.seq = seq
+        self.ack = ack
         self.body = body
     }
 
@@ -43,6 +49,8 @@ public struct NetFrame: Sendable, Equatable {
         w.u8(flags.rawValue)
         w.u8(0)
         w.u64(id)
+        w.u64(seq)
+        w.u64(ack)
     }
 
     /// What a length field announces: how many bytes follow it, or why the connection must
@@ -74,6 +82,8 @@ public struct NetFrame: Sendable, Equatable {
         self.kind = kind
         self.flags = NetFrameFlags(rawValue: rawFlags)
         self.id = try r.u64()
+        self.seq = try r.u64()
+        self.ack = try r.u64()
         self.body = try r.raw(r.remaining)
     }
 }

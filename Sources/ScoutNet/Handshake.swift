@@ -5,8 +5,9 @@ public import ScoutFormat
 /// peer sends before the handshake ends reaches the filesystem.
 ///
 /// Server side: send `NetHello` with a fresh nonce; accept one `NetGreeting` for this
-/// filesystem and protocol version whose proof checks and whose client id is not connected
-/// already; answer with `NetWelcome`. Anything else is refused with a reason, and closed.
+/// filesystem and protocol version whose proof checks and that the server admits (a client id
+/// connected from another mount is not; a reconnect of the same mount resumes its session);
+/// answer with `NetWelcome`. Anything else is refused with a reason, and closed.
 public struct ServerHandshake: Sendable {
     public enum State: Sendable, Equatable {
         case awaitingGreeting
@@ -14,9 +15,17 @@ public struct ServerHandshake: Sendable {
         case refused
     }
 
+    /// What the server makes of a greeting that proved the key.
+    public enum Admission: Sendable, Equatable {
+        case newSession
+        /// The node's session goes on; the server took in `received` of its frames.
+        case resumed(received: UInt64)
+        case refused(String)
+    }
+
     public enum Action: Sendable, Equatable {
-        /// Send the welcome; the connection now belongs to `client`.
-        case welcome(NetFrame, client: ClientID)
+        /// Send the welcome; the connection now belongs to the greeting's client.
+        case welcome(NetFrame, NetGreeting, resumed: Bool)
         /// Send the refusal, close, and log `reason`.
         case refuse(NetFrame, reason: String)
         /// A frame of the established connection, for the server to handle.
@@ -26,19 +35,22 @@ public struct ServerHandshake: Sendable {
     public private(set) var state = State.awaitingGreeting
     let fsid: UInt64
     let key: ClusterKey
+    let instance: UInt64
     let nonce: [UInt8]
 
-    public init(fsid: UInt64, key: ClusterKey, nonce: [UInt8]) {
+    public init(fsid: UInt64, key: ClusterKey, instance: UInt64, nonce: [UInt8]) {
         self.fsid = fsid
         self.key = key
+        self.instance = instance
         self.nonce = nonce
     }
 
     /// The first frame on the connection.
-    public var hello: NetFrame { NetFrame(.hello, body: NetHello(fsid: fsid, nonce: nonce).encoded) }
+    public var hello: NetFrame { NetFrame(.hello, body: NetHello(fsid: fsid, instance: instance, nonce: nonce).encoded) }
 
-    /// `admit` claims the client id for this connection (false: it is connected already).
-    public mutating func received(_ frame: NetFrame, admit: (ClientID) -> Bool) -> Action {
+    /// `admit` decides on a greeting that proved the key (and claims the client id for this
+    /// connection if it admits it).
+    public mutating func received(_ frame: NetFrame, admit: (NetGreeting) -> Admission) -> Action {
         switch state {
         case .established:
             return .deliver(frame)
@@ -56,16 +68,18 @@ public struct ServerHandshake: Sendable {
             guard g.fsid == fsid else {
                 return refuse("node \(g.client) greeted filesystem \(hex(g.fsid)), this server serves \(hex(fsid))")
             }
-            let input = NetHandshake.greetingProofInput(fsid: fsid, client: g.client, serverNonce: nonce, clientNonce: g.nonce)
-            guard key.verify(g.proof, of: input) else {
+            guard key.verify(g.proof, of: NetHandshake.greetingProofInput(g, serverNonce: nonce)) else {
                 return refuse("node \(g.client) does not hold this cluster's key")
             }
-            guard admit(g.client) else {
-                return refuse("client \(g.client) is connected already")
+            var welcome: NetWelcome
+            switch admit(g) {
+            case .refused(let why): return refuse(why)
+            case .newSession: welcome = NetWelcome(resumed: false, received: 0)
+            case .resumed(let n): welcome = NetWelcome(resumed: true, received: n)
             }
             state = .established(client: g.client)
-            let proof = key.proof(of: NetHandshake.welcomeProofInput(fsid: fsid, client: g.client, serverNonce: nonce, clientNonce: g.nonce))
-            return .welcome(NetFrame(.welcome, body: NetWelcome(proof: proof).encoded), client: g.client)
+            welcome.proof = key.proof(of: NetHandshake.welcomeProofInput(welcome, fsid: fsid, client: g.client, serverNonce: nonce, clientNonce: g.nonce))
+            return .welcome(NetFrame(.welcome, body: welcome.encoded), g, resumed: welcome.resumed)
         }
     }
 
@@ -80,14 +94,15 @@ public struct ServerHandshake: Sendable {
 public struct ClientHandshake: Sendable {
     public enum State: Sendable, Equatable {
         case awaitingHello
-        case awaitingWelcome(serverNonce: [UInt8])
+        case awaitingWelcome(serverNonce: [UInt8], serverInstance: UInt64)
         case established
         case failed(String)
     }
 
     public enum Action: Sendable, Equatable {
         case send(NetFrame)
-        case established
+        /// In: `welcome` says whether the session resumed and how many frames the server took in.
+        case established(serverInstance: UInt64, NetWelcome)
         /// Close; the connection attempt failed for `reason`.
         case fail(reason: String)
         case deliver(NetFrame)
@@ -97,12 +112,20 @@ public struct ClientHandshake: Sendable {
     let fsid: UInt64
     let client: ClientID
     let key: ClusterKey
+    let incarnation: UInt64
+    let resumeInstance: UInt64
+    let resumeReceived: UInt64
     let nonce: [UInt8]
 
-    public init(fsid: UInt64, client: ClientID, key: ClusterKey, nonce: [UInt8]) {
+    /// `resumeInstance` and `resumeReceived`: the session the node has (0, 0: none).
+    public init(fsid: UInt64, client: ClientID, key: ClusterKey, incarnation: UInt64,
+                resumeInstance: UInt64 = 0, resumeReceived: UInt64 = 0, nonce: [UInt8]) {
         self.fsid = fsid
         self.client = client
         self.key = key
+        self.incarnation = incarnation
+        self.resumeInstance = resumeInstance
+        self.resumeReceived = resumeReceived
         self.nonce = nonce
     }
 
@@ -129,19 +152,24 @@ public struct ClientHandshake: Sendable {
             guard h.fsid == fsid else {
                 return fail("server serves filesystem \(hex(h.fsid)), not this node's \(hex(fsid)); check the server address")
             }
-            state = .awaitingWelcome(serverNonce: h.nonce)
-            let proof = key.proof(of: NetHandshake.greetingProofInput(fsid: fsid, client: client, serverNonce: h.nonce, clientNonce: nonce))
-            return .send(NetFrame(.greeting, body: NetGreeting(fsid: fsid, client: client, nonce: nonce, proof: proof).encoded))
-        case .awaitingWelcome(let serverNonce):
+            state = .awaitingWelcome(serverNonce: h.nonce, serverInstance: h.instance)
+            var g = NetGreeting(fsid: fsid, client: client, incarnation: incarnation, resumeInstance: resumeInstance,
+                                received: resumeReceived, nonce: nonce)
+            g.proof = key.proof(of: NetHandshake.greetingProofInput(g, serverNonce: h.nonce))
+            return .send(NetFrame(.greeting, body: g.encoded))
+        case .awaitingWelcome(let serverNonce, let serverInstance):
             guard frame.kind == .welcome else { return fail("server sent a \(frame.kind) frame before its welcome") }
             let w: NetWelcome
             do { w = try NetWelcome(decoding: frame.body) } catch { return fail("malformed welcome: \(error)") }
-            let input = NetHandshake.welcomeProofInput(fsid: fsid, client: client, serverNonce: serverNonce, clientNonce: nonce)
+            let input = NetHandshake.welcomeProofInput(w, fsid: fsid, client: client, serverNonce: serverNonce, clientNonce: nonce)
             guard key.verify(w.proof, of: input) else {
                 return fail("server does not hold this cluster's key")
             }
+            guard !w.resumed || serverInstance == resumeInstance else {
+                return fail("server \(hex(serverInstance)) resumed a session of server \(hex(resumeInstance))")
+            }
             state = .established
-            return .established
+            return .established(serverInstance: serverInstance, w)
         case .established, .failed:
             preconditionFailure("handled above")
         }

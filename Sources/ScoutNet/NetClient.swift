@@ -6,29 +6,56 @@ import Synchronization
 
 /// A node's connection to the server: connects, proves it holds the cluster key and checks
 /// that the server does (`ClientHandshake`), then carries messages both ways and calls with
-/// their answers.
+/// their answers. When the connection breaks it reconnects by itself, resumes its session and
+/// resends what the server did not take in (`NetSession`): callers see a wait, not an error.
+/// If the server that answers is a new run (it restarted), the session cannot resume: calls in
+/// flight fail, since it cannot be known whether they ran, and `onReset` tells the node, whose
+/// lock state the new server must recover.
 ///
-/// `call` blocks its thread until the answer comes; it must not be made on a network thread
-/// (NIO refuses to wait there). What the server sends unasked reaches `onMessage` on a queue of
-/// this connection's own, in order; calls may be made from it.
+/// `call` blocks its thread until the answer comes. What the server sends unasked reaches
+/// `onMessage` on a queue of this client's own, in order; calls may be made from it.
 public final class NetClient: Sendable {
     public let client: ClientID
-    let channel: any Channel
-    let state: Mutex<CallState>
+    let host: String
+    let port: Int
+    let fsid: UInt64
+    let key: ClusterKey
+    let incarnation: UInt64
+    let timers: NetTimers
+    let onMessage: @Sendable (NetKind, [UInt8]) -> Void
+    let onReset: @Sendable () -> Void
     let log: @Sendable (String) -> Void
+    let queue = DispatchQueue(label: "scoutfs.net.server-messages")
+    let state = Mutex(State())
 
-    struct CallState {
+    struct State {
+        var net = NetSession()
+        var serverInstance: UInt64 = 0
+        var channel: (any Channel)?
         var nextID: UInt64 = 1
-        var pending: [UInt64: EventLoopPromise<[UInt8]>] = [:]
-        /// Why the connection ended, once it has.
+        var pending: [UInt64: CallWaiter] = [:]
+        /// Set by `close`: no reconnects, calls fail.
         var closed: String?
+        /// The first connection's outcome, for `connect` to wait on.
+        var first: CallWaiter?
+        var reconnects = 0
+        /// Wait before the next attempt; doubles while attempts fail, up to a second.
+        var backoff: Duration = .zero
     }
 
-    private init(client: ClientID, channel: any Channel, state: Mutex<CallState>, log: @escaping @Sendable (String) -> Void) {
+    private init(host: String, port: Int, fsid: UInt64, client: ClientID, key: ClusterKey, timers: NetTimers,
+                 onMessage: @escaping @Sendable (NetKind, [UInt8]) -> Void, onReset: @escaping @Sendable () -> Void,
+                 log: @escaping @Sendable (String) -> Void) {
+        self.host = host
+        self.port = port
+        self.fsid = fsid
         self.client = client
-        self.channel = channel
-        self.state = state
+        self.key = key
+        self.timers = timers
+        self.onMessage = onMessage
+        self.onReset = onReset
         self.log = log
+        incarnation = UInt64.random(in: 1 ... .max)
     }
 
     /// Connects to the server at `host:port` as `client` of filesystem `fsid`; returns once the
@@ -37,117 +64,227 @@ public final class NetClient: Sendable {
     public static func connect(host: String, port: Int, fsid: UInt64, client: ClientID, key: ClusterKey,
                                timers: NetTimers = NetTimers(),
                                onMessage: @escaping @Sendable (NetKind, [UInt8]) -> Void,
-                               onClose: @escaping @Sendable (String) -> Void = { _ in },
+                               onReset: @escaping @Sendable () -> Void = {},
                                log: @escaping @Sendable (String) -> Void) throws -> NetClient {
-        let group = MultiThreadedEventLoopGroup.singleton
-        let loop = group.next()
-        let established = loop.makePromise(of: Void.self)
-        let state = Mutex(CallState())
-        let nonce = NetServer.nonce()
-        let bootstrap = ClientBootstrap(group: loop)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .connectTimeout(TimeAmount(timers.silenceTimeout))
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandlers([
-                        ByteToMessageHandler(NetFrameDecoder()),
-                        MessageToByteHandler(NetFrameEncoder()),
-                        IdleStateHandler(readTimeout: TimeAmount(timers.silenceTimeout), writeTimeout: TimeAmount(timers.heartbeatInterval)),
-                        ClientConnection(handshake: ClientHandshake(fsid: fsid, client: client, key: key, nonce: nonce),
-                                         established: established, state: state, timers: timers,
-                                         onMessage: onMessage, onClose: onClose, log: log),
-                    ])
-                }
-            }
-        let channel: any Channel
+        let c = NetClient(host: host, port: port, fsid: fsid, client: client, key: key, timers: timers,
+                          onMessage: onMessage, onReset: onReset, log: log)
+        let first = CallWaiter()
+        c.state.withLock { $0.first = first }
+        c.attempt()
         do {
-            channel = try bootstrap.connect(host: host, port: port).wait()
+            _ = try first.wait()
         } catch {
-            established.fail(error)
-            throw NetError("cannot connect to the server at \(host):\(port): \(error)")
-        }
-        // A server that accepts and then says nothing is given up like a silent peer.
-        let timeout = loop.scheduleTask(in: TimeAmount(timers.silenceTimeout)) {
-            established.fail(NetError("server at \(host):\(port) did not finish the handshake within \(timers.silenceTimeout)"))
-            channel.close(promise: nil)
-        }
-        do {
-            try established.futureResult.wait()
-            timeout.cancel()
-        } catch {
-            timeout.cancel()
-            channel.close(promise: nil)
+            c.close(why: "first connection failed")
             throw NetError("connecting to the server at \(host):\(port) as client \(client): \(error)")
         }
-        return NetClient(client: client, channel: channel, state: state, log: log)
+        return c
     }
 
-    /// Sends a message that expects no answer. Dropped if the connection is gone (the caller
-    /// learns that through `onClose`).
+    /// Sends a message that expects no answer: now, or when the connection is back.
     public func send(_ kind: NetKind, _ body: [UInt8]) {
-        channel.writeAndFlush(NetFrame(kind, body: body), promise: nil)
+        state.withLock { s in
+            guard s.closed == nil else { return }
+            let f = s.net.stamp(NetFrame(kind, body: body))
+            s.channel?.writeAndFlush(f, promise: nil)
+        }
     }
 
-    /// Calls the server and waits for its answer.
+    /// Calls the server and waits for its answer, across reconnects.
     public func call(_ body: [UInt8]) throws -> [UInt8] {
-        let promise = channel.eventLoop.makePromise(of: [UInt8].self)
-        let id: UInt64? = state.withLock { s in
-            guard s.closed == nil else { return nil }
-            defer { s.nextID += 1 }
-            s.pending[s.nextID] = promise
-            return s.nextID
+        let waiter = CallWaiter()
+        try state.withLock { s throws(NetError) in
+            if let why = s.closed { throw NetError("call to the server: the connection is closed (\(why))") }
+            let id = s.nextID
+            s.nextID += 1
+            s.pending[id] = waiter
+            let f = s.net.stamp(NetFrame(.call, id: id, body: body))
+            s.channel?.writeAndFlush(f, promise: nil)
         }
-        guard let id else {
-            promise.fail(NetError("closed"))
-            throw NetError("call to the server: the connection is closed (\(state.withLock { $0.closed ?? "" }))")
-        }
-        channel.writeAndFlush(NetFrame(.call, id: id, body: body), promise: nil)
-        return try promise.futureResult.wait()
+        return try waiter.wait()
     }
 
     /// Calls not answered yet.
     public var callsInFlight: Int { state.withLock { $0.pending.count } }
+    /// Whether a connection is up now.
+    public var isConnected: Bool { state.withLock { $0.channel != nil } }
+    /// Connections made after the first.
+    public var reconnects: Int { state.withLock { $0.reconnects } }
 
-    /// Whether the connection is still up.
-    public var isConnected: Bool { state.withLock { $0.closed == nil } }
+    /// Closes the connection for good; calls in flight fail.
+    public func close() { close(why: "closed by this node") }
 
-    /// Closes the connection; calls in flight fail.
-    public func close() {
-        try? channel.close().wait()
+    private func close(why: String) {
+        let (channel, pending) = state.withLock { s in
+            defer {
+                s.closed = s.closed ?? why
+                s.channel = nil
+                s.pending = [:]
+            }
+            return (s.channel, Array(s.pending.values))
+        }
+        for w in pending { w.finish(.failure(NetError("call to the server: the connection is closed (\(why))"))) }
+        try? channel?.close().wait()
+    }
+
+    // MARK: connections
+
+    /// One try at a connection; on failure, another after a delay (unless closed).
+    func attempt(delay: Duration = .zero) {
+        // (The delay is only when this attempt starts; `failed` sets the next one.)
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        loop.scheduleTask(in: TimeAmount(delay)) { [self] in
+            guard state.withLock({ $0.closed == nil }) else { return }
+            let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .connectTimeout(TimeAmount(timers.silenceTimeout))
+                .channelInitializer { [self] channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        let (instance, received) = state.withLock { ($0.serverInstance, $0.net.received) }
+                        try channel.pipeline.syncOperations.addHandlers([
+                            ByteToMessageHandler(NetFrameDecoder()),
+                            MessageToByteHandler(NetFrameEncoder()),
+                            IdleStateHandler(readTimeout: TimeAmount(timers.silenceTimeout), writeTimeout: TimeAmount(timers.heartbeatInterval)),
+                            ClientConnection(client: self, handshake: ClientHandshake(
+                                fsid: fsid, client: client, key: key, incarnation: incarnation,
+                                resumeInstance: instance, resumeReceived: received, nonce: NetServer.nonce())),
+                        ])
+                    }
+                }
+            bootstrap.connect(host: host, port: port).whenFailure { [self] error in
+                failed("cannot connect to the server at \(host):\(port): \(error)")
+            }
+        }
+    }
+
+    /// A connection attempt or a connection ended (`reason`): the first one fails `connect`;
+    /// later ones try again.
+    func failed(_ reason: String) {
+        let first = state.withLock { s in
+            defer { s.first = nil }
+            return s.first
+        }
+        if let first {
+            first.finish(.failure(NetError(reason)))
+            return
+        }
+        let next: Duration? = state.withLock { s in
+            guard s.closed == nil else { return nil }
+            s.backoff = s.backoff == .zero ? timers.reconnectDelay : min(s.backoff * 2, .seconds(1))
+            return s.backoff
+        }
+        if let next { attempt(delay: next) }
+    }
+
+    /// The handshake on `channel` ended in a welcome.
+    func established(_ channel: any Channel, serverInstance: UInt64, _ w: NetWelcome) throws(NetError) {
+        var lost: [CallWaiter] = []
+        let (first, reset) = try state.withLock { s throws(NetError) in
+            guard s.closed == nil else { throw NetError("closed") }
+            let hadSession = s.serverInstance != 0
+            if w.resumed {
+                let resend = try s.net.resume(peerReceived: w.received)
+                s.channel = channel
+                for f in resend { channel.writeAndFlush(f, promise: nil) }
+            } else {
+                // A new session: whatever the old one held died with the server that had it.
+                lost = Array(s.pending.values)
+                s.pending = [:]
+                s.net = NetSession()
+                s.channel = channel
+            }
+            s.serverInstance = serverInstance
+            s.backoff = .zero
+            if s.first == nil { s.reconnects += 1 }
+            defer { s.first = nil }
+            return (s.first, hadSession && !w.resumed)
+        }
+        for w in lost { w.finish(.failure(NetError("the server restarted before it answered; it may or may not have run the call"))) }
+        first?.finish(.success([]))
+        if reset {
+            log("network: server restarted (a new run at \(host):\(port)); session started again")
+            let onReset = onReset
+            queue.async { onReset() }
+        } else if first == nil {
+            log("network: reconnected to the server at \(host):\(port)")
+        }
+    }
+
+    /// A frame of an established connection. Throws if it breaks the session's order.
+    func incoming(_ f: NetFrame) throws(NetError) {
+        let (fresh, waiter) = try state.withLock { s throws(NetError) in
+            let fresh = try s.net.accept(f)
+            guard fresh, f.kind == .call else { return (fresh, nil as CallWaiter?) }
+            guard f.flags.contains(.answer), let w = s.pending.removeValue(forKey: f.id) else {
+                throw NetError("server sent call frame \(f.id), which no call of this node is waiting for")
+            }
+            return (fresh, w)
+        }
+        guard fresh else { return }
+        if let waiter {
+            waiter.finish(f.flags.contains(.failed) ? .failure(NetError(String(decoding: f.body, as: UTF8.self))) : .success(f.body))
+        } else if f.kind == .lock {
+            let onMessage = onMessage
+            let body = f.body
+            queue.async { onMessage(.lock, body) }
+        }
+    }
+
+    func heartbeat(_ channel: any Channel) {
+        state.withLock { s in
+            guard s.channel === channel else { return }
+            channel.writeAndFlush(s.net.stamp(NetFrame(.heartbeat)), promise: nil)
+        }
+    }
+
+    /// `channel` is gone (`reason`); the session waits for the next connection.
+    func lost(_ channel: any Channel, _ reason: String) {
+        let wasCurrent = state.withLock { s in
+            guard s.channel === channel else { return false }
+            s.channel = nil
+            return true
+        }
+        if wasCurrent { log("network: lost the server at \(host):\(port): \(reason); reconnecting") }
+        failed(reason)
     }
 }
 
-/// The node's end of a connection, on its event loop.
+/// One call's answer, waited for by the calling thread.
+final class CallWaiter: Sendable {
+    private let result = Mutex<Result<[UInt8], NetError>?>(nil)
+    private let done = DispatchSemaphore(value: 0)
+
+    func finish(_ r: Result<[UInt8], NetError>) {
+        let first = result.withLock { v in
+            guard v == nil else { return false }
+            v = r
+            return true
+        }
+        if first { done.signal() }
+    }
+
+    func wait() throws(NetError) -> [UInt8] {
+        done.wait()
+        return try result.withLock { $0! }.get()
+    }
+}
+
+/// One connection of a node, on its event loop.
 final class ClientConnection: ChannelInboundHandler {
     typealias InboundIn = NetFrame
     typealias OutboundOut = NetFrame
 
+    let client: NetClient
     var handshake: ClientHandshake
-    let established: EventLoopPromise<Void>
-    let state: Mutex<NetClient.CallState>
-    let timers: NetTimers
-    let onMessage: @Sendable (NetKind, [UInt8]) -> Void
-    let onClose: @Sendable (String) -> Void
-    let log: @Sendable (String) -> Void
-    let queue = DispatchQueue(label: "scoutfs.net.server-messages")
     var closeReason: String?
 
-    init(handshake: ClientHandshake, established: EventLoopPromise<Void>, state: Mutex<NetClient.CallState>, timers: NetTimers,
-         onMessage: @escaping @Sendable (NetKind, [UInt8]) -> Void, onClose: @escaping @Sendable (String) -> Void,
-         log: @escaping @Sendable (String) -> Void) {
+    init(client: NetClient, handshake: ClientHandshake) {
+        self.client = client
         self.handshake = handshake
-        self.established = established
-        self.state = state
-        self.timers = timers
-        self.onMessage = onMessage
-        self.onClose = onClose
-        self.log = log
     }
 
     private func close(_ context: ChannelHandlerContext, _ reason: String) {
         guard closeReason == nil else { return }
         closeReason = reason
-        established.fail(NetError(reason))
         context.close(promise: nil)
     }
 
@@ -156,39 +293,26 @@ final class ClientConnection: ChannelInboundHandler {
         switch handshake.received(unwrapInboundIn(data)) {
         case .send(let f):
             context.writeAndFlush(wrapOutboundOut(f), promise: nil)
-        case .established:
-            established.succeed(())
+        case .established(let instance, let w):
+            do {
+                try client.established(context.channel, serverInstance: instance, w)
+            } catch {
+                close(context, "\(error)")
+            }
         case .fail(let reason):
-            log("network: \(reason)")
+            client.log("network: \(reason)")
             close(context, reason)
         case .deliver(let f):
-            deliver(context, f)
-        }
-    }
-
-    private func deliver(_ context: ChannelHandlerContext, _ f: NetFrame) {
-        switch f.kind {
-        case .heartbeat:
-            return
-        case .lock:
-            let body = f.body
-            let onMessage = onMessage
-            queue.async { onMessage(.lock, body) }
-        case .call where f.flags.contains(.answer):
-            guard let promise = state.withLock({ $0.pending.removeValue(forKey: f.id) }) else {
-                return close(context, "server answered call \(f.id), which is not waiting")
+            switch f.kind {
+            case .heartbeat, .lock, .call:
+                do { try client.incoming(f) } catch { close(context, "\(error)") }
+            case .refusal:
+                let why = (try? NetRefusal(decoding: f.body).reason) ?? "no reason given"
+                client.log("network: server closed the connection: \(why)")
+                close(context, "server closed the connection: \(why)")
+            case .hello, .greeting, .welcome:
+                close(context, "server sent a \(f.kind) frame after the handshake")
             }
-            if f.flags.contains(.failed) {
-                promise.fail(NetError(String(decoding: f.body, as: UTF8.self)))
-            } else {
-                promise.succeed(f.body)
-            }
-        case .refusal:
-            let why = (try? NetRefusal(decoding: f.body).reason) ?? "no reason given"
-            log("network: server closed the connection: \(why)")
-            close(context, "server closed the connection: \(why)")
-        case .call, .hello, .greeting, .welcome:
-            close(context, "server sent a \(f.kind) frame after the handshake")
         }
     }
 
@@ -196,32 +320,20 @@ final class ClientConnection: ChannelInboundHandler {
         guard let idle = event as? IdleStateHandler.IdleStateEvent else { return context.fireUserInboundEventTriggered(event) }
         switch idle {
         case .write:
-            if closeReason == nil, handshake.state == .established { context.writeAndFlush(wrapOutboundOut(NetFrame(.heartbeat)), promise: nil) }
+            if closeReason == nil, handshake.state == .established { client.heartbeat(context.channel) }
         case .read:
-            log("network: server silent for \(timers.silenceTimeout); closing the connection")
-            close(context, "server silent for \(timers.silenceTimeout)")
+            close(context, "server silent for \(client.timers.silenceTimeout)")
         case .all:
             break
         }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        log("network: connection to the server: \(error)")
         close(context, "\(error)")
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        let reason = closeReason ?? "connection closed"
-        closeReason = reason
-        established.fail(NetError(reason))
-        let pending = state.withLock { s in
-            s.closed = reason
-            defer { s.pending = [:] }
-            return Array(s.pending.values)
-        }
-        for p in pending { p.fail(NetError("connection to the server lost before it answered: \(reason)")) }
-        let onClose = onClose
-        queue.async { onClose(reason) }
+        client.lost(context.channel, closeReason ?? "connection closed")
         context.fireChannelInactive()
     }
 }

@@ -46,14 +46,21 @@ public struct NetError: Error, CustomStringConvertible, Sendable {
 
 /// How often each side sends a heartbeat when it has nothing else to say, and how long it
 /// waits for any frame from the other before it gives the connection up. The timeout covers
-/// the handshake too: a peer that connects and says nothing is dropped.
+/// the handshake too: a peer that connects and says nothing is dropped. How long the server
+/// keeps a node's session after its connection is lost, for it to resume; and how long a node
+/// waits between attempts to reconnect (doubling from `reconnectDelay` up to a second).
 public struct NetTimers: Sendable {
     public var heartbeatInterval: Duration
     public var silenceTimeout: Duration
+    public var sessionLinger: Duration
+    public var reconnectDelay: Duration
 
-    public init(heartbeatInterval: Duration = .seconds(1), silenceTimeout: Duration = .seconds(10)) {
+    public init(heartbeatInterval: Duration = .seconds(1), silenceTimeout: Duration = .seconds(10),
+                sessionLinger: Duration = .seconds(30), reconnectDelay: Duration = .milliseconds(50)) {
         self.heartbeatInterval = heartbeatInterval
         self.silenceTimeout = silenceTimeout
+        self.sessionLinger = sessionLinger
+        self.reconnectDelay = reconnectDelay
     }
 }
 

@@ -8,10 +8,15 @@ import Synchronization
 /// sending node's own (never on a network thread), one at a time per node and in the order
 /// the node sent them, so a handler may block — on the store, on a commit — without stalling
 /// other nodes or the network.
+///
+/// `connected` and `disconnected` bracket a node's *session*, not its TCP connections: a node
+/// that loses its connection and comes back within `NetTimers.sessionLinger` resumes its
+/// session, and nothing sent either way is lost or delivered twice (`NetSession`).
 public protocol NetServerHandler: AnyObject, Sendable {
-    /// `client` finished its handshake.
+    /// `client` began a session.
     func connected(_ client: ClientID)
-    /// `client`'s connection is gone (closed, broken or silent too long).
+    /// `client`'s session ended: it did not come back in time, a new mount of it took its id,
+    /// or the server forgot it.
     func disconnected(_ client: ClientID)
     /// A message that expects no answer (`.lock`).
     func received(_ kind: NetKind, _ body: [UInt8], from client: ClientID)
@@ -21,17 +26,20 @@ public protocol NetServerHandler: AnyObject, Sendable {
 }
 
 /// The server's end of the network: listens, admits nodes that prove they hold the cluster
-/// key (`ServerHandshake`), one connection per client id, and carries frames between them
-/// and a `NetServerHandler`.
+/// key (`ServerHandshake`), keeps one session per client id across reconnects, and carries
+/// frames between the nodes and a `NetServerHandler`.
 public final class NetServer: Sendable {
     public let fsid: UInt64
+    /// This run of the server: sessions of another run cannot resume here.
+    public let instance: UInt64
     let key: ClusterKey
     let timers: NetTimers
     let handler: any NetServerHandler
     let log: @Sendable (String) -> Void
     let group: any EventLoopGroup
-    private let connections = Mutex<[ClientID: any Channel]>([:])
+    private let sessions = Mutex<[ClientID: ServerSession]>([:])
     private let listener = Mutex<(any Channel)?>(nil)
+    private let reaper = Mutex<RepeatedTask?>(nil)
 
     /// Network threads are NIO's shared event loops.
     public init(fsid: UInt64, key: ClusterKey, handler: any NetServerHandler, timers: NetTimers = NetTimers(),
@@ -41,6 +49,7 @@ public final class NetServer: Sendable {
         self.handler = handler
         self.timers = timers
         group = MultiThreadedEventLoopGroup.singleton
+        instance = UInt64.random(in: 1 ... .max)
         self.log = log
     }
 
@@ -68,30 +77,45 @@ public final class NetServer: Sendable {
             throw NetError("server cannot listen on \(host):\(port): \(error); is another server running there?")
         }
         listener.withLock { $0 = channel }
+        let every = TimeAmount(min(timers.sessionLinger / 4, .seconds(1)))
+        reaper.withLock { $0 = group.next().scheduleRepeatedTask(initialDelay: every, delay: every) { [self] _ in endLingeringSessions() } }
         return channel.localAddress?.port ?? port
     }
 
-    /// Stops listening and closes every connection.
+    /// Stops listening and closes every connection; sessions end.
     public func stop() {
+        reaper.withLock { r in r?.cancel(); r = nil }
         let l = listener.withLock { l in defer { l = nil }; return l }
         try? l?.close().wait()
-        for c in connections.withLock({ Array($0.values) }) { try? c.close().wait() }
+        for c in sessions.withLock({ Array($0.keys) }) { forget(c) }
     }
 
-    /// Sends `frame` to `client`; false if it is not connected.
+    /// Sends `kind` to `client`'s session: now if it is connected, else when it resumes.
+    /// False if it has no session.
     @discardableResult
-    public func send(_ frame: NetFrame, to client: ClientID) -> Bool {
-        guard let c = connections.withLock({ $0[client] }) else { return false }
-        c.writeAndFlush(frame, promise: nil)
+    public func send(_ kind: NetKind, _ body: [UInt8], to client: ClientID) -> Bool {
+        guard let s = sessions.withLock({ $0[client] }) else { return false }
+        s.send(NetFrame(kind, body: body))
         return true
     }
 
-    /// Nodes connected now.
-    public var connectedClients: [ClientID] { connections.withLock { $0.keys.sorted() } }
+    /// Nodes with a session now (connected, or gone for less than the linger).
+    public var connectedClients: [ClientID] { sessions.withLock { $0.keys.sorted() } }
 
-    /// Closes `client`'s connection (a node the cluster has given up on).
-    public func disconnect(_ client: ClientID) {
-        connections.withLock { $0[client] }?.close(promise: nil)
+    /// Whether `client` has a connection up now.
+    public func isConnected(_ client: ClientID) -> Bool {
+        sessions.withLock { $0[client] }?.state.withLock { $0.channel != nil } ?? false
+    }
+
+    /// Ends `client`'s session now (a node the cluster has given up on).
+    public func forget(_ client: ClientID) {
+        guard let s = sessions.withLock({ m in m.removeValue(forKey: client) }) else { return }
+        end(s, why: "forgotten")
+    }
+
+    /// Closes `client`'s connection and keeps its session, as a network fault would (tests).
+    public func dropConnection(_ client: ClientID) {
+        sessions.withLock { $0[client] }?.state.withLock { $0.channel }?.close(promise: nil)
     }
 
     static func nonce() -> [UInt8] {
@@ -99,40 +123,131 @@ public final class NetServer: Sendable {
         return (0..<NetHandshake.nonceSize).map { _ in UInt8.random(in: .min ... .max, using: &g) }
     }
 
-    func admit(_ client: ClientID, _ channel: any Channel) -> Bool {
-        connections.withLock { m in
-            guard m[client] == nil else { return false }
-            m[client] = channel
-            return true
+    /// Decides on a greeting that proved the key; the session it returns is the connection's.
+    func admit(_ g: NetGreeting) -> (ServerHandshake.Admission, ServerSession?) {
+        var ended: ServerSession?
+        defer { if let ended { end(ended, why: "a new mount of client \(g.client) took its id") } }
+        return sessions.withLock { m in
+            if let s = m[g.client] {
+                let (connected, sent) = s.state.withLock { ($0.channel != nil, $0.net.nextSeq - 1) }
+                if s.incarnation == g.incarnation && g.resumeInstance == instance {
+                    guard g.received <= sent else {
+                        return (.refused("client \(g.client) says it took in \(g.received) frames, the server sent \(sent)"), nil)
+                    }
+                    return (.resumed(received: s.state.withLock { $0.net.received }), s)
+                }
+                if connected && s.incarnation != g.incarnation {
+                    return (.refused("client \(g.client) is connected already"), nil)
+                }
+                m[g.client] = nil
+                ended = s
+            }
+            let s = ServerSession(client: g.client, incarnation: g.incarnation)
+            m[g.client] = s
+            return (.newSession, s)
         }
     }
 
-    func release(_ client: ClientID, _ channel: any Channel) {
-        connections.withLock { m in
-            if m[client] === channel { m[client] = nil }
+    func began(_ s: ServerSession) {
+        let handler = handler
+        s.queue.async { handler.connected(s.client) }
+    }
+
+    private func end(_ s: ServerSession, why: String) {
+        let channel = s.state.withLock { st in
+            st.ended = true
+            defer { st.channel = nil }
+            return st.channel
+        }
+        channel?.close(promise: nil)
+        log("network: session of client \(s.client) ended: \(why)")
+        let handler = handler
+        s.queue.async { handler.disconnected(s.client) }
+    }
+
+    private func endLingeringSessions() {
+        let now = ContinuousClock.now
+        let gone: [ServerSession] = sessions.withLock { m in
+            let old = m.values.filter { s in s.state.withLock { st in st.channel == nil && st.lostAt.map { now - $0 >= timers.sessionLinger } ?? false } }
+            for s in old { m[s.client] = nil }
+            return old
+        }
+        for s in gone { end(s, why: "not back within \(timers.sessionLinger)") }
+    }
+}
+
+/// One node's session on the server: what it sent and took in, its handler queue, and the
+/// connection carrying it now (if any).
+final class ServerSession: Sendable {
+    let client: ClientID
+    let incarnation: UInt64
+    let queue: DispatchQueue
+
+    struct State {
+        var net = NetSession()
+        var channel: (any Channel)?
+        var lostAt: ContinuousClock.Instant?
+        var ended = false
+    }
+    let state = Mutex(State())
+
+    init(client: ClientID, incarnation: UInt64) {
+        self.client = client
+        self.incarnation = incarnation
+        queue = DispatchQueue(label: "scoutfs.net.client-\(client)")
+    }
+
+    /// Numbers and sends `frame`; written under the session's mutex so that frames leave in
+    /// the order they were numbered.
+    func send(_ frame: NetFrame) {
+        state.withLock { s in
+            guard !s.ended else { return }
+            let f = s.net.stamp(frame)
+            s.channel?.writeAndFlush(f, promise: nil)
+        }
+    }
+
+    /// The connection `channel` carries the session from now: what the node did not take in
+    /// (`peerReceived` says how much it did) goes again, first.
+    func attach(_ channel: any Channel, peerReceived: UInt64) throws(NetError) {
+        try state.withLock { s throws(NetError) in
+            let resend = try s.net.resume(peerReceived: peerReceived)
+            let old = s.channel
+            s.channel = channel
+            s.lostAt = nil
+            if let old, old !== channel { old.close(promise: nil) }
+            for f in resend { channel.writeAndFlush(f, promise: nil) }
+        }
+    }
+
+    func detach(_ channel: any Channel) {
+        state.withLock { s in
+            if s.channel === channel {
+                s.channel = nil
+                s.lostAt = .now
+            }
         }
     }
 }
 
-/// One node's connection, on its event loop: the handshake, then frames to the handler's queue.
+/// One connection, on its event loop: the handshake, then frames to its session.
 final class ServerConnection: ChannelInboundHandler {
     typealias InboundIn = NetFrame
     typealias OutboundOut = NetFrame
 
     let server: NetServer
     var handshake: ServerHandshake
-    var client: ClientID?
+    var session: ServerSession?
     var closing = false
-    let queue = DispatchQueue(label: "scoutfs.net.client")
 
     init(server: NetServer, nonce: [UInt8]) {
         self.server = server
-        handshake = ServerHandshake(fsid: server.fsid, key: server.key, nonce: nonce)
+        handshake = ServerHandshake(fsid: server.fsid, key: server.key, instance: server.instance, nonce: nonce)
     }
 
     private func peer(_ context: ChannelHandlerContext) -> String {
         let addr = context.channel.remoteAddress.map { "\($0)" } ?? "an unknown address"
-        return client.map { "client \($0) (\(addr))" } ?? addr
+        return session.map { "client \($0.client) (\(addr))" } ?? addr
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -143,19 +258,34 @@ final class ServerConnection: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing else { return }
         let frame = unwrapInboundIn(data)
-        let channel = context.channel
-        switch handshake.received(frame, admit: { server.admit($0, channel) }) {
-        case .welcome(let welcome, let c):
-            client = c
+        var admitted: ServerSession?
+        switch handshake.received(frame, admit: { g in
+            let (a, s) = server.admit(g)
+            admitted = s
+            return a
+        }) {
+        case .welcome(let welcome, let g, let resumed):
+            guard let s = admitted else { return close(context, "admitted without a session") }
+            session = s
             context.writeAndFlush(wrapOutboundOut(welcome), promise: nil)
-            server.log("network: client \(c) connected from \(channel.remoteAddress.map { "\($0)" } ?? "?")")
-            let handler = server.handler
-            queue.async { handler.connected(c) }
+            do {
+                try s.attach(context.channel, peerReceived: g.received)
+            } catch {
+                return close(context, "\(error)")
+            }
+            server.log("network: client \(g.client) \(resumed ? "reconnected" : "connected") from \(peer(context))")
+            if !resumed { server.began(s) }
         case .refuse(let refusal, let reason):
             refuse(context, refusal, reason)
         case .deliver(let f):
             deliver(context, f)
         }
+    }
+
+    private func close(_ context: ChannelHandlerContext, _ reason: String) {
+        server.log("network: \(peer(context)): \(reason); closing its connection")
+        closing = true
+        context.close(promise: nil)
     }
 
     private func refuse(_ context: ChannelHandlerContext, _ refusal: NetFrame, _ reason: String) {
@@ -165,37 +295,43 @@ final class ServerConnection: ChannelInboundHandler {
         context.writeAndFlush(wrapOutboundOut(refusal)).whenComplete { _ in channel.close(promise: nil) }
     }
 
+    private func refuse(_ context: ChannelHandlerContext, _ reason: String) {
+        refuse(context, NetFrame(.refusal, body: NetRefusal(reason).encoded), reason)
+    }
+
     private func deliver(_ context: ChannelHandlerContext, _ f: NetFrame) {
-        guard let c = client else { return }
-        let handler = server.handler
-        let channel = context.channel
+        guard let s = session else { return }
         switch f.kind {
-        case .heartbeat:
-            return
-        case .lock:
-            guard f.flags.isEmpty, f.id == 0 else {
-                return refuse(context, NetFrame(.refusal, body: NetRefusal("lock frame with call flags").encoded), "lock frame with call flags")
-            }
-            let body = f.body
-            queue.async { handler.received(.lock, body, from: c) }
-        case .call:
-            guard f.flags.isEmpty, f.id != 0 else {
-                return refuse(context, NetFrame(.refusal, body: NetRefusal("call frame without an id or with answer flags").encoded),
-                              "call frame without an id or with answer flags")
-            }
-            let body = f.body
-            let id = f.id
-            queue.async {
-                let answer: NetFrame
-                do {
-                    answer = NetFrame(.call, flags: .answer, id: id, body: try handler.call(body, from: c))
-                } catch {
-                    answer = NetFrame(.call, flags: [.answer, .failed], id: id, body: Array("\(error)".utf8.prefix(NetHandshake.maxReason)))
-                }
-                channel.writeAndFlush(answer, promise: nil)
-            }
+        case .heartbeat, .lock, .call:
+            break
         case .hello, .greeting, .welcome, .refusal:
-            refuse(context, NetFrame(.refusal, body: NetRefusal("a \(f.kind) frame after the handshake").encoded), "a \(f.kind) frame after the handshake")
+            return refuse(context, "a \(f.kind) frame after the handshake")
+        }
+        if f.kind == .lock, !(f.flags.isEmpty && f.id == 0) { return refuse(context, "lock frame with call flags") }
+        if f.kind == .call, !(f.flags.isEmpty && f.id != 0) { return refuse(context, "call frame without an id or with answer flags") }
+        let fresh: Bool
+        do {
+            fresh = try s.state.withLock { st throws(NetError) in try st.net.accept(f) }
+        } catch {
+            return close(context, "\(error)")
+        }
+        guard fresh, f.kind != .heartbeat else { return }
+        let handler = server.handler
+        let c = s.client
+        let body = f.body
+        if f.kind == .lock {
+            s.queue.async { handler.received(.lock, body, from: c) }
+            return
+        }
+        let id = f.id
+        s.queue.async {
+            let answer: NetFrame
+            do {
+                answer = NetFrame(.call, flags: .answer, id: id, body: try handler.call(body, from: c))
+            } catch {
+                answer = NetFrame(.call, flags: [.answer, .failed], id: id, body: Array("\(error)".utf8.prefix(NetHandshake.maxReason)))
+            }
+            s.send(answer)
         }
     }
 
@@ -203,28 +339,22 @@ final class ServerConnection: ChannelInboundHandler {
         guard let idle = event as? IdleStateHandler.IdleStateEvent else { return context.fireUserInboundEventTriggered(event) }
         switch idle {
         case .write:
-            if !closing { context.writeAndFlush(wrapOutboundOut(NetFrame(.heartbeat)), promise: nil) }
+            if !closing, let s = session { s.send(NetFrame(.heartbeat)) }
         case .read:
-            server.log("network: \(peer(context)) silent for \(server.timers.silenceTimeout); closing its connection")
-            closing = true
-            context.close(promise: nil)
+            close(context, "silent for \(server.timers.silenceTimeout)")
         case .all:
             break
         }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        server.log("network: \(peer(context)): \(error); closing its connection")
-        closing = true
-        context.close(promise: nil)
+        close(context, "\(error)")
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if let c = client {
-            server.release(c, context.channel)
-            server.log("network: client \(c) disconnected")
-            let handler = server.handler
-            queue.async { handler.disconnected(c) }
+        if let s = session {
+            s.detach(context.channel)
+            server.log("network: client \(s.client) connection lost; its session waits \(server.timers.sessionLinger) for it")
         }
         context.fireChannelInactive()
     }

@@ -3,25 +3,25 @@ import Testing
 
 @Suite struct NetFrameTests {
     @Test func framesAndHandshakeMessagesRoundTrip() throws {
-        let f = NetFrame(.call, flags: [.answer, .failed], id: 0xdead_beef_0000_0001, body: Array("no space".utf8))
+        let f = NetFrame(.call, flags: [.answer, .failed], id: 0xdead_beef_0000_0001, seq: 12, ack: 7, body: Array("no space".utf8))
         let bytes = f.encoded
         #expect(bytes.count == NetFrame.lengthSize + NetFrame.headerSize + 8)
-        #expect(bytes.prefix(4) == [20, 0, 0, 0])
+        #expect(bytes.prefix(4) == [36, 0, 0, 0])
         #expect(try NetFrame(decodingAfterLength: Array(bytes.dropFirst(4))) == f)
 
         let nonce = (0..<32).map { UInt8($0) }
-        let hello = NetHello(fsid: 42, nonce: nonce)
+        let hello = NetHello(fsid: 42, instance: 3, nonce: nonce)
         #expect(try NetHello(decoding: hello.encoded) == hello)
-        let greeting = NetGreeting(fsid: 42, client: 7, nonce: nonce, proof: Array(repeating: 9, count: 32))
+        let greeting = NetGreeting(fsid: 42, client: 7, incarnation: 5, resumeInstance: 3, received: 11, nonce: nonce, proof: Array(repeating: 9, count: 32))
         #expect(try NetGreeting(decoding: greeting.encoded) == greeting)
-        let welcome = NetWelcome(proof: Array(repeating: 3, count: 32))
+        let welcome = NetWelcome(resumed: true, received: 12, proof: Array(repeating: 3, count: 32))
         #expect(try NetWelcome(decoding: welcome.encoded) == welcome)
         #expect(try NetRefusal(decoding: NetRefusal("wrong filesystem").encoded).reason == "wrong filesystem")
     }
 
     @Test func badFramesAreRefusedNotTrapped() throws {
         // Lengths are judged before anything else is read.
-        #expect(throws: FormatError.self) { try NetFrame.checkLength(11) }
+        #expect(throws: FormatError.self) { try NetFrame.checkLength(27) }
         #expect(throws: FormatError.self) { try NetFrame.checkLength(UInt32(NetFrame.headerSize + NetFrame.maxBody + 1)) }
         #expect(throws: FormatError.self) { try NetFrame.checkLength(.max) }
         #expect(try NetFrame.checkLength(UInt32(NetFrame.headerSize + NetFrame.maxBody)) == NetFrame.headerSize + NetFrame.maxBody)
@@ -38,8 +38,9 @@ import Testing
         #expect(throws: FormatError.self) { try NetFrame(decodingAfterLength: [1, 0]) }
         // Handshake messages of the wrong size.
         #expect(throws: FormatError.self) { try NetHello(decoding: [1, 0, 42]) }
-        #expect(throws: FormatError.self) { try NetGreeting(decoding: NetGreeting(fsid: 1, client: 2, nonce: Array(repeating: 0, count: 32), proof: Array(repeating: 0, count: 32)).encoded + [0]) }
-        #expect(throws: FormatError.self) { try NetWelcome(decoding: Array(repeating: 0, count: 31)) }
+        #expect(throws: FormatError.self) { try NetGreeting(decoding: NetGreeting(fsid: 1, client: 2, incarnation: 1, nonce: Array(repeating: 0, count: 32), proof: Array(repeating: 0, count: 32)).encoded + [0]) }
+        #expect(throws: FormatError.self) { try NetWelcome(decoding: Array(repeating: 0, count: 40)) }
+        #expect(throws: FormatError.self) { try NetWelcome(decoding: [2] + Array(repeating: 0, count: 40)) }
         #expect(throws: FormatError.self) { try NetRefusal(decoding: Array(repeating: 65, count: NetHandshake.maxReason + 1)) }
         // Random bytes never trap.
         var g = SystemRandomNumberGenerator()

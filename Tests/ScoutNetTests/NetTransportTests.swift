@@ -14,6 +14,7 @@ final class RecordingHandler: NetServerHandler {
         var connected: [ClientID] = []
         var disconnected: [ClientID] = []
         var messages: [(ClientID, [UInt8])] = []
+        var calls: [[UInt8]] = []
     }
     let seen = Mutex(Seen())
     let held = DispatchSemaphore(value: 0)
@@ -23,6 +24,7 @@ final class RecordingHandler: NetServerHandler {
     func disconnected(_ client: ClientID) { seen.withLock { $0.disconnected.append(client) } }
     func received(_ kind: NetKind, _ body: [UInt8], from client: ClientID) { seen.withLock { $0.messages.append((client, body)) } }
     func call(_ body: [UInt8], from client: ClientID) throws -> [UInt8] {
+        seen.withLock { $0.calls.append(body) }
         if body == Array("fail".utf8) { throw NetError("no space left for client \(client)") }
         if body == Array("hold".utf8) {
             holding.signal()
@@ -136,8 +138,8 @@ struct RawPeer {
         c.send(.lock, [4])
         #expect(eventually { handler.seen.withLock { $0.messages.map(\.1) } == [[1, 2, 3], [4]] })
         #expect(handler.seen.withLock { $0.messages.map(\.0) } == [7, 7])
-        #expect(s.send(NetFrame(.lock, body: [9, 9]), to: 7))
-        #expect(!s.send(NetFrame(.lock, body: [9]), to: 8))
+        #expect(s.send(.lock, [9, 9], to: 7))
+        #expect(!s.send(.lock, [9], to: 8))
         #expect(eventually { got.withLock { $0 } == [[9, 9]] })
     }
 
@@ -162,11 +164,13 @@ struct RawPeer {
         #expect(first.isConnected)
         #expect(try first.call([1, 2]) == [2, 1])
         first.close()
-        #expect(eventually { handler.seen.withLock { $0.disconnected } == [3] })
-        // Its id is free again once the server saw it go.
+        // Its id is free again once the server saw it go, and the new mount's session
+        // replaces the old one.
+        #expect(eventually { !s.isConnected(3) })
         let again = try NetClient.connect(host: "127.0.0.1", port: port, fsid: fsid, client: 3, key: key, onMessage: { _, _ in }, log: { _ in })
         #expect(try again.call([5]) == [5])
         again.close()
+        #expect(eventually { handler.seen.withLock { $0.disconnected } == [3] })
         #expect(handler.seen.withLock { $0.connected } == [3, 3])
         #expect(!s.connectedClients.contains(1))
     }
@@ -241,14 +245,63 @@ struct RawPeer {
         c.close()
     }
 
-    @Test func aLostConnectionFailsCallsInFlightAndTellsTheNode() throws {
+    /// Connections dropped again and again under calls and messages both ways: every call is
+    /// answered once and run once, every message arrives once and in order.
+    @Test func brokenConnectionsLoseNothingAndRepeatNothing() throws {
         let handler = RecordingHandler()
         let log = LogLines()
         let (s, port) = try server(handler, log)
         defer { s.stop() }
-        let closed = Mutex<String?>(nil)
+        let pushed = Mutex<[[UInt8]]>([])
+        let c = try NetClient.connect(host: "127.0.0.1", port: port, fsid: fsid, client: 21, key: key,
+                                      onMessage: { _, body in pushed.withLock { $0.append(body) } }, log: log.sink)
+        defer { c.close() }
+        let stop = Atomic<Bool>(false)
+        let breaker = Thread {
+            while !stop.load(ordering: .relaxed) {
+                usleep(15_000)
+                s.dropConnection(21)
+            }
+        }
+        breaker.start()
+        let wrong = Atomic<Int>(0)
+        DispatchQueue.concurrentPerform(iterations: 4) { t in
+            for i in 0..<150 {
+                if t == 0 {
+                    c.send(.lock, Array("up \(i)".utf8))
+                    s.send(.lock, Array("down \(i)".utf8), to: 21)
+                }
+                let body = Array("t\(t) call \(i)".utf8)
+                if (try? c.call(body)) != body.reversed() { wrong.add(1, ordering: .relaxed) }
+            }
+        }
+        stop.store(true, ordering: .relaxed)
+        #expect(wrong.load(ordering: .relaxed) == 0)
+        #expect(c.reconnects > 3, "the connection broke only \(c.reconnects) times")
+        #expect(eventually { handler.seen.withLock { $0.messages.count } == 150 })
+        #expect(handler.seen.withLock { $0.messages.map(\.1) } == (0..<150).map { Array("up \($0)".utf8) })
+        #expect(eventually { pushed.withLock { $0.count } == 150 })
+        #expect(pushed.withLock { $0 } == (0..<150).map { Array("down \($0)".utf8) })
+        // The handler ran each call once: a resent call is not run again.
+        let calls = handler.seen.withLock { $0.calls }
+        #expect(calls.count == 600)
+        #expect(Set(calls).count == 600)
+        // The reconnects were one session all along.
+        #expect(handler.seen.withLock { $0.connected } == [21])
+        #expect(handler.seen.withLock { $0.disconnected }.isEmpty)
+        #expect(log.contains("client 21 reconnected"))
+    }
+
+    /// A new run of the server cannot resume the old one's sessions: a call in flight fails
+    /// (it may or may not have run), the node is told, and new calls go to the new run.
+    @Test func aRestartedServerStartsANewSessionAndFailsCallsInFlight() throws {
+        let handler = RecordingHandler()
+        let log = LogLines()
+        let (s1, port) = try server(handler, log)
+        let resets = Atomic<Int>(0)
         let c = try NetClient.connect(host: "127.0.0.1", port: port, fsid: fsid, client: 5, key: key,
-                                      onMessage: { _, _ in }, onClose: { why in closed.withLock { $0 = why } }, log: { _ in })
+                                      onMessage: { _, _ in }, onReset: { resets.add(1, ordering: .relaxed) }, log: log.sink)
+        defer { c.close() }
         let outcome = Mutex<String?>(nil)
         let done = DispatchSemaphore(value: 0)
         Thread.detachNewThread {
@@ -262,12 +315,34 @@ struct RawPeer {
         }
         handler.holding.wait()
         #expect(c.callsInFlight == 1)
-        s.disconnect(5)
-        #expect(done.wait(timeout: .now() + 5) == .success)
-        #expect(outcome.withLock { $0 }?.contains("lost before it answered") == true)
-        #expect(eventually { closed.withLock { $0 } != nil })
-        #expect(!c.isConnected)
-        #expect { try c.call([1]) } throws: { "\($0)".contains("connection is closed") }
+        s1.stop()
         handler.held.signal()
+        let handler2 = RecordingHandler()
+        let s2 = NetServer(fsid: fsid, key: key, handler: handler2, log: log.sink)
+        _ = try s2.start(host: "127.0.0.1", port: port)
+        defer { s2.stop() }
+        #expect(done.wait(timeout: .now() + 10) == .success)
+        #expect(outcome.withLock { $0 }?.contains("restarted before it answered") == true)
+        #expect(eventually { resets.load(ordering: .relaxed) == 1 })
+        #expect(try c.call([1, 2]) == [2, 1])
+        #expect(handler2.seen.withLock { $0.connected } == [5])
+        #expect(eventually { handler.seen.withLock { $0.disconnected } == [5] })
+    }
+
+    /// A node that does not come back within the linger loses its session; one that closes
+    /// fails its own later calls at once.
+    @Test func aSessionEndsWhenItsNodeStaysAway() throws {
+        let handler = RecordingHandler()
+        let log = LogLines()
+        let timers = NetTimers(sessionLinger: .milliseconds(300))
+        let (s, port) = try server(handler, log, timers: timers)
+        defer { s.stop() }
+        let c = try NetClient.connect(host: "127.0.0.1", port: port, fsid: fsid, client: 6, key: key, timers: timers, onMessage: { _, _ in }, log: { _ in })
+        #expect(try c.call([1]) == [1])
+        c.close()
+        #expect { try c.call([1]) } throws: { "\($0)".contains("connection is closed") }
+        #expect(eventually { handler.seen.withLock { $0.disconnected } == [6] })
+        #expect(s.connectedClients.isEmpty)
+        #expect(log.contains("not back within"))
     }
 }
