@@ -13,7 +13,8 @@ import Synchronization
 /// lock state the new server must recover.
 ///
 /// `call` blocks its thread until the answer comes. What the server sends unasked reaches
-/// `onMessage` on a queue of this client's own, in order; calls may be made from it.
+/// `onMessage` on a queue of this client's own, in order; calls may be made from it, and what
+/// it throws closes the connection (the message is not sent again).
 public final class NetClient: Sendable {
     public let client: ClientID
     let host: String
@@ -22,7 +23,7 @@ public final class NetClient: Sendable {
     let key: ClusterKey
     let incarnation: UInt64
     let timers: NetTimers
-    let onMessage: @Sendable (NetKind, [UInt8]) -> Void
+    let onMessage: @Sendable (NetKind, [UInt8]) throws -> Void
     let onReset: @Sendable () -> Void
     let log: @Sendable (String) -> Void
     let queue = DispatchQueue(label: "scoutfs.net.server-messages")
@@ -44,7 +45,7 @@ public final class NetClient: Sendable {
     }
 
     private init(host: String, port: Int, fsid: UInt64, client: ClientID, key: ClusterKey, timers: NetTimers,
-                 onMessage: @escaping @Sendable (NetKind, [UInt8]) -> Void, onReset: @escaping @Sendable () -> Void,
+                 onMessage: @escaping @Sendable (NetKind, [UInt8]) throws -> Void, onReset: @escaping @Sendable () -> Void,
                  log: @escaping @Sendable (String) -> Void) {
         self.host = host
         self.port = port
@@ -63,7 +64,7 @@ public final class NetClient: Sendable {
     /// server cannot be reached or does not answer within the silence timeout.
     public static func connect(host: String, port: Int, fsid: UInt64, client: ClientID, key: ClusterKey,
                                timers: NetTimers = NetTimers(),
-                               onMessage: @escaping @Sendable (NetKind, [UInt8]) -> Void,
+                               onMessage: @escaping @Sendable (NetKind, [UInt8]) throws -> Void,
                                onReset: @escaping @Sendable () -> Void = {},
                                log: @escaping @Sendable (String) -> Void) throws -> NetClient {
         let c = NetClient(host: host, port: port, fsid: fsid, client: client, key: key, timers: timers,
@@ -223,9 +224,15 @@ public final class NetClient: Sendable {
         if let waiter {
             waiter.finish(f.flags.contains(.failed) ? .failure(NetError(String(decoding: f.body, as: UTF8.self))) : .success(f.body))
         } else if f.kind == .lock {
-            let onMessage = onMessage
             let body = f.body
-            queue.async { onMessage(.lock, body) }
+            queue.async { [self] in
+                do {
+                    try onMessage(.lock, body)
+                } catch {
+                    log("network: refused a message of the server: \(error); reconnecting")
+                    state.withLock { $0.channel }?.close(promise: nil)
+                }
+            }
         }
     }
 

@@ -18,8 +18,9 @@ public protocol NetServerHandler: AnyObject, Sendable {
     /// `client`'s session ended: it did not come back in time, a new mount of it took its id,
     /// or the server forgot it.
     func disconnected(_ client: ClientID)
-    /// A message that expects no answer (`.lock`).
-    func received(_ kind: NetKind, _ body: [UInt8], from client: ClientID)
+    /// A message that expects no answer (`.lock`). What it throws closes the node's
+    /// connection (the message is not sent again).
+    func received(_ kind: NetKind, _ body: [UInt8], from client: ClientID) throws
     /// A call; what it returns is the answer, what it throws fails the node's call with its
     /// description.
     func call(_ body: [UInt8], from client: ClientID) throws -> [UInt8]
@@ -320,7 +321,15 @@ final class ServerConnection: ChannelInboundHandler {
         let c = s.client
         let body = f.body
         if f.kind == .lock {
-            s.queue.async { handler.received(.lock, body, from: c) }
+            let server = server
+            s.queue.async {
+                do {
+                    try handler.received(.lock, body, from: c)
+                } catch {
+                    server.log("network: refused a message of client \(c): \(error); closing its connection")
+                    server.dropConnection(c)
+                }
+            }
             return
         }
         let id = f.id

@@ -22,7 +22,10 @@ final class RecordingHandler: NetServerHandler {
 
     func connected(_ client: ClientID) { seen.withLock { $0.connected.append(client) } }
     func disconnected(_ client: ClientID) { seen.withLock { $0.disconnected.append(client) } }
-    func received(_ kind: NetKind, _ body: [UInt8], from client: ClientID) { seen.withLock { $0.messages.append((client, body)) } }
+    func received(_ kind: NetKind, _ body: [UInt8], from client: ClientID) throws {
+        if body == Array("bad".utf8) { throw NetError("a message no lock server could take") }
+        seen.withLock { $0.messages.append((client, body)) }
+    }
     func call(_ body: [UInt8], from client: ClientID) throws -> [UInt8] {
         seen.withLock { $0.calls.append(body) }
         if body == Array("fail".utf8) { throw NetError("no space left for client \(client)") }
@@ -141,6 +144,15 @@ struct RawPeer {
         #expect(s.send(.lock, [9, 9], to: 7))
         #expect(!s.send(.lock, [9], to: 8))
         #expect(eventually { got.withLock { $0 } == [[9, 9]] })
+
+        // A message the handler refuses closes the connection; the node comes back and what
+        // it sent after goes through once.
+        c.send(.lock, Array("bad".utf8))
+        c.send(.lock, [5])
+        #expect(eventually { log.contains("refused a message of client 7") })
+        #expect(eventually { handler.seen.withLock { $0.messages.map(\.1) } == [[1, 2, 3], [4], [5]] })
+        #expect(eventually { c.reconnects >= 1 && c.isConnected })
+        #expect(try c.call([8, 9]) == [9, 8])
     }
 
     @Test func nodesWithoutTheKeyForAnotherFilesystemOrAnIdInUseAreRefused() throws {
