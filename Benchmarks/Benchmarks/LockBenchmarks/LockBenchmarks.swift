@@ -130,4 +130,64 @@ let benchmarks: @Sendable () -> Void = {
         benchmark.stopMeasurement()
         for c in clients { c.stopWorker() }
     }
+
+    Benchmark("ping-pong over TCP: one lock written alternately by two clients", configuration: .init(scalingFactor: .kilo)) { benchmark in
+        let (server, clients, conns) = networkCluster(clients: 2)
+        let r = LockRange.inodeGroup(0)
+        benchmark.startMeasurement()
+        for i in benchmark.scaledIterations {
+            let c = clients[i & 1]
+            c.unlock(try! c.lock(r, .write))
+        }
+        benchmark.stopMeasurement()
+        for c in clients { c.stopWorker() }
+        for c in conns { c.close() }
+        server.stop()
+    }
+
+    Benchmark("call round trip over TCP (64-byte call and answer)", configuration: .init(scalingFactor: .kilo)) { benchmark in
+        let (server, _, conns) = networkCluster(clients: 1)
+        let body = [UInt8](repeating: 7, count: 64)
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            _ = try! conns[0].call(body)
+        }
+        benchmark.stopMeasurement()
+        for c in conns { c.close() }
+        server.stop()
+    }
+}
+
+/// The lock server behind a network server on loopback, for the TCP figures; calls are echoed.
+final class LockService: NetServerHandler {
+    let server = Mutex<LockServer?>(nil)
+    func connected(_ client: ClientID) {}
+    func disconnected(_ client: ClientID) {}
+    func received(_ kind: NetKind, _ body: [UInt8], from client: ClientID) throws {
+        server.withLock { $0 }?.receive(from: client, try LockClientMessage(fromNetwork: body))
+    }
+    func call(_ body: [UInt8], from client: ClientID) throws -> [UInt8] { body }
+}
+
+/// `n` lock clients, each over its own TCP connection to one lock server on loopback.
+func networkCluster(clients n: Int) -> (NetServer, [LockClient], [NetClient]) {
+    let key = ClusterKey.generate()
+    let service = LockService()
+    let net = NetServer(fsid: 1, key: key, handler: service, log: { _ in })
+    service.server.withLock { $0 = LockServer(links: NetLockClientLinks(net)) }
+    let port = try! net.start(host: "127.0.0.1", port: 0)
+    var clients: [LockClient] = []
+    var conns: [NetClient] = []
+    for id in 1...n {
+        let box = Mutex<LockClient?>(nil)
+        let conn = try! NetClient.connect(host: "127.0.0.1", port: port, fsid: 1, client: ClientID(id), key: key, onMessage: { _, body in
+            box.withLock { $0 }?.receive(try LockServerMessage(fromNetwork: body))
+        }, log: { _ in })
+        let c = LockClient(id: ClientID(id), link: NetLockServerLink(conn))
+        box.withLock { $0 = c }
+        c.startWorker()
+        clients.append(c)
+        conns.append(conn)
+    }
+    return (net, clients, conns)
 }
