@@ -42,6 +42,8 @@ public final class NetClient: Sendable {
         var reconnects = 0
         /// Wait before the next attempt; doubles while attempts fail, up to a second.
         var backoff: Duration = .zero
+        /// Attempts that failed since the last connection (logged now and then, not each).
+        var failures = 0
     }
 
     private init(host: String, port: Int, fsid: UInt64, client: ClientID, key: ClusterKey, timers: NetTimers,
@@ -168,12 +170,17 @@ public final class NetClient: Sendable {
             first.finish(.failure(NetError(reason)))
             return
         }
-        let next: Duration? = state.withLock { s in
+        let next: (Duration, Int)? = state.withLock { s in
             guard s.closed == nil else { return nil }
             s.backoff = s.backoff == .zero ? timers.reconnectDelay : min(s.backoff * 2, .seconds(1))
-            return s.backoff
+            s.failures += 1
+            return (s.backoff, s.failures)
         }
-        if let next { attempt(delay: next) }
+        guard let (delay, failures) = next else { return }
+        if failures == 1 || failures % 60 == 0 {
+            log("network: reconnecting to the server at \(host):\(port) failed \(failures) time(s), trying again every \(delay) or less: \(reason)")
+        }
+        attempt(delay: delay)
     }
 
     /// The handshake on `channel` ended in a welcome.
@@ -195,6 +202,7 @@ public final class NetClient: Sendable {
             }
             s.serverInstance = serverInstance
             s.backoff = .zero
+            s.failures = 0
             if s.first == nil { s.reconnects += 1 }
             defer { s.first = nil }
             return (s.first, hadSession && !w.resumed)

@@ -221,12 +221,13 @@ final class ServerSession: Sendable {
         }
     }
 
-    func detach(_ channel: any Channel) {
+    /// `channel` is gone; true if it was carrying the session (which now waits for the node).
+    func detach(_ channel: any Channel) -> Bool {
         state.withLock { s in
-            if s.channel === channel {
-                s.channel = nil
-                s.lostAt = .now
-            }
+            guard s.channel === channel, !s.ended else { return false }
+            s.channel = nil
+            s.lostAt = .now
+            return true
         }
     }
 }
@@ -274,7 +275,7 @@ final class ServerConnection: ChannelInboundHandler {
             } catch {
                 return close(context, "\(error)")
             }
-            server.log("network: client \(g.client) \(resumed ? "reconnected" : "connected") from \(peer(context))")
+            server.log("network: client \(g.client) \(resumed ? "reconnected" : "connected") from \(context.channel.remoteAddress.map { "\($0)" } ?? "an unknown address")")
             if !resumed { server.began(s) }
         case .refuse(let refusal, let reason):
             refuse(context, refusal, reason)
@@ -361,8 +362,7 @@ final class ServerConnection: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if let s = session {
-            s.detach(context.channel)
+        if let s = session, s.detach(context.channel) {
             server.log("network: client \(s.client) connection lost; its session waits \(server.timers.sessionLinger) for it")
         }
         context.fireChannelInactive()
