@@ -1,0 +1,226 @@
+/// What a node asks of the server over the network (the body of a `.call` frame), and the
+/// answers. These are the calls of `ServerLink` that a node in the server's own process makes
+/// as plain calls, plus `roots`, which such a node reads from the shared store instead. No call
+/// names the client: the server takes it from the connection, which proved who it is, so no
+/// node can commit or allocate as another.
+public enum ServerCall: Sendable, Equatable {
+    /// The committed roots and the seqs a node needs to read and to write.
+    case roots
+    /// At least `count` inode numbers for this node alone.
+    case allocateInodes(count: UInt64)
+    /// At least `count` data blocks for this node's pool.
+    case refillDataPool(atLeast: UInt64)
+    /// At least `count` metadata blocks for this node's log tree.
+    case refillMetaPool(atLeast: UInt64)
+    /// Free data blocks now and freed by commits not yet durable.
+    case dataSpace
+    /// This node's log tree as last recorded.
+    case recordedLogTree
+    /// Record this node's log tree (its blocks written already) and commit.
+    case commitLogTree(LogTreeRecord, freed: [Extent], freedMeta: [Extent], merge: Bool)
+
+    /// The most extents a call or an answer carries in one list: more than a body can hold.
+    public static let maxExtents = NetFrame.maxBody / 16
+
+    enum Kind: UInt8 {
+        case roots = 1, allocateInodes, refillDataPool, refillMetaPool, dataSpace, recordedLogTree, commitLogTree
+    }
+
+    public var encoded: [UInt8] {
+        var w = ByteWriter(capacity: 64)
+        switch self {
+        case .roots:
+            w.u8(Kind.roots.rawValue)
+        case .allocateInodes(let n):
+            w.u8(Kind.allocateInodes.rawValue)
+            w.u64(n)
+        case .refillDataPool(let n):
+            w.u8(Kind.refillDataPool.rawValue)
+            w.u64(n)
+        case .refillMetaPool(let n):
+            w.u8(Kind.refillMetaPool.rawValue)
+            w.u64(n)
+        case .dataSpace:
+            w.u8(Kind.dataSpace.rawValue)
+        case .recordedLogTree:
+            w.u8(Kind.recordedLogTree.rawValue)
+        case .commitLogTree(let record, let freed, let freedMeta, let merge):
+            w.u8(Kind.commitLogTree.rawValue)
+            w.u8(merge ? 1 : 0)
+            Self.encode(freed, into: &w)
+            Self.encode(freedMeta, into: &w)
+            w.raw(record.encoded)
+        }
+        return w.bytes
+    }
+
+    public init(decoding bytes: [UInt8]) throws(FormatError) {
+        var r = ByteReader(bytes, what: "server call")
+        let raw = try r.u8()
+        guard let kind = Kind(rawValue: raw) else { throw FormatError("server call of unknown kind \(raw)") }
+        switch kind {
+        case .roots: self = .roots
+        case .allocateInodes: self = .allocateInodes(count: try r.u64())
+        case .refillDataPool: self = .refillDataPool(atLeast: try r.u64())
+        case .refillMetaPool: self = .refillMetaPool(atLeast: try r.u64())
+        case .dataSpace: self = .dataSpace
+        case .recordedLogTree: self = .recordedLogTree
+        case .commitLogTree:
+            let flag = try r.u8()
+            guard flag <= 1 else { throw FormatError("server call: commit with merge flag \(flag)") }
+            let freed = try Self.decodeExtents(&r, "freed data")
+            let freedMeta = try Self.decodeExtents(&r, "freed metadata")
+            let record = try LogTreeRecord(decoding: try r.raw(r.remaining))
+            self = .commitLogTree(record, freed: freed, freedMeta: freedMeta, merge: flag == 1)
+        }
+        try r.finish()
+    }
+
+    static func encode(_ extents: [Extent], into w: inout ByteWriter) {
+        w.u32(UInt32(extents.count))
+        for e in extents {
+            w.u64(e.start)
+            w.u64(e.length)
+        }
+    }
+
+    static func decodeExtents(_ r: inout ByteReader, _ what: String) throws(FormatError) -> [Extent] {
+        let n = Int(try r.u32())
+        guard n <= maxExtents, r.remaining >= 16 * n else {
+            throw FormatError("server call: \(n) \(what) extents in \(r.remaining) bytes")
+        }
+        var out: [Extent] = []
+        out.reserveCapacity(n)
+        for _ in 0..<n {
+            let start = try r.u64()
+            let length = try r.u64()
+            guard length > 0, start <= UInt64.max - length else {
+                throw FormatError("server call: \(what) extent \(start)+\(length) is impossible")
+            }
+            out.append(Extent(start: start, length: length))
+        }
+        return out
+    }
+}
+
+/// The committed state a node reads through, and the seqs it writes with, as of one commit.
+public struct ServerRoots: Sendable, Equatable {
+    /// The commit these are the roots of.
+    public var seq: UInt64
+    public var fs: BTreeRoot
+    /// The tree of every client's log-tree record.
+    public var logTrees: BTreeRoot
+    /// The seq items written in the open transaction carry.
+    public var transactionSeq: UInt64
+    /// The last seq below every client's open transaction.
+    public var stableSeq: UInt64
+
+    public static let encodedSize = 8 + 2 * BTreeRoot.encodedSize + 16
+
+    public init(seq: UInt64, fs: BTreeRoot, logTrees: BTreeRoot, transactionSeq: UInt64, stableSeq: UInt64) {
+        self.seq = seq
+        self.fs = fs
+        self.logTrees = logTrees
+        self.transactionSeq = transactionSeq
+        self.stableSeq = stableSeq
+    }
+
+    public func encode(into w: inout ByteWriter) {
+        w.u64(seq)
+        fs.encode(into: &w)
+        logTrees.encode(into: &w)
+        w.u64(transactionSeq)
+        w.u64(stableSeq)
+    }
+
+    public init(decoding r: inout ByteReader) throws(FormatError) {
+        seq = try r.u64()
+        fs = try BTreeRoot(decoding: &r)
+        logTrees = try BTreeRoot(decoding: &r)
+        transactionSeq = try r.u64()
+        stableSeq = try r.u64()
+        guard stableSeq < transactionSeq else {
+            throw FormatError("server roots: stable seq \(stableSeq) is not below the open transaction's \(transactionSeq)")
+        }
+    }
+}
+
+/// The server's answer to a `ServerCall`, one case per call.
+public enum ServerAnswer: Sendable, Equatable {
+    case roots(ServerRoots)
+    case inodes(Range<UInt64>)
+    case dataPool([Extent])
+    case metaPool([Extent])
+    case dataSpace(free: UInt64, pendingFree: UInt64)
+    case recordedLogTree(LogTreeRecord?)
+    /// The commit, and the roots right after it (merged or not).
+    case committed(LogCommit, ServerRoots)
+
+    public var encoded: [UInt8] {
+        var w = ByteWriter(capacity: 64)
+        switch self {
+        case .roots(let r):
+            w.u8(ServerCall.Kind.roots.rawValue)
+            r.encode(into: &w)
+        case .inodes(let range):
+            w.u8(ServerCall.Kind.allocateInodes.rawValue)
+            w.u64(range.lowerBound)
+            w.u64(range.upperBound)
+        case .dataPool(let extents):
+            w.u8(ServerCall.Kind.refillDataPool.rawValue)
+            ServerCall.encode(extents, into: &w)
+        case .metaPool(let extents):
+            w.u8(ServerCall.Kind.refillMetaPool.rawValue)
+            ServerCall.encode(extents, into: &w)
+        case .dataSpace(let free, let pending):
+            w.u8(ServerCall.Kind.dataSpace.rawValue)
+            w.u64(free)
+            w.u64(pending)
+        case .recordedLogTree(let record):
+            w.u8(ServerCall.Kind.recordedLogTree.rawValue)
+            if let record {
+                w.u8(1)
+                w.raw(record.encoded)
+            } else {
+                w.u8(0)
+            }
+        case .committed(let c, let roots):
+            w.u8(ServerCall.Kind.commitLogTree.rawValue)
+            w.u64(c.seq)
+            w.u8(c.merged ? 1 : 0)
+            roots.encode(into: &w)
+        }
+        return w.bytes
+    }
+
+    public init(decoding bytes: [UInt8]) throws(FormatError) {
+        var r = ByteReader(bytes, what: "server answer")
+        let raw = try r.u8()
+        guard let kind = ServerCall.Kind(rawValue: raw) else { throw FormatError("server answer of unknown kind \(raw)") }
+        switch kind {
+        case .roots:
+            self = .roots(try ServerRoots(decoding: &r))
+        case .allocateInodes:
+            let lo = try r.u64()
+            let hi = try r.u64()
+            guard lo <= hi else { throw FormatError("server answer: inode numbers \(lo)..<\(hi)") }
+            self = .inodes(lo..<hi)
+        case .refillDataPool:
+            self = .dataPool(try ServerCall.decodeExtents(&r, "data pool"))
+        case .refillMetaPool:
+            self = .metaPool(try ServerCall.decodeExtents(&r, "metadata pool"))
+        case .dataSpace:
+            self = .dataSpace(free: try r.u64(), pendingFree: try r.u64())
+        case .recordedLogTree:
+            let has = try r.u8()
+            guard has <= 1 else { throw FormatError("server answer: log tree presence flag \(has)") }
+            self = .recordedLogTree(has == 1 ? try LogTreeRecord(decoding: try r.raw(r.remaining)) : nil)
+        case .commitLogTree:
+            let seq = try r.u64()
+            let merged = try r.u8()
+            guard merged <= 1 else { throw FormatError("server answer: merged flag \(merged)") }
+            self = .committed(LogCommit(seq: seq, merged: merged == 1), try ServerRoots(decoding: &r))
+        }
+        try r.finish()
+    }
+}

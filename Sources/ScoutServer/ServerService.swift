@@ -1,0 +1,84 @@
+public import ScoutFormat
+public import ScoutNet
+import ScoutStore
+import Synchronization
+
+/// The server's side of the network: what nodes send reaches the lock server (lock messages)
+/// and the local server (calls). Calls run one at a time per node on the node's queue
+/// (`NetServerHandler`), each inside `serialize`, which the server's owner makes take the store
+/// lock its in-process clients take; the store and `LocalServer` are not thread-safe.
+///
+/// The client a call acts for is the one the connection proved itself to be, never a field of
+/// the call.
+public final class ServerService: NetServerHandler {
+    // nonisolated(unsafe): the local server and its store are only touched inside `serialize`,
+    // which holds the store lock.
+    nonisolated(unsafe) let server: LocalServer
+    let serialize: @Sendable (() throws -> ServerAnswer) throws -> ServerAnswer
+    let locks = Mutex<LockServer?>(nil)
+    let log: @Sendable (String) -> Void
+
+    public init(server: LocalServer, serialize: @escaping @Sendable (() throws -> ServerAnswer) throws -> ServerAnswer,
+                log: @escaping @Sendable (String) -> Void) {
+        self.server = server
+        self.serialize = serialize
+        self.log = log
+    }
+
+    /// The lock server that lock messages go to (made after the network server it sends on).
+    public func serveLocks(_ lockServer: LockServer) {
+        locks.withLock { $0 = lockServer }
+    }
+
+    public func connected(_ client: ClientID) {
+        log("server: client \(client) joined")
+    }
+
+    public func disconnected(_ client: ClientID) {
+        log("server: client \(client) left")
+    }
+
+    public func received(_ kind: NetKind, _ body: [UInt8], from client: ClientID) throws {
+        let m = try LockClientMessage(fromNetwork: body)
+        guard let lockServer = locks.withLock({ $0 }) else {
+            throw NetError("lock message from client \(client) before the lock server started")
+        }
+        lockServer.receive(from: client, m)
+    }
+
+    public func call(_ body: [UInt8], from client: ClientID) throws -> [UInt8] {
+        let call = try ServerCall(decoding: body)
+        return try serialize { try self.answer(call, for: client) }.encoded
+    }
+
+    /// The answer to `call` for `rid`; the store lock is held.
+    func answer(_ call: ServerCall, for rid: ClientID) throws -> ServerAnswer {
+        switch call {
+        case .roots:
+            return .roots(roots)
+        case .allocateInodes(let count):
+            return .inodes(server.allocateInodes(count))
+        case .refillDataPool(let n):
+            return .dataPool(try server.refillDataPool(rid: rid, atLeast: n))
+        case .refillMetaPool(let n):
+            guard n <= UInt64(ServerCall.maxExtents) else {
+                throw NetError("client \(rid) asked for \(n) metadata blocks at once; at most \(ServerCall.maxExtents)")
+            }
+            return .metaPool(LogTreeBuilder.extents(try server.refillMetaPool(rid: rid, atLeast: Int(n))))
+        case .dataSpace:
+            let s = server.dataSpace
+            return .dataSpace(free: s.free, pendingFree: s.pendingFree)
+        case .recordedLogTree:
+            return .recordedLogTree(try server.recordedLogTree(rid: rid))
+        case .commitLogTree(let record, let freed, let freedMeta, let merge):
+            let c = try server.commitLogTree(rid: rid, record, freed: freed, freedMeta: freedMeta, merge: merge)
+            return .committed(c, roots)
+        }
+    }
+
+    private var roots: ServerRoots {
+        let sb = server.store.superblock
+        return ServerRoots(seq: sb.seq, fs: sb.root(.fs), logTrees: sb.root(.logTrees),
+                           transactionSeq: server.transactionSeq, stableSeq: server.stableSeq)
+    }
+}

@@ -1,0 +1,52 @@
+import ScoutFormat
+import Testing
+
+@Suite struct ServerCallTests {
+    let record = LogTreeRecord(root: BTreeRoot(ref: BlockRef(blkno: 77, seq: 9), height: 2), items: 12,
+                               dataPool: [Extent(start: 100, length: 8)], metaPool: [Extent(start: 300, length: 4)])
+    let roots = ServerRoots(seq: 41, fs: BTreeRoot(ref: BlockRef(blkno: 5, seq: 40), height: 3), logTrees: .empty,
+                            transactionSeq: 42, stableSeq: 41)
+
+    @Test func callsAndAnswersRoundTrip() throws {
+        let calls: [ServerCall] = [
+            .roots, .allocateInodes(count: 1024), .refillDataPool(atLeast: 8192), .refillMetaPool(atLeast: 64), .dataSpace,
+            .recordedLogTree,
+            .commitLogTree(record, freed: [Extent(start: 1, length: 2)], freedMeta: [], merge: true),
+            .commitLogTree(LogTreeRecord(root: .empty, items: 0, dataPool: [], metaPool: []), freed: [], freedMeta: [Extent(start: 9, length: 1)], merge: false),
+        ]
+        for c in calls { #expect(try ServerCall(decoding: c.encoded) == c) }
+        let answers: [ServerAnswer] = [
+            .roots(roots), .inodes(1024..<2048), .dataPool([Extent(start: 8, length: 8192)]), .metaPool([]),
+            .dataSpace(free: 10, pendingFree: 3), .recordedLogTree(nil), .recordedLogTree(record),
+            .committed(LogCommit(seq: 42, merged: true), roots),
+        ]
+        for a in answers { #expect(try ServerAnswer(decoding: a.encoded) == a) }
+    }
+
+    @Test func badCallsAndAnswersAreRefused() {
+        #expect(throws: FormatError.self) { try ServerCall(decoding: []) }
+        #expect(throws: FormatError.self) { try ServerCall(decoding: [99]) }
+        #expect(throws: FormatError.self) { try ServerCall(decoding: ServerCall.dataSpace.encoded + [0]) }
+        // A list longer than its bytes, and an extent that wraps around.
+        var w = ByteWriter()
+        w.u8(7)
+        w.u8(0)
+        w.u32(1_000_000)
+        #expect(throws: FormatError.self) { try ServerCall(decoding: w.bytes) }
+        let wrapping = ServerCall.commitLogTree(record, freed: [Extent(start: .max - 1, length: 5)], freedMeta: [], merge: false)
+        #expect(throws: FormatError.self) { try ServerCall(decoding: wrapping.encoded) }
+        var badMerge = ServerCall.commitLogTree(record, freed: [], freedMeta: [], merge: false).encoded
+        badMerge[1] = 2
+        #expect(throws: FormatError.self) { try ServerCall(decoding: badMerge) }
+        // Answers that cannot be right.
+        #expect(throws: FormatError.self) { try ServerAnswer(decoding: ServerAnswer.inodes(5..<5).encoded.enumerated().map { $0.offset == 1 ? 9 : $0.element }) }
+        let backwards = ServerRoots(seq: 1, fs: .empty, logTrees: .empty, transactionSeq: 4, stableSeq: 4)
+        #expect(throws: FormatError.self) { try ServerAnswer(decoding: ServerAnswer.roots(backwards).encoded) }
+        var g = SystemRandomNumberGenerator()
+        for _ in 0..<3000 {
+            let b = (0..<Int.random(in: 0..<120, using: &g)).map { _ in UInt8.random(in: 0...255, using: &g) }
+            _ = try? ServerCall(decoding: b)
+            _ = try? ServerAnswer(decoding: b)
+        }
+    }
+}

@@ -1,0 +1,131 @@
+import ScoutClient
+import ScoutFormat
+import ScoutNet
+import ScoutServer
+import ScoutStore
+import ScoutTestSupport
+import Synchronization
+import Testing
+
+@Suite(.serialized) struct ServerServiceTests {
+    static let slots = [QuorumSlot(slot: 0, address: "127.0.0.1", port: 7100)]
+
+    /// A store and its server behind the network; nodes call it as clients 1 and 2.
+    final class Fixture: Sendable {
+        let meta = MemoryBlockDevice(name: "meta", size: 256 << 20)
+        let data = MemoryBlockDevice(name: "data", size: 256 << 20)
+        nonisolated(unsafe) let store: Store
+        nonisolated(unsafe) let server: LocalServer
+        let storeLock = StoreLock()
+        let net: NetServer
+        let port: Int
+        let key = ClusterKey.generate()
+
+        init() throws {
+            store = try Store.format(meta: meta, data: data, quorumSlots: ServerServiceTests.slots)
+            server = LocalServer(store: store)
+            let lock = storeLock
+            // nonisolated(unsafe): the store is only used under `lock`.
+            nonisolated(unsafe) let locked = store
+            let service = ServerService(server: server, serialize: { body in try lock.withLock(locked, body) }, log: { _ in })
+            net = NetServer(fsid: store.fsid, key: key, handler: service, log: { _ in })
+            service.serveLocks(LockServer(links: NetLockClientLinks(net)))
+            port = try net.start(host: "127.0.0.1", port: 0)
+        }
+
+        func node(_ id: ClientID) throws -> NetClient {
+            try NetClient.connect(host: "127.0.0.1", port: port, fsid: store.fsid, client: id, key: key, onMessage: { _, _ in }, log: { _ in })
+        }
+
+        func call(_ c: NetClient, _ call: ServerCall) throws -> ServerAnswer {
+            try ServerAnswer(decoding: c.call(call.encoded))
+        }
+    }
+
+    /// A node builds its log tree in metadata blocks the server gave it over the network,
+    /// commits it with a call, and reads it back through the roots the answer carries; the
+    /// record is its own, not the other node's.
+    @Test func aNodeCommitsALogTreeItWroteItselfThroughCalls() throws {
+        let f = try Fixture()
+        defer { f.net.stop() }
+        let a = try f.node(1)
+        let b = try f.node(2)
+        defer { a.close(); b.close() }
+
+        guard case .roots(let before) = try f.call(a, .roots) else { Issue.record("no roots"); return }
+        #expect(before.seq == f.store.superblock.seq)
+        #expect(before.transactionSeq == f.store.txnSeq)
+
+        // Inode batches are whole groups and never overlap.
+        guard case .inodes(let i1) = try f.call(a, .allocateInodes(count: 10)),
+              case .inodes(let i2) = try f.call(b, .allocateInodes(count: 10)) else { Issue.record("no inodes"); return }
+        #expect(i1.upperBound % LockRange.groupSize == 0 && i2.upperBound % LockRange.groupSize == 0)
+        #expect(!i1.overlaps(i2))
+
+        guard case .metaPool(let pool) = try f.call(a, .refillMetaPool(atLeast: 16)) else { Issue.record("no pool"); return }
+        let blocks = pool.flatMap { $0.start..<$0.end }
+        #expect(blocks.count >= 16)
+        // The node writes its tree into those blocks itself.
+        let builder = LogTreeBuilder(store: f.store, pool: blocks) { _ in throw NetError("pool ran dry in a test") }
+        var tree = BTree(root: .empty, name: "log tree of client 1")
+        for n in 0..<300 as Range<UInt64> {
+            try tree.insert(Item(key: Key(zone: Zone.fs, first: i1.lowerBound + n % 10, type: ItemType.inode, second: n), seq: before.transactionSeq, value: [UInt8(n & 0xff)]), in: builder)
+        }
+        try builder.write()
+        let left = LogTreeBuilder.extents(builder.pool)
+        let record = LogTreeRecord(root: tree.root, items: 300, dataPool: [], metaPool: left)
+        guard case .committed(let c, let after) = try f.call(a, .commitLogTree(record, freed: [], freedMeta: [], merge: false)) else {
+            Issue.record("no commit")
+            return
+        }
+        builder.committedBlocks()
+        #expect(c.seq > before.seq && !c.merged)
+        #expect(after.seq == c.seq)
+        #expect(after.logTrees != before.logTrees)
+        // Recorded for node 1 alone; node 2 has none.
+        #expect(try f.call(a, .recordedLogTree) == .recordedLogTree(record))
+        #expect(try f.call(b, .recordedLogTree) == .recordedLogTree(nil))
+        // The tree reads back from the device through the committed blocks.
+        let back = try BTree(root: record.root, name: "log tree").items(in: f.store.committed)
+        #expect(back.count == 300)
+        #expect(back.first?.value == [0])
+        #expect(Checker.check(meta: f.meta, data: f.data).problems == [])
+    }
+
+    @Test func dataPoolsComeOutOfTheFreeSpaceAndFreedBlocksGoBack() throws {
+        let f = try Fixture()
+        defer { f.net.stop() }
+        let a = try f.node(1)
+        defer { a.close() }
+        guard case .dataSpace(let free0, _) = try f.call(a, .dataSpace),
+              case .dataPool(let pool) = try f.call(a, .refillDataPool(atLeast: 100)),
+              case .dataSpace(let free1, _) = try f.call(a, .dataSpace) else { Issue.record("no answers"); return }
+        let got = pool.reduce(0) { $0 + $1.length }
+        #expect(got >= 100)
+        #expect(free1 == free0 - got)
+        // The node gives part of it back at its next commit.
+        let back = [Extent(start: pool[0].start, length: 10)]
+        let rest = [Extent(start: pool[0].start + 10, length: pool[0].length - 10)] + pool.dropFirst()
+        let record = LogTreeRecord(root: .empty, items: 0, dataPool: rest.filter { $0.length > 0 }, metaPool: [])
+        guard case .committed = try f.call(a, .commitLogTree(record, freed: back, freedMeta: [], merge: false)),
+              case .dataSpace(let free2, let pending2) = try f.call(a, .dataSpace) else { Issue.record("no commit"); return }
+        #expect(free2 + pending2 == free1 + 10)
+        #expect(Checker.check(meta: f.meta, data: f.data).problems == [])
+    }
+
+    @Test func malformedOrImpossibleCallsFailTheCallNotTheServer() throws {
+        let f = try Fixture()
+        defer { f.net.stop() }
+        let a = try f.node(1)
+        defer { a.close() }
+        #expect { try a.call([99]) } throws: { "\($0)".contains("server call of unknown kind 99") }
+        #expect { try f.call(a, .refillMetaPool(atLeast: .max)) } throws: { "\($0)".contains("metadata blocks at once") }
+        // More than the device has gives what it has.
+        guard case .dataSpace(let free, _) = try f.call(a, .dataSpace),
+              case .dataPool(let all) = try f.call(a, .refillDataPool(atLeast: 1 << 40)) else { Issue.record("no pool"); return }
+        #expect(all.reduce(0) { $0 + $1.length } == free)
+        // The connection and the server are fine after it.
+        guard case .roots = try f.call(a, .roots) else { Issue.record("no roots"); return }
+        #expect(a.isConnected)
+    }
+}
