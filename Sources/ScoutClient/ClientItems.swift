@@ -16,7 +16,7 @@ public final class StoreLock: Sendable {
 
     public init() {}
 
-    public func withLock<T>(_ store: Store, _ body: () throws -> T) rethrows -> T {
+    public func withLock<T>(_ store: any ClientStore, _ body: () throws -> T) rethrows -> T {
         try mutex.withLock { _ in
             defer {
                 metaAllocatable.store(store.allocatableMetaBlocks, ordering: .relaxed)
@@ -67,7 +67,7 @@ final class CommittedForest: ItemSource, Sendable {
     }
     private let view = Mutex(View())
 
-    init(store: Store, rid: UInt64, readsOtherLogTrees: Bool) {
+    init(store: any ClientStore, rid: UInt64, readsOtherLogTrees: Bool) {
         blocks = store.committed
         self.rid = rid
         self.readsOtherLogTrees = readsOtherLogTrees
@@ -155,7 +155,7 @@ final class CommittedForest: ItemSource, Sendable {
 /// one at a time beside operations.
 public final class ClientItems: @unchecked Sendable {
     // @unchecked: `log`, `logWrites` and `metaPool` are touched only with `logTurn` held.
-    public let store: Store
+    public let store: any ClientStore
     public let server: any ServerLink
     /// This mount's id among the server's clients.
     public let rid: UInt64
@@ -190,7 +190,7 @@ public final class ClientItems: @unchecked Sendable {
     private let inFlightEstimate = Atomic<Int>(0)
     /// `sharesStore`: other clients record log trees in the same store, and reads see them;
     /// they must then share `storeLock` too.
-    public init(store: Store, server: any ServerLink, rid: UInt64, cacheBytes: Int = 256 << 20, sharesStore: Bool = false,
+    public init(store: any ClientStore, server: any ServerLink, rid: UInt64, cacheBytes: Int = 256 << 20, sharesStore: Bool = false,
                 storeLock: StoreLock = StoreLock()) {
         self.store = store
         self.server = server
@@ -198,7 +198,7 @@ public final class ClientItems: @unchecked Sendable {
         log = BTree(root: .empty, name: "log tree of client \(String(rid, radix: 16))")
         committed = CommittedForest(store: store, rid: rid, readsOtherLogTrees: sharesStore)
         self.storeLock = storeLock
-        cache = ItemCache(source: committed, blockCapacity: store.options.nodeCapacity, cleanByteLimit: cacheBytes)
+        cache = ItemCache(source: committed, blockCapacity: store.nodeCapacity, cleanByteLimit: cacheBytes)
     }
 
     /// The seq items written now carry.

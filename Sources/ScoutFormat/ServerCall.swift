@@ -103,7 +103,8 @@ public enum ServerCall: Sendable, Equatable {
     }
 }
 
-/// The committed state a node reads through, and the seqs it writes with, as of one commit.
+/// The committed state a node reads through, the seqs it writes with, and the space left, as
+/// of one commit.
 public struct ServerRoots: Sendable, Equatable {
     /// The commit these are the roots of.
     public var seq: UInt64
@@ -114,15 +115,24 @@ public struct ServerRoots: Sendable, Equatable {
     public var transactionSeq: UInt64
     /// The last seq below every client's open transaction.
     public var stableSeq: UInt64
+    /// Metadata blocks the server can still hand out, data blocks free outside every pool, and
+    /// data blocks freed by commits not yet durable.
+    public var metaAllocatable: UInt64
+    public var dataFree: UInt64
+    public var dataPendingFree: UInt64
 
-    public static let encodedSize = 8 + 2 * BTreeRoot.encodedSize + 16
+    public static let encodedSize = 8 + 2 * BTreeRoot.encodedSize + 40
 
-    public init(seq: UInt64, fs: BTreeRoot, logTrees: BTreeRoot, transactionSeq: UInt64, stableSeq: UInt64) {
+    public init(seq: UInt64, fs: BTreeRoot, logTrees: BTreeRoot, transactionSeq: UInt64, stableSeq: UInt64,
+                metaAllocatable: UInt64 = 0, dataFree: UInt64 = 0, dataPendingFree: UInt64 = 0) {
         self.seq = seq
         self.fs = fs
         self.logTrees = logTrees
         self.transactionSeq = transactionSeq
         self.stableSeq = stableSeq
+        self.metaAllocatable = metaAllocatable
+        self.dataFree = dataFree
+        self.dataPendingFree = dataPendingFree
     }
 
     public func encode(into w: inout ByteWriter) {
@@ -131,6 +141,9 @@ public struct ServerRoots: Sendable, Equatable {
         logTrees.encode(into: &w)
         w.u64(transactionSeq)
         w.u64(stableSeq)
+        w.u64(metaAllocatable)
+        w.u64(dataFree)
+        w.u64(dataPendingFree)
     }
 
     public init(decoding r: inout ByteReader) throws(FormatError) {
@@ -139,6 +152,9 @@ public struct ServerRoots: Sendable, Equatable {
         logTrees = try BTreeRoot(decoding: &r)
         transactionSeq = try r.u64()
         stableSeq = try r.u64()
+        metaAllocatable = try r.u64()
+        dataFree = try r.u64()
+        dataPendingFree = try r.u64()
         guard stableSeq < transactionSeq else {
             throw FormatError("server roots: stable seq \(stableSeq) is not below the open transaction's \(transactionSeq)")
         }

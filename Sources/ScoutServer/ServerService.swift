@@ -78,7 +78,9 @@ public final class ServerService: NetServerHandler {
 
     private var roots: ServerRoots {
         let sb = server.store.superblock
+        let space = server.dataSpace
         return ServerRoots(seq: sb.seq, fs: sb.root(.fs), logTrees: sb.root(.logTrees),
-                           transactionSeq: server.transactionSeq, stableSeq: server.stableSeq)
+                           transactionSeq: server.transactionSeq, stableSeq: server.stableSeq,
+                           metaAllocatable: server.store.allocatableMetaBlocks, dataFree: space.free, dataPendingFree: space.pendingFree)
     }
 }

@@ -9,7 +9,7 @@ public import ScoutFormat
 ///
 /// Not thread-safe: one commit of one client uses it.
 public final class LogTreeBuilder: NodeWriter {
-    private let store: Store
+    private let store: any ClientStore
     private let committed: CommittedBlocks
     private let meta: any BlockDevice
     private let fsid: UInt64
@@ -26,7 +26,7 @@ public final class LogTreeBuilder: NodeWriter {
     /// Asks the server for at least this many more pool blocks, should the pool run dry.
     private let refill: (Int) throws -> [UInt64]
 
-    public init(store: Store, pool: [UInt64], refill: @escaping (Int) throws -> [UInt64]) {
+    public init(store: any ClientStore, pool: [UInt64], refill: @escaping (Int) throws -> [UInt64]) {
         self.store = store
         committed = store.committed
         meta = store.meta

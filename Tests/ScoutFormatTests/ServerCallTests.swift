@@ -5,7 +5,7 @@ import Testing
     let record = LogTreeRecord(root: BTreeRoot(ref: BlockRef(blkno: 77, seq: 9), height: 2), items: 12,
                                dataPool: [Extent(start: 100, length: 8)], metaPool: [Extent(start: 300, length: 4)])
     let roots = ServerRoots(seq: 41, fs: BTreeRoot(ref: BlockRef(blkno: 5, seq: 40), height: 3), logTrees: .empty,
-                            transactionSeq: 42, stableSeq: 41)
+                            transactionSeq: 42, stableSeq: 41, metaAllocatable: 900, dataFree: 5000, dataPendingFree: 12)
 
     @Test func callsAndAnswersRoundTrip() throws {
         let calls: [ServerCall] = [

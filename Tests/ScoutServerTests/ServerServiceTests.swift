@@ -92,6 +92,47 @@ import Testing
         #expect(Checker.check(meta: f.meta, data: f.data).problems == [])
     }
 
+    /// A client on a node of its own (its own view of the devices, every server call over the
+    /// network) and a client in the server's process: each reads what the other committed, the
+    /// node's log tree merges into the fs tree, and the store checks clean.
+    @Test func aClientOnAnotherNodeAndAClientBesideTheServerSeeEachOther() throws {
+        let f = try Fixture()
+        defer { f.net.stop() }
+        func key(_ n: UInt64) -> Key { Key(zone: Zone.fs, first: 1 << 20 + n, type: ItemType.inode) }
+        let local = ClientItems(store: f.store, server: f.server, rid: 1, sharesStore: true, storeLock: f.storeLock)
+        let conn = try f.node(2)
+        defer { conn.close() }
+        let nodeStore = try NodeStore(meta: f.meta, data: f.data)
+        let link = try NetServerLink(net: conn, store: nodeStore)
+        let node = ClientItems(store: nodeStore, server: link, rid: 2, sharesStore: true)
+
+        for n in 0..<400 as Range<UInt64> { try node.insert(key(n), [UInt8(n & 0xff), 2]) }
+        try node.commit()
+        #expect(nodeStore.roots.seq == f.store.superblock.seq, "the node reads through the commit it made")
+        for n in stride(from: 0, to: 400, by: 7) as StrideTo<UInt64> {
+            #expect(try local.lookup(key(n))?.value == [UInt8(n & 0xff), 2], "key \(n) from the node")
+        }
+        for n in 400..<800 as Range<UInt64> { try local.insert(key(n), [UInt8(n & 0xff), 1]) }
+        try local.commit()
+        // The node learns of the other client's commit when it asks (a lock grant will say when).
+        try link.refreshRoots()
+        for n in stride(from: 400, to: 800, by: 7) as StrideTo<UInt64> {
+            #expect(try node.lookup(key(n))?.value == [UInt8(n & 0xff), 1], "key \(n) from beside the server")
+        }
+        // The node's tree merged into the fs tree: still one answer for every key, anywhere.
+        try f.storeLock.withLock(f.store) { _ = try f.server.commitLogTree(rid: 2, f.server.recordedLogTree(rid: 2)!, merge: true) }
+        #expect(try f.call(conn, .recordedLogTree) == .recordedLogTree(LogTreeRecord(root: .empty, items: 0, dataPool: [], metaPool: try f.server.recordedLogTree(rid: 2)!.metaPool)))
+        try link.refreshRoots()
+        let fresh = ClientItems(store: nodeStore, server: link, rid: 3, sharesStore: true)
+        var seen = 0
+        try fresh.forEach(from: key(0), through: key(799)) { it in
+            seen += 1
+            return true
+        }
+        #expect(seen == 800)
+        #expect(Checker.check(meta: f.meta, data: f.data).problems == [])
+    }
+
     @Test func dataPoolsComeOutOfTheFreeSpaceAndFreedBlocksGoBack() throws {
         let f = try Fixture()
         defer { f.net.stop() }

@@ -1,0 +1,97 @@
+public import ScoutFormat
+public import ScoutNet
+public import ScoutStore
+
+/// `ServerLink` for a client on another node than the server: each call goes over the
+/// network (`ServerCall`), and every answer that carries roots moves the node's store on to
+/// them, so the node reads what the server last committed. The client id is the connection's;
+/// `rid` arguments are ignored (the server knows who is calling).
+///
+/// The seqs and the data space are the ones the last answer brought, read without a call:
+/// operations read them often, and a node's own commit is what moves its open seq on.
+public final class NetServerLink: ServerLink {
+    public let net: NetClient
+    public let store: NodeStore
+
+    /// Connects `store` to the server behind `net` and takes its current roots.
+    public init(net: NetClient, store: NodeStore) throws {
+        self.net = net
+        self.store = store
+        try refreshRoots()
+    }
+
+    func call(_ c: ServerCall) throws -> ServerAnswer {
+        try ServerAnswer(decoding: net.call(c.encoded))
+    }
+
+    private func unexpected(_ a: ServerAnswer, to c: String) -> NetError {
+        NetError("the server answered \(c) with \(a); is it another version of scoutfs?")
+    }
+
+    /// Asks for the server's last commit and reads through it from now on. A stale block while
+    /// reading the roots' records (a newer commit reused it) asks again.
+    public func refreshRoots() throws {
+        var tries = 0
+        while true {
+            let a = try call(.roots)
+            guard case .roots(let r) = a else { throw unexpected(a, to: "roots") }
+            do {
+                try store.update(r)
+                return
+            } catch let e as StoreError where e.code == .stale && tries < 100 {
+                tries += 1
+            }
+        }
+    }
+
+    private func moveOn(_ r: ServerRoots) throws {
+        do {
+            try store.update(r)
+        } catch let e as StoreError where e.code == .stale {
+            try refreshRoots()
+        }
+    }
+
+    public var transactionSeq: UInt64 { store.txnSeq }
+    public var committedSeq: UInt64 { store.roots.seq }
+    public var stableSeq: UInt64 { store.stableSeq }
+
+    public func allocateInodes(_ count: UInt64) throws -> Range<UInt64> {
+        let a = try call(.allocateInodes(count: count))
+        guard case .inodes(let r) = a, r.count >= Int(min(count, UInt64(Int.max))) else { throw unexpected(a, to: "an inode batch") }
+        return r
+    }
+
+    public func refillDataPool(rid: UInt64, atLeast count: UInt64) throws -> [Extent] {
+        let a = try call(.refillDataPool(atLeast: count))
+        guard case .dataPool(let extents) = a else { throw unexpected(a, to: "a data pool refill") }
+        return extents
+    }
+
+    public func refillMetaPool(rid: UInt64, atLeast count: Int) throws -> [UInt64] {
+        let a = try call(.refillMetaPool(atLeast: UInt64(max(count, 0))))
+        guard case .metaPool(let extents) = a else { throw unexpected(a, to: "a metadata pool refill") }
+        return extents.flatMap { Array($0.start..<$0.end) }
+    }
+
+    /// Asked of the server (a pool refill depends on it); the last figures it gave if the
+    /// call fails, so that the refill's own call reports the failure.
+    public var dataSpace: (free: UInt64, pendingFree: UInt64) {
+        if case .dataSpace(let free, let pending)? = try? call(.dataSpace) { return (free, pending) }
+        let r = store.roots
+        return (r.dataFree, r.dataPendingFree)
+    }
+
+    public func recordedLogTree(rid: UInt64) throws -> LogTreeRecord? {
+        let a = try call(.recordedLogTree)
+        guard case .recordedLogTree(let rec) = a else { throw unexpected(a, to: "the recorded log tree") }
+        return rec
+    }
+
+    public func commitLogTree(rid: UInt64, _ record: LogTreeRecord, freed: [Extent], freedMeta: [Extent], merge: Bool) throws -> LogCommit {
+        let a = try call(.commitLogTree(record, freed: freed, freedMeta: freedMeta, merge: merge))
+        guard case .committed(let c, let roots) = a else { throw unexpected(a, to: "a commit") }
+        try moveOn(roots)
+        return c
+    }
+}

@@ -1,0 +1,21 @@
+/// What a client's items need of the store they read and commit through: the committed
+/// blocks, where the client writes its log tree's blocks, the open transaction's seq, and
+/// the space figures its operations check. A client in the server's process uses the `Store`
+/// itself; a client on another node uses a `NodeStore`, whose figures come from the server.
+/// Read under the caller's store lock, except `committed`, which is safe from any thread.
+public protocol ClientStore: AnyObject {
+    var committed: CommittedBlocks { get }
+    var meta: any BlockDevice { get }
+    var fsid: UInt64 { get }
+    var nodeCapacity: Int { get }
+    /// The seq that items written in the open transaction carry.
+    var txnSeq: UInt64 { get }
+    /// The store's own transaction holds changes (a client on another node has none).
+    var hasChanges: Bool { get }
+    var allocatableMetaBlocks: UInt64 { get }
+    var allocatableDataBlocks: UInt64 { get }
+    var pendingFreeDataBlocks: UInt64 { get }
+    var dirtyBlocks: Int { get }
+}
+
+extension Store: ClientStore {}

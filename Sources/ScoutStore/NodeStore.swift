@@ -1,0 +1,73 @@
+public import ScoutFormat
+import Synchronization
+
+/// The store as a client on another node than the server sees it: it reads committed blocks
+/// from the shared metadata device through its own cache, writes its log tree's blocks into
+/// the metadata pool the server gave it, and learns the committed roots, the open seq and the
+/// space left only from the server (`update`, with what a call answered). It never writes the
+/// superblock nor edits the free trees: only the server does.
+///
+/// Thread-safe.
+public final class NodeStore: ClientStore, Sendable {
+    // nonisolated(unsafe): the devices' reads and writes are safe from any thread (BlockDevice).
+    public nonisolated(unsafe) let meta: any BlockDevice
+    public nonisolated(unsafe) let data: any BlockDevice
+    public let fsid: UInt64
+    public let nodeCapacity: Int
+    public let committed: CommittedBlocks
+    /// The superblock as it was when the node started (its layout: device sizes, slots).
+    public let superblock: SuperBlock
+    private let state: Mutex<ServerRoots>
+
+    /// Opens the node's view of the filesystem on `meta` and `data`, as of the newest
+    /// superblock there; the server's answers move it on.
+    public init(meta: any BlockDevice, data: any BlockDevice, options: StoreOptions = StoreOptions()) throws {
+        let sb = try Store.readSuperblock(meta)
+        self.meta = meta
+        self.data = data
+        superblock = sb
+        fsid = sb.fsid
+        nodeCapacity = options.nodeCapacity
+        committed = CommittedBlocks(cache: BlockCache(capacity: options.cacheBlocks), meta: meta, fsid: sb.fsid,
+                                    metaTotalBlocks: sb.metaTotalBlocks,
+                                    roots: CommittedRoots(seq: sb.seq, fs: sb.root(.fs), records: .success([])))
+        state = Mutex(ServerRoots(seq: sb.seq, fs: sb.root(.fs), logTrees: sb.root(.logTrees), transactionSeq: sb.seq + 1,
+                                  stableSeq: sb.seq, metaAllocatable: sb.metaFreeBlocks, dataFree: sb.dataFreeBlocks, dataPendingFree: 0))
+        try update(state.withLock { $0 }, force: true)
+    }
+
+    /// What the server said as of its commit `roots.seq`: reads go through those roots from now
+    /// on, unless newer ones came first. The log-tree records are read here, from the device;
+    /// blocks a later commit already reused make it throw stale, and the caller asks again.
+    public func update(_ roots: ServerRoots) throws {
+        try update(roots, force: false)
+    }
+
+    private func update(_ roots: ServerRoots, force: Bool) throws {
+        guard force || roots.seq >= state.withLock({ $0.seq }) else { return }
+        var records: [(rid: UInt64, record: LogTreeRecord)] = []
+        try BTree(root: roots.logTrees, name: TreeID.logTrees.description).forEach(in: committed) { it in
+            guard it.key.zone == Zone.logTrees, !it.isDeletion else { return true }
+            records.append((it.key.first, try LogTreeRecord(item: it)))
+            return true
+        }
+        let newer = state.withLock { s in
+            guard force || roots.seq >= s.seq else { return false }
+            s = roots
+            return true
+        }
+        if newer { committed.publish(CommittedRoots(seq: roots.seq, fs: roots.fs, records: .success(records))) }
+    }
+
+    /// The last roots and figures the server gave.
+    public var roots: ServerRoots { state.withLock { $0 } }
+
+    public var txnSeq: UInt64 { state.withLock { $0.transactionSeq } }
+    public var stableSeq: UInt64 { state.withLock { $0.stableSeq } }
+    /// A node has no store transaction of its own: what it changes is in its log tree.
+    public var hasChanges: Bool { false }
+    public var dirtyBlocks: Int { 0 }
+    public var allocatableMetaBlocks: UInt64 { state.withLock { $0.metaAllocatable } }
+    public var allocatableDataBlocks: UInt64 { state.withLock { $0.dataFree } }
+    public var pendingFreeDataBlocks: UInt64 { state.withLock { $0.dataPendingFree } }
+}
