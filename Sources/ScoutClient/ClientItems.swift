@@ -55,6 +55,9 @@ public struct StoreSpace: Sendable {
 /// they deleted.
 final class CommittedForest: ItemSource, Sendable {
     let blocks: CommittedBlocks
+    // nonisolated(unsafe): only `refreshIfStale` is called on it here, which is thread-safe
+    // (a no-op for the Store; NodeStore's is locked).
+    nonisolated(unsafe) let store: any ClientStore
     let rid: UInt64
     /// Read the log trees other clients recorded too (clients sharing one store); a lone
     /// mount has none beside its own once recovery merged what earlier mounts left.
@@ -69,6 +72,7 @@ final class CommittedForest: ItemSource, Sendable {
 
     init(store: any ClientStore, rid: UInt64, readsOtherLogTrees: Bool) {
         blocks = store.committed
+        self.store = store
         self.rid = rid
         self.readsOtherLogTrees = readsOtherLogTrees
     }
@@ -108,7 +112,8 @@ final class CommittedForest: ItemSource, Sendable {
     }
 
     func committedItem(_ key: Key) throws -> Item? {
-        try blocks.reading(pick) { roots in
+        try store.refreshIfStale()
+        return try blocks.reading(pick) { roots in
             let t = try trees(roots)
             if t.count == 1 {
                 guard let it = try t[0].lookup(key, in: blocks), !it.isDeletion else { return nil }
@@ -121,6 +126,7 @@ final class CommittedForest: ItemSource, Sendable {
     /// A read that meets a reused block goes on from the key after the last one delivered,
     /// over newer roots: what this client's locks cover is the same in both.
     func committedItems(from start: Key, through end: Key, _ body: (Item) throws -> Bool) throws {
+        try store.refreshIfStale()
         var pos: Key? = start
         var bodyError: (any Error)?
         try blocks.reading(pick) { roots in

@@ -58,7 +58,7 @@ public final class ClusterClient: Sendable {
 
     /// `sharesStore`: other clients record log trees in the same store (reads see them and
     /// deletions are always written as tombstones); false for a lone mount.
-    public init(id: ClientID, locks: LockClient, store: Store, server: any ServerLink, cacheBytes: Int = 64 << 20,
+    public init(id: ClientID, locks: LockClient, store: any ClientStore, server: any ServerLink, cacheBytes: Int = 64 << 20,
                 sharesStore: Bool = true, ordersByLockSeq: Bool = true, storeLock: StoreLock = StoreLock()) {
         self.id = id
         self.locks = locks

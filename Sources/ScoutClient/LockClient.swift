@@ -261,6 +261,7 @@ public final class LockClient: Sendable {
     private let index = Mutex(Index())
     private let work = Mutex<[ClientLock]>([])
     private let hooks = Mutex<[LockInvalidationHook]>([])
+    private let grantHooks = Mutex<[@Sendable (LockRange, LockMode) -> Void]>([])
     private let shrinkInFlight = Atomic<Int>(0)
     private let counters = Mutex(Counters())
     private let workerSignal = Parker()
@@ -276,6 +277,14 @@ public final class LockClient: Sendable {
     /// Adds a callback run during every invalidation, after those registered earlier.
     public func addInvalidationHook(_ hook: @escaping LockInvalidationHook) {
         hooks.withLock { $0.append(hook) }
+    }
+
+    /// Adds a callback run at every grant (range and granted mode), before anyone waiting for
+    /// it goes on: a client on another node takes the server's newest roots there, since the
+    /// previous holder made its changes durable before it let the lock go. It runs on the
+    /// thread that delivers the server's messages, with no lock of this client held.
+    public func addGrantHook(_ hook: @escaping @Sendable (LockRange, LockMode) -> Void) {
+        grantHooks.withLock { $0.append(hook) }
     }
 
     @inline(__always)
@@ -539,6 +548,9 @@ public final class LockClient: Sendable {
         }
         counters.withLock { $0.grants += 1 }
         if wasShrink { shrinkInFlight.subtract(1, ordering: .relaxed) }
+        if m.newMode != .null {
+            for hook in grantHooks.withLock({ $0 }) { hook(l.range, m.newMode) }
+        }
         if let request { send(.request(request)) }
         for (w, h) in wake { w.completion(h) }
         put(l)

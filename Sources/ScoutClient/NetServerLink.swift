@@ -9,7 +9,7 @@ public import ScoutStore
 ///
 /// The seqs and the data space are the ones the last answer brought, read without a call:
 /// operations read them often, and a node's own commit is what moves its open seq on.
-public final class NetServerLink: ServerLink {
+public final class NetServerLink: ServerLink, Sendable {
     public let net: NetClient
     public let store: NodeStore
 
@@ -18,6 +18,18 @@ public final class NetServerLink: ServerLink {
         self.net = net
         self.store = store
         try refreshRoots()
+        store.setRefresher { [weak self] in try self?.refreshRoots() }
+    }
+
+    /// Makes every grant `locks` receives bring the node's roots up to date before the
+    /// lock's users go on: the previous holder committed before it let the lock go, so what
+    /// it wrote is in the server's roots, and items written from now on must carry a seq above
+    /// it. Should the refresh fail, the next read tries again.
+    public func follow(_ locks: LockClient) {
+        locks.addGrantHook { [store] _, _ in
+            store.markStale()
+            try? store.refreshIfStale()
+        }
     }
 
     func call(_ c: ServerCall) throws -> ServerAnswer {

@@ -16,6 +16,13 @@ public protocol ClientStore: AnyObject {
     var allocatableDataBlocks: UInt64 { get }
     var pendingFreeDataBlocks: UInt64 { get }
     var dirtyBlocks: Int { get }
+    /// Brings the committed roots up to date if they may be behind (another node changed
+    /// something this client is about to read); a no-op where the roots are always current.
+    func refreshIfStale() throws
+}
+
+extension ClientStore {
+    public func refreshIfStale() throws {}
 }
 
 extension Store: ClientStore {}

@@ -18,6 +18,9 @@ public final class NodeStore: ClientStore, Sendable {
     /// The superblock as it was when the node started (its layout: device sizes, slots).
     public let superblock: SuperBlock
     private let state: Mutex<ServerRoots>
+    /// Asks the server for its newest roots (and `update`s with them); set by the link.
+    private let refresher = Mutex<(@Sendable () throws -> Void)?>(nil)
+    private let stale = Atomic<Bool>(false)
 
     /// Opens the node's view of the filesystem on `meta` and `data`, as of the newest
     /// superblock there; the server's answers move it on.
@@ -57,6 +60,27 @@ public final class NodeStore: ClientStore, Sendable {
             return true
         }
         if newer { committed.publish(CommittedRoots(seq: roots.seq, fs: roots.fs, records: .success(records))) }
+    }
+
+    /// Sets how the store asks the server for newer roots.
+    public func setRefresher(_ refresh: @escaping @Sendable () throws -> Void) {
+        refresher.withLock { $0 = refresh }
+    }
+
+    /// Another node may have committed what this one is about to read: the next read asks for
+    /// newer roots first.
+    public func markStale() {
+        stale.store(true, ordering: .releasing)
+    }
+
+    public func refreshIfStale() throws {
+        guard stale.exchange(false, ordering: .acquiringAndReleasing), let refresh = refresher.withLock({ $0 }) else { return }
+        do {
+            try refresh()
+        } catch {
+            stale.store(true, ordering: .releasing)
+            throw error
+        }
     }
 
     /// The last roots and figures the server gave.
