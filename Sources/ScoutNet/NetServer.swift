@@ -271,7 +271,8 @@ final class ServerConnection: ChannelInboundHandler {
             session = s
             context.writeAndFlush(wrapOutboundOut(welcome), promise: nil)
             do {
-                try s.attach(context.channel, peerReceived: g.received)
+                // A new session starts from nothing: the greeting's count was of another one.
+                try s.attach(context.channel, peerReceived: resumed ? g.received : 0)
             } catch {
                 return close(context, "\(error)")
             }

@@ -100,6 +100,13 @@ public final class LockServer: Sendable {
         for c in clients.sorted() { links.send(.recover(.min), to: c) }
     }
 
+    /// Sends the first recovery request to `client` if it is being recovered: over a network,
+    /// when it connects (a request sent before is dropped with no one to take it).
+    public func startRecovery(of client: ClientID) {
+        guard recovery.withLock({ $0.pending.contains(client) }) else { return }
+        links.send(.recover(.min), to: client)
+    }
+
     public var isRecovering: Bool { recovering.load(ordering: .acquiring) }
 
     /// The last seq handed out.

@@ -30,8 +30,11 @@ public final class ServerService: NetServerHandler {
         locks.withLock { $0 = lockServer }
     }
 
+    /// A node joined: if the lock server is recovering (it restarted), the node is asked for
+    /// the locks it holds, now that something can carry the question.
     public func connected(_ client: ClientID) {
         log("server: client \(client) joined")
+        locks.withLock { $0 }?.startRecovery(of: client)
     }
 
     public func disconnected(_ client: ClientID) {

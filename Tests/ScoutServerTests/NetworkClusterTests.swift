@@ -108,3 +108,66 @@ final class NetCluster {
         #expect(Checker.check(meta: cl.meta, data: cl.data).problems == [])
     }
 }
+
+@Suite(.serialized) struct NetworkLockRecoveryTests {
+    /// The server restarts (a new run on the same address, its lock server recovering the two
+    /// nodes): the nodes reconnect, report the locks they hold, resend what they were asking
+    /// for, and a conflicting request waits for the holder to give its lock up, as if the
+    /// server had never gone.
+    @Test(.timeLimit(.minutes(1))) func aRestartedServerGetsTheNodesLocksBack() throws {
+        let key = ClusterKey.generate()
+        final class Service: NetServerHandler {
+            let locks = Mutex<LockServer?>(nil)
+            func connected(_ client: ClientID) { locks.withLock { $0 }?.startRecovery(of: client) }
+            func disconnected(_ client: ClientID) {}
+            func received(_ kind: NetKind, _ body: [UInt8], from client: ClientID) throws {
+                locks.withLock { $0 }?.receive(from: client, try LockClientMessage(fromNetwork: body))
+            }
+            func call(_ body: [UInt8], from client: ClientID) throws -> [UInt8] { body }
+        }
+        func serve(port: Int, recovering: Set<ClientID>) throws -> (NetServer, LockServer, Int) {
+            let service = Service()
+            let net = NetServer(fsid: 7, key: key, handler: service, log: { _ in })
+            let ls = LockServer(links: NetLockClientLinks(net), term: recovering.isEmpty ? 1 : 2, recovering: recovering)
+            service.locks.withLock { $0 = ls }
+            return (net, ls, try net.start(host: "127.0.0.1", port: port))
+        }
+        var (net, _, port) = try serve(port: 0, recovering: [])
+        var clients: [LockClient] = []
+        var conns: [NetClient] = []
+        for id in 1...2 as ClosedRange<ClientID> {
+            let box = Mutex<LockClient?>(nil)
+            let conn = try NetClient.connect(host: "127.0.0.1", port: port, fsid: 7, client: id, key: key, onMessage: { _, body in
+                box.withLock { $0 }?.receive(try LockServerMessage(fromNetwork: body))
+            }, onReset: { box.withLock { $0 }?.resendRequests() }, log: { _ in })
+            let lc = LockClient(id: id, link: NetLockServerLink(conn))
+            box.withLock { $0 = lc }
+            lc.startWorker()
+            clients.append(lc)
+            conns.append(conn)
+        }
+        defer {
+            for c in clients { c.stopWorker() }
+            for c in conns { c.close() }
+        }
+        let g = LockRange.inodeGroup(1)
+        let h = LockRange.inodeGroup(2000)
+        clients[0].unlock(try clients[0].lock(g, .write))
+        clients[1].unlock(try clients[1].lock(h, .read))
+        #expect(clients[0].grantedMode(g) == .write)
+
+        net.stop()
+        let (net2, ls2, _) = try serve(port: port, recovering: [1, 2])
+        net = net2
+        defer { net.stop() }
+        // Node 2 wants what node 1 held before the restart: it must be taken from node 1.
+        let before = clients[0].statistics.invalidations
+        let got = try clients[1].lock(g, .write)
+        #expect(clients[0].statistics.invalidations > before, "node 1 was never asked to give its recovered lock up")
+        #expect(clients[0].grantedMode(g) == nil || clients[0].grantedMode(g) == .null)
+        clients[1].unlock(got)
+        #expect(!ls2.isRecovering)
+        #expect(ls2.statistics.recoveredLocks >= 2)
+        #expect(conns.allSatisfy { $0.isConnected })
+    }
+}
