@@ -274,6 +274,8 @@ final class ServerConnection: ChannelInboundHandler {
                 // A new session starts from nothing: the greeting's count was of another one.
                 try s.attach(context.channel, peerReceived: resumed ? g.received : 0)
             } catch {
+                // A session the node cannot take up is no session: it must not linger unseen.
+                if !resumed { server.forget(g.client) }
                 return close(context, "\(error)")
             }
             server.log("network: client \(g.client) \(resumed ? "reconnected" : "connected") from \(context.channel.remoteAddress.map { "\($0)" } ?? "an unknown address")")
