@@ -88,7 +88,7 @@ public final class NetClient: Sendable {
         state.withLock { s in
             guard s.closed == nil else { return }
             let f = s.net.stamp(NetFrame(kind, body: body))
-            s.channel?.writeAndFlush(f, promise: nil)
+            s.channel?.post(f)
         }
     }
 
@@ -101,7 +101,7 @@ public final class NetClient: Sendable {
             s.nextID += 1
             s.pending[id] = waiter
             let f = s.net.stamp(NetFrame(.call, id: id, body: body))
-            s.channel?.writeAndFlush(f, promise: nil)
+            s.channel?.post(f)
         }
         return try waiter.wait()
     }
@@ -192,7 +192,7 @@ public final class NetClient: Sendable {
             if w.resumed {
                 let resend = try s.net.resume(peerReceived: w.received)
                 s.channel = channel
-                for f in resend { channel.writeAndFlush(f, promise: nil) }
+                for f in resend { channel.post(f) }
             } else {
                 // A new session: whatever the old one held died with the server that had it.
                 lost = Array(s.pending.values)
@@ -247,7 +247,7 @@ public final class NetClient: Sendable {
     func heartbeat(_ channel: any Channel) {
         state.withLock { s in
             guard s.channel === channel else { return }
-            channel.writeAndFlush(s.net.stamp(NetFrame(.heartbeat)), promise: nil)
+            channel.post(s.net.stamp(NetFrame(.heartbeat)))
         }
     }
 

@@ -38,6 +38,24 @@ struct NetFrameEncoder: MessageToByteEncoder {
     }
 }
 
+extension Channel {
+    /// Writes `frame` from the channel's event loop after everything posted before it, never
+    /// inline. Sessions write while holding their mutex (so frames leave in the order they were
+    /// numbered); a write made inline on the event loop that fails closes the channel on the
+    /// spot, and its inactive handler takes that same mutex: the event loop deadlocked on itself
+    /// when a node's reconnect took over a connection on the same loop.
+    func post(_ frame: NetFrame) {
+        let channel = self
+        eventLoop.execute { channel.writeAndFlush(frame, promise: nil) }
+    }
+
+    /// Closes the channel from its event loop, never inline (see `post`).
+    func closeLater() {
+        let channel = self
+        eventLoop.execute { channel.close(promise: nil) }
+    }
+}
+
 /// A failure of a connection or of a call over it.
 public struct NetError: Error, CustomStringConvertible, Sendable {
     public var description: String

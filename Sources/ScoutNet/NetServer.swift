@@ -204,7 +204,7 @@ final class ServerSession: Sendable {
         state.withLock { s in
             guard !s.ended else { return }
             let f = s.net.stamp(frame)
-            s.channel?.writeAndFlush(f, promise: nil)
+            s.channel?.post(f)
         }
     }
 
@@ -216,8 +216,8 @@ final class ServerSession: Sendable {
             let old = s.channel
             s.channel = channel
             s.lostAt = nil
-            if let old, old !== channel { old.close(promise: nil) }
-            for f in resend { channel.writeAndFlush(f, promise: nil) }
+            if let old, old !== channel { old.closeLater() }
+            for f in resend { channel.post(f) }
         }
     }
 
