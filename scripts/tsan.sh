@@ -15,7 +15,7 @@ trap 'rm -f "$log"' EXIT
 swift build --build-tests --sanitize=thread --scratch-path "$scratch"
 status=0
 TSAN_OPTIONS="halt_on_error=0 ${TSAN_OPTIONS:-}" \
-    swift test --skip-build --sanitize=thread --scratch-path "$scratch" \
+    timeout --kill-after=30 1800 swift test --skip-build --sanitize=thread --scratch-path "$scratch" \
     --filter 'LockStressTests|LockClientTests|ItemCacheStressTests|ParallelFilesystemTests|ClusterFilesystemTests|ClusterModelTests|NetTransportTests|NetworkLockTests' 2>&1 | tee "$log" || status=$?
 reports=$(grep -c 'WARNING: ThreadSanitizer' "$log" || true)
 if [ "$status" -ne 0 ] || [ "$reports" -ne 0 ]; then
