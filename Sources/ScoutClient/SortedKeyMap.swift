@@ -45,11 +45,8 @@ public struct SortedKeyMap<Value> {
 
     public subscript(key: Key) -> Value? {
         get {
-            guard !chunks.isEmpty else { return nil }
-            let c = chunkIndex(for: key)
-            let i = Self.lowerBound(chunks[c], key)
-            guard i < chunks[c].count, chunks[c][i].key == key else { return nil }
-            return chunks[c][i].value
+            let p = position(of: key)
+            return p.found ? self[at: p] : nil
         }
         set {
             if let newValue { insert(key, newValue) } else { remove(key) }

@@ -11,3 +11,36 @@ public struct Extent: Hashable, Sendable, CustomStringConvertible {
     public var end: UInt64 { start + length }
     public var description: String { "\(start)+\(length)" }
 }
+
+extension Extent {
+    /// A list of extents as records and messages carry it: a u32 count, then start and length
+    /// of each (u64s).
+    public static func encodeList(_ extents: [Extent], into w: inout ByteWriter) {
+        w.u32(UInt32(extents.count))
+        for e in extents {
+            w.u64(e.start)
+            w.u64(e.length)
+        }
+    }
+
+    /// Decodes what `encodeList` wrote, refusing more than `limit` extents or more than the
+    /// bytes present hold, and extents that are empty or wrap around. Errors read
+    /// "`context`: …" and name the list `what`.
+    public static func decodeList(_ r: inout ByteReader, limit: Int, context: String, what: String) throws(FormatError) -> [Extent] {
+        let n = Int(try r.u32())
+        guard n <= limit, r.remaining >= 16 * n else {
+            throw FormatError("\(context): \(what) of \(n) extents in \(r.remaining) bytes")
+        }
+        var out: [Extent] = []
+        out.reserveCapacity(n)
+        for _ in 0..<n {
+            let start = try r.u64()
+            let length = try r.u64()
+            guard length > 0, start <= UInt64.max - length else {
+                throw FormatError("\(context): \(what) extent \(start)+\(length) is impossible")
+            }
+            out.append(Extent(start: start, length: length))
+        }
+        return out
+    }
+}

@@ -76,20 +76,12 @@ public struct LogTreeRecord: Hashable, Sendable {
         root.encode(into: &w)
         w.u64(items)
         if !dataPool.isEmpty || !metaPool.isEmpty {
-            Self.encode(dataPool, into: &w)
+            Extent.encodeList(dataPool, into: &w)
         }
         if !metaPool.isEmpty {
-            Self.encode(metaPool, into: &w)
+            Extent.encodeList(metaPool, into: &w)
         }
         return w.bytes
-    }
-
-    private static func encode(_ pool: [Extent], into w: inout ByteWriter) {
-        w.u32(UInt32(pool.count))
-        for e in pool {
-            w.u64(e.start)
-            w.u64(e.length)
-        }
     }
 
     public init(decoding bytes: [UInt8]) throws(FormatError) {
@@ -102,9 +94,9 @@ public struct LogTreeRecord: Hashable, Sendable {
         dataPool = []
         metaPool = []
         guard bytes.count > Self.baseSize else { return }
-        dataPool = try Self.decodePool(&r, "data")
+        dataPool = try Extent.decodeList(&r, limit: Self.maxPoolExtents, context: "log tree record", what: "a data pool")
         if r.remaining > 0 {
-            metaPool = try Self.decodePool(&r, "metadata")
+            metaPool = try Extent.decodeList(&r, limit: Self.maxPoolExtents, context: "log tree record", what: "a metadata pool")
             guard !metaPool.isEmpty else { throw FormatError("log tree record: an empty metadata pool written out") }
         } else if dataPool.isEmpty {
             throw FormatError("log tree record: an empty data pool written out")
@@ -112,24 +104,6 @@ public struct LogTreeRecord: Hashable, Sendable {
         guard r.remaining == 0 else {
             throw FormatError("log tree record: \(r.remaining) bytes after its pools")
         }
-    }
-
-    private static func decodePool(_ r: inout ByteReader, _ what: String) throws(FormatError) -> [Extent] {
-        let n = Int(try r.u32())
-        guard n <= Self.maxPoolExtents, r.remaining >= 16 * n else {
-            throw FormatError("log tree record: a \(what) pool of \(n) extents in \(r.remaining) bytes")
-        }
-        var pool: [Extent] = []
-        pool.reserveCapacity(n)
-        for _ in 0..<n {
-            let start = try r.u64()
-            let length = try r.u64()
-            guard length > 0, start <= UInt64.max - length else {
-                throw FormatError("log tree record: \(what) pool extent \(start)+\(length) is impossible")
-            }
-            pool.append(Extent(start: start, length: length))
-        }
-        return pool
     }
 }
 

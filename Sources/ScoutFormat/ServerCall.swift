@@ -22,6 +22,10 @@ public enum ServerCall: Sendable, Equatable {
     /// The most extents a call or an answer carries in one list: more than a body can hold.
     public static let maxExtents = NetFrame.maxBody / 16
 
+    static func decodeExtents(_ r: inout ByteReader, _ what: String) throws(FormatError) -> [Extent] {
+        try Extent.decodeList(&r, limit: maxExtents, context: "server call", what: what)
+    }
+
     enum Kind: UInt8 {
         case roots = 1, allocateInodes, refillDataPool, refillMetaPool, dataSpace, recordedLogTree, commitLogTree
     }
@@ -47,8 +51,8 @@ public enum ServerCall: Sendable, Equatable {
         case .commitLogTree(let record, let freed, let freedMeta, let merge):
             w.u8(Kind.commitLogTree.rawValue)
             w.u8(merge ? 1 : 0)
-            Self.encode(freed, into: &w)
-            Self.encode(freedMeta, into: &w)
+            Extent.encodeList(freed, into: &w)
+            Extent.encodeList(freedMeta, into: &w)
             w.raw(record.encoded)
         }
         return w.bytes
@@ -74,32 +78,6 @@ public enum ServerCall: Sendable, Equatable {
             self = .commitLogTree(record, freed: freed, freedMeta: freedMeta, merge: flag == 1)
         }
         try r.finish()
-    }
-
-    static func encode(_ extents: [Extent], into w: inout ByteWriter) {
-        w.u32(UInt32(extents.count))
-        for e in extents {
-            w.u64(e.start)
-            w.u64(e.length)
-        }
-    }
-
-    static func decodeExtents(_ r: inout ByteReader, _ what: String) throws(FormatError) -> [Extent] {
-        let n = Int(try r.u32())
-        guard n <= maxExtents, r.remaining >= 16 * n else {
-            throw FormatError("server call: \(n) \(what) extents in \(r.remaining) bytes")
-        }
-        var out: [Extent] = []
-        out.reserveCapacity(n)
-        for _ in 0..<n {
-            let start = try r.u64()
-            let length = try r.u64()
-            guard length > 0, start <= UInt64.max - length else {
-                throw FormatError("server call: \(what) extent \(start)+\(length) is impossible")
-            }
-            out.append(Extent(start: start, length: length))
-        }
-        return out
     }
 }
 
@@ -184,10 +162,10 @@ public enum ServerAnswer: Sendable, Equatable {
             w.u64(range.upperBound)
         case .dataPool(let extents):
             w.u8(ServerCall.Kind.refillDataPool.rawValue)
-            ServerCall.encode(extents, into: &w)
+            Extent.encodeList(extents, into: &w)
         case .metaPool(let extents):
             w.u8(ServerCall.Kind.refillMetaPool.rawValue)
-            ServerCall.encode(extents, into: &w)
+            Extent.encodeList(extents, into: &w)
         case .dataSpace(let free, let pending):
             w.u8(ServerCall.Kind.dataSpace.rawValue)
             w.u64(free)

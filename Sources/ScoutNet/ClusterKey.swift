@@ -21,9 +21,8 @@ public struct ClusterKey: Sendable {
 
     /// A new random key.
     public static func generate() -> ClusterKey {
-        var g = SystemRandomNumberGenerator()
         // The size is right by construction.
-        return try! ClusterKey(bytes: (0..<size).map { _ in UInt8.random(in: .min ... .max, using: &g) })
+        try! ClusterKey(bytes: randomBytes(size))
     }
 
     /// HMAC-SHA256 of `input` under the key.

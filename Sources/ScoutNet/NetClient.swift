@@ -143,14 +143,9 @@ public final class NetClient: Sendable {
                 .channelInitializer { [self] channel in
                     channel.eventLoop.makeCompletedFuture {
                         let (instance, received) = state.withLock { ($0.serverInstance, $0.net.received) }
-                        try channel.pipeline.syncOperations.addHandlers([
-                            ByteToMessageHandler(NetFrameDecoder()),
-                            MessageToByteHandler(NetFrameEncoder()),
-                            IdleStateHandler(readTimeout: TimeAmount(timers.silenceTimeout), writeTimeout: TimeAmount(timers.heartbeatInterval)),
-                            ClientConnection(client: self, handshake: ClientHandshake(
-                                fsid: fsid, client: client, key: key, incarnation: incarnation,
-                                resumeInstance: instance, resumeReceived: received, nonce: NetServer.nonce())),
-                        ])
+                        try channel.pipeline.syncOperations.addNetHandlers(timers, ClientConnection(client: self, handshake: ClientHandshake(
+                            fsid: fsid, client: client, key: key, incarnation: incarnation,
+                            resumeInstance: instance, resumeReceived: received, nonce: randomBytes(NetHandshake.nonceSize))))
                     }
                 }
             bootstrap.connect(host: host, port: port).whenFailure { [self] error in

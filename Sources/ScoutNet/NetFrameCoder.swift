@@ -38,6 +38,26 @@ struct NetFrameEncoder: MessageToByteEncoder {
     }
 }
 
+extension ChannelPipeline.SynchronousOperations {
+    /// The handlers every connection starts with, both ends: frames in and out, and the timer
+    /// that sends heartbeats and notices a silent peer; then `connection`, which speaks the
+    /// protocol.
+    func addNetHandlers(_ timers: NetTimers, _ connection: some ChannelInboundHandler) throws {
+        try addHandlers([
+            ByteToMessageHandler(NetFrameDecoder()),
+            MessageToByteHandler(NetFrameEncoder()),
+            IdleStateHandler(readTimeout: TimeAmount(timers.silenceTimeout), writeTimeout: TimeAmount(timers.heartbeatInterval)),
+            connection,
+        ])
+    }
+}
+
+/// `count` bytes from the system's random source: nonces and keys.
+func randomBytes(_ count: Int) -> [UInt8] {
+    var g = SystemRandomNumberGenerator()
+    return (0..<count).map { _ in UInt8.random(in: .min ... .max, using: &g) }
+}
+
 extension Channel {
     /// Writes `frame` from the channel's event loop after everything posted before it, never
     /// inline. Sessions write while holding their mutex (so frames leave in the order they were

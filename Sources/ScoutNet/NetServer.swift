@@ -63,12 +63,7 @@ public final class NetServer: Sendable {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandlers([
-                        ByteToMessageHandler(NetFrameDecoder()),
-                        MessageToByteHandler(NetFrameEncoder()),
-                        IdleStateHandler(readTimeout: TimeAmount(timers.silenceTimeout), writeTimeout: TimeAmount(timers.heartbeatInterval)),
-                        ServerConnection(server: self, nonce: Self.nonce()),
-                    ])
+                    try channel.pipeline.syncOperations.addNetHandlers(timers, ServerConnection(server: self, nonce: randomBytes(NetHandshake.nonceSize)))
                 }
             }
         let channel: any Channel
@@ -117,11 +112,6 @@ public final class NetServer: Sendable {
     /// Closes `client`'s connection and keeps its session, as a network fault would (tests).
     public func dropConnection(_ client: ClientID) {
         sessions.withLock { $0[client] }?.state.withLock { $0.channel }?.close(promise: nil)
-    }
-
-    static func nonce() -> [UInt8] {
-        var g = SystemRandomNumberGenerator()
-        return (0..<NetHandshake.nonceSize).map { _ in UInt8.random(in: .min ... .max, using: &g) }
     }
 
     /// Decides on a greeting that proved the key; the session it returns is the connection's.

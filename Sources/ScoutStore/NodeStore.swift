@@ -47,13 +47,15 @@ public final class NodeStore: ClientStore, Sendable {
     }
 
     private func update(_ roots: ServerRoots, force: Bool) throws {
-        guard force || roots.seq >= state.withLock({ $0.seq }) else { return }
-        var records: [(rid: UInt64, record: LogTreeRecord)] = []
-        try BTree(root: roots.logTrees, name: TreeID.logTrees.description).forEach(in: committed) { it in
-            guard it.key.zone == Zone.logTrees, !it.isDeletion else { return true }
-            records.append((it.key.first, try LogTreeRecord(item: it)))
-            return true
+        let current = state.withLock { $0 }
+        guard force || roots.seq >= current.seq else { return }
+        if !force, roots.seq == current.seq, roots.fs == current.fs, roots.logTrees == current.logTrees {
+            // The commit the node reads through already (a grant's refresh with nothing
+            // committed since): only the figures may have moved.
+            state.withLock { s in if roots.seq == s.seq { s = roots } }
+            return
         }
+        let records = try LogTreeRecord.all(in: BTree(root: roots.logTrees, name: TreeID.logTrees.description), from: committed)
         let newer = state.withLock { s in
             guard force || roots.seq >= s.seq else { return false }
             s = roots

@@ -11,15 +11,22 @@ extension LogTreeRecord {
     }
 }
 
-extension Store {
-    /// Every client's recorded log tree (and pool), by client id in key order.
-    public func logTreeRecords() throws -> [(rid: UInt64, record: LogTreeRecord)] {
+extension LogTreeRecord {
+    /// Every client's record in the log-trees tree `tree`, by client id in key order.
+    static func all(in tree: BTree, from source: some NodeSource) throws -> [(rid: UInt64, record: LogTreeRecord)] {
         var out: [(rid: UInt64, record: LogTreeRecord)] = []
-        try tree(.logTrees).forEach(in: self) { it in
+        try tree.forEach(in: source) { it in
             guard it.key.zone == Zone.logTrees, !it.isDeletion else { return true }
             out.append((it.key.first, try LogTreeRecord(item: it)))
             return true
         }
         return out
+    }
+}
+
+extension Store {
+    /// Every client's recorded log tree (and pool), by client id in key order.
+    public func logTreeRecords() throws -> [(rid: UInt64, record: LogTreeRecord)] {
+        try LogTreeRecord.all(in: tree(.logTrees), from: self)
     }
 }

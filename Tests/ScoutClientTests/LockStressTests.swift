@@ -21,6 +21,8 @@ final class Occupancy: Sendable {
 
     let slots: [Slot]
     let violations = Atomic<Int>(0)
+    /// Lock and unlock pairs `lockingThreads` completed.
+    let operations = Atomic<Int>(0)
 
     init(ranges: Int) { slots = (0..<ranges).map { _ in Slot() } }
 
@@ -38,6 +40,36 @@ final class Occupancy: Sendable {
     func leave(_ i: Int, _ client: ClientID, _ mode: LockMode) {
         slots[i].counts.withLock { c in c[client]![mode]! -= 1 }
     }
+
+    /// The ranges the stress tests lock: six inode groups and two zone-wide ranges.
+    static let stressRanges = (0..<6).map { LockRange.inodeGroup(UInt64($0) * 1024) } + [LockRange.orphan, LockRange.index(ItemType.dataSeq, seq: 0)]
+
+    /// `threadsEach` threads per client (not started), each locking and unlocking `rounds`
+    /// random ranges in random modes (six reads, three writes, one write-only in ten), seeded
+    /// by client and thread, recording every holder here and counting each pair.
+    func lockingThreads(_ clients: [LockClient], threadsEach: Int, rounds: Int, ranges: [LockRange]) -> [Thread] {
+        var threads: [Thread] = []
+        for (ci, c) in clients.enumerated() {
+            for t in 0..<threadsEach {
+                let seed = UInt64(ci * 10 + t + 1)
+                threads.append(Thread { [self] in
+                    var rng = SplitMix64(seed: seed)
+                    for _ in 0..<rounds {
+                        let i = Int.random(in: 0..<ranges.count, using: &rng)
+                        let roll = Int.random(in: 0..<10, using: &rng)
+                        let mode: LockMode = roll < 6 ? .read : roll < 9 ? .write : .writeOnly
+                        let h = try! c.lock(ranges[i], mode)
+                        enter(i, c.id, mode)
+                        if Int.random(in: 0..<4, using: &rng) == 0 { sched_yield() }
+                        leave(i, c.id, mode)
+                        c.unlock(h)
+                        operations.add(1, ordering: .relaxed)
+                    }
+                })
+            }
+        }
+        return threads
+    }
 }
 
 @Suite struct LockStressTests {
@@ -47,30 +79,10 @@ final class Occupancy: Sendable {
     @Test(.timeLimit(.minutes(2))) func threadsOfSeveralClientsStaySafe() throws {
         let cl = LockCluster(clients: 3, immediate: true, options: LockClientOptions(idleLimit: 4, shrinkInFlightLimit: 4))
         for c in cl.clients { c.startWorker() }
-        let ranges = (0..<6).map { LockRange.inodeGroup(UInt64($0) * 1024) } + [LockRange.orphan, LockRange.index(ItemType.dataSeq, seq: 0)]
+        let ranges = Occupancy.stressRanges
         let occ = Occupancy(ranges: ranges.count)
         let done = Flag()
-        let ops = Atomic<Int>(0)
-        var threads: [Thread] = []
-        for (ci, c) in cl.clients.enumerated() {
-            for t in 0..<3 {
-                let seed = UInt64(ci * 10 + t + 1)
-                threads.append(Thread {
-                    var rng = SplitMix64(seed: seed)
-                    for _ in 0..<1500 {
-                        let i = Int.random(in: 0..<ranges.count, using: &rng)
-                        let roll = Int.random(in: 0..<10, using: &rng)
-                        let mode: LockMode = roll < 6 ? .read : roll < 9 ? .write : .writeOnly
-                        let h = try! c.lock(ranges[i], mode)
-                        occ.enter(i, c.id, mode)
-                        if Int.random(in: 0..<4, using: &rng) == 0 { sched_yield() }
-                        occ.leave(i, c.id, mode)
-                        c.unlock(h)
-                        ops.add(1, ordering: .relaxed)
-                    }
-                })
-            }
-        }
+        let threads = occ.lockingThreads(cl.clients, threadsEach: 3, rounds: 1500, ranges: ranges)
         let shrinker = Thread {
             var i = 0
             while !done.isSet {
@@ -86,7 +98,7 @@ final class Occupancy: Sendable {
         shrinker.join()
         for c in cl.clients { c.stopWorker() }
         #expect(occ.violations.load(ordering: .relaxed) == 0)
-        #expect(ops.load(ordering: .relaxed) == 9 * 1500)
+        #expect(occ.operations.load(ordering: .relaxed) == 9 * 1500)
         let st = cl.clients.map(\.statistics)
         #expect(st.reduce(0) { $0 + $1.invalidations } > 100)
         #expect(st.reduce(0) { $0 + $1.shrinkRequests } > 0)

@@ -53,30 +53,10 @@ final class LockServerService: NetServerHandler {
         }
         defer { for c in conns { c.close() } }
 
-        let ranges = (0..<6).map { LockRange.inodeGroup(UInt64($0) * 1024) } + [LockRange.orphan, LockRange.index(ItemType.dataSeq, seq: 0)]
+        let ranges = Occupancy.stressRanges
         let occ = Occupancy(ranges: ranges.count)
         let done = Flag()
-        let ops = Atomic<Int>(0)
-        var threads: [Thread] = []
-        for (ci, c) in clients.enumerated() {
-            for t in 0..<2 {
-                let seed = UInt64(ci * 10 + t + 1)
-                threads.append(Thread {
-                    var rng = SplitMix64(seed: seed)
-                    for _ in 0..<400 {
-                        let i = Int.random(in: 0..<ranges.count, using: &rng)
-                        let roll = Int.random(in: 0..<10, using: &rng)
-                        let mode: LockMode = roll < 6 ? .read : roll < 9 ? .write : .writeOnly
-                        let h = try! c.lock(ranges[i], mode)
-                        occ.enter(i, c.id, mode)
-                        if Int.random(in: 0..<4, using: &rng) == 0 { sched_yield() }
-                        occ.leave(i, c.id, mode)
-                        c.unlock(h)
-                        ops.add(1, ordering: .relaxed)
-                    }
-                })
-            }
-        }
+        let threads = occ.lockingThreads(clients, threadsEach: 2, rounds: 400, ranges: ranges)
         let all = clients
         let breaker = Thread {
             var i = 0
@@ -94,7 +74,7 @@ final class LockServerService: NetServerHandler {
         breaker.join()
         for c in clients { c.stopWorker() }
         #expect(occ.violations.load(ordering: .relaxed) == 0)
-        #expect(ops.load(ordering: .relaxed) == 6 * 400)
+        #expect(occ.operations.load(ordering: .relaxed) == 6 * 400)
         #expect(clients.map(\.statistics).reduce(0) { $0 + $1.invalidations } > 20)
         #expect(conns.map(\.reconnects).reduce(0, +) > 3, "the connections broke only \(conns.map(\.reconnects)) times")
         // Every lock given back over the network: the server forgets every node.
