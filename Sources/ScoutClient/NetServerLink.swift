@@ -100,6 +100,20 @@ public final class NetServerLink: ServerLink, Sendable {
         return rec
     }
 
+    /// Whether another client holds `ino` (the open-inode map; each holder marks it
+    /// unlinked, so its own last close frees it).
+    public func openElsewhere(_ ino: UInt64) throws -> Bool {
+        let a = try call(.openElsewhere(ino: ino))
+        guard case .held(let held) = a else { throw unexpected(a, to: "an open-inode question") }
+        return held
+    }
+
+    /// Tells the server this node leaves cleanly: its locks are dropped now.
+    public func leave() throws {
+        let a = try call(.leave)
+        guard case .left = a else { throw unexpected(a, to: "a leave") }
+    }
+
     public func commitLogTree(rid: UInt64, _ record: LogTreeRecord, freed: [Extent], freedMeta: [Extent], merge: Bool) throws -> LogCommit {
         let a = try call(.commitLogTree(record, freed: freed, freedMeta: freedMeta, merge: merge))
         guard case .committed(let c, let roots) = a else { throw unexpected(a, to: "a commit") }

@@ -162,7 +162,7 @@ extension FSCore {
                 let lo = Int((at - first) * blockSize)
                 let hi = min(data.count, lo + buf.count)
                 buf.replaceSubrange(0..<(hi - lo), with: data[lo..<hi])
-                try store.data.write(at: got.start * blockSize, buf)
+                try shared.data.write(at: got.start * blockSize, buf)
                 let run = MappedExtent(start: at, length: got.length, blkno: got.start)
                 try addExtent(ino, run)
                 unmapped = nil
@@ -260,10 +260,11 @@ extension Filesystem {
 
     public func statfsMore() throws(Errno) -> FilesystemStatMore {
         try runOperation(held: HeldLocks()) { c in
-            let sb = c.store.superblock
+            let sb = c.shared.layout
+            let store = c.items.store
             return FilesystemStatMore(fsid: sb.fsid, rid: c.items.rid, committedSeq: c.stableSeq,
                                       totalMetaBlocks: sb.metaTotalBlocks, totalDataBlocks: sb.dataTotalBlocks,
-                                      freeMetaBlocks: c.items.withStore { c.store.freeMetaBlocks },
+                                      freeMetaBlocks: c.items.withStore { store.freeMetaBlocks },
                                       freeDataBlocks: c.items.freeDataBlocks)
         }
     }

@@ -25,7 +25,7 @@ extension FSCore {
     /// its numbers.
     func forEachExtent(_ ino: UInt64, from first: UInt64, through last: UInt64,
                        _ body: (_ key: Key, _ start: UInt64, _ extent: FileExtent) throws -> Bool) throws {
-        let dataBlocks = store.superblock.dataTotalBlocks
+        let dataBlocks = shared.layout.dataTotalBlocks
         try scan(Keys.extent(ino, last: first, length: 0), Keys.extent(ino, last: .max, length: .max)) { it in
             let e: ExtentItem
             do {
@@ -231,7 +231,7 @@ extension FSCore {
             let hi = min(end, run.end * blockSize)
             buf.replaceSubrange(Int(lo - run.start * blockSize)..<Int(hi - run.start * blockSize),
                                 with: data[Int(lo - offset)..<Int(hi - offset)])
-            try store.data.write(at: run.blkno * blockSize, buf)
+            try shared.data.write(at: run.blkno * blockSize, buf)
         }
         // The remaining blocks were mapped before: write the data into them in place, in runs
         // that stop where a freshly written run begins.
@@ -246,7 +246,7 @@ extension FSCore {
                 let runEnd = fresh.filter { $0.start > pos }.map(\.start).min().map { min($0, stop) } ?? stop
                 let lo = max(offset, pos * blockSize)
                 let hi = min(end, runEnd * blockSize)
-                try store.data.write(at: (e.blkno + pos - e.start) * blockSize + (lo - pos * blockSize),
+                try shared.data.write(at: (e.blkno + pos - e.start) * blockSize + (lo - pos * blockSize),
                                      Array(data[Int(lo - offset)..<Int(hi - offset)]))
                 pos = runEnd
             }
@@ -260,7 +260,7 @@ extension FSCore {
             let lo = max(from, e.start * blockSize)
             let hi = min(to, e.end * blockSize)
             if lo < hi {
-                try store.data.write(at: e.blkno * blockSize + (lo - e.start * blockSize), [UInt8](repeating: 0, count: Int(hi - lo)))
+                try shared.data.write(at: e.blkno * blockSize + (lo - e.start * blockSize), [UInt8](repeating: 0, count: Int(hi - lo)))
             }
         }
     }
@@ -341,7 +341,7 @@ extension FSCore {
                     let total = run.length * blockSize
                     while at < total {
                         let n = min(total - at, 1 << 20)
-                        try store.data.write(at: run.blkno * blockSize + at, [UInt8](repeating: 0, count: Int(n)))
+                        try shared.data.write(at: run.blkno * blockSize + at, [UInt8](repeating: 0, count: Int(n)))
                         at += n
                     }
                 }
@@ -402,7 +402,8 @@ extension FSCore {
     }
 
     func stats() -> FilesystemStats {
-        let sb = store.superblock
+        let sb = shared.layout
+        let store = items.store
         let metaFree = items.withStore { store.freeMetaBlocks }
         let dataFree = items.freeDataBlocks
         // A rough inode count: a small inode takes about 300 bytes of metadata with its entry.

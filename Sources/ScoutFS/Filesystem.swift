@@ -142,8 +142,8 @@ public struct FilesystemOptions: Sendable {
 public final class Filesystem: Sendable {
     let shared: FSShared
     var cluster: ClusterClient { shared.cluster }
-    /// The server, lock server and store this client shares with the others in its process.
-    public let localCluster: LocalCluster
+    /// The cluster this client is a member of: the server's process, or a node of its own.
+    let host: any ClusterHost
     let localLocks = LocalLocks()
     public let options: FilesystemOptions
     var readGate: DataReadGate { cluster.readGate }
@@ -161,29 +161,32 @@ public final class Filesystem: Sendable {
 
     /// Joins `local` as one more client: its own lock client, item cache, log tree,
     /// transaction and data pool, over the store and servers it shares with the others.
-    public init(joining local: LocalCluster, options: FilesystemOptions = FilesystemOptions()) throws {
-        var id = options.clientID ?? 0
-        while id == 0 { id = UInt64.random(in: 1...UInt64.max) }
-        let locks = LockClient(id: id, link: local.lockNetwork.serverLink(for: id))
-        // The store's transaction seq orders every change: whoever hands a lock over commits
-        // first, which advances it (see `ClusterClient.ordersByLockSeq`).
-        let cl = ClusterClient(id: id, locks: locks, store: local.store, server: local.server,
-                               cacheBytes: 256 << 20, sharesStore: local.several, ordersByLockSeq: false,
-                               storeLock: local.storeLock)
-        let shared = FSShared(store: local.store, server: local.server, cluster: cl, local: local)
+    public convenience init(joining local: LocalCluster, options: FilesystemOptions = FilesystemOptions()) throws {
+        try self.init(host: local, options: options)
+    }
+
+    /// The client of a node: the server is across the network (`NodeCluster`).
+    public convenience init(node: NodeCluster, options: FilesystemOptions = FilesystemOptions()) throws {
+        try self.init(host: node, options: options)
+    }
+
+    init(host: any ClusterHost, options: FilesystemOptions) throws {
+        let id = host.clientID(asked: options.clientID)
+        let cl = try host.makeClient(id: id)
+        let shared = FSShared(host: host, cluster: cl)
         // Before the object is whole: a refused join must not run `deinit`, which would take
         // the client already holding this id out of the cluster.
-        try local.join(id, shared)
-        localCluster = local
+        try host.join(id, shared)
+        self.host = host
         self.shared = shared
-        dataDevice = local.store.data
+        dataDevice = host.dataDevice
         self.options = options
-        local.lockNetwork.attachClient(id) { m in locks.receive(m) }
-        local.mergeReports.setIfUnset { [weak shared] message in shared?.log(message) }
-        locks.startWorker()
+        host.attach(cl)
+        host.setReports { [weak shared] message in shared?.log(message) }
+        cl.locks.startWorker()
         do {
-            if local.recovered > 0 { shared.log("merged \(local.recovered) log tree(s) left by an unclean unmount") }
-            try cluster.items.withStore { try FSCore(shared, held: HeldLocks()).checkNextInode() }
+            if host.recovered > 0 { shared.log("merged \(host.recovered) log tree(s) left by an unclean unmount") }
+            try host.checkNextInode { shared.log($0) }
             try createRootIfMissing()
             try reclaimOrphans()
         } catch {
@@ -202,7 +205,7 @@ public final class Filesystem: Sendable {
     func leaveCluster() {
         guard !departed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         cluster.locks.stopWorker()
-        localCluster.leave(cluster.id)
+        host.leave(cluster.id)
     }
 
     /// How an operation uses metadata space, which decides whether it may start on a nearly
@@ -301,10 +304,10 @@ public final class Filesystem: Sendable {
         if cluster.items.hasChanges { try commitNow() }
     }
 
-    public var fsid: UInt64 { shared.store.fsid }
+    public var fsid: UInt64 { host.layout.fsid }
 
-    /// The seq of the last commit.
-    public var committedSeq: UInt64 { cluster.items.withStore { shared.store.superblock.seq } }
+    /// The seq of the server's last commit (as this client last heard, on a node).
+    public var committedSeq: UInt64 { host.committedSeq(cluster.items) }
 
     /// Commits, merges this mount's log tree into the fs tree, hands its data pool back and
     /// commits that: what a clean unmount leaves is one fs tree and no log trees.
@@ -313,7 +316,7 @@ public final class Filesystem: Sendable {
     }
 
     /// How many log tree merges the server has done since mount.
-    public var merges: Int { cluster.items.withStore { shared.server.merges } }
+    public var merges: Int { host.merges(cluster.items) }
 
     /// Cluster lock traffic of this mount's lock client (status, tests).
     public var lockStatistics: (requests: Int, grants: Int, invalidations: Int, cached: Int) {
@@ -334,7 +337,7 @@ public final class Filesystem: Sendable {
             guard try c.get(Keys.inode(FSCore.rootIno)) == nil else { return false }
             var root = InodeRecord(mode: UInt32(S_IFDIR) | 0o755, uid: 0, gid: 0, now: .now)
             root.nlink = 2
-            c.items.withStore { if c.store.nextIno <= FSCore.rootIno { c.store.nextIno = FSCore.rootIno + 1 } }
+            c.shared.host.reserveRootInode(c.items)
             try c.putInode(FSCore.rootIno, &root)
             return true
         }
@@ -356,7 +359,7 @@ public final class Filesystem: Sendable {
             try locked(.frees, p) { c in
                 if let r = try? c.inode(ino), r.nlink > 0 {
                     try c.remove(Keys.orphan(ino))
-                } else if !c.shared.heldElsewhere(ino) {
+                } else if try !c.shared.heldElsewhere(ino) {
                     try c.deleteInode(ino)
                     freed += 1
                 }
@@ -384,29 +387,27 @@ public final class Filesystem: Sendable {
 /// inode, and the log. Guarded by its own mutex; everything else they reach (the cache, the
 /// lock client, the store through `ClientItems.withStore`) is thread-safe.
 final class FSShared: Sendable {
-    // nonisolated(unsafe): the store is reached only through `ClientItems.withStore`, or with
-    // the transaction held alone.
-    nonisolated(unsafe) let store: Store
-    // nonisolated(unsafe): its calls come from commits (transaction held alone) and from
-    // inode batches (under the store lock).
-    nonisolated(unsafe) let server: LocalServer
+    /// The cluster: the other clients are asked through it before an unlinked inode is freed.
+    let host: any ClusterHost
     let cluster: ClusterClient
-    /// The other clients in this process, asked before an unlinked inode is freed.
-    let local: LocalCluster
+    /// The device sizes and fsid as the client started.
+    let layout: SuperBlock
+    // nonisolated(unsafe): set once; the device's reads and writes are thread-safe.
+    nonisolated(unsafe) let data: any BlockDevice
     let waits = DataWaits()
     let refs = InodeReferences()
     let logSink = Mutex<Callback<String, Void>?>(nil)
 
-    init(store: Store, server: LocalServer, cluster: ClusterClient, local: LocalCluster) {
-        self.store = store
-        self.server = server
+    init(host: any ClusterHost, cluster: ClusterClient) {
+        self.host = host
         self.cluster = cluster
-        self.local = local
+        layout = host.layout
+        data = host.dataDevice
     }
 
     /// Another client holds `ino` (and now knows it is unlinked). Always false alone.
-    func heldElsewhere(_ ino: UInt64) -> Bool {
-        local.several && local.heldElsewhere(ino, by: cluster.id)
+    func heldElsewhere(_ ino: UInt64) throws -> Bool {
+        try host.several && host.heldElsewhere(ino, by: cluster.id)
     }
 
     func log(_ s: String) {
@@ -517,8 +518,6 @@ final class FSCore {
     /// again, it fails instead of asking for another.
     var spaceCommitted = false
 
-    var store: Store { shared.store }
-    var server: LocalServer { shared.server }
     var cluster: ClusterClient { shared.cluster }
     var items: ClientItems { shared.cluster.items }
     var waits: DataWaits { shared.waits }
@@ -544,6 +543,7 @@ final class FSCore {
         // writing meanwhile holds the lock, and an operation must not wait for it.
         let floor = Store.operationFloor(freeing: freeing) + estimate
         if items.space.metaAllocatable >= 2 * floor + 1024 { return }
+        let store = items.store
         let (enough, commitMayHelp) = items.withStore {
             (store.allocatableMetaBlocks >= floor,
              store.pendingFreeMetaBlocks > 0)
@@ -653,7 +653,7 @@ final class FSCore {
     /// the inode's group lock, which this operation holds for writing, so none can appear
     /// between the check and the delete.
     func freeIfUnused(_ ino: UInt64) throws {
-        guard ino != Self.rootIno, shared.refs.withLock(ino, { $0.isUnused(ino) }), !shared.heldElsewhere(ino) else { return }
+        guard ino != Self.rootIno, shared.refs.withLock(ino, { $0.isUnused(ino) }), try !shared.heldElsewhere(ino) else { return }
         guard let r = try? inode(ino), r.nlink == 0 else {
             shared.refs.withLock(ino) { _ = $0.unlinked.remove(ino) }
             return
@@ -670,23 +670,6 @@ final class FSCore {
             try remove(it.key)
         }
         try remove(Keys.orphan(ino))
-    }
-
-    /// Inode numbers are handed out from the superblock's next number: one at or below an
-    /// inode that exists would make new files overwrite old ones, so the mount refuses. A
-    /// damaged block on the way only costs the check (with a log line): the mount still serves
-    /// what does not depend on that block.
-    func checkNextInode() throws {
-        let last: Item?
-        do {
-            last = try store.tree(.fs).prev(from: Key.last(in: Zone.fs), in: store)
-        } catch let e as StoreError where e.code == .corrupt || e.code == .stale {
-            log("cannot verify the superblock's next inode number against the fs tree: \(e.message)")
-            return
-        }
-        if let last, last.key.zone == Zone.fs, last.key.first >= store.nextIno {
-            throw StoreError(.corrupt, "the superblock's next inode number \(store.nextIno) is not above inode \(last.key.first), which the fs tree holds: new files would overwrite existing ones. The superblock is damaged; run `scoutfs check`")
-        }
     }
 }
 

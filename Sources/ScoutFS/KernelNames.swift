@@ -60,7 +60,7 @@ extension Filesystem {
     /// up an inode group's lock, when other clients can change what it covers (nothing is
     /// tracked for a client alone in its cluster).
     public func invalidateKernelCaches(through target: any KernelInvalidation) {
-        guard localCluster.several else { return }
+        guard host.several else { return }
         shared.refs.trackKernel()
         let refs = shared.refs
         cluster.addDropHook { range in

@@ -1,17 +1,19 @@
 import ScoutClient
-import ScoutFormat
-import ScoutNet
+public import ScoutFormat
+public import ScoutNet
 import ScoutServer
 public import ScoutStore
+import Synchronization
 
 /// The server side of a filesystem and the clients that run in its process: one store, the
 /// server in front of it (log trees, merges, inode batches, data pools), a lock server, and
-/// the in-memory network between it and each client's lock client. A mount is a cluster of
-/// one; tests join several `Filesystem` clients to one cluster, each with its own lock client,
-/// item cache, log tree, transaction and pool: the shape the network goes under next.
+/// the in-memory network between it and each client's lock client. Tests join several
+/// `Filesystem` clients to one cluster, each with its own lock client, item cache, log tree,
+/// transaction and pool; a mount that serves the network (`serve`) takes nodes in too, whose
+/// lock messages and calls arrive over TCP (`NodeCluster` is their side).
 ///
 /// Every use of the store or the server, by any client, holds `storeLock`.
-public final class LocalCluster: Sendable {
+public final class LocalCluster: ClusterHost, Sendable {
     // nonisolated(unsafe): both are reached only with `storeLock` held (or before any client
     // joins).
     nonisolated(unsafe) let store: Store
@@ -19,6 +21,13 @@ public final class LocalCluster: Sendable {
     let storeLock = StoreLock()
     let lockServer: LockServer
     let lockNetwork: InMemoryLockNetwork
+    /// The lock server's links to nodes on the network, once it serves one.
+    private let remoteLinks = Mutex<NetLockClientLinks?>(nil)
+    /// Asked before any client frees an unlinked inode: the clients here and the nodes.
+    let openInodes = OpenInodeMap()
+    private let network = Mutex<NetServer?>(nil)
+    let layout: SuperBlock
+    var dataDevice: any BlockDevice { store.data }
     /// Clients may be more than one: each reads the others' log trees and writes deletions as
     /// tombstones. A cluster of one (the mount today) skips both.
     let several: Bool
@@ -63,8 +72,9 @@ public final class LocalCluster: Sendable {
         self.store = store
         server = LocalServer(store: store, mergeThreshold: mergeThreshold)
         self.several = several
+        layout = store.superblock
         let net = InMemoryLockNetwork(immediate: true)
-        let ls = LockServer(links: net.clientLinks)
+        let ls = LockServer(links: RoutedLockLinks(local: net, remote: remoteLinks))
         net.attachServer { client, m in ls.receive(from: client, m) }
         lockNetwork = net
         lockServer = ls
@@ -82,11 +92,58 @@ public final class LocalCluster: Sendable {
         // Weak: the merge thread's work holds the server, which holds this closure.
         server.onMergeWanted = { [weak merger] in merger?.wakeUp() }
         try merger.start()
+        openInodes.setLocal { [members] ino, asker in Self.heldHere(members, ino, by: asker) }
     }
 
     deinit {
+        stopServing()
         merger.stop()
     }
+
+    /// Lock messages to a client in this process go through the in-memory network; to any
+    /// other, over TCP.
+    struct RoutedLockLinks: LockClientLinks {
+        let local: InMemoryLockNetwork
+        let remote: Mutex<NetLockClientLinks?>
+        func send(_ message: LockServerMessage, to client: ClientID) {
+            if local.isAttached(client) {
+                local.clientLinks.send(message, to: client)
+            } else {
+                remote.withLock { $0 }?.send(message, to: client)
+            }
+        }
+    }
+
+    /// Starts serving nodes on `host:port` (0: any free port), admitting those that prove
+    /// they hold `key`; returns the port. Their calls run under the store lock beside this
+    /// process's clients, their lock messages reach the same lock server.
+    public func serve(host: String, port: Int, key: ClusterKey, log: @escaping @Sendable (String) -> Void) throws -> Int {
+        let work = MergeWork(store: store, server: server, storeLock: storeLock)
+        let service = ServerService(server: server, serialize: { body in try work.storeLock.withLock(work.store, body) },
+                                    openInodes: openInodes, log: log)
+        let net = NetServer(fsid: store.fsid, key: key, handler: service, log: log)
+        remoteLinks.withLock { $0 = NetLockClientLinks(net) }
+        service.serveLocks(lockServer)
+        openInodes.setNetwork(net)
+        network.withLock { $0 = net }
+        do {
+            return try net.start(host: host, port: port)
+        } catch {
+            stopServing()
+            throw error
+        }
+    }
+
+    /// Stops serving nodes (their sessions end); the clients here go on.
+    public func stopServing() {
+        guard let net = network.withLock({ n -> NetServer? in defer { n = nil }; return n }) else { return }
+        openInodes.setNetwork(nil)
+        net.stop()
+        remoteLinks.withLock { $0 = nil }
+    }
+
+    /// Nodes with a session now.
+    public var nodes: [ClientID] { network.withLock { $0 }?.connectedClients ?? [] }
 
     /// Log trees merged when the cluster opened.
     let recovered: Int
@@ -118,12 +175,64 @@ public final class LocalCluster: Sendable {
     }
 
     /// Whether a client other than `id` holds `ino` open or cached in its kernel (the
-    /// original's open map). A holder learns here that the inode has lost its last link, so
-    /// its own last close or forget frees it: the unlinking client does not.
-    func heldElsewhere(_ ino: UInt64, by id: UInt64) -> Bool {
+    /// original's open map): the clients here and every node. A holder learns here that the
+    /// inode has lost its last link, so its own last close or forget frees it: the unlinking
+    /// client does not.
+    func heldElsewhere(_ ino: UInt64, by id: UInt64) throws -> Bool {
+        openInodes.heldElsewhere(ino, by: id)
+    }
+
+    private static func heldHere(_ members: Members, _ ino: UInt64, by id: UInt64) -> Bool {
         let others = members.withLock { m in m.filter { $0.key != id }.compactMap(\.value.shared) }
         var held = false
         for s in others where s.refs.withLock(ino, { r in r.takeUnlinked(ino) }) { held = true }
         return held
     }
+
+    // MARK: ClusterHost
+
+    func clientID(asked: UInt64?) -> UInt64 {
+        var id = asked ?? 0
+        while id == 0 { id = UInt64.random(in: 1...UInt64.max) }
+        return id
+    }
+
+    func makeClient(id: UInt64) throws -> ClusterClient {
+        let locks = LockClient(id: id, link: lockNetwork.serverLink(for: id))
+        // The store's transaction seq orders every change: whoever hands a lock over commits
+        // first, which advances it (see `ClusterClient.ordersByLockSeq`).
+        return ClusterClient(id: id, locks: locks, store: store, server: server, cacheBytes: 256 << 20,
+                             sharesStore: several, ordersByLockSeq: false, storeLock: storeLock)
+    }
+
+    func attach(_ client: ClusterClient) {
+        let locks = client.locks
+        lockNetwork.attachClient(client.id) { m in locks.receive(m) }
+    }
+
+    func committedSeq(_ items: ClientItems) -> UInt64 { items.withStore { store.superblock.seq } }
+
+    func merges(_ items: ClientItems) -> Int { items.withStore { server.merges } }
+
+    func reserveRootInode(_ items: ClientItems) {
+        items.withStore { if store.nextIno <= FSCore.rootIno { store.nextIno = FSCore.rootIno + 1 } }
+    }
+
+    func checkNextInode(log: (String) -> Void) throws {
+        let store = store
+        let last: Item? = try storeLock.withLock(store) {
+            do {
+                return try store.tree(.fs).prev(from: Key.last(in: Zone.fs), in: store)
+            } catch let e as StoreError where e.code == .corrupt || e.code == .stale {
+                log("cannot verify the superblock's next inode number against the fs tree: \(e.message)")
+                return nil
+            }
+        }
+        let next = storeLock.withLock(store) { store.nextIno }
+        if let last, last.key.zone == Zone.fs, last.key.first >= next {
+            throw StoreError(.corrupt, "the superblock's next inode number \(next) is not above inode \(last.key.first), which the fs tree holds: new files would overwrite existing ones. The superblock is damaged; run `scoutfs check`")
+        }
+    }
+
+    func setReports(_ sink: @escaping @Sendable (String) -> Void) { mergeReports.setIfUnset(sink) }
 }

@@ -105,6 +105,9 @@ public enum NetKind: UInt16, Sendable, CaseIterable {
     case lock = 6
     /// A call of the server by a node and its answer (`.answer`): body defined by the caller.
     case call = 7
+    /// Either way, expecting no answer of its own: the server's questions about open inodes
+    /// and the nodes' replies (`NetNotice`).
+    case notice = 8
 }
 
 public struct NetFrameFlags: OptionSet, Sendable, Equatable {

@@ -18,6 +18,12 @@ public enum ServerCall: Sendable, Equatable {
     case recordedLogTree
     /// Record this node's log tree (its blocks written already) and commit.
     case commitLogTree(LogTreeRecord, freed: [Extent], freedMeta: [Extent], merge: Bool)
+    /// Whether another node holds inode `ino` (open or cached by its kernel): asked before
+    /// this node frees an inode whose last link is gone.
+    case openElsewhere(ino: UInt64)
+    /// This node is leaving cleanly: its log tree is merged and its pools returned, so the
+    /// server drops its locks now rather than when its session runs out.
+    case leave
 
     /// The most extents a call or an answer carries in one list: more than a body can hold.
     public static let maxExtents = NetFrame.maxBody / 16
@@ -27,7 +33,7 @@ public enum ServerCall: Sendable, Equatable {
     }
 
     enum Kind: UInt8 {
-        case roots = 1, allocateInodes, refillDataPool, refillMetaPool, dataSpace, recordedLogTree, commitLogTree
+        case roots = 1, allocateInodes, refillDataPool, refillMetaPool, dataSpace, recordedLogTree, commitLogTree, openElsewhere, leave
     }
 
     public var encoded: [UInt8] {
@@ -54,6 +60,11 @@ public enum ServerCall: Sendable, Equatable {
             Extent.encodeList(freed, into: &w)
             Extent.encodeList(freedMeta, into: &w)
             w.raw(record.encoded)
+        case .openElsewhere(let ino):
+            w.u8(Kind.openElsewhere.rawValue)
+            w.u64(ino)
+        case .leave:
+            w.u8(Kind.leave.rawValue)
         }
         return w.bytes
     }
@@ -76,6 +87,8 @@ public enum ServerCall: Sendable, Equatable {
             let freedMeta = try Self.decodeExtents(&r, "freed metadata")
             let record = try LogTreeRecord(decoding: try r.raw(r.remaining))
             self = .commitLogTree(record, freed: freed, freedMeta: freedMeta, merge: flag == 1)
+        case .openElsewhere: self = .openElsewhere(ino: try r.u64())
+        case .leave: self = .leave
         }
         try r.finish()
     }
@@ -149,6 +162,8 @@ public enum ServerAnswer: Sendable, Equatable {
     case recordedLogTree(LogTreeRecord?)
     /// The commit, and the roots right after it (merged or not).
     case committed(LogCommit, ServerRoots)
+    case held(Bool)
+    case left
 
     public var encoded: [UInt8] {
         var w = ByteWriter(capacity: 64)
@@ -183,6 +198,11 @@ public enum ServerAnswer: Sendable, Equatable {
             w.u64(c.seq)
             w.u8(c.merged ? 1 : 0)
             roots.encode(into: &w)
+        case .held(let held):
+            w.u8(ServerCall.Kind.openElsewhere.rawValue)
+            w.u8(held ? 1 : 0)
+        case .left:
+            w.u8(ServerCall.Kind.leave.rawValue)
         }
         return w.bytes
     }
@@ -214,6 +234,12 @@ public enum ServerAnswer: Sendable, Equatable {
             let merged = try r.u8()
             guard merged <= 1 else { throw FormatError("server answer: merged flag \(merged)") }
             self = .committed(LogCommit(seq: seq, merged: merged == 1), try ServerRoots(decoding: &r))
+        case .openElsewhere:
+            let held = try r.u8()
+            guard held <= 1 else { throw FormatError("server answer: held flag \(held)") }
+            self = .held(held == 1)
+        case .leave:
+            self = .left
         }
         try r.finish()
     }

@@ -67,6 +67,11 @@ public final class InMemoryLockNetwork: Sendable {
         }
     }
 
+    /// Whether client `id` is attached here.
+    public func isAttached(_ id: ClientID) -> Bool {
+        state.withLock { $0.clients[id] != nil }
+    }
+
     /// The link a client sends on.
     public func serverLink(for client: ClientID) -> some LockServerLink {
         ToServer(network: self, client: client)

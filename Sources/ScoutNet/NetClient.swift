@@ -44,6 +44,8 @@ public final class NetClient: Sendable {
         var backoff: Duration = .zero
         /// Attempts that failed since the last connection (logged now and then, not each).
         var failures = 0
+        /// Until when a first connection that finds no server listening tries again.
+        var waitForServerUntil: ContinuousClock.Instant?
     }
 
     private init(host: String, port: Int, fsid: UInt64, client: ClientID, key: ClusterKey, timers: NetTimers,
@@ -63,16 +65,21 @@ public final class NetClient: Sendable {
 
     /// Connects to the server at `host:port` as `client` of filesystem `fsid`; returns once the
     /// server has welcomed it. Throws with the server's reason when refused, or when the
-    /// server cannot be reached or does not answer within the silence timeout.
+    /// server cannot be reached or does not answer within the silence timeout. With
+    /// `waitForServer`, a server that cannot be reached yet (not started, or restarting) is
+    /// tried again, with a log line now and then, for that long.
     public static func connect(host: String, port: Int, fsid: UInt64, client: ClientID, key: ClusterKey,
-                               timers: NetTimers = NetTimers(),
+                               timers: NetTimers = NetTimers(), waitForServer: Duration = .zero,
                                onMessage: @escaping @Sendable (NetKind, [UInt8]) throws -> Void,
                                onReset: @escaping @Sendable () -> Void = {},
                                log: @escaping @Sendable (String) -> Void) throws -> NetClient {
         let c = NetClient(host: host, port: port, fsid: fsid, client: client, key: key, timers: timers,
                           onMessage: onMessage, onReset: onReset, log: log)
         let first = CallWaiter()
-        c.state.withLock { $0.first = first }
+        c.state.withLock { s in
+            s.first = first
+            if waitForServer > .zero { s.waitForServerUntil = .now + waitForServer }
+        }
         c.attempt()
         do {
             _ = try first.wait()
@@ -149,15 +156,16 @@ public final class NetClient: Sendable {
                     }
                 }
             bootstrap.connect(host: host, port: port).whenFailure { [self] error in
-                failed("cannot connect to the server at \(host):\(port): \(error)")
+                failed("cannot connect to the server at \(host):\(port): \(error)", unreachable: true)
             }
         }
     }
 
     /// A connection attempt or a connection ended (`reason`): the first one fails `connect`;
     /// later ones try again.
-    func failed(_ reason: String) {
-        let first = state.withLock { s in
+    func failed(_ reason: String, unreachable: Bool = false) {
+        let first = state.withLock { s -> CallWaiter? in
+            if unreachable, let until = s.waitForServerUntil, ContinuousClock.now < until, s.closed == nil { return nil }
             defer { s.first = nil }
             return s.first
         }
@@ -166,14 +174,17 @@ public final class NetClient: Sendable {
             return
         }
         let next: (Duration, Int)? = state.withLock { s in
-            guard s.closed == nil else { return nil }
+            guard s.closed == nil else {
+                s.first?.finish(.failure(NetError(reason)))
+                return nil
+            }
             s.backoff = s.backoff == .zero ? timers.reconnectDelay : min(s.backoff * 2, .seconds(1))
             s.failures += 1
             return (s.backoff, s.failures)
         }
         guard let (delay, failures) = next else { return }
         if failures == 1 || failures % 60 == 0 {
-            log("network: reconnecting to the server at \(host):\(port) failed \(failures) time(s), trying again every \(delay) or less: \(reason)")
+            log("network: \(state.withLock { $0.first } == nil ? "reconnecting" : "connecting") to the server at \(host):\(port) failed \(failures) time(s), trying again every \(delay) or less: \(reason)")
         }
         attempt(delay: delay)
     }
@@ -226,11 +237,12 @@ public final class NetClient: Sendable {
         guard fresh else { return }
         if let waiter {
             waiter.finish(f.flags.contains(.failed) ? .failure(NetError(String(decoding: f.body, as: UTF8.self))) : .success(f.body))
-        } else if f.kind == .lock {
+        } else if f.kind == .lock || f.kind == .notice {
             let body = f.body
+            let kind = f.kind
             queue.async { [self] in
                 do {
-                    try onMessage(.lock, body)
+                    try onMessage(kind, body)
                 } catch {
                     log("network: refused a message of the server: \(error); reconnecting")
                     state.withLock { $0.channel }?.close(promise: nil)
@@ -314,7 +326,7 @@ final class ClientConnection: ChannelInboundHandler {
             close(context, reason)
         case .deliver(let f):
             switch f.kind {
-            case .heartbeat, .lock, .call:
+            case .heartbeat, .lock, .call, .notice:
                 do { try client.incoming(f) } catch { close(context, "\(error)") }
             case .refusal:
                 let why = (try? NetRefusal(decoding: f.body).reason) ?? "no reason given"

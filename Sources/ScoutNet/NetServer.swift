@@ -18,7 +18,7 @@ public protocol NetServerHandler: AnyObject, Sendable {
     /// `client`'s session ended: it did not come back in time, a new mount of it took its id,
     /// or the server forgot it.
     func disconnected(_ client: ClientID)
-    /// A message that expects no answer (`.lock`). What it throws closes the node's
+    /// A message that expects no answer (`.lock`, `.notice`). What it throws closes the node's
     /// connection (the message is not sent again).
     func received(_ kind: NetKind, _ body: [UInt8], from client: ClientID) throws
     /// A call; what it returns is the answer, what it throws fails the node's call with its
@@ -297,12 +297,12 @@ final class ServerConnection: ChannelInboundHandler {
     private func deliver(_ context: ChannelHandlerContext, _ f: NetFrame) {
         guard let s = session else { return }
         switch f.kind {
-        case .heartbeat, .lock, .call:
+        case .heartbeat, .lock, .call, .notice:
             break
         case .hello, .greeting, .welcome, .refusal:
             return refuse(context, "a \(f.kind) frame after the handshake")
         }
-        if f.kind == .lock, !(f.flags.isEmpty && f.id == 0) { return refuse(context, "lock frame with call flags") }
+        if f.kind == .lock || f.kind == .notice, !(f.flags.isEmpty && f.id == 0) { return refuse(context, "\(f.kind) frame with call flags") }
         if f.kind == .call, !(f.flags.isEmpty && f.id != 0) { return refuse(context, "call frame without an id or with answer flags") }
         let fresh: Bool
         do {
@@ -314,11 +314,12 @@ final class ServerConnection: ChannelInboundHandler {
         let handler = server.handler
         let c = s.client
         let body = f.body
-        if f.kind == .lock {
+        if f.kind == .lock || f.kind == .notice {
             let server = server
+            let kind = f.kind
             s.queue.async {
                 do {
-                    try handler.received(.lock, body, from: c)
+                    try handler.received(kind, body, from: c)
                 } catch {
                     server.log("network: refused a message of client \(c): \(error); closing its connection")
                     server.dropConnection(c)

@@ -22,7 +22,7 @@ public struct NetSession: Sendable {
     /// Frames kept for a resend.
     public var unackedCount: Int { unacked.count - unackedStart }
 
-    public static func isSequenced(_ kind: NetKind) -> Bool { kind == .lock || kind == .call }
+    public static func isSequenced(_ kind: NetKind) -> Bool { kind == .lock || kind == .call || kind == .notice }
 
     /// `frame` numbered and stamped with this side's ack; a sequenced one is kept until the
     /// peer acknowledges it.
@@ -45,7 +45,7 @@ public struct NetSession: Sendable {
     public mutating func accept(_ frame: NetFrame) throws(NetError) -> Bool {
         try acknowledge(frame.ack)
         guard Self.isSequenced(frame.kind) else {
-            guard frame.seq == 0 else { throw NetError("a \(frame.kind) frame with seq \(frame.seq); only lock and call frames are numbered") }
+            guard frame.seq == 0 else { throw NetError("a \(frame.kind) frame with seq \(frame.seq); only lock, call and notice frames are numbered") }
             return true
         }
         if frame.seq <= received { return false }

@@ -76,24 +76,33 @@ public final class LocalServer: ServerLink {
     /// the background (`mergeStep`), never inside the client's commit; one the client asks to
     /// have merged (`merge`: an unmount, an operation short of space), or that grew past what
     /// the free space can merge, is merged now, and a second commit makes that durable.
+    public func commitLogTree(rid: UInt64, _ record: LogTreeRecord, freed: [Extent], freedMeta: [Extent], merge: Bool) throws -> LogCommit {
+        try commitLogTree(rid: rid, record, freed: freed, freedMeta: freedMeta, merge: merge, mergesInBackground: true)
+    }
+
+    /// `mergesInBackground` false (a client on another node, which builds its commits on the
+    /// recorded tree where a background step could not keep out): a tree past the threshold
+    /// is merged inside this commit instead.
     public func commitLogTree(rid: UInt64, _ record: LogTreeRecord, freed: [Extent] = [], freedMeta: [Extent] = [],
-                              merge: Bool = false) throws -> LogCommit {
+                              merge: Bool = false, mergesInBackground: Bool = true) throws -> LogCommit {
         try setRecord(rid: rid, record)
         for e in freed { store.freeData(e) }
         for e in freedMeta { store.freeMeta(e) }
         try store.commit()
         let seq = store.superblock.seq
         guard !record.root.isEmpty else { return LogCommit(seq: seq, merged: false) }
-        guard try merge || mergeNeededForSpace(record) else {
-            if record.items >= mergeThreshold, mergesWanted.insert(rid).inserted { onMergeWanted?() }
+        let pastThreshold = record.items >= mergeThreshold
+        guard try merge || mergeNeededForSpace(record) || (pastThreshold && !mergesInBackground) else {
+            if pastThreshold, mergesWanted.insert(rid).inserted { onMergeWanted?() }
             return LogCommit(seq: seq, merged: false)
         }
         do {
             try mergeAndCommit(rid: rid, clientGone: false)
         } catch let e as StoreError where e.code == .noSpace {
             // The log tree is durable; what the merge did not move stays in it (the record
-            // names what is left), and the background merges take it up again.
-            if mergesWanted.insert(rid).inserted { onMergeWanted?() }
+            // names what is left), and the background merges take it up again (or the
+            // node's next commit).
+            if mergesInBackground, mergesWanted.insert(rid).inserted { onMergeWanted?() }
             return LogCommit(seq: store.superblock.seq, merged: false)
         }
         return LogCommit(seq: store.superblock.seq, merged: true)

@@ -17,11 +17,14 @@ public final class ServerService: NetServerHandler {
     let serialize: @Sendable (() throws -> ServerAnswer) throws -> ServerAnswer
     let locks = Mutex<LockServer?>(nil)
     let log: @Sendable (String) -> Void
+    /// Who holds which unlinked inode, asked for every node (and by the server's own clients).
+    public let openInodes: OpenInodeMap
 
     public init(server: LocalServer, serialize: @escaping @Sendable (() throws -> ServerAnswer) throws -> ServerAnswer,
-                log: @escaping @Sendable (String) -> Void) {
+                openInodes: OpenInodeMap = OpenInodeMap(), log: @escaping @Sendable (String) -> Void) {
         self.server = server
         self.serialize = serialize
+        self.openInodes = openInodes
         self.log = log
     }
 
@@ -37,11 +40,15 @@ public final class ServerService: NetServerHandler {
         locks.withLock { $0 }?.startRecovery(of: client)
     }
 
+    /// The node's session is over (it left, or did not come back in time): its locks go, so
+    /// the others stop waiting for it. What it committed stays in its log tree.
     public func disconnected(_ client: ClientID) {
         log("server: client \(client) left")
+        locks.withLock { $0 }?.clientGone(client)
     }
 
     public func received(_ kind: NetKind, _ body: [UInt8], from client: ClientID) throws {
+        if kind == .notice { return try openInodes.received(NetNotice(decoding: body), from: client) }
         let m = try LockClientMessage(fromNetwork: body)
         guard let lockServer = locks.withLock({ $0 }) else {
             throw NetError("lock message from client \(client) before the lock server started")
@@ -51,7 +58,17 @@ public final class ServerService: NetServerHandler {
 
     public func call(_ body: [UInt8], from client: ClientID) throws -> [UInt8] {
         let call = try ServerCall(decoding: body)
-        return try serialize { try self.answer(call, for: client) }.encoded
+        switch call {
+        case .openElsewhere(let ino):
+            // Not under the store lock: the answers take a round trip to every node.
+            return ServerAnswer.held(openInodes.heldElsewhere(ino, by: client)).encoded
+        case .leave:
+            locks.withLock { $0 }?.clientGone(client)
+            log("server: client \(client) is leaving")
+            return ServerAnswer.left.encoded
+        default:
+            return try serialize { try self.answer(call, for: client) }.encoded
+        }
     }
 
     /// The answer to `call` for `rid`; the store lock is held.
@@ -74,8 +91,13 @@ public final class ServerService: NetServerHandler {
         case .recordedLogTree:
             return .recordedLogTree(try server.recordedLogTree(rid: rid))
         case .commitLogTree(let record, let freed, let freedMeta, let merge):
-            let c = try server.commitLogTree(rid: rid, record, freed: freed, freedMeta: freedMeta, merge: merge)
+            // A node builds its next commit on its recorded tree between calls, where no
+            // merge step of the server's may edit it: its merges run inside its commits.
+            let c = try server.commitLogTree(rid: rid, record, freed: freed, freedMeta: freedMeta, merge: merge,
+                                             mergesInBackground: false)
             return .committed(c, roots)
+        case .openElsewhere, .leave:
+            throw NetError("\(call) is answered outside the store lock")
         }
     }
 

@@ -13,6 +13,10 @@ public protocol ClientStore: AnyObject {
     /// The store's own transaction holds changes (a client on another node has none).
     var hasChanges: Bool { get }
     var allocatableMetaBlocks: UInt64 { get }
+    /// Metadata blocks freed by changes not yet committed: a commit makes them allocatable.
+    var pendingFreeMetaBlocks: UInt64 { get }
+    /// Metadata blocks free on the device, for statfs.
+    var freeMetaBlocks: UInt64 { get }
     var allocatableDataBlocks: UInt64 { get }
     var pendingFreeDataBlocks: UInt64 { get }
     var dirtyBlocks: Int { get }

@@ -94,6 +94,9 @@ public final class NodeStore: ClientStore, Sendable {
     public var hasChanges: Bool { false }
     public var dirtyBlocks: Int { 0 }
     public var allocatableMetaBlocks: UInt64 { state.withLock { $0.metaAllocatable } }
+    /// A node's own commits free metadata only at the server.
+    public var pendingFreeMetaBlocks: UInt64 { 0 }
+    public var freeMetaBlocks: UInt64 { state.withLock { $0.metaAllocatable } }
     public var allocatableDataBlocks: UInt64 { state.withLock { $0.dataFree } }
     public var pendingFreeDataBlocks: UInt64 { state.withLock { $0.dataPendingFree } }
 }

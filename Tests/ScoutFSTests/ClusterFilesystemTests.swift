@@ -3,29 +3,45 @@ import Glibc
 #endif
 import ScoutFormat
 @testable import ScoutFS
+import ScoutNet
 import ScoutStore
 import ScoutTestSupport
 import Synchronization
 import SystemPackage
 import Testing
 
-/// Several filesystem clients joined to one cluster in one process: each has its own lock
-/// client, item cache, log tree, transaction and data pool over one store. What one client
-/// does, the others see at their next call, as POSIX asks of one machine.
+/// Several filesystem clients joined to one cluster: each has its own lock client, item
+/// cache, log tree, transaction and data pool. Client 0 runs beside the server; the others
+/// too, or (`overNetwork`) each on a node of its own: its own view of the devices, every
+/// lock message and server call over TCP on loopback. What one client does, the others see
+/// at their next call, as POSIX asks of one machine.
 final class FilesystemCluster {
     let meta = MemoryBlockDevice(name: "meta", size: 256 << 20)
     let data = MemoryBlockDevice(name: "data", size: 256 << 20)
     let local: LocalCluster
+    let overNetwork: Bool
+    let key = ClusterKey.generate()
+    private(set) var port = 0
     var clients: [Filesystem?] = []
 
-    init(clients n: Int, mergeThreshold: UInt64 = 100_000) throws {
+    init(clients n: Int, mergeThreshold: UInt64 = 100_000, overNetwork: Bool = false) throws {
         let store = try Store.format(meta: meta, data: data, quorumSlots: [QuorumSlot(slot: 0, address: "127.0.0.1", port: 7100)])
         local = try LocalCluster(store: store, mergeThreshold: mergeThreshold, several: true)
-        for i in 0..<n { clients.append(try join(i)) }
+        self.overNetwork = overNetwork
+        for i in 0..<n {
+            clients.append(try join(i))
+            if i == 0 && overNetwork { port = try local.serve(host: "127.0.0.1", port: 0, key: key, log: { _ in }) }
+        }
     }
 
+    deinit { local.stopServing() }
+
     func join(_ i: Int) throws -> Filesystem {
-        try Filesystem(joining: local, options: FilesystemOptions(mergeThreshold: local.server.mergeThreshold, clientID: UInt64(i + 1)))
+        let options = FilesystemOptions(mergeThreshold: local.server.mergeThreshold, clientID: UInt64(i + 1))
+        guard overNetwork && i > 0 else { return try Filesystem(joining: local, options: options) }
+        let node = try NodeCluster(meta: meta, data: data, server: "127.0.0.1", port: port, key: key, id: UInt64(i + 1),
+                                   cacheBlocks: 1024, cacheBytes: 64 << 20, log: { _ in })
+        return try Filesystem(node: node, options: options)
     }
 
     subscript(_ i: Int) -> Filesystem { clients[i]! }
@@ -79,8 +95,8 @@ final class FilesystemCluster {
         return try fs.read(a.ino, offset: 0, count: Int(a.size) + 1)
     }
 
-    @Test func aFileMadeOnOneClientIsReadAndWrittenOnAnother() throws {
-        let c = try FilesystemCluster(clients: 2)
+    @Test(arguments: [false, true]) func aFileMadeOnOneClientIsReadAndWrittenOnAnother(overNetwork: Bool) throws {
+        let c = try FilesystemCluster(clients: 2, overNetwork: overNetwork)
         let d = try c[0].mkdir(Self.root, Self.name("d"), mode: 0o755, caller: Self.user).ino
         try c[0].forget(d, 1)
         let bytes = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
@@ -106,8 +122,8 @@ final class FilesystemCluster {
         #expect(Checker.check(meta: c.meta, data: c.data).problems == [])
     }
 
-    @Test func aDirectoryRenamedOnOneClientMovesForTheOtherWhileItLists() throws {
-        let c = try FilesystemCluster(clients: 2)
+    @Test(arguments: [false, true]) func aDirectoryRenamedOnOneClientMovesForTheOtherWhileItLists(overNetwork: Bool) throws {
+        let c = try FilesystemCluster(clients: 2, overNetwork: overNetwork)
         let d = try c[0].mkdir(Self.root, Self.name("old"), mode: 0o755, caller: Self.user).ino
         try c[0].forget(d, 1)
         for i in 0..<150 { _ = try Self.makeFile(c[0], d, "n\(i)", []) }
@@ -134,8 +150,8 @@ final class FilesystemCluster {
         #expect(Checker.check(meta: c.meta, data: c.data).problems == [])
     }
 
-    @Test func modeXattrsAndTotalsMadeOnOneClientAreSeenByTheOther() throws {
-        let c = try FilesystemCluster(clients: 3)
+    @Test(arguments: [false, true]) func modeXattrsAndTotalsMadeOnOneClientAreSeenByTheOther(overNetwork: Bool) throws {
+        let c = try FilesystemCluster(clients: 3, overNetwork: overNetwork)
         let f = try Self.makeFile(c[0], Self.root, "f", [])
         let g = try Self.makeFile(c[1], Self.root, "g", [])
         _ = try c[0].setattr(f, AttributeChanges(mode: 0o600))
@@ -160,8 +176,8 @@ final class FilesystemCluster {
     /// A client's delta to a total, not yet committed when another client's log tree holding
     /// deltas to the same total is merged, still counts once it commits: the merged sum's seq
     /// says nothing of deltas in other clients' log trees.
-    @Test func aTotalCountsADeltaCommittedAfterAnotherClientsMerge() throws {
-        let c = try FilesystemCluster(clients: 2)
+    @Test(arguments: [false, true]) func aTotalCountsADeltaCommittedAfterAnotherClientsMerge(overNetwork: Bool) throws {
+        let c = try FilesystemCluster(clients: 2, overNetwork: overNetwork)
         let f = try Self.makeFile(c[0], Self.root, "f", [])
         let g = try Self.makeFile(c[1], Self.root, "g", [])
         try c[0].sync()
@@ -179,8 +195,9 @@ final class FilesystemCluster {
         #expect(Checker.check(meta: c.meta, data: c.data).problems == [])
     }
 
-    @Test func aFileUnlinkedOnOneClientLivesWhileAnotherHasItOpen() throws {
-        let c = try FilesystemCluster(clients: 2)
+    @Test(arguments: [false, true]) func aFileUnlinkedOnOneClientLivesWhileAnotherHasItOpen(overNetwork: Bool) throws {
+        let c = try FilesystemCluster(clients: 2, overNetwork: overNetwork)
+        #expect((c[1].host is NodeCluster) == overNetwork)
         let bytes = [UInt8](repeating: 9, count: 40_000)
         let f = try Self.makeFile(c[0], Self.root, "f", bytes)
         let onB = try c[1].lookup(Self.root, Self.name("f"))
@@ -203,8 +220,33 @@ final class FilesystemCluster {
         #expect(report.dataReferenced == 0)
     }
 
-    @Test func walkInodesOnOneClientListsTheOthersChangesAndNeverGoesBack() throws {
-        let c = try FilesystemCluster(clients: 2)
+    /// The other way round: a node unlinks what the server's own client and another node hold
+    /// open; the server asks both, and the last of them to let go frees it.
+    @Test func aFileUnlinkedOnANodeLivesWhileOthersHaveItOpen() throws {
+        let c = try FilesystemCluster(clients: 3, overNetwork: true)
+        let bytes = [UInt8](repeating: 5, count: 20_000)
+        let f = try Self.makeFile(c[1], Self.root, "f", bytes)
+        for i in [0, 2] {
+            _ = try c[i].lookup(Self.root, Self.name("f"))
+            try c[i].open(f, flags: O_RDONLY)
+        }
+        try c[1].unlink(Self.root, Self.name("f"))
+        try c[1].sync()
+        try c[0].release(f)
+        try c[0].forget(f, 1)
+        #expect(try c[2].read(f, offset: 0, count: 30_000) == bytes, "freed while a node still had it open")
+        #expect(try c[0].getattr(f).nlink == 0)
+        try c[2].release(f)
+        try c[2].forget(f, 1)
+        #expect(throws: Errno.noSuchFileOrDirectory) { try c[0].getattr(f) }
+        try c.leaveAll()
+        let report = Checker.check(meta: c.meta, data: c.data)
+        #expect(report.problems == [])
+        #expect(report.dataReferenced == 0)
+    }
+
+    @Test(arguments: [false, true]) func walkInodesOnOneClientListsTheOthersChangesAndNeverGoesBack(overNetwork: Bool) throws {
+        let c = try FilesystemCluster(clients: 2, overNetwork: overNetwork)
         var seen: [IndexPosition] = []
         var next = IndexPosition(seq: 0, ino: 0)
         let end = IndexPosition(seq: .max, ino: .max)

@@ -1,0 +1,46 @@
+/// The body of a `.notice` frame: what the server and the nodes tell each other outside lock
+/// messages and calls. Today that is the open-inode map (the original's `omap`): before a node
+/// frees an inode whose last link is gone, the server asks every other node whether it holds
+/// it open or cached, and each answers with the question's id.
+public enum NetNotice: Sendable, Equatable {
+    /// Server → node: does this node hold `ino` (open, or known to its kernel)? A node that
+    /// does marks it unlinked, so its own last close frees it.
+    case openQuery(id: UInt64, ino: UInt64)
+    /// Node → server: the answer to question `id`.
+    case openReply(id: UInt64, held: Bool)
+
+    enum Kind: UInt8 {
+        case openQuery = 1, openReply
+    }
+
+    public var encoded: [UInt8] {
+        var w = ByteWriter(capacity: 17)
+        switch self {
+        case .openQuery(let id, let ino):
+            w.u8(Kind.openQuery.rawValue)
+            w.u64(id)
+            w.u64(ino)
+        case .openReply(let id, let held):
+            w.u8(Kind.openReply.rawValue)
+            w.u64(id)
+            w.u8(held ? 1 : 0)
+        }
+        return w.bytes
+    }
+
+    public init(decoding bytes: [UInt8]) throws(FormatError) {
+        var r = ByteReader(bytes, what: "notice")
+        let raw = try r.u8()
+        guard let kind = Kind(rawValue: raw) else { throw FormatError("notice of unknown kind \(raw)") }
+        switch kind {
+        case .openQuery:
+            self = .openQuery(id: try r.u64(), ino: try r.u64())
+        case .openReply:
+            let id = try r.u64()
+            let held = try r.u8()
+            guard held <= 1 else { throw FormatError("notice: open reply with held flag \(held)") }
+            self = .openReply(id: id, held: held == 1)
+        }
+        try r.finish()
+    }
+}
