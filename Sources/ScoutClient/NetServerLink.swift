@@ -1,6 +1,7 @@
 public import ScoutFormat
 public import ScoutNet
 public import ScoutStore
+import Synchronization
 
 /// `ServerLink` for a client on another node than the server: each call goes over the
 /// network (`ServerCall`), and every answer that carries roots moves the node's store on to
@@ -32,8 +33,16 @@ public final class NetServerLink: ServerLink, Sendable {
         }
     }
 
+    private let fenced = Mutex<String?>(nil)
+
+    /// Refuses every call from now on with `why`: the node may not commit or allocate again.
+    public func fence(_ why: String) {
+        fenced.withLock { $0 = why }
+    }
+
     func call(_ c: ServerCall) throws -> ServerAnswer {
-        try ServerAnswer(decoding: net.call(c.encoded))
+        if let why = fenced.withLock({ $0 }) { throw NetError(why) }
+        return try ServerAnswer(decoding: net.call(c.encoded))
     }
 
     private func unexpected(_ a: ServerAnswer, to c: String) -> NetError {

@@ -40,6 +40,9 @@ protocol ClusterHost: AnyObject, Sendable {
     /// Refuses a store whose next inode number is not above every inode it holds (the
     /// server's check; a node trusts the server's).
     func checkNextInode(log: (String) -> Void) throws
+    /// Why this client may not go on (a node whose server restarted and took its log tree and
+    /// pools back); nil while it may. Every operation fails with EIO once it is set.
+    var fenced: String? { get }
     /// Where the host reports failures of work it runs beside the clients.
     func setReports(_ sink: @escaping @Sendable (String) -> Void)
 }

@@ -123,10 +123,21 @@ final class DataWaits: Sendable {
 
     /// Wakes every waiter on `ino` (its data may be online now).
     func wake(_ ino: UInt64) {
+        wake(dropRules: true) { $0 == ino }
+    }
+
+    /// Wakes every waiter on an inode of inode group `group`: another client took the
+    /// group's lock from this one, and may be staging what they wait for.
+    func wake(inGroup group: UInt64) {
+        guard hasWaiters else { return }
+        wake(dropRules: false) { $0 / LockRange.groupSize == group }
+    }
+
+    private func wake(dropRules: Bool, _ matches: (UInt64) -> Bool) {
         let parkers: [Parker] = state.withLock { s in
-            s.rules.removeAll { $0.ino == ino }
+            if dropRules { s.rules.removeAll { matches($0.ino) } }
             var out: [Parker] = []
-            for (id, e) in s.entries where e.waiter.ino == ino {
+            for (id, e) in s.entries where matches(e.waiter.ino) {
                 s.entries[id]!.woken = true
                 out.append(e.parker)
             }

@@ -183,6 +183,15 @@ public final class Filesystem: Sendable {
         self.options = options
         host.attach(cl)
         host.setReports { [weak shared] message in shared?.log(message) }
+        if host.several {
+            // A reader waiting for offline data learns of another client's stage only by
+            // losing the inode group's lock to it: it looks again, and waits for the lock.
+            let waits = shared.waits
+            cl.addDropHook { range in
+                guard range.start.zone == Zone.fs, range == LockRange.inodeGroup(range.start.first) else { return }
+                waits.wake(inGroup: range.start.first / LockRange.groupSize)
+            }
+        }
         cl.locks.startWorker()
         do {
             if host.recovered > 0 { shared.log("merged \(host.recovered) log tree(s) left by an unclean unmount") }
@@ -200,6 +209,10 @@ public final class Filesystem: Sendable {
     /// Set once this client is out of its cluster: its id may then belong to a new client
     /// (one that rejoined after a crash), which leaving again would take out.
     private let departed = Atomic<Bool>(false)
+
+    /// Takes this client out of its cluster (after `syncAndMerge`, at unmount): its locks go
+    /// at once. The object must not be used again.
+    public func leave() { leaveCluster() }
 
     /// Stops the lock client and takes this client out of the cluster, once.
     func leaveCluster() {
@@ -232,6 +245,10 @@ public final class Filesystem: Sendable {
     /// One attempt of an operation under `held` (the caller's locks), with the transaction
     /// held shared.
     func runOperation<T>(held: HeldLocks, spaceCommitted: Bool = false, _ body: (FSCore) throws -> T) throws(Errno) -> T {
+        if let why = host.fenced {
+            shared.log("error: \(why)")
+            throw .ioError
+        }
         let result: Result<T, Errno> = cluster.withOperation {
             let c = FSCore(shared, held: held)
             c.spaceCommitted = spaceCommitted

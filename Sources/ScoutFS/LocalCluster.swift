@@ -235,4 +235,6 @@ public final class LocalCluster: ClusterHost, Sendable {
     }
 
     func setReports(_ sink: @escaping @Sendable (String) -> Void) { mergeReports.setIfUnset(sink) }
+
+    var fenced: String? { nil }
 }

@@ -25,6 +25,7 @@ public final class NodeCluster: ClusterHost, Sendable {
     var recovered: Int { 0 }
     private let member: MemberBox
     private let left = Atomic<Bool>(false)
+    private let fence: Mutex<String?>
 
     /// Connects to the server at `host:port` as client `id` of the filesystem on `meta` and
     /// `data`, proving it holds `key`; a server not listening yet is tried again for
@@ -45,6 +46,9 @@ public final class NodeCluster: ClusterHost, Sendable {
         let member = MemberBox()
         self.member = member
         let netBox = Mutex<NetClient?>(nil)
+        let fence = Mutex<String?>(nil)
+        self.fence = fence
+        let linkBox = Mutex<NetServerLink?>(nil)
         let conn = try NetClient.connect(host: host, port: port, fsid: store.fsid, client: id, key: key, waitForServer: waitForServer,
                                     onMessage: { kind, body in
             switch kind {
@@ -58,20 +62,29 @@ public final class NodeCluster: ClusterHost, Sendable {
                 lockBox.withLock { $0 }?.receive(try LockServerMessage(fromNetwork: body))
             }
         }, onReset: {
-            log("the server restarted: resending this node's lock requests")
-            lockBox.withLock { $0 }?.resendRequests()
+            // A server that starts merges every log tree it finds and takes their pools back:
+            // blocks this node allocated and has not committed may be someone else's now.
+            // Writing on would corrupt them, so the node stops; a remount starts it afresh.
+            let why = "the server restarted and took this node's log tree and pools back; what it had not committed is lost. Unmount and mount again"
+            log("error: \(why)")
+            fence.withLock { $0 = why }
+            linkBox.withLock { $0 }?.fence(why)
         }, log: log)
         net = conn
         netBox.withLock { $0 = conn }
+        let serverLink: NetServerLink
         do {
-            link = try NetServerLink(net: conn, store: store)
+            serverLink = try NetServerLink(net: conn, store: store)
         } catch {
             conn.close()
             throw error
         }
-        locks = LockClient(id: id, link: NetLockServerLink(conn))
-        link.follow(locks)
-        lockBox.withLock { $0 = locks }
+        link = serverLink
+        linkBox.withLock { $0 = serverLink }
+        let lockClient = LockClient(id: id, link: NetLockServerLink(conn))
+        locks = lockClient
+        serverLink.follow(lockClient)
+        lockBox.withLock { $0 = lockClient }
     }
 
     /// The node's filesystem client, which the server's open-inode questions are about.
@@ -129,4 +142,6 @@ public final class NodeCluster: ClusterHost, Sendable {
     func checkNextInode(log: (String) -> Void) throws {}
 
     func setReports(_ sink: @escaping @Sendable (String) -> Void) {}
+
+    var fenced: String? { fence.withLock { $0 } }
 }

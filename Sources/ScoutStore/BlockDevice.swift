@@ -202,10 +202,11 @@ public final class FileBlockDevice: BlockDevice {
     /// Takes an exclusive lock on a byte range of the device that lasts as long as this open
     /// device (an open file description lock, so threads of one process do not share it, and
     /// it ends when the process dies). Returns false if another holder has it.
-    public func tryLock(offset: UInt64, length: UInt64) throws -> Bool {
+    /// `shared`: a read lock, which other shared holders may take too but no exclusive one.
+    public func tryLock(offset: UInt64, length: UInt64, shared: Bool = false) throws -> Bool {
         let F_OFD_SETLK: Int32 = 37  // Linux; not exported by Glibc's Swift overlay
         var lk = flock()
-        lk.l_type = Int16(F_WRLCK)
+        lk.l_type = Int16(shared ? F_RDLCK : F_WRLCK)
         lk.l_whence = Int16(SEEK_SET)
         lk.l_start = off_t(offset)
         lk.l_len = off_t(length)

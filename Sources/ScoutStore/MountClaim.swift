@@ -4,23 +4,25 @@ import Glibc
 public import ScoutFormat
 import Synchronization
 
-/// Keeps a second mount of the same devices out while the cluster does not exist yet: two
-/// mounts writing one store without cluster locks lose each other's files.
+/// Keeps a second mount of one quorum slot out, and mkfs away from devices in use: two
+/// mounts as one client would write one log tree without knowing of each other.
 ///
 /// Two guards, because a mount cannot see every other mount the same way:
-/// - **On this machine**, an open file description lock on the first 64 KiB (unused by the
-///   format) of both devices (`FileBlockDevice.tryLock`). The kernel drops it when the
-///   process dies, so a crash never leaves it behind.
+/// - **On this machine**, open file description locks in the first 64 KiB (unused by the
+///   format) of both devices (`FileBlockDevice.tryLock`): every mount holds a shared lock on
+///   its first 4 KiB, which keeps mkfs's exclusive lock of the whole range out, and a mount
+///   of a slot an exclusive lock on that slot's own byte. The kernel drops them when the
+///   process dies, so a crash never leaves one behind.
 /// - **Across machines**, a claim in the mount's own quorum block (`QuorumBlock`) with a
-///   heartbeat counter advanced every `interval`. A new mount reads every configured slot's
-///   block past its page cache; a claim from another host whose counter advances while it
-///   watches is live, and the mount is refused with the holder's name. A claim whose counter
-///   stands still is stale (its host died) and is taken over, with a log line. A claim made on
-///   this machine since it booted is stale as soon as the device lock is ours, since no
-///   process here holds the devices.
+///   heartbeat counter advanced every `interval`. A new mount reads its slot's block past its
+///   page cache; a claim from another host whose counter advances while it watches is live,
+///   and the mount is refused with the holder's name. A claim whose counter stands still is
+///   stale (its host died) and is taken over, with a log line. A claim made on this machine
+///   since it booted is stale as soon as the slot's lock is ours, since no process here holds
+///   the slot. mkfs watches every slot the same way.
 ///
-/// Two hosts starting at the same instant can both see no claim; the election of the cluster
-/// issue settles that race, which this guard does not.
+/// Two hosts starting at the same instant can both see no claim; the election of the
+/// failover issue settles that race, which this guard does not.
 public final class MountClaim: Sendable {
     /// Who claims: the host and process, as written into the quorum block.
     public struct Identity: Sendable, Equatable {
@@ -65,23 +67,36 @@ public final class MountClaim: Sendable {
     private let stopping = Atomic(false)
     private let thread = Mutex<JoinableThread?>(nil)
 
-    /// Takes the on-machine lock of both devices; false when another process holds it.
+    /// Takes the on-machine lock of both devices whole (mkfs); false while another process
+    /// holds either, or any part of it (a mount).
     public static func lockDevices(meta: FileBlockDevice, data: FileBlockDevice) throws -> Bool {
         guard try meta.tryLock(offset: 0, length: lockLength) else { return false }
         return try data.tryLock(offset: 0, length: lockLength)
     }
 
-    /// Throws (`.exists`, naming the holder) while any slot's claim by another host has a
-    /// heartbeat that advances within two and a half of its intervals; claims that stand still
-    /// or were made on this machine since boot are stale, which `log` hears of. The caller
-    /// holds the on-machine lock, so no process here holds the devices.
-    public static func refuseWhileClaimed(meta: any BlockDevice, superblock sb: SuperBlock, identity: Identity = .current,
+    /// Takes a mount's on-machine locks: shared ones of both devices (any number of mounts,
+    /// but no mkfs) and, for a mount of quorum slot `slot`, that slot's own. False when mkfs
+    /// holds the devices or another process here mounts `slot`.
+    public static func lockForMount(meta: FileBlockDevice, data: FileBlockDevice, slot: Int?) throws -> Bool {
+        guard try meta.tryLock(offset: 0, length: 4096, shared: true), try data.tryLock(offset: 0, length: 4096, shared: true) else {
+            return false
+        }
+        guard let slot else { return true }
+        return try meta.tryLock(offset: 4096 + UInt64(slot), length: 1)
+    }
+
+    /// Throws (`.exists`, naming the holder) while a claim by another host (of `only` that
+    /// slot, or of any) has a heartbeat that advances within two and a half of its intervals;
+    /// claims that stand still or were made on this machine since boot are stale, which `log`
+    /// hears of. The caller holds the on-machine lock of those slots, so no process here
+    /// holds them.
+    public static func refuseWhileClaimed(meta: any BlockDevice, superblock sb: SuperBlock, only: Int? = nil, identity: Identity = .current,
                                           log: @Sendable (String) -> Void) throws {
         var found: [(slot: Int, block: QuorumBlock)] = []
         // A block that does not verify may be a heartbeat torn in flight: a live holder
         // rewrites it within its interval, so it is watched like a claim.
         var unreadable: [(slot: Int, why: String)] = []
-        for s in sb.quorumSlots {
+        for s in sb.quorumSlots where only == nil || Int(s.slot) == only {
             do {
                 let b = try read(meta, fsid: sb.fsid, slot: Int(s.slot))
                 if b.state == .mounted { found.append((Int(s.slot), b)) }
@@ -105,13 +120,13 @@ public final class MountClaim: Sendable {
         for c in watch {
             let now = try read(meta, fsid: sb.fsid, slot: c.slot)
             if now.state == .mounted && (now.heartbeat != c.block.heartbeat || now.mountID != c.block.mountID) {
-                throw StoreError(.exists, "\(meta.name) is mounted on host \(now.host) (pid \(now.pid), quorum slot \(c.slot), mounted at \(timeText(now.mountedAt)) UTC): its heartbeat is advancing. Unmount it there first; until the cluster is built only one mount may use the devices. If that host is down, its heartbeat stops and a mount after \(wait / 1000 + 1) s takes over.")
+                throw StoreError(.exists, "\(meta.name) is mounted on host \(now.host) (pid \(now.pid), quorum slot \(c.slot), mounted at \(timeText(now.mountedAt)) UTC): its heartbeat is advancing. Unmount it there first, or mount another slot. If that host is down, its heartbeat stops and a mount after \(wait / 1000 + 1) s takes over.")
             }
             log("quorum slot \(c.slot): claim of host \(c.block.host) pid \(c.block.pid) has not beaten in \(wait) ms; treating it as stale and taking over")
         }
         for u in unreadable {
             if let now = try? read(meta, fsid: sb.fsid, slot: u.slot), now.state == .mounted, now.host != identity.host || now.bootID != identity.bootID {
-                throw StoreError(.exists, "\(meta.name) is mounted on host \(now.host) (pid \(now.pid), quorum slot \(u.slot)): its claim was rewritten while this mount watched. Unmount it there first; until the cluster is built only one mount may use the devices.")
+                throw StoreError(.exists, "\(meta.name) is mounted on host \(now.host) (pid \(now.pid), quorum slot \(u.slot)): its claim was rewritten while this mount watched. Unmount it there first, or mount another slot.")
             }
             log("\(u.why); nothing rewrote it in \(wait) ms, so no mount holds that slot; going on")
         }
@@ -143,7 +158,7 @@ public final class MountClaim: Sendable {
         self.slot = slot
         self.interval = interval
         self.log = log
-        try Self.refuseWhileClaimed(meta: meta, superblock: sb, identity: identity, log: log)
+        try Self.refuseWhileClaimed(meta: meta, superblock: sb, only: slot, identity: identity, log: log)
         var mountID: UInt64 = 0
         while mountID == 0 { mountID = UInt64.random(in: 1...UInt64.max) }
         let mine = QuorumBlock(state: .mounted, heartbeat: 1, mountID: mountID,

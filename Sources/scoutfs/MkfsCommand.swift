@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ScoutFormat
+import ScoutNet
 import ScoutStore
 
 struct MkfsCommand: ParsableCommand {
@@ -15,6 +16,10 @@ struct MkfsCommand: ParsableCommand {
 
     @Flag(name: [.short, .long], help: "Overwrite devices that already hold a scoutfs filesystem.")
     var force = false
+
+    @Option(name: .customLong("cluster-key"),
+            help: ArgumentHelp("The cluster key file every node proves itself with: used if it exists, else written (owner-only). Default: \(clusterKeyDirectory)/cluster-FSID.key. Copy it to every machine that mounts.", valueName: "PATH"))
+    var clusterKey: String?
 
     @Argument(help: "Metadata device (block device or file).")
     var meta: String
@@ -56,8 +61,21 @@ struct MkfsCommand: ParsableCommand {
             if let sb = try? Store.readSuperblock(m) {
                 try MountClaim.refuseWhileClaimed(meta: m, superblock: sb) { _ in }
             }
+            // The key before the format, so that a key that cannot be had leaves the devices as
+            // they were.
+            let given = clusterKey.flatMap { FileManager.default.fileExists(atPath: $0) ? $0 : nil }
+            let key = try given.map { try ClusterKey.load(from: $0) } ?? ClusterKey.generate()
             let store = try Store.format(meta: m, data: d, quorumSlots: slots, force: force)
             let sb = store.superblock
+            let keyPath = clusterKey ?? defaultClusterKeyPath(fsid: sb.fsid)
+            if given == nil {
+                do {
+                    if clusterKey == nil { try FileManager.default.createDirectory(atPath: clusterKeyDirectory, withIntermediateDirectories: true) }
+                    try key.save(to: keyPath)
+                } catch {
+                    throw StoreError(.io, "the filesystem is made, but its cluster key could not be written: \(error); nothing can mount it until a key is given (`scoutfs mkfs --force --cluster-key PATH …` again)")
+                }
+            }
             print("""
                 Created scoutfs filesystem:
                   meta device path:     \(meta)
@@ -68,6 +86,7 @@ struct MkfsCommand: ParsableCommand {
                   64KB metadata blocks: \(sb.metaTotalBlocks)
                   4KB data blocks:      \(sb.dataTotalBlocks)
                   quorum slots:         \(sb.quorumSlots.map { "\($0.slot): \($0.address):\($0.port)" }.joined(separator: ", "))
+                  cluster key:          \(keyPath)\(given == nil ? "" : " (kept)")
                 """)
         } catch let e as ValidationError {
             throw e

@@ -13,12 +13,20 @@ struct MountCommand: ParsableCommand {
         discussion: """
             Returns once the filesystem is mounted and serving; the daemon keeps running until \
             `scoutfs unmount MNT` or SIGTERM, which commit everything and unmount. With -f the \
-            daemon stays in the foreground.
+            daemon stays in the foreground. The mount of the lowest quorum slot runs the server \
+            at that slot's address; every other mount (another slot, or none: a plain client) \
+            connects to it, waiting while it is not up.
             """
     )
 
-    @Option(name: .customLong("quorum-slot"), help: "This mount's quorum slot (as given to mkfs -Q).")
-    var quorumSlot: Int
+    @Option(name: .customLong("quorum-slot"), help: "This mount's quorum slot (as given to mkfs -Q); without it the mount is a plain client.")
+    var quorumSlot: Int?
+
+    @Option(name: .customLong("cluster-key"), help: ArgumentHelp("The cluster key file mkfs wrote (default: \(clusterKeyDirectory)/cluster-FSID.key).", valueName: "PATH"))
+    var clusterKey: String?
+
+    @Option(name: .customLong("server-wait"), help: "Seconds a mount that is not the server waits for the server to be reachable.")
+    var serverWait: Int = 300
 
     @Option(name: .customShort("o"), help: "Comma-separated FUSE mount options (allow_other, …).")
     var options: [String] = []
@@ -43,9 +51,10 @@ struct MountCommand: ParsableCommand {
     @Argument(help: "Mount point (an existing directory).") var mountpoint: String
 
     func validate() throws {
-        if quorumSlot < 0 || quorumSlot >= Layout.maxQuorumSlots {
+        if let quorumSlot, quorumSlot < 0 || quorumSlot >= Layout.maxQuorumSlots {
             throw ValidationError("--quorum-slot must be 0 to \(Layout.maxQuorumSlots - 1)")
         }
+        if serverWait < 0 { throw ValidationError("--server-wait must be 0 or more seconds") }
         if commitInterval < 1 { throw ValidationError("--commit-interval must be at least 1 second") }
         if cacheMiB < 16 { throw ValidationError("--cache-mib must be at least 16") }
     }
@@ -67,8 +76,10 @@ struct MountCommand: ParsableCommand {
         if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
             p.executableURL = URL(fileURLWithPath: exe)
         }
-        var args = ["mount", "--daemon-child", "--quorum-slot", String(quorumSlot), "--log", log,
+        var args = ["mount", "--daemon-child", "--log", log, "--server-wait", String(serverWait),
                     "--commit-interval", String(commitInterval), "--cache-mib", String(cacheMiB)]
+        if let quorumSlot { args += ["--quorum-slot", String(quorumSlot)] }
+        if let clusterKey { args += ["--cluster-key", clusterKey] }
         for o in options { args += ["-o", o] }
         args += [meta, data, mountpoint]
         p.arguments = args
@@ -88,22 +99,22 @@ struct MountCommand: ParsableCommand {
         throw ExitCode(1)
     }
 
-    /// The devices are locked by another process here. If it is a daemon whose mount the
-    /// kernel has already dropped (a plain umount: the daemon is committing on its way out),
-    /// wait for it to finish, as a remount straight after an unmount expects; devices that are
-    /// really mounted are refused, whatever the slot.
+    /// The slot (or the devices, for mkfs) is locked by another process here. If it is a
+    /// daemon whose mount the kernel has already dropped (a plain umount: the daemon is
+    /// committing on its way out), wait for it to finish, as a remount straight after an
+    /// unmount expects; a slot that is really mounted is refused.
     func waitForLeavingDaemon(_ metaDev: FileBlockDevice, _ dataDev: FileBlockDevice) throws {
         let metaPath = MountRegistry.canonical(meta)
-        let holders = MountRegistry.all().filter { $0.meta == metaPath || $0.data == MountRegistry.canonical(data) }
-        if let mounted = holders.first(where: { MountRegistry.isMounted($0.mountpoint) }) {
-            throw StoreError(.exists, "\(meta) is already mounted on this machine (on \(mounted.mountpoint), quorum slot \(mounted.quorumSlot), daemon pid \(mounted.pid)); until the cluster is built only one mount may use the devices: unmount it first")
+        let holders = MountRegistry.all().filter { ($0.meta == metaPath || $0.data == MountRegistry.canonical(data)) && $0.quorumSlot == quorumSlot }
+        if let quorumSlot, let mounted = holders.first(where: { MountRegistry.isMounted($0.mountpoint) }) {
+            throw StoreError(.exists, "quorum slot \(quorumSlot) of \(meta) is already mounted on this machine (on \(mounted.mountpoint), daemon pid \(mounted.pid)); mount another slot, or none (a plain client)")
         }
         let deadline = Date().addingTimeInterval(30)
         while Date() < deadline {
             usleep(50_000)
-            if try MountClaim.lockDevices(meta: metaDev, data: dataDev) { return }
+            if try MountClaim.lockForMount(meta: metaDev, data: dataDev, slot: quorumSlot) { return }
         }
-        throw StoreError(.exists, "\(meta) or \(data) is in use by another process on this machine (its lock was not released within 30 s); until the cluster is built only one mount may use the devices")
+        throw StoreError(.exists, "\(meta) or \(data) is in use by another process on this machine (mkfs, or a mount of quorum slot \(quorumSlot.map(String.init) ?? "-")) and was not let go within 30 s")
     }
 
     func serve() throws {
@@ -121,31 +132,69 @@ struct MountCommand: ParsableCommand {
         let mnt = MountRegistry.canonical(mountpoint)
         let fsys: Filesystem
         let fuse: FUSEMount
-        let claim: MountClaim
+        let claim: MountClaim?
+        let role: String
+        var local: LocalCluster?
         var warnings: [String] = []
         let logLine: @Sendable (String) -> Void = { line in FileHandle.standardError.write(Data("scoutfs: \(line)\n".utf8)) }
+        let serverSlot: QuorumSlot
         do {
+            // Reads past the page cache on both devices: another node (another machine on the
+            // SAN, or another process here) writes them, and a cached page would be stale.
             let metaDev = try openDevice(meta, directReads: true)
-            let dataDev = try openDevice(data)
-            if try !MountClaim.lockDevices(meta: metaDev, data: dataDev) {
+            let dataDev = try openDevice(data, directReads: true)
+            if try !MountClaim.lockForMount(meta: metaDev, data: dataDev, slot: quorumSlot) {
                 try waitForLeavingDaemon(metaDev, dataDev)
             }
-            let store = try Store.open(meta: metaDev, data: dataDev,
-                                       options: StoreOptions(cacheBlocks: cacheMiB << 20 / Layout.metaBlockSize))
-            warnings = store.superblockProblems
-            guard store.superblock.quorumSlots.contains(where: { Int($0.slot) == quorumSlot }) else {
-                let have = store.superblock.quorumSlots.map { String($0.slot) }.joined(separator: ", ")
+            let sb = try Store.readSuperblock(metaDev)
+            let have = sb.quorumSlots.map { String($0.slot) }.joined(separator: ", ")
+            if let quorumSlot, !sb.quorumSlots.contains(where: { Int($0.slot) == quorumSlot }) {
                 throw StoreError(.invalid, "quorum slot \(quorumSlot) is not configured in \(meta) (slots: \(have))")
             }
-            claim = try MountClaim(meta: metaDev, superblock: store.superblock, slot: quorumSlot, log: logLine)
+            guard let lowest = sb.quorumSlots.min(by: { $0.slot < $1.slot }) else {
+                throw StoreError(.corrupt, "\(meta) configures no quorum slot, so no mount can run the server; run `scoutfs print \(meta)`")
+            }
+            serverSlot = lowest
+            let keyPath = clusterKey ?? defaultClusterKeyPath(fsid: sb.fsid)
+            let key: ClusterKey
             do {
-                try claim.start()
-                fsys = try Filesystem(store: store, options: FilesystemOptions(commitInterval: .seconds(commitInterval),
-                                                                                 clientID: FilesystemOptions.clientID(slot: quorumSlot)))
-                fsys.logSink = logLine
+                key = try ClusterKey.load(from: keyPath)
+            } catch {
+                throw StoreError(.invalid, "\(error); every mount needs the key mkfs wrote (copy it from the machine that ran mkfs, or give it with --cluster-key)")
+            }
+            claim = try quorumSlot.map { try MountClaim(meta: metaDev, superblock: sb, slot: $0, log: logLine) }
+            do {
+                try claim?.start()
+                let cacheBlocks = cacheMiB << 20 / Layout.metaBlockSize
+                if let quorumSlot, quorumSlot == Int(lowest.slot) {
+                    role = "server"
+                    let store = try Store.open(meta: metaDev, data: dataDev, options: StoreOptions(cacheBlocks: cacheBlocks))
+                    warnings = store.superblockProblems
+                    let cluster = try LocalCluster(store: store, several: true)
+                    local = cluster
+                    fsys = try Filesystem(joining: cluster, options: FilesystemOptions(commitInterval: .seconds(commitInterval),
+                                                                                        clientID: FilesystemOptions.clientID(slot: quorumSlot)))
+                    fsys.logSink = logLine
+                    do {
+                        _ = try cluster.serve(host: lowest.address, port: Int(lowest.port), key: key, log: logLine)
+                    } catch {
+                        throw StoreError(.io, "cannot serve the cluster at \(lowest.address) port \(lowest.port) (quorum slot \(lowest.slot)): \(error); is another program using the port?")
+                    }
+                } else {
+                    role = "client"
+                    // A plain client's id: random, above every slot's.
+                    let id = quorumSlot.map { FilesystemOptions.clientID(slot: $0) }
+                        ?? UInt64.random(in: UInt64(Layout.maxQuorumSlots) + 1 ... UInt64.max)
+                    logLine("connecting to the server at \(lowest.address) port \(lowest.port) as client \(String(id, radix: 16))")
+                    let node = try NodeCluster(meta: metaDev, data: dataDev, server: lowest.address, port: Int(lowest.port), key: key, id: id,
+                                               cacheBlocks: cacheBlocks, waitForServer: .seconds(serverWait), log: logLine)
+                    fsys = try Filesystem(node: node, options: FilesystemOptions(commitInterval: .seconds(commitInterval), clientID: id))
+                    fsys.logSink = logLine
+                }
                 fuse = try FUSEMount(filesystem: fsys, mountpoint: mnt, source: "\(meta):\(data)", options: options)
             } catch {
-                try? claim.release()
+                local?.stopServing()
+                try? claim?.release()
                 throw error
             }
         } catch {
@@ -161,11 +210,13 @@ struct MountCommand: ParsableCommand {
             try control.start()
         } catch {
             fuse.close()
-            try? claim.release()
+            local?.stopServing()
+            try? claim?.release()
             throw fail("mount", error)
         }
         let record = MountRecord(pid: getpid(), mountpoint: mnt, meta: MountRegistry.canonical(meta),
-                                 data: MountRegistry.canonical(data), quorumSlot: quorumSlot,
+                                 data: MountRegistry.canonical(data), quorumSlot: quorumSlot, role: role,
+                                 server: "\(serverSlot.address) port \(serverSlot.port)",
                                  fsid: hex(fsys.fsid),
                                  committedSeq: fsys.committedSeq, log: daemonChild ? log : nil, control: control.path,
                                  warnings: warnings.isEmpty ? nil : warnings)
@@ -181,7 +232,8 @@ struct MountCommand: ParsableCommand {
         } catch {
             control.stop()
             fuse.close()
-            try? claim.release()
+            local?.stopServing()
+            try? claim?.release()
             throw fail("mount", error)
         }
 
@@ -196,7 +248,7 @@ struct MountCommand: ParsableCommand {
         } else {
             print("serving \(mnt); unmount with `scoutfs unmount \(mnt)` or Ctrl-C")
         }
-        FileHandle.standardError.write(Data("scoutfs: mounted \(meta) \(data) on \(mnt), quorum slot \(quorumSlot), pid \(getpid())\n".utf8))
+        FileHandle.standardError.write(Data("scoutfs: mounted \(meta) \(data) on \(mnt), \(quorumSlot.map { "quorum slot \($0)" } ?? "no quorum slot"), \(role), pid \(getpid())\n".utf8))
         for w in warnings { logLine("warning: \(w)") }
 
         let rc = fuse.run()
@@ -210,10 +262,15 @@ struct MountCommand: ParsableCommand {
             status = 1
         }
         fuse.close()
+        fsys.leave()
+        if let local, !local.nodes.isEmpty {
+            logLine("leaving while \(local.nodes.count) node(s) are mounted: they wait for the server to come back, and must then remount")
+        }
+        local?.stopServing()
         do {
-            try claim.release()
+            try claim?.release()
         } catch {
-            FileHandle.standardError.write(Data("scoutfs: clearing the claim in quorum slot \(quorumSlot) failed: \(error); the next mount on another host waits for it to go stale\n".utf8))
+            FileHandle.standardError.write(Data("scoutfs: clearing the claim in quorum slot \(quorumSlot ?? -1) failed: \(error); the next mount on another host waits for it to go stale\n".utf8))
         }
         MountRegistry.remove(mnt)
         FileHandle.standardError.write(Data("scoutfs: unmounted \(mnt) at seq \(fsys.committedSeq)\n".utf8))

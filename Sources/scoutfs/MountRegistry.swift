@@ -8,7 +8,12 @@ struct MountRecord: Codable {
     var mountpoint: String
     var meta: String
     var data: String
-    var quorumSlot: Int
+    /// nil for a plain client.
+    var quorumSlot: Int?
+    /// "server" (it runs the server for the others) or "client".
+    var role: String?
+    /// Where the server listens.
+    var server: String?
     var fsid: String
     var committedSeq: UInt64
     var log: String?

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ScoutFormat
 import ScoutStore
 
 @main
@@ -24,6 +25,13 @@ func fail(_ verb: String, _ error: any Error) -> ExitCode {
 func fail(_ verb: String, _ message: String) -> ExitCode {
     FileHandle.standardError.write(Data("scoutfs \(verb): \(message)\n".utf8))
     return ExitCode(1)
+}
+
+/// Where mkfs writes a filesystem's cluster key and mount looks for it, unless told.
+let clusterKeyDirectory = "/etc/scoutfs"
+
+func defaultClusterKeyPath(fsid: UInt64) -> String {
+    clusterKeyDirectory + "/cluster-" + hex(fsid) + ".key"
 }
 
 func openDevice(_ path: String, readOnly: Bool = false, directReads: Bool = false) throws -> FileBlockDevice {

@@ -58,7 +58,9 @@ struct StatusCommand: ParsableCommand {
             print("pid            \(rec.pid)")
             print("meta device    \(rec.meta)")
             print("data device    \(rec.data)")
-            print("quorum slot    \(rec.quorumSlot)")
+            print("quorum slot    \(rec.quorumSlot.map(String.init) ?? "none (plain client)")")
+            if let role = rec.role { print("role           \(role)") }
+            if let server = rec.server { print("server         \(server)") }
             print("committed seq  \(rec.committedSeq)")
             if let log = rec.log { print("log            \(log)") }
             for w in rec.warnings ?? [] { print("warning        \(w)") }

@@ -245,6 +245,32 @@ final class FilesystemCluster {
         #expect(report.dataReferenced == 0)
     }
 
+    /// A read of released data on one client waits; staging it on another wakes the reader
+    /// (it learns by losing the inode group's lock) with the staged bytes.
+    @Test(.timeLimit(.minutes(1)), arguments: [false, true]) func aReadOfReleasedDataWaitsForAStageOnAnotherClient(overNetwork: Bool) throws {
+        let c = try FilesystemCluster(clients: 2, overNetwork: overNetwork)
+        let contents = (0..<(64 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 13) }
+        let f = try Self.makeFile(c[0], Self.root, "f", contents)
+        try c[0].sync()
+        let version = try c[0].statMore(f).dataVersion
+        try c[0].release(f, dataVersion: version, offset: 0, length: UInt64(contents.count))
+        _ = try c[1].lookup(Self.root, Self.name("f"))
+        let other = c[1]
+        let reader = ArchiveTests.Background { () throws(Errno) in try other.read(f, offset: 4096, count: 8192) }
+        var listed = false
+        for _ in 0..<2000 where !listed {
+            listed = c[1].dataWaiters(after: 0, 0, limit: 10) == [DataWaiter(ino: f, iblock: 1, op: .read)]
+            if !listed { usleep(5000) }
+        }
+        #expect(listed, "the reader on the other client never waited")
+        #expect(!reader.isDone)
+        _ = try c[0].stage(f, dataVersion: version, offset: 0, data: contents)
+        #expect(try reader.join()?.get() == Array(contents[4096..<12288]))
+        try c[1].forget(f, 1)
+        try c.leaveAll()
+        #expect(Checker.check(meta: c.meta, data: c.data).problems == [])
+    }
+
     @Test(arguments: [false, true]) func walkInodesOnOneClientListsTheOthersChangesAndNeverGoesBack(overNetwork: Bool) throws {
         let c = try FilesystemCluster(clients: 2, overNetwork: overNetwork)
         var seen: [IndexPosition] = []

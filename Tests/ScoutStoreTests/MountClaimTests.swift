@@ -4,8 +4,8 @@ import ScoutFormat
 import Synchronization
 import Testing
 
-/// The claim that keeps a second host off the devices (the same-machine lock is tested through
-/// real mounts in the CLI tests).
+/// The claim that keeps a second host off a quorum slot (the same-machine locks are tested
+/// through real mounts in the CLI tests).
 @Suite struct MountClaimTests {
     let hostA = MountClaim.Identity(host: "host-a", bootID: "boot-a", pid: 100)
     let hostB = MountClaim.Identity(host: "host-b", bootID: "boot-b", pid: 200)
@@ -30,12 +30,16 @@ import Testing
         try a.start()
         defer { try? a.release() }
         let e = #expect(throws: StoreError.self) {
-            _ = try MountClaim(meta: meta, superblock: sb, slot: 1, identity: hostB, interval: .milliseconds(100), log: { _ in })
+            _ = try MountClaim(meta: meta, superblock: sb, slot: 0, identity: hostB, interval: .milliseconds(100), log: { _ in })
         }
         #expect(e?.code == .exists)
         #expect(e?.message.contains("host host-a (pid 100, quorum slot 0") == true)
         #expect(e?.message.contains("Unmount it there first") == true)
-        #expect(try MountClaim.read(meta, fsid: sb.fsid, slot: 1).state == .unclaimed)
+        #expect(try MountClaim.read(meta, fsid: sb.fsid, slot: 0).host == "host-a")
+        // Another slot is another node of the cluster: it mounts beside the live claim.
+        let b = try MountClaim(meta: meta, superblock: sb, slot: 1, identity: hostB, interval: .milliseconds(100), log: { _ in })
+        #expect(try MountClaim.read(meta, fsid: sb.fsid, slot: 1).host == "host-b")
+        try b.release()
     }
 
     @Test func aLiveClaimKeepsMkfsOff() throws {
@@ -53,7 +57,7 @@ import Testing
         let off = Layout.quorumSmallBlkno(slot: 1) * UInt64(Layout.smallBlockSize) + 200
         try meta.write(at: off, [0xde, 0xad])
         let log = Lines()
-        let c = try MountClaim(meta: meta, superblock: sb, slot: 0, identity: hostB, interval: .milliseconds(100), log: log.sink)
+        let c = try MountClaim(meta: meta, superblock: sb, slot: 1, identity: hostB, interval: .milliseconds(100), log: log.sink)
         #expect(log.all.contains { $0.contains("quorum block of slot 1") && $0.contains("no mount holds that slot") }, "\(log.all)")
         try c.release()
     }
@@ -63,9 +67,9 @@ import Testing
         // Written but never beating: its host died right after mounting.
         _ = try MountClaim(meta: meta, superblock: sb, slot: 0, identity: hostA, interval: .milliseconds(100), log: { _ in })
         let log = Lines()
-        let b = try MountClaim(meta: meta, superblock: sb, slot: 1, identity: hostB, interval: .milliseconds(100), log: log.sink)
+        let b = try MountClaim(meta: meta, superblock: sb, slot: 0, identity: hostB, interval: .milliseconds(100), log: log.sink)
         #expect(log.all.contains { $0.contains("host-a") && $0.contains("stale") })
-        #expect(try MountClaim.read(meta, fsid: sb.fsid, slot: 1).host == "host-b")
+        #expect(try MountClaim.read(meta, fsid: sb.fsid, slot: 0).host == "host-b")
         try b.release()
     }
 

@@ -24,7 +24,7 @@ import ScoutFormat
     @Test func mkfsPrintCheckOnAFreshFilesystem() throws {
         let (dir, m, d) = try devices()
         defer { try? FileManager.default.removeItem(at: dir) }
-        let mk = try run(["mkfs", "-Q", "0,127.0.0.1,7100", "-Q", "2,::1,7102", m, d])
+        let mk = try mkfs(dir, ["-Q", "0,127.0.0.1,7100", "-Q", "2,::1,7102", m, d])
         #expect(mk.status == 0, "\(mk.stderr)")
         #expect(mk.stdout.contains("64KB metadata blocks: 16384"))
         #expect(mk.stdout.contains("4KB data blocks:      524288"))
@@ -58,35 +58,40 @@ import ScoutFormat
     @Test func mkfsRefusesExistingFilesystemsSmallDevicesAndBadSlots() throws {
         let (dir, m, d) = try devices()
         defer { try? FileManager.default.removeItem(at: dir) }
-        #expect(try run(["mkfs", "-Q", "0,127.0.0.1,7100", m, d]).status == 0)
-        let again = try run(["mkfs", "-Q", "0,127.0.0.1,7100", m, d])
+        #expect(try mkfs(dir, ["-Q", "0,127.0.0.1,7100", m, d]).status == 0)
+        let again = try mkfs(dir, ["-Q", "0,127.0.0.1,7100", m, d])
         #expect(again.status == 1)
         #expect(again.stderr == "scoutfs mkfs: \(m) already holds a scoutfs filesystem; use --force to overwrite it\n")
-        let forced = try run(["mkfs", "--force", "-Q", "0,127.0.0.1,7100", m, d])
+        let forced = try mkfs(dir, ["--force", "-Q", "0,127.0.0.1,7100", m, d])
         #expect(forced.status == 0, "\(forced.stderr)")
 
         let (dir2, small, d2) = try devices(meta: 64 << 20)
         defer { try? FileManager.default.removeItem(at: dir2) }
-        let tooSmall = try run(["mkfs", "-Q", "0,127.0.0.1,7100", small, d2])
+        let tooSmall = try mkfs(dir, ["-Q", "0,127.0.0.1,7100", small, d2])
         #expect(tooSmall.status == 1)
         #expect(tooSmall.stderr.contains("is 64 MiB; scoutfs needs at least 256 MiB"))
         #expect(tooSmall.stderr.split(separator: "\n").count == 1)
 
-        let missing = try run(["mkfs", "-Q", "0,127.0.0.1,7100", dir.appendingPathComponent("nope").path, d])
+        let missing = try mkfs(dir, ["-Q", "0,127.0.0.1,7100", dir.appendingPathComponent("nope").path, d])
         #expect(missing.status == 1)
         #expect(missing.stderr.contains("does not exist"))
 
         for bad in ["15,127.0.0.1,7100", "0,localhost,7100", "0,127.0.0.1", "0,127.0.0.1,0"] {
-            let r = try run(["mkfs", "-f", "-Q", bad, m, d])
+            let r = try mkfs(dir, ["-f", "-Q", bad, m, d])
             #expect(r.status != 0, "accepted -Q \(bad)")
         }
-        #expect(try run(["mkfs", "-f", m, d]).status != 0)
+        #expect(try mkfs(dir, ["-f", m, d]).status != 0)
+    }
+
+    /// mkfs with its cluster key beside the devices, not in the machine's key directory.
+    func mkfs(_ dir: URL, _ args: [String]) throws -> CLI.Result {
+        try run(["mkfs", "--cluster-key", dir.appendingPathComponent("cluster.key").path] + args)
     }
 
     @Test func checkReportsCorruptionAndWrongPairing() throws {
         let (dir, m, d) = try devices()
         defer { try? FileManager.default.removeItem(at: dir) }
-        #expect(try run(["mkfs", "-Q", "0,127.0.0.1,7100", m, d]).status == 0)
+        #expect(try mkfs(dir, ["-Q", "0,127.0.0.1,7100", m, d]).status == 0)
         let o = try json(try run(["print", "--json", m]).stdout)
         let trees = try #require(o["trees"] as? [[String: Any]])
         let root = try #require(trees.first { $0["name"] as? String == "data-free" }?["rootBlkno"] as? Int)
@@ -113,7 +118,7 @@ import ScoutFormat
 
         let (dir2, m2, d2) = try devices()
         defer { try? FileManager.default.removeItem(at: dir2) }
-        #expect(try run(["mkfs", "-Q", "0,127.0.0.1,7100", m2, d2]).status == 0)
+        #expect(try mkfs(dir2, ["-Q", "0,127.0.0.1,7100", m2, d2]).status == 0)
         let mixed = try run(["check", m2, d])
         #expect(mixed.status == 1)
         #expect(mixed.stdout.contains("pair the devices"))

@@ -8,7 +8,14 @@ final class TestMount {
     let data: String
     let mnt: String
     let log: String
+    /// The cluster key mkfs wrote, beside the devices.
+    let key: String
+    /// The port of the lowest slot's server: a free one, so that mounts of several tests at
+    /// once do not meet.
+    let port: Int
     private(set) var pid: Int32 = 0
+    /// Further mounts of the same devices (nodes), by mount point: their daemons' pids.
+    private(set) var nodes: [String: Int32] = [:]
 
     init(metaSize: UInt64 = 2 << 30, dataSize: UInt64 = 4 << 30, slots: [Int] = [0]) throws {
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("scoutfs-mount-\(UUID().uuidString)")
@@ -17,19 +24,46 @@ final class TestMount {
         data = dir.appendingPathComponent("data").path
         mnt = dir.appendingPathComponent("mnt").path
         log = dir.appendingPathComponent("log").path
+        key = dir.appendingPathComponent("cluster.key").path
+        port = try Sys.freePort()
         try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
         for (path, size) in [(meta, metaSize), (data, dataSize)] { try Sys.sparseFile(path, size: size) }
-        let mk = try CLI.run(["mkfs"] + slots.flatMap { ["-Q", "\($0),127.0.0.1,\(7100 + $0)"] } + [meta, data])
+        let mk = try CLI.run(["mkfs", "--cluster-key", key] + slots.flatMap { ["-Q", "\($0),127.0.0.1,\(port + $0)"] } + [meta, data])
         try #require(mk.status == 0, "\(mk.stderr)")
     }
 
     func mount(_ extra: [String] = []) throws {
-        let r = try CLI.run(["mount", "--quorum-slot", "0", "--log", log] + extra + [meta, data, mnt])
+        let r = try CLI.run(["mount", "--quorum-slot", "0", "--cluster-key", key, "--log", log] + extra + [meta, data, mnt])
         try #require(r.status == 0, "mount failed: \(r.stderr)")
-        let st = try CLI.run(["status", "--json", mnt])
+        pid = try Self.daemonPid(mnt)
+    }
+
+    static func daemonPid(_ mountpoint: String) throws -> Int32 {
+        let st = try CLI.run(["status", "--json", mountpoint])
         let obj = try JSONSerialization.jsonObject(with: Data(st.stdout.utf8)) as? [String: Any]
-        pid = Int32(obj?["pid"] as? Int ?? 0)
+        let pid = Int32(obj?["pid"] as? Int ?? 0)
         try #require(pid > 0)
+        return pid
+    }
+
+    /// Mounts the devices again on `name` (a new directory beside the first mount point) as a
+    /// node: of quorum slot `slot`, or a plain client; returns its mount point.
+    @discardableResult
+    func mountNode(_ name: String, slot: Int?, _ extra: [String] = []) throws -> String {
+        let at = dir.appendingPathComponent(name).path
+        try FileManager.default.createDirectory(atPath: at, withIntermediateDirectories: true)
+        let r = try CLI.run(["mount"] + (slot.map { ["--quorum-slot", String($0)] } ?? []) + ["--cluster-key", key,
+                            "--log", log + "-" + name] + extra + [meta, data, at])
+        try #require(r.status == 0, "mount of \(name) failed: \(r.stderr)")
+        nodes[at] = try Self.daemonPid(at)
+        return at
+    }
+
+    /// Unmounts a node mounted with `mountNode`.
+    func unmountNode(_ at: String) throws {
+        let r = try CLI.run(["unmount", at])
+        try #require(r.status == 0, "unmount of \(at) failed: \(r.stderr)\(r.stdout)")
+        if let p = nodes.removeValue(forKey: at) { Sys.waitForExit(p) }
     }
 
     func unmount() throws {
@@ -50,6 +84,14 @@ final class TestMount {
 
     /// Unmounts if still mounted and removes the device files.
     func cleanup() {
+        for (at, p) in nodes where Sys.isAlive(p) {
+            _ = try? CLI.run(["unmount", at])
+            if Sys.isAlive(p) {
+                kill(p, SIGKILL)
+                Sys.waitForExit(p)
+                _ = umount2(at, Int32(MNT_DETACH))
+            }
+        }
         if pid > 0 && Sys.isAlive(pid) {
             _ = try? CLI.run(["unmount", mnt])
             if Sys.isAlive(pid) { crash() }
@@ -111,6 +153,27 @@ enum Sys {
     }
 
     /// A new sparse file of `size` bytes (a device file for mkfs).
+    /// A TCP port nothing listens on now (the kernel's pick), with the next one free too,
+    /// for filesystems with two slots.
+    static func freePort() throws -> Int {
+        for _ in 0..<50 {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            guard fd >= 0 else { break }
+            defer { close(fd) }
+            var a = sockaddr_in()
+            a.sin_family = sa_family_t(AF_INET)
+            a.sin_addr.s_addr = inet_addr("127.0.0.1")
+            a.sin_port = 0
+            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let ok = withUnsafeMutablePointer(to: &a) { p in
+                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+            }
+            let port = Int(UInt16(bigEndian: a.sin_port))
+            if ok && port < 65000 { return port }
+        }
+        throw POSIXError(.EADDRINUSE)
+    }
+
     static func sparseFile(_ path: String, size: UInt64) throws {
         guard FileManager.default.createFile(atPath: path, contents: nil) else {
             throw Failure(call: "create \(path)", errno: errno)
