@@ -143,6 +143,8 @@ public final class ControlService: Sendable {
             // Anyone with a file of the mount open may ask, as anyone may call syncfs(2).
             try fs.sync()
             return .count(fs.committedSeq)
+        case .clusterStatus:
+            return .clusterStatus(fs.clusterStatus)
         }
     }
 }

@@ -341,6 +341,20 @@ public final class Filesystem: Sendable {
         return (s.requests, s.grants, s.invalidations, cluster.locks.cachedCount)
     }
 
+    /// The mount's role in its cluster and its lock figures (`scoutfs status`).
+    public var clusterStatus: ClusterStatus {
+        let s = cluster.locks.statistics
+        var status = ClusterStatus(isServer: false, connected: true, nodes: [], locksHeld: UInt64(cluster.locks.cachedCount),
+                                   lockRequests: UInt64(s.requests), lockGrants: UInt64(s.grants), lockInvalidations: UInt64(s.invalidations))
+        if let local = host as? LocalCluster {
+            status.isServer = true
+            status.nodes = local.nodes
+        } else if let node = host as? NodeCluster {
+            status.connected = node.isConnected
+        }
+        return status
+    }
+
     /// Lines for the mount's log (errors a FUSE reply can only show as an errno).
     public var logSink: (@Sendable (String) -> Void)? {
         get { shared.logSink.withLock { $0 }?.call }

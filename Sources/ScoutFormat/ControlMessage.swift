@@ -183,6 +183,32 @@ public struct SetattrMore: Equatable, Sendable {
     }
 }
 
+/// A mount's place in its cluster, for `scoutfs status`.
+public struct ClusterStatus: Equatable, Sendable {
+    /// This mount runs the server.
+    public var isServer: Bool
+    /// Its connection to the server is up (always, for the server's own mount).
+    public var connected: Bool
+    /// The nodes with a session at the server (the server's mount only).
+    public var nodes: [UInt64]
+    /// Cluster locks this mount holds (cached, granted), and its lock traffic since mount.
+    public var locksHeld: UInt64
+    public var lockRequests: UInt64
+    public var lockGrants: UInt64
+    public var lockInvalidations: UInt64
+
+    public init(isServer: Bool, connected: Bool, nodes: [UInt64], locksHeld: UInt64, lockRequests: UInt64, lockGrants: UInt64,
+                lockInvalidations: UInt64) {
+        self.isServer = isServer
+        self.connected = connected
+        self.nodes = nodes
+        self.locksHeld = locksHeld
+        self.lockRequests = lockRequests
+        self.lockGrants = lockGrants
+        self.lockInvalidations = lockInvalidations
+    }
+}
+
 public enum ControlRequest: Equatable, Sendable {
     /// Entries of a seq index (`index` 0 meta_seq, 1 data_seq) between two (seq, ino) positions.
     case walkInodes(index: UInt8, firstSeq: UInt64, firstIno: UInt64, lastSeq: UInt64, lastIno: UInt64, limit: UInt32)
@@ -207,6 +233,8 @@ public enum ControlRequest: Equatable, Sendable {
     /// Commit everything now and answer (with the committed seq) once it is durable:
     /// sync(1) and syncfs(2) never reach a FUSE daemon.
     case sync
+    /// The mount's role, its server connection and its lock figures.
+    case clusterStatus
 }
 
 public enum ControlReply: Equatable, Sendable {
@@ -222,6 +250,7 @@ public enum ControlReply: Equatable, Sendable {
     case inodes([UInt64], end: Bool)
     case names([[UInt8]])
     case totals([XattrTotal])
+    case clusterStatus(ClusterStatus)
 }
 
 public enum ControlMessage {
@@ -297,6 +326,7 @@ extension ControlRequest {
         case .listHiddenXattrs: 10
         case .readXattrTotals: 11
         case .sync: 14
+        case .clusterStatus: 15
         }
     }
 
@@ -308,7 +338,7 @@ extension ControlRequest {
             w.u8(index)
             for v in [fs, fi, ls, li] { w.u64(v) }
             w.u32(limit)
-        case .statMore, .statfsMore, .sync:
+        case .statMore, .statfsMore, .sync, .clusterStatus:
             break
         case let .release(v, off, len):
             for x in [v, off, len] { w.u64(x) }
@@ -360,6 +390,7 @@ extension ControlRequest {
         case 2: self = .statMore
         case 3: self = .statfsMore
         case 14: self = .sync
+        case 15: self = .clusterStatus
         case 4: self = .release(dataVersion: try r.u64(), offset: try r.u64(), length: try r.u64())
         case 5:
             self = .stage(dataVersion: try r.u64(), offset: try r.u64(), data: try r.bytes32(max: ControlMessage.stageChunk))
@@ -461,6 +492,12 @@ extension ControlReply {
                 w.i64(t.total)
                 w.i64(t.count)
             }
+        case let .clusterStatus(c):
+            w.u8(12)
+            w.u8((c.isServer ? 1 : 0) | (c.connected ? 2 : 0))
+            for v in [c.locksHeld, c.lockRequests, c.lockGrants, c.lockInvalidations] { w.u64(v) }
+            w.u32(UInt32(c.nodes.count))
+            for n in c.nodes { w.u64(n) }
         }
         return w.bytes
     }
@@ -527,6 +564,15 @@ extension ControlReply {
                 ts.append(XattrTotal(name: name, total: try r.i64(), count: try r.i64()))
             }
             self = .totals(ts)
+        case 12:
+            let flags = try r.u8()
+            if flags > 3 { throw FormatError("cluster status flags \(flags)") }
+            let held = try r.u64(), requests = try r.u64(), grants = try r.u64(), invalidations = try r.u64()
+            let n = try r.count(each: 8)
+            var nodes: [UInt64] = []
+            for _ in 0..<n { nodes.append(try r.u64()) }
+            self = .clusterStatus(ClusterStatus(isServer: flags & 1 != 0, connected: flags & 2 != 0, nodes: nodes, locksHeld: held,
+                                                lockRequests: requests, lockGrants: grants, lockInvalidations: invalidations))
         default:
             throw FormatError("unknown control reply \(code)")
         }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ScoutFormat
 
 struct UnmountCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -40,7 +41,7 @@ struct UnmountCommand: ParsableCommand {
 struct StatusCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "status",
-        abstract: "Show a mount's daemon pid, devices, quorum slot and last committed seq."
+        abstract: "Show a mount's daemon pid, devices, quorum slot, role in the cluster, the server, the connected nodes, the locks it holds and its last committed seq."
     )
 
     @Flag(help: "Print JSON instead of text.") var json = false
@@ -51,8 +52,36 @@ struct StatusCommand: ParsableCommand {
         guard let rec = MountRegistry.lookup(mnt) else {
             throw fail("status", "no scoutfs mount at \(mnt)")
         }
+        // Live figures from the daemon; the record alone when it cannot answer.
+        var live: ClusterStatus?
+        if let target = try? ControlTarget.open(mnt), case .clusterStatus(let c)? = try? target.call(.clusterStatus) {
+            live = c
+            target.close()
+        }
         if json {
-            try printJSON(rec)
+            struct Status: Encodable {
+                var mount: MountRecord
+                var connected: Bool?
+                var nodes: [String]?
+                var locksHeld: UInt64?
+                var lockRequests: UInt64?
+                var lockGrants: UInt64?
+                var lockInvalidations: UInt64?
+                func encode(to encoder: any Encoder) throws {
+                    try mount.encode(to: encoder)
+                    enum K: String, CodingKey { case connected, nodes, locksHeld, lockRequests, lockGrants, lockInvalidations }
+                    var c = encoder.container(keyedBy: K.self)
+                    try c.encodeIfPresent(connected, forKey: .connected)
+                    try c.encodeIfPresent(nodes, forKey: .nodes)
+                    try c.encodeIfPresent(locksHeld, forKey: .locksHeld)
+                    try c.encodeIfPresent(lockRequests, forKey: .lockRequests)
+                    try c.encodeIfPresent(lockGrants, forKey: .lockGrants)
+                    try c.encodeIfPresent(lockInvalidations, forKey: .lockInvalidations)
+                }
+            }
+            try printJSON(Status(mount: rec, connected: live?.connected, nodes: live.map { $0.nodes.map { hex($0) } },
+                                 locksHeld: live?.locksHeld, lockRequests: live?.lockRequests, lockGrants: live?.lockGrants,
+                                 lockInvalidations: live?.lockInvalidations))
         } else {
             print("mountpoint     \(rec.mountpoint)")
             print("pid            \(rec.pid)")
@@ -60,7 +89,11 @@ struct StatusCommand: ParsableCommand {
             print("data device    \(rec.data)")
             print("quorum slot    \(rec.quorumSlot.map(String.init) ?? "none (plain client)")")
             if let role = rec.role { print("role           \(role)") }
-            if let server = rec.server { print("server         \(server)") }
+            if let server = rec.server { print("server         \(server)\(live.map { $0.isServer ? " (this mount)" : $0.connected ? " (connected)" : " (not connected: reconnecting)" } ?? "")") }
+            if let live {
+                if live.isServer { print("nodes          \(live.nodes.isEmpty ? "none" : live.nodes.map { hex($0) }.joined(separator: " "))") }
+                print("locks held     \(live.locksHeld) (requests \(live.lockRequests), grants \(live.lockGrants), invalidations \(live.lockInvalidations))")
+            }
             print("committed seq  \(rec.committedSeq)")
             if let log = rec.log { print("log            \(log)") }
             for w in rec.warnings ?? [] { print("warning        \(w)") }

@@ -4,7 +4,7 @@ import Testing
 @Suite struct ControlMessageTests {
     static let requests: [ControlRequest] = [
         .walkInodes(index: 1, firstSeq: 2, firstIno: 3, lastSeq: .max, lastIno: .max, limit: 128),
-        .statMore, .statfsMore, .sync,
+        .statMore, .statfsMore, .sync, .clusterStatus,
         .release(dataVersion: 7, offset: 4096, length: 1 << 30),
         .stage(dataVersion: 7, offset: 8192, data: [1, 2, 3]),
         .setattrMore(SetattrMore(dataVersion: 9, size: 12345, offline: true, ctime: Timestamp(seconds: 5, nanoseconds: 6), crtime: nil)),
@@ -30,6 +30,8 @@ import Testing
         .inodes([1, 5, .max], end: true), .inodes([], end: false),
         .names([Array("scoutfs.hide.a".utf8), Array("scoutfs.hide.bb".utf8)]),
         .totals([XattrTotal(name: XattrTotalName(a: 1, b: 2, c: 3), total: -4, count: 5)]),
+        .clusterStatus(ClusterStatus(isServer: true, connected: true, nodes: [2, .max], locksHeld: 3, lockRequests: 4, lockGrants: 5, lockInvalidations: 6)),
+        .clusterStatus(ClusterStatus(isServer: false, connected: false, nodes: [], locksHeld: 0, lockRequests: 0, lockGrants: 0, lockInvalidations: 0)),
     ]
 
     @Test func everyRequestAndReplyRoundTrips() throws {

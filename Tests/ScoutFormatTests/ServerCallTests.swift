@@ -13,14 +13,29 @@ import Testing
             .recordedLogTree,
             .commitLogTree(record, freed: [Extent(start: 1, length: 2)], freedMeta: [], merge: true),
             .commitLogTree(LogTreeRecord(root: .empty, items: 0, dataPool: [], metaPool: []), freed: [], freedMeta: [Extent(start: 9, length: 1)], merge: false),
+            .openElsewhere(ino: 77), .leave,
         ]
         for c in calls { #expect(try ServerCall(decoding: c.encoded) == c) }
         let answers: [ServerAnswer] = [
             .roots(roots), .inodes(1024..<2048), .dataPool([Extent(start: 8, length: 8192)]), .metaPool([]),
             .dataSpace(free: 10, pendingFree: 3), .recordedLogTree(nil), .recordedLogTree(record),
             .committed(LogCommit(seq: 42, merged: true), roots),
+            .held(true), .held(false), .left,
         ]
         for a in answers { #expect(try ServerAnswer(decoding: a.encoded) == a) }
+    }
+
+    @Test func noticesRoundTripAndBadOnesAreRefused() throws {
+        for n in [NetNotice.openQuery(id: 1, ino: .max), .openReply(id: 9, held: true), .openReply(id: 0, held: false)] {
+            #expect(try NetNotice(decoding: n.encoded) == n)
+        }
+        #expect(throws: FormatError.self) { try NetNotice(decoding: []) }
+        #expect(throws: FormatError.self) { try NetNotice(decoding: [3]) }
+        #expect(throws: FormatError.self) { try NetNotice(decoding: NetNotice.openReply(id: 1, held: true).encoded + [0]) }
+        var badFlag = NetNotice.openReply(id: 1, held: true).encoded
+        badFlag[9] = 2
+        #expect(throws: FormatError.self) { try NetNotice(decoding: badFlag) }
+        #expect(throws: FormatError.self) { try ServerAnswer(decoding: [ServerAnswer.held(true).encoded[0], 2]) }
     }
 
     @Test func badCallsAndAnswersAreRefused() {

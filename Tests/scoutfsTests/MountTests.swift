@@ -238,7 +238,11 @@ import Testing
         #expect(try rid(b) == "0000000000000002")
         #expect(try UInt64(rid(c), radix: 16)! > 15)
         let st = try JSONSerialization.jsonObject(with: Data(try CLI.run(["status", "--json", b]).stdout.utf8)) as? [String: Any]
-        #expect(st?["role"] as? String == "client" && st?["quorumSlot"] as? Int == 1)
+        #expect(st?["role"] as? String == "client" && st?["quorumSlot"] as? Int == 1 && st?["connected"] as? Bool == true, "\(String(describing: st))")
+        let serverStatus = try JSONSerialization.jsonObject(with: Data(try CLI.run(["status", "--json", m.mnt]).stdout.utf8)) as? [String: Any]
+        #expect(serverStatus?["role"] as? String == "server")
+        #expect(Set(serverStatus?["nodes"] as? [String] ?? []) == ["0000000000000002", try rid(c)], "\(String(describing: serverStatus))")
+        #expect(try CLI.run(["status", b]).stdout.contains("server         127.0.0.1 port \(m.port) (connected)"))
         // One mount per slot, and no mkfs under a mount.
         let again = try CLI.run(["mount", "--quorum-slot", "1", "--cluster-key", m.key, m.meta, m.data, m.dir.path])
         #expect(again.status == 1 && again.stderr.contains("quorum slot 1") && again.stderr.contains("already mounted"), "\(again.stderr)")

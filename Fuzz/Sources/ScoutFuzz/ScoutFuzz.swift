@@ -63,6 +63,7 @@ func decode(_ input: [UInt8]) {
         }
         _ = try? ServerCall(decoding: bytes)
         _ = try? ServerAnswer(decoding: bytes)
+        _ = try? NetNotice(decoding: bytes)
         if bytes.count >= 4 { _ = try? NetFrame.checkLength(UInt32(bytes[0]) | UInt32(bytes[1]) << 8 | UInt32(bytes[2]) << 16 | UInt32(bytes[3]) << 24) }
     default:
         var r = ByteReader(bytes, what: "fuzz")
