@@ -35,7 +35,7 @@ protocol ClusterHost: AnyObject, Sendable {
     func committedSeq(_ items: ClientItems) -> UInt64
     /// Log tree merges the server made since it started (0 where the server is elsewhere).
     func merges(_ items: ClientItems) -> Int
-    /// Makes inode numbers up to the root's never handed out (the server's counter).
+    /// Makes the inode numbers of the root's lock group never handed out (the server's counter).
     func reserveRootInode(_ items: ClientItems)
     /// Refuses a store whose next inode number is not above every inode it holds (the
     /// server's check; a node trusts the server's).

@@ -214,8 +214,11 @@ public final class LocalCluster: ClusterHost, Sendable {
 
     func merges(_ items: ClientItems) -> Int { items.withStore { server.merges } }
 
+    /// The root's whole inode group: every node walks the root on its way to anything, so
+    /// an inode beside it (a first directory, its files) would make every change there take
+    /// the lock that every path lookup needs.
     func reserveRootInode(_ items: ClientItems) {
-        items.withStore { if store.nextIno <= FSCore.rootIno { store.nextIno = FSCore.rootIno + 1 } }
+        items.withStore { if store.nextIno < LockRange.groupSize { store.nextIno = LockRange.groupSize } }
     }
 
     func checkNextInode(log: (String) -> Void) throws {
