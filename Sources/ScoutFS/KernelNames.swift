@@ -49,10 +49,15 @@ struct KernelNames {
 /// Where the filesystem sends what the kernel must forget; the FUSE layer drains it from a
 /// thread of its own, since a notification may wait for a request that waits for a lock.
 public protocol KernelInvalidation: Sendable {
-    /// Drop the attributes and pages of `ino`.
+    /// Drop the attributes of `ino` now (never blocks).
+    func invalidateAttributes(_ ino: UInt64)
+    /// Drop the attributes and pages of `ino` (queued).
     func invalidateInode(_ ino: UInt64)
-    /// Drop the name `name` in directory `parent`.
+    /// Drop the name `name` in directory `parent` (queued).
     func invalidateEntry(_ parent: UInt64, _ name: [UInt8])
+    /// Waits up to `seconds` until everything queued so far has reached the kernel; false if
+    /// the time ran out (a request holds what a notification needs).
+    func flush(within seconds: Double) -> Bool
 }
 
 extension Filesystem {
@@ -66,8 +71,15 @@ extension Filesystem {
         cluster.addDropHook { range in
             guard range.start.zone == Zone.fs, range == LockRange.inodeGroup(range.start.first) else { return }
             let (inodes, names) = refs.kernelCached(inGroup: range.start.first / LockRange.groupSize)
+            guard !inodes.isEmpty || !names.isEmpty else { return }
+            for ino in inodes { target.invalidateAttributes(ino) }
             for n in names { target.invalidateEntry(n.parent, n.name) }
             for ino in inodes { target.invalidateInode(ino) }
+            // The lock goes to another client once this returns, and its change may be in
+            // the next syscall here: names and pages must be gone by then. A request here
+            // holding what a notification needs waits for this very lock; past the bound
+            // the notification completes after that request.
+            _ = target.flush(within: 0.5)
         }
     }
 }

@@ -145,6 +145,12 @@ public final class LocalCluster: ClusterHost, Sendable {
     /// Nodes with a session now.
     public var nodes: [ClientID] { network.withLock { $0 }?.connectedClients ?? [] }
 
+    /// Closes a node's connection as a network fault would; its session stays and it
+    /// reconnects (tests).
+    public func dropConnection(of node: ClientID) {
+        network.withLock { $0 }?.dropConnection(node)
+    }
+
     /// Log trees merged when the cluster opened.
     let recovered: Int
 

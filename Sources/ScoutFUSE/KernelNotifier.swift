@@ -6,11 +6,14 @@ import ScoutClient
 import ScoutFS
 import ScoutFormat
 
-/// Tells the kernel what to drop from its caches when this client gives a lock up, from a
-/// thread of its own. A notification can wait inside the kernel: dropping a name takes its
-/// directory's inode lock, which a request in that directory may hold while it waits in the
-/// filesystem for the very lock being given up. So the lock hook only queues here and answers;
-/// the notifier waits instead, never the hook.
+/// Tells the kernel what to drop from its caches when this client gives a lock up. Attributes
+/// are dropped on the spot: the kernel only bumps a version under a spinlock. Names and pages
+/// go through a thread of its own, because those notifications can wait inside the kernel:
+/// dropping a name takes its directory's inode lock, and dropping pages their page locks,
+/// which a request may hold while it waits in the filesystem for the very lock being given
+/// up. The hook waits for the thread a bounded time (`flush`): long enough that the next
+/// syscall after the lock moved finds nothing stale, short enough that such a request only
+/// delays it.
 final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
     // @unchecked: `session` is only used through libfuse's notify calls, which are
     // thread-safe; the queue is behind its mutex.
@@ -20,7 +23,15 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
     }
 
     private let session: UInt
-    private let queue = BlockingMutex<(notes: [Note], stopping: Bool)>(([], false))
+    private struct Queue {
+        var notes: [Note] = []
+        var stopping = false
+        /// Notes queued and notes sent since the start, and the hooks waiting for a count.
+        var queued: UInt64 = 0
+        var sent: UInt64 = 0
+        var waiting: [(upTo: UInt64, parker: Parker)] = []
+    }
+    private let queue = BlockingMutex(Queue())
     private let wake = Parker()
     private var thread: JoinableThread?
 
@@ -29,14 +40,35 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
         thread = try JoinableThread("kernel cache notifier") { [self] in run() }
     }
 
+    func invalidateAttributes(_ ino: UInt64) {
+        // A negative offset: attributes only, nothing that can block.
+        _ = fuse_lowlevel_notify_inval_inode(OpaquePointer(bitPattern: session), ino, -1, 0)
+    }
+
     func invalidateInode(_ ino: UInt64) {
-        queue.withLock { $0.notes.append(.inode(ino)) }
+        queue.withLock { q in
+            q.notes.append(.inode(ino))
+            q.queued += 1
+        }
         wake.unpark()
     }
 
     func invalidateEntry(_ parent: UInt64, _ name: [UInt8]) {
-        queue.withLock { $0.notes.append(.entry(parent, name)) }
+        queue.withLock { q in
+            q.notes.append(.entry(parent, name))
+            q.queued += 1
+        }
         wake.unpark()
+    }
+
+    func flush(within seconds: Double) -> Bool {
+        let p = Parker()
+        let done = queue.withLock { q -> Bool in
+            if q.sent >= q.queued || q.stopping { return true }
+            q.waiting.append((q.queued, p))
+            return false
+        }
+        return done || p.park(seconds: seconds)
     }
 
     private func run() {
@@ -44,6 +76,16 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
             let (notes, stopping) = queue.withLock { q in
                 defer { q.notes = [] }
                 return (q.notes, q.stopping)
+            }
+            defer {
+                let ready = queue.withLock { q -> [Parker] in
+                    q.sent += UInt64(notes.count)
+                    let sent = q.sent
+                    let ready = q.waiting.filter { $0.upTo <= sent }.map(\.parker)
+                    q.waiting.removeAll { $0.upTo <= sent }
+                    return ready
+                }
+                for r in ready { r.unpark() }
             }
             let se = OpaquePointer(bitPattern: session)
             for n in notes {
@@ -66,7 +108,12 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
 
     /// Sends what is queued and ends the thread; call before the session goes.
     func stop() {
-        queue.withLock { $0.stopping = true }
+        let waiting = queue.withLock { q -> [Parker] in
+            q.stopping = true
+            defer { q.waiting = [] }
+            return q.waiting.map(\.parker)
+        }
+        for w in waiting { w.unpark() }
         wake.unpark()
         thread?.join()
         thread = nil

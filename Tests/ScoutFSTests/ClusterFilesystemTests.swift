@@ -245,6 +245,44 @@ final class FilesystemCluster {
         #expect(report.dataReferenced == 0)
     }
 
+    /// The node's connection to the server breaks again and again while it creates, writes
+    /// and commits, and while the server's own client works beside it: every call and lock
+    /// message goes through once, nothing is lost, and the filesystem checks clean.
+    @Test(.timeLimit(.minutes(2))) func aNodeWhoseConnectionBreaksUnderLoadLosesNothing() throws {
+        let c = try FilesystemCluster(clients: 2, overNetwork: true)
+        let d = try c[1].mkdir(Self.root, Self.name("d"), mode: 0o755, caller: Self.user).ino
+        let node = c[1]
+        let failures = Mutex<[String]>([])
+        let worker = ScoutTestSupport.Thread {
+            for i in 0..<400 {
+                do {
+                    _ = try Self.makeFile(node, d, "f\(i)", Array("node \(i)".utf8))
+                    if i % 50 == 49 { try node.sync() }
+                } catch {
+                    failures.withLock { $0.append("f\(i): \(error)") }
+                }
+            }
+        }
+        worker.start()
+        var made: Set<String> = []
+        for i in 0..<40 {
+            c.local.dropConnection(of: 2)
+            _ = try Self.makeFile(c[0], Self.root, "s\(i)", [])
+            made.insert("s\(i)")
+            usleep(20_000)
+        }
+        worker.join()
+        let reconnects = try #require(c[1].host as? NodeCluster).net.reconnects
+        #expect(reconnects >= 10, "the connection broke only \(reconnects) times")
+        #expect(failures.withLock { $0 } == [])
+        #expect(try Self.names(c[0], d) == Set((0..<400).map { "f\($0)" }))
+        #expect(try Self.contents(c[0], d, "f399") == Array("node 399".utf8))
+        #expect(try Self.names(c[1], Self.root) == made.union(["d"]))
+        try c[1].forget(d, 1)
+        try c.leaveAll()
+        #expect(Checker.check(meta: c.meta, data: c.data).problems == [])
+    }
+
     /// A read of released data on one client waits; staging it on another wakes the reader
     /// (it learns by losing the inode group's lock) with the staged bytes.
     @Test(.timeLimit(.minutes(1)), arguments: [false, true]) func aReadOfReleasedDataWaitsForAStageOnAnotherClient(overNetwork: Bool) throws {
