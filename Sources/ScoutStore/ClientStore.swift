@@ -23,10 +23,17 @@ public protocol ClientStore: AnyObject {
     /// Brings the committed roots up to date if they may be behind (another node changed
     /// something this client is about to read); a no-op where the roots are always current.
     func refreshIfStale() throws
+    /// Makes what this client wrote to the devices itself (its log tree's blocks, file data)
+    /// durable, before the server records it. The `Store` does that in its own commit.
+    func makeWritesDurable() throws
 }
 
 extension ClientStore {
     public func refreshIfStale() throws {}
+}
+
+extension Store {
+    public func makeWritesDurable() throws {}
 }
 
 extension Store: ClientStore {}

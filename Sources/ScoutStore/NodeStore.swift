@@ -85,6 +85,13 @@ public final class NodeStore: ClientStore, Sendable {
         }
     }
 
+    /// The server on another machine reads these blocks past its page cache once it has
+    /// recorded them; on this one they would still sit in the page cache.
+    public func makeWritesDurable() throws {
+        try data.flush()
+        try meta.flush()
+    }
+
     /// The last roots and figures the server gave.
     public var roots: ServerRoots { state.withLock { $0 } }
 
