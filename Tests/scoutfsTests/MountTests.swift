@@ -309,6 +309,65 @@ import Testing
         try m.unmount()
     }
 
+    /// fsx's checks with its operations alternating between two nodes on one file: writes,
+    /// truncates and reads at random offsets, each on the other node than the last, every read
+    /// compared with a model of all the writes so far. SCOUTFS_CLUSTER_FSX_OPS sets the count
+    /// (1,000 here; the figure in CONFORMANCE.md is from 100,000).
+    @Test func fsxAlternatingBetweenTwoNodesNeverMiscompares() throws {
+        let m = try TestMount(slots: [0, 1])
+        defer { m.cleanup() }
+        try m.mount()
+        let b = try m.mountNode("b", slot: 1)
+        let ops = Int(ProcessInfo.processInfo.environment["SCOUTFS_CLUSTER_FSX_OPS"] ?? "") ?? 1000
+        try Sys.writeFile(m.path("fsx"), [])
+        var fds = [open(m.path("fsx"), O_RDWR), open(b + "/fsx", O_RDWR)]
+        defer { for fd in fds where fd >= 0 { close(fd) } }
+        try #require(fds.allSatisfy { $0 >= 0 })
+        var model: [UInt8] = []
+        var rng = SplitMix64(seed: 0x5C07F5)
+        let maxSize = 1 << 20
+        for op in 0..<ops {
+            let fd = fds[op % 2]
+            let kind = rng.next() % 10
+            if kind < 5 {
+                let off = Int(rng.next() % UInt64(maxSize - 1))
+                let len = 1 + Int(rng.next() % UInt64(min(65536, maxSize - off)))
+                let bytes = (0..<len).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+                let n = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, len, off_t(off)) }
+                try #require(n == len, "op \(op): write of \(len) at \(off) returned \(n), errno \(errno)")
+                if model.count < off + len { model += [UInt8](repeating: 0, count: off + len - model.count) }
+                model.replaceSubrange(off..<off + len, with: bytes)
+            } else if kind < 6 {
+                let size = Int(rng.next() % UInt64(maxSize))
+                try #require(ftruncate(fd, off_t(size)) == 0, "op \(op): truncate to \(size), errno \(errno)")
+                if size < model.count { model.removeSubrange(size...) } else { model += [UInt8](repeating: 0, count: size - model.count) }
+            } else if kind < 7 {
+                try #require(fsync(fd) == 0)
+            } else {
+                var st = Glibc.stat()
+                try #require(fstat(fd, &st) == 0)
+                try #require(Int(st.st_size) == model.count, "op \(op): size \(st.st_size) on node \(op % 2), the model says \(model.count)")
+                guard !model.isEmpty else { continue }
+                let off = Int(rng.next() % UInt64(model.count))
+                let len = 1 + Int(rng.next() % UInt64(min(65536, model.count - off)))
+                var buf = [UInt8](repeating: 0, count: len)
+                let n = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress, len, off_t(off)) }
+                try #require(n == len, "op \(op): read of \(len) at \(off) returned \(n)")
+                if buf != Array(model[off..<off + len]) {
+                    let at = zip(buf, model[off..<off + len]).enumerated().first { $0.element.0 != $0.element.1 }!.offset
+                    Issue.record("op \(op): miscompare on node \(op % 2) at byte \(off + at) of a read of \(len) at \(off)")
+                    break
+                }
+            }
+        }
+        for fd in fds { close(fd) }
+        fds = []
+        try m.unmountNode(b)
+        try m.unmount()
+        let ck = try m.check()
+        #expect(ck.status == 0, "\(ck.stdout)")
+    }
+
     /// sync(1) never reaches a FUSE daemon; `scoutfs sync` commits, so a crash right after
     /// loses nothing written before it.
     @Test func scoutfsSyncMakesWritesDurable() throws {
