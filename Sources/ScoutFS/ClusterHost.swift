@@ -33,6 +33,9 @@ protocol ClusterHost: AnyObject, Sendable {
     func heldElsewhere(_ ino: UInt64, by id: UInt64) throws -> Bool
     /// The seq of the server's last commit.
     func committedSeq(_ items: ClientItems) -> UInt64
+    /// Brings the server's figures (committed roots, stable seq) up to date where they can
+    /// lag (a node learns them from answers and grants); a no-op beside the server.
+    func refreshServerFigures() throws
     /// Log tree merges the server made since it started (0 where the server is elsewhere).
     func merges(_ items: ClientItems) -> Int
     /// Makes the inode numbers of the root's lock group never handed out (the server's counter).

@@ -57,6 +57,9 @@ extension Filesystem {
     /// are skipped by a look at the next occupied key.
     public func walkInodes(_ index: SeqIndex, from first: IndexPosition, through last: IndexPosition,
                            limit: Int = 1024) throws(Errno) -> [IndexPosition] {
+        // A node knows the server's stable seq as of its last grant or commit: a walk asks
+        // for the newest, or it would stop short of what others committed since.
+        do { try host.refreshServerFigures() } catch { throw errno(of: error) }
         let stop = min(last, IndexPosition(seq: stableSeq, ino: .max))
         guard first <= stop, limit > 0 else { return [] }
         let stopKey = Keys.seqIndex(index.itemType, stop.seq, stop.ino)
@@ -80,5 +83,8 @@ extension Filesystem {
     }
 
     /// The highest seq whose index entries can no longer change (see `walkInodes`).
-    public var stableSeq: UInt64 { withCore { $0.stableSeq } }
+    public var stableSeq: UInt64 {
+        try? host.refreshServerFigures()
+        return withCore { $0.stableSeq }
+    }
 }

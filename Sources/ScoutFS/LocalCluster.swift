@@ -218,6 +218,8 @@ public final class LocalCluster: ClusterHost, Sendable {
 
     func committedSeq(_ items: ClientItems) -> UInt64 { items.withStore { store.superblock.seq } }
 
+    func refreshServerFigures() throws {}
+
     func merges(_ items: ClientItems) -> Int { items.withStore { server.merges } }
 
     /// The root's whole inode group: every node walks the root on its way to anything, so

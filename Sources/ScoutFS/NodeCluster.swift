@@ -135,6 +135,8 @@ public final class NodeCluster: ClusterHost, Sendable {
 
     func committedSeq(_ items: ClientItems) -> UInt64 { link.committedSeq }
 
+    func refreshServerFigures() throws { try link.refreshRoots() }
+
     func merges(_ items: ClientItems) -> Int { 0 }
 
     func reserveRootInode(_ items: ClientItems) {}

@@ -288,6 +288,18 @@ import Testing
             #expect(Set(try FileManager.default.contentsOfDirectory(atPath: at + "/shared")) == want, "listed on \(at)")
         }
 
+        // The archive verbs on one node see what another committed: a total and a walk.
+        #expect(Sys.setxattr(m.path("d/f5"), "scoutfs.totl.t.7.8.9", "40", 2, 0) == 0)
+        #expect(Sys.setxattr(c + "/d/f6", "scoutfs.totl.t.7.8.9", "2", 1, 0) == 0)
+        try Sys.writeFile(m.path("d/synced"), [1], fsync: true)
+        try Sys.writeFile(c + "/d/synced-c", [1], fsync: true)
+        #expect(try CLI.run(["read-xattr-totals", "-p", b]).stdout == "7.8.9 = 42, 2\n")
+        let walked = try CLI.run(["walk-inodes", "-p", b, "meta_seq", "0", "-1"]).stdout
+        for f in ["d/synced", "d/f5"] {
+            let ino = try Sys.stat(m.path(f)).st_ino
+            #expect(walked.split(separator: "\n").contains { $0.split(separator: " ").last.map(String.init) == String(ino) }, "walk-inodes on b misses \(f)")
+        }
+
         let claims = { () throws -> [[String: Any]] in
             let pr = try CLI.run(["print", "--json", m.meta])
             let o = try JSONSerialization.jsonObject(with: Data(pr.stdout.utf8)) as? [String: Any]
