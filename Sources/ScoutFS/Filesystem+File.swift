@@ -367,7 +367,13 @@ extension FSCore {
     func seek(_ ino: UInt64, offset: UInt64, whence: Int32) throws -> UInt64 {
         let rec = try inode(ino)
         guard offset < rec.size else { throw Errno.noSuchAddressOrDevice }
-        let mapped = try extents(ino, from: offset / blockSize)
+        // Released (offline) blocks are data, not holes: a copy that skips holes (cp, tar,
+        // rsync) must read them, and so wait for them to be staged, not write zeros.
+        var mapped: [MappedExtent] = []
+        try forEachExtent(ino, from: offset / blockSize, through: .max) { key, start, fe in
+            mapped.append(MappedExtent(start: start, length: key.third, blkno: fe.blkno))
+            return true
+        }
         switch whence {
         case LinuxABI.seekData:
             guard let e = mapped.first(where: { $0.end * blockSize > offset }) else { throw Errno.noSuchAddressOrDevice }

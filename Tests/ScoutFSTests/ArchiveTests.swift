@@ -83,6 +83,10 @@ import Testing
         let a = try fs.getattr(ino)
         #expect(a.size == before.size && a.mtime == before.mtime && a.blocks == 0)
         #expect(try fs.statfsMore().freeDataBlocks == freeBefore + 257)
+        // Released blocks are still data to SEEK_DATA / SEEK_HOLE: a copy that skips holes
+        // must read them (and wait), not write zeros.
+        #expect(try fs.seek(ino, offset: 4096, whence: LinuxABI.seekData) == 4096)
+        #expect(try fs.seek(ino, offset: 0, whence: LinuxABI.seekHole) == UInt64(contents.count))
         #expect(Checker.check(meta: meta, data: data).problems == [])
 
         // A reader blocks and is listed; staging wakes it with the original bytes.

@@ -288,6 +288,27 @@ import Testing
             #expect(Set(try FileManager.default.contentsOfDirectory(atPath: at + "/shared")) == want, "listed on \(at)")
         }
 
+        // Released on A, a read on B waits; staged on A, the read returns the bytes.
+        let archived = (0..<(256 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        let archive = m.dir.appendingPathComponent("archive").path
+        try Sys.writeFile(archive, archived)
+        try Sys.writeFile(m.path("d/offline"), archived, fsync: true)
+        let version = try CLI.run(["stat", "-s", "data_version", m.path("d/offline")]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try CLI.run(["release", m.path("d/offline"), "-V", version]).status == 0)
+        let readOnB = m.dir.appendingPathComponent("read-on-b").path
+        let reading = ScoutTestSupport.Thread { _ = try? CLI.runTool("/bin/cp", [b + "/d/offline", readOnB]) }
+        reading.start()
+        var waited = false
+        for _ in 0..<200 where !waited {
+            waited = try CLI.run(["data-waiting", "-p", b]).stdout.contains("ino")
+            if !waited { usleep(20_000) }
+        }
+        #expect(waited, "no reader waited on b")
+        let staged = try CLI.run(["stage", archive, m.path("d/offline"), "-V", version])
+        #expect(staged.status == 0, "\(staged.stderr)")
+        reading.join()
+        #expect(try Sys.readFile(readOnB) == archived)
+
         // The archive verbs on one node see what another committed: a total and a walk.
         #expect(Sys.setxattr(m.path("d/f5"), "scoutfs.totl.t.7.8.9", "40", 2, 0) == 0)
         #expect(Sys.setxattr(c + "/d/f6", "scoutfs.totl.t.7.8.9", "2", 1, 0) == 0)
