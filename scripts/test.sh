@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the build and tests use: libfuse3 for the mount, fio for data verification.
-PACKAGES=(fuse3 libfuse3-dev pkg-config fio)
+PACKAGES=(fuse3 libfuse3-dev pkg-config fio iproute2 util-linux)
 
 source scripts/setup.sh
 

@@ -17,7 +17,8 @@ final class TestMount {
     /// Further mounts of the same devices (nodes), by mount point: their daemons' pids.
     private(set) var nodes: [String: Int32] = [:]
 
-    init(metaSize: UInt64 = 2 << 30, dataSize: UInt64 = 4 << 30, slots: [Int] = [0]) throws {
+    /// `address`: where the slots' servers listen (loopback unless a test made a network).
+    init(metaSize: UInt64 = 2 << 30, dataSize: UInt64 = 4 << 30, slots: [Int] = [0], address: String = "127.0.0.1") throws {
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("scoutfs-mount-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         meta = dir.appendingPathComponent("meta").path
@@ -28,12 +29,13 @@ final class TestMount {
         port = try Sys.freePort()
         try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
         for (path, size) in [(meta, metaSize), (data, dataSize)] { try Sys.sparseFile(path, size: size) }
-        let mk = try CLI.run(["mkfs", "--cluster-key", key] + slots.flatMap { ["-Q", "\($0),127.0.0.1,\(port + $0)"] } + [meta, data])
+        let mk = try CLI.run(["mkfs", "--cluster-key", key] + slots.flatMap { ["-Q", "\($0),\(address),\(port + $0)"] } + [meta, data])
         try #require(mk.status == 0, "\(mk.stderr)")
     }
 
-    func mount(_ extra: [String] = []) throws {
-        let r = try CLI.run(["mount", "--quorum-slot", "0", "--cluster-key", key, "--log", log] + extra + [meta, data, mnt])
+    /// `inNetwork`: the network namespace (`ip netns`) the daemon runs in.
+    func mount(_ extra: [String] = [], inNetwork netns: String? = nil) throws {
+        let r = try CLI.run(["mount", "--quorum-slot", "0", "--cluster-key", key, "--log", log] + extra + [meta, data, mnt], inNetwork: netns)
         try #require(r.status == 0, "mount failed: \(r.stderr)")
         pid = try Self.daemonPid(mnt)
     }
@@ -49,11 +51,11 @@ final class TestMount {
     /// Mounts the devices again on `name` (a new directory beside the first mount point) as a
     /// node: of quorum slot `slot`, or a plain client; returns its mount point.
     @discardableResult
-    func mountNode(_ name: String, slot: Int?, _ extra: [String] = []) throws -> String {
+    func mountNode(_ name: String, slot: Int?, _ extra: [String] = [], inNetwork netns: String? = nil) throws -> String {
         let at = dir.appendingPathComponent(name).path
         try FileManager.default.createDirectory(atPath: at, withIntermediateDirectories: true)
         let r = try CLI.run(["mount"] + (slot.map { ["--quorum-slot", String($0)] } ?? []) + ["--cluster-key", key,
-                            "--log", log + "-" + name] + extra + [meta, data, at])
+                            "--log", log + "-" + name] + extra + [meta, data, at], inNetwork: netns)
         try #require(r.status == 0, "mount of \(name) failed: \(r.stderr)")
         nodes[at] = try Self.daemonPid(at)
         return at
@@ -100,6 +102,46 @@ final class TestMount {
     }
 }
 
+/// Two network namespaces joined by a veth pair, one per node, made for a test and removed
+/// by it: node 0 at 10.201.N.1, node 1 at 10.201.N.2.
+final class TestNetwork {
+    let names: [String]
+    let subnet = Int(getpid() % 200) + 20
+    var address: [String] { ["10.201.\(subnet).1", "10.201.\(subnet).2"] }
+    private var made = false
+
+    init() throws {
+        let tag = "sfs\(getpid())"
+        names = [tag + "a", tag + "b"]
+        made = true
+        for n in names { try ip(["netns", "add", n]) }
+        try ip(["link", "add", "veth0", "netns", names[0], "type", "veth", "peer", "name", "veth1", "netns", names[1]])
+        for i in 0..<2 {
+            try ip(["-n", names[i], "addr", "add", address[i] + "/24", "dev", "veth\(i)"])
+            try ip(["-n", names[i], "link", "set", "veth\(i)", "up"])
+            try ip(["-n", names[i], "link", "set", "lo", "up"])
+        }
+    }
+
+    /// Takes node `i`'s end of the link down or up again.
+    func setLink(_ i: Int, up: Bool) throws {
+        try ip(["-n", names[i], "link", "set", "veth\(i)", up ? "up" : "down"])
+    }
+
+    func remove() {
+        guard made else { return }
+        for n in names { _ = try? CLI.runTool("/usr/sbin/ip", ["netns", "del", n]) }
+        made = false
+    }
+
+    deinit { remove() }
+
+    private func ip(_ args: [String]) throws {
+        let r = try CLI.runTool("/usr/sbin/ip", args)
+        try #require(r.status == 0, "ip \(args.joined(separator: " ")): \(r.stderr)")
+    }
+}
+
 enum CLI {
     struct Result {
         var status: Int32
@@ -115,6 +157,13 @@ enum CLI {
 
     static func run(_ args: [String]) throws -> Result {
         try runTool(binary, args)
+    }
+
+    /// Runs the CLI with its network namespace switched to `netns` (nothing else: its mounts
+    /// stay in this mount namespace, where the test sees them).
+    static func run(_ args: [String], inNetwork netns: String?) throws -> Result {
+        guard let netns else { return try run(args) }
+        return try runTool("/usr/bin/nsenter", ["--net=/run/netns/\(netns)", binary] + args)
     }
 
     static func runTool(_ tool: String, _ args: [String]) throws -> Result {

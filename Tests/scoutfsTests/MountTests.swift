@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import ScoutTestSupport
 import Testing
 
@@ -340,6 +341,52 @@ import Testing
         #expect(Set(try FileManager.default.contentsOfDirectory(atPath: m.path("shared"))) == want)
         #expect(try Sys.readFile(m.path("d/f3")) == Array("written on c".utf8))
         try m.unmount()
+    }
+
+    /// Two nodes each in a network namespace of its own, joined by a veth pair: they serve
+    /// each other as over loopback; a node whose link goes down for longer than the silence
+    /// timeout keeps its syscalls waiting (they do not fail), reconnects when the link is back,
+    /// and what it did then is there for the other node. The other node goes on meanwhile in
+    /// what the cut node does not hold.
+    @Test(.timeLimit(.minutes(3))) func nodesInNetworkNamespacesWaitOutACutLink() throws {
+        let net = try TestNetwork()
+        defer { net.remove() }
+        let m = try TestMount(slots: [0, 1], address: net.address[0])
+        defer { m.cleanup() }
+        try m.mount(inNetwork: net.names[0])
+        let b = try m.mountNode("b", slot: 1, inNetwork: net.names[1])
+        try FileManager.default.createDirectory(atPath: m.path("d"), withIntermediateDirectories: false)
+        try FileManager.default.createDirectory(atPath: m.path("e"), withIntermediateDirectories: false)
+        try Sys.writeFile(m.path("d/before"), [1])
+        #expect(try Sys.readFile(b + "/d/before") == [1])
+
+        try net.setLink(1, up: false)
+        // B needs d's lock for writing, which only the server can give: it waits.
+        let done = Mutex(false)
+        let writer = ScoutTestSupport.Thread {
+            do {
+                try Sys.writeFile(b + "/d/during", [2])
+                done.withLock { $0 = true }
+            } catch {
+                Issue.record("a write on the cut node failed instead of waiting: \(error)")
+            }
+        }
+        writer.start()
+        // A goes on where B holds nothing.
+        for i in 0..<20 { try Sys.writeFile(m.path("e/a\(i)"), [UInt8(i)]) }
+        sleep(12)
+        #expect(!done.withLock { $0 }, "the cut node finished a write that needs the server")
+        try net.setLink(1, up: true)
+        writer.join()
+        #expect(done.withLock { $0 })
+        #expect(try Sys.readFile(m.path("d/during")) == [2])
+        #expect(Set(try FileManager.default.contentsOfDirectory(atPath: b + "/e")) == Set((0..<20).map { "a\($0)" }))
+        let nodeLog = String(decoding: try Sys.readFile(m.log + "-b"), as: UTF8.self)
+        #expect(nodeLog.contains("reconnected to the server"), "the cut outlasted the silence timeout, yet the node never reconnected:\n\(nodeLog)")
+        try m.unmountNode(b)
+        try m.unmount()
+        let ck = try m.check()
+        #expect(ck.status == 0, "\(ck.stdout)")
     }
 
     /// fsx's checks with its operations alternating between two nodes on one file: writes,
