@@ -1,5 +1,5 @@
 import ScoutClient
-public import ScoutFormat
+import ScoutFormat
 public import ScoutNet
 import ScoutServer
 public import ScoutStore

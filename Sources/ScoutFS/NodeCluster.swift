@@ -1,5 +1,5 @@
 import ScoutClient
-public import ScoutFormat
+import ScoutFormat
 public import ScoutNet
 public import ScoutStore
 import Synchronization
