@@ -93,6 +93,16 @@ final class CommittedForest: ItemSource, Sendable {
         view.withLock { $0.pinned } ?? blocks.roots
     }
 
+    /// Whether a client other than this one has a log tree holding items, as of the newest
+    /// roots. A key this client deletes is under its write lock, so any older version in
+    /// another client's tree was committed before this client got the lock, and is in the
+    /// roots it read then: when no other tree holds anything, the key is in this client's
+    /// tree or the fs tree only.
+    func othersHoldLogTrees() throws -> Bool {
+        guard readsOtherLogTrees else { return false }
+        return try blocks.roots.records.get().contains { other, rec in other != rid && !rec.root.isEmpty }
+    }
+
     /// Own log tree first (ties in seq go to it), then the others, then the fs tree.
     private func trees(_ roots: CommittedRoots) throws -> [BTree] {
         if let t = view.withLock({ v in v.trees.flatMap { $0.seq == roots.seq ? $0.trees : nil } }) { return t }
@@ -469,7 +479,7 @@ public final class ClientItems: @unchecked Sendable {
             var run: [TreeEdit] = []
             // A deletion of a key only this log tree can hold removes it there; looked up
             // before the build, in the snapshot's order, so the fs tree is descended once a leaf.
-            let soleLog = !committed.readsOtherLogTrees
+            let soleLog = try !committed.othersHoldLogTrees()
             let holds = soleLog ? try fsTreeHolds(sorted: p.snap.items.compactMap { $0.isDelta || !$0.isDeletion ? nil : $0.key }) : []
             var nextHold = 0
             func flushRun() throws {

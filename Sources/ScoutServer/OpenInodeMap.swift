@@ -37,7 +37,8 @@ public final class OpenInodeMap: Sendable {
     private let state = Mutex(State())
     private let net = Mutex<NetServer?>(nil)
     /// Clients in the server's process: whether one other than the asker holds the inode.
-    private let local = Mutex<(@Sendable (UInt64, ClientID) -> Bool)?>(nil)
+    /// Behind a reference: a closure kept in a mutex grows a thunk at every read (`Callback`).
+    private let local = Mutex<Callback<(UInt64, ClientID), Bool>?>(nil)
 
     public init() {}
 
@@ -48,13 +49,13 @@ public final class OpenInodeMap: Sendable {
 
     /// How the clients in the server's own process are asked.
     public func setLocal(_ ask: @escaping @Sendable (_ ino: UInt64, _ asker: ClientID) -> Bool) {
-        local.withLock { $0 = ask }
+        local.withLock { $0 = Callback { ask($0.0, $0.1) } }
     }
 
     /// Whether a client other than `asker` holds `ino`. Blocks until every node with a
     /// session has answered or its session ended; never call it on an event loop.
     public func heldElsewhere(_ ino: UInt64, by asker: ClientID) -> Bool {
-        var held = local.withLock { $0 }?(ino, asker) ?? false
+        var held = local.withLock { $0 }?.call((ino, asker)) ?? false
         guard let server = net.withLock({ $0 }) else { return held }
         let others = Set(server.connectedClients.filter { $0 != asker })
         guard !others.isEmpty else { return held }

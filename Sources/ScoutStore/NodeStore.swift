@@ -19,7 +19,13 @@ public final class NodeStore: ClientStore, Sendable {
     public let superblock: SuperBlock
     private let state: Mutex<ServerRoots>
     /// Asks the server for its newest roots (and `update`s with them); set by the link.
-    private let refresher = Mutex<(@Sendable () throws -> Void)?>(nil)
+    /// Behind a reference: a closure kept in a mutex grows a thunk at every read (`Callback`).
+    private let refresher = Mutex<Refresher?>(nil)
+
+    private final class Refresher: Sendable {
+        let call: @Sendable () throws -> Void
+        init(_ call: @escaping @Sendable () throws -> Void) { self.call = call }
+    }
     private let stale = Atomic<Bool>(false)
 
     /// Opens the node's view of the filesystem on `meta` and `data`, as of the newest
@@ -66,7 +72,7 @@ public final class NodeStore: ClientStore, Sendable {
 
     /// Sets how the store asks the server for newer roots.
     public func setRefresher(_ refresh: @escaping @Sendable () throws -> Void) {
-        refresher.withLock { $0 = refresh }
+        refresher.withLock { $0 = Refresher(refresh) }
     }
 
     /// Another node may have committed what this one is about to read: the next read asks for
@@ -78,7 +84,7 @@ public final class NodeStore: ClientStore, Sendable {
     public func refreshIfStale() throws {
         guard stale.exchange(false, ordering: .acquiringAndReleasing), let refresh = refresher.withLock({ $0 }) else { return }
         do {
-            try refresh()
+            try refresh.call()
         } catch {
             stale.store(true, ordering: .releasing)
             throw error

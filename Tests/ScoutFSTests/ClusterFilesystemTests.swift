@@ -429,6 +429,33 @@ final class FilesystemCluster {
         #expect(Checker.check(meta: c.meta, data: c.data).problems == [])
     }
 
+    /// A node's log tree past the threshold is merged inside its commit (the server's
+    /// background steps cannot keep out of a tree the node builds between calls), again and
+    /// again, while the node writes and rewrites one file the other client reads.
+    @Test func aNodesTreePastTheThresholdMergesInsideItsCommits() throws {
+        let c = try FilesystemCluster(clients: 2, mergeThreshold: 200, overNetwork: true)
+        let f = try Self.makeFile(c[1], Self.root, "f", [])
+        _ = try c[1].lookup(Self.root, Self.name("f"))
+        var model = [UInt8]()
+        var rng = SplitMix64(seed: 7)
+        for round in 0..<60 {
+            for _ in 0..<20 {
+                let off = Int(rng.next() % 200_000)
+                let bytes = [UInt8](repeating: UInt8(truncatingIfNeeded: rng.next()), count: 1 + Int(rng.next() % 9000))
+                _ = try c[1].write(f, offset: UInt64(off), data: bytes)
+                if model.count < off + bytes.count { model += [UInt8](repeating: 0, count: off + bytes.count - model.count) }
+                model.replaceSubrange(off..<off + bytes.count, with: bytes)
+            }
+            for i in 0..<10 { _ = try Self.makeFile(c[1], Self.root, "r\(round)-\(i)", []) }
+            try c[1].sync()
+            #expect(try c[0].read(f, offset: 0, count: model.count + 1) == model, "round \(round)")
+        }
+        #expect(c[0].merges > 5, "the node's tree was merged only \(c[0].merges) times")
+        try c[1].forget(f, 1)
+        try c.leaveAll()
+        #expect(Checker.check(meta: c.meta, data: c.data).problems == [])
+    }
+
     @Test func twoClientsCannotShareOneID() throws {
         let c = try FilesystemCluster(clients: 1)
         #expect(throws: StoreError.self) { try c.join(0) }

@@ -170,3 +170,31 @@ import Testing
         #expect(a.isConnected)
     }
 }
+
+/// Hooks kept in a mutex are asked on every unlink (the open-inode map) and every cache fill
+/// after a grant (a node's refresher). A closure kept directly as a mutex's value grows two
+/// conversion thunks at every read, so each call got slower and, after some hundred thousand,
+/// overflowed the stack and killed the daemon: these calls must stay flat.
+@Suite struct HookReadTests {
+    @Test func theOpenInodeMapsLocalHookStaysFlatOverManyQuestions() {
+        let map = OpenInodeMap()
+        map.setLocal { ino, asker in ino == asker }
+        var held = 0
+        for i in 0..<300_000 as Range<UInt64> where map.heldElsewhere(i % 3, by: 1) { held += 1 }
+        #expect(held == 100_000)
+    }
+
+    @Test func aNodeStoresRefresherStaysFlatOverManyRefreshes() throws {
+        let meta = MemoryBlockDevice(name: "meta", size: 256 << 20)
+        let data = MemoryBlockDevice(name: "data", size: 256 << 20)
+        _ = try Store.format(meta: meta, data: data, quorumSlots: [QuorumSlot(slot: 0, address: "127.0.0.1", port: 7100)])
+        let node = try NodeStore(meta: meta, data: data)
+        let calls = Atomic(0)
+        node.setRefresher { calls.add(1, ordering: .relaxed) }
+        for _ in 0..<300_000 {
+            node.markStale()
+            try node.refreshIfStale()
+        }
+        #expect(calls.load(ordering: .relaxed) == 300_000)
+    }
+}
