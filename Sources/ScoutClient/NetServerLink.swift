@@ -40,6 +40,9 @@ public final class NetServerLink: ServerLink, Sendable {
         fenced.withLock { $0 = why }
     }
 
+    /// Why calls are refused (`fence`), or nil.
+    public var fencedReason: String? { fenced.withLock { $0 } }
+
     func call(_ c: ServerCall) throws -> ServerAnswer {
         if let why = fenced.withLock({ $0 }) { throw NetError(why) }
         return try ServerAnswer(decoding: net.call(c.encoded))

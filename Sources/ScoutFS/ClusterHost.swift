@@ -46,6 +46,9 @@ protocol ClusterHost: AnyObject, Sendable {
     /// Why this client may not go on (a node whose server restarted and took its log tree and
     /// pools back); nil while it may. Every operation fails with EIO once it is set.
     var fenced: String? { get }
+    /// Whether this host runs the server, whether its connection to the server is up, and
+    /// the nodes the server has sessions with (`scoutfs status`).
+    var place: (isServer: Bool, connected: Bool, nodes: [ClientID]) { get }
     /// Where the host reports failures of work it runs beside the clients.
     func setReports(_ sink: @escaping @Sendable (String) -> Void)
 }

@@ -60,7 +60,7 @@ extension Filesystem {
         // A node knows the server's stable seq as of its last grant or commit: a walk asks
         // for the newest, or it would stop short of what others committed since.
         do { try host.refreshServerFigures() } catch { throw errno(of: error) }
-        let stop = min(last, IndexPosition(seq: stableSeq, ino: .max))
+        let stop = min(last, IndexPosition(seq: withCore { $0.stableSeq }, ino: .max))
         guard first <= stop, limit > 0 else { return [] }
         let stopKey = Keys.seqIndex(index.itemType, stop.seq, stop.ino)
         var pos = Keys.seqIndex(index.itemType, first.seq, first.ino)

@@ -149,8 +149,7 @@ public final class Filesystem: Sendable {
     var readGate: DataReadGate { cluster.readGate }
     var waits: DataWaits { shared.waits }
     /// File data is read from it outside the transaction (see `read`).
-    // nonisolated(unsafe): set once in init; the device's reads are thread-safe.
-    nonisolated(unsafe) let dataDevice: any BlockDevice
+    var dataDevice: any BlockDevice { shared.data }
 
     /// Opens the filesystem on an open store as the only client of its own cluster (a mount):
     /// creates the root directory on first use and frees inodes that a crash left unlinked but
@@ -179,7 +178,6 @@ public final class Filesystem: Sendable {
         try host.join(id, shared)
         self.host = host
         self.shared = shared
-        dataDevice = host.dataDevice
         self.options = options
         host.attach(cl)
         host.setReports { [weak shared] message in shared?.log(message) }
@@ -188,8 +186,7 @@ public final class Filesystem: Sendable {
             // losing the inode group's lock to it: it looks again, and waits for the lock.
             let waits = shared.waits
             cl.addDropHook { range in
-                guard range.start.zone == Zone.fs, range == LockRange.inodeGroup(range.start.first) else { return }
-                waits.wake(inGroup: range.start.first / LockRange.groupSize)
+                if let group = range.inodeGroupNumber { waits.wake(inGroup: group) }
             }
         }
         cl.locks.startWorker()
@@ -344,15 +341,10 @@ public final class Filesystem: Sendable {
     /// The mount's role in its cluster and its lock figures (`scoutfs status`).
     public var clusterStatus: ClusterStatus {
         let s = cluster.locks.statistics
-        var status = ClusterStatus(isServer: false, connected: true, nodes: [], locksHeld: UInt64(cluster.locks.cachedCount),
-                                   lockRequests: UInt64(s.requests), lockGrants: UInt64(s.grants), lockInvalidations: UInt64(s.invalidations))
-        if let local = host as? LocalCluster {
-            status.isServer = true
-            status.nodes = local.nodes
-        } else if let node = host as? NodeCluster {
-            status.connected = node.isConnected
-        }
-        return status
+        let place = host.place
+        return ClusterStatus(isServer: place.isServer, connected: place.connected, nodes: place.nodes,
+                             locksHeld: UInt64(cluster.locks.cachedCount), lockRequests: UInt64(s.requests), lockGrants: UInt64(s.grants),
+                             lockInvalidations: UInt64(s.invalidations))
     }
 
     /// Lines for the mount's log (errors a FUSE reply can only show as an errno).

@@ -69,8 +69,8 @@ extension Filesystem {
         shared.refs.trackKernel()
         let refs = shared.refs
         cluster.addDropHook { range in
-            guard range.start.zone == Zone.fs, range == LockRange.inodeGroup(range.start.first) else { return }
-            let (inodes, names) = refs.kernelCached(inGroup: range.start.first / LockRange.groupSize)
+            guard let group = range.inodeGroupNumber else { return }
+            let (inodes, names) = refs.kernelCached(inGroup: group)
             guard !inodes.isEmpty || !names.isEmpty else { return }
             for ino in inodes { target.invalidateAttributes(ino) }
             for n in names { target.invalidateEntry(n.parent, n.name) }

@@ -28,8 +28,9 @@ public final class LocalCluster: ClusterHost, Sendable {
     private let network = Mutex<NetServer?>(nil)
     let layout: SuperBlock
     var dataDevice: any BlockDevice { store.data }
-    /// Clients may be more than one: each reads the others' log trees and writes deletions as
-    /// tombstones. A cluster of one (the mount today) skips both.
+    /// Clients may be more than one (a mount that serves nodes, tests): each reads the
+    /// others' log trees, tracks what its kernel caches and asks the others before freeing an
+    /// inode. A cluster of one (tests of a lone client) skips all that.
     let several: Bool
     private let members = Members()
     /// Runs the server's merges of log trees past the threshold, beside the clients.
@@ -248,4 +249,6 @@ public final class LocalCluster: ClusterHost, Sendable {
     func setReports(_ sink: @escaping @Sendable (String) -> Void) { mergeReports.setIfUnset(sink) }
 
     var fenced: String? { nil }
+
+    var place: (isServer: Bool, connected: Bool, nodes: [ClientID]) { (true, true, nodes) }
 }

@@ -23,9 +23,27 @@ public final class NodeCluster: ClusterHost, Sendable {
     /// Other nodes change what this one reads, always.
     var several: Bool { true }
     var recovered: Int { 0 }
-    private let member: MemberBox
+    private let inbox = Inbox()
     private let left = Atomic<Bool>(false)
-    private let fence: Mutex<String?>
+
+    /// What the connection's handlers reach. Messages may arrive as soon as the server
+    /// welcomes the node, before these exist; the server sends nothing unasked before the node
+    /// has asked for a lock, so none is lost. Cleared when the node leaves: the connection
+    /// holds the handlers, and through them would keep itself and the lock client alive.
+    final class Inbox: Sendable {
+        let net = Mutex<NetClient?>(nil)
+        let link = Mutex<NetServerLink?>(nil)
+        let locks = Mutex<LockClient?>(nil)
+        /// The node's filesystem client, which the server's open-inode questions are about.
+        let member = Mutex<LocalCluster.WeakMember?>(nil)
+
+        func clear() {
+            net.withLock { $0 = nil }
+            link.withLock { $0 = nil }
+            locks.withLock { $0 = nil }
+            member.withLock { $0 = nil }
+        }
+    }
 
     /// Connects to the server at `host:port` as client `id` of the filesystem on `meta` and
     /// `data`, proving it holds `key`; a server not listening yet is tried again for
@@ -39,27 +57,18 @@ public final class NodeCluster: ClusterHost, Sendable {
         self.store = store
         self.cacheBytes = cacheBytes
         layout = store.superblock
-        // Messages may arrive as soon as the server welcomes the node, before the lock client
-        // and the client's references exist: they wait in the boxes' absence for nothing, as
-        // the server sends nothing unasked before the node has asked for a lock.
-        let lockBox = Mutex<LockClient?>(nil)
-        let member = MemberBox()
-        self.member = member
-        let netBox = Mutex<NetClient?>(nil)
-        let fence = Mutex<String?>(nil)
-        self.fence = fence
-        let linkBox = Mutex<NetServerLink?>(nil)
+        let inbox = inbox
         let conn = try NetClient.connect(host: host, port: port, fsid: store.fsid, client: id, key: key, waitForServer: waitForServer,
-                                    onMessage: { kind, body in
+                                         onMessage: { kind, body in
             switch kind {
             case .notice:
                 guard case .openQuery(let qid, let ino) = try NetNotice(decoding: body) else {
                     throw NetError("the server sent a notice only nodes send")
                 }
-                let held = member.slot.withLock { $0?.shared }?.refs.withLock(ino) { $0.takeUnlinked(ino) } ?? false
-                netBox.withLock { $0 }?.send(.notice, NetNotice.openReply(id: qid, held: held).encoded)
+                let held = inbox.member.withLock { $0?.shared }?.refs.withLock(ino) { $0.takeUnlinked(ino) } ?? false
+                inbox.net.withLock { $0 }?.send(.notice, NetNotice.openReply(id: qid, held: held).encoded)
             default:
-                lockBox.withLock { $0 }?.receive(try LockServerMessage(fromNetwork: body))
+                inbox.locks.withLock { $0 }?.receive(try LockServerMessage(fromNetwork: body))
             }
         }, onReset: {
             // A server that starts merges every log tree it finds and takes their pools back:
@@ -67,37 +76,27 @@ public final class NodeCluster: ClusterHost, Sendable {
             // Writing on would corrupt them, so the node stops; a remount starts it afresh.
             let why = "the server restarted and took this node's log tree and pools back; what it had not committed is lost. Unmount and mount again"
             log("error: \(why)")
-            fence.withLock { $0 = why }
-            linkBox.withLock { $0 }?.fence(why)
+            inbox.link.withLock { $0 }?.fence(why)
         }, log: log)
         net = conn
-        netBox.withLock { $0 = conn }
-        let serverLink: NetServerLink
+        inbox.net.withLock { $0 = conn }
         do {
-            serverLink = try NetServerLink(net: conn, store: store)
+            link = try NetServerLink(net: conn, store: store)
         } catch {
             conn.close()
             throw error
         }
-        link = serverLink
-        linkBox.withLock { $0 = serverLink }
-        let lockClient = LockClient(id: id, link: NetLockServerLink(conn))
-        locks = lockClient
-        serverLink.follow(lockClient)
-        lockBox.withLock { $0 = lockClient }
-    }
-
-    /// The node's filesystem client, which the server's open-inode questions are about.
-    final class MemberBox: Sendable {
-        let slot = Mutex<LocalCluster.WeakMember?>(nil)
+        inbox.link.withLock { [link] in $0 = link }
+        locks = LockClient(id: id, link: NetLockServerLink(conn))
+        link.follow(locks)
+        inbox.locks.withLock { [locks] in $0 = locks }
     }
 
     deinit {
-        if !left.load(ordering: .acquiring) { net.close() }
+        guard !left.load(ordering: .acquiring) else { return }
+        net.close()
+        inbox.clear()
     }
-
-    /// Whether the connection to the server is up now.
-    public var isConnected: Bool { net.isConnected }
 
     // MARK: ClusterHost
 
@@ -112,7 +111,7 @@ public final class NodeCluster: ClusterHost, Sendable {
     }
 
     func join(_ id: UInt64, _ shared: FSShared) throws {
-        try member.slot.withLock { m in
+        try inbox.member.withLock { m in
             if m?.shared != nil { throw StoreError(.invalid, "node \(String(id, radix: 16)) has a filesystem client already") }
             m = LocalCluster.WeakMember(shared)
         }
@@ -126,7 +125,7 @@ public final class NodeCluster: ClusterHost, Sendable {
         guard !left.exchange(true, ordering: .acquiringAndReleasing) else { return }
         _ = try? link.leave()
         net.close()
-        member.slot.withLock { $0 = nil }
+        inbox.clear()
     }
 
     func heldElsewhere(_ ino: UInt64, by id: UInt64) throws -> Bool {
@@ -145,5 +144,7 @@ public final class NodeCluster: ClusterHost, Sendable {
 
     func setReports(_ sink: @escaping @Sendable (String) -> Void) {}
 
-    var fenced: String? { fence.withLock { $0 } }
+    var fenced: String? { link.fencedReason }
+
+    var place: (isServer: Bool, connected: Bool, nodes: [ClientID]) { (false, net.isConnected, []) }
 }

@@ -33,6 +33,13 @@ extension LockRange {
                   end: Key(zone: Zone.fs, first: ino | groupMask, type: .max, second: .max, third: .max, fourth: .max))
     }
 
+    /// The inode group (inode number / `groupSize`) this range locks, if it is an inode
+    /// group's lock.
+    public var inodeGroupNumber: UInt64? {
+        guard start.zone == Zone.fs, self == Self.inodeGroup(start.first) else { return nil }
+        return start.first / Self.groupSize
+    }
+
     /// 1024 consecutive seqs of one inode index (`ItemType.metaSeq` or `.dataSeq`).
     public static func index(_ type: UInt8, seq: UInt64) -> LockRange {
         LockRange(start: Key(zone: Zone.inodeIndex, type: type, second: seq & ~groupMask),

@@ -166,15 +166,18 @@ struct MountCommand: ParsableCommand {
             do {
                 try claim?.start()
                 let cacheBlocks = cacheMiB << 20 / Layout.metaBlockSize
+                // A slot's client id is the same at every mount; a plain client's is random,
+                // above every slot's.
+                let id = quorumSlot.map { FilesystemOptions.clientID(slot: $0) }
+                    ?? UInt64.random(in: UInt64(Layout.maxQuorumSlots) + 1 ... UInt64.max)
+                let fsOptions = FilesystemOptions(commitInterval: .seconds(commitInterval), clientID: id)
                 if let quorumSlot, quorumSlot == Int(lowest.slot) {
                     role = "server"
                     let store = try Store.open(meta: metaDev, data: dataDev, options: StoreOptions(cacheBlocks: cacheBlocks))
                     warnings = store.superblockProblems
                     let cluster = try LocalCluster(store: store, several: true)
                     local = cluster
-                    fsys = try Filesystem(joining: cluster, options: FilesystemOptions(commitInterval: .seconds(commitInterval),
-                                                                                        clientID: FilesystemOptions.clientID(slot: quorumSlot)))
-                    fsys.logSink = logLine
+                    fsys = try Filesystem(joining: cluster, options: fsOptions)
                     do {
                         _ = try cluster.serve(host: lowest.address, port: Int(lowest.port), key: key, log: logLine)
                     } catch {
@@ -182,15 +185,12 @@ struct MountCommand: ParsableCommand {
                     }
                 } else {
                     role = "client"
-                    // A plain client's id: random, above every slot's.
-                    let id = quorumSlot.map { FilesystemOptions.clientID(slot: $0) }
-                        ?? UInt64.random(in: UInt64(Layout.maxQuorumSlots) + 1 ... UInt64.max)
                     logLine("connecting to the server at \(lowest.address) port \(lowest.port) as client \(String(id, radix: 16))")
                     let node = try NodeCluster(meta: metaDev, data: dataDev, server: lowest.address, port: Int(lowest.port), key: key, id: id,
                                                cacheBlocks: cacheBlocks, waitForServer: .seconds(serverWait), log: logLine)
-                    fsys = try Filesystem(node: node, options: FilesystemOptions(commitInterval: .seconds(commitInterval), clientID: id))
-                    fsys.logSink = logLine
+                    fsys = try Filesystem(node: node, options: fsOptions)
                 }
+                fsys.logSink = logLine
                 fuse = try FUSEMount(filesystem: fsys, mountpoint: mnt, source: "\(meta):\(data)", options: options)
             } catch {
                 local?.stopServing()
