@@ -120,6 +120,21 @@ public final class NetServerLink: ServerLink, Sendable {
         return held
     }
 
+    /// Takes, changes or lets go of a record lock for this node; the lock in the way, if any.
+    /// With `wait`, the server sends `recordLocksChanged` when locks on the inode change.
+    public func setRecordLock(_ lock: RecordLock, wait: Bool) throws -> RecordLock? {
+        let a = try call(.setRecordLock(lock, wait: wait))
+        guard case .recordLock(let conflict) = a else { throw unexpected(a, to: "a record lock") }
+        return conflict
+    }
+
+    /// The lock of another owner that would keep `lock` from being taken, if any.
+    public func testRecordLock(_ lock: RecordLock) throws -> RecordLock? {
+        let a = try call(.testRecordLock(lock))
+        guard case .recordLock(let conflict) = a else { throw unexpected(a, to: "a record lock test") }
+        return conflict
+    }
+
     /// Tells the server this node leaves cleanly: its locks are dropped now.
     public func leave() throws {
         let a = try call(.leave)

@@ -31,6 +31,12 @@ protocol ClusterHost: AnyObject, Sendable {
     /// Whether a client other than `id` holds `ino` open or cached by its kernel; a holder
     /// marks it unlinked, so its own last close or forget frees it.
     func heldElsewhere(_ ino: UInt64, by id: UInt64) throws -> Bool
+    /// Takes, changes or lets go of a record lock (`lock.holder.client` is this client);
+    /// the lock of another owner in the way, if any. With `wait`, this client's
+    /// `RecordLockWaits` hears when locks on the inode change.
+    func setRecordLock(_ lock: RecordLock, wait: Bool) throws -> RecordLock?
+    /// The lock of another owner that would keep `lock` from being taken now (F_GETLK).
+    func testRecordLock(_ lock: RecordLock) throws -> RecordLock?
     /// The seq of the server's last commit.
     func committedSeq(_ items: ClientItems) -> UInt64
     /// Brings the server's figures (committed roots, stable seq) up to date where they can

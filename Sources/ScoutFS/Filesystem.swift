@@ -214,6 +214,7 @@ public final class Filesystem: Sendable {
     /// Stops the lock client and takes this client out of the cluster, once.
     func leaveCluster() {
         guard !departed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        shared.recordWaits.stop()
         cluster.locks.stopWorker()
         host.leave(cluster.id)
     }
@@ -419,13 +420,48 @@ final class FSShared: Sendable {
     nonisolated(unsafe) let data: any BlockDevice
     let waits = DataWaits()
     let refs = InodeReferences()
-    let logSink = Mutex<Callback<String, Void>?>(nil)
+    let logSink: Mutex<Callback<String, Void>?>
+    /// Blocking flock and POSIX lock requests, waiting for the cluster's table to let them in.
+    let recordWaits: RecordLockWaits
+    /// The owners that took record locks through this client, by inode and kind, with the
+    /// open files (handles) they took them through: a close whose owner took none has none
+    /// to let go, and asks nobody.
+    let recordLockOwners = Mutex<[RecordLockUse: Set<UInt64>]>([:])
+    /// Inodes that have had record locks taken on them through this client (at most
+    /// `recordLockedLimit`, the oldest forgotten first): their opens ask to hear of every
+    /// close (`Filesystem.closesMatter`).
+    let recordLocked = Mutex(RecordLockedInodes())
+
+    struct RecordLockUse: Hashable {
+        var ino: UInt64
+        var kind: RecordLockKind
+        var owner: UInt64
+    }
 
     init(host: any ClusterHost, cluster: ClusterClient) {
         self.host = host
         self.cluster = cluster
         layout = host.layout
         data = host.dataDevice
+        let sink = Mutex<Callback<String, Void>?>(nil)
+        logSink = sink
+        recordWaits = RecordLockWaits(attempt: { [host] lock in
+            Result { () throws(Errno) in try Self.setRecordLock(host, lock, wait: true, log: { m in sink.withLock { $0 }?.call(m) }) }
+        }, log: { m in sink.withLock { $0 }?.call(m) })
+    }
+
+    /// One try of `lock` at the cluster's table: the lock in the way, or nil when taken.
+    static func setRecordLock(_ host: any ClusterHost, _ lock: RecordLock, wait: Bool, log: (String) -> Void) throws(Errno) -> RecordLock? {
+        if let why = host.fenced {
+            log("error: \(why)")
+            throw .ioError
+        }
+        do {
+            return try host.setRecordLock(lock, wait: wait)
+        } catch {
+            log("error: record lock on inode \(lock.ino): \(error)")
+            throw .ioError
+        }
     }
 
     /// Another client holds `ino` (and now knows it is unlinked). Always false alone.

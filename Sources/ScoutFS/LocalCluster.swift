@@ -25,6 +25,8 @@ public final class LocalCluster: ClusterHost, Sendable {
     private let remoteLinks = Mutex<NetLockClientLinks?>(nil)
     /// Asked before any client frees an unlinked inode: the clients here and the nodes.
     let openInodes = OpenInodeMap()
+    /// The cluster's flock and POSIX record locks, for the clients here and the nodes.
+    let recordLocks = RecordLockTable()
     private let network = Mutex<NetServer?>(nil)
     let layout: SuperBlock
     var dataDevice: any BlockDevice { store.data }
@@ -94,6 +96,13 @@ public final class LocalCluster: ClusterHost, Sendable {
         server.onMergeWanted = { [weak merger] in merger?.wakeUp() }
         try merger.start()
         openInodes.setLocal { [members] ino, asker in Self.heldHere(members, ino, by: asker) }
+        recordLocks.setNotifier { [members, network] client, ino in
+            if let here = members.withLock({ $0[client]?.shared }) {
+                here.recordWaits.changed(ino)
+            } else {
+                _ = network.withLock { $0 }?.send(.notice, NetNotice.recordLocksChanged(ino: ino).encoded, to: client)
+            }
+        }
     }
 
     deinit {
@@ -121,7 +130,7 @@ public final class LocalCluster: ClusterHost, Sendable {
     public func serve(host: String, port: Int, key: ClusterKey, log: @escaping @Sendable (String) -> Void) throws -> Int {
         let work = MergeWork(store: store, server: server, storeLock: storeLock)
         let service = ServerService(server: server, serialize: { body in try work.storeLock.withLock(work.store, body) },
-                                    openInodes: openInodes, log: log)
+                                    openInodes: openInodes, recordLocks: recordLocks, log: log)
         let net = NetServer(fsid: store.fsid, key: key, handler: service, log: log)
         remoteLinks.withLock { $0 = NetLockClientLinks(net) }
         service.serveLocks(lockServer)
@@ -170,6 +179,7 @@ public final class LocalCluster: ClusterHost, Sendable {
     func leave(_ id: UInt64) {
         lockNetwork.detachClient(id)
         lockServer.clientGone(id)
+        recordLocks.clientGone(id)
         members.withLock { _ = $0.removeValue(forKey: id) }
     }
 
@@ -215,6 +225,14 @@ public final class LocalCluster: ClusterHost, Sendable {
     func attach(_ client: ClusterClient) {
         let locks = client.locks
         lockNetwork.attachClient(client.id) { m in locks.receive(m) }
+    }
+
+    func setRecordLock(_ lock: RecordLock, wait: Bool) throws -> RecordLock? {
+        recordLocks.set(lock, wait: wait)
+    }
+
+    func testRecordLock(_ lock: RecordLock) throws -> RecordLock? {
+        recordLocks.test(lock)
     }
 
     func committedSeq(_ items: ClientItems) -> UInt64 { items.withStore { store.superblock.seq } }

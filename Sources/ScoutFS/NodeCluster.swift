@@ -62,11 +62,15 @@ public final class NodeCluster: ClusterHost, Sendable {
                                          onMessage: { kind, body in
             switch kind {
             case .notice:
-                guard case .openQuery(let qid, let ino) = try NetNotice(decoding: body) else {
+                switch try NetNotice(decoding: body) {
+                case .openQuery(let qid, let ino):
+                    let held = inbox.member.withLock { $0?.shared }?.refs.withLock(ino) { $0.takeUnlinked(ino) } ?? false
+                    inbox.net.withLock { $0 }?.send(.notice, NetNotice.openReply(id: qid, held: held).encoded)
+                case .recordLocksChanged(let ino):
+                    inbox.member.withLock { $0?.shared }?.recordWaits.changed(ino)
+                case .openReply:
                     throw NetError("the server sent a notice only nodes send")
                 }
-                let held = inbox.member.withLock { $0?.shared }?.refs.withLock(ino) { $0.takeUnlinked(ino) } ?? false
-                inbox.net.withLock { $0 }?.send(.notice, NetNotice.openReply(id: qid, held: held).encoded)
             default:
                 inbox.locks.withLock { $0 }?.receive(try LockServerMessage(fromNetwork: body))
             }
@@ -130,6 +134,14 @@ public final class NodeCluster: ClusterHost, Sendable {
 
     func heldElsewhere(_ ino: UInt64, by id: UInt64) throws -> Bool {
         try link.openElsewhere(ino)
+    }
+
+    func setRecordLock(_ lock: RecordLock, wait: Bool) throws -> RecordLock? {
+        try link.setRecordLock(lock, wait: wait)
+    }
+
+    func testRecordLock(_ lock: RecordLock) throws -> RecordLock? {
+        try link.testRecordLock(lock)
     }
 
     func committedSeq(_ items: ClientItems) -> UInt64 { link.committedSeq }

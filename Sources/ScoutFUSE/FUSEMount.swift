@@ -386,7 +386,8 @@ func makeOperations() -> fuse_lowlevel_ops {
             guard let fi else { throw Errno.invalidArgument }
             try fs(req).open(ino, flags: fi.pointee.flags, caller: caller(req))
             scout_fi_set_keep_cache(fi, 1)
-            scout_fi_set_noflush(fi, 1)
+            scout_fi_set_noflush(fi, fs(req).closesMatter(ino) ? 0 : 1)
+            fi.pointee.fh = newFileHandle()
             fuse_reply_open(req, fi)
         } catch {
             replyErr(req, error)
@@ -397,7 +398,9 @@ func makeOperations() -> fuse_lowlevel_ops {
             guard let fi else { throw Errno.invalidArgument }
             var e = entry(of: try fs(req).create(parent, bytes(name), mode: mode, flags: fi.pointee.flags, caller: caller(req)))
             scout_fi_set_keep_cache(fi, 1)
+            // A new file has had no record locks.
             scout_fi_set_noflush(fi, 1)
+            fi.pointee.fh = newFileHandle()
             fuse_reply_create(req, &e, fi)
         } catch {
             replyErr(req, error)
@@ -419,12 +422,36 @@ func makeOperations() -> fuse_lowlevel_ops {
             replyErr(req, error)
         }
     }
-    // Nothing waits to be flushed at close: every write reached the filesystem before its
-    // syscall returned, and record locks are the kernel's. So open and create reply with
-    // noflush (FOPEN_NOFLUSH), which spares close() a round trip; this handler answers kernels
-    // that do not know the flag.
-    ops.flush = { req, _, _ in fuse_reply_err(req, 0) }
-    ops.release = { req, ino, _ in replyOK(req) { () throws(Errno) in try fs(req).release(ino) } }
+    // No data waits to be flushed at close (every write reached the filesystem before its
+    // syscall returned), but a close lets go of the closing process's POSIX locks on the
+    // file, which the cluster keeps. Opens of files that never had a lock here reply with
+    // noflush (FOPEN_NOFLUSH), which spares close() a round trip (`closesMatter`); the others
+    // hear of every close here.
+    ops.flush = { req, ino, fi in
+        replyOK(req) { () throws(Errno) in
+            guard let fi else { return }
+            try fs(req).releaseRecordLocks(ino, kind: .posix, owner: fi.pointee.lock_owner)
+        }
+    }
+    ops.release = { req, ino, fi in
+        replyOK(req) { () throws(Errno) in
+            // The last close of an open file lets go of its flock, if it took one, and of
+            // the record locks taken through it; the inode's reference goes either way.
+            var failed: Errno?
+            if let fi {
+                do throws(Errno) {
+                    if scout_fi_flock_release(fi) != 0 {
+                        try fs(req).releaseRecordLocks(ino, kind: .flock, owner: fi.pointee.lock_owner)
+                    }
+                    try fs(req).releaseRecordLocks(ino, handle: fi.pointee.fh)
+                } catch {
+                    failed = error
+                }
+            }
+            try fs(req).release(ino)
+            if let failed { throw failed }
+        }
+    }
     ops.fsync = { req, _, _, _ in replyOK(req) { () throws(Errno) in try fs(req).sync() } }
     ops.opendir = { req, ino, fi in
         do {
@@ -490,5 +517,6 @@ func makeOperations() -> fuse_lowlevel_ops {
             replyErr(req, error)
         }
     }
+    installRecordLockOperations(&ops)
     return ops
 }

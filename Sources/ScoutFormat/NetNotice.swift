@@ -8,9 +8,11 @@ public enum NetNotice: Sendable, Equatable {
     case openQuery(id: UInt64, ino: UInt64)
     /// Node → server: the answer to question `id`.
     case openReply(id: UInt64, held: Bool)
+    /// Server → node: record locks on `ino` changed; a waiter for one tries again.
+    case recordLocksChanged(ino: UInt64)
 
     enum Kind: UInt8 {
-        case openQuery = 1, openReply
+        case openQuery = 1, openReply, recordLocksChanged
     }
 
     public var encoded: [UInt8] {
@@ -24,6 +26,9 @@ public enum NetNotice: Sendable, Equatable {
             w.u8(Kind.openReply.rawValue)
             w.u64(id)
             w.u8(held ? 1 : 0)
+        case .recordLocksChanged(let ino):
+            w.u8(Kind.recordLocksChanged.rawValue)
+            w.u64(ino)
         }
         return w.bytes
     }
@@ -40,6 +45,8 @@ public enum NetNotice: Sendable, Equatable {
             let held = try r.u8()
             guard held <= 1 else { throw FormatError("notice: open reply with held flag \(held)") }
             self = .openReply(id: id, held: held == 1)
+        case .recordLocksChanged:
+            self = .recordLocksChanged(ino: try r.u64())
         }
         try r.finish()
     }

@@ -24,6 +24,12 @@ public enum ServerCall: Sendable, Equatable {
     /// This node is leaving cleanly: its log tree is merged and its pools returned, so the
     /// server drops its locks now rather than when its session runs out.
     case leave
+    /// Take, change or let go of a flock or POSIX record lock (`lock.holder.client` is
+    /// ignored: the lock is the connection's client's). A conflict is answered with the lock
+    /// in the way; with `wait`, the server tells this node when locks on the inode change.
+    case setRecordLock(RecordLock, wait: Bool)
+    /// The first lock of another owner that would keep `lock` from being taken (F_GETLK).
+    case testRecordLock(RecordLock)
 
     /// The most extents a call or an answer carries in one list: more than a body can hold.
     public static let maxExtents = NetFrame.maxBody / 16
@@ -33,7 +39,8 @@ public enum ServerCall: Sendable, Equatable {
     }
 
     enum Kind: UInt8 {
-        case roots = 1, allocateInodes, refillDataPool, refillMetaPool, dataSpace, recordedLogTree, commitLogTree, openElsewhere, leave
+        case roots = 1, allocateInodes, refillDataPool, refillMetaPool, dataSpace, recordedLogTree, commitLogTree, openElsewhere, leave,
+             setRecordLock, testRecordLock
     }
 
     public var encoded: [UInt8] {
@@ -65,6 +72,13 @@ public enum ServerCall: Sendable, Equatable {
             w.u64(ino)
         case .leave:
             w.u8(Kind.leave.rawValue)
+        case .setRecordLock(let lock, let wait):
+            w.u8(Kind.setRecordLock.rawValue)
+            w.u8(wait ? 1 : 0)
+            lock.encode(into: &w)
+        case .testRecordLock(let lock):
+            w.u8(Kind.testRecordLock.rawValue)
+            lock.encode(into: &w)
         }
         return w.bytes
     }
@@ -89,6 +103,11 @@ public enum ServerCall: Sendable, Equatable {
             self = .commitLogTree(record, freed: freed, freedMeta: freedMeta, merge: flag == 1)
         case .openElsewhere: self = .openElsewhere(ino: try r.u64())
         case .leave: self = .leave
+        case .setRecordLock:
+            let wait = try r.u8()
+            guard wait <= 1 else { throw FormatError("server call: record lock with wait flag \(wait)") }
+            self = .setRecordLock(try RecordLock(decoding: &r), wait: wait == 1)
+        case .testRecordLock: self = .testRecordLock(try RecordLock(decoding: &r))
         }
         try r.finish()
     }
@@ -164,6 +183,8 @@ public enum ServerAnswer: Sendable, Equatable {
     case committed(LogCommit, ServerRoots)
     case held(Bool)
     case left
+    /// The lock in the way of a record lock call, or nil: taken (set) or free (test).
+    case recordLock(conflict: RecordLock?)
 
     public var encoded: [UInt8] {
         var w = ByteWriter(capacity: 64)
@@ -203,6 +224,14 @@ public enum ServerAnswer: Sendable, Equatable {
             w.u8(held ? 1 : 0)
         case .left:
             w.u8(ServerCall.Kind.leave.rawValue)
+        case .recordLock(let conflict):
+            w.u8(ServerCall.Kind.setRecordLock.rawValue)
+            if let conflict {
+                w.u8(1)
+                conflict.encode(into: &w)
+            } else {
+                w.u8(0)
+            }
         }
         return w.bytes
     }
@@ -240,6 +269,12 @@ public enum ServerAnswer: Sendable, Equatable {
             self = .held(held == 1)
         case .leave:
             self = .left
+        case .setRecordLock:
+            let has = try r.u8()
+            guard has <= 1 else { throw FormatError("server answer: record lock conflict flag \(has)") }
+            self = .recordLock(conflict: has == 1 ? try RecordLock(decoding: &r) : nil)
+        case .testRecordLock:
+            throw FormatError("server answer of kind \(raw): record lock answers are of the set kind")
         }
         try r.finish()
     }

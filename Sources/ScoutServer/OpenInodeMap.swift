@@ -85,8 +85,8 @@ public final class OpenInodeMap: Sendable {
             // An answer to a question that was given up on (its asker's session ended) is
             // harmless and dropped.
             state.withLock { $0.open[id] }?.answer(from: client, held: held)
-        case .openQuery:
-            throw NetError("client \(client) sent an open-inode question; only the server asks them")
+        case .openQuery, .recordLocksChanged:
+            throw NetError("client \(client) sent a notice only the server sends")
         }
     }
 }

@@ -19,12 +19,16 @@ public final class ServerService: NetServerHandler {
     let log: @Sendable (String) -> Void
     /// Who holds which unlinked inode, asked for every node (and by the server's own clients).
     public let openInodes: OpenInodeMap
+    /// The cluster's flock and POSIX record locks.
+    public let recordLocks: RecordLockTable
 
     public init(server: LocalServer, serialize: @escaping @Sendable (() throws -> ServerAnswer) throws -> ServerAnswer,
-                openInodes: OpenInodeMap = OpenInodeMap(), log: @escaping @Sendable (String) -> Void) {
+                openInodes: OpenInodeMap = OpenInodeMap(), recordLocks: RecordLockTable = RecordLockTable(),
+                log: @escaping @Sendable (String) -> Void) {
         self.server = server
         self.serialize = serialize
         self.openInodes = openInodes
+        self.recordLocks = recordLocks
         self.log = log
     }
 
@@ -45,6 +49,7 @@ public final class ServerService: NetServerHandler {
     public func disconnected(_ client: ClientID) {
         log("server: client \(client) left")
         locks.withLock { $0 }?.clientGone(client)
+        recordLocks.clientGone(client)
     }
 
     public func received(_ kind: NetKind, _ body: [UInt8], from client: ClientID) throws {
@@ -64,8 +69,15 @@ public final class ServerService: NetServerHandler {
             return ServerAnswer.held(openInodes.heldElsewhere(ino, by: client)).encoded
         case .leave:
             locks.withLock { $0 }?.clientGone(client)
+            recordLocks.clientGone(client)
             log("server: client \(client) is leaving")
             return ServerAnswer.left.encoded
+        case .setRecordLock(var lock, let wait):
+            lock.holder.client = client
+            return ServerAnswer.recordLock(conflict: recordLocks.set(lock, wait: wait)).encoded
+        case .testRecordLock(var lock):
+            lock.holder.client = client
+            return ServerAnswer.recordLock(conflict: recordLocks.test(lock)).encoded
         default:
             return try serialize { try self.answer(call, for: client) }.encoded
         }
@@ -96,7 +108,7 @@ public final class ServerService: NetServerHandler {
             let c = try server.commitLogTree(rid: rid, record, freed: freed, freedMeta: freedMeta, merge: merge,
                                              mergesInBackground: false)
             return .committed(c, roots)
-        case .openElsewhere, .leave:
+        case .openElsewhere, .leave, .setRecordLock, .testRecordLock:
             throw NetError("\(call) is answered outside the store lock")
         }
     }

@@ -245,6 +245,94 @@ final class FilesystemCluster {
         #expect(report.dataReferenced == 0)
     }
 
+    /// Waits up to 5 s for `cond`.
+    static func eventually(_ cond: () -> Bool) -> Bool {
+        for _ in 0..<500 {
+            if cond() { return true }
+            usleep(10_000)
+        }
+        return cond()
+    }
+
+    /// What a blocking lock request's `done` reported, once it has.
+    final class Outcome: Sendable {
+        let result = Mutex<Errno??>(nil)
+        func done(_ e: Errno?) { result.withLock { $0 = .some(e) } }
+        var finished: Bool { result.withLock { $0 != nil } }
+        var error: Errno? { result.withLock { $0 ?? nil } }
+    }
+
+    /// POSIX record locks and flock on one file from three clients (the third on a node when
+    /// `overNetwork`): a lock held on one keeps the others out, a blocking request waits until
+    /// it is let go and no longer, a signal ends the wait, and a client that leaves lets go of
+    /// everything it held.
+    @Test(.timeLimit(.minutes(1)), arguments: [false, true]) func recordLocksAreOneSetForTheWholeCluster(overNetwork: Bool) throws {
+        let c = try FilesystemCluster(clients: 3, overNetwork: overNetwork)
+        let f = try Self.makeFile(c[0], Self.root, "locked", [1, 2, 3])
+        let end = RecordLock.toEnd
+
+        // Client 0 holds bytes 0-99 for writing; the others cannot read-lock into them.
+        try c[0].setRecordLock(f, kind: .posix, type: .write, start: 0, end: 99, owner: 10, pid: 111)
+        #expect(throws: Errno.resourceTemporarilyUnavailable) {
+            try c[2].setRecordLock(f, kind: .posix, type: .read, start: 50, end: 50, owner: 30, pid: 333)
+        }
+        try c[2].setRecordLock(f, kind: .posix, type: .read, start: 100, end: end, owner: 30, pid: 333)
+        // F_GETLK names the holder; a holder on another client has no pid here.
+        let seen = try c[1].testRecordLock(f, kind: .posix, type: .write, start: 0, end: end, owner: 20, pid: 222)
+        #expect(seen?.start == 0 && seen?.end == 99 && seen?.type == .write && seen?.pid == 0)
+        let sameClient = try c[0].testRecordLock(f, kind: .posix, type: .write, start: 0, end: 9, owner: 11, pid: 112)
+        #expect(sameClient?.pid == 111, "another owner on the holder's own client sees its pid")
+        #expect(try c[0].testRecordLock(f, kind: .posix, type: .write, start: 0, end: 9, owner: 10, pid: 111) == nil)
+        // flock is another set of locks: POSIX locks do not keep it out.
+        try c[1].setRecordLock(f, kind: .flock, type: .write, start: 0, end: end, owner: 21, pid: 222)
+
+        // A blocking request waits while the lock is held and is granted when it goes.
+        let waiter = Outcome()
+        c[2].waitForRecordLock(f, kind: .posix, type: .write, start: 10, end: 19, owner: 31, pid: 334, cancel: nil,
+                               done: waiter.done)
+        usleep(300_000)
+        #expect(!waiter.finished, "granted while another client held the bytes")
+        #expect(c[2].recordLockWaiters == 1)
+        try c[0].setRecordLock(f, kind: .posix, type: .unlock, start: 0, end: 9, owner: 10, pid: 111)
+        usleep(300_000)
+        #expect(!waiter.finished, "granted while another client still held part of the bytes")
+        try c[0].releaseRecordLocks(f, kind: .posix, owner: 10)
+        #expect(Self.eventually { waiter.finished })
+        #expect(waiter.error == nil)
+        #expect(throws: Errno.resourceTemporarilyUnavailable) {
+            try c[0].setRecordLock(f, kind: .posix, type: .read, start: 15, end: 15, owner: 10, pid: 111)
+        }
+
+        // A signal ends a wait with EINTR, and the lock is not taken.
+        let cancel = WaitCancellation()
+        let interrupted = Outcome()
+        c[0].waitForRecordLock(f, kind: .flock, type: .read, start: 0, end: end, owner: 12, pid: 113, cancel: cancel,
+                               done: interrupted.done)
+        usleep(200_000)
+        #expect(!interrupted.finished)
+        cancel.cancel()
+        #expect(Self.eventually { interrupted.finished })
+        #expect(interrupted.error == .interrupted)
+        #expect(c[0].recordLockWaiters == 0)
+
+        // A client that leaves lets go of its locks, and a waiter on another client gets them.
+        let second = Outcome()
+        c[0].waitForRecordLock(f, kind: .flock, type: .write, start: 0, end: end, owner: 13, pid: 114, cancel: nil,
+                               done: second.done)
+        usleep(200_000)
+        #expect(!second.finished)
+        c[1].leave()
+        c.clients[1] = nil
+        #expect(Self.eventually { second.finished })
+        #expect(second.error == nil)
+        try c[0].releaseRecordLocks(f, kind: .flock, owner: 13)
+        try c[2].releaseRecordLocks(f, kind: .posix, owner: 30)
+        try c[2].releaseRecordLocks(f, kind: .posix, owner: 31)
+        #expect(try c[0].testRecordLock(f, kind: .posix, type: .write, start: 0, end: end, owner: 99, pid: 1) == nil)
+        #expect(c.local.recordLocks.count == 0)
+        try c.leaveAll()
+    }
+
     /// The node's connection to the server breaks again and again while it creates, writes
     /// and commits, and while the server's own client works beside it: every call and lock
     /// message goes through once, nothing is lost, and the filesystem checks clean.

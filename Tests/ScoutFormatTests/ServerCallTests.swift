@@ -7,6 +7,9 @@ import Testing
     let roots = ServerRoots(seq: 41, fs: BTreeRoot(ref: BlockRef(blkno: 5, seq: 40), height: 3), logTrees: .empty,
                             transactionSeq: 42, stableSeq: 41, metaAllocatable: 900, dataFree: 5000, dataPendingFree: 12)
 
+    let lock = RecordLock(ino: 4100, kind: .posix, type: .write, start: 10, end: RecordLock.toEnd,
+                          holder: RecordLockOwner(client: 3, owner: 0xdead_beef), pid: 4242)
+
     @Test func callsAndAnswersRoundTrip() throws {
         let calls: [ServerCall] = [
             .roots, .allocateInodes(count: 1024), .refillDataPool(atLeast: 8192), .refillMetaPool(atLeast: 64), .dataSpace,
@@ -14,23 +17,26 @@ import Testing
             .commitLogTree(record, freed: [Extent(start: 1, length: 2)], freedMeta: [], merge: true),
             .commitLogTree(LogTreeRecord(root: .empty, items: 0, dataPool: [], metaPool: []), freed: [], freedMeta: [Extent(start: 9, length: 1)], merge: false),
             .openElsewhere(ino: 77), .leave,
+            .setRecordLock(lock, wait: true), .setRecordLock(lock, wait: false), .testRecordLock(lock),
         ]
         for c in calls { #expect(try ServerCall(decoding: c.encoded) == c) }
         let answers: [ServerAnswer] = [
             .roots(roots), .inodes(1024..<2048), .dataPool([Extent(start: 8, length: 8192)]), .metaPool([]),
             .dataSpace(free: 10, pendingFree: 3), .recordedLogTree(nil), .recordedLogTree(record),
             .committed(LogCommit(seq: 42, merged: true), roots),
-            .held(true), .held(false), .left,
+            .held(true), .held(false), .left, .recordLock(conflict: nil), .recordLock(conflict: lock),
         ]
         for a in answers { #expect(try ServerAnswer(decoding: a.encoded) == a) }
     }
 
     @Test func noticesRoundTripAndBadOnesAreRefused() throws {
-        for n in [NetNotice.openQuery(id: 1, ino: .max), .openReply(id: 9, held: true), .openReply(id: 0, held: false)] {
+        for n in [NetNotice.openQuery(id: 1, ino: .max), .openReply(id: 9, held: true), .openReply(id: 0, held: false),
+                  .recordLocksChanged(ino: 4100)] {
             #expect(try NetNotice(decoding: n.encoded) == n)
         }
         #expect(throws: FormatError.self) { try NetNotice(decoding: []) }
         #expect(throws: FormatError.self) { try NetNotice(decoding: [3]) }
+        #expect(throws: FormatError.self) { try NetNotice(decoding: [4] + [UInt8](repeating: 0, count: 8)) }
         #expect(throws: FormatError.self) { try NetNotice(decoding: NetNotice.openReply(id: 1, held: true).encoded + [0]) }
         var badFlag = NetNotice.openReply(id: 1, held: true).encoded
         badFlag[9] = 2
@@ -57,6 +63,23 @@ import Testing
         #expect(throws: FormatError.self) { try ServerAnswer(decoding: ServerAnswer.inodes(5..<5).encoded.enumerated().map { $0.offset == 1 ? 9 : $0.element }) }
         let backwards = ServerRoots(seq: 1, fs: .empty, logTrees: .empty, transactionSeq: 4, stableSeq: 4)
         #expect(throws: FormatError.self) { try ServerAnswer(decoding: ServerAnswer.roots(backwards).encoded) }
+        // Record locks that name no range of a file, or no kind or type.
+        let lockCall = ServerCall.testRecordLock(lock).encoded
+        var backwardsRange = RecordLock(ino: 1, kind: .flock, type: .read, start: 9, end: 3,
+                                        holder: RecordLockOwner(client: 1, owner: 1), pid: 0)
+        #expect(throws: FormatError.self) { try ServerCall(decoding: ServerCall.testRecordLock(backwardsRange).encoded) }
+        backwardsRange.start = 0
+        backwardsRange.end = .max
+        #expect(throws: FormatError.self) { try ServerCall(decoding: ServerCall.testRecordLock(backwardsRange).encoded) }
+        for (at, bad) in [(9, UInt8(0)), (9, 3), (10, 0), (10, 4)] {
+            var b = lockCall
+            b[at] = bad
+            #expect(throws: FormatError.self) { try ServerCall(decoding: b) }
+        }
+        var waitFlag = ServerCall.setRecordLock(lock, wait: true).encoded
+        waitFlag[1] = 2
+        #expect(throws: FormatError.self) { try ServerCall(decoding: waitFlag) }
+        #expect(throws: FormatError.self) { try ServerCall(decoding: Array(lockCall.dropLast())) }
         var g = SystemRandomNumberGenerator()
         for _ in 0..<3000 {
             let b = (0..<Int.random(in: 0..<120, using: &g)).map { _ in UInt8.random(in: 0...255, using: &g) }

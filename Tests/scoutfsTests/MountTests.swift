@@ -389,6 +389,134 @@ import Testing
         #expect(ck.status == 0, "\(ck.stdout)")
     }
 
+    /// A tool left running in the background, holding a lock until its input closes.
+    struct Background {
+        let process = Process()
+        let input = Pipe()
+
+        init(_ tool: String, _ args: [String]) throws {
+            process.executableURL = URL(fileURLWithPath: tool)
+            process.arguments = args
+            process.standardInput = input
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+        }
+
+        /// Waits up to `seconds` for the process to end; whether it did.
+        func ended(within seconds: Double) -> Bool {
+            for _ in 0..<Int(seconds * 50) where process.isRunning { usleep(20_000) }
+            return !process.isRunning
+        }
+    }
+
+    /// flock(1) and fcntl record locks between two nodes: a lock held on one keeps the other
+    /// out, a waiter on the other gets it when the holder goes (its process ends), a waiter
+    /// killed by a signal takes nothing with it, and F_GETLK on one node names the range
+    /// the other holds.
+    @Test(.timeLimit(.minutes(2))) func flockAndRecordLocksHoldAcrossNodes() throws {
+        let m = try TestMount(slots: [0, 1])
+        defer { m.cleanup() }
+        try m.mount()
+        let b = try m.mountNode("b", slot: 1)
+        let onA = m.path("lockfile"), onB = b + "/lockfile"
+        try Sys.writeFile(onA, Array("locked".utf8))
+        let tryLock = { (path: String, mode: String) throws -> Int32 in
+            try CLI.runTool("/usr/bin/flock", ["-n", mode, path, "true"]).status
+        }
+
+        // A holds the file exclusively (flock's own process holds it: -o), until its input ends.
+        let holder = try Background("/usr/bin/flock", ["-o", "-x", onA, "cat"])
+        var held = false
+        for _ in 0..<250 where !held {
+            held = try tryLock(onB, "-s") == 1
+            if !held { usleep(20_000) }
+        }
+        #expect(held, "b took a shared flock while a held it exclusively")
+        #expect(try tryLock(onA, "-s") == 1, "a second open file on a took a shared flock beside the exclusive one")
+        #expect(try tryLock(onB, "-x") == 1)
+
+        // A waiter on B that is killed while it waits takes nothing with it.
+        let killed = try Background("/usr/bin/flock", ["-x", onB, "true"])
+        #expect(!killed.ended(within: 0.5), "b's waiter got the lock while a held it")
+        kill(killed.process.processIdentifier, SIGKILL)
+        #expect(killed.ended(within: 5), "a waiter killed on b did not end")
+        // A waiter on B gets the lock as soon as A's holder is gone.
+        let waiter = try Background("/usr/bin/flock", ["-x", onB, "true"])
+        #expect(!waiter.ended(within: 0.5), "b's waiter got the lock while a held it")
+        try holder.input.fileHandleForWriting.close()
+        #expect(holder.ended(within: 5))
+        #expect(waiter.ended(within: 5), "b's waiter did not get the lock once a let it go")
+        #expect(waiter.process.terminationStatus == 0)
+        #expect(try tryLock(onA, "-x") == 0, "a lock outlived its holder")
+        #expect(try tryLock(onB, "-x") == 0)
+
+        // POSIX record locks: bytes 0-99 held for writing through A.
+        let fdA = open(onA, O_RDWR), fdB = open(onB, O_RDWR)
+        #expect(fdA >= 0 && fdB >= 0)
+        var w = flock()
+        w.l_type = Int16(F_WRLCK)
+        w.l_whence = Int16(SEEK_SET)
+        w.l_start = 0
+        w.l_len = 100
+        #expect(fcntl(fdA, F_SETLK, &w) == 0)
+        var r = flock()
+        r.l_type = Int16(F_RDLCK)
+        r.l_whence = Int16(SEEK_SET)
+        r.l_start = 50
+        r.l_len = 1
+        #expect(fcntl(fdB, F_SETLK, &r) == -1 && (errno == EAGAIN || errno == EACCES), "b read-locked a byte a holds for writing")
+        var probe = r
+        #expect(fcntl(fdB, F_GETLK, &probe) == 0)
+        #expect(probe.l_type == Int16(F_WRLCK) && probe.l_start == 0 && probe.l_len == 100, "F_GETLK on b: \(probe)")
+        r.l_start = 100
+        #expect(fcntl(fdB, F_SETLK, &r) == 0, "b could not lock a byte beside a's range")
+        // Closing any descriptor of the file lets go of the process's locks on it (POSIX),
+        // before close returns: here one opened after the lock, the file being known to
+        // have locks now.
+        let other = open(onA, O_RDONLY)
+        close(other)
+        r.l_start = 50
+        #expect(fcntl(fdB, F_SETLK, &r) == 0, "a's lock outlived a close of the file")
+        r.l_type = Int16(F_UNLCK)
+        #expect(fcntl(fdB, F_SETLK, &r) == 0)
+        // A lock taken through a descriptor opened before the file had locks goes when that
+        // open file is released, which the kernel tells the daemon just after close returns.
+        w.l_start = 300
+        w.l_len = 1
+        #expect(fcntl(fdA, F_SETLK, &w) == 0)
+        r.l_type = Int16(F_RDLCK)
+        r.l_start = 300
+        #expect(fcntl(fdB, F_SETLK, &r) == -1)
+        close(fdA)
+        var freed = false
+        for _ in 0..<250 where !freed {
+            freed = fcntl(fdB, F_SETLK, &r) == 0
+            if !freed { usleep(20_000) }
+        }
+        #expect(freed, "a's lock outlived its last descriptor")
+        // An open file description's lock (F_OFD_SETLK) goes when its last descriptor closes,
+        // which the kernel tells the daemon without naming the lock's owner.
+        let F_OFD_SETLK: Int32 = 37
+        let ofd = open(onA, O_RDWR)
+        var o = flock()
+        o.l_type = Int16(F_WRLCK)
+        o.l_whence = Int16(SEEK_SET)
+        o.l_start = 200
+        o.l_len = 10
+        #expect(fcntl(ofd, F_OFD_SETLK, &o) == 0)
+        r.l_start = 205
+        #expect(fcntl(fdB, F_SETLK, &r) == -1, "b read-locked a byte of a's open file description's lock")
+        close(ofd)
+        freed = false
+        for _ in 0..<250 where !freed {
+            freed = fcntl(fdB, F_SETLK, &r) == 0
+            if !freed { usleep(20_000) }
+        }
+        #expect(freed, "an open file description's lock outlived its last close")
+        close(fdB)
+    }
+
     /// fsx's checks with its operations alternating between two nodes on one file: writes,
     /// truncates and reads at random offsets, each on the other node than the last, every read
     /// compared with a model of all the writes so far. SCOUTFS_CLUSTER_FSX_OPS sets the count
