@@ -35,6 +35,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
         .package(url: "https://github.com/apple/swift-crypto", "3.12.0"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
     ],
     targets: [
         .target(name: "ScoutFormat", swiftSettings: formatSettings),
@@ -57,12 +61,20 @@ let package = Package(
             swiftSettings: strict
         ),
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
-        .target(name: "ScoutFUSE", dependencies: ["CFuse3", "ScoutFS", "ScoutClient", "ScoutStore", "ScoutFormat"], swiftSettings: strict),
+        .target(name: "ScoutFUSE", dependencies: ["CFuse3", "ScoutFS", "ScoutClient", "ScoutStore", "ScoutFormat",
+                                                  .product(name: "CoreMetrics", package: "swift-metrics")], swiftSettings: strict),
         .executableTarget(
             name: "scoutfs",
             dependencies: [
                 "ScoutFormat", "ScoutStore", "ScoutNet", "ScoutFS", "ScoutFUSE",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: strict
         ),

@@ -426,6 +426,7 @@ public final class ClientItems: @unchecked Sendable {
         let pool: [Extent]
         /// The client is leaving: its metadata pool goes back too.
         let returnPool: Bool
+        public var itemCount: Int { snap.items.count }
     }
 
     /// A commit's switch (the caller holds the transaction alone): takes the cached changes

@@ -126,7 +126,16 @@ public final class ClusterClient: Sendable {
         readGate.waitForReaders(of: readers)
         let seq = try items.finishCommit(pending, merge: merge)
         commits.add(1, ordering: .relaxed)
+        commitObserver.withLock { $0 }?.call(pending.itemCount)
         return seq
+    }
+
+    /// Told the number of items of each commit once it is durable (metrics). Behind a
+    /// reference: a closure kept in a mutex grows a thunk at every read (`Callback`).
+    private let commitObserver = Mutex<Callback<Int, Void>?>(nil)
+
+    public func observeCommits(_ observe: @escaping @Sendable (_ items: Int) -> Void) {
+        commitObserver.withLock { $0 = Callback(observe) }
     }
 
     // MARK: item calls (transaction held, shared or exclusive)

@@ -246,6 +246,8 @@ public final class LockClient: Sendable {
         var grants = 0
         var invalidations = 0
         var shrinkRequests = 0
+        /// Lock calls that found no usable lock cached and waited for the server.
+        var waits = 0
         var freed = 0
         var retries = 0
         var failedInvalidations: [String] = []
@@ -401,6 +403,7 @@ public final class LockClient: Sendable {
         }) {
             return h
         }
+        counters.withLock { $0.waits += 1 }
         parker.park()
         return box.handle.withLock { $0! }
     }
@@ -853,7 +856,7 @@ public final class LockClient: Sendable {
 
     /// Counts of requests sent, grants and invalidations received, shrink requests, locks freed
     /// and lookups that retried on a lock being freed.
-    public var statistics: (requests: Int, grants: Int, invalidations: Int, shrinkRequests: Int, freed: Int, retries: Int) {
-        counters.withLock { ($0.requests, $0.grants, $0.invalidations, $0.shrinkRequests, $0.freed, $0.retries) }
+    public var statistics: (requests: Int, grants: Int, invalidations: Int, shrinkRequests: Int, freed: Int, retries: Int, waits: Int) {
+        counters.withLock { ($0.requests, $0.grants, $0.invalidations, $0.shrinkRequests, $0.freed, $0.retries, $0.waits) }
     }
 }

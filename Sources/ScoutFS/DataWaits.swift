@@ -83,6 +83,8 @@ final class DataWaits: Sendable {
     func setAbandonCheck(_ check: @escaping @Sendable () -> Bool) { abandoned.withLock { $0 = Callback(check) } }
 
     var hasWaiters: Bool { count.load(ordering: .relaxed) > 0 }
+    /// Requests waiting for offline data now.
+    var waiting: Int { count.load(ordering: .relaxed) }
 
     func register(_ waiter: DataWaiter) -> Ticket {
         let p = Parker()

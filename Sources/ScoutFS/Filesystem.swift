@@ -339,6 +339,38 @@ public final class Filesystem: Sendable {
         return (s.requests, s.grants, s.invalidations, cluster.locks.cachedCount)
     }
 
+    /// What the mount has done since it started and what waits now (metrics).
+    public struct Statistics: Sendable, Equatable {
+        public var lockRequests = 0, lockGrants = 0, lockInvalidations = 0, lockWaits = 0, locksHeld = 0
+        public var commits = 0
+        /// Log tree merges the server made (0 on a node: the server counts them).
+        public var merges = 0
+        public var recordLockWaiters = 0
+        public var dataWaiters = 0
+
+        public init() {}
+    }
+
+    public var statistics: Statistics {
+        let s = cluster.locks.statistics
+        var out = Statistics()
+        out.lockRequests = s.requests
+        out.lockGrants = s.grants
+        out.lockInvalidations = s.invalidations
+        out.lockWaits = s.waits
+        out.locksHeld = cluster.locks.cachedCount
+        out.commits = cluster.commitCount
+        out.merges = host.merges(cluster.items)
+        out.recordLockWaiters = shared.recordWaits.waiting
+        out.dataWaiters = waits.waiting
+        return out
+    }
+
+    /// Calls `observe` with the number of items of each commit once it is durable.
+    public func observeCommits(_ observe: @escaping @Sendable (_ items: Int) -> Void) {
+        cluster.observeCommits(observe)
+    }
+
     /// The mount's role in its cluster and its lock figures (`scoutfs status`).
     public var clusterStatus: ClusterStatus {
         let s = cluster.locks.statistics

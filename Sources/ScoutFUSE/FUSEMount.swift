@@ -40,11 +40,15 @@ public final class FUSEMount {
     /// it), so it is the META:DATA pair the user named. Mounted by root, device files and
     /// setuid/setgid programs work as on a disk filesystem (`dev,suid`, which libfuse leaves
     /// off); `nodev` and `nosuid` given by the user come later and win.
-    public init(filesystem: Filesystem, mountpoint: String, source: String = "scoutfs", options: [String] = [], maxThreads: UInt32 = 16) throws(MountError) {
+    /// `requestTimerLabel`: time every request into swift-metrics timers of this label, one
+    /// per kind (dimension `op`); bootstrap the metrics system first.
+    public init(filesystem: Filesystem, mountpoint: String, source: String = "scoutfs", options: [String] = [], maxThreads: UInt32 = 16,
+                requestTimerLabel: String? = nil) throws(MountError) {
         self.mountpoint = mountpoint
         let ctx = Unmanaged.passRetained(FUSEContext(fs: filesystem))
         context = ctx
         var ops = makeOperations()
+        if let requestTimerLabel { instrumentRequests(&ops, RequestTimers(label: requestTimerLabel)) }
         let asRoot = geteuid() == 0 ? ["dev", "suid"] : []
         let opts = (["fsname=" + Self.escapeOption(source), "subtype=scoutfs", "default_permissions"] + asRoot + options).joined(separator: ",")
         let argv = ["scoutfs", "-o", opts]
@@ -94,11 +98,12 @@ public final class FUSEMount {
         return out
     }
 
-    /// Serves requests until the filesystem is unmounted or a signal ends the loop.
-    public func run() -> Int32 {
-        fuse_set_signal_handlers(session)
+    /// Serves requests until the filesystem is unmounted or `exit` is called, or (with
+    /// `handleSignals`) SIGTERM, SIGINT or SIGHUP arrives.
+    public func run(handleSignals: Bool = true) -> Int32 {
+        if handleSignals { fuse_set_signal_handlers(session) }
         let rc = scout_session_loop_mt(session, maxThreads)
-        fuse_remove_signal_handlers(session)
+        if handleSignals { fuse_remove_signal_handlers(session) }
         return rc
     }
 
@@ -114,9 +119,15 @@ public final class FUSEMount {
         }
     }
 
-    /// Ends the loop from another thread.
+    /// Ends the loop from another thread. The loop's threads notice only between requests,
+    /// so a request is made to wake one (statfs: the kernel never answers it from a cache).
     public func exit() {
         fuse_session_exit(session)
+        let path = mountpoint
+        try? JoinableThread.detach("waking the FUSE loop") {
+            var st = statvfs()
+            _ = statvfs(path, &st)
+        }
     }
 
     /// Unmounts and frees the session; call after `run` returns.

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Logging
 import ScoutFormat
 import ScoutFS
 import ScoutFUSE
@@ -37,6 +38,12 @@ struct MountCommand: ParsableCommand {
     @Option(help: "Where the daemon logs once detached.")
     var log: String = "/var/log/scoutfs.log"
 
+    @Option(name: .customLong("log-level"), help: "The least important messages logged: trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String = "info"
+
+    @Option(help: ArgumentHelp("Serve Prometheus metrics on http://ADDRESS:PORT/metrics (off unless given).", valueName: "ADDRESS:PORT"))
+    var metrics: String?
+
     @Option(help: "Seconds between commits of the open transaction.")
     var commitInterval: Int = 5
 
@@ -57,6 +64,20 @@ struct MountCommand: ParsableCommand {
         if serverWait < 0 { throw ValidationError("--server-wait must be 0 or more seconds") }
         if commitInterval < 1 { throw ValidationError("--commit-interval must be at least 1 second") }
         if cacheMiB < 16 { throw ValidationError("--cache-mib must be at least 16") }
+        if Logger.Level(rawValue: logLevel) == nil {
+            throw ValidationError("--log-level must be trace, debug, info, notice, warning, error or critical, not '\(logLevel)'")
+        }
+        if let metrics, Self.metricsAddress(metrics) == nil {
+            throw ValidationError("--metrics takes ADDRESS:PORT (e.g. 127.0.0.1:9127), not '\(metrics)'")
+        }
+    }
+
+    /// "127.0.0.1:9127" → ("127.0.0.1", 9127); "[::1]:9127" too.
+    static func metricsAddress(_ s: String) -> (host: String, port: Int)? {
+        guard let colon = s.lastIndex(of: ":"), let port = Int(s[s.index(after: colon)...]), (0...65535).contains(port) else { return nil }
+        var host = String(s[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return host.isEmpty ? nil : (host, port)
     }
 
     func run() throws {
@@ -77,7 +98,8 @@ struct MountCommand: ParsableCommand {
             p.executableURL = URL(fileURLWithPath: exe)
         }
         var args = ["mount", "--daemon-child", "--log", log, "--server-wait", String(serverWait),
-                    "--commit-interval", String(commitInterval), "--cache-mib", String(cacheMiB)]
+                    "--commit-interval", String(commitInterval), "--cache-mib", String(cacheMiB), "--log-level", logLevel]
+        if let metrics { args += ["--metrics", metrics] }
         if let quorumSlot { args += ["--quorum-slot", String(quorumSlot)] }
         if let clusterKey { args += ["--cluster-key", clusterKey] }
         for o in options { args += ["-o", o] }
@@ -136,7 +158,9 @@ struct MountCommand: ParsableCommand {
         let role: String
         var local: LocalCluster?
         var warnings: [String] = []
-        let logLine: @Sendable (String) -> Void = { line in FileHandle.standardError.write(Data("scoutfs: \(line)\n".utf8)) }
+        let logger = DaemonLog.start(level: Logger.Level(rawValue: logLevel) ?? .info, style: DaemonLogHandler.style(foreground: foreground && !daemonChild))
+        let logLine = DaemonLog.sink(logger)
+        var mountMetrics: MountMetrics?
         let serverSlot: QuorumSlot
         do {
             // Reads past the page cache on both devices: another node (another machine on the
@@ -191,7 +215,10 @@ struct MountCommand: ParsableCommand {
                     fsys = try Filesystem(node: node, options: fsOptions)
                 }
                 fsys.logSink = logLine
-                fuse = try FUSEMount(filesystem: fsys, mountpoint: mnt, source: "\(meta):\(data)", options: options)
+                // Before the mount: its request timers are made through the metrics system.
+                if metrics != nil { mountMetrics = MountMetrics.start(fsys) }
+                fuse = try FUSEMount(filesystem: fsys, mountpoint: mnt, source: "\(meta):\(data)", options: options,
+                                     requestTimerLabel: metrics == nil ? nil : MountMetrics.requestTimerLabel)
             } catch {
                 local?.stopServing()
                 try? claim?.release()
@@ -202,13 +229,22 @@ struct MountCommand: ParsableCommand {
         }
         let service = ControlService(filesystem: fsys, mountpoint: mnt, invalidate: fuse.inodeInvalidator)
         let control: ControlServer
+        var endpoint: MetricsEndpoint?
         do {
+            if let mountMetrics, let metrics, let (host, port) = Self.metricsAddress(metrics) {
+                do {
+                    endpoint = try MetricsEndpoint(host: host, port: port, metrics: mountMetrics)
+                } catch {
+                    throw StoreError(.io, "cannot serve metrics on \(metrics): \(error); is another program using the port?")
+                }
+            }
             try FileManager.default.createDirectory(atPath: MountRegistry.directory, withIntermediateDirectories: true)
-            control = try ControlServer(path: MountRegistry.controlSocket(for: mnt), log: { line in
-                FileHandle.standardError.write(Data("scoutfs: \(line)\n".utf8))
-            }) { body, file, peer in service.handle(body, file: file, peer: peer) }
+            control = try ControlServer(path: MountRegistry.controlSocket(for: mnt), log: logLine) { body, file, peer in
+                service.handle(body, file: file, peer: peer)
+            }
             try control.start()
         } catch {
+            endpoint?.close()
             fuse.close()
             local?.stopServing()
             try? claim?.release()
@@ -231,6 +267,7 @@ struct MountCommand: ParsableCommand {
             try committer.start()
         } catch {
             control.stop()
+            endpoint?.close()
             fuse.close()
             local?.stopServing()
             try? claim?.release()
@@ -248,17 +285,20 @@ struct MountCommand: ParsableCommand {
         } else {
             print("serving \(mnt); unmount with `scoutfs unmount \(mnt)` or Ctrl-C")
         }
-        FileHandle.standardError.write(Data("scoutfs: mounted \(meta) \(data) on \(mnt), \(quorumSlot.map { "quorum slot \($0)" } ?? "no quorum slot"), \(role), pid \(getpid())\n".utf8))
-        for w in warnings { logLine("warning: \(w)") }
+        logger.info("mounted \(meta) \(data) on \(mnt), \(quorumSlot.map { "quorum slot \($0)" } ?? "no quorum slot"), \(role), pid \(getpid())")
+        if let endpoint, let metrics, let (host, _) = Self.metricsAddress(metrics) {
+            logger.info("metrics on http://\(host.contains(":") ? "[\(host)]" : host):\(endpoint.port)/metrics")
+        }
+        for w in warnings { logger.warning("\(w)") }
 
-        let rc = fuse.run()
+        let served = MountServices.run([FUSEService(fuse: fuse)] + (endpoint.map { [MetricsService(endpoint: $0)] } ?? []), logger: logger)
         control.stop()
         committer.stop()
-        var status: Int32 = rc == 0 ? 0 : 1
+        var status: Int32 = served ? 0 : 1
         do {
             try fsys.syncAndMerge()
         } catch {
-            FileHandle.standardError.write(Data("scoutfs: final commit failed: \(error); the last committed state is seq \(fsys.committedSeq)\n".utf8))
+            logger.error("final commit failed: \(error); the last committed state is seq \(fsys.committedSeq)")
             status = 1
         }
         fuse.close()
@@ -270,10 +310,10 @@ struct MountCommand: ParsableCommand {
         do {
             try claim?.release()
         } catch {
-            FileHandle.standardError.write(Data("scoutfs: clearing the claim in quorum slot \(quorumSlot ?? -1) failed: \(error); the next mount on another host waits for it to go stale\n".utf8))
+            logger.error("clearing the claim in quorum slot \(quorumSlot ?? -1) failed: \(error); the next mount on another host waits for it to go stale")
         }
         MountRegistry.remove(mnt)
-        FileHandle.standardError.write(Data("scoutfs: unmounted \(mnt) at seq \(fsys.committedSeq)\n".utf8))
+        logger.info("unmounted \(mnt) at seq \(fsys.committedSeq)")
         if status != 0 { throw ExitCode(status) }
     }
 }

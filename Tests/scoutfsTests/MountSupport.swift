@@ -224,6 +224,32 @@ enum Sys {
         throw POSIXError(.EADDRINUSE)
     }
 
+    /// GET `path` from an HTTP server on 127.0.0.1:`port`; the status line and the body.
+    static func httpGet(port: Int, _ path: String) throws -> (status: String, body: String) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw Failure(call: "socket", errno: errno) }
+        defer { close(fd) }
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_addr.s_addr = inet_addr("127.0.0.1")
+        a.sin_port = in_port_t(UInt16(port).bigEndian)
+        let rc = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard rc == 0 else { throw Failure(call: "connect to port \(port)", errno: errno) }
+        let request = Array("GET \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".utf8)
+        guard write(fd, request, request.count) == request.count else { throw Failure(call: "send", errno: errno) }
+        var reply: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &buf, buf.count)
+            if n <= 0 { break }
+            reply += buf[0..<n]
+        }
+        let text = String(decoding: reply, as: UTF8.self)
+        guard let split = text.range(of: "\r\n\r\n") else { return (text, "") }
+        let status = String(text[..<split.lowerBound].prefix { $0 != "\r\n" })
+        return (status, String(text[split.upperBound...]))
+    }
+
     static func sparseFile(_ path: String, size: UInt64) throws {
         guard FileManager.default.createFile(atPath: path, contents: nil) else {
             throw Failure(call: "create \(path)", errno: errno)

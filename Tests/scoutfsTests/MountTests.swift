@@ -216,6 +216,45 @@ import Testing
         #expect(try CLI.run(["status", m.mnt]).status == 1)
     }
 
+    /// With --metrics, the daemon serves Prometheus's text on /metrics: every FUSE request by
+    /// kind and latency, lock traffic, commits and their sizes. Its log says where, one line
+    /// per record with a level; --log-level keeps out what is below it.
+    @Test func metricsEndpointCountsRequestsLocksAndCommits() throws {
+        let m = try TestMount()
+        defer { m.cleanup() }
+        let port = try Sys.freePort()
+        try m.mount(["--metrics", "127.0.0.1:\(port)"])
+        try FileManager.default.createDirectory(atPath: m.path("d"), withIntermediateDirectories: false)
+        for i in 0..<25 { try Sys.writeFile(m.path("d/f\(i)"), Array("metrics \(i)".utf8)) }
+        try Sys.writeFile(m.path("d/synced"), [1], fsync: true)
+        let (status, body) = try Sys.httpGet(port: port, "/metrics")
+        #expect(status.hasSuffix("200 OK"), "\(status)")
+        let value = { (name: String) -> Double? in
+            body.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last!) }
+        }
+        #expect((value("scoutfs_fuse_request_duration_seconds_count{op=\"create\"}") ?? 0) >= 26, "\(body.prefix(2000))")
+        #expect((value("scoutfs_fuse_request_duration_seconds_count{op=\"write\"}") ?? 0) >= 26)
+        #expect((value("scoutfs_fuse_request_duration_seconds_count{op=\"mkdir\"}") ?? 0) == 1)
+        #expect((value("scoutfs_fuse_request_duration_seconds_sum{op=\"create\"}") ?? 0) > 0)
+        #expect((value("scoutfs_lock_requests_total") ?? 0) > 0)
+        #expect((value("scoutfs_commits_total") ?? 0) >= 1)
+        #expect((value("scoutfs_commit_items_count") ?? 0) >= 1)
+        #expect((value("scoutfs_commit_items_sum") ?? 0) >= 27, "the fsync's commit held every create")
+        #expect(body.contains("# TYPE scoutfs_fuse_request_duration_seconds histogram"))
+        #expect(try Sys.httpGet(port: port, "/other").status.hasSuffix("404 Not Found"))
+        try m.unmount()
+        let log = String(decoding: try Sys.readFile(m.log), as: UTF8.self)
+        #expect(log.contains(" info metrics on http://127.0.0.1:\(port)/metrics"), "\(log)")
+        #expect(log.split(separator: "\n").allSatisfy { $0.split(separator: " ").dropFirst().first.map { ["info", "warning", "error", "notice"].contains(String($0)) } ?? false },
+                "\(log)")
+        // Below the level asked for, nothing is written.
+        try m.mount(["--log-level", "warning"])
+        try m.unmount()
+        #expect(String(decoding: try Sys.readFile(m.log), as: UTF8.self) == log)
+        // Without --metrics, nothing listens.
+        #expect(throws: (any Error).self) { try Sys.httpGet(port: port, "/metrics") }
+    }
+
     /// Several mounts of one pair of devices are one cluster: the mount of the lowest slot
     /// runs the server, the others (another slot, or none) connect to it; what one mount does,
     /// the others see at their next syscall, names they listed or looked up before included.
