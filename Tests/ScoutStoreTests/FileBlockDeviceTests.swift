@@ -34,4 +34,25 @@ import Testing
         }
         #expect(throws: StoreError.self) { try dev.withBytes(at: 1 << 20, count: 64 << 10) { $0.count } }
     }
+
+    /// A flush covers the writes completed before it; one with none new to cover skips the
+    /// fdatasync (a device cache flush each), and a write after it makes the next one sync.
+    @Test func aFlushWithNothingNewSkipsTheSync() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("fbd-sync-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(count: 1 << 20)))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let d = try FileBlockDevice(path: path)
+        try d.flush()
+        #expect(d.syncs.load(ordering: .relaxed) == 0)
+        try d.write(at: 4096, [UInt8](repeating: 7, count: 4096))
+        try d.flush()
+        #expect(d.syncs.load(ordering: .relaxed) == 1)
+        try d.flush()
+        try d.flush()
+        #expect(d.syncs.load(ordering: .relaxed) == 1)
+        try d.write(at: 0, [1])
+        try d.flush()
+        #expect(d.syncs.load(ordering: .relaxed) == 2)
+        #expect(try d.read(at: 0, count: 1) == [1])
+    }
 }
