@@ -17,14 +17,28 @@ public struct LockClientOptions: Sendable {
     public var shrinkInFlightLimit: Int
     /// Locks per recovery answer.
     public var recoverBatch: Int
+    /// A lock in use when another client asks for it is kept while its users come back within
+    /// `linger` of each other, up to `maxHold` after it was granted, before it is given up:
+    /// handing a lock over costs a commit and several messages, and two clients working in
+    /// one directory would otherwise trade it for every single operation. Zero (the default)
+    /// gives a lock up as soon as its users leave. Needs the worker thread (`startWorker`).
+    public var linger: Duration
+    public var maxHold: Duration
 
     public static let idleLimitRange = 32...100_000
 
-    public init(idleLimit: Int = 10_000, shrinkInFlightLimit: Int = 64, recoverBatch: Int = LockRecoverReply.maxEntries) {
+    public init(idleLimit: Int = 10_000, shrinkInFlightLimit: Int = 64, recoverBatch: Int = LockRecoverReply.maxEntries,
+                linger: Duration = .zero, maxHold: Duration = .zero) {
         self.idleLimit = idleLimit
         self.shrinkInFlightLimit = max(1, shrinkInFlightLimit)
         self.recoverBatch = max(1, min(recoverBatch, LockRecoverReply.maxEntries))
+        self.linger = linger
+        self.maxHold = maxHold
     }
+
+    /// What a mount uses: a lock lingers while its users come back within 200 µs, for at most
+    /// 10 ms.
+    public static let mount = LockClientOptions(linger: .microseconds(200), maxHold: .milliseconds(10))
 }
 
 /// A lock request the client refuses.
@@ -125,6 +139,11 @@ struct LockState {
     var recentlyUsed = false
     /// Its count went 3 → 1: it is leaving the index and must not be used again.
     var freeing = false
+    /// When the last grant arrived and the last user left (monotonic ns), for lingering.
+    var grantedAt: UInt64 = 0
+    var lastUse: UInt64 = 0
+    /// The invalidation (by id) whose lingering is over: it waits for users only.
+    var lingerEnded: UInt64?
 
     /// A new user asking for `mode` can proceed now.
     @inline(__always)
@@ -262,6 +281,12 @@ public final class LockClient: Sendable {
     private let shards: [Shard]
     private let index = Mutex(Index())
     private let work = Mutex<[ClientLock]>([])
+    /// Locks whose invalidation waits for their users to pause (`LockClientOptions.linger`),
+    /// each with the time to look again; each holds the work queue's reference.
+    private let lingering = Mutex<[(until: UInt64, lock: ClientLock)]>([])
+    private let lingers: Bool
+    private let linger: UInt64
+    private let maxHold: UInt64
     private let hooks = Mutex<[LockInvalidationHook]>([])
     private let grantHooks = Mutex<[@Sendable (LockRange, LockMode) -> Void]>([])
     private let shrinkInFlight = Atomic<Int>(0)
@@ -274,6 +299,13 @@ public final class LockClient: Sendable {
         self.link = link
         self.options = options
         shards = (0..<Self.shardCount).map { _ in Shard() }
+        let ns = { (d: Duration) -> UInt64 in
+            let (s, a) = d.components
+            return s <= 0 && a <= 0 ? 0 : UInt64(s) &* 1_000_000_000 &+ UInt64(a / 1_000_000_000)
+        }
+        linger = ns(options.linger)
+        maxHold = ns(options.maxHold)
+        lingers = linger > 0 && maxHold > 0
     }
 
     /// Adds a callback run during every invalidation, after those registered earlier.
@@ -459,8 +491,10 @@ public final class LockClient: Sendable {
     public func unlock(_ h: LockHandle) {
         let l = h.lock
         var requeue = false
+        let now = lingers ? Self.monotonicNow() : 0
         let remove = l.state.withLock { s in
             s.users[h.mode] -= 1
+            s.lastUse = now
             precondition(s.users[h.mode] >= 0, "unlock of \(l.range) in \(h.mode) without a matching lock")
             if s.waitingForUsers, let first = s.invalidations.first,
                s.users.allowed(under: target(first, granted: s.granted)) {
@@ -535,6 +569,7 @@ public final class LockClient: Sendable {
     private func receiveGrant(_ m: LockMessage) {
         // The pending request holds a reference, so a lock with a request out is indexed.
         guard let l = find(m.key) else { return }
+        let grantTime = lingers ? Self.monotonicNow() : 0
         var wake: [(LockWaiter, LockHandle)] = []
         var request: LockMessage?
         var wasShrink = false
@@ -542,6 +577,7 @@ public final class LockClient: Sendable {
             guard s.requestPending else { return }
             s.requestPending = false
             s.granted = m.newMode
+            s.grantedAt = grantTime
             if m.newMode.canWrite { s.writeSeq = m.writeSeq }
             wasShrink = s.shrinking
             s.shrinking = false
@@ -568,7 +604,8 @@ public final class LockClient: Sendable {
         }
         var queue = false
         l.state.withLock { s in
-            if s.invalidations.isEmpty { s.blockedFor = m.newMode }
+            // Lingering, new users come in until the worker decides to give the lock up.
+            if s.invalidations.isEmpty && !lingers { s.blockedFor = m.newMode }
             s.invalidations.append(m)
             l.addRef()
             if !s.inWorkQueue {
@@ -612,10 +649,23 @@ public final class LockClient: Sendable {
                 case done
                 case answer(LockMessage)
                 case run(from: LockMode, to: LockMode, seq: UInt64, id: UInt64)
+                case linger(until: UInt64)
             }
+            let now = lingers ? Self.monotonicNow() : 0
             let step: Step = l.state.withLock { s in
                 guard let m = s.invalidations.first else { return .done }
                 let to = target(m, granted: s.granted)
+                if lingers, s.lingerEnded != m.id, s.granted != .null {
+                    let holdEnd = s.grantedAt &+ maxHold
+                    let busy = s.users.total > 0 || now < s.lastUse &+ linger
+                    if busy && now < holdEnd {
+                        // Back on the queue when the users may be done, or the hold is over;
+                        // the work queue's reference stays with it.
+                        s.inWorkQueue = true
+                        return .linger(until: min(holdEnd, max(now, s.lastUse) &+ linger))
+                    }
+                    s.lingerEnded = m.id
+                }
                 if s.granted == to || s.granted == .null || (to == .read && s.granted == .read) {
                     // Already there (a duplicate after recovery, or a stale message).
                     s.invalidations.removeFirst()
@@ -637,6 +687,9 @@ public final class LockClient: Sendable {
             switch step {
             case .done:
                 put(l)
+                return answered
+            case .linger(let until):
+                lingering.withLock { $0.append((until, l)) }
                 return answered
             case .answer(let m):
                 answer = m
@@ -816,9 +869,42 @@ public final class LockClient: Sendable {
         // Work queued before the stop is still answered: a server waits for every answer.
         while true {
             processInvalidations()
-            if workerState.withLock({ $0.stop }) { return }
-            workerSignal.park()
+            let stopping = workerState.withLock { $0.stop }
+            // Lingering locks whose time is up go back on the work queue (all of them at a
+            // stop, which gives every lock up at once).
+            let now = Self.monotonicNow()
+            let (due, next) = lingering.withLock { list -> ([ClientLock], UInt64?) in
+                var due: [ClientLock] = []
+                var next: UInt64?
+                list.removeAll { entry in
+                    if stopping || entry.until <= now {
+                        due.append(entry.lock)
+                        return true
+                    }
+                    next = min(next ?? entry.until, entry.until)
+                    return false
+                }
+                return (due, next)
+            }
+            if !due.isEmpty {
+                if stopping { for l in due { l.state.withLock { $0.lingerEnded = $0.invalidations.first?.id } } }
+                work.withLock { $0.append(contentsOf: due) }
+                continue
+            }
+            if stopping { return }
+            if let next {
+                _ = workerSignal.park(seconds: Double(next &- now) / 1e9)
+            } else {
+                workerSignal.park()
+            }
         }
+    }
+
+    /// CLOCK_MONOTONIC in nanoseconds.
+    static func monotonicNow() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
     }
 
     // MARK: inspection

@@ -34,6 +34,8 @@ public final class NetServerLink: ServerLink, Sendable {
     }
 
     private let fenced = Mutex<String?>(nil)
+    /// The seq of this node's last commit.
+    private let lastCommit = Atomic<UInt64>(0)
 
     /// Refuses every call from now on with `why`: the node may not commit or allocate again.
     public func fence(_ why: String) {
@@ -107,6 +109,14 @@ public final class NetServerLink: ServerLink, Sendable {
     }
 
     public func recordedLogTree(rid: UInt64) throws -> LogTreeRecord? {
+        // The node's record changes only in its own commits (the server merges a node's tree
+        // inside them), and each commit's answer moves the node's roots past it: the records
+        // read with those roots hold it. A call only when the roots lag the last commit (its
+        // answer's roots could not be read).
+        let roots = store.committed.roots
+        if roots.seq >= lastCommit.load(ordering: .acquiring), case .success(let records) = roots.records {
+            return records.first { $0.rid == net.client }?.record
+        }
         let a = try call(.recordedLogTree)
         guard case .recordedLogTree(let rec) = a else { throw unexpected(a, to: "the recorded log tree") }
         return rec
@@ -144,6 +154,7 @@ public final class NetServerLink: ServerLink, Sendable {
     public func commitLogTree(rid: UInt64, _ record: LogTreeRecord, freed: [Extent], freedMeta: [Extent], merge: Bool) throws -> LogCommit {
         let a = try call(.commitLogTree(record, freed: freed, freedMeta: freedMeta, merge: merge))
         guard case .committed(let c, let roots) = a else { throw unexpected(a, to: "a commit") }
+        lastCommit.store(c.seq, ordering: .releasing)
         try moveOn(roots)
         return c
     }

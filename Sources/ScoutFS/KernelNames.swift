@@ -73,8 +73,9 @@ extension Filesystem {
             let (inodes, names) = refs.kernelCached(inGroup: group)
             guard !inodes.isEmpty || !names.isEmpty else { return }
             for ino in inodes { target.invalidateAttributes(ino) }
-            for n in names { target.invalidateEntry(n.parent, n.name) }
+            // Pages first: a name may have to wait for its directory (see `flush`).
             for ino in inodes { target.invalidateInode(ino) }
+            for n in names { target.invalidateEntry(n.parent, n.name) }
             // The lock goes to another client once this returns, and its change may be in
             // the next syscall here: names and pages must be gone by then. A request here
             // holding what a notification needs waits for this very lock; past the bound

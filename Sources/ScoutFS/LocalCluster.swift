@@ -215,7 +215,7 @@ public final class LocalCluster: ClusterHost, Sendable {
     }
 
     func makeClient(id: UInt64) throws -> ClusterClient {
-        let locks = LockClient(id: id, link: lockNetwork.serverLink(for: id))
+        let locks = LockClient(id: id, link: lockNetwork.serverLink(for: id), options: .mount)
         // The store's transaction seq orders every change: whoever hands a lock over commits
         // first, which advances it (see `ClusterClient.ordersByLockSeq`).
         return ClusterClient(id: id, locks: locks, store: store, server: server, cacheBytes: 256 << 20,

@@ -91,7 +91,7 @@ public final class NodeCluster: ClusterHost, Sendable {
             throw error
         }
         inbox.link.withLock { [link] in $0 = link }
-        locks = LockClient(id: id, link: NetLockServerLink(conn))
+        locks = LockClient(id: id, link: NetLockServerLink(conn), options: .mount)
         link.follow(locks)
         inbox.locks.withLock { [locks] in $0 = locks }
     }

@@ -20,6 +20,7 @@ public struct MountError: Error, CustomStringConvertible {
 /// What a libfuse callback reaches through `fuse_req_userdata`.
 final class FUSEContext: Sendable {
     let fs: Filesystem
+    let busy = BusyDirectories()
     init(fs: Filesystem) { self.fs = fs }
 }
 
@@ -72,7 +73,7 @@ public final class FUSEMount {
         mounted = true
         self.maxThreads = maxThreads
         do {
-            notifier = try KernelNotifier(session: se)
+            notifier = try KernelNotifier(session: se, busy: ctx.takeUnretainedValue().busy)
         } catch {
             fuse_session_unmount(se)
             fuse_session_destroy(se)
@@ -146,6 +147,16 @@ public final class FUSEMount {
 
 func fs(_ req: fuse_req_t?) -> Filesystem {
     Unmanaged<FUSEContext>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue().fs
+}
+
+/// Runs a request's handler, reply included, with `dirs` marked as held by the kernel for it
+/// (`BusyDirectories`).
+@inline(__always)
+func holding(_ req: fuse_req_t?, _ dirs: UInt64..., body: () -> Void) {
+    let busy = Unmanaged<FUSEContext>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue().busy
+    for d in dirs { busy.enter(d) }
+    defer { for d in dirs { busy.leave(d) } }
+    body()
 }
 
 func bytes(_ s: UnsafePointer<CChar>?) -> [UInt8] {
@@ -337,7 +348,9 @@ func makeOperations() -> fuse_lowlevel_ops {
         scout_conn_unwant(conn, UInt32(FUSE_CAP_HANDLE_KILLPRIV))
         conn.pointee.max_write = 1 << 20
     }
-    ops.lookup = { req, parent, name in replyEntry(req) { () throws(Errno) in try fs(req).lookup(parent, bytes(name)) } }
+    ops.lookup = { req, parent, name in
+        holding(req, parent) { replyEntry(req) { () throws(Errno) in try fs(req).lookup(parent, bytes(name)) } }
+    }
     ops.forget = { req, ino, n in
         try? fs(req).forget(ino, n)
         fuse_reply_none(req)
@@ -349,7 +362,7 @@ func makeOperations() -> fuse_lowlevel_ops {
         fuse_reply_none(req)
     }
     ops.getattr = { req, ino, _ in replyAttr(req) { () throws(Errno) in try fs(req).getattr(ino) } }
-    ops.setattr = { req, ino, attr, toSet, _ in
+    ops.setattr = { req, ino, attr, toSet, _ in holding(req, ino) {
         replyAttr(req) { () throws(Errno) in
             guard let a = attr?.pointee else { throw Errno.invalidArgument }
             var ch = AttributeChanges()
@@ -364,7 +377,7 @@ func makeOperations() -> fuse_lowlevel_ops {
             if toSet & FUSE_SET_ATTR_MTIME_NOW != 0 { ch.mtime = .now } else if toSet & FUSE_SET_ATTR_MTIME != 0 { ch.mtime = .set(timestamp(a.st_mtim)) }
             return try interruptible(req) { c throws(Errno) in try fs(req).setattr(ino, ch, cancel: c) }
         }
-    }
+    } }
     ops.readlink = { req, ino in
         do {
             let target = try fs(req).readlink(ino) + [0]
@@ -375,23 +388,27 @@ func makeOperations() -> fuse_lowlevel_ops {
             replyErr(req, error)
         }
     }
-    ops.mknod = { req, parent, name, mode, rdev in
+    ops.mknod = { req, parent, name, mode, rdev in holding(req, parent) {
         replyEntry(req) { () throws(Errno) in try fs(req).mknod(parent, bytes(name), mode: mode, rdev: UInt64(rdev), caller: caller(req)) }
-    }
-    ops.mkdir = { req, parent, name, mode in
+    } }
+    ops.mkdir = { req, parent, name, mode in holding(req, parent) {
         replyEntry(req) { () throws(Errno) in try fs(req).mkdir(parent, bytes(name), mode: mode, caller: caller(req)) }
-    }
-    ops.symlink = { req, link, parent, name in
+    } }
+    ops.symlink = { req, link, parent, name in holding(req, parent) {
         replyEntry(req) { () throws(Errno) in try fs(req).symlink(parent, bytes(name), target: bytes(link), caller: caller(req)) }
-    }
-    ops.link = { req, ino, parent, name in
+    } }
+    ops.link = { req, ino, parent, name in holding(req, parent) {
         replyEntry(req) { () throws(Errno) in try fs(req).link(ino, parent, bytes(name)) }
+    } }
+    ops.unlink = { req, parent, name in
+        holding(req, parent) { replyOK(req) { () throws(Errno) in try fs(req).unlink(parent, bytes(name)) } }
     }
-    ops.unlink = { req, parent, name in replyOK(req) { () throws(Errno) in try fs(req).unlink(parent, bytes(name)) } }
-    ops.rmdir = { req, parent, name in replyOK(req) { () throws(Errno) in try fs(req).rmdir(parent, bytes(name)) } }
-    ops.rename = { req, parent, name, newParent, newName, flags in
+    ops.rmdir = { req, parent, name in
+        holding(req, parent) { replyOK(req) { () throws(Errno) in try fs(req).rmdir(parent, bytes(name)) } }
+    }
+    ops.rename = { req, parent, name, newParent, newName, flags in holding(req, parent, newParent) {
         replyOK(req) { () throws(Errno) in try fs(req).rename(parent, bytes(name), newParent, bytes(newName), flags: UInt32(flags)) }
-    }
+    } }
     ops.open = { req, ino, fi in
         do {
             guard let fi else { throw Errno.invalidArgument }
@@ -404,7 +421,7 @@ func makeOperations() -> fuse_lowlevel_ops {
             replyErr(req, error)
         }
     }
-    ops.create = { req, parent, name, mode, fi in
+    ops.create = { req, parent, name, mode, fi in holding(req, parent) {
         do {
             guard let fi else { throw Errno.invalidArgument }
             var e = entry(of: try fs(req).create(parent, bytes(name), mode: mode, flags: fi.pointee.flags, caller: caller(req)))
@@ -416,7 +433,7 @@ func makeOperations() -> fuse_lowlevel_ops {
         } catch {
             replyErr(req, error)
         }
-    }
+    } }
     ops.read = { req, ino, size, off, _ in
         do {
             replyBytes(req, try interruptible(req) { c throws(Errno) in try fs(req).read(ino, offset: try fileOffset(off), count: size, cancel: c) })
@@ -474,8 +491,8 @@ func makeOperations() -> fuse_lowlevel_ops {
             replyErr(req, error)
         }
     }
-    ops.readdir = { req, ino, size, off, fi in fillDirectory(req, ino, size: size, offset: off, plus: false, fi) }
-    ops.readdirplus = { req, ino, size, off, fi in fillDirectory(req, ino, size: size, offset: off, plus: true, fi) }
+    ops.readdir = { req, ino, size, off, fi in holding(req, ino) { fillDirectory(req, ino, size: size, offset: off, plus: false, fi) } }
+    ops.readdirplus = { req, ino, size, off, fi in holding(req, ino) { fillDirectory(req, ino, size: size, offset: off, plus: true, fi) } }
     ops.releasedir = { req, _, fi in
         // The reference opendir took.
         if let stream = directoryStream(fi) { Unmanaged.passUnretained(stream).release() }
@@ -501,17 +518,19 @@ func makeOperations() -> fuse_lowlevel_ops {
             replyErr(req, error)
         }
     }
-    ops.setxattr = { req, ino, name, value, size, flags in
+    ops.setxattr = { req, ino, name, value, size, flags in holding(req, ino) {
         replyOK(req) { () throws(Errno) in
             let v = size > 0 ? Array(UnsafeRawBufferPointer(start: value, count: size)) : []
             try fs(req).setXattr(ino, bytes(name), v, flags: flags, caller: caller(req))
         }
-    }
+    } }
     ops.getxattr = { req, ino, name, size in replyXattr(req, size: size) { () throws(Errno) in try fs(req).getXattr(ino, bytes(name)) } }
     ops.listxattr = { req, ino, size in
         replyXattr(req, size: size) { () throws(Errno) in try fs(req).listXattrs(ino).flatMap { $0 + [0] } }
     }
-    ops.removexattr = { req, ino, name in replyOK(req) { () throws(Errno) in try fs(req).removeXattr(ino, bytes(name), caller: caller(req)) } }
+    ops.removexattr = { req, ino, name in
+        holding(req, ino) { replyOK(req) { () throws(Errno) in try fs(req).removeXattr(ino, bytes(name), caller: caller(req)) } }
+    }
     ops.fallocate = { req, ino, mode, off, len, _ in
         replyOK(req) { () throws(Errno) in
             guard off >= 0, len > 0 else { throw Errno.invalidArgument }

@@ -23,8 +23,13 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
     }
 
     private let session: UInt
+    /// Directories whose inode lock a request of this mount holds in the kernel now.
+    private let busy: BusyDirectories
     private struct Queue {
         var notes: [Note] = []
+        /// The batch the thread is sending (a name in it may be waiting for its directory).
+        var sending: [Note] = []
+        var sendingDone = 0
         var stopping = false
         /// Notes queued and notes sent since the start, and the hooks waiting for a count.
         var queued: UInt64 = 0
@@ -35,8 +40,9 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
     private let wake = Parker()
     private var thread: JoinableThread?
 
-    init(session: OpaquePointer) throws(ThreadError) {
+    init(session: OpaquePointer, busy: BusyDirectories) throws(ThreadError) {
         self.session = UInt(bitPattern: session)
+        self.busy = busy
         thread = try JoinableThread("kernel cache notifier") { [self] in run() }
     }
 
@@ -61,33 +67,38 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
         wake.unpark()
     }
 
+    /// Waits for what is queued to reach the kernel, up to the first name in a directory a
+    /// request holds now (`BusyDirectories`): dropping that name waits for the request, which
+    /// may wait for the lock this hand-over gives up. Such a name is dropped as soon as the
+    /// request is answered, before a later syscall can take the directory's lock (the
+    /// kernel's lock queues in order).
     func flush(within seconds: Double) -> Bool {
         let p = Parker()
         let done = queue.withLock { q -> Bool in
             if q.sent >= q.queued || q.stopping { return true }
-            q.waiting.append((q.queued, p))
+            // Not yet sent, in order: the rest of the thread's batch, then the queue.
+            let pending = q.sending[q.sendingDone...] + q.notes
+            let firstBusy = pending.firstIndex { note in
+                if case .entry(let parent, _) = note { return busy.contains(parent) }
+                return false
+            }
+            let upTo = firstBusy.map { q.sent + UInt64($0 - pending.startIndex) } ?? q.queued
+            if q.sent >= upTo { return true }
+            q.waiting.append((upTo, p))
             return false
         }
         return done || p.park(seconds: seconds)
     }
 
     private func run() {
+        let se = OpaquePointer(bitPattern: session)
         while true {
             let (notes, stopping) = queue.withLock { q in
                 defer { q.notes = [] }
+                q.sending = q.notes
+                q.sendingDone = 0
                 return (q.notes, q.stopping)
             }
-            defer {
-                let ready = queue.withLock { q -> [Parker] in
-                    q.sent += UInt64(notes.count)
-                    let sent = q.sent
-                    let ready = q.waiting.filter { $0.upTo <= sent }.map(\.parker)
-                    q.waiting.removeAll { $0.upTo <= sent }
-                    return ready
-                }
-                for r in ready { r.unpark() }
-            }
-            let se = OpaquePointer(bitPattern: session)
             for n in notes {
                 // ENOENT (the kernel no longer holds it) is the common answer and needs nothing.
                 switch n {
@@ -100,6 +111,19 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
                         }
                     }
                 }
+                let ready = queue.withLock { q -> [Parker] in
+                    q.sendingDone += 1
+                    q.sent += 1
+                    let sent = q.sent
+                    let ready = q.waiting.filter { $0.upTo <= sent }.map(\.parker)
+                    q.waiting.removeAll { $0.upTo <= sent }
+                    return ready
+                }
+                for r in ready { r.unpark() }
+            }
+            queue.withLock { q in
+                q.sending = []
+                q.sendingDone = 0
             }
             if stopping { return }
             if notes.isEmpty { wake.park() }

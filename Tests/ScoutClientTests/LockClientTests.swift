@@ -308,4 +308,50 @@ import Glibc
         #expect(w.handle != nil)
         #expect(cl.server.statistics.clientsTimedOut == 1)
     }
+
+    /// With linger, a lock in use when another client asks for it stays while its users come
+    /// back within the linger, and goes once they pause; one used without a pause goes when
+    /// the hold runs out. The other client's request waits meanwhile, and gets the lock then.
+    @Test(.timeLimit(.minutes(1))) func aLockInUseLingersWhileUsedThenGoes() throws {
+        let cl = LockCluster(clients: 2, immediate: true,
+                             options: LockClientOptions(linger: .milliseconds(60), maxHold: .milliseconds(500)))
+        let (a, b) = (cl.clients[0], cl.clients[1])
+        for c in cl.clients { c.startWorker() }
+        defer { for c in cl.clients { c.stopWorker() } }
+        let clock = ContinuousClock()
+        let first = try a.lock(r1, .write)
+        let start = clock.now
+        a.unlock(first)
+        let granted = Flag()
+        let held = Mutex<LockHandle?>(nil)
+        if let h = try b.acquire(r1, .write, { h in held.withLock { $0 = h }; granted.set() }) {
+            held.withLock { $0 = h }
+            granted.set()
+        }
+        // a keeps using it every 10 ms for 250 ms: never refused, and b keeps waiting.
+        var refused = 0
+        while clock.now - start < .milliseconds(250) {
+            if let h = try a.tryLock(r1, .write) { a.unlock(h) } else { refused += 1 }
+            usleep(10_000)
+        }
+        #expect(refused == 0, "a lingering lock refused its own users")
+        #expect(!granted.isSet, "the lock went while its users kept coming back")
+        // a pauses: within the linger (and some slack) b has it.
+        let paused = clock.now
+        while !granted.isSet && clock.now - paused < .seconds(5) { usleep(1_000) }
+        #expect(granted.isSet)
+        #expect(clock.now - paused < .milliseconds(400), "the lock stayed \(clock.now - paused) after its users paused")
+        #expect(a.grantedMode(r1) == nil)
+        // b uses it without a pause while a asks: it goes when b's hold runs out.
+        let bGot = clock.now
+        let aGranted = Flag()
+        if try a.acquire(r1, .write, { h in a.unlock(h); aGranted.set() }) != nil { aGranted.set() }
+        b.unlock(try #require(held.withLock { $0 }))
+        while !aGranted.isSet && clock.now - bGot < .seconds(5) {
+            if let h = try b.tryLock(r1, .write) { b.unlock(h) }
+            usleep(5_000)
+        }
+        #expect(aGranted.isSet, "a lock in constant use was never given up")
+        #expect(clock.now - bGot >= .milliseconds(400), "given up before its hold ran out")
+    }
 }
