@@ -347,6 +347,9 @@ public final class Filesystem: Sendable {
         public var merges = 0
         public var recordLockWaiters = 0
         public var dataWaiters = 0
+        /// Lock hand-overs that went on before the kernel had dropped what it cached under
+        /// the lock (a request held what the notification needed past the bound).
+        public var kernelInvalidationTimeouts = 0
 
         public init() {}
     }
@@ -363,6 +366,7 @@ public final class Filesystem: Sendable {
         out.merges = host.merges(cluster.items)
         out.recordLockWaiters = shared.recordWaits.waiting
         out.dataWaiters = waits.waiting
+        out.kernelInvalidationTimeouts = shared.kernelFlushTimeouts.load(ordering: .relaxed)
         return out
     }
 
@@ -463,6 +467,8 @@ final class FSShared: Sendable {
     /// `recordLockedLimit`, the oldest forgotten first): their opens ask to hear of every
     /// close (`Filesystem.closesMatter`).
     let recordLocked = Mutex(RecordLockedInodes())
+    /// Lock hand-overs that gave up waiting for the kernel to drop what it cached (metrics).
+    let kernelFlushTimeouts = Atomic<Int>(0)
 
     struct RecordLockUse: Hashable {
         var ino: UInt64

@@ -68,7 +68,8 @@ extension Filesystem {
         guard host.several else { return }
         shared.refs.trackKernel()
         let refs = shared.refs
-        cluster.addDropHook { range in
+        let timeouts = shared
+        cluster.addDropHook { [weak timeouts] range in
             guard let group = range.inodeGroupNumber else { return }
             let (inodes, names) = refs.kernelCached(inGroup: group)
             guard !inodes.isEmpty || !names.isEmpty else { return }
@@ -80,7 +81,7 @@ extension Filesystem {
             // the next syscall here: names and pages must be gone by then. A request here
             // holding what a notification needs waits for this very lock; past the bound
             // the notification completes after that request.
-            _ = target.flush(within: 0.5)
+            if !target.flush(within: 0.5) { timeouts?.kernelFlushTimeouts.add(1, ordering: .relaxed) }
         }
     }
 }

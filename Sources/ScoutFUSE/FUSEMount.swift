@@ -20,7 +20,7 @@ public struct MountError: Error, CustomStringConvertible {
 /// What a libfuse callback reaches through `fuse_req_userdata`.
 final class FUSEContext: Sendable {
     let fs: Filesystem
-    let busy = BusyDirectories()
+    let busy = BusyInodes()
     init(fs: Filesystem) { self.fs = fs }
 }
 
@@ -149,13 +149,13 @@ func fs(_ req: fuse_req_t?) -> Filesystem {
     Unmanaged<FUSEContext>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue().fs
 }
 
-/// Runs a request's handler, reply included, with `dirs` marked as held by the kernel for it
-/// (`BusyDirectories`).
+/// Runs a request's handler, reply included, with `inodes` marked as held by the kernel for
+/// it (`BusyInodes`).
 @inline(__always)
-func holding(_ req: fuse_req_t?, _ dirs: UInt64..., body: () -> Void) {
+func holding(_ req: fuse_req_t?, _ inodes: UInt64..., body: () -> Void) {
     let busy = Unmanaged<FUSEContext>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue().busy
-    for d in dirs { busy.enter(d) }
-    defer { for d in dirs { busy.leave(d) } }
+    for i in inodes { busy.enter(i) }
+    defer { for i in inodes { busy.leave(i) } }
     body()
 }
 
@@ -434,14 +434,14 @@ func makeOperations() -> fuse_lowlevel_ops {
             replyErr(req, error)
         }
     } }
-    ops.read = { req, ino, size, off, _ in
+    ops.read = { req, ino, size, off, _ in holding(req, ino) {
         do {
             replyBytes(req, try interruptible(req) { c throws(Errno) in try fs(req).read(ino, offset: try fileOffset(off), count: size, cancel: c) })
         } catch {
             replyErr(req, error)
         }
-    }
-    ops.write = { req, ino, buf, size, off, _ in
+    } }
+    ops.write = { req, ino, buf, size, off, _ in holding(req, ino) {
         do {
             let data = Array(UnsafeRawBufferPointer(start: buf, count: size))
             let n = try interruptible(req) { c throws(Errno) in try fs(req).write(ino, offset: try fileOffset(off), data: data, cancel: c) }
@@ -449,7 +449,7 @@ func makeOperations() -> fuse_lowlevel_ops {
         } catch {
             replyErr(req, error)
         }
-    }
+    } }
     // No data waits to be flushed at close (every write reached the filesystem before its
     // syscall returned), but a close lets go of the closing process's POSIX locks on the
     // file, which the cluster keeps. Opens of files that never had a lock here reply with
@@ -531,12 +531,12 @@ func makeOperations() -> fuse_lowlevel_ops {
     ops.removexattr = { req, ino, name in
         holding(req, ino) { replyOK(req) { () throws(Errno) in try fs(req).removeXattr(ino, bytes(name), caller: caller(req)) } }
     }
-    ops.fallocate = { req, ino, mode, off, len, _ in
+    ops.fallocate = { req, ino, mode, off, len, _ in holding(req, ino) {
         replyOK(req) { () throws(Errno) in
             guard off >= 0, len > 0 else { throw Errno.invalidArgument }
             try interruptible(req) { c throws(Errno) in try fs(req).fallocate(ino, mode: mode, offset: UInt64(off), length: UInt64(len), cancel: c) }
         }
-    }
+    } }
     ops.lseek = { req, ino, off, whence, _ in
         do {
             // A negative offset is past any end as the kernel compares it (unsigned): ENXIO.

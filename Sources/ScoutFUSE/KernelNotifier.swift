@@ -23,8 +23,8 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
     }
 
     private let session: UInt
-    /// Directories whose inode lock a request of this mount holds in the kernel now.
-    private let busy: BusyDirectories
+    /// Inodes whose directory or page locks a request of this mount holds in the kernel now.
+    private let busy: BusyInodes
     private struct Queue {
         var notes: [Note] = []
         /// The batch the thread is sending (a name in it may be waiting for its directory).
@@ -40,7 +40,7 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
     private let wake = Parker()
     private var thread: JoinableThread?
 
-    init(session: OpaquePointer, busy: BusyDirectories) throws(ThreadError) {
+    init(session: OpaquePointer, busy: BusyInodes) throws(ThreadError) {
         self.session = UInt(bitPattern: session)
         self.busy = busy
         thread = try JoinableThread("kernel cache notifier") { [self] in run() }
@@ -67,11 +67,11 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
         wake.unpark()
     }
 
-    /// Waits for what is queued to reach the kernel, up to the first name in a directory a
-    /// request holds now (`BusyDirectories`): dropping that name waits for the request, which
-    /// may wait for the lock this hand-over gives up. Such a name is dropped as soon as the
-    /// request is answered, before a later syscall can take the directory's lock (the
-    /// kernel's lock queues in order).
+    /// Waits for what is queued to reach the kernel, up to the first name in a directory, or
+    /// pages of a file, that a request holds now (`BusyInodes`): dropping them waits for the
+    /// request, which may wait for the lock this hand-over gives up. They are dropped as soon
+    /// as the request is answered; a later syscall may find the pages still cached for that
+    /// moment (attributes are dropped at once, names wait in the directory lock's queue).
     func flush(within seconds: Double) -> Bool {
         let p = Parker()
         let done = queue.withLock { q -> Bool in
@@ -79,8 +79,10 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
             // Not yet sent, in order: the rest of the thread's batch, then the queue.
             let pending = q.sending[q.sendingDone...] + q.notes
             let firstBusy = pending.firstIndex { note in
-                if case .entry(let parent, _) = note { return busy.contains(parent) }
-                return false
+                switch note {
+                case .entry(let parent, _): busy.contains(parent)
+                case .inode(let ino): busy.contains(ino)
+                }
             }
             let upTo = firstBusy.map { q.sent + UInt64($0 - pending.startIndex) } ?? q.queued
             if q.sent >= upTo { return true }

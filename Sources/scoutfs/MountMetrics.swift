@@ -27,6 +27,7 @@ final class MountMetrics: Sendable {
     private let lockWaits = CoreMetrics.Counter(label: "scoutfs_lock_waits_total")
     private let commits = CoreMetrics.Counter(label: "scoutfs_commits_total")
     private let merges = CoreMetrics.Counter(label: "scoutfs_merges_total")
+    private let invalidationTimeouts = CoreMetrics.Counter(label: "scoutfs_kernel_invalidation_timeouts_total")
     private let locksHeld = CoreMetrics.Gauge(label: "scoutfs_locks_held")
     private let recordLockWaiters = CoreMetrics.Gauge(label: "scoutfs_record_lock_waiters")
     private let dataWaiters = CoreMetrics.Gauge(label: "scoutfs_data_waiters")
@@ -62,6 +63,7 @@ final class MountMetrics: Sendable {
             (lockRequests, now.lockRequests, before.lockRequests), (lockGrants, now.lockGrants, before.lockGrants),
             (lockInvalidations, now.lockInvalidations, before.lockInvalidations), (lockWaits, now.lockWaits, before.lockWaits),
             (commits, now.commits, before.commits), (merges, now.merges, before.merges),
+            (invalidationTimeouts, now.kernelInvalidationTimeouts, before.kernelInvalidationTimeouts),
         ]
         for (c, n, b) in counters where n > b { c.increment(by: n - b) }
         locksHeld.record(now.locksHeld)

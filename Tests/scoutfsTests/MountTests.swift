@@ -216,6 +216,46 @@ import Testing
         #expect(try CLI.run(["status", m.mnt]).status == 1)
     }
 
+    /// Two nodes creating in one directory at once hand its lock back and forth, and each
+    /// hand-over drops names the kernel cached in it, while the other node's create waits in
+    /// that very directory (holding its inode lock in the kernel). No hand-over may wait on
+    /// such a name: each one that did stalled for the notifier's bound (half a second).
+    @Test(.timeLimit(.minutes(3))) func nodesCreatingInOneDirectoryNeverStallAHandOver() throws {
+        let m = try TestMount(slots: [0, 1])
+        defer { m.cleanup() }
+        let ports = (try Sys.freePort(), try Sys.freePort())
+        try m.mount(["--metrics", "127.0.0.1:\(ports.0)"])
+        let b = try m.mountNode("b", slot: 1, ["--metrics", "127.0.0.1:\(ports.1)"])
+        try FileManager.default.createDirectory(atPath: m.path("shared"), withIntermediateDirectories: false)
+        let failures = Mutex<[String]>([])
+        let writers = [(m.mnt, "a"), (b, "b")].map { at, tag in
+            ScoutTestSupport.Thread {
+                for i in 0..<300 {
+                    do {
+                        try Sys.writeFile(at + "/shared/\(tag)\(i)", [1])
+                    } catch {
+                        failures.withLock { $0.append("\(tag)\(i): \(error)") }
+                    }
+                }
+            }
+        }
+        for w in writers { w.start() }
+        for w in writers { w.join() }
+        #expect(failures.withLock { $0 } == [])
+        let want = Set((0..<300).flatMap { ["a\($0)", "b\($0)"] })
+        #expect(Set(try FileManager.default.contentsOfDirectory(atPath: m.path("shared"))) == want)
+        #expect(Set(try FileManager.default.contentsOfDirectory(atPath: b + "/shared")) == want)
+        let value = { (port: Int, name: String) throws -> Double in
+            let body = try Sys.httpGet(port: port, "/metrics").body
+            return body.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last!) } ?? -1
+        }
+        let invalidations = try value(ports.0, "scoutfs_lock_invalidations_total") + value(ports.1, "scoutfs_lock_invalidations_total")
+        #expect(invalidations >= 10, "the nodes hardly contended (\(invalidations) invalidations); the test proves nothing")
+        for port in [ports.0, ports.1] {
+            #expect(try value(port, "scoutfs_kernel_invalidation_timeouts_total") == 0, "a hand-over stalled on the kernel")
+        }
+    }
+
     /// With --metrics, the daemon serves Prometheus's text on /metrics: every FUSE request by
     /// kind and latency, lock traffic, commits and their sizes. Its log says where, one line
     /// per record with a level; --log-level keeps out what is below it.
