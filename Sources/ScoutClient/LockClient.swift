@@ -24,21 +24,25 @@ public struct LockClientOptions: Sendable {
     /// gives a lock up as soon as its users leave. Needs the worker thread (`startWorker`).
     public var linger: Duration
     public var maxHold: Duration
+    /// Ask for write where a read was twice in a row followed by an upgrade (see
+    /// `LockClient.noteUpgrade`).
+    public var predictsUpgrades: Bool
 
     public static let idleLimitRange = 32...100_000
 
     public init(idleLimit: Int = 10_000, shrinkInFlightLimit: Int = 64, recoverBatch: Int = LockRecoverReply.maxEntries,
-                linger: Duration = .zero, maxHold: Duration = .zero) {
+                linger: Duration = .zero, maxHold: Duration = .zero, predictsUpgrades: Bool = false) {
         self.idleLimit = idleLimit
         self.shrinkInFlightLimit = max(1, shrinkInFlightLimit)
         self.recoverBatch = max(1, min(recoverBatch, LockRecoverReply.maxEntries))
         self.linger = linger
         self.maxHold = maxHold
+        self.predictsUpgrades = predictsUpgrades
     }
 
     /// What a mount uses: a lock lingers while its users come back within 200 µs, for at most
-    /// 10 ms.
-    public static let mount = LockClientOptions(linger: .microseconds(200), maxHold: .milliseconds(10))
+    /// 10 ms, and reads that keep being upgraded are asked for as writes.
+    public static let mount = LockClientOptions(linger: .microseconds(200), maxHold: .milliseconds(10), predictsUpgrades: true)
 }
 
 /// A lock request the client refuses.
@@ -144,6 +148,10 @@ struct LockState {
     var lastUse: UInt64 = 0
     /// The invalidation (by id) whose lingering is over: it waits for users only.
     var lingerEnded: UInt64?
+    /// The pending request asks for write where its waiters only read (`upgradeHints`), and
+    /// whether a writer has used the lock since the last grant.
+    var writePredicted = false
+    var usedForWrite = false
 
     /// A new user asking for `mode` can proceed now.
     @inline(__always)
@@ -281,6 +289,9 @@ public final class LockClient: Sendable {
     private let shards: [Shard]
     private let index = Mutex(Index())
     private let work = Mutex<[ClientLock]>([])
+    /// Locks whose reads this client recently upgraded to writes, by range start, with how
+    /// many times in a row (`LockClientOptions.predictsUpgrades`).
+    private let upgradeHints = Mutex<[Key: Int]>([:])
     /// Locks whose invalidation waits for their users to pause (`LockClientOptions.linger`),
     /// each with the time to look again; each holds the work queue's reference.
     private let lingering = Mutex<[(until: UInt64, lock: ClientLock)]>([])
@@ -458,6 +469,7 @@ public final class LockClient: Sendable {
             guard !s.freeing, s.mayEnter(mode) else { return nil }
             s.users[mode] += 1
             s.recentlyUsed = true
+            if mode == .write { s.usedForWrite = true }
             return LockHandle(lock: l, mode: mode, writeSeq: s.writeSeq)
         }
         if h == nil { put(l) }
@@ -476,6 +488,7 @@ public final class LockClient: Sendable {
             if s.mayEnter(mode) {
                 s.users[mode] += 1
                 s.recentlyUsed = true
+                if mode == .write { s.usedForWrite = true }
                 return LockHandle(lock: l, mode: mode, writeSeq: s.writeSeq)
             }
             // The lookup reference stays with the waiter and becomes the user's at grant.
@@ -524,6 +537,16 @@ public final class LockClient: Sendable {
             if let c = LockMode.covering(want, w.mode) { want = c }
         }
         guard !s.granted.satisfies(want) else { return nil }
+        if s.granted == .read && want == .write {
+            // An upgrade: the read was the first half of a write (a lookup before a create,
+            // the kernel's getattr before a write), and its own hand-over was one too many.
+            noteUpgrade(l.range.start)
+        }
+        s.writePredicted = false
+        if s.granted == .null && want == .read && predictsUpgrade(l.range.start) {
+            want = .write
+            s.writePredicted = true
+        }
         s.requestPending = true
         s.requestedMode = want
         l.addRef()
@@ -539,6 +562,7 @@ public final class LockClient: Sendable {
             if s.mayEnter(w.mode) {
                 s.users[w.mode] += 1
                 s.recentlyUsed = true
+                if w.mode == .write { s.usedForWrite = true }
                 admitted.append((w, LockHandle(lock: l, mode: w.mode, writeSeq: s.writeSeq)))
             } else {
                 rest.append(w)
@@ -578,6 +602,7 @@ public final class LockClient: Sendable {
             s.requestPending = false
             s.granted = m.newMode
             s.grantedAt = grantTime
+            s.usedForWrite = false
             if m.newMode.canWrite { s.writeSeq = m.writeSeq }
             wasShrink = s.shrinking
             s.shrinking = false
@@ -652,6 +677,7 @@ public final class LockClient: Sendable {
                 case linger(until: UInt64)
             }
             let now = lingers ? Self.monotonicNow() : 0
+            var mispredicted = false
             let step: Step = l.state.withLock { s in
                 guard let m = s.invalidations.first else { return .done }
                 let to = target(m, granted: s.granted)
@@ -678,11 +704,15 @@ public final class LockClient: Sendable {
                     s.waitingForUsers = true
                     return .done
                 }
+                // A write asked for readers that no writer used: the guess was wrong.
+                if s.writePredicted && s.granted == .write && !s.usedForWrite { mispredicted = true }
+                s.writePredicted = false
                 s.invalidating = s.granted
                 let from = s.granted
                 s.granted = to
                 return .run(from: from, to: to, seq: s.writeSeq, id: m.id)
             }
+            if mispredicted { forgetUpgrades(l.range.start) }
             let answer: LockMessage
             switch step {
             case .done:
@@ -898,6 +928,27 @@ public final class LockClient: Sendable {
                 workerSignal.park()
             }
         }
+    }
+
+    /// Reads of a lock that this client upgraded to a write twice in a row are asked for as
+    /// writes from then on, until such a write goes unused: each upgrade costs a second
+    /// hand-over (the other client gives up its read), and the pattern repeats for a
+    /// directory created in or a file written again and again. Bounded: past 4,096 locks the
+    /// table starts over.
+    private func noteUpgrade(_ key: Key) {
+        guard options.predictsUpgrades else { return }
+        upgradeHints.withLock { h in
+            if h.count >= 4096 && h[key] == nil { h.removeAll() }
+            h[key, default: 0] += 1
+        }
+    }
+
+    private func predictsUpgrade(_ key: Key) -> Bool {
+        options.predictsUpgrades && upgradeHints.withLock { ($0[key] ?? 0) >= 2 }
+    }
+
+    private func forgetUpgrades(_ key: Key) {
+        upgradeHints.withLock { _ = $0.removeValue(forKey: key) }
     }
 
     /// CLOCK_MONOTONIC in nanoseconds.

@@ -354,4 +354,47 @@ import Glibc
         #expect(aGranted.isSet, "a lock in constant use was never given up")
         #expect(clock.now - bGot >= .milliseconds(1200), "given up before its hold ran out")
     }
+
+    /// A client whose reads of a lock were twice in a row followed by an upgrade to write asks
+    /// for write at its next read (one hand-over instead of two), until such a write goes
+    /// unused by any writer; then it asks for read again.
+    @Test func readsThatKeepBeingUpgradedAreAskedForAsWrites() throws {
+        let cl = LockCluster(clients: 2, options: LockClientOptions(predictsUpgrades: true))
+        let (a, b) = (cl.clients[0], cl.clients[1])
+        func bTakesIt() throws {
+            let w = try b.start(r1, .write)
+            cl.pump()
+            b.unlock(try #require(w.handle))
+        }
+        for _ in 0..<2 {
+            let r = try a.start(r1, .read)
+            cl.pump()
+            let rh = try #require(r.handle)
+            #expect(a.grantedMode(r1) == .read)
+            let w = try a.start(r1, .write)
+            cl.pump()
+            a.unlock(try #require(w.handle))
+            a.unlock(rh)
+            try bTakesIt()
+        }
+        // The third read is asked for as a write, and serves the write after it at once.
+        let r = try a.start(r1, .read)
+        cl.pump()
+        let rh = try #require(r.handle)
+        #expect(a.grantedMode(r1) == .write)
+        let w = try #require(try a.tryLock(r1, .write))
+        a.unlock(w)
+        a.unlock(rh)
+        try bTakesIt()
+        // Still predicted; this time no writer uses it, so the guess is dropped.
+        let unused = try a.start(r1, .read)
+        cl.pump()
+        #expect(a.grantedMode(r1) == .write)
+        a.unlock(try #require(unused.handle))
+        try bTakesIt()
+        let plain = try a.start(r1, .read)
+        cl.pump()
+        #expect(a.grantedMode(r1) == .read)
+        a.unlock(try #require(plain.handle))
+    }
 }
