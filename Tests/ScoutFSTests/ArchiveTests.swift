@@ -57,15 +57,6 @@ import Testing
         }
     }
 
-    /// Waits up to 10 s for `cond`.
-    func eventually(_ cond: () -> Bool) -> Bool {
-        for _ in 0..<2000 {
-            if cond() { return true }
-            usleep(5000)
-        }
-        return false
-    }
-
     @Test func theAgentCycleReleasesBlocksAndStagingBringsTheBytesBack() throws {
         let fs = try mount()
         let contents = pattern((1 << 20) + 100)
@@ -91,7 +82,7 @@ import Testing
 
         // A reader blocks and is listed; staging wakes it with the original bytes.
         let reader = Background { () throws(Errno) in try fs.read(ino, offset: 4096, count: 8192) }
-        #expect(eventually { fs.dataWaiters(after: 0, 0, limit: 10) == [DataWaiter(ino: ino, iblock: 1, op: .read)] })
+        #expect(eventually(within: 10, every: 0.005) { fs.dataWaiters(after: 0, 0, limit: 10) == [DataWaiter(ino: ino, iblock: 1, op: .read)] })
         #expect(!reader.isDone)
         var at = 0
         while at < contents.count {
@@ -162,7 +153,7 @@ import Testing
         let writer = Background { () throws(Errno) in try fs.write(ino, offset: 0, data: [9]) }
         // A truncate waits when offline data lies below the new size.
         let truncater = Background { () throws(Errno) in try fs.setattr(ino, AttributeChanges(size: 30_000)).size }
-        #expect(eventually { fs.dataWaiters(after: 0, 0, limit: 10).count == 2 })
+        #expect(eventually(within: 10, every: 0.005) { fs.dataWaiters(after: 0, 0, limit: 10).count == 2 })
         let ops = Set(fs.dataWaiters(after: 0, 0, limit: 10).map(\.op.rawValue))
         #expect(ops == [DataWaitOperation.write.rawValue, DataWaitOperation.changeSize.rawValue])
         #expect(fs.dataWaiters(after: 0, 0, limit: 10).allSatisfy { $0.iblock == 4 })
@@ -190,7 +181,7 @@ import Testing
         try fs.release(ino, dataVersion: try fs.statMore(ino).dataVersion, offset: 0, length: 16384)
         let r1 = Background { () throws(Errno) in try fs.read(ino, offset: 0, count: 10) }
         let r2 = Background { () throws(Errno) in try fs.read(ino, offset: 8192, count: 10) }
-        #expect(eventually { fs.dataWaiters(after: 0, 0, limit: 10).count == 2 })
+        #expect(eventually(within: 10, every: 0.005) { fs.dataWaiters(after: 0, 0, limit: 10).count == 2 })
         // Only the waiter in the given range and operation fails.
         #expect(try fs.failDataWaiters(ino: ino, offset: 8192, count: 4096, ops: .write, error: EIO) == 0)
         #expect(try fs.failDataWaiters(ino: ino, offset: 8192, count: 4096, ops: .read, error: EIO) == 1)
@@ -200,7 +191,7 @@ import Testing
 
         let cancel = WaitCancellation()
         let r3 = Background { () throws(Errno) in try fs.read(ino, offset: 0, count: 10, cancel: cancel) }
-        #expect(eventually { fs.dataWaiters(after: 0, 0, limit: 10).count == 2 })
+        #expect(eventually(within: 10, every: 0.005) { fs.dataWaiters(after: 0, 0, limit: 10).count == 2 })
         cancel.cancel()
         #expect(r3.join()?.errorValue == .interrupted)
         #expect(try fs.failDataWaiters(ino: ino, offset: 0, count: 16384, ops: [.read, .write], error: ENOENT) == 1)

@@ -245,15 +245,6 @@ final class FilesystemCluster {
         #expect(report.dataReferenced == 0)
     }
 
-    /// Waits up to 5 s for `cond`.
-    static func eventually(_ cond: () -> Bool) -> Bool {
-        for _ in 0..<500 {
-            if cond() { return true }
-            usleep(10_000)
-        }
-        return cond()
-    }
-
     /// What a blocking lock request's `done` reported, once it has.
     final class Outcome: Sendable {
         let result = Mutex<Errno??>(nil)
@@ -297,7 +288,7 @@ final class FilesystemCluster {
         usleep(300_000)
         #expect(!waiter.finished, "granted while another client still held part of the bytes")
         try c[0].releaseRecordLocks(f, kind: .posix, owner: 10)
-        #expect(Self.eventually { waiter.finished })
+        #expect(eventually { waiter.finished })
         #expect(waiter.error == nil)
         #expect(throws: Errno.resourceTemporarilyUnavailable) {
             try c[0].setRecordLock(f, kind: .posix, type: .read, start: 15, end: 15, owner: 10, pid: 111)
@@ -311,7 +302,7 @@ final class FilesystemCluster {
         usleep(200_000)
         #expect(!interrupted.finished)
         cancel.cancel()
-        #expect(Self.eventually { interrupted.finished })
+        #expect(eventually { interrupted.finished })
         #expect(interrupted.error == .interrupted)
         #expect(c[0].recordLockWaiters == 0)
 
@@ -323,7 +314,7 @@ final class FilesystemCluster {
         #expect(!second.finished)
         c[1].leave()
         c.clients[1] = nil
-        #expect(Self.eventually { second.finished })
+        #expect(eventually { second.finished })
         #expect(second.error == nil)
         try c[0].releaseRecordLocks(f, kind: .flock, owner: 13)
         try c[2].releaseRecordLocks(f, kind: .posix, owner: 30)

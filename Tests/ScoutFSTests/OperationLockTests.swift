@@ -5,6 +5,7 @@ import ScoutClient
 import ScoutFormat
 @testable import ScoutFS
 import ScoutStore
+import ScoutTestSupport
 import SystemPackage
 import Testing
 
@@ -19,9 +20,9 @@ import Testing
     /// Waits (up to 10 s) for the lock worker to have answered what the lock client was asked.
     @discardableResult
     func eventually(_ what: String, _ done: () -> Bool) -> Bool {
-        for _ in 0..<1000 where !done() { usleep(10_000) }
-        #expect(done(), "\(what)")
-        return done()
+        let ok = ScoutTestSupport.eventually(within: 10, done)
+        #expect(ok, "\(what)")
+        return ok
     }
 
     @Test func aCreateTakesTheGroupsAndIndexRangesItWritesAndLeavesThemCached() throws {

@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import ScoutFormat
 import ScoutNet
+import ScoutTestSupport
 import Synchronization
 import Testing
 
@@ -41,15 +42,6 @@ final class LogLines: Sendable {
     let lines = Mutex<[String]>([])
     var sink: @Sendable (String) -> Void { { [self] l in lines.withLock { $0.append(l) } } }
     func contains(_ s: String) -> Bool { lines.withLock { $0.contains { $0.contains(s) } } }
-}
-
-/// Waits up to 5 s for `cond`.
-func eventually(_ cond: () -> Bool) -> Bool {
-    for _ in 0..<500 {
-        if cond() { return true }
-        usleep(10_000)
-    }
-    return cond()
 }
 
 /// A plain TCP socket to the server, for saying what no NetClient would.

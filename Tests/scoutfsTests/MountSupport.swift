@@ -308,6 +308,17 @@ enum Sys {
         while isAlive(pid) { usleep(10_000) }
     }
 
+    /// A `struct flock` for fcntl: `length` bytes from `start` (0: to the end), of lock
+    /// type `type` (F_RDLCK, F_WRLCK, F_UNLCK).
+    static func byteRange(_ type: Int32, start: off_t, length: off_t) -> flock {
+        var l = flock()
+        l.l_type = Int16(type)
+        l.l_whence = Int16(SEEK_SET)
+        l.l_start = start
+        l.l_len = length
+        return l
+    }
+
     /// The errno a call fails with, or 0.
     static func errnoOf(_ rc: Int32) -> Int32 { rc < 0 ? errno : 0 }
 

@@ -378,11 +378,7 @@ import Testing
         let readOnB = m.dir.appendingPathComponent("read-on-b").path
         let reading = ScoutTestSupport.Thread { _ = try? CLI.runTool("/bin/cp", [b + "/d/offline", readOnB]) }
         reading.start()
-        var waited = false
-        for _ in 0..<200 where !waited {
-            waited = try CLI.run(["data-waiting", "-p", b]).stdout.contains("ino")
-            if !waited { usleep(20_000) }
-        }
+        let waited = try eventually(within: 4, every: 0.02) { try CLI.run(["data-waiting", "-p", b]).stdout.contains("ino") }
         #expect(waited, "no reader waited on b")
         let staged = try CLI.run(["stage", archive, m.path("d/offline"), "-V", version])
         #expect(staged.status == 0, "\(staged.stderr)")
@@ -484,8 +480,7 @@ import Testing
 
         /// Waits up to `seconds` for the process to end; whether it did.
         func ended(within seconds: Double) -> Bool {
-            for _ in 0..<Int(seconds * 50) where process.isRunning { usleep(20_000) }
-            return !process.isRunning
+            eventually(within: seconds, every: 0.02) { !process.isRunning }
         }
     }
 
@@ -506,11 +501,7 @@ import Testing
 
         // A holds the file exclusively (flock's own process holds it: -o), until its input ends.
         let holder = try Background("/usr/bin/flock", ["-o", "-x", onA, "cat"])
-        var held = false
-        for _ in 0..<250 where !held {
-            held = try tryLock(onB, "-s") == 1
-            if !held { usleep(20_000) }
-        }
+        let held = try eventually(every: 0.02) { try tryLock(onB, "-s") == 1 }
         #expect(held, "b took a shared flock while a held it exclusively")
         #expect(try tryLock(onA, "-s") == 1, "a second open file on a took a shared flock beside the exclusive one")
         #expect(try tryLock(onB, "-x") == 1)
@@ -533,17 +524,9 @@ import Testing
         // POSIX record locks: bytes 0-99 held for writing through A.
         let fdA = open(onA, O_RDWR), fdB = open(onB, O_RDWR)
         #expect(fdA >= 0 && fdB >= 0)
-        var w = flock()
-        w.l_type = Int16(F_WRLCK)
-        w.l_whence = Int16(SEEK_SET)
-        w.l_start = 0
-        w.l_len = 100
+        var w = Sys.byteRange(F_WRLCK, start: 0, length: 100)
         #expect(fcntl(fdA, F_SETLK, &w) == 0)
-        var r = flock()
-        r.l_type = Int16(F_RDLCK)
-        r.l_whence = Int16(SEEK_SET)
-        r.l_start = 50
-        r.l_len = 1
+        var r = Sys.byteRange(F_RDLCK, start: 50, length: 1)
         #expect(fcntl(fdB, F_SETLK, &r) == -1 && (errno == EAGAIN || errno == EACCES), "b read-locked a byte a holds for writing")
         var probe = r
         #expect(fcntl(fdB, F_GETLK, &probe) == 0)
@@ -568,31 +551,17 @@ import Testing
         r.l_start = 300
         #expect(fcntl(fdB, F_SETLK, &r) == -1)
         close(fdA)
-        var freed = false
-        for _ in 0..<250 where !freed {
-            freed = fcntl(fdB, F_SETLK, &r) == 0
-            if !freed { usleep(20_000) }
-        }
-        #expect(freed, "a's lock outlived its last descriptor")
+        #expect(eventually(every: 0.02) { fcntl(fdB, F_SETLK, &r) == 0 }, "a's lock outlived its last descriptor")
         // An open file description's lock (F_OFD_SETLK) goes when its last descriptor closes,
         // which the kernel tells the daemon without naming the lock's owner.
         let F_OFD_SETLK: Int32 = 37
         let ofd = open(onA, O_RDWR)
-        var o = flock()
-        o.l_type = Int16(F_WRLCK)
-        o.l_whence = Int16(SEEK_SET)
-        o.l_start = 200
-        o.l_len = 10
+        var o = Sys.byteRange(F_WRLCK, start: 200, length: 10)
         #expect(fcntl(ofd, F_OFD_SETLK, &o) == 0)
         r.l_start = 205
         #expect(fcntl(fdB, F_SETLK, &r) == -1, "b read-locked a byte of a's open file description's lock")
         close(ofd)
-        freed = false
-        for _ in 0..<250 where !freed {
-            freed = fcntl(fdB, F_SETLK, &r) == 0
-            if !freed { usleep(20_000) }
-        }
-        #expect(freed, "an open file description's lock outlived its last close")
+        #expect(eventually(every: 0.02) { fcntl(fdB, F_SETLK, &r) == 0 }, "an open file description's lock outlived its last close")
         close(fdB)
     }
 
@@ -791,25 +760,13 @@ import Testing
         try Sys.check(flock(b, LOCK_UN), "unlock b")
 
         let F_OFD_GETLK: Int32 = 36, F_OFD_SETLK: Int32 = 37
-        var lk = flock()
-        lk.l_type = Int16(F_WRLCK)
-        lk.l_whence = Int16(SEEK_SET)
-        lk.l_start = 10
-        lk.l_len = 20
+        var lk = Sys.byteRange(F_WRLCK, start: 10, length: 20)
         try Sys.check(fcntl(a, F_OFD_SETLK, &lk), "lock a 10..29")
-        var other = flock()
-        other.l_type = Int16(F_WRLCK)
-        other.l_whence = Int16(SEEK_SET)
-        other.l_start = 25
-        other.l_len = 10
+        var other = Sys.byteRange(F_WRLCK, start: 25, length: 10)
         #expect(Sys.errnoOf(fcntl(b, F_OFD_SETLK, &other)) == EAGAIN)
         try Sys.check(fcntl(b, F_OFD_GETLK, &other), "getlk")
         #expect(other.l_type == Int16(F_WRLCK) && other.l_start == 10 && other.l_len == 20)
-        var disjoint = flock()
-        disjoint.l_type = Int16(F_WRLCK)
-        disjoint.l_whence = Int16(SEEK_SET)
-        disjoint.l_start = 30
-        disjoint.l_len = 10
+        var disjoint = Sys.byteRange(F_WRLCK, start: 30, length: 10)
         try Sys.check(fcntl(b, F_OFD_SETLK, &disjoint), "lock b 30..39")
         close(a)
         close(b)
