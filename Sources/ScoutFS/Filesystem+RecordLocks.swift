@@ -14,18 +14,7 @@ extension Filesystem {
     public func testRecordLock(_ ino: UInt64, kind: RecordLockKind, type: RecordLockType, start: UInt64, end: UInt64,
                                owner: UInt64, pid: UInt32) throws(Errno) -> RecordLock? {
         let lock = request(ino, kind, type, start, end, owner, pid)
-        if let why = host.fenced {
-            shared.log("error: \(why)")
-            throw .ioError
-        }
-        let conflict: RecordLock?
-        do {
-            conflict = try host.testRecordLock(lock)
-        } catch {
-            shared.log("error: record lock test on inode \(ino): \(error)")
-            throw .ioError
-        }
-        guard var c = conflict else { return nil }
+        guard var c = try FSShared.askRecordLocks(host, about: lock, log: shared.log, { try host.testRecordLock(lock) }) else { return nil }
         if c.holder.client != cluster.id { c.pid = 0 }
         return c
     }
@@ -35,7 +24,7 @@ extension Filesystem {
     public func setRecordLock(_ ino: UInt64, kind: RecordLockKind, type: RecordLockType, start: UInt64, end: UInt64,
                               owner: UInt64, pid: UInt32, handle: UInt64 = 0) throws(Errno) {
         let lock = request(ino, kind, type, start, end, owner, pid)
-        if try FSShared.setRecordLock(host, lock, wait: false, log: shared.log) != nil { throw .resourceTemporarilyUnavailable }
+        if try set(lock, wait: false) != nil { throw .resourceTemporarilyUnavailable }
         Self.noteUse(shared, lock, handle)
     }
 
@@ -49,7 +38,7 @@ extension Filesystem {
         let shared = shared
         // Most requests find nothing in the way: answered here, without the waits' thread.
         do throws(Errno) {
-            if try FSShared.setRecordLock(host, lock, wait: true, log: shared.log) == nil {
+            if try set(lock, wait: true) == nil {
                 Self.noteUse(shared, lock, handle)
                 return done(nil)
             }
@@ -84,7 +73,7 @@ extension Filesystem {
 
     private func unlockAll(_ use: FSShared.RecordLockUse) throws(Errno) {
         let lock = request(use.ino, use.kind, .unlock, 0, RecordLock.toEnd, use.owner, 0)
-        _ = try FSShared.setRecordLock(host, lock, wait: false, log: shared.log)
+        _ = try set(lock, wait: false)
         shared.recordLockOwners.withLock { _ = $0.removeValue(forKey: use) }
     }
 
@@ -101,6 +90,11 @@ extension Filesystem {
 
     /// Blocking lock requests waiting now (status, tests).
     public var recordLockWaiters: Int { shared.recordWaits.waiting }
+
+    /// One try of `lock` at the cluster's table: the lock in the way, or nil when taken.
+    private func set(_ lock: RecordLock, wait: Bool) throws(Errno) -> RecordLock? {
+        try FSShared.askRecordLocks(host, about: lock, log: shared.log) { try host.setRecordLock(lock, wait: wait) }
+    }
 
     private func request(_ ino: UInt64, _ kind: RecordLockKind, _ type: RecordLockType, _ start: UInt64, _ end: UInt64,
                          _ owner: UInt64, _ pid: UInt32) -> RecordLock {

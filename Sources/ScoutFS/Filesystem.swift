@@ -464,8 +464,8 @@ final class FSShared: Sendable {
     /// to let go, and asks nobody.
     let recordLockOwners = Mutex<[RecordLockUse: Set<UInt64>]>([:])
     /// Inodes that have had record locks taken on them through this client (at most
-    /// `recordLockedLimit`, the oldest forgotten first): their opens ask to hear of every
-    /// close (`Filesystem.closesMatter`).
+    /// `RecordLockedInodes.limit`, the oldest forgotten first): their opens ask to hear of
+    /// every close (`Filesystem.closesMatter`).
     let recordLocked = Mutex(RecordLockedInodes())
     /// Lock hand-overs that gave up waiting for the kernel to drop what it cached (metrics).
     let kernelFlushTimeouts = Atomic<Int>(0)
@@ -483,19 +483,22 @@ final class FSShared: Sendable {
         data = host.dataDevice
         let sink = Mutex<Callback<String, Void>?>(nil)
         logSink = sink
+        let log: @Sendable (String) -> Void = { m in sink.withLock { $0 }?.call(m) }
         recordWaits = RecordLockWaits(attempt: { [host] lock in
-            Result { () throws(Errno) in try Self.setRecordLock(host, lock, wait: true, log: { m in sink.withLock { $0 }?.call(m) }) }
-        }, log: { m in sink.withLock { $0 }?.call(m) })
+            Result { () throws(Errno) in try Self.askRecordLocks(host, about: lock, log: log) { try host.setRecordLock(lock, wait: true) } }
+        }, log: log)
     }
 
-    /// One try of `lock` at the cluster's table: the lock in the way, or nil when taken.
-    static func setRecordLock(_ host: any ClusterHost, _ lock: RecordLock, wait: Bool, log: (String) -> Void) throws(Errno) -> RecordLock? {
+    /// Asks the cluster's record lock table about `lock` (`body`): EIO, and a log line, when
+    /// this client is fenced or the server cannot be asked.
+    static func askRecordLocks<T>(_ host: any ClusterHost, about lock: RecordLock, log: (String) -> Void,
+                                  _ body: () throws -> T) throws(Errno) -> T {
         if let why = host.fenced {
             log("error: \(why)")
             throw .ioError
         }
         do {
-            return try host.setRecordLock(lock, wait: wait)
+            return try body()
         } catch {
             log("error: record lock on inode \(lock.ino): \(error)")
             throw .ioError

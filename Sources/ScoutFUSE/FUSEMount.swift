@@ -200,15 +200,26 @@ func entry(of a: Attributes) -> fuse_entry_param {
 /// INTERRUPT for it (the calling process got a signal). The callback is cleared before the
 /// reply; libfuse serializes clearing with a callback in progress.
 func interruptible<T>(_ req: fuse_req_t?, _ body: (WaitCancellation) throws(Errno) -> T) throws(Errno) -> T {
+    let cancel = watchInterrupts(req)
+    defer { stopWatchingInterrupts(req, cancel) }
+    return try body(cancel.takeUnretainedValue())
+}
+
+/// A cancellation that the kernel's INTERRUPT for `req` fires; held until
+/// `stopWatchingInterrupts`, which must come before the reply.
+func watchInterrupts(_ req: fuse_req_t?) -> Unmanaged<WaitCancellation> {
     let cancel = Unmanaged.passRetained(WaitCancellation())
     fuse_req_interrupt_func(req, { _, data in
         Unmanaged<WaitCancellation>.fromOpaque(data!).takeUnretainedValue().cancel()
     }, cancel.toOpaque())
-    defer {
-        fuse_req_interrupt_func(req, nil, nil)
-        cancel.release()
-    }
-    return try body(cancel.takeUnretainedValue())
+    return cancel
+}
+
+/// Clears the callback before the reply frees the request (libfuse serializes this with a
+/// callback in progress) and lets the cancellation go.
+func stopWatchingInterrupts(_ req: fuse_req_t?, _ cancel: Unmanaged<WaitCancellation>) {
+    fuse_req_interrupt_func(req, nil, nil)
+    cancel.release()
 }
 
 func replyErr(_ req: fuse_req_t?, _ e: any Error) {

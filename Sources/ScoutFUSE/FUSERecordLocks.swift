@@ -94,18 +94,12 @@ private func setLock(_ req: fuse_req_t?, _ ino: UInt64, kind: RecordLockKind, ty
         fuse_reply_err(req, 0)
         return
     }
-    let cancel = Unmanaged.passRetained(WaitCancellation())
-    fuse_req_interrupt_func(req, { _, data in
-        Unmanaged<WaitCancellation>.fromOpaque(data!).takeUnretainedValue().cancel()
-    }, cancel.toOpaque())
+    let cancel = watchInterrupts(req)
     let request = UInt(bitPattern: req)
     fs.waitForRecordLock(ino, kind: kind, type: type, start: start, end: end, owner: owner, pid: pid, handle: handle,
                          cancel: cancel.takeUnretainedValue()) { e in
         let req = fuse_req_t(bitPattern: request)
-        // Cleared before the reply frees the request; libfuse serializes this with an
-        // interrupt callback in progress.
-        fuse_req_interrupt_func(req, nil, nil)
-        cancel.release()
+        stopWatchingInterrupts(req, cancel)
         fuse_reply_err(req, e?.rawValue ?? 0)
     }
 }

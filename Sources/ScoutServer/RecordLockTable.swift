@@ -110,7 +110,7 @@ public final class RecordLockTable: Sendable {
         for (ino, clients) in wake { tell(clients, ino) }
     }
 
-    /// Locks held, of every client (`scoutfs status`, tests).
+    /// Locks held, of every client (tests).
     public var count: Int { state.withLock { $0.locks.values.reduce(0) { $0 + $1.count } } }
 
     /// The locks held on `ino`, in the order taken (tests).

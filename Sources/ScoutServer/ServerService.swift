@@ -48,6 +48,11 @@ public final class ServerService: NetServerHandler {
     /// the others stop waiting for it. What it committed stays in its log tree.
     public func disconnected(_ client: ClientID) {
         log("server: client \(client) left")
+        dropLocks(of: client)
+    }
+
+    /// The client's cluster locks and record locks go, so that others stop waiting for them.
+    private func dropLocks(of client: ClientID) {
         locks.withLock { $0 }?.clientGone(client)
         recordLocks.clientGone(client)
     }
@@ -68,8 +73,7 @@ public final class ServerService: NetServerHandler {
             // Not under the store lock: the answers take a round trip to every node.
             return ServerAnswer.held(openInodes.heldElsewhere(ino, by: client)).encoded
         case .leave:
-            locks.withLock { $0 }?.clientGone(client)
-            recordLocks.clientGone(client)
+            dropLocks(of: client)
             log("server: client \(client) is leaving")
             return ServerAnswer.left.encoded
         case .setRecordLock(var lock, let wait):

@@ -286,9 +286,7 @@ struct MountCommand: ParsableCommand {
             print("serving \(mnt); unmount with `scoutfs unmount \(mnt)` or Ctrl-C")
         }
         logger.info("mounted \(meta) \(data) on \(mnt), \(quorumSlot.map { "quorum slot \($0)" } ?? "no quorum slot"), \(role), pid \(getpid())")
-        if let endpoint, let metrics, let (host, _) = Self.metricsAddress(metrics) {
-            logger.info("metrics on http://\(host.contains(":") ? "[\(host)]" : host):\(endpoint.port)/metrics")
-        }
+        if let endpoint { logger.info("metrics on \(endpoint.url)") }
         for w in warnings { logger.warning("\(w)") }
 
         let served = MountServices.run([FUSEService(fuse: fuse)] + (endpoint.map { [MetricsService(endpoint: $0)] } ?? []), logger: logger)

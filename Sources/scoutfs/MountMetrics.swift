@@ -76,10 +76,15 @@ final class MountMetrics: Sendable {
 /// A minimal HTTP/1.1 server for the metrics: GET /metrics and nothing else.
 final class MetricsEndpoint: Sendable {
     private let channel: any Channel
+    private let host: String
 
     var port: Int { channel.localAddress?.port ?? 0 }
 
+    /// Where it serves (the port the system chose, if asked for port 0).
+    var url: String { "http://\(host.contains(":") ? "[\(host)]" : host):\(port)/metrics" }
+
     init(host: String, port: Int, metrics: MountMetrics) throws {
+        self.host = host
         channel = try ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
