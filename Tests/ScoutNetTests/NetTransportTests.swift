@@ -280,6 +280,7 @@ struct RawPeer {
             }
         }
         stop.store(true, ordering: .relaxed)
+        breaker.join()
         #expect(wrong.load(ordering: .relaxed) == 0)
         #expect(c.reconnects > 3, "the connection broke only \(c.reconnects) times")
         #expect(eventually { handler.seen.withLock { $0.messages.count } == 150 })
