@@ -1,3 +1,5 @@
+import ScoutFormat
+
 /// Lets file data be read from the data device outside the transaction, safely.
 ///
 /// A reader maps its extents with the transaction held and enters the gate before letting it

@@ -60,7 +60,7 @@ public final class MountClaim: Sendable {
     // nothing else writes, and pwrite/fdatasync are safe beside the store's I/O.
     nonisolated(unsafe) let meta: any BlockDevice
     let fsid: UInt64
-    let slot: Int
+    public let slot: Int
     let interval: Duration
     private let state: Mutex<QuorumBlock>
     private let log: @Sendable (String) -> Void
@@ -161,17 +161,58 @@ public final class MountClaim: Sendable {
         try Self.refuseWhileClaimed(meta: meta, superblock: sb, only: slot, identity: identity, log: log)
         var mountID: UInt64 = 0
         while mountID == 0 { mountID = UInt64.random(in: 1...UInt64.max) }
-        let mine = QuorumBlock(state: .mounted, heartbeat: 1, mountID: mountID,
+        var mine = QuorumBlock(state: .mounted, heartbeat: 1, mountID: mountID,
                                intervalMillis: UInt32(clamping: Self.millis(interval)),
                                pid: identity.pid, mountedAt: Self.unixNanos() / 1_000_000_000, heartbeatAtNanos: Self.unixNanos(),
                                host: identity.host, bootID: identity.bootID)
+        // The slot's election record outlives its mounts: its term must never go back, its
+        // vote in a term never change, and a leadership the last mount did not stop cleanly
+        // stays for the next leader to fence. A block that does not read (torn, or never
+        // written) keeps none.
+        if let old = try? Self.read(meta, fsid: fsid, slot: slot) {
+            mine.term = old.term
+            mine.votedTerm = old.votedTerm
+            mine.votedFor = old.votedFor
+            mine.elected = old.elected
+            mine.fenced = old.fenced
+            mine.stopped = old.stopped
+            mine.heartbeat = old.heartbeat + 1
+        }
         state = Mutex(mine)
-        try write(mine)
+        try writeTurn.withLock { _ in try write(mine) }
     }
+
+    /// Held across taking the block and writing it, so that writes from the heartbeat and
+    /// from the election reach the device in the order their contents were made: a late
+    /// heartbeat must never write back a vote or term from before the last update.
+    private let writeTurn = Mutex<Void>(())
 
     private func write(_ b: QuorumBlock) throws {
         try meta.write(at: Layout.quorumSmallBlkno(slot: slot) * UInt64(Layout.smallBlockSize), b.encode(fsid: fsid, slot: slot))
         try meta.flush()
+    }
+
+    /// Changes the slot's block (its election fields) and makes it durable before returning.
+    /// If the write fails the change stays in memory and the next write carries it; the
+    /// caller must not act on it (send a vote, serve) until one succeeds.
+    @discardableResult
+    public func update(_ change: (inout QuorumBlock) -> Void) throws -> QuorumBlock {
+        try writeTurn.withLock { _ in
+            let b = state.withLock { b -> QuorumBlock in
+                change(&b)
+                b.heartbeat += 1
+                b.heartbeatAtNanos = Self.unixNanos()
+                return b
+            }
+            try write(b)
+            return b
+        }
+    }
+
+    /// Every configured slot's block that reads; what does not read is left out (a torn
+    /// write is rewritten within the holder's interval).
+    public static func readAll(_ meta: any BlockDevice, superblock sb: SuperBlock) -> [(slot: Int, block: QuorumBlock)] {
+        sb.quorumSlots.compactMap { s in (try? read(meta, fsid: sb.fsid, slot: Int(s.slot))).map { (Int(s.slot), $0) } }
     }
 
     /// Starts advancing the heartbeat every interval on a thread of its own.
@@ -192,13 +233,8 @@ public final class MountClaim: Sendable {
                 slept += step
             }
             if stopping.load(ordering: .acquiring) { return }
-            let b = state.withLock { b -> QuorumBlock in
-                b.heartbeat += 1
-                b.heartbeatAtNanos = Self.unixNanos()
-                return b
-            }
             do {
-                try write(b)
+                try update { _ in }
                 if failing { log("quorum heartbeat of slot \(slot) written again") }
                 failing = false
             } catch {
@@ -218,10 +254,7 @@ public final class MountClaim: Sendable {
             return t
         }
         t?.join()
-        var b = state.withLock { $0 }
-        b.state = .unclaimed
-        b.heartbeat += 1
-        try write(b)
+        try update { $0.state = .unclaimed }
     }
 
     /// The claim as last written by this mount.

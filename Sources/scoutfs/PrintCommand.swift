@@ -31,8 +31,16 @@ struct PrintCommand: ParsableCommand {
         struct Claim: Encodable {
             var slot: Int; var state: String; var host: String; var pid: UInt32
             var mountedAt: Int64; var heartbeat: UInt64; var intervalMillis: UInt32
+            /// The election as the slot records it: the highest term it saw, its last vote,
+            /// and the terms it was elected in, fenced earlier leaders in, and stopped serving in.
+            var term: UInt64; var votedTerm: UInt64; var votedFor: Int
+            var electedTerm: UInt64; var fencedTerm: UInt64; var stoppedTerm: UInt64
+            var electedAt: Int64; var fencedAt: Int64; var stoppedAt: Int64
         }
         var quorumClaims: [Claim]
+        /// The slot whose server the quorum blocks name (greatest elected term, not stopped).
+        struct Leader: Encodable { var slot: Int; var term: UInt64 }
+        var leader: Leader?
         var trees: [Tree]
         struct LogTree: Encodable { var rid: String; var height: Int; var items: UInt64; var blocks: UInt64; var poolBlocks: UInt64; var metaPoolBlocks: UInt64 }
         /// Clients' committed log trees the server has not merged into the fs tree yet, and
@@ -53,11 +61,16 @@ struct PrintCommand: ParsableCommand {
             let summary = Checker.summarize(store)
             var problems = superProblems + summary.problems
             var claims: [Output.Claim] = []
+            var blocks: [(slot: Int, block: QuorumBlock)] = []
             for s in sb.quorumSlots {
                 do {
                     let b = try MountClaim.read(m, fsid: sb.fsid, slot: Int(s.slot))
+                    blocks.append((Int(s.slot), b))
                     claims.append(.init(slot: Int(s.slot), state: b.state == .mounted ? "mounted" : "unclaimed", host: b.host, pid: b.pid,
-                                        mountedAt: b.mountedAt, heartbeat: b.heartbeat, intervalMillis: b.intervalMillis))
+                                        mountedAt: b.mountedAt, heartbeat: b.heartbeat, intervalMillis: b.intervalMillis,
+                                        term: b.term, votedTerm: b.votedTerm, votedFor: Int(b.votedFor),
+                                        electedTerm: b.elected.term, fencedTerm: b.fenced.term, stoppedTerm: b.stopped.term,
+                                        electedAt: b.elected.atNanos, fencedAt: b.fenced.atNanos, stoppedAt: b.stopped.atNanos))
                 } catch {
                     problems.append("\(error)")
                 }
@@ -68,6 +81,7 @@ struct PrintCommand: ParsableCommand {
                 nextIno: sb.nextIno, nextSeq: sb.nextSeq,
                 quorumSlots: sb.quorumSlots.map { .init(slot: Int($0.slot), address: $0.address, port: Int($0.port)) },
                 quorumClaims: claims,
+                leader: QuorumBlock.leader(of: blocks).map { .init(slot: $0.slot, term: $0.term) },
                 trees: summary.trees.map { t, s in
                     let r = sb.root(t)
                     return .init(name: t.description, height: s.height, items: s.items, blocks: s.blocks,
@@ -107,6 +121,17 @@ struct PrintCommand: ParsableCommand {
             } else {
                 print("    \(c.slot): unclaimed")
             }
+            guard c.term > 0 else { continue }
+            var line = "       election: term \(c.term), voted in term \(c.votedTerm) for slot \(c.votedFor)"
+            if c.electedTerm > 0 { line += ", elected in term \(c.electedTerm) at \(MountClaim.timeText(c.electedAt / 1_000_000_000)) UTC" }
+            if c.fencedTerm > 0 { line += ", fenced earlier leaders in term \(c.fencedTerm)" }
+            if c.stoppedTerm > 0 { line += ", stopped serving in term \(c.stoppedTerm)" }
+            print(line)
+        }
+        if let l = o.leader {
+            print("  quorum_leader: slot \(l.slot) in term \(l.term)")
+        } else {
+            print("  quorum_leader: none")
         }
         print("trees:")
         for t in o.trees {

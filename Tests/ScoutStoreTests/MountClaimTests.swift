@@ -108,3 +108,26 @@ import Testing
         #expect(later >= first + 3)
     }
 }
+
+extension MountClaimTests {
+    @Test func aRemountKeepsTheSlotsTermVoteAndLeadership() throws {
+        let (meta, sb) = try formatted()
+        let a = try MountClaim(meta: meta, superblock: sb, slot: 1, identity: hostA, interval: .milliseconds(100), log: { _ in })
+        try a.update {
+            $0.term = 6
+            $0.votedTerm = 6
+            $0.votedFor = 1
+            $0.elected = .init(term: 6, atNanos: 1)
+        }
+        // A heartbeat after the update writes the updated block, never an older copy.
+        try a.start()
+        Thread.sleep(forTimeInterval: 0.25)
+        #expect(try MountClaim.read(meta, fsid: sb.fsid, slot: 1).term == 6)
+        try a.release()
+        let again = try MountClaim(meta: meta, superblock: sb, slot: 1, identity: hostB, interval: .milliseconds(100), log: { _ in })
+        let b = again.block
+        #expect(b.term == 6 && b.votedTerm == 6 && b.votedFor == 1 && b.elected.term == 6 && b.mayServe)
+        #expect(b.host == "host-b" && b.state == .mounted)
+        try again.release()
+    }
+}
