@@ -185,6 +185,8 @@ public final class ClientItems: @unchecked Sendable {
     private var log: BTree
     /// Items written into the log tree since it was started (rewrites count again).
     private var logWrites: UInt64 = 0
+    /// Commits recorded by the server (`LogTreeRecord.commits`); logTurn held.
+    private var commitCount: UInt64 = 0
     /// Metadata blocks the server gave this client for its log tree and it has not used.
     private var metaPool: [UInt64] = []
     /// Held while a commit builds the log tree outside the store lock, and by the server's
@@ -389,6 +391,7 @@ public final class ClientItems: @unchecked Sendable {
     /// moved some or all of it into the fs tree since this client last wrote it.
     private func followRecord() throws {
         let rec = try server.recordedLogTree(rid: rid)
+        commitCount = max(commitCount, rec?.commits ?? 0)
         let root = rec?.root ?? .empty
         guard root != log.root else { return }
         log = BTree(root: root, name: log.name)
@@ -522,10 +525,20 @@ public final class ClientItems: @unchecked Sendable {
                 let (metaExtents, left, extra) = p.returnPool ? ([], [], builder.pool)
                     : LogTreeRecord.fit(builder.pool, into: [], beside: p.pool.count)
                 let freedMeta = LogTreeBuilder.extents(builder.freed + extra)
-                let record = LogTreeRecord(root: tree.root, items: writes, dataPool: p.pool, metaPool: metaExtents)
+                let record = LogTreeRecord(root: tree.root, items: writes, dataPool: p.pool, metaPool: metaExtents, commits: commitCount + 1)
                 committed.pin()
                 defer { committed.unpin() }
-                let reply = try server.commitLogTree(rid: rid, record, freed: p.freed, freedMeta: freedMeta, merge: merge)
+                let reply: LogCommit
+                do {
+                    reply = try server.commitLogTree(rid: rid, record, freed: p.freed, freedMeta: freedMeta, merge: merge)
+                } catch let e as NetError where e.serverRestarted {
+                    // The server that had the call ended and another took over. Sent again, a
+                    // commit the old one made would free its blocks twice; given up, one it
+                    // made would be lost. The new server's record says which.
+                    guard let now = try server.recordedLogTree(rid: rid), now.commits == record.commits else { throw e }
+                    reply = LogCommit(seq: server.committedSeq, merged: now.root != record.root)
+                }
+                commitCount = record.commits
                 builder.committedBlocks()
                 metaPool = left
                 log = tree

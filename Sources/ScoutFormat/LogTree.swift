@@ -14,11 +14,21 @@ public struct LogTreeRecord: Hashable, Sendable {
     /// and a dead client's go back to the free tree like its data pool.
     public var metaPool: [Extent]
 
+    /// Commits of the client recorded so far, counted by the client and kept by the server
+    /// across merges: after a server change, the new server's record tells a client whether
+    /// the commit it had in flight landed (its count is in the record) or not, so that it is
+    /// neither lost nor applied twice (its freed blocks freed twice). Zero for records written
+    /// before it was kept.
+    public var commits: UInt64 = 0
+
     /// The record without a pool (what the original layout held).
     public static let baseSize = BTreeRoot.encodedSize + 8
     /// Extents both pools may hold together: what fits in one item's value beside the root,
-    /// the count and the two extent counts.
-    public static let maxPoolExtents = (Item.maxValueLength - baseSize - 8) / 16
+    /// the count, the two extent counts and the commit count.
+    public static let maxPoolExtents = (Item.maxValueLength - baseSize - 16) / 16
+    /// What a record may hold when read: records written before the commit count had room
+    /// for one more extent.
+    static let maxDecodedPoolExtents = (Item.maxValueLength - baseSize - 8) / 16
     /// Extents the data pool may take of them, so the metadata pool always has room.
     public static let maxDataPoolExtents = maxPoolExtents - 16
 
@@ -51,11 +61,12 @@ public struct LogTreeRecord: Hashable, Sendable {
         return (extents, kept, left)
     }
 
-    public init(root: BTreeRoot, items: UInt64, dataPool: [Extent] = [], metaPool: [Extent] = []) {
+    public init(root: BTreeRoot, items: UInt64, dataPool: [Extent] = [], metaPool: [Extent] = [], commits: UInt64 = 0) {
         self.root = root
         self.items = items
         self.dataPool = dataPool
         self.metaPool = metaPool
+        self.commits = commits
     }
 
     public static func key(rid: UInt64, nr: UInt64 = 0) -> Key {
@@ -68,19 +79,21 @@ public struct LogTreeRecord: Hashable, Sendable {
     /// Blocks in the metadata pool.
     public var metaPoolBlocks: UInt64 { metaPool.reduce(0) { $0 + $1.length } }
 
-    /// Base, then the data pool (count and extents) when either pool is there, then the
-    /// metadata pool when it is: a record without pools keeps the original layout, one with a
-    /// data pool only the layout before metadata pools.
+    /// Base, then the data pool (count and extents) when either pool or a commit count is
+    /// there, then the metadata pool when it or a commit count is, then the commit count when
+    /// it is not zero: a record without pools keeps the original layout, one with a data pool
+    /// only the layout before metadata pools, and so on.
     public var encoded: [UInt8] {
-        var w = ByteWriter(capacity: Self.baseSize + 8 + 16 * (dataPool.count + metaPool.count))
+        var w = ByteWriter(capacity: Self.baseSize + 16 + 16 * (dataPool.count + metaPool.count))
         root.encode(into: &w)
         w.u64(items)
-        if !dataPool.isEmpty || !metaPool.isEmpty {
+        if !dataPool.isEmpty || !metaPool.isEmpty || commits > 0 {
             Extent.encodeList(dataPool, into: &w)
         }
-        if !metaPool.isEmpty {
+        if !metaPool.isEmpty || commits > 0 {
             Extent.encodeList(metaPool, into: &w)
         }
+        if commits > 0 { w.u64(commits) }
         return w.bytes
     }
 
@@ -94,10 +107,15 @@ public struct LogTreeRecord: Hashable, Sendable {
         dataPool = []
         metaPool = []
         guard bytes.count > Self.baseSize else { return }
-        dataPool = try Extent.decodeList(&r, limit: Self.maxPoolExtents, context: "log tree record", what: "a data pool")
+        dataPool = try Extent.decodeList(&r, limit: Self.maxDecodedPoolExtents, context: "log tree record", what: "a data pool")
         if r.remaining > 0 {
-            metaPool = try Extent.decodeList(&r, limit: Self.maxPoolExtents, context: "log tree record", what: "a metadata pool")
-            guard !metaPool.isEmpty else { throw FormatError("log tree record: an empty metadata pool written out") }
+            metaPool = try Extent.decodeList(&r, limit: Self.maxDecodedPoolExtents, context: "log tree record", what: "a metadata pool")
+            if r.remaining == 8 {
+                commits = try r.u64()
+                guard commits > 0 else { throw FormatError("log tree record: a zero commit count written out") }
+            } else if metaPool.isEmpty {
+                throw FormatError("log tree record: an empty metadata pool written out")
+            }
         } else if dataPool.isEmpty {
             throw FormatError("log tree record: an empty data pool written out")
         }

@@ -213,7 +213,7 @@ public final class NetClient: Sendable {
             defer { s.first = nil }
             return (s.first, hadSession && !w.resumed)
         }
-        for w in lost { w.finish(.failure(NetError("the server restarted before it answered; it may or may not have run the call"))) }
+        for w in lost { w.finish(.failure(.serverRestarted)) }
         first?.finish(.success([]))
         if reset {
             log("network: server restarted (a new run at \(host):\(port)); session started again")

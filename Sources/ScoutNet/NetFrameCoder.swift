@@ -79,7 +79,18 @@ extension Channel {
 /// A failure of a connection or of a call over it.
 public struct NetError: Error, CustomStringConvertible, Sendable {
     public var description: String
+    /// The call was in flight when the server it went to ended: a new server run answered the
+    /// reconnect, and whether the old one ran the call cannot be known from the network. A
+    /// caller that must know asks the new server what it recorded (a commit:
+    /// `LogTreeRecord.commits`).
+    public var serverRestarted = false
     public init(_ description: String) { self.description = description }
+
+    public static var serverRestarted: NetError {
+        var e = NetError("the server restarted before it answered; it may or may not have run the call")
+        e.serverRestarted = true
+        return e
+    }
 }
 
 /// How often each side sends a heartbeat when it has nothing else to say, and how long it

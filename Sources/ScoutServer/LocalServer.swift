@@ -155,7 +155,7 @@ public final class LocalServer: ServerLink {
         let n = UInt64(moved)
         do {
             try setRecord(rid: rid, LogTreeRecord(root: log.root, items: log.root.isEmpty ? 0 : rec.items - min(rec.items, n),
-                                                  dataPool: rec.dataPool, metaPool: rec.metaPool))
+                                                  dataPool: rec.dataPool, metaPool: rec.metaPool, commits: rec.commits))
         } catch let e as StoreError {
             store.abandon(e)
             throw e
@@ -270,7 +270,7 @@ public final class LocalServer: ServerLink {
             for e in rec.metaPool { store.freeMeta(e) }
             try store.delete(LogTreeRecord.key(rid: rid), from: .logTrees)
         } else {
-            try setRecord(rid: rid, LogTreeRecord(root: .empty, items: 0, dataPool: rec.dataPool, metaPool: rec.metaPool))
+            try setRecord(rid: rid, LogTreeRecord(root: .empty, items: 0, dataPool: rec.dataPool, metaPool: rec.metaPool, commits: rec.commits))
         }
         try store.commit()
         merges += 1
@@ -278,7 +278,9 @@ public final class LocalServer: ServerLink {
 
     private func setRecord(rid: UInt64, _ record: LogTreeRecord) throws {
         let key = LogTreeRecord.key(rid: rid)
-        if record.root.isEmpty && record.dataPool.isEmpty && record.metaPool.isEmpty {
+        // A live client's commit count stays while it lives (a departed one's record goes
+        // in `mergeAndCommit`).
+        if record.root.isEmpty && record.dataPool.isEmpty && record.metaPool.isEmpty && record.commits == 0 {
             try store.delete(key, from: .logTrees)
         } else {
             try store.insert(Item(key: key, seq: store.txnSeq, value: record.encoded), into: .logTrees, forCommit: true)

@@ -92,15 +92,25 @@ public final class ServerService: NetServerHandler {
         switch call {
         case .roots:
             return .roots(roots)
+        // What a node is given is durable before it hears of it: a node outlives its server,
+        // and a server that takes over after a crash must not hand the same inode numbers or
+        // blocks out again (the server's own clients die with it, so theirs ride on the next
+        // commit).
         case .allocateInodes(let count):
-            return .inodes(server.allocateInodes(count))
+            let got = server.allocateInodes(count)
+            try server.store.commit()
+            return .inodes(got)
         case .refillDataPool(let n):
-            return .dataPool(try server.refillDataPool(rid: rid, atLeast: n))
+            let got = try server.refillDataPool(rid: rid, atLeast: n)
+            try server.store.commit()
+            return .dataPool(got)
         case .refillMetaPool(let n):
             guard n <= UInt64(ServerCall.maxExtents) else {
                 throw NetError("client \(rid) asked for \(n) metadata blocks at once; at most \(ServerCall.maxExtents)")
             }
-            return .metaPool(LogTreeBuilder.extents(try server.refillMetaPool(rid: rid, atLeast: Int(n))))
+            let got = try server.refillMetaPool(rid: rid, atLeast: Int(n))
+            try server.store.commit()
+            return .metaPool(LogTreeBuilder.extents(got))
         case .dataSpace:
             let s = server.dataSpace
             return .dataSpace(free: s.free, pendingFree: s.pendingFree)

@@ -183,6 +183,18 @@ import ScoutFormat
         var cut = pooled.encoded
         cut.removeLast()
         #expect(throws: FormatError.self) { try LogTreeRecord(decoding: cut) }
+
+        // A commit count comes last, after both pools (empty ones included).
+        for r in [LogTreeRecord(root: root, items: 3, commits: 9), LogTreeRecord(root: .empty, items: 0, dataPool: [Extent(start: 7, length: 1)], commits: 1),
+                  LogTreeRecord(root: root, items: 3, dataPool: both.dataPool, metaPool: both.metaPool, commits: 1 << 40)] {
+            #expect(try LogTreeRecord(decoding: r.encoded) == r)
+        }
+        #expect(LogTreeRecord(root: root, items: 3, commits: 9).encoded.count == LogTreeRecord.baseSize + 4 + 4 + 8)
+        var zeroCount = LogTreeRecord(root: root, items: 3, commits: 9).encoded
+        for i in zeroCount.count - 8 ..< zeroCount.count { zeroCount[i] = 0 }
+        #expect(throws: FormatError.self) { try LogTreeRecord(decoding: zeroCount) }
+        let fullCounted = LogTreeRecord(root: root, items: 1, dataPool: data, metaPool: meta, commits: 5)
+        #expect(fullCounted.encoded.count <= Item.maxValueLength)
         var huge = plain.encoded
         huge += [0xFF, 0xFF, 0xFF, 0x7F]
         #expect(throws: FormatError.self) { try LogTreeRecord(decoding: huge) }

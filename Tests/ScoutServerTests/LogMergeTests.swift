@@ -411,3 +411,69 @@ extension LogMergeTests {
         #expect(try reopened.tree(.logTrees).items(in: reopened).isEmpty)
     }
 }
+
+/// A server link whose commit answers can go missing the way they do when the server ends
+/// and another takes over: after the server applied the commit, or before.
+final class LosingLink: ServerLink {
+    enum Mode { case answers, appliesThenLoses, losesBeforeApplying }
+    let server: LocalServer
+    var mode = Mode.answers
+    init(_ server: LocalServer) { self.server = server }
+    var transactionSeq: UInt64 { server.transactionSeq }
+    var committedSeq: UInt64 { server.committedSeq }
+    var stableSeq: UInt64 { server.stableSeq }
+    func allocateInodes(_ count: UInt64) throws -> Range<UInt64> { server.allocateInodes(count) }
+    func refillDataPool(rid: UInt64, atLeast count: UInt64) throws -> [Extent] { try server.refillDataPool(rid: rid, atLeast: count) }
+    func refillMetaPool(rid: UInt64, atLeast count: Int) throws -> [UInt64] { try server.refillMetaPool(rid: rid, atLeast: count) }
+    var dataSpace: (free: UInt64, pendingFree: UInt64) { server.dataSpace }
+    func recordedLogTree(rid: UInt64) throws -> LogTreeRecord? { try server.recordedLogTree(rid: rid) }
+    func commitLogTree(rid: UInt64, _ record: LogTreeRecord, freed: [Extent], freedMeta: [Extent], merge: Bool) throws -> LogCommit {
+        switch mode {
+        case .answers:
+            return try server.commitLogTree(rid: rid, record, freed: freed, freedMeta: freedMeta, merge: merge)
+        case .appliesThenLoses:
+            _ = try server.commitLogTree(rid: rid, record, freed: freed, freedMeta: freedMeta, merge: merge)
+            throw NetError.serverRestarted
+        case .losesBeforeApplying:
+            throw NetError.serverRestarted
+        }
+    }
+}
+
+extension LogMergeTests {
+    /// A commit in flight when the server ends: the new server's record tells the client
+    /// whether it landed. Taken as landed when it did not, changes would be lost; sent again
+    /// when it did, the blocks it freed would be freed twice (check finds blocks both free
+    /// and in a tree).
+    @Test func aCommitWhoseAnswerWasLostIsNeitherLostNorAppliedTwice() throws {
+        let store = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
+        let server = LocalServer(store: store)
+        let link = LosingLink(server)
+        let client = ClientItems(store: store, server: link, rid: 7)
+        for n in 0..<300 as Range<UInt64> { try client.insert(key(n), value(n, 0)) }
+        try client.commit()
+        #expect(try server.recordedLogTree(rid: 7)?.commits == 1)
+
+        // Rewrites copy the tree's leaves: the commit frees the old ones.
+        for n in 0..<300 as Range<UInt64> { try client.insert(key(n), value(n, 1)) }
+        link.mode = .appliesThenLoses
+        try client.commit()
+        #expect(try server.recordedLogTree(rid: 7)?.commits == 2)
+        #expect(!client.hasChanges)
+
+        for n in 0..<300 as Range<UInt64> { try client.insert(key(n), value(n, 2)) }
+        link.mode = .losesBeforeApplying
+        let e = #expect(throws: NetError.self) { try client.commit() }
+        #expect(e?.serverRestarted == true)
+        #expect(try server.recordedLogTree(rid: 7)?.commits == 2)
+
+        link.mode = .answers
+        try client.commit()
+        #expect(try server.recordedLogTree(rid: 7)?.commits == 3)
+        for n in stride(from: UInt64(0), to: 300, by: 7) { #expect(try client.lookup(key(n))?.value == value(n, 2)) }
+        _ = try server.commitLogTree(rid: 7, server.recordedLogTree(rid: 7)!, merge: true)
+        // A live client's count outlives the merge of its tree.
+        #expect(try server.recordedLogTree(rid: 7)?.commits == 3)
+        #expect(Checker.check(meta: meta, data: data).problems == [])
+    }
+}

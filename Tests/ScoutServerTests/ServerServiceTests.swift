@@ -121,7 +121,7 @@ import Testing
         }
         // The node's tree merged into the fs tree: still one answer for every key, anywhere.
         try f.storeLock.withLock(f.store) { _ = try f.server.commitLogTree(rid: 2, f.server.recordedLogTree(rid: 2)!, merge: true) }
-        #expect(try f.call(conn, .recordedLogTree) == .recordedLogTree(LogTreeRecord(root: .empty, items: 0, dataPool: [], metaPool: try f.server.recordedLogTree(rid: 2)!.metaPool)))
+        #expect(try f.call(conn, .recordedLogTree) == .recordedLogTree(LogTreeRecord(root: .empty, items: 0, dataPool: [], metaPool: try f.server.recordedLogTree(rid: 2)!.metaPool, commits: 1)))
         try link.refreshRoots()
         let fresh = ClientItems(store: nodeStore, server: link, rid: 3, sharesStore: true)
         var seen = 0
@@ -196,5 +196,30 @@ import Testing
             try node.refreshIfStale()
         }
         #expect(calls.load(ordering: .relaxed) == 300_000)
+    }
+}
+
+extension ServerServiceTests {
+    /// What a node is given must survive its server: a server that takes over after a crash
+    /// opens the store from the devices, and must not give the same inode numbers or blocks
+    /// to anyone else.
+    @Test func inodeBatchesAndPoolRefillsAreDurableBeforeTheNodeHearsOfThem() throws {
+        let f = try Fixture()
+        defer { f.net.stop() }
+        let a = try f.node(1)
+        defer { a.close() }
+        guard case .inodes(let inodes) = try f.call(a, .allocateInodes(count: 10)),
+              case .dataPool(let data) = try f.call(a, .refillDataPool(atLeast: 100)),
+              case .metaPool(let meta) = try f.call(a, .refillMetaPool(atLeast: 10)) else {
+            Issue.record("unexpected answers")
+            return
+        }
+        // The server's process dies here: nothing else is committed. What the devices hold:
+        let after = try Store.open(meta: f.meta, data: f.data)
+        #expect(after.nextIno >= inodes.upperBound)
+        let rec = try #require(try LocalServer(store: after).recordedLogTree(rid: 1))
+        #expect(rec.dataPool == data)
+        #expect(rec.metaPool == meta)
+        #expect(Checker.check(meta: f.meta, data: f.data).problems == [])
     }
 }
