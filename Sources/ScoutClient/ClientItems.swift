@@ -206,6 +206,13 @@ public final class ClientItems: @unchecked Sendable {
     /// dirty in the cache until it ends, but the next commit's trigger counts only what came
     /// after them.
     private let inFlightEstimate = Atomic<Int>(0)
+    /// The lowest seq a change made since the last switch carries (`.max`: none), and the
+    /// lowest of the changes a commit in flight writes: no change at or above the lower of
+    /// the two is durable yet, however far the server's seqs have moved (a node's inode batch
+    /// or pool refill commits the server between its own commits), so index walks never call
+    /// them final (`uncommittedSeqFloor`).
+    private let uncommittedFloor = Atomic<UInt64>(.max)
+    private let inFlightFloor = Atomic<UInt64>(.max)
     /// `sharesStore`: other clients record log trees in the same store, and reads see them;
     /// they must then share `storeLock` too.
     public init(store: any ClientStore, server: any ServerLink, rid: UInt64, cacheBytes: Int = 256 << 20, sharesStore: Bool = false,
@@ -240,18 +247,39 @@ public final class ClientItems: @unchecked Sendable {
     /// the cluster lock they are made under, so a change made after another client's always
     /// wins in the forest, whatever the two clients' transaction seqs.
     public func insert(_ key: Key, _ value: [UInt8], minSeq: UInt64 = 0) throws {
-        try cache.insert(key, value, seq: max(seq, minSeq))
+        try cache.insert(key, value, seq: stamp(minSeq))
     }
 
     /// Makes `key` invisible.
     public func delete(_ key: Key, minSeq: UInt64 = 0) throws {
-        try cache.delete(key, seq: max(seq, minSeq))
+        try cache.delete(key, seq: stamp(minSeq))
     }
 
     /// Adds `fields` (little-endian Int64s) to the item at `key` without reading the forest, so
     /// many writers can change one total at once.
     public func addDelta(_ key: Key, _ fields: [Int64], minSeq: UInt64 = 0) throws {
-        try cache.addDelta(key, fields, seq: max(seq, minSeq))
+        try cache.addDelta(key, fields, seq: stamp(minSeq))
+    }
+
+    /// The seq a change made now carries, kept in the uncommitted floor.
+    private func stamp(_ minSeq: UInt64) -> UInt64 {
+        let s = max(seq, minSeq)
+        lower(uncommittedFloor, to: s)
+        return s
+    }
+
+    private func lower(_ floor: borrowing Atomic<UInt64>, to s: UInt64) {
+        var cur = floor.load(ordering: .relaxed)
+        while s < cur {
+            let (done, now) = floor.compareExchange(expected: cur, desired: s, ordering: .acquiringAndReleasing)
+            if done { return }
+            cur = now
+        }
+    }
+
+    /// The lowest seq a change not yet durable may carry, `.max` when none is pending.
+    public var uncommittedSeqFloor: UInt64 {
+        min(inFlightFloor.load(ordering: .acquiring), uncommittedFloor.load(ordering: .acquiring))
     }
 
     /// Whether the fs tree holds a visible item at each of `keys` (ascending), in one ordered
@@ -442,6 +470,9 @@ public final class ClientItems: @unchecked Sendable {
             return (pool.takeFreed(), pool.avail)
         }
         let snap = cache.dirtySnapshot()
+        // The transaction is held alone: no change is being made.
+        inFlightFloor.store(uncommittedFloor.load(ordering: .acquiring), ordering: .releasing)
+        uncommittedFloor.store(.max, ordering: .releasing)
         inFlightEstimate.store(cache.commitBlockEstimate, ordering: .relaxed)
         if !snap.isEmpty || !freed.isEmpty { seqFloor.store(server.transactionSeq + 1, ordering: .releasing) }
         return PendingCommit(snap: snap, freed: freed, pool: avail, returnPool: returnPool)
@@ -457,7 +488,12 @@ public final class ClientItems: @unchecked Sendable {
     @discardableResult
     public func finishCommit(_ p: PendingCommit, merge: Bool = false) throws -> UInt64 {
         // Written or not, its changes count again: what failed stays dirty for the next one.
-        defer { inFlightEstimate.store(0, ordering: .relaxed) }
+        var durable = false
+        defer {
+            inFlightEstimate.store(0, ordering: .relaxed)
+            if !durable { lower(uncommittedFloor, to: inFlightFloor.load(ordering: .acquiring)) }
+            inFlightFloor.store(.max, ordering: .releasing)
+        }
         return try logTurn.withLock { _ in
             let needed = try withStore {
                 try followRecord()
@@ -471,7 +507,10 @@ public final class ClientItems: @unchecked Sendable {
                 }
                 return true
             }
-            guard needed else { return withStore { server.committedSeq } }
+            guard needed else {
+                durable = true
+                return withStore { server.committedSeq }
+            }
             let builder = LogTreeBuilder(store: store, pool: metaPool) { [self] n in
                 // The pool owns what a refill brings whether or not this build lands.
                 let got = try withStore { try server.refillMetaPool(rid: rid, atLeast: n) }
@@ -539,6 +578,7 @@ public final class ClientItems: @unchecked Sendable {
                     reply = LogCommit(seq: server.committedSeq, merged: now.root != record.root)
                 }
                 commitCount = record.commits
+                durable = true
                 builder.committedBlocks()
                 metaPool = left
                 log = tree

@@ -34,7 +34,10 @@ extension FSCore {
     /// it are final, so an agent that has walked up to it never sees an entry appear below it
     /// later. (Entries other clients wrote at or below it and have not committed yet are made
     /// visible by the walk's read locks, which make them commit.)
-    var stableSeq: UInt64 { min(seq - 1, items.server.stableSeq) }
+    var stableSeq: UInt64 {
+        let floor = items.uncommittedSeqFloor
+        return min(seq - 1, items.server.stableSeq, floor == .max ? .max : floor - 1)
+    }
 
     /// The entries of one index lock range from `from` through `end` (both inside it), at most
     /// `limit`, under the caller's read lock on the range.

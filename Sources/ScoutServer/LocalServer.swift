@@ -248,6 +248,15 @@ public final class LocalServer: ServerLink {
         try mergeAndCommit(rid: rid, clientGone: true)
     }
 
+    /// A client that leaves cleanly (its tree merged, its pools given back) leaves no record:
+    /// what is left of a live client's record then is only its commit count. A record still
+    /// holding a tree or a pool stays, for recovery to merge and reclaim.
+    public func forget(rid: UInt64) throws {
+        guard let rec = try recordedLogTree(rid: rid), rec.root.isEmpty, rec.dataPool.isEmpty, rec.metaPool.isEmpty else { return }
+        try store.delete(LogTreeRecord.key(rid: rid), from: .logTrees)
+        try store.commit()
+    }
+
     /// Merges `rid`'s log tree into the fs tree. A live client keeps its pool in a record with
     /// an empty tree; a departed one's pool goes back to the free tree.
     func mergeAndCommit(rid: UInt64, clientGone: Bool) throws {

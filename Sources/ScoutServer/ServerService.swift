@@ -75,6 +75,10 @@ public final class ServerService: NetServerHandler {
         case .leave:
             dropLocks(of: client)
             log("server: client \(client) is leaving")
+            _ = try serialize {
+                try self.server.forget(rid: client)
+                return .left
+            }
             return ServerAnswer.left.encoded
         case .setRecordLock(var lock, let wait):
             lock.holder.client = client
