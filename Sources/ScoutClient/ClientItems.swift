@@ -567,16 +567,25 @@ public final class ClientItems: @unchecked Sendable {
                 let record = LogTreeRecord(root: tree.root, items: writes, dataPool: p.pool, metaPool: metaExtents, commits: commitCount + 1)
                 committed.pin()
                 defer { committed.unpin() }
-                let reply: LogCommit
-                do {
-                    reply = try server.commitLogTree(rid: rid, record, freed: p.freed, freedMeta: freedMeta, merge: merge)
-                } catch let e as NetError where e.serverRestarted {
-                    // The server that had the call ended and another took over. Sent again, a
-                    // commit the old one made would free its blocks twice; given up, one it
-                    // made would be lost. The new server's record says which.
-                    guard let now = try server.recordedLogTree(rid: rid), now.commits == record.commits else { throw e }
-                    reply = LogCommit(seq: server.committedSeq, merged: now.root != record.root)
+                var reply: LogCommit?
+                while reply == nil {
+                    do {
+                        reply = try server.commitLogTree(rid: rid, record, freed: p.freed, freedMeta: freedMeta, merge: merge)
+                    } catch let e as NetError where e.serverRestarted {
+                        // The server that had the call ended and another took over. Sent again,
+                        // a commit the old one made would free its blocks twice; given up, one
+                        // it made would be lost. The new server's record says which: made, or
+                        // still one behind (then it is sent again, as it stands: nothing of it
+                        // was applied).
+                        guard let now = try server.recordedLogTreeNow(rid: rid) else { throw e }
+                        if now.commits == record.commits {
+                            reply = LogCommit(seq: server.committedSeq, merged: now.root != record.root)
+                        } else if now.commits + 1 != record.commits {
+                            throw e
+                        }
+                    }
                 }
+                guard let reply else { throw NetError.serverRestarted }
                 commitCount = record.commits
                 durable = true
                 builder.committedBlocks()

@@ -46,8 +46,27 @@ public final class NetServerLink: ServerLink, Sendable {
     public var fencedReason: String? { fenced.withLock { $0 } }
 
     func call(_ c: ServerCall) throws -> ServerAnswer {
-        if let why = fenced.withLock({ $0 }) { throw NetError(why) }
-        return try ServerAnswer(decoding: net.call(c.encoded))
+        while true {
+            if let why = fenced.withLock({ $0 }) { throw NetError(why) }
+            do {
+                return try ServerAnswer(decoding: net.call(c.encoded))
+            } catch let e as NetError where e.serverRestarted {
+                // The server ended with the call in flight and another took over. A commit's
+                // caller asks the new server whether it landed (sent again it could free its
+                // blocks twice); every other call is safe to make again: a lost inode batch
+                // or pool refill only leaves numbers or blocks unused.
+                if case .commitLogTree = c { throw e }
+                if case .join = c { throw e }
+            }
+        }
+    }
+
+    /// Says this node is mounted (`rejoin` false) or back after a server change: whether the
+    /// server kept its log tree and pools. False: the node must not write again.
+    public func join(_ me: MountedClient, rejoin: Bool) throws -> Bool {
+        let a = try call(.join(me, rejoin: rejoin))
+        guard case .joined(let ok) = a else { throw unexpected(a, to: "a join") }
+        return ok
     }
 
     private func unexpected(_ a: ServerAnswer, to c: String) -> NetError {
@@ -117,6 +136,15 @@ public final class NetServerLink: ServerLink, Sendable {
         if roots.seq >= lastCommit.load(ordering: .acquiring), case .success(let records) = roots.records {
             return records.first { $0.rid == net.client }?.record
         }
+        let a = try call(.recordedLogTree)
+        guard case .recordedLogTree(let rec) = a else { throw unexpected(a, to: "the recorded log tree") }
+        return rec
+    }
+
+    public func recordedLogTreeNow(rid: UInt64) throws -> LogTreeRecord? {
+        // The roots move on too: what the node reads its record from next must not be the
+        // old server's.
+        try refreshRoots()
         let a = try call(.recordedLogTree)
         guard case .recordedLogTree(let rec) = a else { throw unexpected(a, to: "the recorded log tree") }
         return rec

@@ -1,7 +1,7 @@
 import ScoutClient
 import ScoutFormat
 public import ScoutNet
-import ScoutServer
+public import ScoutServer
 public import ScoutStore
 import Synchronization
 
@@ -69,19 +69,79 @@ public final class LocalCluster: ClusterHost, Sendable {
         func items(_ id: UInt64) -> ClientItems? { table.withLock { $0[id]?.shared?.cluster.items } }
     }
 
-    /// Opens the cluster on a store no client uses yet: log trees that clients of an earlier
-    /// mount left behind are merged (their pools go back to the free tree) before anyone joins.
-    public init(store: Store, mergeThreshold: UInt64 = 100_000, several: Bool = false) throws {
+    /// How a server that starts while nodes may be mounted settles with them (§15): the
+    /// nodes the mounted-clients tree records keep their log trees and are waited for; those
+    /// that do not come back within `timeout` are fenced by `fencer`, then reclaimed.
+    public struct Takeover: Sendable {
+        /// The election term this server serves in (keeps its lock invalidation ids apart).
+        public var term: UInt64
+        public var fencer: Fencer
+        public var timeout: Duration
+        /// Whether a recorded node is gone for certain now (its process on this machine is
+        /// not running): such a node is fenced and reclaimed without waiting out the timeout.
+        public var isGone: @Sendable (FenceRequest) -> Bool
+
+        public init(term: UInt64, fencer: Fencer, timeout: Duration = .seconds(30),
+                    isGone: @escaping @Sendable (FenceRequest) -> Bool = { _ in false }) {
+            self.term = term
+            self.fencer = fencer
+            self.timeout = timeout
+            self.isGone = isGone
+        }
+    }
+
+    /// The nodes this server settles with before reclaiming anything of theirs (with
+    /// `Takeover`); nil: every log tree was merged at the start, and a node whose server
+    /// changed must remount.
+    let recovery: ClientRecovery?
+    /// The takeover settings this server started with.
+    let takeover: Takeover?
+
+    /// Opens the cluster on a store no client uses yet. Without `takeover`, log trees that
+    /// clients of an earlier mount left behind are merged (their pools go back to the free
+    /// tree) before anyone joins. With it, only those of clients that were in an earlier
+    /// server's process are; nodes recorded as mounted are waited for (`Takeover`).
+    public init(store: Store, mergeThreshold: UInt64 = 100_000, several: Bool = false, takeover: Takeover? = nil) throws {
         self.store = store
+        self.takeover = takeover
         server = LocalServer(store: store, mergeThreshold: mergeThreshold)
         self.several = several
         layout = store.superblock
         let net = InMemoryLockNetwork(immediate: true)
-        let ls = LockServer(links: RoutedLockLinks(local: net, remote: remoteLinks))
+        var nodes: [MountedClient] = []
+        if takeover != nil {
+            let found = try server.recoverForTakeover()
+            recovered = found.merged
+            nodes = found.nodes
+        } else {
+            recovered = try server.recoverLogTrees()
+        }
+        // Recovery of the nodes' locks ends when each has reported them or was fenced
+        // (`ClientRecovery`), never on a clock of the lock server's own: a node not heard
+        // from may still hold locks that only its fence ends.
+        let ls = LockServer(links: RoutedLockLinks(local: net, remote: remoteLinks), term: takeover?.term ?? 1,
+                            recovering: Set(nodes.map(\.rid)), options: LockServerOptions(recoveryTimeoutNanoseconds: .max / 2))
         net.attachServer { client, m in ls.receive(from: client, m) }
         lockNetwork = net
         lockServer = ls
-        recovered = try server.recoverLogTrees()
+        if let takeover {
+            let work = MergeWork(store: store, server: server, storeLock: storeLock)
+            let recordLocks = recordLocks
+            let sink = mergeReports
+            let r = ClientRecovery(fencer: takeover.fencer, timeout: takeover.timeout, reclaim: { c in
+                ls.clientGone(c.rid)
+                recordLocks.clientGone(c.rid)
+                try work.storeLock.withLock(work.store) { try work.server.recoverLogTree(rid: c.rid) }
+            }, log: { sink.report($0) })
+            r.expect(nodes) { c in
+                takeover.isGone(FenceRequest(rid: c.rid, slot: c.slot, host: c.host, bootID: c.bootID, pid: c.pid,
+                                             mountedAt: c.mountedAt, address: c.address, reason: .clientRecovery))
+            }
+            try r.start()
+            recovery = r
+        } else {
+            recovery = nil
+        }
         let work = MergeWork(store: store, server: server, storeLock: storeLock)
         let sink = mergeReports
         let members = members
@@ -107,6 +167,7 @@ public final class LocalCluster: ClusterHost, Sendable {
 
     deinit {
         stopServing()
+        recovery?.stop()
         merger.stop()
     }
 
@@ -130,8 +191,14 @@ public final class LocalCluster: ClusterHost, Sendable {
     public func serve(host: String, port: Int, key: ClusterKey, log: @escaping @Sendable (String) -> Void) throws -> Int {
         let work = MergeWork(store: store, server: server, storeLock: storeLock)
         let service = ServerService(server: server, serialize: { body in try work.storeLock.withLock(work.store, body) },
-                                    openInodes: openInodes, recordLocks: recordLocks, log: log)
+                                    openInodes: openInodes, recordLocks: recordLocks, recovery: recovery, log: log)
         let net = NetServer(fsid: store.fsid, key: key, handler: service, log: log)
+        let isGone = takeover?.isGone
+        service.setSessions(ServerService.Sessions(leaving: { [weak net] c in net?.leaving(c) }, forget: { [weak net] c in net?.forget(c) },
+                                                   isGone: { c in
+            isGone?(FenceRequest(rid: c.rid, slot: c.slot, host: c.host, bootID: c.bootID, pid: c.pid,
+                                 mountedAt: c.mountedAt, address: c.address, reason: .clientRecovery)) ?? false
+        }))
         remoteLinks.withLock { $0 = NetLockClientLinks(net) }
         service.serveLocks(lockServer)
         openInodes.setNetwork(net)
@@ -144,6 +211,24 @@ public final class LocalCluster: ClusterHost, Sendable {
         }
     }
 
+    private let fencedWhy = Mutex<String?>(nil)
+    /// Why this server ended (`close`), or nil while it serves.
+    public var closedReason: String? { fencedWhy.withLock { $0 } }
+
+    /// Ends this server for good (its leadership ended, or its mount unmounts): nodes' sessions
+    /// end, recovery and merges stop, and the store refuses any write from now on, so that once
+    /// this returns nothing of this process writes the metadata device through it again (a
+    /// commit under way finishes first: it holds the store lock). The clients here fail every
+    /// operation with EIO and `why` (they shared the store); a mount's must remount.
+    public func close(_ why: String) {
+        fencedWhy.withLock { if $0 == nil { $0 = why } }
+        // Recovery first: the nodes' sessions that end with the server are not lost nodes.
+        recovery?.stop()
+        stopServing()
+        merger.stop()
+        storeLock.withLock(store) { store.abandon(StoreError(.failed, why)) }
+    }
+
     /// Stops serving nodes (their sessions end); the clients here go on.
     public func stopServing() {
         guard let net = network.withLock({ n -> NetServer? in defer { n = nil }; return n }) else { return }
@@ -151,6 +236,9 @@ public final class LocalCluster: ClusterHost, Sendable {
         net.stop()
         remoteLinks.withLock { $0 = nil }
     }
+
+    /// What was found wrong with the superblock when the store opened (the mount warns).
+    public var superblockProblems: [String] { store.superblockProblems }
 
     /// Nodes with a session now.
     public var nodes: [ClientID] { network.withLock { $0 }?.connectedClients ?? [] }
@@ -163,6 +251,11 @@ public final class LocalCluster: ClusterHost, Sendable {
 
     /// Log trees merged when the cluster opened.
     let recovered: Int
+
+    /// Nodes this server still waits for or has given up and not yet reclaimed (takeover).
+    public var nodesInRecovery: [ClientID] { recovery?.pending ?? [] }
+    /// Whether the lock server still waits for nodes' locks before granting anything new.
+    public var locksRecovering: Bool { lockServer.isRecovering }
 
     func join(_ id: UInt64, _ shared: FSShared) throws {
         try members.withLock { m in
@@ -271,7 +364,7 @@ public final class LocalCluster: ClusterHost, Sendable {
 
     func setReports(_ sink: @escaping @Sendable (String) -> Void) { mergeReports.setIfUnset(sink) }
 
-    var fenced: String? { nil }
+    var fenced: String? { fencedWhy.withLock { $0 } }
 
     var place: (isServer: Bool, connected: Bool, nodes: [ClientID]) { (true, true, nodes) }
 }

@@ -1,5 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ScoutClient
-import ScoutFormat
+public import ScoutFormat
 public import ScoutNet
 public import ScoutStore
 import Synchronization
@@ -25,6 +28,8 @@ public final class NodeCluster: ClusterHost, Sendable {
     var recovered: Int { 0 }
     private let inbox = Inbox()
     private let left = Atomic<Bool>(false)
+    /// What the server records of this node.
+    let mounted: MountedClient
 
     /// What the connection's handlers reach. Messages may arrive as soon as the server
     /// welcomes the node, before these exist; the server sends nothing unasked before the node
@@ -49,7 +54,19 @@ public final class NodeCluster: ClusterHost, Sendable {
     /// `data`, proving it holds `key`; a server not listening yet is tried again for
     /// `waitForServer`. `cacheBlocks` bounds the node's cache of metadata blocks, `cacheBytes`
     /// its item cache.
-    public init(meta: any BlockDevice, data: any BlockDevice, server host: String, port: Int, key: ClusterKey, id: ClientID,
+    public convenience init(meta: any BlockDevice, data: any BlockDevice, server host: String, port: Int, key: ClusterKey, id: ClientID,
+                            cacheBlocks: Int = StoreOptions().cacheBlocks, cacheBytes: Int = 256 << 20,
+                            waitForServer: Duration = .zero, log: @escaping @Sendable (String) -> Void) throws {
+        try self.init(meta: meta, data: data, server: { (host, port) }, key: key, id: id, cacheBlocks: cacheBlocks,
+                      cacheBytes: cacheBytes, waitForServer: waitForServer, log: log)
+    }
+
+    /// Connects to the server wherever `server` says it is at each connection attempt (the
+    /// quorum's leader: a server that moves is found again). `mounted` is what the server
+    /// records of this node, to fence it should it be lost (this process on this machine by
+    /// default).
+    public init(meta: any BlockDevice, data: any BlockDevice, server resolve: @escaping @Sendable () -> (host: String, port: Int)?,
+                key: ClusterKey, id: ClientID, mounted: MountedClient? = nil,
                 cacheBlocks: Int = StoreOptions().cacheBlocks, cacheBytes: Int = 256 << 20,
                 waitForServer: Duration = .zero, log: @escaping @Sendable (String) -> Void) throws {
         let store = try NodeStore(meta: meta, data: data, options: StoreOptions(cacheBlocks: cacheBlocks))
@@ -57,8 +74,17 @@ public final class NodeCluster: ClusterHost, Sendable {
         self.store = store
         self.cacheBytes = cacheBytes
         layout = store.superblock
+        let me = mounted.map { m -> MountedClient in
+            var m = m
+            m.rid = id
+            return m
+        } ?? {
+            let i = MountClaim.Identity.current
+            return MountedClient(rid: id, slot: nil, pid: i.pid, mountedAt: Int64(time(nil)), host: i.host, bootID: i.bootID, address: "")
+        }()
+        self.mounted = me
         let inbox = inbox
-        let conn = try NetClient.connect(host: host, port: port, fsid: store.fsid, client: id, key: key, waitForServer: waitForServer,
+        let conn = try NetClient.connect(resolve: resolve, fsid: store.fsid, client: id, key: key, waitForServer: waitForServer,
                                          onMessage: { kind, body in
             switch kind {
             case .notice:
@@ -75,17 +101,36 @@ public final class NodeCluster: ClusterHost, Sendable {
                 inbox.locks.withLock { $0 }?.receive(try LockServerMessage(fromNetwork: body))
             }
         }, onReset: {
-            // A server that starts merges every log tree it finds and takes their pools back:
-            // blocks this node allocated and has not committed may be someone else's now.
-            // Writing on would corrupt them, so the node stops; a remount starts it afresh.
-            let why = "the server restarted and took this node's log tree and pools back; what it had not committed is lost. Unmount and mount again"
+            // A new server (a takeover, or this one's session was given up): it kept this
+            // node's log tree and pools if it says so, and then recovers its locks (it asks for
+            // them; requests still waiting are sent again). Otherwise blocks this node
+            // allocated and has not committed may be someone else's now: writing on would
+            // corrupt them, so the node stops and must remount.
+            guard let link = inbox.link.withLock({ $0 }) else { return }
+            let kept: Bool
+            do {
+                kept = try link.join(me, rejoin: true)
+            } catch {
+                log("error: telling the new server this node is back failed: \(error)")
+                kept = false
+            }
+            if kept {
+                log("the server changed; it kept this node's log tree and pools, and its locks are being recovered")
+                inbox.locks.withLock { $0 }?.resendRequests()
+                link.store.markStale()
+                return
+            }
+            let why = "the server gave this node up (it changed, or lost this node for too long) and took its log tree and pools back; what it had not committed is lost. Unmount and mount again"
             log("error: \(why)")
-            inbox.link.withLock { $0 }?.fence(why)
+            link.fence(why)
         }, log: log)
         net = conn
         inbox.net.withLock { $0 = conn }
         do {
             link = try NetServerLink(net: conn, store: store)
+            guard try link.join(me, rejoin: false) else {
+                throw StoreError(.exists, "the server refused client \(String(id, radix: 16)): an earlier mount of it is still being fenced; try again")
+            }
         } catch {
             conn.close()
             throw error

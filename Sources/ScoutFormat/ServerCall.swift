@@ -30,6 +30,10 @@ public enum ServerCall: Sendable, Equatable {
     case setRecordLock(RecordLock, wait: Bool)
     /// The first lock of another owner that would keep `lock` from being taken (F_GETLK).
     case testRecordLock(RecordLock)
+    /// This node is mounted (`rejoin` false: a new mount, recorded before it writes) or is
+    /// back after its server changed (`rejoin`): whether the server kept its log tree and
+    /// pools for it. The record's client id is ignored: it is the connection's.
+    case join(MountedClient, rejoin: Bool)
 
     /// The most extents a call or an answer carries in one list: more than a body can hold.
     public static let maxExtents = NetFrame.maxBody / 16
@@ -40,7 +44,7 @@ public enum ServerCall: Sendable, Equatable {
 
     enum Kind: UInt8 {
         case roots = 1, allocateInodes, refillDataPool, refillMetaPool, dataSpace, recordedLogTree, commitLogTree, openElsewhere, leave,
-             setRecordLock, testRecordLock
+             setRecordLock, testRecordLock, join
     }
 
     public var encoded: [UInt8] {
@@ -79,6 +83,10 @@ public enum ServerCall: Sendable, Equatable {
         case .testRecordLock(let lock):
             w.u8(Kind.testRecordLock.rawValue)
             lock.encode(into: &w)
+        case .join(let client, let rejoin):
+            w.u8(Kind.join.rawValue)
+            w.u8(rejoin ? 1 : 0)
+            client.encode(into: &w)
         }
         return w.bytes
     }
@@ -108,6 +116,10 @@ public enum ServerCall: Sendable, Equatable {
             guard wait <= 1 else { throw FormatError("server call: record lock with wait flag \(wait)") }
             self = .setRecordLock(try RecordLock(decoding: &r), wait: wait == 1)
         case .testRecordLock: self = .testRecordLock(try RecordLock(decoding: &r))
+        case .join:
+            let rejoin = try r.u8()
+            guard rejoin <= 1 else { throw FormatError("server call: join with rejoin flag \(rejoin)") }
+            self = .join(try MountedClient(rid: 0, decoding: &r), rejoin: rejoin == 1)
         }
         try r.finish()
     }
@@ -185,6 +197,9 @@ public enum ServerAnswer: Sendable, Equatable {
     case left
     /// The lock in the way of a record lock call, or nil: taken (set) or free (test).
     case recordLock(conflict: RecordLock?)
+    /// Whether the node may go on: false when it rejoined a server that had given it up
+    /// (fenced it and reclaimed its log tree).
+    case joined(Bool)
 
     public var encoded: [UInt8] {
         var w = ByteWriter(capacity: 64)
@@ -232,6 +247,9 @@ public enum ServerAnswer: Sendable, Equatable {
             } else {
                 w.u8(0)
             }
+        case .joined(let ok):
+            w.u8(ServerCall.Kind.join.rawValue)
+            w.u8(ok ? 1 : 0)
         }
         return w.bytes
     }
@@ -275,6 +293,10 @@ public enum ServerAnswer: Sendable, Equatable {
             self = .recordLock(conflict: has == 1 ? try RecordLock(decoding: &r) : nil)
         case .testRecordLock:
             throw FormatError("server answer of kind \(raw): record lock answers are of the set kind")
+        case .join:
+            let ok = try r.u8()
+            guard ok <= 1 else { throw FormatError("server answer: joined flag \(ok)") }
+            self = .joined(ok == 1)
         }
         try r.finish()
     }

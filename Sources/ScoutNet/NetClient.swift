@@ -17,8 +17,9 @@ import Synchronization
 /// it throws closes the connection (the message is not sent again).
 public final class NetClient: Sendable {
     public let client: ClientID
-    let host: String
-    let port: Int
+    /// Where the server is, asked at every connection attempt: a server that moves (a new
+    /// leader of the quorum) is found at the next one; nil: not known yet, try again later.
+    let resolve: @Sendable () -> (host: String, port: Int)?
     let fsid: UInt64
     let key: ClusterKey
     let incarnation: UInt64
@@ -46,13 +47,14 @@ public final class NetClient: Sendable {
         var failures = 0
         /// Until when a first connection that finds no server listening tries again.
         var waitForServerUntil: ContinuousClock.Instant?
+        /// Where the last attempt went.
+        var address = ""
     }
 
-    private init(host: String, port: Int, fsid: UInt64, client: ClientID, key: ClusterKey, timers: NetTimers,
+    private init(resolve: @escaping @Sendable () -> (host: String, port: Int)?, fsid: UInt64, client: ClientID, key: ClusterKey, timers: NetTimers,
                  onMessage: @escaping @Sendable (NetKind, [UInt8]) throws -> Void, onReset: @escaping @Sendable () -> Void,
                  log: @escaping @Sendable (String) -> Void) {
-        self.host = host
-        self.port = port
+        self.resolve = resolve
         self.fsid = fsid
         self.client = client
         self.key = key
@@ -73,7 +75,18 @@ public final class NetClient: Sendable {
                                onMessage: @escaping @Sendable (NetKind, [UInt8]) throws -> Void,
                                onReset: @escaping @Sendable () -> Void = {},
                                log: @escaping @Sendable (String) -> Void) throws -> NetClient {
-        let c = NetClient(host: host, port: port, fsid: fsid, client: client, key: key, timers: timers,
+        try connect(resolve: { (host, port) }, fsid: fsid, client: client, key: key, timers: timers, waitForServer: waitForServer,
+                    onMessage: onMessage, onReset: onReset, log: log)
+    }
+
+    /// Connects to the server wherever `resolve` says it is at each attempt (nil: not known
+    /// yet, which counts as not reachable).
+    public static func connect(resolve: @escaping @Sendable () -> (host: String, port: Int)?, fsid: UInt64, client: ClientID, key: ClusterKey,
+                               timers: NetTimers = NetTimers(), waitForServer: Duration = .zero,
+                               onMessage: @escaping @Sendable (NetKind, [UInt8]) throws -> Void,
+                               onReset: @escaping @Sendable () -> Void = {},
+                               log: @escaping @Sendable (String) -> Void) throws -> NetClient {
+        let c = NetClient(resolve: resolve, fsid: fsid, client: client, key: key, timers: timers,
                           onMessage: onMessage, onReset: onReset, log: log)
         let first = CallWaiter()
         c.state.withLock { s in
@@ -85,7 +98,7 @@ public final class NetClient: Sendable {
             _ = try first.wait()
         } catch {
             c.close(why: "first connection failed")
-            throw NetError("connecting to the server at \(host):\(port) as client \(client): \(error)")
+            throw NetError("connecting to the server\(c.resolve().map { " at \($0.host):\($0.port)" } ?? "") as client \(client): \(error)")
         }
         return c
     }
@@ -155,6 +168,11 @@ public final class NetClient: Sendable {
                             resumeInstance: instance, resumeReceived: received, nonce: randomBytes(NetHandshake.nonceSize))))
                     }
                 }
+            guard let (host, port) = resolve() else {
+                failed("no server is known yet (no quorum leader is recorded)", unreachable: true)
+                return
+            }
+            state.withLock { $0.address = "\(host):\(port)" }
             bootstrap.connect(host: host, port: port).whenFailure { [self] error in
                 failed("cannot connect to the server at \(host):\(port): \(error)", unreachable: true)
             }
@@ -184,7 +202,7 @@ public final class NetClient: Sendable {
         }
         guard let (delay, failures) = next else { return }
         if failures == 1 || failures % 60 == 0 {
-            log("network: \(state.withLock { $0.first } == nil ? "reconnecting" : "connecting") to the server at \(host):\(port) failed \(failures) time(s), trying again every \(delay) or less: \(reason)")
+            log("network: \(state.withLock { $0.first } == nil ? "reconnecting" : "connecting") to the server failed \(failures) time(s), trying again every \(delay) or less: \(reason)")
         }
         attempt(delay: delay)
     }
@@ -216,11 +234,11 @@ public final class NetClient: Sendable {
         for w in lost { w.finish(.failure(.serverRestarted)) }
         first?.finish(.success([]))
         if reset {
-            log("network: server restarted (a new run at \(host):\(port)); session started again")
+            log("network: the server is a new run (at \(state.withLock { $0.address })); session started again")
             let onReset = onReset
             queue.async { onReset() }
         } else if first == nil {
-            log("network: reconnected to the server at \(host):\(port)")
+            log("network: reconnected to the server at \(state.withLock { $0.address })")
         }
     }
 
@@ -265,7 +283,7 @@ public final class NetClient: Sendable {
             s.channel = nil
             return true
         }
-        if wasCurrent { log("network: lost the server at \(host):\(port): \(reason); reconnecting") }
+        if wasCurrent { log("network: lost the server at \(state.withLock { $0.address }): \(reason); reconnecting") }
         failed(reason)
     }
 }

@@ -24,6 +24,13 @@ public protocol NetServerHandler: AnyObject, Sendable {
     /// A call; what it returns is the answer, what it throws fails the node's call with its
     /// description.
     func call(_ body: [UInt8], from client: ClientID) throws -> [UInt8]
+    /// `client`'s connection closed; its session lingers for a reconnect. Called on an event
+    /// loop: must not block (a handler that finds the node gone for good may `forget` it).
+    func connectionLost(_ client: ClientID)
+}
+
+extension NetServerHandler {
+    public func connectionLost(_ client: ClientID) {}
 }
 
 /// The server's end of the network: listens, admits nodes that prove they hold the cluster
@@ -109,6 +116,12 @@ public final class NetServer: Sendable {
         end(s, why: "forgotten")
     }
 
+    /// `client` is leaving cleanly: its session ends as soon as its connection closes, rather
+    /// than lingering for a reconnect that will not come.
+    public func leaving(_ client: ClientID) {
+        sessions.withLock { $0[client] }?.state.withLock { $0.leaving = true }
+    }
+
     /// Closes `client`'s connection and keeps its session, as a network fault would (tests).
     public func dropConnection(_ client: ClientID) {
         sessions.withLock { $0[client] }?.state.withLock { $0.channel }?.close(promise: nil)
@@ -179,6 +192,8 @@ final class ServerSession: Sendable {
         var channel: (any Channel)?
         var lostAt: ContinuousClock.Instant?
         var ended = false
+        /// The node said farewell: when its connection closes the session ends at once.
+        var leaving = false
     }
     let state = Mutex(State())
 
@@ -357,7 +372,12 @@ final class ServerConnection: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         if let s = session, s.detach(context.channel) {
-            server.log("network: client \(s.client) connection lost; its session waits \(server.timers.sessionLinger) for it")
+            if s.state.withLock({ $0.leaving }) {
+                server.forget(s.client)
+            } else {
+                server.log("network: client \(s.client) connection lost; its session waits \(server.timers.sessionLinger) for it")
+                server.handler.connectionLost(s.client)
+            }
         }
         context.fireChannelInactive()
     }

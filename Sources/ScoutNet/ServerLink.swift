@@ -28,10 +28,17 @@ public protocol ServerLink: AnyObject {
     /// `rid`'s log tree as last recorded: what its commits wrote, less what the server's
     /// merges have moved into the fs tree since. A client starts each commit from it.
     func recordedLogTree(rid: UInt64) throws -> LogTreeRecord?
+    /// The record as the server holds it now, asked of it (not a copy the client read): after
+    /// a server change, whether a commit in flight landed.
+    func recordedLogTreeNow(rid: UInt64) throws -> LogTreeRecord?
     /// Records the client's log tree (and the pools it has left) and makes it durable, taking
     /// back the data blocks it freed since its last commit and the metadata blocks its new
     /// tree no longer uses (`freedMeta`); the tree's new blocks must be written before the
     /// call. With `merge` the server also merges it into the fs tree before it answers (past
     /// its threshold, it merges it later, between the client's commits).
     func commitLogTree(rid: UInt64, _ record: LogTreeRecord, freed: [Extent], freedMeta: [Extent], merge: Bool) throws -> LogCommit
+}
+
+extension ServerLink {
+    public func recordedLogTreeNow(rid: UInt64) throws -> LogTreeRecord? { try recordedLogTree(rid: rid) }
 }

@@ -114,6 +114,13 @@ public struct Election: Sendable {
 
     private var others: [UInt8] { config.slots.filter { $0 != config.me } }
 
+    /// As leader: the other slots heard from within `window` of `now` (each answers every
+    /// heartbeat while it runs).
+    public func heard(within window: UInt64, now: UInt64) -> [UInt8] {
+        guard role == .leader else { return [] }
+        return others.filter { (heard[$0] ?? 0) + window >= now }
+    }
+
     /// When `tick` next has something to do.
     public var nextDeadline: UInt64 { deadline }
 

@@ -100,6 +100,14 @@ public struct LocalFenceAgent: FenceAgent {
         }
     }
 
+    /// Whether the mount `r` names is gone for certain without fencing it: its process on
+    /// this machine has ended, or this machine rebooted since. A mount elsewhere is not known.
+    public func isGone(_ r: FenceRequest) -> Bool {
+        guard r.host == host else { return false }
+        guard r.bootID == bootID else { return true }
+        return r.pid > 0 && !Self.isSameProcess(pid_t(r.pid), mountedAt: r.mountedAt)
+    }
+
     /// Whether `pid` is alive (not a zombie) and began no later than `mountedAt` (a pid reused
     /// by a later process is not the mount's).
     static func isSameProcess(_ pid: pid_t, mountedAt: Int64) -> Bool {

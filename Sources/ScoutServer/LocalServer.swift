@@ -246,14 +246,47 @@ public final class LocalServer: ServerLink {
     /// is lost, and the blocks it allocated for that are free again.
     public func recoverLogTree(rid: UInt64) throws {
         try mergeAndCommit(rid: rid, clientGone: true)
+        if try store.lookup(MountedClient.key(rid: rid), in: .mountedClients) != nil {
+            try store.delete(MountedClient.key(rid: rid), from: .mountedClients)
+            try store.commit()
+        }
+    }
+
+    /// At a server's start: merges the log trees (and takes back the pools) of every client
+    /// that is not a node recorded as mounted — clients in the process of an earlier server,
+    /// which ended with it — and returns the recorded nodes, which keep their trees: they may
+    /// come back to this server, and one that does not is fenced before anything of it is
+    /// reclaimed (`recoverLogTree`).
+    public func recoverForTakeover() throws -> (merged: Int, nodes: [MountedClient]) {
+        let nodes = try store.mountedClients()
+        let keep = Set(nodes.map(\.rid))
+        var rids: [UInt64] = []
+        try store.tree(.logTrees).forEach(in: store) { it in
+            if it.key.zone == Zone.logTrees, !keep.contains(it.key.first) { rids.append(it.key.first) }
+            return true
+        }
+        for rid in rids { try mergeAndCommit(rid: rid, clientGone: true) }
+        return (rids.count, nodes)
     }
 
     /// A client that leaves cleanly (its tree merged, its pools given back) leaves no record:
     /// what is left of a live client's record then is only its commit count. A record still
     /// holding a tree or a pool stays, for recovery to merge and reclaim.
     public func forget(rid: UInt64) throws {
+        if try store.lookup(MountedClient.key(rid: rid), in: .mountedClients) != nil {
+            try store.delete(MountedClient.key(rid: rid), from: .mountedClients)
+            try store.commit()
+        }
         guard let rec = try recordedLogTree(rid: rid), rec.root.isEmpty, rec.dataPool.isEmpty, rec.metaPool.isEmpty else { return }
         try store.delete(LogTreeRecord.key(rid: rid), from: .logTrees)
+        try store.commit()
+    }
+
+    /// Records `client` as mounted and commits: a server that takes over after this one waits
+    /// for it to come back, and fences it if it does not, before reclaiming its log tree.
+    public func recordMounted(_ client: MountedClient) throws {
+        try store.insert(Item(key: MountedClient.key(rid: client.rid), seq: store.txnSeq, value: client.encoded),
+                         into: .mountedClients, forCommit: true)
         try store.commit()
     }
 
@@ -278,6 +311,9 @@ public final class LocalServer: ServerLink {
             for e in rec.dataPool { store.freeData(e) }
             for e in rec.metaPool { store.freeMeta(e) }
             try store.delete(LogTreeRecord.key(rid: rid), from: .logTrees)
+            if try store.lookup(MountedClient.key(rid: rid), in: .mountedClients) != nil {
+                try store.delete(MountedClient.key(rid: rid), from: .mountedClients)
+            }
         } else {
             try setRecord(rid: rid, LogTreeRecord(root: .empty, items: 0, dataPool: rec.dataPool, metaPool: rec.metaPool, commits: rec.commits))
         }

@@ -83,6 +83,12 @@ public final class QuorumMember: Sendable {
     /// The leader this slot knows of, itself included.
     public var leader: UInt8? { election.withLock { $0.leader } }
 
+    /// As leader: the other slots heard within the last second (they are mounted and run).
+    public var liveOthers: [UInt8] {
+        let now = Self.now()
+        return election.withLock { $0.heard(within: 1_000_000_000, now: now) }
+    }
+
     public func start() throws {
         let t = try JoinableThread("the quorum election") { [self] in run() }
         thread.withLock { $0 = t }
@@ -98,6 +104,13 @@ public final class QuorumMember: Sendable {
         thread.withLock { t -> JoinableThread? in defer { t = nil }; return t }?.join()
         events.finish()
         transport.withLock { t -> QuorumTransport? in defer { t = nil }; return t }?.close()
+    }
+
+    /// Gives up a leadership this mount cannot use (its server could not start): the others
+    /// elect at once, and this slot stays a follower — it votes but does not stand again —
+    /// until it is mounted again.
+    public func resign() {
+        carry(election.withLock { $0.resign(now: Self.now()) })
     }
 
     static func now() -> UInt64 {

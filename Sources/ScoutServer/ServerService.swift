@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
 public import ScoutFormat
 public import ScoutNet
 import ScoutStore
@@ -21,15 +25,62 @@ public final class ServerService: NetServerHandler {
     public let openInodes: OpenInodeMap
     /// The cluster's flock and POSIX record locks.
     public let recordLocks: RecordLockTable
+    /// Settles with nodes that were lost or that an earlier server had: nil, and a node
+    /// that comes back after its server changed is told to remount, and a lost node's locks
+    /// go when its session ends, unfenced.
+    let recovery: ClientRecovery?
 
     public init(server: LocalServer, serialize: @escaping @Sendable (() throws -> ServerAnswer) throws -> ServerAnswer,
                 openInodes: OpenInodeMap = OpenInodeMap(), recordLocks: RecordLockTable = RecordLockTable(),
-                log: @escaping @Sendable (String) -> Void) {
+                recovery: ClientRecovery? = nil, log: @escaping @Sendable (String) -> Void) {
         self.server = server
         self.serialize = serialize
         self.openInodes = openInodes
         self.recordLocks = recordLocks
+        self.recovery = recovery
         self.log = log
+    }
+
+    /// What the service asks of the network server's sessions.
+    public struct Sessions: Sendable {
+        /// The node said farewell: its session ends with its connection.
+        public var leaving: @Sendable (ClientID) -> Void
+        /// Ends a node's session now.
+        public var forget: @Sendable (ClientID) -> Void
+        /// Whether a recorded node is gone for certain (its process on this machine ended):
+        /// its session then ends as soon as its connection does, not after the linger.
+        public var isGone: @Sendable (MountedClient) -> Bool
+
+        public init(leaving: @escaping @Sendable (ClientID) -> Void, forget: @escaping @Sendable (ClientID) -> Void,
+                    isGone: @escaping @Sendable (MountedClient) -> Bool) {
+            self.leaving = leaving
+            self.forget = forget
+            self.isGone = isGone
+        }
+    }
+
+    let sessions = Mutex<Sessions?>(nil)
+
+    public func setSessions(_ s: Sessions) {
+        sessions.withLock { $0 = s }
+    }
+
+    public func connectionLost(_ client: ClientID) {
+        guard recovery != nil, let control = sessions.withLock({ $0 }) else { return }
+        // Off the event loop: the record is read under the store lock.
+        DispatchQueue.global().async { [self] in
+            guard let mounted = try? mountedRecord(client) else { return }
+            // A dying process closes its sockets before it is gone from the process table:
+            // look for a moment.
+            var gone = false
+            for _ in 0..<40 where !gone {
+                gone = control.isGone(mounted)
+                if !gone { usleep(50_000) }
+            }
+            guard gone else { return }
+            log("server: client \(String(client, radix: 16))'s process (pid \(mounted.pid) on this host) has ended; not waiting for it to reconnect")
+            control.forget(client)
+        }
     }
 
     /// The lock server that lock messages go to (made after the network server it sends on).
@@ -46,9 +97,30 @@ public final class ServerService: NetServerHandler {
 
     /// The node's session is over (it left, or did not come back in time): its locks go, so
     /// the others stop waiting for it. What it committed stays in its log tree.
+    ///
+    /// A node recorded as mounted that ends this way is lost, not gone: it may still be
+    /// writing (cut off, or hung), so with `recovery` its locks stay held until it is fenced,
+    /// and then its log tree is merged and its pools taken back.
     public func disconnected(_ client: ClientID) {
+        if let recovery, let mounted = try? mountedRecord(client) {
+            if recovery.lost(mounted) {
+                log("server: client \(String(client, radix: 16)) was lost (its session ended without a farewell); fencing it before its locks go")
+            }
+            return
+        }
         log("server: client \(client) left")
         dropLocks(of: client)
+    }
+
+    private func mountedRecord(_ client: ClientID) throws -> MountedClient? {
+        var found: MountedClient?
+        _ = try serialize {
+            if let it = try self.server.store.lookup(MountedClient.key(rid: client), in: .mountedClients) {
+                found = try MountedClient(item: it)
+            }
+            return .left
+        }
+        return found
     }
 
     /// The client's cluster locks and record locks go, so that others stop waiting for them.
@@ -73,6 +145,8 @@ public final class ServerService: NetServerHandler {
             // Not under the store lock: the answers take a round trip to every node.
             return ServerAnswer.held(openInodes.heldElsewhere(ino, by: client)).encoded
         case .leave:
+            sessions.withLock { $0 }?.leaving(client)
+            recovery?.left(client)
             dropLocks(of: client)
             log("server: client \(client) is leaving")
             _ = try serialize {
@@ -86,8 +160,32 @@ public final class ServerService: NetServerHandler {
         case .testRecordLock(var lock):
             lock.holder.client = client
             return ServerAnswer.recordLock(conflict: recordLocks.test(lock)).encoded
+        case .join(var mounted, let rejoin):
+            mounted.rid = client
+            // Without recovery this server merged every log tree it found when it started:
+            // a node of an earlier server has nothing left to go on with.
+            guard recovery?.join(mounted, rejoin: rejoin) ?? !rejoin else {
+                log("server: client \(String(client, radix: 16)) came back after this server gave it up; it must remount")
+                return ServerAnswer.joined(false).encoded
+            }
+            _ = try serialize {
+                try self.server.recordMounted(mounted)
+                return .left
+            }
+            if rejoin { log("server: client \(String(client, radix: 16)) is back; its log tree and pools are kept") }
+            return ServerAnswer.joined(true).encoded
         default:
-            return try serialize { try self.answer(call, for: client) }.encoded
+            return try serialize {
+                // Reads change nothing (a new mount of the id reads the roots before it joins).
+                let writes: Bool = switch call {
+                case .roots, .dataSpace: false
+                default: true
+                }
+                if writes, self.recovery?.refuses(client) == true {
+                    throw NetError("client \(String(client, radix: 16)) was given up by the server (fenced, its log tree and pools reclaimed); it must remount")
+                }
+                return try self.answer(call, for: client)
+            }.encoded
         }
     }
 
@@ -126,7 +224,7 @@ public final class ServerService: NetServerHandler {
             let c = try server.commitLogTree(rid: rid, record, freed: freed, freedMeta: freedMeta, merge: merge,
                                              mergesInBackground: false)
             return .committed(c, roots)
-        case .openElsewhere, .leave, .setRecordLock, .testRecordLock:
+        case .openElsewhere, .leave, .setRecordLock, .testRecordLock, .join:
             throw NetError("\(call) is answered outside the store lock")
         }
     }

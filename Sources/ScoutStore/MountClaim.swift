@@ -177,6 +177,14 @@ public final class MountClaim: Sendable {
             mine.fenced = old.fenced
             mine.stopped = old.stopped
             mine.heartbeat = old.heartbeat + 1
+            // A leadership the last mount did not stop ended with its process: this mount
+            // holds the slot, which that process held while it ran (here by the slot's lock,
+            // elsewhere its heartbeat stopped). Left open, the next leader would fence the
+            // slot by the pid recorded now: this mount's.
+            if old.mayServe {
+                mine.stopped = .init(term: old.elected.term, atNanos: Self.unixNanos())
+                log("quorum slot \(slot): its last mount led in term \(old.elected.term) and ended without stopping its server; recorded as stopped, since this mount now holds the slot")
+            }
         }
         state = Mutex(mine)
         try writeTurn.withLock { _ in try write(mine) }

@@ -30,3 +30,21 @@ extension Store {
         try LogTreeRecord.all(in: tree(.logTrees), from: self)
     }
 }
+
+extension Store {
+    /// Every node the mounted-clients tree records, by client id. A damaged record is a
+    /// corrupt store.
+    public func mountedClients() throws -> [MountedClient] {
+        var out: [MountedClient] = []
+        try tree(.mountedClients).forEach(in: self) { it in
+            guard it.key.zone == Zone.mountedClient, !it.isDeletion else { return true }
+            do {
+                out.append(try MountedClient(item: it))
+            } catch {
+                throw StoreError(.corrupt, "mounted-clients item of client \(String(it.key.first, radix: 16)): \(error); run `scoutfs check`")
+            }
+            return true
+        }
+        return out
+    }
+}

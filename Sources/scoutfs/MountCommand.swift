@@ -5,6 +5,7 @@ import ScoutFormat
 import ScoutFS
 import ScoutFUSE
 import ScoutNet
+import ScoutServer
 import ScoutStore
 
 struct MountCommand: ParsableCommand {
@@ -14,9 +15,12 @@ struct MountCommand: ParsableCommand {
         discussion: """
             Returns once the filesystem is mounted and serving; the daemon keeps running until \
             `scoutfs unmount MNT` or SIGTERM, which commit everything and unmount. With -f the \
-            daemon stays in the foreground. The mount of the lowest quorum slot runs the server \
-            at that slot's address; every other mount (another slot, or none: a plain client) \
-            connects to it, waiting while it is not up.
+            daemon stays in the foreground. The mounts of quorum slots elect a leader (a \
+            majority of the configured slots; with one or two slots a mount elects itself), \
+            which runs the server at its slot's address; every other mount (another slot, or \
+            none: a plain client) connects to the server the quorum blocks name, waiting while \
+            there is none. When the server's mount dies or leaves, the others elect another, \
+            which fences the old one (--fence-agent) and takes over.
             """
     )
 
@@ -28,6 +32,12 @@ struct MountCommand: ParsableCommand {
 
     @Option(name: .customLong("server-wait"), help: "Seconds a mount that is not the server waits for the server to be reachable.")
     var serverWait: Int = 300
+
+    @Option(name: .customLong("fence-agent"), help: ArgumentHelp("A program that fences a lost mount (given SCOUTFS_FENCED_REQ_RID, _IP, _HOST, _BOOT_ID, _PID, _SLOT, _REASON; exit 0 when fenced). Default: stop the mount's daemon if it runs on this machine.", valueName: "PATH"))
+    var fenceAgent: String?
+
+    @Option(name: .customLong("recovery-timeout"), help: "Seconds a new server waits for the nodes of the previous one to come back before fencing them.")
+    var recoveryTimeout: Int = 30
 
     @Option(name: .customShort("o"), help: "Comma-separated FUSE mount options (allow_other, …).")
     var options: [String] = []
@@ -62,6 +72,10 @@ struct MountCommand: ParsableCommand {
             throw ValidationError("--quorum-slot must be 0 to \(Layout.maxQuorumSlots - 1)")
         }
         if serverWait < 0 { throw ValidationError("--server-wait must be 0 or more seconds") }
+        if recoveryTimeout < 1 { throw ValidationError("--recovery-timeout must be at least 1 second") }
+        if let fenceAgent, access(fenceAgent, X_OK) != 0 {
+            throw ValidationError("--fence-agent \(fenceAgent) is not an executable file")
+        }
         if commitInterval < 1 { throw ValidationError("--commit-interval must be at least 1 second") }
         if cacheMiB < 16 { throw ValidationError("--cache-mib must be at least 16") }
         if Logger.Level(rawValue: logLevel) == nil {
@@ -101,6 +115,8 @@ struct MountCommand: ParsableCommand {
                     "--commit-interval", String(commitInterval), "--cache-mib", String(cacheMiB), "--log-level", logLevel]
         if let metrics { args += ["--metrics", metrics] }
         if let quorumSlot { args += ["--quorum-slot", String(quorumSlot)] }
+        if let fenceAgent { args += ["--fence-agent", fenceAgent] }
+        args += ["--recovery-timeout", String(recoveryTimeout)]
         if let clusterKey { args += ["--cluster-key", clusterKey] }
         for o in options { args += ["-o", o] }
         args += [meta, data, mountpoint]
@@ -161,7 +177,9 @@ struct MountCommand: ParsableCommand {
         let logger = DaemonLog.start(level: Logger.Level(rawValue: logLevel) ?? .info, style: DaemonLogHandler.style(foreground: foreground && !daemonChild))
         let logLine = DaemonLog.sink(logger)
         var mountMetrics: MountMetrics?
-        let serverSlot: QuorumSlot
+        var leadership: MountLeadership?
+        let published = Published()
+        var serverAt: (@Sendable () -> (host: String, port: Int)?)?
         do {
             // Reads past the page cache on both devices: another node (another machine on the
             // SAN, or another process here) writes them, and a cached page would be stale.
@@ -175,10 +193,9 @@ struct MountCommand: ParsableCommand {
             if let quorumSlot, !sb.quorumSlots.contains(where: { Int($0.slot) == quorumSlot }) {
                 throw StoreError(.invalid, "quorum slot \(quorumSlot) is not configured in \(meta) (slots: \(have))")
             }
-            guard let lowest = sb.quorumSlots.min(by: { $0.slot < $1.slot }) else {
+            guard !sb.quorumSlots.isEmpty else {
                 throw StoreError(.corrupt, "\(meta) configures no quorum slot, so no mount can run the server; run `scoutfs print \(meta)`")
             }
-            serverSlot = lowest
             let keyPath = clusterKey ?? defaultClusterKeyPath(fsid: sb.fsid)
             let key: ClusterKey
             do {
@@ -186,6 +203,8 @@ struct MountCommand: ParsableCommand {
             } catch {
                 throw StoreError(.invalid, "\(error); every mount needs the key mkfs wrote (copy it from the machine that ran mkfs, or give it with --cluster-key)")
             }
+            let locate = ServerLocator.resolver(meta: metaDev, superblock: sb)
+            serverAt = locate
             claim = try quorumSlot.map { try MountClaim(meta: metaDev, superblock: sb, slot: $0, log: logLine) }
             do {
                 try claim?.start()
@@ -195,24 +214,41 @@ struct MountCommand: ParsableCommand {
                 let id = quorumSlot.map { FilesystemOptions.clientID(slot: $0) }
                     ?? UInt64.random(in: UInt64(Layout.maxQuorumSlots) + 1 ... UInt64.max)
                 let fsOptions = FilesystemOptions(commitInterval: .seconds(commitInterval), clientID: id)
-                if let quorumSlot, quorumSlot == Int(lowest.slot) {
+                let agent: any FenceAgent = fenceAgent.map { ScriptFenceAgent(path: $0) } ?? LocalFenceAgent()
+                let fencer = Fencer(agent: agent, log: logLine)
+                var leads: UInt64?
+                if let quorumSlot, let claim {
+                    let l = try MountLeadership(slot: quorumSlot, claim: claim, meta: metaDev, data: dataDev, superblock: sb, key: key,
+                                                fencer: fencer, cacheBlocks: cacheBlocks, recoveryTimeout: .seconds(recoveryTimeout),
+                                                onServing: { serving in
+                                                    published.update {
+                                                        $0.role = serving ? "server" : "client"
+                                                        $0.server = locate().map { "\($0.host) port \($0.port)" }
+                                                    }
+                                                },
+                                                log: logLine)
+                    leadership = l
+                    try l.start()
+                    if case .lead(let term) = try l.waitForRole(.seconds(max(serverWait, 1))) { leads = term }
+                }
+                if let leads, let leadership {
                     role = "server"
-                    let store = try Store.open(meta: metaDev, data: dataDev, options: StoreOptions(cacheBlocks: cacheBlocks))
-                    warnings = store.superblockProblems
-                    let cluster = try LocalCluster(store: store, several: true)
+                    let cluster = try leadership.serveInProcess(leads)
                     local = cluster
+                    warnings = cluster.superblockProblems
                     fsys = try Filesystem(joining: cluster, options: fsOptions)
-                    do {
-                        _ = try cluster.serve(host: lowest.address, port: Int(lowest.port), key: key, log: logLine)
-                    } catch {
-                        throw StoreError(.io, "cannot serve the cluster at \(lowest.address) port \(lowest.port) (quorum slot \(lowest.slot)): \(error); is another program using the port?")
-                    }
                 } else {
                     role = "client"
-                    logLine("connecting to the server at \(lowest.address) port \(lowest.port) as client \(String(id, radix: 16))")
-                    let node = try NodeCluster(meta: metaDev, data: dataDev, server: lowest.address, port: Int(lowest.port), key: key, id: id,
-                                               cacheBlocks: cacheBlocks, waitForServer: .seconds(serverWait), log: logLine)
+                    let identity = MountClaim.Identity.current
+                    let address = quorumSlot.flatMap { s in sb.quorumSlots.first { Int($0.slot) == s }?.address } ?? ""
+                    let me = MountedClient(rid: id, slot: quorumSlot, pid: identity.pid, mountedAt: Int64(time(nil)),
+                                           host: identity.host, bootID: identity.bootID, address: address)
+                    logLine("connecting to the server the quorum names as client \(String(id, radix: 16))")
+                    let node = try NodeCluster(meta: metaDev, data: dataDev, server: locate,
+                                               key: key, id: id, mounted: me, cacheBlocks: cacheBlocks,
+                                               waitForServer: .seconds(serverWait), log: logLine)
                     fsys = try Filesystem(node: node, options: fsOptions)
+                    leadership?.becameNode()
                 }
                 fsys.logSink = logLine
                 // Before the mount: its request timers are made through the metrics system.
@@ -220,6 +256,7 @@ struct MountCommand: ParsableCommand {
                 fuse = try FUSEMount(filesystem: fsys, mountpoint: mnt, source: "\(meta):\(data)", options: options,
                                      requestTimerLabel: metrics == nil ? nil : MountMetrics.requestTimerLabel)
             } catch {
+                leadership?.finish()
                 local?.stopServing()
                 try? claim?.release()
                 throw error
@@ -246,22 +283,20 @@ struct MountCommand: ParsableCommand {
         } catch {
             endpoint?.close()
             fuse.close()
-            local?.stopServing()
+            leadership?.finish()
             try? claim?.release()
             throw fail("mount", error)
         }
         let record = MountRecord(pid: getpid(), mountpoint: mnt, meta: MountRegistry.canonical(meta),
                                  data: MountRegistry.canonical(data), quorumSlot: quorumSlot, role: role,
-                                 server: "\(serverSlot.address) port \(serverSlot.port)",
+                                 server: serverAt?().map { "\($0.host) port \($0.port)" },
                                  fsid: hex(fsys.fsid),
                                  committedSeq: fsys.committedSeq, log: daemonChild ? log : nil, control: control.path,
                                  warnings: warnings.isEmpty ? nil : warnings)
-        try? MountRegistry.publish(record)
+        published.start(record)
 
         let committer = Committer(fs: fsys, interval: .seconds(commitInterval)) { seq in
-            var r = record
-            r.committedSeq = seq
-            try? MountRegistry.publish(r)
+            published.update { $0.committedSeq = seq }
         }
         do {
             try committer.start()
@@ -269,7 +304,7 @@ struct MountCommand: ParsableCommand {
             control.stop()
             endpoint?.close()
             fuse.close()
-            local?.stopServing()
+            leadership?.finish()
             try? claim?.release()
             throw fail("mount", error)
         }
@@ -302,9 +337,11 @@ struct MountCommand: ParsableCommand {
         fuse.close()
         fsys.leave()
         if let local, !local.nodes.isEmpty {
-            logLine("leaving while \(local.nodes.count) node(s) are mounted: they wait for the server to come back, and must then remount")
+            logLine("leaving while \(local.nodes.count) node(s) are mounted: they go on with the server the other quorum slots elect next")
         }
-        local?.stopServing()
+        // The server ends and says so before this slot leaves the election, so the next
+        // leader finds it stopped and need not fence it.
+        leadership?.finish(lingering: { why in published.update { $0.lingering = why } })
         do {
             try claim?.release()
         } catch {

@@ -22,6 +22,8 @@ struct MountRecord: Codable {
     /// What the mount found wrong when it started and went on from (an unreadable superblock
     /// copy, so the filesystem may be one commit older than the last one made).
     var warnings: [String]?
+    /// Set when the mount is gone but its daemon serves on for nodes still mounted.
+    var lingering: String?
 }
 
 enum MountRegistry {
@@ -108,5 +110,24 @@ enum MountRegistry {
 
     static func remove(_ mountpoint: String) {
         try? FileManager.default.removeItem(atPath: file(for: mountpoint))
+    }
+}
+
+/// The running mount's record, published again whenever it changes (a commit, a takeover).
+final class Published: Sendable {
+    private let record = BlockingMutex<MountRecord?>(nil)
+
+    func start(_ r: MountRecord) {
+        record.withLock { $0 = r }
+        try? MountRegistry.publish(r)
+    }
+
+    func update(_ change: (inout MountRecord) -> Void) {
+        record.withLock { r in
+            guard var now = r else { return }
+            change(&now)
+            r = now
+            try? MountRegistry.publish(now)
+        }
     }
 }

@@ -29,6 +29,10 @@ struct UnmountCommand: ParsableCommand {
         }
         let deadline = Date().addingTimeInterval(TimeInterval(timeout))
         while MountRegistry.isAlive(rec.pid) {
+            if let why = MountRegistry.lookup(mnt)?.lingering {
+                print("unmounted \(mnt); \(why) (daemon pid \(rec.pid), log \(rec.log ?? "-"))")
+                return
+            }
             if Date() > deadline {
                 throw fail("unmount", "\(mnt) is unmounted but daemon pid \(rec.pid) has not exited after \(timeout)s; see its log \(rec.log ?? "")")
             }

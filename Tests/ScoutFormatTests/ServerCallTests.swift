@@ -10,6 +10,31 @@ import Testing
     let lock = RecordLock(ino: 4100, kind: .posix, type: .write, start: 10, end: RecordLock.toEnd,
                           holder: RecordLockOwner(client: 3, owner: 0xdead_beef), pid: 4242)
 
+    let mounted = MountedClient(rid: 0, slot: 2, pid: 4242, mountedAt: 1_700_000_000, host: "node-b", bootID: "3f2a-boot", address: "10.0.0.2")
+
+    /// A mounted-client record as the tree keeps it: read back whole, and refused when its
+    /// version, slot or length is wrong.
+    @Test func mountedClientRecordsRoundTripAndBadOnesAreRefused() throws {
+        var m = mounted
+        m.rid = 0x2a
+        let item = Item(key: MountedClient.key(rid: 0x2a), seq: 1, value: m.encoded)
+        #expect(try MountedClient(item: item) == m)
+        var plain = m
+        plain.slot = nil
+        #expect(try MountedClient(item: Item(key: item.key, seq: 1, value: plain.encoded)) == plain)
+        let long = MountedClient(rid: 0x2a, slot: 0, pid: 1, mountedAt: 0, host: String(repeating: "h", count: 400), bootID: "", address: "")
+        #expect(try MountedClient(item: Item(key: item.key, seq: 1, value: long.encoded)).host.count == MountedClient.maxText)
+        var bad = m.encoded
+        bad[0] = 9
+        #expect(throws: FormatError.self) { try MountedClient(item: Item(key: item.key, seq: 1, value: bad)) }
+        bad = m.encoded
+        bad[1] = 15
+        #expect(throws: FormatError.self) { try MountedClient(item: Item(key: item.key, seq: 1, value: bad)) }
+        #expect(throws: FormatError.self) { try MountedClient(item: Item(key: item.key, seq: 1, value: Array(m.encoded.dropLast()))) }
+        #expect(throws: FormatError.self) { try MountedClient(item: Item(key: item.key, seq: 1, value: m.encoded + [0])) }
+        #expect(throws: FormatError.self) { try ServerCall(decoding: Array(ServerCall.join(m, rejoin: true).encoded.dropLast())) }
+    }
+
     @Test func callsAndAnswersRoundTrip() throws {
         let calls: [ServerCall] = [
             .roots, .allocateInodes(count: 1024), .refillDataPool(atLeast: 8192), .refillMetaPool(atLeast: 64), .dataSpace,
@@ -18,13 +43,14 @@ import Testing
             .commitLogTree(LogTreeRecord(root: .empty, items: 0, dataPool: [], metaPool: []), freed: [], freedMeta: [Extent(start: 9, length: 1)], merge: false),
             .openElsewhere(ino: 77), .leave,
             .setRecordLock(lock, wait: true), .setRecordLock(lock, wait: false), .testRecordLock(lock),
+            .join(mounted, rejoin: false), .join(MountedClient(rid: 0, slot: nil, pid: 1, mountedAt: 0, host: "", bootID: "", address: ""), rejoin: true),
         ]
         for c in calls { #expect(try ServerCall(decoding: c.encoded) == c) }
         let answers: [ServerAnswer] = [
             .roots(roots), .inodes(1024..<2048), .dataPool([Extent(start: 8, length: 8192)]), .metaPool([]),
             .dataSpace(free: 10, pendingFree: 3), .recordedLogTree(nil), .recordedLogTree(record),
             .committed(LogCommit(seq: 42, merged: true), roots),
-            .held(true), .held(false), .left, .recordLock(conflict: nil), .recordLock(conflict: lock),
+            .held(true), .held(false), .left, .recordLock(conflict: nil), .recordLock(conflict: lock), .joined(true), .joined(false),
         ]
         for a in answers { #expect(try ServerAnswer(decoding: a.encoded) == a) }
     }

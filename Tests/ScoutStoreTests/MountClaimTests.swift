@@ -110,6 +110,10 @@ import Testing
 }
 
 extension MountClaimTests {
+    /// A remount keeps the slot's term, vote and elected event; a leadership the last mount
+    /// left unstopped ended with that mount's process (the new mount holds the slot), so it
+    /// is recorded as stopped: the next leader must not fence the slot by the pid recorded
+    /// now, the new mount's.
     @Test func aRemountKeepsTheSlotsTermVoteAndLeadership() throws {
         let (meta, sb) = try formatted()
         let a = try MountClaim(meta: meta, superblock: sb, slot: 1, identity: hostA, interval: .milliseconds(100), log: { _ in })
@@ -124,9 +128,13 @@ extension MountClaimTests {
         Thread.sleep(forTimeInterval: 0.25)
         #expect(try MountClaim.read(meta, fsid: sb.fsid, slot: 1).term == 6)
         try a.release()
-        let again = try MountClaim(meta: meta, superblock: sb, slot: 1, identity: hostB, interval: .milliseconds(100), log: { _ in })
+        let said = BlockingMutex<[String]>([])
+        let again = try MountClaim(meta: meta, superblock: sb, slot: 1, identity: hostB, interval: .milliseconds(100),
+                                   log: { line in said.withLock { $0.append(line) } })
         let b = again.block
-        #expect(b.term == 6 && b.votedTerm == 6 && b.votedFor == 1 && b.elected.term == 6 && b.mayServe)
+        #expect(b.term == 6 && b.votedTerm == 6 && b.votedFor == 1 && b.elected.term == 6)
+        #expect(b.stopped.term == 6 && !b.mayServe)
+        #expect(said.withLock { $0 }.contains { $0.contains("led in term 6") && $0.contains("recorded as stopped") })
         #expect(b.host == "host-b" && b.state == .mounted)
         try again.release()
     }

@@ -1,4 +1,6 @@
 import Foundation
+import ScoutTestSupport
+import Synchronization
 import Testing
 
 /// A filesystem on sparse device files, mounted through the real `scoutfs mount`.
@@ -61,11 +63,43 @@ final class TestMount {
         return at
     }
 
+    /// Mounts several nodes at once (quorum slots elect a server only once a majority of
+    /// them is mounted, and each mount returns only when it has one); their mount points.
+    func mountNodes(_ specs: [(name: String, slot: Int?)], _ extra: [String] = []) throws -> [String] {
+        let ats = specs.map { dir.appendingPathComponent($0.name).path }
+        for at in ats { try FileManager.default.createDirectory(atPath: at, withIntermediateDirectories: true) }
+        let results = Mutex<[Int: CLI.Result]>([:])
+        let threads = specs.enumerated().map { i, spec in
+            ScoutTestSupport.Thread { [key, log, meta, data] in
+                let r = try? CLI.run(["mount"] + (spec.slot.map { ["--quorum-slot", String($0)] } ?? []) + ["--cluster-key", key,
+                                     "--log", log + "-" + spec.name] + extra + [meta, data, ats[i]])
+                results.withLock { $0[i] = r }
+            }
+        }
+        for t in threads { t.start() }
+        for t in threads { t.join() }
+        for (i, at) in ats.enumerated() {
+            let r = results.withLock { $0[i] }
+            try #require(r?.status == 0, "mount of \(specs[i].name) failed: \(r?.stderr ?? "no result")")
+            nodes[at] = try Self.daemonPid(at)
+        }
+        return ats
+    }
+
     /// Unmounts a node mounted with `mountNode`.
     func unmountNode(_ at: String) throws {
         let r = try CLI.run(["unmount", at])
         try #require(r.status == 0, "unmount of \(at) failed: \(r.stderr)\(r.stdout)")
         if let p = nodes.removeValue(forKey: at) { Sys.waitForExit(p) }
+    }
+
+    /// Kills the daemon of a node mounted with `mountNode` (SIGKILL: a crash) and clears its
+    /// dead mount.
+    func killNode(_ at: String) {
+        guard let p = nodes.removeValue(forKey: at) else { return }
+        kill(p, SIGKILL)
+        Sys.waitForExit(p)
+        _ = umount2(at, Int32(MNT_DETACH))
     }
 
     func unmount() throws {
@@ -86,8 +120,12 @@ final class TestMount {
 
     /// Unmounts if still mounted and removes the device files.
     func cleanup() {
+        // All unmounted before any is killed: a server's daemon may serve on until the
+        // other mounts have left (the last quorum mounts leave together).
+        for (at, p) in nodes where Sys.isAlive(p) { _ = try? CLI.run(["unmount", "--timeout", "30", at]) }
+        let deadline = Date().addingTimeInterval(20)
+        while nodes.values.contains(where: { Sys.isAlive($0) }) && Date() < deadline { usleep(50_000) }
         for (at, p) in nodes {
-            if Sys.isAlive(p) { _ = try? CLI.run(["unmount", at]) }
             if Sys.isAlive(p) {
                 kill(p, SIGKILL)
                 Sys.waitForExit(p)
@@ -99,7 +137,12 @@ final class TestMount {
             _ = try? CLI.run(["unmount", mnt])
             if Sys.isAlive(pid) { crash() }
         }
-        try? FileManager.default.removeItem(at: dir)
+        // SCOUTFS_TEST_KEEP keeps the devices and the daemons' logs for a look after a failure.
+        if ProcessInfo.processInfo.environment["SCOUTFS_TEST_KEEP"] != nil {
+            print("kept \(dir.path)")
+        } else {
+            try? FileManager.default.removeItem(at: dir)
+        }
     }
 }
 

@@ -1,0 +1,204 @@
+import Foundation
+import Synchronization
+import ScoutTestSupport
+import Testing
+
+/// Failover with real mounts: three quorum slots of one pair of device files, three daemons
+/// on this machine, killed with SIGKILL by the pids this test started. Part of `MountTests`,
+/// so that they run one at a time with the other mount tests (timing-sensitive ones among
+/// them) rather than beside them.
+enum Failover {
+    /// Mounts slots 0, 1 and 2 as a, b and c; returns their mount points.
+    static func mountThree(_ m: TestMount, _ extra: [String] = []) throws -> [String] {
+        try m.mountNodes([("a", 0), ("b", 1), ("c", 2)], ["--recovery-timeout", "10", "--commit-interval", "1"] + extra)
+    }
+
+    static func status(_ at: String) -> [String: Any]? {
+        guard let r = try? CLI.run(["status", "--json", at]), r.status == 0 else { return nil }
+        return try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
+    }
+
+    /// The mount whose daemon runs the server now, if one does.
+    static func server(of mounts: [String]) -> String? {
+        mounts.first { status($0)?["role"] as? String == "server" }
+    }
+
+    /// Creates `name` with `content`, fsynced: once this returns, the file is committed.
+    static func writeSynced(_ path: String, _ content: [UInt8]) throws {
+        try Sys.writeFile(path, content, fsync: true)
+    }
+
+    /// One writer per mount in `dirs`: files fsynced one by one until `stop`; what each
+    /// wrote (committed) and every error it met.
+    final class Load: Sendable {
+        let written = Mutex<[String: [UInt8]]>([:])
+        let errors = Mutex<[String]>([])
+        let stop = Atomic(false)
+        private let threads = Mutex<[ScoutTestSupport.Thread]>([])
+
+        func start(_ dirs: [String], tag: String) {
+            for (i, d) in dirs.enumerated() {
+                let t = ScoutTestSupport.Thread { [self] in
+                    var n = 0
+                    while !stop.load(ordering: .acquiring) {
+                        let path = "\(d)/\(tag)-\(i)-\(n)"
+                        let content = Array("\(path) \(n)".utf8)
+                        do {
+                            try Failover.writeSynced(path, content)
+                            written.withLock { $0[path] = content }
+                        } catch {
+                            errors.withLock { $0.append("\(path): \(error)") }
+                            return
+                        }
+                        n += 1
+                    }
+                }
+                t.start()
+                threads.withLock { $0.append(t) }
+            }
+        }
+
+        func finish() {
+            stop.store(true, ordering: .releasing)
+            for t in threads.withLock({ $0 }) { t.join() }
+        }
+    }
+}
+
+extension MountTests {
+    /// SIGKILL of the server's daemon while the other two create and fsync files: another
+    /// slot is elected, fences it, takes over, and the writers go on without an error; every
+    /// file fsynced before or after is there on both survivors, and the filesystem checks
+    /// clean. Also measures how long after the kill a lock held by one survivor is granted to
+    /// the other (the new server's first hand-over).
+    @Test(.timeLimit(.minutes(3))) func serverKilledUnderLoadIsReplacedAndNothingCommittedIsLost() throws {
+        let m = try TestMount(slots: [0, 1, 2])
+        defer { m.cleanup() }
+        let mounts = try Failover.mountThree(m)
+        let server = try #require(Failover.server(of: mounts))
+        let survivors = mounts.filter { $0 != server }
+        for s in survivors { try FileManager.default.createDirectory(atPath: s + "/w-" + URL(fileURLWithPath: s).lastPathComponent, withIntermediateDirectories: false) }
+        try FileManager.default.createDirectory(atPath: survivors[0] + "/shared", withIntermediateDirectories: false)
+        try Failover.writeSynced(survivors[0] + "/shared/held", [1])
+
+        let load = Failover.Load()
+        load.start(survivors.map { $0 + "/w-" + URL(fileURLWithPath: $0).lastPathComponent }, tag: "f")
+        usleep(800_000)
+        let killedAt = ContinuousClock.now
+        m.killNode(server)
+        // survivors[0] holds shared's lock for writing; survivors[1] needs it.
+        try Failover.writeSynced(survivors[1] + "/shared/taken", [2])
+        let handOver = killedAt.duration(to: .now)
+        usleep(1_500_000)
+        load.finish()
+
+        #expect(load.errors.withLock { $0 }.isEmpty, "writers failed across the takeover: \(load.errors.withLock { $0 })")
+        let written = load.written.withLock { $0 }
+        #expect(written.count > 10, "the writers wrote only \(written.count) files")
+        let newServer = Failover.server(of: survivors)
+        #expect(newServer != nil, "no survivor runs the server")
+        for (path, content) in written {
+            let name = path.split(separator: "/").suffix(2).joined(separator: "/")
+            for s in survivors { #expect((try? Sys.readFile(s + "/" + name)) == content, "\(name) lost or damaged on \(s)") }
+        }
+        #expect(try Sys.readFile(survivors[0] + "/shared/taken") == [2])
+        print("failover: first lock hand-over by the new server \(handOver) after the server's SIGKILL; \(written.count) files fsynced across it, none lost")
+        let newLog = String(decoding: (try? Sys.readFile(m.log + "-" + URL(fileURLWithPath: newServer ?? "").lastPathComponent)) ?? [], as: UTF8.self)
+        #expect(newLog.contains("fenced client 1") || newLog.contains("fenced client 2") || newLog.contains("fenced client 3"), "the new server did not fence the old one:\n\(newLog)")
+
+        // The non-server survivor first: the last two quorum mounts leave together.
+        for s in survivors.sorted(by: { a, _ in a != newServer }) { try m.unmountNode(s) }
+        let ck = try m.check()
+        #expect(ck.status == 0, "\(ck.stdout)")
+    }
+
+    /// SIGKILL of a node holding a write lock: the server sees its process gone, fences it
+    /// (already gone), merges its log tree and takes its pool back, and another node gets
+    /// the lock; what the killed node fsynced is there.
+    @Test(.timeLimit(.minutes(2))) func aKilledNodesLocksGoToTheOthers() throws {
+        let m = try TestMount(slots: [0, 1, 2])
+        defer { m.cleanup() }
+        let mounts = try Failover.mountThree(m)
+        let server = try #require(Failover.server(of: mounts))
+        let others = mounts.filter { $0 != server }
+        try FileManager.default.createDirectory(atPath: others[0] + "/d", withIntermediateDirectories: false)
+        try Failover.writeSynced(others[0] + "/d/synced", Array("fsynced before the kill".utf8))
+        try Sys.writeFile(others[0] + "/d/unsynced", [9])
+        let killedAt = ContinuousClock.now
+        m.killNode(others[0])
+        try Failover.writeSynced(others[1] + "/d/after", [3])
+        let usable = killedAt.duration(to: .now)
+        print("failover: a killed node's write lock was granted to another node \(usable) after its SIGKILL")
+        #expect(usable < .seconds(20), "the lock took \(usable) to be usable")
+        #expect(try Sys.readFile(others[1] + "/d/synced") == Array("fsynced before the kill".utf8))
+        #expect(try Sys.readFile(server + "/d/after") == [3])
+        let serverLog = String(decoding: (try? Sys.readFile(m.log + "-" + URL(fileURLWithPath: server).lastPathComponent)) ?? [], as: UTF8.self)
+        #expect(serverLog.contains("was fenced; its locks are dropped, its log tree merged"), "\(serverLog)")
+        // The killed slot mounts again as a node.
+        let back = try m.mountNode(URL(fileURLWithPath: others[0]).lastPathComponent + "2", slot: mounts.firstIndex(of: others[0])!,
+                                   ["--recovery-timeout", "10"])
+        #expect(try Sys.readFile(back + "/d/after") == [3])
+        for s in [back, others[1], server] { try m.unmountNode(s) }
+        let ck = try m.check()
+        #expect(ck.status == 0, "\(ck.stdout)")
+    }
+
+    /// Rounds of a random victim (the server or a node) killed at a random moment of a load
+    /// on all three; the victim mounts again; after each round every file fsynced so far is
+    /// there and the filesystem checks clean. `SCOUTFS_FAILOVER_ROUNDS` sets the count
+    /// (default 4, so the suite stays short; the figures in BENCHMARKS.md come from 50).
+    @Test(.timeLimit(.minutes(40))) func randomVictimsRoundAfterRound() throws {
+        let rounds = Int(ProcessInfo.processInfo.environment["SCOUTFS_FAILOVER_ROUNDS"] ?? "") ?? 4
+        let m = try TestMount(slots: [0, 1, 2])
+        defer { m.cleanup() }
+        var rng = SystemRandomNumberGenerator()
+        var committed: [String: [UInt8]] = [:]
+        var takeovers: [Duration] = []
+        var done = 0
+        var lost = 0
+        for round in 0..<rounds {
+            let mounts = try Failover.mountThree(m)
+            for (path, content) in committed {
+                for at in mounts { #expect((try? Sys.readFile(at + "/" + path)) == content, "round \(round): \(path) lost or damaged on \(at)") }
+            }
+            let dirs = mounts.map { $0 + "/r\(round)-" + URL(fileURLWithPath: $0).lastPathComponent }
+            for d in dirs { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: false) }
+            let load = Failover.Load()
+            load.start(dirs, tag: "f")
+            usleep(UInt32.random(in: 100_000...1_500_000, using: &rng))
+            let victim = mounts[Int.random(in: 0..<3, using: &rng)]
+            let wasServer = Failover.status(victim)?["role"] as? String == "server"
+            let killedAt = ContinuousClock.now
+            m.killNode(victim)
+            let survivors = mounts.filter { $0 != victim }
+            // A survivor's write in the victim's directory needs the lock the victim held.
+            let probe = dirs[mounts.firstIndex(of: victim)!].replacingOccurrences(of: victim, with: survivors[0]) + "/probe"
+            try Failover.writeSynced(probe, [UInt8(round & 0xff)])
+            takeovers.append(killedAt.duration(to: .now))
+            usleep(500_000)
+            load.finish()
+            let victimDir = dirs[mounts.firstIndex(of: victim)!]
+            let errors = load.errors.withLock { $0 }.filter { !$0.hasPrefix(victimDir) }
+            #expect(errors.isEmpty, "round \(round) (victim \(victim), server: \(wasServer)): writers on survivors failed: \(errors)")
+            for (path, content) in load.written.withLock({ $0 }) {
+                let rel = String(path.dropFirst(mounts.first { path.hasPrefix($0 + "/") }!.count + 1))
+                committed[rel] = content
+            }
+            committed[String(probe.dropFirst(survivors[0].count + 1))] = [UInt8(round & 0xff)]
+            for (path, content) in committed where (try? Sys.readFile(survivors[1] + "/" + path)) != content {
+                lost += 1
+                Issue.record("round \(round): \(path) lost or damaged")
+            }
+            let server = Failover.server(of: survivors)
+            for s in survivors.sorted(by: { a, _ in a != server }) { try m.unmountNode(s) }
+            let ck = try m.check()
+            #expect(ck.status == 0, "round \(round) (victim \(victim), server: \(wasServer)): \(ck.stdout)")
+            done += 1
+            if ck.status != 0 { break }
+        }
+        let secs = takeovers.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }.sorted()
+        if !secs.isEmpty {
+            print("failover: \(done) of \(rounds) rounds, \(committed.count) fsynced files, \(lost) lost or damaged; victim's lock usable by a survivor after median \(secs[secs.count / 2]) s, worst \(secs.last!) s")
+        }
+    }
+}
