@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 public import ScoutFormat
 public import ScoutNet
 public import ScoutStore
@@ -89,8 +92,19 @@ final class CommittedForest: ItemSource, Sendable {
         view.withLock { $0.pinned = nil }
     }
 
+    /// The pinned roots, unless a lock granted since needs newer ones (another node
+    /// committed under it after the pin): then the commit in flight is waited for, and the
+    /// newest roots read.
     private func pick() -> CommittedRoots {
-        view.withLock { $0.pinned } ?? blocks.roots
+        var waits = 0
+        while true {
+            guard let pinned = view.withLock({ $0.pinned }) else { return blocks.roots }
+            if pinned.seq >= blocks.readFloor { return pinned }
+            // The pin ends with the commit's answer (a round trip; seconds while a new server
+            // takes over).
+            waits += 1
+            usleep(waits < 100 ? 50 : 1000)
+        }
     }
 
     /// Whether a client other than this one has a log tree holding items, as of the newest

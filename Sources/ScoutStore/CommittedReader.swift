@@ -47,6 +47,7 @@ public final class CommittedBlocks: NodeSource, Sendable {
     let fsid: UInt64
     let metaTotalBlocks: UInt64
     private let published: Mutex<CommittedRoots>
+    private let floor = Atomic<UInt64>(0)
 
     init(cache: BlockCache, meta: any BlockDevice, fsid: UInt64, metaTotalBlocks: UInt64, roots: CommittedRoots) {
         self.cache = cache
@@ -58,6 +59,16 @@ public final class CommittedBlocks: NodeSource, Sendable {
 
     /// The roots of the last commit.
     public var roots: CommittedRoots { published.withLock { $0 } }
+
+    /// The oldest commit a read may go through from now on: a lock granted since another
+    /// node wrote under it is read through roots that hold what that node committed. Only a
+    /// node's store raises it (a client in the server's process reads the newest roots, which
+    /// no commit moves while its own commit lands: both take the store lock).
+    public var readFloor: UInt64 { floor.load(ordering: .acquiring) }
+
+    public func raiseReadFloor(to seq: UInt64) {
+        floor.max(seq, ordering: .acquiringAndReleasing)
+    }
 
     /// The block `ref` names: a writer's own uncommitted copy in `own` if that is it, else the
     /// committed one. The store's transaction and a client's log tree build both read so.

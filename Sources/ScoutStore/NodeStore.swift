@@ -85,6 +85,9 @@ public final class NodeStore: ClientStore, Sendable {
         guard stale.exchange(false, ordering: .acquiringAndReleasing), let refresh = refresher.withLock({ $0 }) else { return }
         do {
             try refresh.call()
+            // What the other node committed is in these roots: a read that must see it may
+            // not go through older ones (`CommittedForest`'s pin while this node's commit lands).
+            committed.raiseReadFloor(to: roots.seq)
         } catch {
             stale.store(true, ordering: .releasing)
             throw error
