@@ -582,7 +582,11 @@ public final class ClientItems: @unchecked Sendable {
                 committed.pin()
                 defer { committed.unpin() }
                 var reply: LogCommit?
+                // A server change per try; past a few in one commit, the commit fails and its
+                // changes stay dirty for the next.
+                var tries = 0
                 while reply == nil {
+                    tries += 1
                     do {
                         reply = try server.commitLogTree(rid: rid, record, freed: p.freed, freedMeta: freedMeta, merge: merge)
                     } catch let e as NetError where e.serverRestarted {
@@ -591,7 +595,7 @@ public final class ClientItems: @unchecked Sendable {
                         // it made would be lost. The new server's record says which: made, or
                         // still one behind (then it is sent again, as it stands: nothing of it
                         // was applied).
-                        guard let now = try server.recordedLogTreeNow(rid: rid) else { throw e }
+                        guard tries < 4, let now = try server.recordedLogTreeNow(rid: rid) else { throw e }
                         if now.commits == record.commits {
                             reply = LogCommit(seq: server.committedSeq, merged: now.root != record.root)
                         } else if now.commits + 1 != record.commits {
