@@ -133,10 +133,7 @@ public final class LocalCluster: ClusterHost, Sendable {
                 recordLocks.clientGone(c.rid)
                 try work.storeLock.withLock(work.store) { try work.server.recoverLogTree(rid: c.rid) }
             }, log: { sink.report($0) })
-            r.expect(nodes) { c in
-                takeover.isGone(FenceRequest(rid: c.rid, slot: c.slot, host: c.host, bootID: c.bootID, pid: c.pid,
-                                             mountedAt: c.mountedAt, address: c.address, reason: .clientRecovery))
-            }
+            r.expect(nodes) { takeover.isGone(FenceRequest(recovering: $0)) }
             try r.start()
             recovery = r
         } else {
@@ -195,10 +192,7 @@ public final class LocalCluster: ClusterHost, Sendable {
         let net = NetServer(fsid: store.fsid, key: key, handler: service, log: log)
         let isGone = takeover?.isGone
         service.setSessions(ServerService.Sessions(leaving: { [weak net] c in net?.leaving(c) }, forget: { [weak net] c in net?.forget(c) },
-                                                   isGone: { c in
-            isGone?(FenceRequest(rid: c.rid, slot: c.slot, host: c.host, bootID: c.bootID, pid: c.pid,
-                                 mountedAt: c.mountedAt, address: c.address, reason: .clientRecovery)) ?? false
-        }))
+                                                   isGone: { isGone?(FenceRequest(recovering: $0)) ?? false }))
         remoteLinks.withLock { $0 = NetLockClientLinks(net) }
         service.serveLocks(lockServer)
         openInodes.setNetwork(net)

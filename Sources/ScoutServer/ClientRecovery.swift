@@ -178,8 +178,7 @@ public final class ClientRecovery: Sendable {
 
     /// Fences `c` and reclaims it; a failure of either is tried again later.
     private func settle(_ c: MountedClient) {
-        let request = FenceRequest(rid: c.rid, slot: c.slot, host: c.host, bootID: c.bootID, pid: c.pid,
-                                   mountedAt: c.mountedAt, address: c.address, reason: .clientRecovery)
+        let request = FenceRequest(recovering: c)
         log("recovery: client \(String(c.rid, radix: 16)) did not come back in time; fencing it")
         guard !fencer.fence([request]).isEmpty else {
             counts.withLock { $0.fenceFailures += 1 }

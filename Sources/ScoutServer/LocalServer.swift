@@ -232,13 +232,19 @@ public final class LocalServer: ServerLink {
     /// the cluster will merge only trees of departed clients.)
     @discardableResult
     public func recoverLogTrees() throws -> Int {
+        let rids = try recordedRids()
+        for rid in rids { try mergeAndCommit(rid: rid, clientGone: true) }
+        return rids.count
+    }
+
+    /// The clients with a log-tree record.
+    private func recordedRids() throws -> [UInt64] {
         var rids: [UInt64] = []
         try store.tree(.logTrees).forEach(in: store) { it in
             if it.key.zone == Zone.logTrees { rids.append(it.key.first) }
             return true
         }
-        for rid in rids { try mergeAndCommit(rid: rid, clientGone: true) }
-        return rids.count
+        return rids
     }
 
     /// Merges the log tree of a client that is gone (crashed or unmounted) while others keep
@@ -246,10 +252,8 @@ public final class LocalServer: ServerLink {
     /// is lost, and the blocks it allocated for that are free again.
     public func recoverLogTree(rid: UInt64) throws {
         try mergeAndCommit(rid: rid, clientGone: true)
-        if try store.lookup(MountedClient.key(rid: rid), in: .mountedClients) != nil {
-            try store.delete(MountedClient.key(rid: rid), from: .mountedClients)
-            try store.commit()
-        }
+        // A node whose tree was merged before (or that never committed) has only its record.
+        if try removeMounted(rid: rid) { try store.commit() }
     }
 
     /// At a server's start: merges the log trees (and takes back the pools) of every client
@@ -260,11 +264,7 @@ public final class LocalServer: ServerLink {
     public func recoverForTakeover() throws -> (merged: Int, nodes: [MountedClient]) {
         let nodes = try store.mountedClients()
         let keep = Set(nodes.map(\.rid))
-        var rids: [UInt64] = []
-        try store.tree(.logTrees).forEach(in: store) { it in
-            if it.key.zone == Zone.logTrees, !keep.contains(it.key.first) { rids.append(it.key.first) }
-            return true
-        }
+        let rids = try recordedRids().filter { !keep.contains($0) }
         for rid in rids { try mergeAndCommit(rid: rid, clientGone: true) }
         return (rids.count, nodes)
     }
@@ -273,13 +273,18 @@ public final class LocalServer: ServerLink {
     /// what is left of a live client's record then is only its commit count. A record still
     /// holding a tree or a pool stays, for recovery to merge and reclaim.
     public func forget(rid: UInt64) throws {
-        if try store.lookup(MountedClient.key(rid: rid), in: .mountedClients) != nil {
-            try store.delete(MountedClient.key(rid: rid), from: .mountedClients)
-            try store.commit()
-        }
+        if try removeMounted(rid: rid) { try store.commit() }
         guard let rec = try recordedLogTree(rid: rid), rec.root.isEmpty, rec.dataPool.isEmpty, rec.metaPool.isEmpty else { return }
         try store.delete(LogTreeRecord.key(rid: rid), from: .logTrees)
         try store.commit()
+    }
+
+    /// Deletes `rid`'s mounted-clients record, if it has one, in the open transaction;
+    /// whether it had.
+    private func removeMounted(rid: UInt64) throws -> Bool {
+        guard try store.lookup(MountedClient.key(rid: rid), in: .mountedClients) != nil else { return false }
+        try store.delete(MountedClient.key(rid: rid), from: .mountedClients)
+        return true
     }
 
     /// Records `client` as mounted and commits: a server that takes over after this one waits
@@ -311,9 +316,7 @@ public final class LocalServer: ServerLink {
             for e in rec.dataPool { store.freeData(e) }
             for e in rec.metaPool { store.freeMeta(e) }
             try store.delete(LogTreeRecord.key(rid: rid), from: .logTrees)
-            if try store.lookup(MountedClient.key(rid: rid), in: .mountedClients) != nil {
-                try store.delete(MountedClient.key(rid: rid), from: .mountedClients)
-            }
+            _ = try removeMounted(rid: rid)
         } else {
             try setRecord(rid: rid, LogTreeRecord(root: .empty, items: 0, dataPool: rec.dataPool, metaPool: rec.metaPool, commits: rec.commits))
         }

@@ -159,7 +159,7 @@ public final class QuorumMember: Sendable {
                 t?.send(m, to: to)
             case .elected(let term):
                 do {
-                    try claim.update { $0.elected = .init(term: term, atNanos: Self.unixNanos()) }
+                    try claim.update { $0.elected = .init(term: term, atNanos: MountClaim.unixNanos()) }
                 } catch {
                     log("error: election: recording slot \(slot)'s election in term \(term) failed: \(error); it cannot lead")
                     let down = election.withLock { $0.resign(now: Self.now()) }
@@ -178,11 +178,6 @@ public final class QuorumMember: Sendable {
         }
     }
 
-    static func unixNanos() -> Int64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
-    }
 
     /// Runs posted closures one at a time on a thread of its own.
     final class EventQueue: Sendable {

@@ -272,7 +272,8 @@ public final class MountClaim: Sendable {
         d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000
     }
 
-    static func unixNanos() -> Int64 {
+    /// The wall clock in nanoseconds since the epoch, as quorum blocks record times.
+    public static func unixNanos() -> Int64 {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)

@@ -145,7 +145,7 @@ final class MountLeadership: Sendable {
             }
             if fencer.fence(requests).count == requests.count {
                 do {
-                    try claim.update { $0.fenced = .init(term: term, atNanos: Self.unixNanos()) }
+                    try claim.update { $0.fenced = .init(term: term, atNanos: MountClaim.unixNanos()) }
                     if !requests.isEmpty { log("election: term \(term): fenced the earlier leader(s) in quorum slot(s) \(slots.map(String.init).joined(separator: ", "))") }
                     return true
                 } catch {
@@ -157,12 +157,6 @@ final class MountLeadership: Sendable {
             usleep(2_000_000)
         }
         return false
-    }
-
-    private static func unixNanos() -> Int64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
     }
 
     /// Opens the store and serves the cluster at this slot's address, settling with the
@@ -187,19 +181,27 @@ final class MountLeadership: Sendable {
             throw StoreError(.io, "quorum slot \(slot) lost the leadership of term \(term) while mounting; mount again")
         }
         let cluster = try openServer(term)
+        guard keep(cluster, term: term, as: .inProcess, else: "the leadership ended while mounting") else {
+            throw StoreError(.io, "quorum slot \(slot) lost the leadership of term \(term) while mounting; mount again")
+        }
+        return cluster
+    }
+
+    /// Makes `cluster` this mount's server of `term` if the slot still leads it (and a node's
+    /// mount is still one); otherwise closes it for `why` and records it stopped.
+    private func keep(_ cluster: LocalCluster, term: UInt64, as mode: Mode, else why: String) -> Bool {
         let kept = state.withLock { s -> Bool in
-            guard stillLeads(term) else { return false }
-            s.mode = .inProcess
+            guard stillLeads(term), mode == .inProcess || s.mode == .node else { return false }
+            s.mode = mode
             s.server = cluster
             s.servedTerm = term
             return true
         }
-        guard kept else {
-            cluster.close("the leadership ended while mounting")
+        if !kept {
+            cluster.close(why)
             writeStopped(term)
-            throw StoreError(.io, "quorum slot \(slot) lost the leadership of term \(term) while mounting; mount again")
         }
-        return cluster
+        return kept
     }
 
     /// The mount's filesystem is a node. A leadership heard meanwhile is served now.
@@ -238,17 +240,7 @@ final class MountLeadership: Sendable {
             member.withLock { $0 }?.resign()
             return
         }
-        let kept = state.withLock { s -> Bool in
-            guard s.mode == .node, stillLeads(term) else { return false }
-            s.server = cluster
-            s.servedTerm = term
-            return true
-        }
-        guard kept else {
-            cluster.close("the leadership ended while the server started")
-            writeStopped(term)
-            return
-        }
+        guard keep(cluster, term: term, as: .node, else: "the leadership ended while the server started") else { return }
         onServing(true)
         log("election: this mount took over as the server (quorum slot \(slot), term \(term), at \(mine.address) port \(mine.port)) in \(started.duration(to: .now)); nodes reconnect and recover, those that do not within \(recoveryTimeout) are fenced")
     }
@@ -272,7 +264,7 @@ final class MountLeadership: Sendable {
 
     private func writeStopped(_ term: UInt64) {
         do {
-            try claim.update { $0.stopped = .init(term: term, atNanos: Self.unixNanos()) }
+            try claim.update { $0.stopped = .init(term: term, atNanos: MountClaim.unixNanos()) }
         } catch {
             log("error: recording that the server of term \(term) stopped failed: \(error); the next leader fences this mount")
         }

@@ -18,6 +18,11 @@ enum Failover {
         return try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
     }
 
+    /// What the daemon of the mount at `at` logged (empty if nothing yet).
+    static func log(of at: String, _ m: TestMount) -> String {
+        String(decoding: (try? Sys.readFile(m.log + "-" + URL(fileURLWithPath: at).lastPathComponent)) ?? [], as: UTF8.self)
+    }
+
     /// The mount whose daemon runs the server now, if one does.
     static func server(of mounts: [String]) -> String? {
         mounts.first { status($0)?["role"] as? String == "server" }
@@ -103,7 +108,7 @@ extension MountTests {
         }
         #expect(try Sys.readFile(survivors[0] + "/shared/taken") == [2])
         print("failover: first lock hand-over by the new server \(handOver) after the server's SIGKILL; \(written.count) files fsynced across it, none lost")
-        let newLog = String(decoding: (try? Sys.readFile(m.log + "-" + URL(fileURLWithPath: newServer ?? "").lastPathComponent)) ?? [], as: UTF8.self)
+        let newLog = newServer.map { Failover.log(of: $0, m) } ?? ""
         #expect(newLog.contains("fenced client 1") || newLog.contains("fenced client 2") || newLog.contains("fenced client 3"), "the new server did not fence the old one:\n\(newLog)")
 
         // The non-server survivor first: the last two quorum mounts leave together.
@@ -132,7 +137,7 @@ extension MountTests {
         #expect(usable < .seconds(20), "the lock took \(usable) to be usable")
         #expect(try Sys.readFile(others[1] + "/d/synced") == Array("fsynced before the kill".utf8))
         #expect(try Sys.readFile(server + "/d/after") == [3])
-        let serverLog = String(decoding: (try? Sys.readFile(m.log + "-" + URL(fileURLWithPath: server).lastPathComponent)) ?? [], as: UTF8.self)
+        let serverLog = Failover.log(of: server, m)
         #expect(serverLog.contains("was fenced; its locks are dropped, its log tree merged"), "\(serverLog)")
         // The killed slot mounts again as a node.
         let back = try m.mountNode(URL(fileURLWithPath: others[0]).lastPathComponent + "2", slot: mounts.firstIndex(of: others[0])!,
