@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import ScoutClient
 public import ScoutFormat
 public import ScoutNet
@@ -78,10 +75,7 @@ public final class NodeCluster: ClusterHost, Sendable {
             var m = m
             m.rid = id
             return m
-        } ?? {
-            let i = MountClaim.Identity.current
-            return MountedClient(rid: id, slot: nil, pid: i.pid, mountedAt: Int64(time(nil)), host: i.host, bootID: i.bootID, address: "")
-        }()
+        } ?? MountClaim.Identity.current.mounted(rid: id, slot: nil, address: "")
         self.mounted = me
         let inbox = inbox
         let conn = try NetClient.connect(resolve: resolve, fsid: store.fsid, client: id, key: key, waitForServer: waitForServer,

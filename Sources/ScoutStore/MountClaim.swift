@@ -51,6 +51,11 @@ public final class MountClaim: Sendable {
             }
             return Identity(host: host, bootID: boot, pid: UInt32(getpid()))
         }
+
+        /// What the mounted-clients tree records of client `rid` mounted by this process now.
+        public func mounted(rid: UInt64, slot: Int?, address: String) -> MountedClient {
+            MountedClient(rid: rid, slot: slot, pid: pid, mountedAt: Int64(time(nil)), host: host, bootID: bootID, address: address)
+        }
     }
 
     /// The byte range of each device that the on-machine lock covers.

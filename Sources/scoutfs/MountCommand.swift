@@ -239,10 +239,8 @@ struct MountCommand: ParsableCommand {
                     fsys = try Filesystem(joining: cluster, options: fsOptions)
                 } else {
                     role = "client"
-                    let identity = MountClaim.Identity.current
                     let address = quorumSlot.flatMap { s in sb.quorumSlots.first { Int($0.slot) == s }?.address } ?? ""
-                    let me = MountedClient(rid: id, slot: quorumSlot, pid: identity.pid, mountedAt: Int64(time(nil)),
-                                           host: identity.host, bootID: identity.bootID, address: address)
+                    let me = MountClaim.Identity.current.mounted(rid: id, slot: quorumSlot, address: address)
                     logLine("connecting to the server the quorum names as client \(String(id, radix: 16))")
                     let node = try NodeCluster(meta: metaDev, data: dataDev, server: locate,
                                                key: key, id: id, mounted: me, cacheBlocks: cacheBlocks,
