@@ -189,7 +189,11 @@ public final class LocalCluster: ClusterHost, Sendable {
         let work = MergeWork(store: store, server: server, storeLock: storeLock)
         let service = ServerService(server: server, serialize: { body in try work.storeLock.withLock(work.store, body) },
                                     openInodes: openInodes, recordLocks: recordLocks, recovery: recovery, log: log)
-        let net = NetServer(fsid: store.fsid, key: key, handler: service, log: log)
+        // A node that lost its connection is waited for as long as a node of an earlier
+        // server is: one setting says how long the cluster waits before fencing a node.
+        var timers = NetTimers()
+        if let takeover { timers.sessionLinger = takeover.timeout }
+        let net = NetServer(fsid: store.fsid, key: key, handler: service, timers: timers, log: log)
         let isGone = takeover?.isGone
         service.setSessions(ServerService.Sessions(leaving: { [weak net] c in net?.leaving(c) }, forget: { [weak net] c in net?.forget(c) },
                                                    isGone: { isGone?(FenceRequest(recovering: $0)) ?? false }))

@@ -36,7 +36,7 @@ struct MountCommand: ParsableCommand {
     @Option(name: .customLong("fence-agent"), help: ArgumentHelp("A program that fences a lost mount (given SCOUTFS_FENCED_REQ_RID, _IP, _HOST, _BOOT_ID, _PID, _SLOT, _REASON; exit 0 when fenced). Default: stop the mount's daemon if it runs on this machine.", valueName: "PATH"))
     var fenceAgent: String?
 
-    @Option(name: .customLong("recovery-timeout"), help: "Seconds a new server waits for the nodes of the previous one to come back before fencing them.")
+    @Option(name: .customLong("recovery-timeout"), help: "Seconds the server waits for a node that lost its connection (or a node of the previous server) to come back before fencing it.")
     var recoveryTimeout: Int = 30
 
     @Option(name: .customShort("o"), help: "Comma-separated FUSE mount options (allow_other, …).")

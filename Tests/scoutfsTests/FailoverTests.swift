@@ -206,4 +206,75 @@ extension MountTests {
             print("failover: \(done) of \(rounds) rounds, \(committed.count) fsynced files, \(lost) lost or damaged; victim's lock usable by a survivor after median \(secs[secs.count / 2]) s, worst \(secs.last!) s")
         }
     }
+
+    /// Three nodes, each in a network namespace of its own: slots 0 and 1 and a plain client.
+    /// The client's link is cut while it holds a write lock; the server fences it once the
+    /// recovery timeout passes (a fence agent that reports success and leaves the process
+    /// running, as a power switch on another machine would look from here), a node waiting
+    /// for that lock then gets it, and the client, brought back, is refused: its calls fail
+    /// with EIO and nothing it did after the cut reaches the devices. Mounted again, it sees
+    /// everything the others did; the filesystem checks clean.
+    @Test(.timeLimit(.minutes(3))) func aNodeCutOffIsFencedAndComesBackRefused() throws {
+        let net = try TestNetwork(nodes: 3)
+        defer { net.remove() }
+        let m = try TestMount(slots: [0, 1], addresses: Array(net.address.prefix(2)))
+        defer { m.cleanup() }
+        let fenced = m.dir.appendingPathComponent("fenced").path
+        let agent = m.dir.appendingPathComponent("fence-agent").path
+        try Array("#!/bin/sh\nenv | grep '^SCOUTFS_FENCED_REQ_' >> \(fenced)\necho done >> \(fenced)\n".utf8).withUnsafeBytes {
+            try Data($0).write(to: URL(fileURLWithPath: agent))
+        }
+        chmod(agent, 0o755)
+        let opts = ["--recovery-timeout", "3", "--fence-agent", agent, "--commit-interval", "1"]
+        let a = try m.mountNode("a", slot: 0, opts, inNetwork: net.names[0])
+        let b = try m.mountNode("b", slot: 1, opts, inNetwork: net.names[1])
+        let c = try m.mountNode("c", slot: nil, opts, inNetwork: net.names[2])
+        let statfs = try CLI.run(["statfs", "-p", c, "-s", "rid"])
+        let rid = try #require(UInt64(statfs.stdout.trimmingCharacters(in: .whitespacesAndNewlines), radix: 16), "statfs of c: \(statfs.stdout)\(statfs.stderr)")
+        try FileManager.default.createDirectory(atPath: c + "/d", withIntermediateDirectories: false)
+        try Failover.writeSynced(c + "/d/before", Array("fsynced before the cut".utf8))
+
+        try net.setLink(2, up: false)
+        let cutAt = ContinuousClock.now
+        // Written on c after the cut: never committed anywhere.
+        try? Sys.writeFile(c + "/d/cut-off", [7])
+        // b needs d's lock, which c holds: it gets it once c is fenced.
+        try Failover.writeSynced(b + "/d/after", Array("written once c was fenced".utf8))
+        let waited = cutAt.duration(to: .now)
+        let request = String(decoding: (try? Sys.readFile(fenced)) ?? [], as: UTF8.self)
+        #expect(request.contains("SCOUTFS_FENCED_REQ_RID=\(String(rid, radix: 16))\n"), "the agent was not asked to fence c (client \(String(rid, radix: 16))):\n\(request)")
+        #expect(request.contains("done"))
+        print("failover: a node cut off was fenced and its write lock granted to another node \(waited) after the cut (silence timeout 10 s, recovery timeout 3 s)")
+
+        try net.setLink(2, up: true)
+        // Brought back, c is refused and stops.
+        let refused = eventually(within: 40, every: 0.2) {
+            Failover.log(of: c, m).contains("the server gave this node up")
+        }
+        #expect(refused, "c came back and was not refused:\n\(Failover.log(of: c, m))")
+        var eio: Int32 = 0
+        let failed = eventually(within: 10, every: 0.2) {
+            do {
+                try Failover.writeSynced(c + "/d/refused-\(UUID().uuidString)", [1])
+                return false
+            } catch let e as Sys.Failure {
+                eio = e.errno
+                return true
+            } catch {
+                return true
+            }
+        }
+        #expect(failed && eio == EIO, "a write on the fenced node did not fail with EIO (errno \(eio))")
+
+        m.killNode(c)
+        let c2 = try m.mountNode("c2", slot: nil, opts, inNetwork: net.names[2])
+        #expect(try Sys.readFile(c2 + "/d/before") == Array("fsynced before the cut".utf8))
+        #expect(try Sys.readFile(c2 + "/d/after") == Array("written once c was fenced".utf8))
+        #expect(!FileManager.default.fileExists(atPath: c2 + "/d/cut-off"), "what the fenced node wrote after the cut reached the devices")
+        try m.unmountNode(c2)
+        try m.unmountNode(b)
+        try m.unmountNode(a)
+        let ck = try m.check()
+        #expect(ck.status == 0, "\(ck.stdout)")
+    }
 }

@@ -19,8 +19,10 @@ final class TestMount {
     /// Further mounts of the same devices (nodes), by mount point: their daemons' pids.
     private(set) var nodes: [String: Int32] = [:]
 
-    /// `address`: where the slots' servers listen (loopback unless a test made a network).
-    init(metaSize: UInt64 = 2 << 30, dataSize: UInt64 = 4 << 30, slots: [Int] = [0], address: String = "127.0.0.1") throws {
+    /// `address`: where the slots' servers listen (loopback unless a test made a network);
+    /// `addresses`: each slot's own, by slot number, instead (a node per network namespace).
+    init(metaSize: UInt64 = 2 << 30, dataSize: UInt64 = 4 << 30, slots: [Int] = [0], address: String = "127.0.0.1",
+         addresses: [String]? = nil) throws {
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("scoutfs-mount-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         meta = dir.appendingPathComponent("meta").path
@@ -31,7 +33,7 @@ final class TestMount {
         port = try Sys.freePort()
         try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
         for (path, size) in [(meta, metaSize), (data, dataSize)] { try Sys.sparseFile(path, size: size) }
-        let mk = try CLI.run(["mkfs", "--cluster-key", key] + slots.flatMap { ["-Q", "\($0),\(address),\(port + $0)"] } + [meta, data])
+        let mk = try CLI.run(["mkfs", "--cluster-key", key] + slots.flatMap { ["-Q", "\($0),\(addresses?[$0] ?? address),\(port + $0)"] } + [meta, data])
         try #require(mk.status == 0, "\(mk.stderr)")
     }
 
@@ -146,35 +148,43 @@ final class TestMount {
     }
 }
 
-/// Two network namespaces joined by a veth pair, one per node, made for a test and removed
-/// by it: node 0 at 10.201.N.1, node 1 at 10.201.N.2.
+/// Network namespaces made for a test and removed by it, one per node, joined by a bridge in
+/// a namespace of its own (each node's veth pair has one end in its namespace and the other on
+/// the bridge): node i at 10.201.N.(i+1).
 final class TestNetwork {
     let names: [String]
+    let hub: String
     let subnet = Int(getpid() % 200) + 20
-    var address: [String] { ["10.201.\(subnet).1", "10.201.\(subnet).2"] }
+    var address: [String] { names.indices.map { "10.201.\(subnet).\($0 + 1)" } }
     private var made = false
 
-    init() throws {
+    init(nodes: Int = 2) throws {
         let tag = "sfs\(getpid())"
-        names = [tag + "a", tag + "b"]
+        names = (0..<nodes).map { tag + String(UnicodeScalar(UInt8(97 + $0))) }
+        hub = tag + "hub"
         made = true
-        for n in names { try ip(["netns", "add", n]) }
-        try ip(["link", "add", "veth0", "netns", names[0], "type", "veth", "peer", "name", "veth1", "netns", names[1]])
-        for i in 0..<2 {
-            try ip(["-n", names[i], "addr", "add", address[i] + "/24", "dev", "veth\(i)"])
-            try ip(["-n", names[i], "link", "set", "veth\(i)", "up"])
-            try ip(["-n", names[i], "link", "set", "lo", "up"])
+        try ip(["netns", "add", hub])
+        try ip(["-n", hub, "link", "add", "br0", "type", "bridge"])
+        try ip(["-n", hub, "link", "set", "br0", "up"])
+        for (i, n) in names.enumerated() {
+            try ip(["netns", "add", n])
+            try ip(["link", "add", "veth\(i)", "netns", n, "type", "veth", "peer", "name", "port\(i)", "netns", hub])
+            try ip(["-n", hub, "link", "set", "port\(i)", "master", "br0"])
+            try ip(["-n", hub, "link", "set", "port\(i)", "up"])
+            try ip(["-n", n, "addr", "add", address[i] + "/24", "dev", "veth\(i)"])
+            try ip(["-n", n, "link", "set", "veth\(i)", "up"])
+            try ip(["-n", n, "link", "set", "lo", "up"])
         }
     }
 
-    /// Takes node `i`'s end of the link down or up again.
+    /// Takes node `i`'s end of its link down or up again.
     func setLink(_ i: Int, up: Bool) throws {
         try ip(["-n", names[i], "link", "set", "veth\(i)", up ? "up" : "down"])
     }
 
     func remove() {
         guard made else { return }
-        for n in names { _ = try? CLI.runTool("/usr/sbin/ip", ["netns", "del", n]) }
+        for n in names + [hub] { _ = try? CLI.runTool("/usr/sbin/ip", ["netns", "del", n]) }
         made = false
     }
 
