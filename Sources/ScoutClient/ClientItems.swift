@@ -578,17 +578,18 @@ public final class ClientItems: @unchecked Sendable {
                 let (metaExtents, left, extra) = p.returnPool ? ([], [], builder.pool)
                     : LogTreeRecord.fit(builder.pool, into: [], beside: p.pool.count)
                 let freedMeta = LogTreeBuilder.extents(builder.freed + extra)
-                let record = LogTreeRecord(root: tree.root, items: writes, dataPool: p.pool, metaPool: metaExtents, commits: commitCount + 1)
+                var record = LogTreeRecord(root: tree.root, items: writes, dataPool: p.pool, metaPool: metaExtents, commits: commitCount + 1)
                 committed.pin()
                 defer { committed.unpin() }
                 var reply: LogCommit?
+                var (freed, mergeNow) = ((data: p.freed, meta: freedMeta), merge)
                 // A server change per try; past a few in one commit, the commit fails and its
                 // changes stay dirty for the next.
                 var tries = 0
                 while reply == nil {
                     tries += 1
                     do {
-                        reply = try server.commitLogTree(rid: rid, record, freed: p.freed, freedMeta: freedMeta, merge: merge)
+                        reply = try server.commitLogTree(rid: rid, record, freed: freed.data, freedMeta: freed.meta, merge: mergeNow)
                     } catch let e as NetError where e.serverRestarted {
                         // The server that had the call ended and another took over. Sent again,
                         // a commit the old one made would free its blocks twice; given up, one
@@ -597,6 +598,17 @@ public final class ClientItems: @unchecked Sendable {
                         // was applied).
                         guard tries < 4, let now = try server.recordedLogTreeNow(rid: rid) else { throw e }
                         if now.commits == record.commits {
+                            guard now.root.isEmpty || now.root == record.root else {
+                                // Made, and the server ended in the middle of merging the tree
+                                // (it merges a node's tree inside the commit that passes its
+                                // threshold): what it moved is in the fs tree, the rest is still
+                                // the tree's. Committed again as it stands, asking for the
+                                // merge, the new server finishes it.
+                                record = LogTreeRecord(root: now.root, items: now.items, dataPool: now.dataPool, metaPool: now.metaPool,
+                                                       commits: now.commits + 1)
+                                (freed, mergeNow) = ((data: [], meta: []), true)
+                                continue
+                            }
                             reply = LogCommit(seq: server.committedSeq, merged: now.root != record.root)
                         } else if now.commits + 1 != record.commits {
                             throw e

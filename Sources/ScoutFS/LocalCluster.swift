@@ -105,6 +105,8 @@ public final class LocalCluster: ClusterHost, Sendable {
         self.store = store
         self.takeover = takeover
         server = LocalServer(store: store, mergeThreshold: mergeThreshold)
+        let reports = mergeReports
+        server.report = { reports.report($0) }
         self.several = several
         layout = store.superblock
         let net = InMemoryLockNetwork(immediate: true)
@@ -194,6 +196,8 @@ public final class LocalCluster: ClusterHost, Sendable {
         var timers = NetTimers()
         if let takeover { timers.sessionLinger = takeover.timeout }
         let net = NetServer(fsid: store.fsid, key: key, handler: service, timers: timers, log: log)
+        // A server with no client of its own (a node's takeover) reports into its log.
+        mergeReports.setIfUnset(log)
         let isGone = takeover?.isGone
         service.setSessions(ServerService.Sessions(leaving: { [weak net] c in net?.leaving(c) }, forget: { [weak net] c in net?.forget(c) },
                                                    isGone: { isGone?(FenceRequest(recovering: $0)) ?? false }))

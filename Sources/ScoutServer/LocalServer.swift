@@ -36,6 +36,9 @@ public final class LocalServer: ServerLink {
     /// the cluster wakes its merge thread.
     public var onMergeWanted: (() -> Void)?
 
+    /// Where the server tells of long work (a merge in chunks), or nil.
+    public var report: ((String) -> Void)?
+
     /// Metadata blocks a metadata pool refill hands out at least.
     public var metaPoolRefill = 64
 
@@ -302,14 +305,24 @@ public final class LocalServer: ServerLink {
         var log = BTree(root: rec.root, name: "log tree of client \(String(rid, radix: 16))")
         // Other clients' trees may hold older versions of what this one deletes.
         let others = try othersHoldItems(besides: rid)
+        let started = ContinuousClock.now
+        var chunks = 0
+        let out: LogMerge.Outcome
         do {
-            _ = try LogMerge.merge(&log, into: store, keepTombstones: others) { left in
+            // The record keeps the item count of the whole tree while the merge goes on: a
+            // merge cut short (its server ended) is taken up again at the client's next commit.
+            out = try LogMerge.merge(&log, into: store, keepTombstones: others) { left in
                 try recordLeft(rid: rid, rec, left)
                 try commitMergeChunk(store)
+                chunks += 1
+                report?("merging the log tree of client \(String(rid, radix: 16)): chunk \(chunks) committed")
             }
         } catch let e as StoreError where e.code == .noSpace {
             try recordLeft(rid: rid, rec, log)
             throw e
+        }
+        if chunks > 0 {
+            report?("merged the log tree of client \(String(rid, radix: 16)): \(out.items + out.deletions) items in \(chunks + 1) chunks in \(started.duration(to: .now))")
         }
         mergesWanted.remove(rid)
         if clientGone {

@@ -57,6 +57,9 @@ struct MountCommand: ParsableCommand {
     @Option(help: "Seconds between commits of the open transaction.")
     var commitInterval: Int = 5
 
+    @Option(name: .customLong("merge-threshold"), help: ArgumentHelp("Items a node's log tree may hold before the server merges it into the fs tree (at the commit that passes it). Only the server's mount's setting counts, while it serves.", valueName: "ITEMS"))
+    var mergeThreshold: UInt64 = 100_000
+
     @Option(name: .customLong("cache-mib"), help: "Memory for cached metadata blocks, in MiB (the daemon's RSS is about this plus the open transaction's dirty blocks).")
     var cacheMiB: Int = 256
 
@@ -77,6 +80,7 @@ struct MountCommand: ParsableCommand {
             throw ValidationError("--fence-agent \(fenceAgent) is not an executable file")
         }
         if commitInterval < 1 { throw ValidationError("--commit-interval must be at least 1 second") }
+        if mergeThreshold < 1 { throw ValidationError("--merge-threshold must be at least 1 item") }
         if cacheMiB < 16 { throw ValidationError("--cache-mib must be at least 16") }
         if Logger.Level(rawValue: logLevel) == nil {
             throw ValidationError("--log-level must be trace, debug, info, notice, warning, error or critical, not '\(logLevel)'")
@@ -116,7 +120,7 @@ struct MountCommand: ParsableCommand {
         if let metrics { args += ["--metrics", metrics] }
         if let quorumSlot { args += ["--quorum-slot", String(quorumSlot)] }
         if let fenceAgent { args += ["--fence-agent", fenceAgent] }
-        args += ["--recovery-timeout", String(recoveryTimeout)]
+        args += ["--recovery-timeout", String(recoveryTimeout), "--merge-threshold", String(mergeThreshold)]
         if let clusterKey { args += ["--cluster-key", clusterKey] }
         for o in options { args += ["-o", o] }
         args += [meta, data, mountpoint]
@@ -213,13 +217,14 @@ struct MountCommand: ParsableCommand {
                 // above every slot's.
                 let id = quorumSlot.map { FilesystemOptions.clientID(slot: $0) }
                     ?? UInt64.random(in: UInt64(Layout.maxQuorumSlots) + 1 ... UInt64.max)
-                let fsOptions = FilesystemOptions(commitInterval: .seconds(commitInterval), clientID: id)
+                let fsOptions = FilesystemOptions(commitInterval: .seconds(commitInterval), mergeThreshold: mergeThreshold, clientID: id)
                 let agent: any FenceAgent = fenceAgent.map { ScriptFenceAgent(path: $0) } ?? LocalFenceAgent()
                 let fencer = Fencer(agent: agent, log: logLine)
                 var leads: UInt64?
                 if let quorumSlot, let claim {
                     let l = try MountLeadership(slot: quorumSlot, claim: claim, meta: metaDev, data: dataDev, superblock: sb, key: key,
                                                 fencer: fencer, cacheBlocks: cacheBlocks, recoveryTimeout: .seconds(recoveryTimeout),
+                                                mergeThreshold: mergeThreshold,
                                                 onServing: { serving in
                                                     published.update {
                                                         $0.role = serving ? "server" : "client"

@@ -76,6 +76,7 @@ final class MountLeadership: Sendable {
     let localAgent = LocalFenceAgent()
     let cacheBlocks: Int
     let recoveryTimeout: Duration
+    let mergeThreshold: UInt64
     let log: @Sendable (String) -> Void
     /// Told when this mount starts or stops serving (the mount's published record).
     let onServing: @Sendable (Bool) -> Void
@@ -84,7 +85,7 @@ final class MountLeadership: Sendable {
     private let wake = Parker()
 
     init(slot: Int, claim: MountClaim, meta: any BlockDevice, data: any BlockDevice, superblock sb: SuperBlock, key: ClusterKey,
-         fencer: Fencer, cacheBlocks: Int, recoveryTimeout: Duration,
+         fencer: Fencer, cacheBlocks: Int, recoveryTimeout: Duration, mergeThreshold: UInt64,
          onServing: @escaping @Sendable (Bool) -> Void, log: @escaping @Sendable (String) -> Void) throws {
         guard let mine = sb.quorumSlots.first(where: { Int($0.slot) == slot }) else {
             throw StoreError(.invalid, "quorum slot \(slot) is not configured in this filesystem")
@@ -99,6 +100,7 @@ final class MountLeadership: Sendable {
         self.fencer = fencer
         self.cacheBlocks = cacheBlocks
         self.recoveryTimeout = recoveryTimeout
+        self.mergeThreshold = mergeThreshold
         self.onServing = onServing
         self.log = log
     }
@@ -164,7 +166,7 @@ final class MountLeadership: Sendable {
     private func openServer(_ term: UInt64) throws -> LocalCluster {
         let store = try Store.open(meta: meta.device, data: data.device, options: StoreOptions(cacheBlocks: cacheBlocks))
         let agent = localAgent
-        let cluster = try LocalCluster(store: store, several: true, takeover: LocalCluster.Takeover(
+        let cluster = try LocalCluster(store: store, mergeThreshold: mergeThreshold, several: true, takeover: LocalCluster.Takeover(
             term: term, fencer: fencer, timeout: recoveryTimeout, isGone: { agent.isGone($0) }))
         do {
             _ = try cluster.serve(host: mine.address, port: Int(mine.port), key: key, log: log)
