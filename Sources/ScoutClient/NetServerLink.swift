@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 public import ScoutFormat
 public import ScoutNet
 public import ScoutStore
@@ -161,16 +164,36 @@ public final class NetServerLink: ServerLink, Sendable {
     /// Takes, changes or lets go of a record lock for this node; the lock in the way, if any.
     /// With `wait`, the server sends `recordLocksChanged` when locks on the inode change.
     public func setRecordLock(_ lock: RecordLock, wait: Bool) throws -> RecordLock? {
-        let a = try call(.setRecordLock(lock, wait: wait))
-        guard case .recordLock(let conflict) = a else { throw unexpected(a, to: "a record lock") }
-        return conflict
+        try recordLockAnswer(.setRecordLock(lock, wait: wait), "a record lock")
     }
 
     /// The lock of another owner that would keep `lock` from being taken, if any.
     public func testRecordLock(_ lock: RecordLock) throws -> RecordLock? {
-        let a = try call(.testRecordLock(lock))
-        guard case .recordLock(let conflict) = a else { throw unexpected(a, to: "a record lock test") }
-        return conflict
+        try recordLockAnswer(.testRecordLock(lock), "a record lock test")
+    }
+
+    /// A new server answers no record lock call before the nodes of the old one have told it
+    /// which they hold (at most its recovery timeout, and their fences): asked again until then.
+    private func recordLockAnswer(_ c: ServerCall, _ what: String) throws -> RecordLock? {
+        while true {
+            let a = try call(c)
+            switch a {
+            case .recordLock(let conflict): return conflict
+            case .recordLocksRecovering: usleep(20_000)
+            default: throw unexpected(a, to: what)
+            }
+        }
+    }
+
+    /// Tells a new server the record locks this node holds (granted by the one before).
+    public func reclaimRecordLocks(_ locks: [RecordLock]) throws {
+        var rest = locks[...]
+        repeat {
+            let part = rest.prefix(ServerCall.maxRecordLocks)
+            rest = rest.dropFirst(part.count)
+            let a = try call(.reclaimRecordLocks(Array(part), last: rest.isEmpty))
+            guard case .reclaimed = a else { throw unexpected(a, to: "reclaimed record locks") }
+        } while !rest.isEmpty
     }
 
     /// Tells the server this node leaves cleanly: its locks are dropped now.

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ScoutClient
 import ScoutFormat
 public import ScoutNet
@@ -126,6 +129,7 @@ public final class LocalCluster: ClusterHost, Sendable {
         net.attachServer { client, m in ls.receive(from: client, m) }
         lockNetwork = net
         lockServer = ls
+        recordLocks.awaitReclaim(from: nodes.map(\.rid))
         if let takeover {
             let work = MergeWork(store: store, server: server, storeLock: storeLock)
             let recordLocks = recordLocks
@@ -328,11 +332,19 @@ public final class LocalCluster: ClusterHost, Sendable {
     }
 
     func setRecordLock(_ lock: RecordLock, wait: Bool) throws -> RecordLock? {
-        recordLocks.set(lock, wait: wait)
+        if lock.type != .unlock { waitForRecordLockRecovery() }
+        return recordLocks.set(lock, wait: wait)
     }
 
     func testRecordLock(_ lock: RecordLock) throws -> RecordLock? {
-        recordLocks.test(lock)
+        waitForRecordLockRecovery()
+        return recordLocks.test(lock)
+    }
+
+    /// Until the nodes of an earlier server have said which record locks they hold (or were
+    /// given up, bounded by the recovery timeout and their fences), no answer is sure.
+    private func waitForRecordLockRecovery() {
+        while recordLocks.recovering && closedReason == nil { usleep(20_000) }
     }
 
     func committedSeq(_ items: ClientItems) -> UInt64 { items.withStore { store.superblock.seq } }

@@ -1,6 +1,7 @@
 import ScoutClient
 public import ScoutFormat
 public import ScoutNet
+import ScoutServer
 public import ScoutStore
 import Synchronization
 
@@ -18,6 +19,9 @@ public final class NodeCluster: ClusterHost, Sendable {
     let locks: LockClient
     let storeLock = StoreLock()
     let cacheBytes: Int
+    /// The record locks the server granted this node, as its table holds them: a new server
+    /// learns them from here (`reclaimRecordLocks`).
+    let heldRecordLocks: RecordLockTable
     let layout: SuperBlock
     var dataDevice: any BlockDevice { store.data }
     /// Other nodes change what this one reads, always.
@@ -77,6 +81,8 @@ public final class NodeCluster: ClusterHost, Sendable {
             return m
         } ?? MountClaim.Identity.current.mounted(rid: id, slot: nil, address: "")
         self.mounted = me
+        let held = RecordLockTable()
+        heldRecordLocks = held
         let inbox = inbox
         let conn = try NetClient.connect(resolve: resolve, fsid: store.fsid, client: id, key: key, waitForServer: waitForServer,
                                          onMessage: { kind, body in
@@ -112,6 +118,13 @@ public final class NodeCluster: ClusterHost, Sendable {
                 log("the server changed; it kept this node's log tree and pools, and its locks are being recovered")
                 inbox.locks.withLock { $0 }?.resendRequests()
                 link.store.markStale()
+                let mine = held.all
+                do {
+                    try link.reclaimRecordLocks(mine)
+                    if !mine.isEmpty { log("the new server keeps this node's \(mine.count) record lock(s)") }
+                } catch {
+                    log("error: telling the new server this node's \(mine.count) record lock(s) failed: \(error); they are lost unless the node reconnects")
+                }
                 return
             }
             let why = "the server gave this node up (it changed, or lost this node for too long) and took its log tree and pools back; what it had not committed is lost. Unmount and mount again"
@@ -176,7 +189,11 @@ public final class NodeCluster: ClusterHost, Sendable {
     }
 
     func setRecordLock(_ lock: RecordLock, wait: Bool) throws -> RecordLock? {
-        try link.setRecordLock(lock, wait: wait)
+        let conflict = try link.setRecordLock(lock, wait: wait)
+        // Answers of one owner's requests on one file that cross (threads of one process)
+        // may land here in another order than at the server; nothing else can differ.
+        if conflict == nil { heldRecordLocks.install(lock) }
+        return conflict
     }
 
     func testRecordLock(_ lock: RecordLock) throws -> RecordLock? {

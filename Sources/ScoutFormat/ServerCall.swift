@@ -34,9 +34,16 @@ public enum ServerCall: Sendable, Equatable {
     /// back after its server changed (`rejoin`): whether the server kept its log tree and
     /// pools for it. The record's client id is ignored: it is the connection's.
     case join(MountedClient, rejoin: Bool)
+    /// After a rejoin: record locks this node holds, granted by an earlier server, for the new
+    /// one to keep (it grants none before every node it waits for has sent them, `last`
+    /// ending a node's list, or was given up). The holders' client ids are ignored.
+    case reclaimRecordLocks([RecordLock], last: Bool)
 
     /// The most extents a call or an answer carries in one list: more than a body can hold.
     public static let maxExtents = NetFrame.maxBody / 16
+
+    /// The most record locks one `reclaimRecordLocks` carries.
+    public static let maxRecordLocks = (NetFrame.maxBody - 16) / RecordLock.encodedSize
 
     static func decodeExtents(_ r: inout ByteReader, _ what: String) throws(FormatError) -> [Extent] {
         try Extent.decodeList(&r, limit: maxExtents, context: "server call", what: what)
@@ -44,7 +51,7 @@ public enum ServerCall: Sendable, Equatable {
 
     enum Kind: UInt8 {
         case roots = 1, allocateInodes, refillDataPool, refillMetaPool, dataSpace, recordedLogTree, commitLogTree, openElsewhere, leave,
-             setRecordLock, testRecordLock, join
+             setRecordLock, testRecordLock, join, reclaimRecordLocks
     }
 
     public var encoded: [UInt8] {
@@ -83,6 +90,11 @@ public enum ServerCall: Sendable, Equatable {
         case .testRecordLock(let lock):
             w.u8(Kind.testRecordLock.rawValue)
             lock.encode(into: &w)
+        case .reclaimRecordLocks(let locks, let last):
+            w.u8(Kind.reclaimRecordLocks.rawValue)
+            w.u8(last ? 1 : 0)
+            w.u32(UInt32(locks.count))
+            for l in locks { l.encode(into: &w) }
         case .join(let client, let rejoin):
             w.u8(Kind.join.rawValue)
             w.u8(rejoin ? 1 : 0)
@@ -120,6 +132,15 @@ public enum ServerCall: Sendable, Equatable {
             let rejoin = try r.u8()
             guard rejoin <= 1 else { throw FormatError("server call: join with rejoin flag \(rejoin)") }
             self = .join(try MountedClient(rid: 0, decoding: &r), rejoin: rejoin == 1)
+        case .reclaimRecordLocks:
+            let last = try r.u8()
+            guard last <= 1 else { throw FormatError("server call: record lock reclaim with last flag \(last)") }
+            let n = Int(try r.u32())
+            guard n <= Self.maxRecordLocks, n * RecordLock.encodedSize <= r.remaining else { throw FormatError("server call: \(n) record locks reclaimed at once in \(r.remaining) bytes; at most \(Self.maxRecordLocks)") }
+            var locks: [RecordLock] = []
+            locks.reserveCapacity(n)
+            for _ in 0..<n { locks.append(try RecordLock(decoding: &r)) }
+            self = .reclaimRecordLocks(locks, last: last == 1)
         }
         try r.finish()
     }
@@ -197,6 +218,10 @@ public enum ServerAnswer: Sendable, Equatable {
     case left
     /// The lock in the way of a record lock call, or nil: taken (set) or free (test).
     case recordLock(conflict: RecordLock?)
+    /// A new server is still learning which record locks the nodes hold: ask again shortly.
+    case recordLocksRecovering
+    /// The reclaimed record locks are kept.
+    case reclaimed
     /// Whether the node may go on: false when it rejoined a server that had given it up
     /// (fenced it and reclaimed its log tree).
     case joined(Bool)
@@ -250,6 +275,11 @@ public enum ServerAnswer: Sendable, Equatable {
         case .joined(let ok):
             w.u8(ServerCall.Kind.join.rawValue)
             w.u8(ok ? 1 : 0)
+        case .recordLocksRecovering:
+            w.u8(ServerCall.Kind.setRecordLock.rawValue)
+            w.u8(2)
+        case .reclaimed:
+            w.u8(ServerCall.Kind.reclaimRecordLocks.rawValue)
         }
         return w.bytes
     }
@@ -289,14 +319,16 @@ public enum ServerAnswer: Sendable, Equatable {
             self = .left
         case .setRecordLock:
             let has = try r.u8()
-            guard has <= 1 else { throw FormatError("server answer: record lock conflict flag \(has)") }
-            self = .recordLock(conflict: has == 1 ? try RecordLock(decoding: &r) : nil)
+            guard has <= 2 else { throw FormatError("server answer: record lock conflict flag \(has)") }
+            self = has == 2 ? .recordLocksRecovering : .recordLock(conflict: has == 1 ? try RecordLock(decoding: &r) : nil)
         case .testRecordLock:
             throw FormatError("server answer of kind \(raw): record lock answers are of the set kind")
         case .join:
             let ok = try r.u8()
             guard ok <= 1 else { throw FormatError("server answer: joined flag \(ok)") }
             self = .joined(ok == 1)
+        case .reclaimRecordLocks:
+            self = .reclaimed
         }
         try r.finish()
     }

@@ -15,6 +15,9 @@ public final class RecordLockTable: Sendable {
         var locks: [UInt64: [RecordLock]] = [:]
         /// Clients with a request that conflicted and will ask again, by inode.
         var waiting: [UInt64: Set<UInt64>] = [:]
+        /// Nodes an earlier server may have granted locks to that have not told this one
+        /// which (`reclaim`) nor been given up.
+        var recovering: Set<UInt64> = []
     }
     private let state = Mutex(State())
     /// Tells client `.0` that locks on inode `.1` changed. Behind a reference: a closure kept
@@ -34,9 +37,19 @@ public final class RecordLockTable: Sendable {
     /// range replaces what it covers of the owner's others, and touching ranges of one type
     /// become one, as POSIX asks.
     public func set(_ lock: RecordLock, wait: Bool) -> RecordLock? {
+        apply(lock, wait: wait, checked: true)
+    }
+
+    /// Takes `lock` as it stands, whatever else is held: a lock an earlier server granted
+    /// (it found it free then), or one a node's own copy of what it holds records.
+    public func install(_ lock: RecordLock) {
+        _ = apply(lock, wait: false, checked: false)
+    }
+
+    private func apply(_ lock: RecordLock, wait: Bool, checked: Bool) -> RecordLock? {
         let (conflict, wake) = state.withLock { s -> (RecordLock?, Set<UInt64>) in
             let held = s.locks[lock.ino] ?? []
-            if lock.type != .unlock, let c = held.first(where: { $0.conflicts(with: lock) }) {
+            if checked, lock.type != .unlock, let c = held.first(where: { $0.conflicts(with: lock) }) {
                 if wait { s.waiting[lock.ino, default: []].insert(lock.holder.client) }
                 return (c, [])
             }
@@ -89,9 +102,37 @@ public final class RecordLockTable: Sendable {
         return state.withLock { $0.locks[lock.ino]?.first { $0.conflicts(with: lock) } }
     }
 
+    /// A new server waits for `clients` (the nodes its predecessor had) to say which locks
+    /// they hold before it takes or tests any (`recovering`): an answer given sooner could
+    /// hand out a range a node still holds.
+    public func awaitReclaim(from clients: some Sequence<UInt64>) {
+        state.withLock { $0.recovering.formUnion(clients) }
+    }
+
+    /// Whether a node an earlier server had has not yet said which locks it holds (nor been
+    /// given up). Once false it stays false.
+    public var recovering: Bool { state.withLock { !$0.recovering.isEmpty } }
+
+    /// `client`'s locks as an earlier server granted them, installed as they stand (that
+    /// server found them free of conflicts, and nothing was granted since); `last` ends the
+    /// client's part of the recovery.
+    public func reclaim(_ client: UInt64, _ locks: [RecordLock], last: Bool) {
+        for var l in locks where l.type != .unlock {
+            l.holder.client = client
+            install(l)
+        }
+        if last { state.withLock { _ = $0.recovering.remove(client) } }
+    }
+
+    /// Every lock held (a node's copy of its own, sent to a new server).
+    public var all: [RecordLock] {
+        state.withLock { s in s.locks.keys.sorted().flatMap { s.locks[$0] ?? [] } }
+    }
+
     /// Client `client`'s session is over: its locks go, and whoever waits for them is told.
     public func clientGone(_ client: UInt64) {
         let wake = state.withLock { s -> [(UInt64, Set<UInt64>)] in
+            s.recovering.remove(client)
             var wake: [(UInt64, Set<UInt64>)] = []
             for (ino, held) in s.locks where held.contains(where: { $0.holder.client == client }) {
                 let kept = held.filter { $0.holder.client != client }

@@ -156,10 +156,20 @@ public final class ServerService: NetServerHandler {
             return ServerAnswer.left.encoded
         case .setRecordLock(var lock, let wait):
             lock.holder.client = client
+            // Letting go never waits for the recovery: it can only leave more free.
+            if lock.type != .unlock, recordLocks.recovering { return ServerAnswer.recordLocksRecovering.encoded }
             return ServerAnswer.recordLock(conflict: recordLocks.set(lock, wait: wait)).encoded
         case .testRecordLock(var lock):
             lock.holder.client = client
+            if recordLocks.recovering { return ServerAnswer.recordLocksRecovering.encoded }
             return ServerAnswer.recordLock(conflict: recordLocks.test(lock)).encoded
+        case .reclaimRecordLocks(let locks, let last):
+            if recovery?.refuses(client) == true {
+                throw NetError("client \(String(client, radix: 16)) was given up by the server (fenced, its locks dropped); it must remount")
+            }
+            recordLocks.reclaim(client, locks, last: last)
+            if last { log("server: client \(String(client, radix: 16)) reclaimed its record locks") }
+            return ServerAnswer.reclaimed.encoded
         case .join(var mounted, let rejoin):
             mounted.rid = client
             // Without recovery this server merged every log tree it found when it started:
@@ -224,7 +234,7 @@ public final class ServerService: NetServerHandler {
             let c = try server.commitLogTree(rid: rid, record, freed: freed, freedMeta: freedMeta, merge: merge,
                                              mergesInBackground: false)
             return .committed(c, roots)
-        case .openElsewhere, .leave, .setRecordLock, .testRecordLock, .join:
+        case .openElsewhere, .leave, .setRecordLock, .testRecordLock, .join, .reclaimRecordLocks:
             throw NetError("\(call) is answered outside the store lock")
         }
     }

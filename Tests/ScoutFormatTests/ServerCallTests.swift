@@ -44,6 +44,7 @@ import Testing
             .openElsewhere(ino: 77), .leave,
             .setRecordLock(lock, wait: true), .setRecordLock(lock, wait: false), .testRecordLock(lock),
             .join(mounted, rejoin: false), .join(MountedClient(rid: 0, slot: nil, pid: 1, mountedAt: 0, host: "", bootID: "", address: ""), rejoin: true),
+            .reclaimRecordLocks([], last: true), .reclaimRecordLocks([lock, lock], last: false),
         ]
         for c in calls { #expect(try ServerCall(decoding: c.encoded) == c) }
         let answers: [ServerAnswer] = [
@@ -51,6 +52,7 @@ import Testing
             .dataSpace(free: 10, pendingFree: 3), .recordedLogTree(nil), .recordedLogTree(record),
             .committed(LogCommit(seq: 42, merged: true), roots),
             .held(true), .held(false), .left, .recordLock(conflict: nil), .recordLock(conflict: lock), .joined(true), .joined(false),
+            .recordLocksRecovering, .reclaimed,
         ]
         for a in answers { #expect(try ServerAnswer(decoding: a.encoded) == a) }
     }
@@ -72,6 +74,14 @@ import Testing
 
     @Test func badCallsAndAnswersAreRefused() {
         #expect(throws: FormatError.self) { try ServerCall(decoding: []) }
+        // A reclaim that claims more locks than it carries, or a bad last flag.
+        var reclaim = ServerCall.reclaimRecordLocks([lock], last: true).encoded
+        reclaim[2] = 2
+        #expect(throws: FormatError.self) { try ServerCall(decoding: reclaim) }
+        reclaim = ServerCall.reclaimRecordLocks([lock], last: true).encoded
+        reclaim[1] = 3
+        #expect(throws: FormatError.self) { try ServerCall(decoding: reclaim) }
+        #expect(throws: FormatError.self) { try ServerAnswer(decoding: [ServerAnswer.recordLocksRecovering.encoded[0], 3]) }
         #expect(throws: FormatError.self) { try ServerCall(decoding: [99]) }
         #expect(throws: FormatError.self) { try ServerCall(decoding: ServerCall.dataSpace.encoded + [0]) }
         // A list longer than its bytes, and an extent that wraps around.

@@ -83,4 +83,35 @@ import Testing
         #expect(t.count == 0)
         #expect(t.set(lock(4, 1, .write, 5...5), wait: false) == nil)
     }
+
+    /// A new server's table waits for the nodes of the old one: `recovering` until each has
+    /// sent its locks (its last part) or is gone; reclaimed locks are held as they were, and
+    /// the holder's client is the one that reclaimed them, whatever the lock says.
+    @Test func reclaimedLocksAreHeldAndRecoveryEndsWithTheLastNode() {
+        let t = RecordLockTable()
+        #expect(!t.recovering)
+        t.awaitReclaim(from: [1, 2])
+        #expect(t.recovering)
+        t.reclaim(1, [lock(9, 1, .write, 0...99), lock(9, 2, .read, 200...299, kind: .flock)], last: false)
+        #expect(t.recovering)
+        t.reclaim(1, [lock(9, 3, .read, 300...399)], last: true)
+        #expect(t.recovering, "node 2 has not reclaimed yet")
+        t.clientGone(2)
+        #expect(!t.recovering)
+        #expect(ranges(t) == ["1.1 write 0-99", "1.2 read 200-299", "1.3 read 300-399"])
+        #expect(t.test(lock(2, 1, .read, 50...50))?.holder == RecordLockOwner(client: 1, owner: 1))
+        #expect(t.test(lock(2, 1, .write, 250...250, kind: .flock))?.holder == RecordLockOwner(client: 1, owner: 2))
+        #expect(t.set(lock(2, 1, .read, 350...350), wait: false) == nil)
+        #expect(t.all.count == 4)
+    }
+
+    /// A node's own copy of its locks takes each granted request as the server did, without
+    /// checking conflicts (the server checked); unlocks split and drop ranges the same way.
+    @Test func installedLocksFollowWhatTheServerGranted() {
+        let t = RecordLockTable()
+        t.install(lock(1, 1, .write, 0...99))
+        t.install(lock(1, 2, .write, 50...60))
+        t.install(lock(1, 1, .unlock, 40...49))
+        #expect(ranges(t) == ["1.1 write 0-39", "1.1 write 50-99", "1.2 write 50-60"])
+    }
 }

@@ -341,4 +341,54 @@ extension MountTests {
         let ck = try m.check()
         #expect(ck.status == 0, "\(ck.stdout)")
     }
+
+    /// Record locks outlive the server that granted them: a node holding an flock and a POSIX
+    /// range when the server is killed tells the new server, which answers no lock call
+    /// before it knows them; the other node still finds both held, then gets them once the
+    /// holder lets go.
+    @Test(.timeLimit(.minutes(3))) func recordLocksAreKeptAcrossATakeover() throws {
+        let m = try TestMount(slots: [0, 1, 2])
+        defer { m.cleanup() }
+        let mounts = try Failover.mountThree(m)
+        let server = try #require(Failover.server(of: mounts))
+        let nodes = mounts.filter { $0 != server }
+        let (holderNode, other) = (nodes[0], nodes[1])
+        try Failover.writeSynced(holderNode + "/lockfile", Array("locked".utf8))
+        let tryLock = { (path: String, mode: String) throws -> Int32 in
+            try CLI.runTool("/usr/bin/flock", ["-n", mode, path, "true"]).status
+        }
+        let holder = try MountTests.Background("/usr/bin/flock", ["-o", "-x", holderNode + "/lockfile", "cat"])
+        #expect(try eventually(every: 0.02) { try tryLock(other + "/lockfile", "-s") == 1 }, "the flock was never taken")
+        let fdH = open(holderNode + "/lockfile", O_RDWR), fdO = open(other + "/lockfile", O_RDWR)
+        #expect(fdH >= 0 && fdO >= 0)
+        var w = Sys.byteRange(F_WRLCK, start: 0, length: 100)
+        #expect(fcntl(fdH, F_SETLK, &w) == 0)
+
+        m.killNode(server)
+        // Asked during the takeover, answered once the new server knows the locks.
+        #expect(try tryLock(other + "/lockfile", "-x") == 1, "the other node took an flock a node held across the takeover")
+        var r = Sys.byteRange(F_RDLCK, start: 50, length: 1)
+        #expect(fcntl(fdO, F_SETLK, &r) == -1 && (errno == EAGAIN || errno == EACCES), "the other node read-locked a byte held for writing across the takeover")
+        var probe = r
+        #expect(fcntl(fdO, F_GETLK, &probe) == 0)
+        #expect(probe.l_type == Int16(F_WRLCK) && probe.l_start == 0 && probe.l_len == 100, "F_GETLK after the takeover: \(probe)")
+        r.l_start = 100
+        #expect(fcntl(fdO, F_SETLK, &r) == 0, "a free byte could not be locked after the takeover")
+        let holderLog = Failover.log(of: holderNode, m)
+        #expect(holderLog.contains("the new server keeps this node's 2 record lock(s)"), "\(holderLog.suffix(2000))")
+
+        // The holder lets go: the other node gets both.
+        try holder.input.fileHandleForWriting.close()
+        #expect(holder.ended(within: 5))
+        #expect(try eventually(every: 0.05) { try tryLock(other + "/lockfile", "-x") == 0 }, "the flock outlived its holder after the takeover")
+        close(fdH)
+        r.l_start = 50
+        #expect(eventually(every: 0.05) { fcntl(fdO, F_SETLK, &r) == 0 }, "the POSIX lock outlived its holder's close after the takeover")
+        close(fdO)
+
+        let newServer = Failover.server(of: nodes)
+        for s in nodes.sorted(by: { a, _ in a != newServer }) { try m.unmountNode(s) }
+        let ck = try m.check()
+        #expect(ck.status == 0, "\(ck.stdout)")
+    }
 }
