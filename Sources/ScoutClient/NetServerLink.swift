@@ -111,15 +111,46 @@ public final class NetServerLink: ServerLink, Sendable {
     }
 
     public func refillDataPool(rid: UInt64, atLeast count: UInt64) throws -> [Extent] {
-        let a = try call(.refillDataPool(atLeast: count))
-        guard case .dataPool(let extents) = a else { throw unexpected(a, to: "a data pool refill") }
-        return extents
+        try refill(.refillDataPool(atLeast: count), \.dataPool) { a in
+            guard case .dataPool(let extents) = a else { throw unexpected(a, to: "a data pool refill") }
+            return extents
+        }
     }
 
     public func refillMetaPool(rid: UInt64, atLeast count: Int) throws -> [UInt64] {
-        let a = try call(.refillMetaPool(atLeast: UInt64(max(count, 0))))
-        guard case .metaPool(let extents) = a else { throw unexpected(a, to: "a metadata pool refill") }
-        return extents.flatMap { Array($0.start..<$0.end) }
+        try refill(.refillMetaPool(atLeast: UInt64(max(count, 0))), \.metaPool) { a in
+            guard case .metaPool(let extents) = a else { throw unexpected(a, to: "a metadata pool refill") }
+            return extents
+        }.flatMap { Array($0.start..<$0.end) }
+    }
+
+    /// A refill the server committed (it does before it answers) and then ended without
+    /// answering is in the record the next server reads, and nowhere else: asked again, its
+    /// blocks would stay recorded in the pool until this node's next commit recorded the
+    /// pool it really has, and be lost (leaked). So the record's pool is read first, and after
+    /// a server change what the new server's record gained is the refill's answer; if it
+    /// gained nothing, the refill was not made and is asked again. (This node's record
+    /// changes only through its own calls, which its store lock takes one at a time.)
+    private func refill(_ c: ServerCall, _ pool: KeyPath<LogTreeRecord, [Extent]>,
+                        _ extents: (ServerAnswer) throws -> [Extent]) throws -> [Extent] {
+        let before = try recorded()?[keyPath: pool] ?? []
+        while true {
+            if let why = fenced.withLock({ $0 }) { throw NetError(why) }
+            do {
+                return try extents(ServerAnswer(decoding: net.call(c.encoded)))
+            } catch let e as NetError where e.serverRestarted {
+                try refreshRoots()
+                let gained = Extent.difference(try recorded()?[keyPath: pool] ?? [], removing: before)
+                if !gained.isEmpty { return gained }
+            }
+        }
+    }
+
+    /// This node's record as the server holds it now.
+    private func recorded() throws -> LogTreeRecord? {
+        let a = try call(.recordedLogTree)
+        guard case .recordedLogTree(let rec) = a else { throw unexpected(a, to: "the recorded log tree") }
+        return rec
     }
 
     /// Asked of the server (a pool refill depends on it); the last figures it gave if the
@@ -139,18 +170,14 @@ public final class NetServerLink: ServerLink, Sendable {
         if roots.seq >= lastCommit.load(ordering: .acquiring), case .success(let records) = roots.records {
             return records.first { $0.rid == net.client }?.record
         }
-        let a = try call(.recordedLogTree)
-        guard case .recordedLogTree(let rec) = a else { throw unexpected(a, to: "the recorded log tree") }
-        return rec
+        return try recorded()
     }
 
     public func recordedLogTreeNow(rid: UInt64) throws -> LogTreeRecord? {
         // The roots move on too: what the node reads its record from next must not be the
         // old server's.
         try refreshRoots()
-        let a = try call(.recordedLogTree)
-        guard case .recordedLogTree(let rec) = a else { throw unexpected(a, to: "the recorded log tree") }
-        return rec
+        return try recorded()
     }
 
     /// Whether another client holds `ino` (the open-inode map; each holder marks it

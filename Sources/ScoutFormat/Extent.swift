@@ -10,6 +10,22 @@ public struct Extent: Hashable, Sendable, CustomStringConvertible {
 
     public var end: UInt64 { start + length }
     public var description: String { "\(start)+\(length)" }
+
+    /// The blocks of `extents` that `removing` does not cover, as extents in block order.
+    public static func difference(_ extents: [Extent], removing: [Extent]) -> [Extent] {
+        let cut = removing.filter { $0.length > 0 }.sorted { $0.start < $1.start }
+        var out: [Extent] = []
+        for e in extents.sorted(by: { $0.start < $1.start }) where e.length > 0 {
+            var start = e.start
+            for c in cut where c.start < e.end && c.end > start {
+                if c.start > start { out.append(Extent(start: start, length: c.start - start)) }
+                start = c.end
+                if start >= e.end { break }
+            }
+            if start < e.end { out.append(Extent(start: start, length: e.end - start)) }
+        }
+        return out
+    }
 }
 
 extension Extent {

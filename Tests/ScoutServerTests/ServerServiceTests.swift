@@ -223,3 +223,90 @@ extension ServerServiceTests {
         #expect(Checker.check(meta: f.meta, data: f.data).problems == [])
     }
 }
+
+extension ServerServiceTests {
+    /// A server that answers like the real one until told to die in a refill: it makes the
+    /// refill (committed, as always before an answer) and then never answers.
+    final class DiesInARefill: NetServerHandler {
+        let inner: ServerService
+        let armed = Atomic(false)
+        let made = Parker()
+        let release = Parker()
+        init(_ inner: ServerService) { self.inner = inner }
+        func connected(_ client: ClientID) { inner.connected(client) }
+        func disconnected(_ client: ClientID) { inner.disconnected(client) }
+        func received(_ kind: NetKind, _ body: [UInt8], from client: ClientID) throws { try inner.received(kind, body, from: client) }
+        func call(_ body: [UInt8], from client: ClientID) throws -> [UInt8] {
+            let answer = try inner.call(body, from: client)
+            switch try ServerCall(decoding: body) {
+            case .refillDataPool, .refillMetaPool:
+                if armed.exchange(false, ordering: .acquiringAndReleasing) {
+                    made.unpark()
+                    release.park()
+                    throw NetError("this server died before it answered")
+                }
+            default: break
+            }
+            return answer
+        }
+    }
+
+    /// A refill its server made (and committed) but died before answering is the node's all
+    /// the same: the node takes what the next server's record gained as the answer rather
+    /// than asking again, so the blocks are in its pool and its next commit keeps them in the
+    /// record (asked again, they would stay recorded until that commit and then be leaked).
+    @Test(.timeLimit(.minutes(1)), arguments: [false, true]) func aRefillWhoseAnswerDiedWithItsServerIsStillTheNodes(meta isMeta: Bool) throws {
+        let meta = MemoryBlockDevice(name: "meta", size: 256 << 20)
+        let data = MemoryBlockDevice(name: "data", size: 256 << 20)
+        let key = ClusterKey.generate()
+        func serve(_ store: Store, port: Int) throws -> (NetServer, DiesInARefill, Int) {
+            let lock = StoreLock()
+            nonisolated(unsafe) let locked = store
+            let service = ServerService(server: LocalServer(store: store), serialize: { body in try lock.withLock(locked, body) }, log: { _ in })
+            let handler = DiesInARefill(service)
+            let net = NetServer(fsid: store.fsid, key: key, handler: handler, log: { _ in })
+            service.serveLocks(LockServer(links: NetLockClientLinks(net)))
+            return (net, handler, try net.start(host: "127.0.0.1", port: port))
+        }
+        let first = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
+        let (net1, dying, port) = try serve(first, port: 0)
+        let conn = try NetClient.connect(host: "127.0.0.1", port: port, fsid: first.fsid, client: 2, key: key, onMessage: { _, _ in }, log: { _ in })
+        defer { conn.close() }
+        let link = try NetServerLink(net: conn, store: try NodeStore(meta: meta, data: data))
+        // One refill answered, to have a pool before the one whose answer is lost.
+        let had = isMeta ? LogTreeBuilder.extents(try link.refillMetaPool(rid: 2, atLeast: 16)) : try link.refillDataPool(rid: 2, atLeast: 100)
+
+        dying.armed.store(true, ordering: .releasing)
+        let got = Mutex<Result<[Extent], any Error>?>(nil)
+        let caller = ScoutTestSupport.Thread {
+            got.withLock { $0 = Result { isMeta ? LogTreeBuilder.extents(try link.refillMetaPool(rid: 2, atLeast: 16)) : try link.refillDataPool(rid: 2, atLeast: 100) } }
+        }
+        caller.start()
+        dying.made.park()
+        net1.stop()
+        // The next server reads what the first one committed from the devices.
+        let second = try Store.open(meta: meta, data: data)
+        let (net2, _, _) = try serve(second, port: port)
+        defer { net2.stop() }
+        caller.join()
+        dying.release.unpark()
+        let answer = try #require(try got.withLock { $0 }?.get())
+        let rec = try #require(try LocalServer(store: second).recordedLogTree(rid: 2))
+        let recorded = isMeta ? rec.metaPool : rec.dataPool
+        // The record holds the first refill and the lost one's answer: exactly what the node has.
+        #expect(!answer.isEmpty)
+        #expect(Extent.difference(recorded, removing: had + answer).isEmpty, "blocks recorded in the pool that the node never heard of: \(Extent.difference(recorded, removing: had + answer))")
+        #expect(Extent.difference(had + answer, removing: recorded).isEmpty, "blocks the node has that the record does not")
+        #expect(Extent.difference(had, removing: answer) == had.sorted { $0.start < $1.start }, "the lost refill's answer gave blocks the pool had already")
+    }
+
+    /// Block arithmetic the refill's recovery relies on.
+    @Test func extentDifferenceCutsWhatItRemoves() {
+        let e = { (s: UInt64, l: UInt64) in Extent(start: s, length: l) }
+        #expect(Extent.difference([e(0, 100)], removing: [e(10, 5), e(50, 60)]) == [e(0, 10), e(15, 35)])
+        #expect(Extent.difference([e(40, 10), e(0, 10)], removing: []) == [e(0, 10), e(40, 10)])
+        #expect(Extent.difference([e(0, 10)], removing: [e(0, 10)]).isEmpty)
+        #expect(Extent.difference([e(5, 10)], removing: [e(0, 6), e(14, 1)]) == [e(6, 8)])
+        #expect(Extent.difference([e(5, 10)], removing: [e(20, 1)]) == [e(5, 10)])
+    }
+}
