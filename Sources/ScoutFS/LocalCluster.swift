@@ -80,15 +80,19 @@ public final class LocalCluster: ClusterHost, Sendable {
         public var term: UInt64
         public var fencer: Fencer
         public var timeout: Duration
+        /// How long a node that lost its connection to this server is waited for before it is
+        /// given up (its session's linger).
+        public var linger: Duration
         /// Whether a recorded node is gone for certain now (its process on this machine is
         /// not running): such a node is fenced and reclaimed without waiting out the timeout.
         public var isGone: @Sendable (FenceRequest) -> Bool
 
-        public init(term: UInt64, fencer: Fencer, timeout: Duration = .seconds(30),
+        public init(term: UInt64, fencer: Fencer, timeout: Duration = .seconds(30), linger: Duration? = nil,
                     isGone: @escaping @Sendable (FenceRequest) -> Bool = { _ in false }) {
             self.term = term
             self.fencer = fencer
             self.timeout = timeout
+            self.linger = linger ?? timeout
             self.isGone = isGone
         }
     }
@@ -198,7 +202,7 @@ public final class LocalCluster: ClusterHost, Sendable {
         // A node that lost its connection is waited for as long as a node of an earlier
         // server is: one setting says how long the cluster waits before fencing a node.
         var timers = NetTimers()
-        if let takeover { timers.sessionLinger = takeover.timeout }
+        if let takeover { timers.sessionLinger = takeover.linger }
         let net = NetServer(fsid: store.fsid, key: key, handler: service, timers: timers, log: log)
         // A server with no client of its own (a node's takeover) reports into its log.
         mergeReports.setIfUnset(log)

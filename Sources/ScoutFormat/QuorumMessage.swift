@@ -20,6 +20,12 @@ public struct QuorumMessage: Equatable, Sendable, CustomStringConvertible {
         /// has a majority); also the answer to a message of an older term, which tells its
         /// sender the newer term.
         case heartbeatReply = 4
+        /// Would the sender get a vote in `term` (its own term plus one)? Asked before it
+        /// stands, and changing no one's term: a slot that was cut off comes back without a
+        /// term that deposes a leader everyone else still follows.
+        case preVote = 5
+        /// It would: this slot has not heard a leader within its heartbeat timeout.
+        case preVoteGranted = 6
     }
 
     public var kind: Kind

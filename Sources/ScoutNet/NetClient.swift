@@ -49,6 +49,8 @@ public final class NetClient: Sendable {
         var waitForServerUntil: ContinuousClock.Instant?
         /// Where the last attempt went.
         var address = ""
+        /// Asks `resolve` now and then whether the server moved (`watchForMoves`).
+        var watch: RepeatedTask?
     }
 
     private init(resolve: @escaping @Sendable () -> (host: String, port: Int)?, fsid: UInt64, client: ClientID, key: ClusterKey, timers: NetTimers,
@@ -98,9 +100,40 @@ public final class NetClient: Sendable {
             _ = try first.wait()
         } catch {
             c.close(why: "first connection failed")
-            throw NetError("connecting to the server\(c.resolve().map { " at \($0.host):\($0.port)" } ?? "") as client \(client): \(error)")
+            throw NetError("connecting to the server\(c.resolve().map { " at \($0.host):\($0.port)" } ?? "") as client \(String(client, radix: 16)): \(error)")
         }
+        c.watchForMoves()
         return c
+    }
+
+    /// A server that is cut off or hung keeps its connection open and silent until the
+    /// silence timeout, while the quorum has elected another that waits for this node (its
+    /// recovery timeout may be shorter). So every heartbeat interval `resolve` is asked again,
+    /// and a connection to another address than it names now is dropped: the reconnect goes
+    /// to the new server.
+    private func watchForMoves() {
+        let every = TimeAmount(timers.heartbeatInterval)
+        let task = MultiThreadedEventLoopGroup.singleton.next().scheduleRepeatedTask(initialDelay: every, delay: every) { [weak self] _ in
+            self?.leaveIfMoved()
+        }
+        let stale = state.withLock { s -> RepeatedTask? in
+            guard s.closed == nil else { return task }
+            s.watch = task
+            return nil
+        }
+        stale?.cancel()
+    }
+
+    private func leaveIfMoved() {
+        guard let (host, port) = resolve() else { return }
+        let now = "\(host):\(port)"
+        let (channel, was) = state.withLock { s -> ((any Channel)?, String) in
+            guard s.closed == nil, let ch = s.channel, s.address != now else { return (nil, s.address) }
+            return (ch, s.address)
+        }
+        guard let channel else { return }
+        log("network: the quorum names a new server at \(now); leaving the one at \(was)")
+        channel.close(promise: nil)
     }
 
     /// Sends a message that expects no answer: now, or when the connection is back.
@@ -137,14 +170,16 @@ public final class NetClient: Sendable {
     public func close() { close(why: "closed by this node") }
 
     private func close(why: String) {
-        let (channel, pending) = state.withLock { s in
+        let (channel, pending, watch) = state.withLock { s in
             defer {
                 s.closed = s.closed ?? why
                 s.channel = nil
                 s.pending = [:]
+                s.watch = nil
             }
-            return (s.channel, Array(s.pending.values))
+            return (s.channel, Array(s.pending.values), s.watch)
         }
+        watch?.cancel()
         for w in pending { w.finish(.failure(NetError("call to the server: the connection is closed (\(why))"))) }
         try? channel?.close().wait()
     }

@@ -130,18 +130,18 @@ public final class NetServer: Sendable {
     /// Decides on a greeting that proved the key; the session it returns is the connection's.
     func admit(_ g: NetGreeting) -> (ServerHandshake.Admission, ServerSession?) {
         var ended: ServerSession?
-        defer { if let ended { end(ended, why: "a new mount of client \(g.client) took its id") } }
+        defer { if let ended { end(ended, why: "a new mount of client \(String(g.client, radix: 16)) took its id") } }
         return sessions.withLock { m in
             if let s = m[g.client] {
                 let (connected, sent) = s.state.withLock { ($0.channel != nil, $0.net.nextSeq - 1) }
                 if s.incarnation == g.incarnation && g.resumeInstance == instance {
                     guard g.received <= sent else {
-                        return (.refused("client \(g.client) says it took in \(g.received) frames, the server sent \(sent)"), nil)
+                        return (.refused("client \(String(g.client, radix: 16)) says it took in \(g.received) frames, the server sent \(sent)"), nil)
                     }
                     return (.resumed(received: s.state.withLock { $0.net.received }), s)
                 }
                 if connected && s.incarnation != g.incarnation {
-                    return (.refused("client \(g.client) is connected already"), nil)
+                    return (.refused("client \(String(g.client, radix: 16)) is connected already"), nil)
                 }
                 m[g.client] = nil
                 ended = s
@@ -164,7 +164,7 @@ public final class NetServer: Sendable {
             return st.channel
         }
         channel?.close(promise: nil)
-        log("network: session of client \(s.client) ended: \(why)")
+        log("network: session of client \(String(s.client, radix: 16)) ended: \(why)")
         let handler = handler
         s.queue.async { handler.disconnected(s.client) }
     }
@@ -254,7 +254,7 @@ final class ServerConnection: ChannelInboundHandler {
 
     private func peer(_ context: ChannelHandlerContext) -> String {
         let addr = context.channel.remoteAddress.map { "\($0)" } ?? "an unknown address"
-        return session.map { "client \($0.client) (\(addr))" } ?? addr
+        return session.map { "client \(String($0.client, radix: 16)) (\(addr))" } ?? addr
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -283,7 +283,7 @@ final class ServerConnection: ChannelInboundHandler {
                 if !resumed { server.forget(g.client) }
                 return close(context, "\(error)")
             }
-            server.log("network: client \(g.client) \(resumed ? "reconnected" : "connected") from \(context.channel.remoteAddress.map { "\($0)" } ?? "an unknown address")")
+            server.log("network: client \(String(g.client, radix: 16)) \(resumed ? "reconnected" : "connected") from \(context.channel.remoteAddress.map { "\($0)" } ?? "an unknown address")")
             if !resumed { server.began(s) }
         case .refuse(let refusal, let reason):
             refuse(context, refusal, reason)
@@ -336,7 +336,7 @@ final class ServerConnection: ChannelInboundHandler {
                 do {
                     try handler.received(kind, body, from: c)
                 } catch {
-                    server.log("network: refused a message of client \(c): \(error); closing its connection")
+                    server.log("network: refused a message of client \(String(c, radix: 16)): \(error); closing its connection")
                     server.dropConnection(c)
                 }
             }
@@ -375,7 +375,7 @@ final class ServerConnection: ChannelInboundHandler {
             if s.state.withLock({ $0.leaving }) {
                 server.forget(s.client)
             } else {
-                server.log("network: client \(s.client) connection lost; its session waits \(server.timers.sessionLinger) for it")
+                server.log("network: client \(String(s.client, radix: 16)) connection lost; its session waits \(server.timers.sessionLinger) for it")
                 server.handler.connectionLost(s.client)
             }
         }

@@ -21,6 +21,11 @@ public import ScoutFormat
 ///   it anyway; this only makes it stop sooner.)
 /// - A message of an older term is answered with the current term, so a leader that was cut
 ///   off learns at once that it is not one.
+/// - With three slots or more, a follower asks first whether it would get votes (raft's
+///   pre-vote): only with a majority of slots that have not heard a leader within their
+///   heartbeat timeout does it raise its term and stand. A slot whose link was down keeps its
+///   term meanwhile, and back, it follows the leader rather than deposing it with a term
+///   nobody else had.
 public struct Election: Sendable {
     public struct Config: Sendable {
         /// Every configured slot, this one's included.
@@ -75,6 +80,10 @@ public struct Election: Sendable {
     /// The leader of the current term as far as this slot knows.
     public private(set) var leader: UInt8?
     private var votes: Set<UInt8> = []
+    /// While asking for pre-votes (for `term + 1`): the slots that would vote.
+    private var preVotes: Set<UInt8>?
+    /// When this slot last heard its leader's heartbeat.
+    private var leaderHeardAt: UInt64 = 0
     /// When a follower stands, a candidate gives up on its term, or a leader next beats.
     private var deadline: UInt64
     /// When the leader last heard each slot in its term.
@@ -129,7 +138,9 @@ public struct Election: Sendable {
         guard now >= deadline else { return [] }
         switch role {
         case .follower:
-            return stand(now: now)
+            // One or two slots: a single vote leads anyway, so asking first gains nothing.
+            guard config.slots.count >= 3 else { return stand(now: now) }
+            return askForPreVotes(now: now)
         case .candidate:
             // With two slots the other may be down: one vote leads once the wait is over.
             if config.slots.count == 2 && votes.count >= config.needed { return lead(now: now) }
@@ -151,7 +162,20 @@ public struct Election: Sendable {
         }
     }
 
+    private mutating func askForPreVotes(now: UInt64) -> [Action] {
+        preVotes = [config.me]
+        leader = nil
+        deadline = now + electionTimeout()
+        return others.map { .send(QuorumMessage(.preVote, term: term + 1, from: config.me), to: $0) }
+    }
+
+    /// Whether this slot follows a leader it heard within its heartbeat timeout (or leads).
+    private func hasLeader(now: UInt64) -> Bool {
+        role == .leader || (leader != nil && leaderHeardAt + Self.nanos(config.heartbeatTimeout) > now)
+    }
+
     private mutating func stand(now: UInt64) -> [Action] {
+        preVotes = nil
         term += 1
         votedTerm = term
         votedFor = config.me
@@ -188,6 +212,22 @@ public struct Election: Sendable {
 
     public mutating func receive(_ m: QuorumMessage, now: UInt64) -> [Action] {
         guard m.from != config.me, config.slots.contains(m.from) else { return [] }
+        // Pre-votes change no term.
+        switch m.kind {
+        case .preVote:
+            if m.term <= term {
+                // It missed a term: tell it, as any message of an older term is told.
+                return [.send(QuorumMessage(.heartbeatReply, term: term, from: config.me), to: m.from)]
+            }
+            guard !hasLeader(now: now) else { return [] }
+            return [.send(QuorumMessage(.preVoteGranted, term: m.term, from: config.me), to: m.from)]
+        case .preVoteGranted:
+            guard role == .follower, m.term == term + 1, preVotes != nil else { return [] }
+            preVotes!.insert(m.from)
+            return preVotes!.count >= config.needed ? stand(now: now) : []
+        default:
+            break
+        }
         var out: [Action] = []
         if m.term < term {
             // A stale leader or candidate: tell it the term it missed.
@@ -202,6 +242,7 @@ public struct Election: Sendable {
             role = .follower
             leader = nil
             votes = []
+            preVotes = nil
             out.append(.persist(term: term, votedTerm: votedTerm, votedFor: votedFor))
             deadline = now + Self.nanos(config.heartbeatTimeout)
         }
@@ -232,8 +273,10 @@ public struct Election: Sendable {
             }
             role = .follower
             votes = []
+            preVotes = nil
             if leader != m.from { out.append(.leaderIs(slot: m.from, term: term)) }
             leader = m.from
+            leaderHeardAt = now
             deadline = now + Self.nanos(config.heartbeatTimeout)
             out.append(.send(QuorumMessage(.heartbeatReply, term: term, from: config.me), to: m.from))
         case .heartbeatReply:
@@ -243,6 +286,8 @@ public struct Election: Sendable {
             leader = nil
             role = .follower
             deadline = now + electionTimeout()
+        case .preVote, .preVoteGranted:
+            break
         }
         return out
     }

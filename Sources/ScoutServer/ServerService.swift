@@ -91,7 +91,7 @@ public final class ServerService: NetServerHandler {
     /// A node joined: if the lock server is recovering (it restarted), the node is asked for
     /// the locks it holds, now that something can carry the question.
     public func connected(_ client: ClientID) {
-        log("server: client \(client) joined")
+        log("server: client \(String(client, radix: 16)) joined")
         locks.withLock { $0 }?.startRecovery(of: client)
     }
 
@@ -108,7 +108,7 @@ public final class ServerService: NetServerHandler {
             }
             return
         }
-        log("server: client \(client) left")
+        log("server: client \(String(client, radix: 16)) left")
         dropLocks(of: client)
     }
 
@@ -133,7 +133,7 @@ public final class ServerService: NetServerHandler {
         if kind == .notice { return try openInodes.received(NetNotice(decoding: body), from: client) }
         let m = try LockClientMessage(fromNetwork: body)
         guard let lockServer = locks.withLock({ $0 }) else {
-            throw NetError("lock message from client \(client) before the lock server started")
+            throw NetError("lock message from client \(String(client, radix: 16)) before the lock server started")
         }
         lockServer.receive(from: client, m)
     }
@@ -148,7 +148,7 @@ public final class ServerService: NetServerHandler {
             sessions.withLock { $0 }?.leaving(client)
             recovery?.left(client)
             dropLocks(of: client)
-            log("server: client \(client) is leaving")
+            log("server: client \(String(client, radix: 16)) is leaving")
             _ = try serialize {
                 try self.server.forget(rid: client)
                 return .left
@@ -175,6 +175,8 @@ public final class ServerService: NetServerHandler {
             // Without recovery this server merged every log tree it found when it started:
             // a node of an earlier server has nothing left to go on with.
             guard recovery?.join(mounted, rejoin: rejoin) ?? !rejoin else {
+                // Nothing of it is kept: its session ends with its connection, not after a linger.
+                sessions.withLock { $0 }?.leaving(client)
                 log("server: client \(String(client, radix: 16)) came back after this server gave it up; it must remount")
                 return ServerAnswer.joined(false).encoded
             }

@@ -167,7 +167,7 @@ final class MountLeadership: Sendable {
         let store = try Store.open(meta: meta.device, data: data.device, options: StoreOptions(cacheBlocks: cacheBlocks))
         let agent = localAgent
         let cluster = try LocalCluster(store: store, mergeThreshold: mergeThreshold, several: true, takeover: LocalCluster.Takeover(
-            term: term, fencer: fencer, timeout: recoveryTimeout, isGone: { agent.isGone($0) }))
+            term: term, fencer: fencer, timeout: takeoverWait, linger: recoveryTimeout, isGone: { agent.isGone($0) }))
         do {
             _ = try cluster.serve(host: mine.address, port: Int(mine.port), key: key, log: log)
         } catch {
@@ -176,6 +176,11 @@ final class MountLeadership: Sendable {
         }
         return cluster
     }
+
+    /// How long a new server waits for the nodes of the old one: nodes whose old server was
+    /// cut off or hung rather than killed notice only once it has been silent for the silence
+    /// timeout (plain clients; slots hear the election sooner), and are not given up before.
+    var takeoverWait: Duration { max(recoveryTimeout, NetTimers().silenceTimeout + .seconds(5)) }
 
     /// The mount leads at its start: fences, then opens the server its filesystem joins.
     func serveInProcess(_ term: UInt64) throws -> LocalCluster {
@@ -244,7 +249,7 @@ final class MountLeadership: Sendable {
         }
         guard keep(cluster, term: term, as: .node, else: "the leadership ended while the server started") else { return }
         onServing(true)
-        log("election: this mount took over as the server (quorum slot \(slot), term \(term), at \(mine.address) port \(mine.port)) in \(started.duration(to: .now)); nodes reconnect and recover, those that do not within \(recoveryTimeout) are fenced")
+        log("election: this mount took over as the server (quorum slot \(slot), term \(term), at \(mine.address) port \(mine.port)) in \(started.duration(to: .now)); nodes reconnect and recover, those that do not within \(takeoverWait) are fenced")
     }
 
     private func steppedDown(_ term: UInt64) {

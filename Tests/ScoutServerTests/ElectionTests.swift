@@ -137,6 +137,25 @@ private struct Cluster {
         #expect(c.electedIn.keys.max()! > before)
     }
 
+    /// A follower cut off for a while asks for pre-votes it never gets, so its term stays;
+    /// back, it follows the leader: no new election, no server change.
+    @Test(arguments: [3, 5])
+    func aFollowerCutOffAndBackLeavesTheLeaderBe(n: Int) {
+        var c = Cluster(n)
+        c.run(.seconds(1))
+        let leader = try! #require(c.agreedLeader)
+        let term = c.slots[leader]!.term
+        let follower = c.slots.keys.sorted().first { $0 != leader }!
+        c.cut.insert(follower)
+        c.run(.seconds(10))
+        #expect(c.slots[follower]!.term == term, "the cut-off follower raised its term while it could reach no one")
+        c.cut.remove(follower)
+        c.run(.seconds(3))
+        #expect(c.agreedLeader == leader)
+        #expect(c.electedIn.keys.max() == term, "an election was held after the follower came back")
+        #expect(c.slots[follower]!.leader == leader)
+    }
+
     @Test func twoSlotsSurviveEitherDeathAndSettleOnOneLeader() {
         var c = Cluster(2)
         c.run(.seconds(1))

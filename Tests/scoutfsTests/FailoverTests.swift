@@ -391,4 +391,71 @@ extension MountTests {
         let ck = try m.check()
         #expect(ck.status == 0, "\(ck.stdout)")
     }
+
+    /// Three slots, each in a network namespace of its own. The server's link is cut: hearing
+    /// no majority, it stops serving (its own filesystem fails with EIO from then), the other
+    /// two elect a new server, the nodes leave the silent old one as soon as the quorum blocks
+    /// name the new one, and they go on writing. Its link
+    /// back, the old server's slot follows the new leader rather than forcing an election
+    /// (its term stayed while it was cut off). Mounted again, it sees what the others did.
+    @Test(.timeLimit(.minutes(3))) func aServerCutOffStopsAndTheMajorityGoesOn() throws {
+        let net = try TestNetwork(nodes: 3)
+        defer { net.remove() }
+        let m = try TestMount(slots: [0, 1, 2], addresses: net.address)
+        defer { m.cleanup() }
+        let fenced = m.dir.appendingPathComponent("fenced").path
+        let agent = m.dir.appendingPathComponent("fence-agent").path
+        try Array("#!/bin/sh\necho \"$SCOUTFS_FENCED_REQ_SLOT $SCOUTFS_FENCED_REQ_REASON\" >> \(fenced)\n".utf8).withUnsafeBytes {
+            try Data($0).write(to: URL(fileURLWithPath: agent))
+        }
+        chmod(agent, 0o755)
+        let opts = ["--recovery-timeout", "5", "--fence-agent", agent, "--commit-interval", "1"]
+        let mounts = try m.mountNodes([("a", 0), ("b", 1), ("c", 2)], opts, networks: net.names)
+        let server = try #require(Failover.server(of: mounts))
+        let cutSlot = mounts.firstIndex(of: server)!
+        let survivors = mounts.filter { $0 != server }
+        try FileManager.default.createDirectory(atPath: server + "/d", withIntermediateDirectories: false)
+        try Failover.writeSynced(server + "/d/before", Array("fsynced before the cut".utf8))
+
+        try net.setLink(cutSlot, up: false)
+        let cutAt = ContinuousClock.now
+        // A survivor writes where the old server held the lock: it waits for the new server.
+        try Failover.writeSynced(survivors[0] + "/d/after", Array("written by the majority".utf8))
+        let resumed = cutAt.duration(to: .now)
+        let newServer = try #require(Failover.server(of: survivors), "no survivor serves")
+        #expect(try Sys.readFile(survivors[1] + "/d/after") == Array("written by the majority".utf8))
+        let oldLog = Failover.log(of: server, m)
+        #expect(oldLog.contains("no longer leads"), "the cut-off server never stopped:\n\(oldLog.suffix(2000))")
+        // Cut off from the network but not from the devices, the old server recorded its stop
+        // in its quorum block; had it not, the new leader would have fenced it (the agent).
+        let fencedIt = String(decoding: (try? Sys.readFile(fenced)) ?? [], as: UTF8.self).contains("\(cutSlot) quorum_block_leader")
+        #expect(fencedIt || oldLog.contains("election: quorum slot \(cutSlot) no longer leads"), "the old server neither stopped nor was fenced")
+        var eio: Int32 = 0
+        do {
+            try Failover.writeSynced(server + "/d/cut-off", [1])
+        } catch let e as Sys.Failure {
+            eio = e.errno
+        }
+        #expect(eio == EIO, "a write on the stopped server's mount did not fail with EIO (errno \(eio))")
+        print("failover: the majority's first write after the server's link was cut landed \(resumed) after the cut")
+
+        // Back on the network, the old server's slot follows: the server stays where it is.
+        let newLog = { Failover.log(of: newServer, m) }
+        let electionsBefore = newLog().components(separatedBy: "no longer leads").count
+        try net.setLink(cutSlot, up: true)
+        sleep(4)
+        #expect(Failover.server(of: survivors) == newServer, "the server moved when the cut-off slot came back")
+        #expect(newLog().components(separatedBy: "no longer leads").count == electionsBefore, "the new server stepped down when the old one came back:\n\(newLog().suffix(2000))")
+        try Failover.writeSynced(survivors[1] + "/d/later", [2])
+
+        m.killNode(server)
+        let back = try m.mountNode(URL(fileURLWithPath: server).lastPathComponent + "2", slot: cutSlot, opts, inNetwork: net.names[cutSlot])
+        #expect(try Sys.readFile(back + "/d/before") == Array("fsynced before the cut".utf8))
+        #expect(try Sys.readFile(back + "/d/after") == Array("written by the majority".utf8))
+        #expect(try Sys.readFile(back + "/d/later") == [2])
+        #expect(!FileManager.default.fileExists(atPath: back + "/d/cut-off"))
+        for s in ([back] + survivors).sorted(by: { a, _ in a != newServer }) { try m.unmountNode(s) }
+        let ck = try m.check()
+        #expect(ck.status == 0, "\(ck.stdout)")
+    }
 }

@@ -67,14 +67,15 @@ final class TestMount {
 
     /// Mounts several nodes at once (quorum slots elect a server only once a majority of
     /// them is mounted, and each mount returns only when it has one); their mount points.
-    func mountNodes(_ specs: [(name: String, slot: Int?)], _ extra: [String] = []) throws -> [String] {
+    /// `networks`: each node's network namespace.
+    func mountNodes(_ specs: [(name: String, slot: Int?)], _ extra: [String] = [], networks: [String]? = nil) throws -> [String] {
         let ats = specs.map { dir.appendingPathComponent($0.name).path }
         for at in ats { try FileManager.default.createDirectory(atPath: at, withIntermediateDirectories: true) }
         let results = Mutex<[Int: CLI.Result]>([:])
         let threads = specs.enumerated().map { i, spec in
             ScoutTestSupport.Thread { [key, log, meta, data] in
                 let r = try? CLI.run(["mount"] + (spec.slot.map { ["--quorum-slot", String($0)] } ?? []) + ["--cluster-key", key,
-                                     "--log", log + "-" + spec.name] + extra + [meta, data, ats[i]])
+                                     "--log", log + "-" + spec.name] + extra + [meta, data, ats[i]], inNetwork: networks?[i])
                 results.withLock { $0[i] = r }
             }
         }
