@@ -96,6 +96,9 @@ public final class ControlService: Sendable {
                                            through: IndexPosition(seq: ls, ino: li), limit: limit(n)))
         case .statMore:
             return .statMore(try fs.statMore(f.ino))
+        case let .fiemap(block, n):
+            let (extents, end) = try fs.fiemap(f.ino, fromBlock: block, limit: limit(n))
+            return .fiemap(extents, end: end)
         case .statfsMore:
             return .statfsMore(try fs.statfsMore())
         case let .release(v, off, len):

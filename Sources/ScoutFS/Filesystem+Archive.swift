@@ -258,6 +258,46 @@ extension Filesystem {
         }
     }
 
+    /// The file's extents from logical block `first` on as FIEMAP reports them (FUSE never
+    /// passes FIEMAP to a daemon): runs of one kind merged — offline ones when their logical
+    /// blocks run on, mapped ones when their device blocks do too —, offline ones marked
+    /// `unknown` (no device position), fallocated ones `unwritten`; at most `limit` of them.
+    /// `end` when the file has no more, its last one then marked `last`. A run split by the
+    /// limit is not returned: the next call, from the end of the last one returned, has it
+    /// whole.
+    public func fiemap(_ ino: UInt64, fromBlock first: UInt64, limit: Int) throws(Errno) -> (extents: [FiemapExtent], end: Bool) {
+        var plan = LockPlan()
+        plan.read(ino)
+        let limit = max(limit, 1)
+        return try locked(.reads, plan) { c in
+            var out: [FiemapExtent] = []
+            var run: FiemapExtent?
+            var more = false
+            try c.forEachExtent(ino, from: first, through: .max) { key, start, fe in
+                let flags = fe.flags.contains(.offline) ? FiemapExtent.unknown : fe.flags.contains(.unwritten) ? FiemapExtent.unwritten : 0
+                let e = FiemapExtent(logical: start * blockSize, physical: fe.blkno * blockSize, length: key.third * blockSize, flags: flags)
+                if var r = run, r.flags == e.flags, r.logical + r.length == e.logical,
+                   flags == FiemapExtent.unknown || r.physical + r.length == e.physical {
+                    r.length += e.length
+                    run = r
+                    return true
+                }
+                if let r = run { out.append(r) }
+                if out.count == limit {
+                    more = true
+                    return false
+                }
+                run = e
+                return true
+            }
+            if !more, var r = run {
+                r.flags |= FiemapExtent.last
+                out.append(r)
+            }
+            return (out, !more)
+        }
+    }
+
     public func statfsMore() throws(Errno) -> FilesystemStatMore {
         try runOperation(held: HeldLocks()) { c in
             let sb = c.shared.layout

@@ -209,6 +209,28 @@ public struct ClusterStatus: Equatable, Sendable {
     }
 }
 
+/// One extent of a file's map as FIEMAP reports it: bytes, flags of `<linux/fiemap.h>`.
+public struct FiemapExtent: Equatable, Sendable {
+    public var logical: UInt64
+    public var physical: UInt64
+    public var length: UInt64
+    public var flags: UInt32
+
+    /// The last extent of the file.
+    public static let last: UInt32 = 0x1
+    /// Where the data is is not known: released (offline) to an archive.
+    public static let unknown: UInt32 = 0x2
+    /// Allocated and never written (fallocate): reads as zeros.
+    public static let unwritten: UInt32 = 0x800
+
+    public init(logical: UInt64, physical: UInt64, length: UInt64, flags: UInt32) {
+        self.logical = logical
+        self.physical = physical
+        self.length = length
+        self.flags = flags
+    }
+}
+
 public enum ControlRequest: Equatable, Sendable {
     /// Entries of a seq index (`index` 0 meta_seq, 1 data_seq) between two (seq, ino) positions.
     case walkInodes(index: UInt8, firstSeq: UInt64, firstIno: UInt64, lastSeq: UInt64, lastIno: UInt64, limit: UInt32)
@@ -235,6 +257,9 @@ public enum ControlRequest: Equatable, Sendable {
     case sync
     /// The mount's role, its server connection and its lock figures.
     case clusterStatus
+    /// The extents of the file sent along from logical block `fromBlock` on, adjacent ones
+    /// merged as FIEMAP merges them, at most `limit`.
+    case fiemap(fromBlock: UInt64, limit: UInt32)
 }
 
 public enum ControlReply: Equatable, Sendable {
@@ -251,6 +276,8 @@ public enum ControlReply: Equatable, Sendable {
     case names([[UInt8]])
     case totals([XattrTotal])
     case clusterStatus(ClusterStatus)
+    /// Extents of a fiemap request; `end`: the file has no more (the last carries `last`).
+    case fiemap([FiemapExtent], end: Bool)
 }
 
 public enum ControlMessage {
@@ -327,6 +354,7 @@ extension ControlRequest {
         case .readXattrTotals: 11
         case .sync: 14
         case .clusterStatus: 15
+        case .fiemap: 16
         }
     }
 
@@ -375,6 +403,9 @@ extension ControlRequest {
             w.u8(after == nil ? 0 : 1)
             for x in [after?.a ?? 0, after?.b ?? 0, after?.c ?? 0] { w.u64(x) }
             w.u32(limit)
+        case let .fiemap(block, limit):
+            w.u64(block)
+            w.u32(limit)
         }
         return w.bytes
     }
@@ -391,6 +422,7 @@ extension ControlRequest {
         case 3: self = .statfsMore
         case 14: self = .sync
         case 15: self = .clusterStatus
+        case 16: self = .fiemap(fromBlock: try r.u64(), limit: try r.u32())
         case 4: self = .release(dataVersion: try r.u64(), offset: try r.u64(), length: try r.u64())
         case 5:
             self = .stage(dataVersion: try r.u64(), offset: try r.u64(), data: try r.bytes32(max: ControlMessage.stageChunk))
@@ -498,6 +530,14 @@ extension ControlReply {
             for v in [c.locksHeld, c.lockRequests, c.lockGrants, c.lockInvalidations] { w.u64(v) }
             w.u32(UInt32(c.nodes.count))
             for n in c.nodes { w.u64(n) }
+        case let .fiemap(es, end):
+            w.u8(13)
+            w.u8(end ? 1 : 0)
+            w.u32(UInt32(es.count))
+            for e in es {
+                for x in [e.logical, e.physical, e.length] { w.u64(x) }
+                w.u32(e.flags)
+            }
         }
         return w.bytes
     }
@@ -573,6 +613,16 @@ extension ControlReply {
             for _ in 0..<n { nodes.append(try r.u64()) }
             self = .clusterStatus(ClusterStatus(isServer: flags & 1 != 0, connected: flags & 2 != 0, nodes: nodes, locksHeld: held,
                                                 lockRequests: requests, lockGrants: grants, lockInvalidations: invalidations))
+        case 13:
+            let end = try r.u8()
+            if end > 1 { throw FormatError("fiemap end flag \(end) is neither 0 nor 1") }
+            let n = try r.count(each: 28)
+            var es: [FiemapExtent] = []
+            es.reserveCapacity(n)
+            for _ in 0..<n {
+                es.append(FiemapExtent(logical: try r.u64(), physical: try r.u64(), length: try r.u64(), flags: try r.u32()))
+            }
+            self = .fiemap(es, end: end == 1)
         default:
             throw FormatError("unknown control reply \(code)")
         }

@@ -12,7 +12,7 @@ struct ScoutCommand: ParsableCommand {
                       WalkInodesCommand.self, StatCommand.self, StatfsCommand.self, ReleaseCommand.self, StageCommand.self,
                       SetattrCommand.self, DataWaitingCommand.self, DataWaitErrCommand.self, InoPathCommand.self,
                       GetReferringEntriesCommand.self, SearchXattrsCommand.self, ReadXattrTotalsCommand.self,
-                      ListHiddenXattrsCommand.self, DfCommand.self, SyncCommand.self]
+                      ListHiddenXattrsCommand.self, DfCommand.self, SyncCommand.self, GetFiemapCommand.self]
     )
 }
 

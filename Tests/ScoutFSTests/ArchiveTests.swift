@@ -101,6 +101,36 @@ import Testing
         #expect(Checker.check(meta: meta, data: data).problems == [])
     }
 
+    /// fiemap in pages: every extent once, whole (a run is never cut where a page ends), in
+    /// order, `last` only on the file's last one; offline runs merge by logical blocks alone.
+    @Test func fiemapPagesCoverEveryExtentOnceAndWhole() throws {
+        let fs = try mount()
+        let ino = try file(fs, "sparse", [])
+        // 40 one-block extents with a hole after each (none can merge), then 6 blocks released
+        // in two calls (one offline run).
+        for b in 0..<40 { _ = try fs.write(ino, offset: UInt64(b * 2 * 4096), data: pattern(4096, seed: UInt64(b))) }
+        _ = try fs.write(ino, offset: 100 * 4096, data: pattern(6 * 4096))
+        try fs.sync()
+        let v = try fs.statMore(ino).dataVersion
+        try fs.release(ino, dataVersion: v, offset: 100 * 4096, length: 3 * 4096)
+        try fs.release(ino, dataVersion: v, offset: 103 * 4096, length: 3 * 4096)
+        let whole = try fs.fiemap(ino, fromBlock: 0, limit: 1000)
+        #expect(whole.end && whole.extents.count == 41)
+        #expect(whole.extents.last == FiemapExtent(logical: 100 * 4096, physical: 0, length: 6 * 4096, flags: FiemapExtent.unknown | FiemapExtent.last))
+        #expect(whole.extents.dropLast().allSatisfy { $0.length == 4096 && $0.flags == 0 && $0.physical > 0 && $0.logical % 8192 == 0 })
+        var paged: [FiemapExtent] = []
+        var from: UInt64 = 0
+        while true {
+            let page = try fs.fiemap(ino, fromBlock: from, limit: 7)
+            #expect(page.extents.count <= 7)
+            paged += page.extents
+            if page.end { break }
+            from = (page.extents.last!.logical + page.extents.last!.length) / 4096
+        }
+        #expect(paged == whole.extents)
+        #expect(try fs.fiemap(ino, fromBlock: 200, limit: 10) == ([], true))
+    }
+
     @Test func aWriteBetweenStatAndReleaseMakesTheReleaseStale() throws {
         let fs = try mount()
         let ino = try file(fs, "f", pattern(64 << 10))

@@ -16,6 +16,7 @@ import Testing
         .listHiddenXattrs(skip: 3, limit: 4),
         .readXattrTotals(after: nil, limit: 5),
         .readXattrTotals(after: XattrTotalName(a: 1, b: .max, c: 3), limit: 5),
+        .fiemap(fromBlock: 0, limit: 1024), .fiemap(fromBlock: .max, limit: 0),
     ]
 
     static let replies: [ControlReply] = [
@@ -32,6 +33,9 @@ import Testing
         .totals([XattrTotal(name: XattrTotalName(a: 1, b: 2, c: 3), total: -4, count: 5)]),
         .clusterStatus(ClusterStatus(isServer: true, connected: true, nodes: [2, .max], locksHeld: 3, lockRequests: 4, lockGrants: 5, lockInvalidations: 6)),
         .clusterStatus(ClusterStatus(isServer: false, connected: false, nodes: [], locksHeld: 0, lockRequests: 0, lockGrants: 0, lockInvalidations: 0)),
+        .fiemap([FiemapExtent(logical: 0, physical: 0, length: 4096, flags: FiemapExtent.unknown),
+                 FiemapExtent(logical: 8192, physical: 1 << 40, length: 1 << 30, flags: FiemapExtent.last)], end: true),
+        .fiemap([], end: false),
     ]
 
     @Test func everyRequestAndReplyRoundTrips() throws {
@@ -57,6 +61,9 @@ import Testing
         var inodes = ControlReply.inodes([1], end: true).encoded
         inodes[1] = 7
         #expect(throws: FormatError.self) { _ = try ControlReply(decoding: inodes) }
+        var fiemap = ControlReply.fiemap([], end: true).encoded
+        fiemap[1] = 2
+        #expect(throws: FormatError.self) { _ = try ControlReply(decoding: fiemap) }
         // A count claiming more entries than the bytes could hold is refused before allocating.
         #expect(throws: FormatError.self) { _ = try ControlReply(decoding: [3, 0xff, 0xff, 0xff, 0x7f]) }
         // A stage chunk over the limit.

@@ -350,4 +350,52 @@ import Testing
         try m.unmount()
         #expect(try m.check().status == 0)
     }
+
+    /// get-fiemap (FUSE never passes FIEMAP on): written and released extents and a hole, with
+    /// the original's flags and layout, blocks or bytes, logical or physical, and its JSON.
+    /// (fallocate here writes zeros into the blocks it allocates, so no extent is unwritten.)
+    @Test(.timeLimit(.minutes(2))) func getFiemapMapsWrittenAndReleasedExtents() throws {
+        let m = try TestMount()
+        defer { m.cleanup() }
+        try m.mount()
+        let f = m.path("mapped")
+        let fd = open(f, O_CREAT | O_RDWR, 0o644)
+        try #require(fd >= 0)
+        let block = [UInt8](repeating: 7, count: 4096)
+        for b in 0..<8 { #expect(pwrite(fd, block, 4096, off_t(b * 4096)) == 4096) }
+        for b in 20..<24 { #expect(pwrite(fd, block, 4096, off_t(b * 4096)) == 4096) }
+        #expect(fsync(fd) == 0)
+        close(fd)
+        let version = try field(f, "data_version")
+        let rel = try run(["release", f, "-V", "\(version)", "-o", "0", "-l", "16384"])
+        try #require(rel.status == 0, "\(rel.stderr)")
+
+        let r = try run(["get-fiemap", f])
+        try #require(r.status == 0, "\(r.stderr)")
+        #expect(lines(r) == ["0: offset: 0, length: 4, flags: O..", "1: offset: 4, length: 4, flags: ...",
+                             "2: offset: 20, length: 4, flags: ..L", "entries: 3, extents: 3"], "\(r.stdout)")
+        let bytes = try run(["get-fiemap", "-b", f])
+        #expect(lines(bytes).first == "0: offset: 0, length: 16384, flags: O..", "\(bytes.stdout)")
+        #expect(lines(bytes).dropFirst(2).first == "2: offset: 81920, length: 16384, flags: ..L", "\(bytes.stdout)")
+        let phys = try run(["get-fiemap", "--physical", f])
+        let physOffsets = lines(phys).dropLast().map { $0.split(separator: " ")[2].dropLast() }
+        #expect(physOffsets.first == "0", "an offline extent has no device position: \(phys.stdout)")
+        #expect(physOffsets.dropFirst().allSatisfy { (UInt64($0) ?? 0) > 0 }, "\(phys.stdout)")
+
+        let j = try run(["get-fiemap", "--json", f])
+        let obj = try #require(try JSONSerialization.jsonObject(with: Data(j.stdout.utf8)) as? [String: Any])
+        #expect(obj["entries"] as? Int == 3 && obj["extents"] as? Int == 3)
+        let map = try #require(obj["map"] as? [[String: Any]])
+        #expect(map.map { "\($0["offset"] as? Int ?? -1)+\($0["length"] as? Int ?? -1) \($0["flags"] as? String ?? "")" }
+                == ["0+4 O..", "4+4 ...", "20+4 ..L"])
+
+        // An empty file maps nothing; a missing one is an error naming it.
+        let empty = m.path("empty")
+        try Sys.writeFile(empty, [])
+        #expect(lines(try run(["get-fiemap", empty])) == ["entries: 0, extents: 0"])
+        let missing = try run(["get-fiemap", m.path("nothing")])
+        #expect(missing.status != 0 && missing.stderr.contains("nothing"))
+        try m.unmount()
+    }
 }
+
