@@ -426,7 +426,7 @@ public final class Filesystem: Sendable {
             }
         }
         if freed > 0 {
-            shared.log("freed \(freed) orphaned inode(s) left by an unclean unmount")
+            shared.log("freed \(freed) orphaned inode(s) left by an unclean unmount or a client that died")
             try sync()
         }
         return freed

@@ -42,6 +42,16 @@ public final class LocalCluster: ClusterHost, Sendable {
     let merger: LogMerger
     /// Where the merge thread reports failures: the log of the first client that joined.
     let mergeReports = ReportSink()
+    /// Told, with its id, of each node given up and reclaimed (`whenNodeReclaimed`).
+    private let reclaimed = NodeReclaimHook()
+
+    /// Where news of a reclaimed node goes, set at any time (one target).
+    public final class NodeReclaimHook: Sendable {
+        private let target = Mutex<Callback<UInt64, Void>?>(nil)
+        public init() {}
+        public func set(_ body: @escaping @Sendable (UInt64) -> Void) { target.withLock { $0 = Callback(body) } }
+        public func call(_ rid: UInt64) { target.withLock { $0 }?.call(rid) }
+    }
 
     final class ReportSink: Sendable {
         private let target = Mutex<Callback<String, Void>?>(nil)
@@ -138,10 +148,12 @@ public final class LocalCluster: ClusterHost, Sendable {
             let work = MergeWork(store: store, server: server, storeLock: storeLock)
             let recordLocks = recordLocks
             let sink = mergeReports
+            let told = reclaimed
             let r = ClientRecovery(fencer: takeover.fencer, timeout: takeover.timeout, reclaim: { c in
                 ls.clientGone(c.rid)
                 recordLocks.clientGone(c.rid)
                 try work.storeLock.withLock(work.store) { try work.server.recoverLogTree(rid: c.rid) }
+                told.call(c.rid)
             }, log: { sink.report($0) })
             r.expect(nodes) { takeover.isGone(FenceRequest(recovering: $0)) }
             try r.start()
@@ -219,6 +231,13 @@ public final class LocalCluster: ClusterHost, Sendable {
             stopServing()
             throw error
         }
+    }
+
+    /// Calls `body` (on the recovery thread: it must not wait long) after each node given up
+    /// has been reclaimed: inodes it held open after their last unlink are orphans nobody
+    /// holds now, for some client to free (`Filesystem.reclaimOrphans`).
+    public func whenNodeReclaimed(_ body: @escaping @Sendable (UInt64) -> Void) {
+        reclaimed.set(body)
     }
 
     private let fencedWhy = Mutex<String?>(nil)

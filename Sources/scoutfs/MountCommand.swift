@@ -254,6 +254,18 @@ struct MountCommand: ParsableCommand {
                     leadership?.becameNode()
                 }
                 fsys.logSink = logLine
+                // A node that died holding unlinked inodes open leaves orphans only a live
+                // client can free: this mount does, once its server has reclaimed that node.
+                let sweeping = fsys
+                leadership?.whenNodeReclaimed { rid in
+                    Thread.detachNewThread {
+                        do {
+                            try sweeping.reclaimOrphans()
+                        } catch {
+                            logLine("error: freeing the orphans of client \(String(rid, radix: 16)), which was reclaimed, failed: \(error); the next mount frees them")
+                        }
+                    }
+                }
                 // Before the mount: its request timers are made through the metrics system.
                 if metrics != nil { mountMetrics = MountMetrics.start(fsys) }
                 fuse = try FUSEMount(filesystem: fsys, mountpoint: mnt, source: "\(meta):\(data)", options: options,

@@ -81,6 +81,8 @@ final class MountLeadership: Sendable {
     /// Told when this mount starts or stops serving (the mount's published record).
     let onServing: @Sendable (Bool) -> Void
     private let state = Mutex(State())
+    /// Told of each node a server of this mount reclaimed (`LocalCluster.whenNodeReclaimed`).
+    private let reclaimed = LocalCluster.NodeReclaimHook()
     private let member = Mutex<QuorumMember?>(nil)
     private let wake = Parker()
 
@@ -168,6 +170,8 @@ final class MountLeadership: Sendable {
         let agent = localAgent
         let cluster = try LocalCluster(store: store, mergeThreshold: mergeThreshold, several: true, takeover: LocalCluster.Takeover(
             term: term, fencer: fencer, timeout: takeoverWait, linger: recoveryTimeout, isGone: { agent.isGone($0) }))
+        let told = reclaimed
+        cluster.whenNodeReclaimed { rid in told.call(rid) }
         do {
             _ = try cluster.serve(host: mine.address, port: Int(mine.port), key: key, log: log)
         } catch {
@@ -181,6 +185,12 @@ final class MountLeadership: Sendable {
     /// cut off or hung rather than killed notice only once it has been silent for the silence
     /// timeout (plain clients; slots hear the election sooner), and are not given up before.
     var takeoverWait: Duration { max(recoveryTimeout, NetTimers().silenceTimeout + .seconds(5)) }
+
+    /// Calls `body` after a server of this mount (now, or one it takes over later) reclaimed a
+    /// node it gave up.
+    func whenNodeReclaimed(_ body: @escaping @Sendable (UInt64) -> Void) {
+        reclaimed.set(body)
+    }
 
     /// The mount leads at its start: fences, then opens the server its filesystem joins.
     func serveInProcess(_ term: UInt64) throws -> LocalCluster {

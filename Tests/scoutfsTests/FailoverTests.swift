@@ -119,7 +119,8 @@ extension MountTests {
 
     /// SIGKILL of a node holding a write lock: the server sees its process gone, fences it
     /// (already gone), merges its log tree and takes its pool back, and another node gets
-    /// the lock; what the killed node fsynced is there.
+    /// the lock; what the killed node fsynced is there, and a file it held open after its
+    /// last unlink (an orphan only it kept) is freed once it is reclaimed.
     @Test(.timeLimit(.minutes(2))) func aKilledNodesLocksGoToTheOthers() throws {
         let m = try TestMount(slots: [0, 1, 2])
         defer { m.cleanup() }
@@ -129,6 +130,14 @@ extension MountTests {
         try FileManager.default.createDirectory(atPath: others[0] + "/d", withIntermediateDirectories: false)
         try Failover.writeSynced(others[0] + "/d/synced", Array("fsynced before the kill".utf8))
         try Sys.writeFile(others[0] + "/d/unsynced", [9])
+        try Failover.writeSynced(others[0] + "/d/held", [UInt8](repeating: 5, count: 1 << 20))
+        let holder = try MountTests.Background("/bin/sh", ["-c", "exec 3<\(others[0])/d/held; cat"])
+        defer { try? holder.input.fileHandleForWriting.close() }
+        #expect(eventually(within: 5, every: 0.02) { FileManager.default.fileExists(atPath: "/proc/\(holder.process.processIdentifier)/fd/3") })
+        #expect(unlink(others[0] + "/d/held") == 0)
+        let fd = open(others[0] + "/d/sync-point", O_CREAT | O_WRONLY, 0o644)
+        #expect(fd >= 0 && fsync(fd) == 0)
+        close(fd)
         let killedAt = ContinuousClock.now
         m.killNode(others[0])
         try Failover.writeSynced(others[1] + "/d/after", [3])
@@ -139,6 +148,8 @@ extension MountTests {
         #expect(try Sys.readFile(server + "/d/after") == [3])
         let serverLog = Failover.log(of: server, m)
         #expect(serverLog.contains("was fenced; its locks are dropped, its log tree merged"), "\(serverLog)")
+        let swept = eventually(within: 20, every: 0.1) { Failover.log(of: server, m).contains("freed 1 orphaned inode(s)") }
+        #expect(swept, "the orphan the killed node held was not freed:\n\(Failover.log(of: server, m).suffix(2000))")
         // The killed slot mounts again as a node.
         let back = try m.mountNode(URL(fileURLWithPath: others[0]).lastPathComponent + "2", slot: mounts.firstIndex(of: others[0])!,
                                    ["--recovery-timeout", "10"])
