@@ -23,6 +23,19 @@ enum Failover {
         String(decoding: (try? Sys.readFile(m.log + "-" + URL(fileURLWithPath: at).lastPathComponent)) ?? [], as: UTF8.self)
     }
 
+    /// A fence agent that reports success and leaves the fenced process running (as a power
+    /// switch on another machine would look from here), writing each request's
+    /// `SCOUTFS_FENCED_REQ_*` variables and then `done` to a file beside the devices; the
+    /// agent's path and that file's.
+    static func recordingFenceAgent(_ m: TestMount) throws -> (agent: String, requests: String) {
+        let requests = m.dir.appendingPathComponent("fenced").path
+        let agent = m.dir.appendingPathComponent("fence-agent").path
+        let script = "#!/bin/sh\nenv | grep '^SCOUTFS_FENCED_REQ_' >> \(requests)\necho done >> \(requests)\n"
+        try Data(script.utf8).write(to: URL(fileURLWithPath: agent))
+        chmod(agent, 0o755)
+        return (agent, requests)
+    }
+
     /// The mount whose daemon runs the server now, if one does.
     static func server(of mounts: [String]) -> String? {
         mounts.first { status($0)?["role"] as? String == "server" }
@@ -230,12 +243,7 @@ extension MountTests {
         defer { net.remove() }
         let m = try TestMount(slots: [0, 1], addresses: Array(net.address.prefix(2)))
         defer { m.cleanup() }
-        let fenced = m.dir.appendingPathComponent("fenced").path
-        let agent = m.dir.appendingPathComponent("fence-agent").path
-        try Array("#!/bin/sh\nenv | grep '^SCOUTFS_FENCED_REQ_' >> \(fenced)\necho done >> \(fenced)\n".utf8).withUnsafeBytes {
-            try Data($0).write(to: URL(fileURLWithPath: agent))
-        }
-        chmod(agent, 0o755)
+        let (agent, fenced) = try Failover.recordingFenceAgent(m)
         let opts = ["--recovery-timeout", "3", "--fence-agent", agent, "--commit-interval", "1"]
         let a = try m.mountNode("a", slot: 0, opts, inNetwork: net.names[0])
         let b = try m.mountNode("b", slot: 1, opts, inNetwork: net.names[1])
@@ -414,12 +422,7 @@ extension MountTests {
         defer { net.remove() }
         let m = try TestMount(slots: [0, 1, 2], addresses: net.address)
         defer { m.cleanup() }
-        let fenced = m.dir.appendingPathComponent("fenced").path
-        let agent = m.dir.appendingPathComponent("fence-agent").path
-        try Array("#!/bin/sh\necho \"$SCOUTFS_FENCED_REQ_SLOT $SCOUTFS_FENCED_REQ_REASON\" >> \(fenced)\n".utf8).withUnsafeBytes {
-            try Data($0).write(to: URL(fileURLWithPath: agent))
-        }
-        chmod(agent, 0o755)
+        let (agent, fenced) = try Failover.recordingFenceAgent(m)
         let opts = ["--recovery-timeout", "5", "--fence-agent", agent, "--commit-interval", "1"]
         let mounts = try m.mountNodes([("a", 0), ("b", 1), ("c", 2)], opts, networks: net.names)
         let server = try #require(Failover.server(of: mounts))
@@ -439,7 +442,8 @@ extension MountTests {
         #expect(oldLog.contains("no longer leads"), "the cut-off server never stopped:\n\(oldLog.suffix(2000))")
         // Cut off from the network but not from the devices, the old server recorded its stop
         // in its quorum block; had it not, the new leader would have fenced it (the agent).
-        let fencedIt = String(decoding: (try? Sys.readFile(fenced)) ?? [], as: UTF8.self).contains("\(cutSlot) quorum_block_leader")
+        let requests = String(decoding: (try? Sys.readFile(fenced)) ?? [], as: UTF8.self)
+        let fencedIt = requests.contains("SCOUTFS_FENCED_REQ_SLOT=\(cutSlot)\n") && requests.contains("quorum_block_leader")
         #expect(fencedIt || oldLog.contains("election: quorum slot \(cutSlot) no longer leads"), "the old server neither stopped nor was fenced")
         var eio: Int32 = 0
         do {
