@@ -399,6 +399,11 @@ public final class Store: NodeWriter {
             || nextIno != superblock.nextIno || nextSeq != superblock.nextSeq
     }
 
+    /// Asked right before each superblock write; a throw fails the commit and the store (set
+    /// by a server's mount: a server that another leader has replaced since — its process
+    /// stopped and resumed, a fence that did not hold — must not write over the new one's).
+    public var beforeSuperblockWrite: (() throws -> Void)?
+
     /// Makes the open transaction durable and atomic, then opens the next one. After a failure
     /// part way the store refuses further work: reopen it from the devices.
     public func commit() throws {
@@ -421,6 +426,7 @@ public final class Store: NodeWriter {
             sb.metaFreeBlocks = metaAlloc.freeBlocks
             sb.dataFreeBlocks = dataAlloc.freeBlocks
             sb.metaReserve = metaAlloc.reserve.sorted()
+            try beforeSuperblockWrite?()
             let copy = Int(sb.seq % 2)
             try meta.write(at: Layout.superOffset(copy: copy), sb.encode(smallBlkno: Layout.superSmallBlkno[copy]))
             try meta.flush()

@@ -294,7 +294,7 @@ struct RawPeer {
         // The reconnects were one session all along.
         #expect(handler.seen.withLock { $0.connected } == [21])
         #expect(handler.seen.withLock { $0.disconnected }.isEmpty)
-        #expect(log.contains("client 21 reconnected"))
+        #expect(log.contains("client 15 reconnected"), "client ids are logged in hex: 21 is 15")
     }
 
     /// A new run of the server cannot resume the old one's sessions: a call in flight fails

@@ -145,4 +145,21 @@ import ScoutFormat
             }
         }
     }
+
+    /// A server replaced by a newer leader refuses at its last step: the superblock is not
+    /// written, the store refuses everything after, and the devices hold the last commit.
+    @Test func aRefusalBeforeTheSuperblockWriteLeavesTheLastCommit() throws {
+        let (meta, data) = Fixture.devices()
+        let s = try Fixture.format(meta, data)
+        try s.insert(Item(key: Fixture.key(1), seq: s.txnSeq, value: [1]), into: .fs)
+        try s.commit()
+        s.beforeSuperblockWrite = { throw StoreError(.io, "a newer leader was elected") }
+        try s.insert(Item(key: Fixture.key(2), seq: s.txnSeq, value: [2]), into: .fs)
+        #expect(throws: StoreError.self) { try s.commit() }
+        #expect(throws: StoreError.self) { try s.insert(Item(key: Fixture.key(3), seq: s.txnSeq, value: [3]), into: .fs) }
+        let reopened = try Store.open(meta: meta, data: data)
+        #expect(try Fixture.contents(reopened).map(\.key) == [Fixture.key(1)])
+        #expect(Checker.check(meta: meta, data: data).problems == [])
+    }
 }
+
