@@ -20,14 +20,16 @@ extension FSCore {
     }
 
     /// Records a change of contents or size: the inode's data seq becomes the transaction's.
+    /// Only regular files are in the data_seq index, as in the original (its agents walk it
+    /// for file data); other inodes keep the seq in their record alone.
     func markDataChanged(_ ino: UInt64, _ rec: inout InodeRecord) throws {
-        try moveIndex(ItemType.dataSeq, ino, from: rec.dataSeq)
+        if rec.isRegular { try moveIndex(ItemType.dataSeq, ino, from: rec.dataSeq) }
         rec.dataSeq = seq
     }
 
     func removeIndexItems(_ ino: UInt64, _ rec: InodeRecord) throws {
         if rec.metaSeq != 0 { try remove(Keys.seqIndex(ItemType.metaSeq, rec.metaSeq, ino)) }
-        if rec.dataSeq != 0 { try remove(Keys.seqIndex(ItemType.dataSeq, rec.dataSeq, ino)) }
+        if rec.dataSeq != 0 && rec.isRegular { try remove(Keys.seqIndex(ItemType.dataSeq, rec.dataSeq, ino)) }
     }
 
     /// The highest seq no open transaction of any client can still write: entries at or below

@@ -134,7 +134,7 @@ public enum FilesystemCheck {
             }
             current.record = rec
             if let why = rec.impossibility { problem("impossible inode", "inode \(ino): \(why)") }
-            for index in SeqIndex.allCases {
+            for index in SeqIndex.allCases where index == .metaSeq || rec.isRegular {
                 let seq = index == .metaSeq ? rec.metaSeq : rec.dataSeq
                 if try exists(Keys.seqIndex(index.itemType, seq, ino)) {
                     seqFound[index.itemType, default: 0] += 1
@@ -185,6 +185,8 @@ public enum FilesystemCheck {
                 if have != seq {
                     problem("stray \(index.rawValue) item",
                             "\(index.rawValue) index item (seq \(seq), inode \(ino)): " + (rec == nil ? "no such inode" : "the inode's \(index.rawValue) is \(have!)"))
+                } else if index == .dataSeq, let rec, !rec.isRegular {
+                    problem("stray \(index.rawValue) item", "\(index.rawValue) index item (seq \(seq), inode \(ino)): only regular files are in the data_seq index")
                 }
                 return true
             }

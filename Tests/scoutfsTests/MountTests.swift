@@ -79,6 +79,10 @@ import Testing
         // Limits and bad flags give the errno the kernel's xattr calls document.
         let tooBig = [UInt8](repeating: 1, count: 65537)
         #expect(tooBig.withUnsafeBytes { Sys.setxattr(m.path("x"), "user.big", $0.baseAddress, $0.count, 0) } == -1 && errno == E2BIG)
+        // 64 KiB passes the kernel's check; the original's limit is one byte less.
+        #expect(tooBig.withUnsafeBytes { Sys.setxattr(m.path("x"), "user.big", $0.baseAddress, 65536, 0) } == -1 && errno == E2BIG)
+        #expect(tooBig.withUnsafeBytes { Sys.setxattr(m.path("x"), "user.big", $0.baseAddress, 65535, 0) } == 0)
+        #expect(Sys.setxattr(m.path("x"), "user.test", nil, 0, 3 /* XATTR_CREATE | XATTR_REPLACE */) == -1 && errno == EINVAL)
         #expect(Sys.setxattr(m.path("x"), "user." + String(repeating: "n", count: 251), nil, 0, 0) == -1 && errno == ERANGE)
         #expect(Sys.setxattr(m.path("x"), "user.flags", nil, 0, 4) == -1 && errno == EINVAL)
         #expect(Sys.setxattr(m.path("x"), "user.test", nil, 0, 1 /* XATTR_CREATE */) == -1 && errno == EEXIST)
