@@ -4,13 +4,15 @@ public import SystemPackage
 extension FSCore {
     /// Entries naming `ino`, from its link backrefs, after `(dir, pos)` in (dir, pos) order.
     func referringEntries(_ ino: UInt64, after dir: UInt64, _ pos: UInt64, limit: Int) throws -> [ReferringEntry] {
-        let rec = try inode(ino)
         guard let start = pos == .max ? (dir == .max ? nil : Keys.backref(ino, dir + 1, 0)) : Keys.backref(ino, dir, pos + 1) else {
             return []
         }
-        return try range(start, Keys.backref(ino, .max, .max), limit: limit).map {
-            ReferringEntry(dir: $0.key.second, pos: $0.key.third, type: rec.direntType, name: $0.value)
-        }
+        // No entries is an empty answer, as in the original, whether the inode is unlinked
+        // (open still), never was, or is gone.
+        let found = try range(start, Keys.backref(ino, .max, .max), limit: limit)
+        guard !found.isEmpty else { return [] }
+        let rec = try inode(ino)
+        return found.map { ReferringEntry(dir: $0.key.second, pos: $0.key.third, type: rec.direntType, name: $0.value) }
     }
 
     /// The path of directory `dir` from the root, following each directory's one backref.
@@ -64,7 +66,10 @@ extension Filesystem {
         return try locked(.reads, plan, discover: { c, p in
             try c.discoverPaths(ino, after: dir, pos, limit: limit, &p)
         }) { c in
-            try c.referringEntries(ino, after: dir, pos, limit: limit).map { e in
+            let entries = try c.referringEntries(ino, after: dir, pos, limit: limit)
+            // A path of no inode is ENOENT (get-referring-entries answers nothing instead).
+            if entries.isEmpty && dir == 0 && pos == 0 { _ = try c.inode(ino) }
+            return try entries.map { e in
                 let base = try c.directoryPath(e.dir)
                 return InodePath(dir: e.dir, pos: e.pos, path: base.isEmpty ? e.name : base + [UInt8(ascii: "/")] + e.name)
             }

@@ -177,6 +177,10 @@ import Testing
         let dirIno = try Sys.stat(m.path("dir")).st_ino
         let refs = try run(["get-referring-entries", "-p", m.mnt, "\(ino)"]).stdout
         #expect(refs.hasPrefix("dir \(dirIno) pos ") && refs.hasSuffix(" type 8 name file\n"), "\(refs)")
+        // An inode no entry refers to, here one that does not exist: nothing, and success.
+        let none = try run(["get-referring-entries", "-p", m.mnt, "\(ino + 100_000)"])
+        #expect(none.status == 0 && none.stdout.isEmpty && none.stderr.isEmpty, "\(none.status) \(none.stdout) \(none.stderr)")
+        #expect(try run(["ino-path", "-p", m.mnt, "\(ino + 100_000)"]).status != 0)
 
         // statfs and bad input.
         let sf = try run(["statfs", "-p", m.mnt])
