@@ -723,9 +723,11 @@ final class FSCore {
         if waits.hasWaiters { waits.wake(ino) }
     }
 
+    /// st_blocks counts offline blocks too, as the original's does: a released file looks to
+    /// du and to tools that skip sparse files as big as it was, which it is once staged.
     func attributes(_ ino: UInt64, _ r: InodeRecord) -> Attributes {
         Attributes(ino: ino, mode: r.mode, nlink: r.nlink, uid: r.uid, gid: r.gid, rdev: r.rdev, size: r.size,
-                   blocks: (r.onlineBlocks << UInt64(Layout.dataBlockShift)) / 512,
+                   blocks: ((r.onlineBlocks &+ r.offlineBlocks) << UInt64(Layout.dataBlockShift)) / 512,
                    atime: r.atime, mtime: r.mtime, ctime: r.ctime, crtime: r.crtime,
                    dataVersion: r.dataVersion, metaSeq: r.metaSeq, dataSeq: r.dataSeq,
                    onlineBlocks: r.onlineBlocks, offlineBlocks: r.offlineBlocks)
