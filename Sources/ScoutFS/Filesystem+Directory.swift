@@ -318,7 +318,9 @@ extension FSCore {
     }
 
     /// Calls `emit` with each entry from `offset` on, as `readdir` lists them, until it returns
-    /// false; the name is lent for the call only (see `DirentRecord.withFields`).
+    /// false; the name is lent for the call only (see `DirentRecord.withFields`). Each entry's
+    /// next offset (its d_off) is the position of the entry after it, as the original's, and
+    /// one past its own for the last: so each entry is emitted once the next one is read.
     func forEachEntry(_ dir: UInt64, offset: UInt64, stream: DirectoryStream?, _ emit: DirectoryEntryVisitor) throws {
         let rec = try directory(dir)
         if let stream, offset == 0 || stream.end == 0 { stream.end = rec.nextReaddirPos }
@@ -326,14 +328,37 @@ extension FSCore {
         if offset == 0 {
             guard try Self.dot.withUnsafeBytes({ try emit(dir, rec.direntType, $0, 1) }) else { return }
         }
+        // The entry read and not yet emitted: its name is copied into one buffer, reused.
+        var pending = false
+        var (pendingIno, pendingType, lastPos) = (UInt64(0), UInt8(0), UInt64(1))
+        var pendingName: [UInt8] = []
+        pendingName.reserveCapacity(256)
+        func emitPending(next: UInt64) throws -> Bool {
+            guard pending else { return true }
+            pending = false
+            return try pendingName.withUnsafeBytes { try emit(pendingIno, pendingType, $0, next) }
+        }
         if offset <= 1 {
-            let up = try parent(of: dir) ?? dir
-            guard try Self.dotDot.withUnsafeBytes({ try emit(up, UInt8(DT_DIR), $0, 2) }) else { return }
+            (pendingIno, pendingType, pending) = (try parent(of: dir) ?? dir, UInt8(DT_DIR), true)
+            pendingName.append(contentsOf: Self.dotDot)
         }
-        guard max(offset, 2) < end else { return }
-        try scan(Keys.readdir(dir, max(offset, 2)), Keys.readdir(dir, end - 1)) { it in
-            try DirentRecord.withFields(of: it.value) { ino, type, name in try emit(ino, type, name, it.key.second + 1) }
+        var stopped = false
+        if max(offset, 2) < end {
+            try scan(Keys.readdir(dir, max(offset, 2)), Keys.readdir(dir, end - 1)) { it in
+                let pos = it.key.second
+                guard try emitPending(next: pos) else {
+                    stopped = true
+                    return false
+                }
+                try DirentRecord.withFields(of: it.value) { ino, type, name in
+                    (pendingIno, pendingType, pending, lastPos) = (ino, type, true, pos)
+                    pendingName.removeAll(keepingCapacity: true)
+                    pendingName.append(contentsOf: name)
+                }
+                return true
+            }
         }
+        if !stopped { _ = try emitPending(next: lastPos + 1) }
     }
 
     static let dot: [UInt8] = [UInt8(ascii: ".")]

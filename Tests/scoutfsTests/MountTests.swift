@@ -129,6 +129,27 @@ import Testing
     }
 
     /// readdir sees each entry exactly once while other entries come and go.
+    /// readdir(3) through the kernel: each entry's d_off is the next entry's position, gaps
+    /// left by unlinks included, as the original's, and seekdir to one goes on from there.
+    @Test func readdirOffsetsThroughTheKernelAreTheNextEntrysPosition() throws {
+        let m = try TestMount()
+        defer { m.cleanup() }
+        try m.mount()
+        try FileManager.default.createDirectory(atPath: m.path("g"), withIntermediateDirectories: false)
+        for n in ["a", "b", "c", "d", "e"] { try Sys.writeFile(m.path("g/" + n), []) }
+        #expect(unlink(m.path("g/b")) == 0 && unlink(m.path("g/d")) == 0)
+        let dir = try #require(opendir(m.path("g")))
+        var listed: [(String, Int64)] = []
+        while let e = readdir(dir) { listed.append((direntName(e), Int64(e.pointee.d_off))) }
+        #expect(listed.map(\.0) == [".", "..", "a", "c", "e"])
+        let offs = listed.map(\.1)
+        #expect(listed.count == 5 && [offs[2] - offs[1], offs[3] - offs[2], offs[4] - offs[3]] == [2, 2, 1], "\(listed)")
+        seekdir(dir, Int(offs[2]))
+        #expect(readdir(dir).map(direntName) == "c")
+        closedir(dir)
+        try m.unmount()
+    }
+
     @Test func hundredThousandEntryDirectory() throws {
         let m = try TestMount()
         defer { m.cleanup() }
