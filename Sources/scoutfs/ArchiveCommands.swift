@@ -107,6 +107,18 @@ func parseNumber(_ s: String) -> UInt64? {
     return UInt64(s)
 }
 
+/// A number argument as the original's utils read theirs (`parseNumber`): a decimal, 0x hex
+/// (`0xFFFFFFFFFFFFF000`) or 0 octal number.
+struct ScoutNumber: ExpressibleByArgument, Sendable {
+    var value: UInt64
+    init(_ value: UInt64) { self.value = value }
+    init?(argument: String) {
+        guard let v = parseNumber(argument) else { return nil }
+        value = v
+    }
+    var defaultValueDescription: String { "\(value)" }
+}
+
 func timestampString(_ t: Timestamp) -> String { String(format: "%lld.%09u", t.seconds, t.nanoseconds) }
 
 struct WalkInodesCommand: ParsableCommand {
@@ -269,7 +281,8 @@ struct ReleaseCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "release",
         abstract: "Free a file's data blocks and mark the region offline, if its data version still matches.")
-    @Option(name: [.customShort("V"), .customLong("data-version")], help: "Data version of the file (from `scoutfs stat`).") var dataVersion: UInt64
+    @Option(name: [.customShort("V"), .customLong("data-version")], help: "Data version of the file (from `scoutfs stat`).") var dataVersionNumber: ScoutNumber
+    var dataVersion: UInt64 { dataVersionNumber.value }
     @Option(name: .shortAndLong, help: "Offset (bytes or KMGTP units; 4 KiB aligned; default 0).") var offset: String = "0"
     @Option(name: .shortAndLong, help: "Length (bytes or KMGTP units; 4 KiB aligned; default: the whole file).") var length: String?
     @Flag(help: "Print JSON.") var json = false
@@ -300,7 +313,8 @@ struct StageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stage",
         abstract: "Write archived bytes back into a file's offline region without changing its data version.")
-    @Option(name: [.customShort("V"), .customLong("data-version")], help: "Data version of the file.") var dataVersion: UInt64
+    @Option(name: [.customShort("V"), .customLong("data-version")], help: "Data version of the file.") var dataVersionNumber: ScoutNumber
+    var dataVersion: UInt64 { dataVersionNumber.value }
     @Option(name: .shortAndLong, help: "Offset in the file (bytes or KMGTP units; 4 KiB aligned; default 0).") var offset: String = "0"
     @Option(name: .shortAndLong, help: "Length (bytes or KMGTP units; default: the archive file's size).") var length: String?
     @Flag(help: "Print JSON.") var json = false
@@ -351,7 +365,8 @@ struct SetattrCommand: ParsableCommand {
         abstract: "Restore a new, empty file's size, data version and times (root only), optionally as offline data.")
     @Option(name: [.customShort("t"), .customLong("ctime")], help: "Change time, SECONDS.NANOSECONDS.") var ctime: String?
     @Option(name: [.customShort("r"), .customLong("crtime")], help: "Creation time, SECONDS.NANOSECONDS.") var crtime: String?
-    @Option(name: [.customShort("V"), .customLong("data-version")], help: "Data version (not 0).") var dataVersion: UInt64?
+    @Option(name: [.customShort("V"), .customLong("data-version")], help: "Data version (not 0).") var dataVersionNumber: ScoutNumber?
+    var dataVersion: UInt64? { dataVersionNumber?.value }
     @Option(name: [.customShort("s"), .customLong("size")], help: "Size (bytes or KMGTP units); needs --data-version.") var size: String?
     @Flag(name: [.customShort("o"), .customLong("offline")], help: "Make the contents offline, not sparse; needs --size.") var offline = false
     @Flag(help: "Print JSON.") var json = false
@@ -389,8 +404,10 @@ struct SetattrCommand: ParsableCommand {
 struct DataWaitingCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "data-waiting", abstract: "List requests blocked on offline data.")
     @Option(name: .shortAndLong, help: "A path in the filesystem.") var path: String?
-    @Option(name: [.customShort("I"), .customLong("inode")], help: "List waiters after this inode number.") var inode: UInt64 = 0
-    @Option(name: [.customShort("B"), .customLong("block")], help: "…and after this block.") var block: UInt64 = 0
+    @Option(name: [.customShort("I"), .customLong("inode")], help: "List waiters after this inode number.") var inodeNumber = ScoutNumber(0)
+    var inode: UInt64 { inodeNumber.value }
+    @Option(name: [.customShort("B"), .customLong("block")], help: "…and after this block.") var blockNumber = ScoutNumber(0)
+    var block: UInt64 { blockNumber.value }
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
@@ -415,8 +432,10 @@ struct DataWaitingCommand: ParsableCommand {
 struct DataWaitErrCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "data-wait-err", abstract: "Make requests waiting on offline data fail with an error (root only).")
     @Option(name: .shortAndLong, help: "A path in the filesystem.") var path: String?
-    @Option(name: [.customShort("I"), .customLong("inode")], help: "Inode number.") var inode: UInt64
-    @Option(name: [.customShort("V"), .customLong("version")], help: "Data version (ignored, as by the original since 1.25).") var version: UInt64
+    @Option(name: [.customShort("I"), .customLong("inode")], help: "Inode number.") var inodeNumber: ScoutNumber
+    var inode: UInt64 { inodeNumber.value }
+    @Option(name: [.customShort("V"), .customLong("version")], help: "Data version (ignored, as by the original since 1.25).") var versionNumber: ScoutNumber
+    var version: UInt64 { versionNumber.value }
     @Option(name: [.customShort("F"), .customLong("offset")], help: "Offset (bytes or KMGTP units).") var offset: String
     @Option(name: [.customShort("C"), .customLong("count")], help: "Byte count (bytes or KMGTP units).") var count: String
     @Option(name: [.customShort("O"), .customLong("op")], help: "read, write or change_size.") var op: String
@@ -446,7 +465,8 @@ struct InoPathCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "ino-path", abstract: "Print every path to an inode number (root only).")
     @Option(name: .shortAndLong, help: "A path in the filesystem.") var path: String?
     @Flag(help: "Print JSON.") var json = false
-    @Argument(help: "Inode number.") var ino: UInt64
+    @Argument(help: ArgumentHelp("Inode number.", valueName: "ino")) var inoNumber: ScoutNumber
+    var ino: UInt64 { inoNumber.value }
 
     func run() throws {
         try runVerb("ino-path") {
@@ -473,7 +493,8 @@ struct GetReferringEntriesCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "get-referring-entries", abstract: "Print the directory entries that refer to an inode (root only).")
     @Option(name: .shortAndLong, help: "A path in the filesystem.") var path: String?
     @Flag(help: "Print JSON.") var json = false
-    @Argument(help: "Inode number.") var ino: UInt64
+    @Argument(help: ArgumentHelp("Inode number.", valueName: "ino")) var inoNumber: ScoutNumber
+    var ino: UInt64 { inoNumber.value }
 
     func run() throws {
         try runVerb("get-referring-entries") {

@@ -177,6 +177,11 @@ import Testing
         let dirIno = try Sys.stat(m.path("dir")).st_ino
         let refs = try run(["get-referring-entries", "-p", m.mnt, "\(ino)"]).stdout
         #expect(refs.hasPrefix("dir \(dirIno) pos ") && refs.hasSuffix(" type 8 name file\n"), "\(refs)")
+        // Numbers as the original's utils read them: 0x hex and 0 octal too.
+        #expect(try run(["get-referring-entries", "-p", m.mnt, "0x" + String(UInt64(ino), radix: 16)]).stdout == refs)
+        #expect(try run(["ino-path", "-p", m.mnt, "0" + String(UInt64(ino), radix: 8)]).stdout == "dir/file\n")
+        #expect(try run(["data-waiting", "-p", m.mnt, "-I", "0x0", "-B", "0"]).status == 0)
+        #expect(try run(["ino-path", "-p", m.mnt, "0xZZ"]).status != 0)
         // An inode no entry refers to, here one that does not exist: nothing, and success.
         let none = try run(["get-referring-entries", "-p", m.mnt, "\(ino + 100_000)"])
         #expect(none.status == 0 && none.stdout.isEmpty && none.stderr.isEmpty, "\(none.status) \(none.stdout) \(none.stderr)")
