@@ -41,22 +41,17 @@ public final class LocalCluster: ClusterHost, Sendable {
     /// Runs the server's merges of log trees past the threshold, beside the clients.
     let merger: LogMerger
     /// Where the merge thread reports failures: the log of the first client that joined.
-    let mergeReports = ReportSink()
+    let mergeReports = Hook<String>()
     /// Told, with its id, of each node given up and reclaimed (`whenNodeReclaimed`).
-    private let reclaimed = NodeReclaimHook()
+    private let reclaimed = Hook<UInt64>()
 
-    /// Where news of a reclaimed node goes, set at any time (one target).
-    public final class NodeReclaimHook: Sendable {
-        private let target = Mutex<Callback<UInt64, Void>?>(nil)
+    /// One target for news, set at any time; news before it is set goes nowhere.
+    public final class Hook<Argument>: Sendable {
+        private let target = Mutex<Callback<Argument, Void>?>(nil)
         public init() {}
-        public func set(_ body: @escaping @Sendable (UInt64) -> Void) { target.withLock { $0 = Callback(body) } }
-        public func call(_ rid: UInt64) { target.withLock { $0 }?.call(rid) }
-    }
-
-    final class ReportSink: Sendable {
-        private let target = Mutex<Callback<String, Void>?>(nil)
-        func setIfUnset(_ t: @escaping @Sendable (String) -> Void) { target.withLock { if $0 == nil { $0 = Callback(t) } } }
-        func report(_ message: String) { target.withLock { $0 }?.call(message) }
+        public func set(_ body: @escaping @Sendable (Argument) -> Void) { target.withLock { $0 = Callback(body) } }
+        func setIfUnset(_ body: @escaping @Sendable (Argument) -> Void) { target.withLock { if $0 == nil { $0 = Callback(body) } } }
+        public func call(_ news: Argument) { target.withLock { $0 }?.call(news) }
     }
 
     /// What the merge thread reaches: only ever with the store lock held.
@@ -123,7 +118,7 @@ public final class LocalCluster: ClusterHost, Sendable {
         self.takeover = takeover
         server = LocalServer(store: store, mergeThreshold: mergeThreshold)
         let reports = mergeReports
-        server.report = { reports.report($0) }
+        server.report = { reports.call($0) }
         self.several = several
         layout = store.superblock
         let net = InMemoryLockNetwork(immediate: true)
@@ -154,7 +149,7 @@ public final class LocalCluster: ClusterHost, Sendable {
                 recordLocks.clientGone(c.rid)
                 try work.storeLock.withLock(work.store) { try work.server.recoverLogTree(rid: c.rid) }
                 told.call(c.rid)
-            }, log: { sink.report($0) })
+            }, log: { sink.call($0) })
             r.expect(nodes) { takeover.isGone(FenceRequest(recovering: $0)) }
             try r.start()
             recovery = r
@@ -170,7 +165,7 @@ public final class LocalCluster: ClusterHost, Sendable {
             // A client that left has no commits to keep out; a live one's wait for the step.
             guard let client = members.items(rid) else { return try step() }
             return try client.withLogTurn(step)
-        }, report: { sink.report($0) })
+        }, report: { sink.call($0) })
         // Weak: the merge thread's work holds the server, which holds this closure.
         server.onMergeWanted = { [weak merger] in merger?.wakeUp() }
         try merger.start()
@@ -306,7 +301,7 @@ public final class LocalCluster: ClusterHost, Sendable {
         do {
             try storeLock.withLock(store) { try server.forget(rid: id) }
         } catch {
-            mergeReports.report("warning: removing the empty log tree record of client \(String(id, radix: 16)), which left, failed: \(error); the next server start removes it")
+            mergeReports.call("warning: removing the empty log tree record of client \(String(id, radix: 16)), which left, failed: \(error); the next server start removes it")
         }
     }
 

@@ -42,13 +42,13 @@ public struct FenceRequest: Sendable, Equatable, CustomStringConvertible {
         self.reason = reason
     }
 
-    /// The request for a quorum slot from its quorum block.
     /// A node the mounted-clients tree records, fenced so that what it left is reclaimed.
     public init(recovering c: MountedClient) {
         self.init(rid: c.rid, slot: c.slot, host: c.host, bootID: c.bootID, pid: c.pid, mountedAt: c.mountedAt,
                   address: c.address, reason: .clientRecovery)
     }
 
+    /// The request for a quorum slot from its quorum block.
     public init(slot: Int, block b: QuorumBlock, rid: UInt64, address: String, reason: Reason) {
         self.init(rid: rid, slot: slot, host: b.host, bootID: b.bootID, pid: b.pid, mountedAt: b.mountedAt, address: address, reason: reason)
     }

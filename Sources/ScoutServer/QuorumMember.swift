@@ -178,7 +178,6 @@ public final class QuorumMember: Sendable {
         }
     }
 
-
     /// Runs posted closures one at a time on a thread of its own.
     final class EventQueue: Sendable {
         private let queue = Mutex<(items: [Callback<Void, Void>], finished: Bool)>(([], false))

@@ -531,7 +531,8 @@ struct GetFiemapCommand: ParsableCommand {
         try runVerb("get-fiemap") {
             let t = try ControlTarget.open(file)
             defer { t.close() }
-            let unit: UInt64 = byte ? 1 : 4096
+            let block = UInt64(Layout.dataBlockSize)
+            let unit: UInt64 = byte ? 1 : block
             var nr = 0
             var written = 0
             var rows: [FiemapRow] = []
@@ -553,7 +554,7 @@ struct GetFiemapCommand: ParsableCommand {
                     if e.flags & FiemapExtent.unwritten == 0 { written += 1 }
                 }
                 guard !end, let last = es.last else { break }
-                from = (last.logical + last.length) / 4096
+                from = (last.logical + last.length) / block
             }
             if json {
                 try printJSON(FiemapJSON(entries: nr, extents: written, map: rows))

@@ -82,7 +82,7 @@ final class MountLeadership: Sendable {
     let onServing: @Sendable (Bool) -> Void
     private let state = Mutex(State())
     /// Told of each node a server of this mount reclaimed (`LocalCluster.whenNodeReclaimed`).
-    private let reclaimed = LocalCluster.NodeReclaimHook()
+    private let reclaimed = LocalCluster.Hook<UInt64>()
     private let member = Mutex<QuorumMember?>(nil)
     private let wake = Parker()
 

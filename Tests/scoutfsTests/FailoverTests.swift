@@ -36,6 +36,18 @@ enum Failover {
         return (agent, requests)
     }
 
+    /// Unmounts `mounts`, the server's last (the last quorum mounts leave together), then
+    /// checks the devices, expecting them clean (`context` leads the failure's message).
+    @discardableResult
+    static func unmountAndCheck(_ m: TestMount, _ mounts: [String], server: String?, context: String = "",
+                                sourceLocation: SourceLocation = #_sourceLocation) throws -> CLI.Result {
+        for s in mounts where s != server { try m.unmountNode(s) }
+        if let server, mounts.contains(server) { try m.unmountNode(server) }
+        let ck = try m.check()
+        #expect(ck.status == 0, "\(context)\(ck.stdout)", sourceLocation: sourceLocation)
+        return ck
+    }
+
     /// The mount whose daemon runs the server now, if one does.
     static func server(of mounts: [String]) -> String? {
         mounts.first { status($0)?["role"] as? String == "server" }
@@ -125,9 +137,7 @@ extension MountTests {
         #expect(newLog.contains("fenced client 1") || newLog.contains("fenced client 2") || newLog.contains("fenced client 3"), "the new server did not fence the old one:\n\(newLog)")
 
         // The non-server survivor first: the last two quorum mounts leave together.
-        for s in survivors.sorted(by: { a, _ in a != newServer }) { try m.unmountNode(s) }
-        let ck = try m.check()
-        #expect(ck.status == 0, "\(ck.stdout)")
+        try Failover.unmountAndCheck(m, survivors, server: newServer)
     }
 
     /// SIGKILL of a node holding a write lock: the server sees its process gone, fences it
@@ -167,9 +177,7 @@ extension MountTests {
         let back = try m.mountNode(URL(fileURLWithPath: others[0]).lastPathComponent + "2", slot: mounts.firstIndex(of: others[0])!,
                                    ["--recovery-timeout", "10"])
         #expect(try Sys.readFile(back + "/d/after") == [3])
-        for s in [back, others[1], server] { try m.unmountNode(s) }
-        let ck = try m.check()
-        #expect(ck.status == 0, "\(ck.stdout)")
+        try Failover.unmountAndCheck(m, [back, others[1], server], server: server)
     }
 
     /// Rounds of a random victim (the server or a node) killed at a random moment of a load
@@ -218,10 +226,8 @@ extension MountTests {
                 lost += 1
                 Issue.record("round \(round): \(path) lost or damaged")
             }
-            let server = Failover.server(of: survivors)
-            for s in survivors.sorted(by: { a, _ in a != server }) { try m.unmountNode(s) }
-            let ck = try m.check()
-            #expect(ck.status == 0, "round \(round) (victim \(victim), server: \(wasServer)): \(ck.stdout)")
+            let ck = try Failover.unmountAndCheck(m, survivors, server: Failover.server(of: survivors),
+                                                  context: "round \(round) (victim \(victim), server: \(wasServer)): ")
             done += 1
             if ck.status != 0 { break }
         }
@@ -290,11 +296,7 @@ extension MountTests {
         #expect(try Sys.readFile(c2 + "/d/before") == Array("fsynced before the cut".utf8))
         #expect(try Sys.readFile(c2 + "/d/after") == Array("written once c was fenced".utf8))
         #expect(!FileManager.default.fileExists(atPath: c2 + "/d/cut-off"), "what the fenced node wrote after the cut reached the devices")
-        try m.unmountNode(c2)
-        try m.unmountNode(b)
-        try m.unmountNode(a)
-        let ck = try m.check()
-        #expect(ck.status == 0, "\(ck.stdout)")
+        try Failover.unmountAndCheck(m, [c2, b, a], server: a)
     }
 
     /// SIGKILL of the server in the middle of merging a node's log tree (the merge of a big
@@ -356,9 +358,7 @@ extension MountTests {
             }
         }
         print("failover: server killed while merging a node's log tree after \(n) files; the new server finished the merge")
-        for s in survivors.sorted(by: { a, _ in a != newServer }) { try m.unmountNode(s) }
-        let ck = try m.check()
-        #expect(ck.status == 0, "\(ck.stdout)")
+        try Failover.unmountAndCheck(m, survivors, server: newServer)
     }
 
     /// Record locks outlive the server that granted them: a node holding an flock and a POSIX
@@ -373,11 +373,8 @@ extension MountTests {
         let nodes = mounts.filter { $0 != server }
         let (holderNode, other) = (nodes[0], nodes[1])
         try Failover.writeSynced(holderNode + "/lockfile", Array("locked".utf8))
-        let tryLock = { (path: String, mode: String) throws -> Int32 in
-            try CLI.runTool("/usr/bin/flock", ["-n", mode, path, "true"]).status
-        }
         let holder = try MountTests.Background("/usr/bin/flock", ["-o", "-x", holderNode + "/lockfile", "cat"])
-        #expect(try eventually(every: 0.02) { try tryLock(other + "/lockfile", "-s") == 1 }, "the flock was never taken")
+        #expect(try eventually(every: 0.02) { try MountTests.tryFlock(other + "/lockfile", "-s") == 1 }, "the flock was never taken")
         let fdH = open(holderNode + "/lockfile", O_RDWR), fdO = open(other + "/lockfile", O_RDWR)
         #expect(fdH >= 0 && fdO >= 0)
         var w = Sys.byteRange(F_WRLCK, start: 0, length: 100)
@@ -385,7 +382,7 @@ extension MountTests {
 
         m.killNode(server)
         // Asked during the takeover, answered once the new server knows the locks.
-        #expect(try tryLock(other + "/lockfile", "-x") == 1, "the other node took an flock a node held across the takeover")
+        #expect(try MountTests.tryFlock(other + "/lockfile", "-x") == 1, "the other node took an flock a node held across the takeover")
         var r = Sys.byteRange(F_RDLCK, start: 50, length: 1)
         #expect(fcntl(fdO, F_SETLK, &r) == -1 && (errno == EAGAIN || errno == EACCES), "the other node read-locked a byte held for writing across the takeover")
         var probe = r
@@ -399,16 +396,14 @@ extension MountTests {
         // The holder lets go: the other node gets both.
         try holder.input.fileHandleForWriting.close()
         #expect(holder.ended(within: 5))
-        #expect(try eventually(every: 0.05) { try tryLock(other + "/lockfile", "-x") == 0 }, "the flock outlived its holder after the takeover")
+        #expect(try eventually(every: 0.05) { try MountTests.tryFlock(other + "/lockfile", "-x") == 0 }, "the flock outlived its holder after the takeover")
         close(fdH)
         r.l_start = 50
         #expect(eventually(every: 0.05) { fcntl(fdO, F_SETLK, &r) == 0 }, "the POSIX lock outlived its holder's close after the takeover")
         close(fdO)
 
         let newServer = Failover.server(of: nodes)
-        for s in nodes.sorted(by: { a, _ in a != newServer }) { try m.unmountNode(s) }
-        let ck = try m.check()
-        #expect(ck.status == 0, "\(ck.stdout)")
+        try Failover.unmountAndCheck(m, nodes, server: newServer)
     }
 
     /// Three slots, each in a network namespace of its own. The server's link is cut: hearing
@@ -469,8 +464,6 @@ extension MountTests {
         #expect(try Sys.readFile(back + "/d/after") == Array("written by the majority".utf8))
         #expect(try Sys.readFile(back + "/d/later") == [2])
         #expect(!FileManager.default.fileExists(atPath: back + "/d/cut-off"))
-        for s in ([back] + survivors).sorted(by: { a, _ in a != newServer }) { try m.unmountNode(s) }
-        let ck = try m.check()
-        #expect(ck.status == 0, "\(ck.stdout)")
+        try Failover.unmountAndCheck(m, [back] + survivors, server: newServer)
     }
 }

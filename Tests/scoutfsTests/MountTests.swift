@@ -492,6 +492,11 @@ import Testing
         #expect(ck.status == 0, "\(ck.stdout)")
     }
 
+    /// flock(1) without waiting, `mode` -s or -x: 0 when it took the lock, 1 when another held it.
+    static func tryFlock(_ path: String, _ mode: String) throws -> Int32 {
+        try CLI.runTool("/usr/bin/flock", ["-n", mode, path, "true"]).status
+    }
+
     /// A tool left running in the background, holding a lock until its input closes.
     struct Background {
         let process = Process()
@@ -523,16 +528,13 @@ import Testing
         let b = try m.mountNode("b", slot: 1)
         let onA = m.path("lockfile"), onB = b + "/lockfile"
         try Sys.writeFile(onA, Array("locked".utf8))
-        let tryLock = { (path: String, mode: String) throws -> Int32 in
-            try CLI.runTool("/usr/bin/flock", ["-n", mode, path, "true"]).status
-        }
 
         // A holds the file exclusively (flock's own process holds it: -o), until its input ends.
         let holder = try Background("/usr/bin/flock", ["-o", "-x", onA, "cat"])
-        let held = try eventually(every: 0.02) { try tryLock(onB, "-s") == 1 }
+        let held = try eventually(every: 0.02) { try Self.tryFlock(onB, "-s") == 1 }
         #expect(held, "b took a shared flock while a held it exclusively")
-        #expect(try tryLock(onA, "-s") == 1, "a second open file on a took a shared flock beside the exclusive one")
-        #expect(try tryLock(onB, "-x") == 1)
+        #expect(try Self.tryFlock(onA, "-s") == 1, "a second open file on a took a shared flock beside the exclusive one")
+        #expect(try Self.tryFlock(onB, "-x") == 1)
 
         // A waiter on B that is killed while it waits takes nothing with it.
         let killed = try Background("/usr/bin/flock", ["-x", onB, "true"])
@@ -546,8 +548,8 @@ import Testing
         #expect(holder.ended(within: 5))
         #expect(waiter.ended(within: 5), "b's waiter did not get the lock once a let it go")
         #expect(waiter.process.terminationStatus == 0)
-        #expect(try tryLock(onA, "-x") == 0, "a lock outlived its holder")
-        #expect(try tryLock(onB, "-x") == 0)
+        #expect(try Self.tryFlock(onA, "-x") == 0, "a lock outlived its holder")
+        #expect(try Self.tryFlock(onB, "-x") == 0)
 
         // POSIX record locks: bytes 0-99 held for writing through A.
         let fdA = open(onA, O_RDWR), fdB = open(onB, O_RDWR)
