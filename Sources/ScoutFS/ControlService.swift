@@ -36,7 +36,7 @@ public final class ControlService: Sendable {
     }
 
     /// The request handler for `ControlServer`.
-    public func handle(_ body: [UInt8], file: Int32?, peer: PeerCredentials) -> [UInt8] {
+    public func handle(_ body: [UInt8], files: [Int32], peer: PeerCredentials) -> [UInt8] {
         let request: ControlRequest
         do {
             request = try ControlRequest(decoding: body)
@@ -44,7 +44,7 @@ public final class ControlService: Sendable {
             return ControlReply.failure(errno: EINVAL, message: "malformed control request: \(error)").encoded
         }
         do {
-            return try answer(request, file: file, peer: peer).encoded
+            return try answer(request, files: files, peer: peer).encoded
         } catch let e as ArchiveError {
             return ControlReply.failure(errno: e.errno.rawValue, message: e.description).encoded
         } catch let e as Errno {
@@ -87,8 +87,8 @@ public final class ControlService: Sendable {
 
     private func limit(_ n: UInt32) -> Int { n == 0 ? Self.pageLimit : min(Int(n), Self.pageLimit) }
 
-    private func answer(_ request: ControlRequest, file: Int32?, peer: PeerCredentials) throws -> ControlReply {
-        let f = try openFile(file)
+    private func answer(_ request: ControlRequest, files: [Int32], peer: PeerCredentials) throws -> ControlReply {
+        let f = try openFile(files.first)
         switch request {
         case let .walkInodes(index, fs0, fi, ls, li, n):
             guard index <= 1 else { throw ArchiveError(.invalidArgument, "unknown index \(index); 0 is meta_seq, 1 data_seq") }
@@ -148,6 +148,36 @@ public final class ControlService: Sendable {
             return .count(fs.committedSeq)
         case .clusterStatus:
             return .clusterStatus(fs.clusterStatus)
+        case let .punchOffline(v, off, len):
+            guard f.writable else { throw ArchiveError(.invalidArgument, "punch-offline needs the file open for writing") }
+            try fs.punchOffline(f.ino, dataVersion: v, offset: off, length: len)
+            // Offline blocks were never in the page cache: only the attributes changed.
+            invalidate(f.ino, nil)
+            return .done
+        case let .moveBlocks(fromOff, len, toOff, v, stage):
+            guard files.count == 2 else {
+                throw ArchiveError(.badFileDescriptor, "move-blocks needs the file the blocks come from sent as a second descriptor")
+            }
+            let src = try openFile(files[1])
+            guard f.writable, src.writable else { throw ArchiveError(.badFileDescriptor, "move-blocks needs both files open for writing") }
+            try fs.moveBlocks(from: src.ino, fromOffset: fromOff, length: len, to: f.ino, toOffset: toOff, stage: stage, dataVersion: v)
+            // Both files' bytes changed in those regions: the kernel must read them again. A
+            // staged region was offline, so (as for stage) only its attributes are dropped:
+            // readers waiting for it hold its pages locked.
+            invalidate(src.ino, fromOff..<(fromOff &+ len < fromOff ? .max : fromOff + len))
+            invalidate(f.ino, stage ? nil : toOff..<(toOff &+ len < toOff ? .max : toOff + len))
+            return .done
+        case let .getAttrX(mask):
+            return .attrX(try fs.getAttrX(f.ino, mask: mask))
+        case let .setAttrX(x):
+            // The original keeps every set to CAP_SYS_ADMIN.
+            try requireRoot(peer, "set-attr-x")
+            try fs.setAttrX(f.ino, x)
+            invalidate(f.ino, nil)
+            return .done
+        case let .readXattrIndex(first, last, n):
+            try requireRoot(peer, "read-xattr-index")
+            return .indexEntries(try fs.xattrIndex(from: first, through: last, limit: limit(n)))
         }
     }
 }

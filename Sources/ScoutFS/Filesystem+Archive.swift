@@ -183,6 +183,199 @@ extension FSCore {
         return data.count
     }
 
+    /// Turns the offline extents of `[offset, offset + length)` into holes (the original's
+    /// PUNCH_OFFLINE, for archive agents that restore sparse files): a region holding a mapped
+    /// block is refused whole, before anything changes. Size, data_version and times stay; the
+    /// file's size is not looked at.
+    func punchOffline(_ ino: UInt64, version: UInt64, offset: UInt64, length: UInt64) throws {
+        guard length > 0 else { return }
+        let (end, overflow) = offset.addingReportingOverflow(length - 1)
+        guard !overflow, offset % blockSize == 0, length % blockSize == 0 else {
+            throw ArchiveError(.overflow, "punch-offline: offset \(offset) and length \(length) must be multiples of \(blockSize) and end within 2^64 bytes")
+        }
+        var rec = try archiveFile(ino, "punch-offline")
+        try checkVersion(rec, version, "punch-offline")
+        if rec.isRetained { throw ArchiveError(.notPermitted, "punch-offline: the file is retained; clear its retention flag first (set-attr-x -t 0)") }
+        let first = offset / blockSize
+        let last = end / blockSize
+        var mapped: UInt64?
+        try forEachExtent(ino, from: first, through: last) { _, start, fe in
+            if !fe.flags.contains(.offline) { mapped = max(start, first) }
+            return mapped == nil
+        }
+        if let mapped {
+            throw ArchiveError(.invalidArgument, "punch-offline: block \(mapped) of the region is allocated (online or unwritten); only offline extents can be punched")
+        }
+        let cut = try cutExtents(ino, from: first, through: last)
+        guard cut.offline > 0 else { return }
+        rec.offlineBlocks -= min(rec.offlineBlocks, cut.offline)
+        try putInode(ino, &rec)
+    }
+
+    /// Moves the data extents of `[fromOffset, fromOffset + length)` of `from` to `toOffset` of
+    /// `to` without copying a byte (the original's MOVE_BLOCKS): the blocks change owner.
+    /// Offsets and length are 4 KiB multiples, except a length that ends at `from`'s size;
+    /// only blocks within `from`'s size move, and `to` grows to cover them (keeping a final
+    /// partial block partial). Without `stage` neither file may have offline data and no
+    /// moved block may land on one `to` has; with it, every moved block must land on an offline
+    /// block of `to`, whose data version must be `version`, and `to` keeps its data version
+    /// and times. Checked whole before anything changes, so a refusal leaves both files as
+    /// they were.
+    func moveBlocks(from: UInt64, fromOffset: UInt64, length: UInt64, to: UInt64, toOffset: UInt64,
+                    stage: Bool, version: UInt64) throws {
+        guard length > 0 else { return }
+        guard !fromOffset.addingReportingOverflow(length - 1).overflow, !toOffset.addingReportingOverflow(length - 1).overflow else {
+            throw ArchiveError(.overflow, "move-blocks: offset + length runs past 2^64 bytes (from offset \(fromOffset), to offset \(toOffset), length \(length))")
+        }
+        guard from != to else { throw ArchiveError(.invalidArgument, "move-blocks: the source and destination are the same file") }
+        var src = try inode(from)
+        var dst = try inode(to)
+        if !stage && dst.isRetained {
+            throw ArchiveError(.notPermitted, "move-blocks: the destination is retained; clear its retention flag first (set-attr-x -t 0)")
+        }
+        guard fromOffset % blockSize == 0, toOffset % blockSize == 0,
+              length % blockSize == 0 || fromOffset + length == src.size else {
+            throw ArchiveError(.invalidArgument, "move-blocks: offsets and length must be multiples of \(blockSize) (the length may instead end at the source's size, \(src.size))")
+        }
+        guard !src.isDirectory, !dst.isDirectory else { throw ArchiveError(.isDirectory, "move-blocks: a directory has no blocks to move") }
+        guard src.isRegular, dst.isRegular else { throw ArchiveError(.invalidArgument, "move-blocks: both files must be regular files") }
+        if stage { try checkVersion(dst, version, "move-blocks") }
+        guard fromOffset < src.size else { return }
+        guard src.offlineBlocks == 0, stage || dst.offlineBlocks == 0 else {
+            throw ArchiveError(.noData, "move-blocks: \(src.offlineBlocks > 0 ? "the source" : "the destination") has offline (released) data; stage it first")
+        }
+        let firstBlock = fromOffset / blockSize
+        let count = (min(length, src.size - fromOffset) + blockSize - 1) / blockSize
+        let lastBlock = firstBlock + count - 1
+        let shift = { (b: UInt64) in b - firstBlock + toOffset / blockSize }
+
+        // The runs to move, clipped to the region.
+        var runs: [(start: UInt64, length: UInt64, extent: FileExtent)] = []
+        try forEachExtent(from, from: firstBlock, through: lastBlock) { key, start, fe in
+            let s = max(start, firstBlock)
+            let e = min(start + key.third, lastBlock + 1)
+            runs.append((s, e - s, FileExtent(blkno: fe.blkno + (s - start), flags: fe.flags)))
+            return true
+        }
+        guard !runs.isEmpty else { return }
+        for run in runs {
+            let d0 = shift(run.start)
+            let d1 = d0 + run.length - 1
+            var covered: UInt64 = 0
+            var clash = false
+            try forEachExtent(to, from: d0, through: d1) { key, start, fe in
+                if stage && fe.flags.contains(.offline) {
+                    covered += min(start + key.third, d1 + 1) - max(start, d0)
+                    return true
+                }
+                clash = true
+                return false
+            }
+            if stage && (clash || covered != run.length) {
+                throw ArchiveError(.invalidArgument, "move-blocks: destination blocks \(d0)...\(d1) are not all offline; staging moves blocks only into released regions")
+            }
+            if !stage && clash {
+                throw ArchiveError(.invalidArgument, "move-blocks: destination blocks \(d0)...\(d1) already hold data; blocks are moved only into holes")
+            }
+        }
+
+        var moved: UInt64 = 0
+        for run in runs {
+            let d0 = shift(run.start)
+            try detachExtents(from, from: run.start, through: run.start + run.length - 1)
+            if stage { _ = try cutExtents(to, from: d0, through: d0 + run.length - 1) }
+            try put(Keys.extent(to, last: d0 + run.length - 1, length: run.length), run.extent.encoded)
+            moved += run.length
+            let dstEnd = (d0 + run.length) * blockSize
+            if dstEnd > dst.size {
+                // A moved final partial block stays partial.
+                let srcEnd = (run.start + run.length) * blockSize
+                dst.size = dstEnd - (srcEnd > src.size ? srcEnd - src.size : 0)
+            }
+        }
+        let now = Timestamp.now
+        src.onlineBlocks -= min(src.onlineBlocks, moved)
+        src.mtime = now
+        src.ctime = now
+        src.dataVersion = try src.dataVersion.adding(1, "data version of inode \(from)")
+        try markDataChanged(from, &src)
+        dst.onlineBlocks = try dst.onlineBlocks.adding(moved, "online block count of inode \(to)")
+        if stage {
+            dst.offlineBlocks -= min(dst.offlineBlocks, moved)
+        } else {
+            dst.mtime = now
+            dst.ctime = now
+            dst.dataVersion = try dst.dataVersion.adding(1, "data version of inode \(to)")
+            try markDataChanged(to, &dst)
+        }
+        try putInode(from, &src)
+        try putInode(to, &dst)
+    }
+
+    /// Removes the mapped extents of logical blocks `[first, last]` without freeing their
+    /// blocks (they are about to belong to another file), keeping the parts outside.
+    func detachExtents(_ ino: UInt64, from first: UInt64, through last: UInt64) throws {
+        for e in try extents(ino, from: first, through: last) {
+            try removeExtent(ino, e)
+            if e.start < first { try putExtent(ino, MappedExtent(start: e.start, length: first - e.start, blkno: e.blkno)) }
+            if last + 1 < e.end {
+                try putExtent(ino, MappedExtent(start: last + 1, length: e.end - last - 1, blkno: e.blkno + (last + 1 - e.start)))
+            }
+        }
+    }
+
+    /// The original's SET_ATTR_X: every change is checked before any is made. Size and data
+    /// version only on a new, never written regular file (a non-zero size needs a non-zero
+    /// version; `sizeOffline` makes 0..<size one offline region); the retention bit only on
+    /// regular files; a retained file refuses everything unless the call clears the bit.
+    /// meta_seq, data_seq and the block counts are the filesystem's own and are not set.
+    func setAttrX(_ ino: UInt64, _ x: InodeAttrX) throws {
+        guard x.mask & ~InodeAttrX.knownMask == 0, x.flags & ~InodeAttrX.sizeOffline == 0 else {
+            throw ArchiveError(.invalidArgument, "set-attr-x: unknown attribute bits \(hex(x.mask & ~InodeAttrX.knownMask)) or flags \(hex(x.flags & ~InodeAttrX.sizeOffline))")
+        }
+        guard x.mask != 0 else { return }
+        var rec = try inode(ino)
+        let setsSize = x.mask & InodeAttrX.sizeMask != 0
+        let setsVersion = x.mask & InodeAttrX.dataVersionMask != 0
+        let setsRetention = x.mask & InodeAttrX.retentionMask != 0
+        if setsVersion && x.dataVersion == 0 { throw ArchiveError(.invalidArgument, "set-attr-x: a data version must not be 0") }
+        if (setsSize || setsVersion) && (!rec.isRegular || rec.dataVersion != 0) {
+            throw ArchiveError(.invalidArgument, "set-attr-x: size and data version can only be set on a new, never written regular file")
+        }
+        if setsSize && x.size > 0 && !setsVersion {
+            throw ArchiveError(.invalidArgument, "set-attr-x: a non-zero size needs a non-zero data version")
+        }
+        let offline = x.flags & InodeAttrX.sizeOffline != 0
+        if offline && (!setsSize || x.size == 0) {
+            throw ArchiveError(.invalidArgument, "set-attr-x: offline needs a non-zero size")
+        }
+        if setsRetention && !rec.isRegular { throw ArchiveError(.invalidArgument, "set-attr-x: only regular files can be retained") }
+        if rec.isRetained && !(setsRetention && x.bits & InodeAttrX.retentionBit == 0) {
+            throw ArchiveError(.notPermitted, "set-attr-x: the file is retained; a change must clear its retention flag too (-t 0)")
+        }
+        if setsSize && x.size > UInt64(Int64.max) { throw ArchiveError(.fileTooLarge, "set-attr-x: size \(x.size) is too large") }
+        if offline {
+            guard rec.onlineBlocks == 0 && rec.offlineBlocks == 0 else {
+                throw ArchiveError(.invalidArgument, "set-attr-x: offline needs a file with no blocks")
+            }
+            let blocks = (x.size + blockSize - 1) / blockSize
+            try putOfflineExtent(ino, from: 0, through: blocks - 1)
+            rec.offlineBlocks = blocks
+        }
+        if setsVersion {
+            rec.dataVersion = x.dataVersion
+            try markDataChanged(ino, &rec)
+        }
+        if setsSize { rec.size = x.size }
+        if x.mask & InodeAttrX.ctimeMask != 0 { rec.ctime = x.ctime }
+        if x.mask & InodeAttrX.crtimeMask != 0 { rec.crtime = x.crtime }
+        if setsRetention {
+            rec.flags = x.bits & InodeAttrX.retentionBit != 0 ? rec.flags | InodeRecord.Flags.retention : rec.flags & ~InodeRecord.Flags.retention
+        }
+        if x.mask & InodeAttrX.projectIDMask != 0 { rec.projectID = x.projectID }
+        try putInode(ino, &rec)
+    }
+
     /// Restores a new, never written file's metadata (root only): size, data_version, times;
     /// with `offline`, the whole size as one offline region to be staged later.
     func setattrMore(_ ino: UInt64, _ s: SetattrMore) throws {
@@ -216,11 +409,11 @@ extension FSCore {
 }
 
 extension Filesystem {
-    /// Runs an archive operation, passing its reason along with the errno.
-    func archive<T>(_ space: SpaceUse, _ ino: UInt64, _ body: (FSCore) throws -> T) throws(ArchiveError) -> T {
+    /// Runs an archive operation on `inos` (write-locked), passing its reason along with the errno.
+    func archive<T>(_ space: SpaceUse, _ inos: UInt64..., body: (FSCore) throws -> T) throws(ArchiveError) -> T {
         var reason: ArchiveError?
         var plan = LockPlan()
-        plan.write(ino)
+        for ino in inos { plan.write(ino) }
         do {
             return try locked(space, plan) { c in
                 do {
@@ -246,6 +439,51 @@ extension Filesystem {
 
     public func setattrMore(_ ino: UInt64, _ s: SetattrMore) throws(ArchiveError) {
         try archive(.grows, ino) { try $0.setattrMore(ino, s) }
+    }
+
+    public func punchOffline(_ ino: UInt64, dataVersion: UInt64, offset: UInt64, length: UInt64) throws(ArchiveError) {
+        try archive(.frees, ino) { try $0.punchOffline(ino, version: dataVersion, offset: offset, length: length) }
+    }
+
+    /// Moves `from`'s data extents into `to` (see `FSCore.moveBlocks`).
+    public func moveBlocks(from: UInt64, fromOffset: UInt64, length: UInt64, to: UInt64, toOffset: UInt64,
+                           stage: Bool = false, dataVersion: UInt64 = 0) throws(ArchiveError) {
+        try archive(.grows, from, to) {
+            try $0.moveBlocks(from: from, fromOffset: fromOffset, length: length, to: to, toOffset: toOffset,
+                              stage: stage, version: dataVersion)
+        }
+    }
+
+    public func setAttrX(_ ino: UInt64, _ x: InodeAttrX) throws(ArchiveError) {
+        try archive(.grows, ino) { try $0.setAttrX(ino, x) }
+    }
+
+    /// The fields `mask` names (the original's GET_ATTR_X); unknown bits are EINVAL.
+    public func getAttrX(_ ino: UInt64, mask: UInt64) throws(ArchiveError) -> InodeAttrX {
+        guard mask & ~InodeAttrX.knownMask == 0 else {
+            throw ArchiveError(.invalidArgument, "get-attr-x: unknown attribute bits \(hex(mask & ~InodeAttrX.knownMask))")
+        }
+        var plan = LockPlan()
+        plan.read(ino)
+        let r: InodeRecord
+        do {
+            r = try locked(.reads, plan) { try $0.inode(ino) }
+        } catch {
+            throw ArchiveError(error, "get-attr-x: \(error)")
+        }
+        var x = InodeAttrX(mask: mask)
+        func has(_ m: UInt64) -> Bool { mask & m != 0 }
+        if has(InodeAttrX.metaSeqMask) { x.metaSeq = r.metaSeq }
+        if has(InodeAttrX.dataSeqMask) { x.dataSeq = r.dataSeq }
+        if has(InodeAttrX.dataVersionMask) { x.dataVersion = r.dataVersion }
+        if has(InodeAttrX.onlineBlocksMask) { x.onlineBlocks = r.onlineBlocks }
+        if has(InodeAttrX.offlineBlocksMask) { x.offlineBlocks = r.offlineBlocks }
+        if has(InodeAttrX.ctimeMask) { x.ctime = r.ctime }
+        if has(InodeAttrX.crtimeMask) { x.crtime = r.crtime }
+        if has(InodeAttrX.sizeMask) { x.size = r.size }
+        if has(InodeAttrX.retentionMask) && r.isRetained { x.bits |= InodeAttrX.retentionBit }
+        if has(InodeAttrX.projectIDMask) { x.projectID = r.projectID }
+        return x
     }
 
     public func statMore(_ ino: UInt64) throws(Errno) -> InodeStatMore {

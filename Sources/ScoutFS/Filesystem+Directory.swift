@@ -133,6 +133,8 @@ extension FSCore {
             if rec.isDirectory { rec.mode |= UInt32(S_ISGID) }
         }
         rec.rdev = rdev
+        // Project ids are inherited at creation and never follow a rename or link.
+        rec.projectID = parent.projectID
         if let target = symlinkTarget {
             guard !target.isEmpty, target.count < Int(PATH_MAX) else { throw target.isEmpty ? Errno.noSuchFileOrDirectory : Errno.fileNameTooLong }
             rec.size = UInt64(target.count)
@@ -204,6 +206,7 @@ extension FSCore {
         try checkName(name)
         guard let e = try findEntry(dir, name) else { throw Errno.noSuchFileOrDirectory }
         var target = try inode(e.record.ino)
+        try checkRetention(target)
         if wantDir {
             if !target.isDirectory { throw Errno.notDirectory }
             if !(try isEmptyDirectory(e.record.ino)) { throw Errno.directoryNotEmpty }
@@ -230,6 +233,8 @@ extension FSCore {
         guard let src = try findEntry(oldDir, oldName) else { throw Errno.noSuchFileOrDirectory }
         let dst = try findEntry(newDir, newName)
         var srcRec = try inode(src.record.ino)
+        try checkRetention(srcRec)
+        if let dst { try checkRetention(try inode(dst.record.ino)) }
         if noReplace && dst != nil { throw Errno.fileExists }
         if exchange && dst == nil { throw Errno.noSuchFileOrDirectory }
         if let dst, dst.record.ino == src.record.ino { return }

@@ -180,9 +180,18 @@ extension FSCore {
         return plan
     }
 
+    /// A retained file refuses every change but to its non-`user.` xattrs (`xattr`: the name
+    /// of the xattr being changed), as the original's; only clearing the flag lifts it.
+    func checkRetention(_ rec: InodeRecord, xattr: [UInt8]? = nil) throws {
+        guard rec.isRetained else { return }
+        if let xattr, !xattr.starts(with: "user.".utf8) { return }
+        throw Errno.notPermitted
+    }
+
     func writeData(_ ino: UInt64, offset: UInt64, data: [UInt8]) throws -> Int {
         var rec = try inode(ino)
         if rec.isDirectory { throw Errno.isDirectory }
+        try checkRetention(rec)
         guard !data.isEmpty else { return 0 }
         // data_version covers the whole file: all of it must be online before it changes.
         try checkOnline(ino, rec, from: 0, count: rec.size, op: .write)
@@ -287,6 +296,7 @@ extension FSCore {
 
     func setattr(_ ino: UInt64, _ ch: AttributeChanges) throws -> Attributes {
         var rec = try inode(ino)
+        try checkRetention(rec)
         if let size = ch.size, size > 0, size != rec.size {
             try checkOnline(ino, rec, from: 0, count: size, op: .changeSize)
         }
@@ -317,6 +327,7 @@ extension FSCore {
     func fallocate(_ ino: UInt64, mode: Int32, offset: UInt64, length: UInt64) throws {
         var rec = try inode(ino)
         guard rec.isRegular else { throw Errno.operationNotSupportedByDevice }
+        try checkRetention(rec)
         guard length > 0 else { throw Errno.invalidArgument }
         try checkOnline(ino, rec, from: 0, count: rec.size, op: .write)
         let (end, overflow) = offset.addingReportingOverflow(length)
@@ -395,6 +406,7 @@ extension FSCore {
     func open(_ ino: UInt64, flags: Int32, caller: Caller? = nil) throws {
         var rec = try inode(ino)
         if flags & O_TRUNC != 0 && rec.isRegular && (flags & O_ACCMODE) != O_RDONLY {
+            try checkRetention(rec)
             try setSize(ino, &rec, 0)
             // With atomic O_TRUNC the kernel sends no setattr, so the truncate's clearing of
             // setuid/setgid (for callers without CAP_FSETID, which root stands for) is ours.

@@ -87,7 +87,9 @@ extension FSCore {
         if flags & ~both != 0 || flags & both == both { throw Errno.invalidArgument }
         let tags = try checkXattrName(name, caller: caller)
         if tags?.totl == true && XattrTags.parseNumber(value[...]) == nil { throw Errno.invalidArgument }
+        if tags?.indx == true && !value.isEmpty { throw Errno.invalidArgument }
         var rec = try inode(ino)
+        try checkRetention(rec, xattr: name)
         let existing = try findXattr(ino, name)
         if flags & LinuxABI.xattrCreate != 0 && existing != nil { throw Errno.fileExists }
         if flags & LinuxABI.xattrReplace != 0 && existing == nil { throw Errno.noData }
@@ -100,6 +102,7 @@ extension FSCore {
                 try applyTotal(tags, ino: ino, value: existing.value, adding: false)
             } else {
                 try applySearch(tags, ino: ino, name: name, id: id, adding: true)
+                try applyIndex(tags, ino: ino, adding: true)
             }
             try applyTotal(tags, ino: ino, value: value, adding: true)
         }
@@ -121,6 +124,7 @@ extension FSCore {
     func removeXattr(_ ino: UInt64, _ name: [UInt8], caller: Caller) throws {
         var rec = try inode(ino)
         let tags = try checkXattrName(name, caller: caller)
+        try checkRetention(rec, xattr: name)
         guard let x = try findXattr(ino, name) else { throw Errno.noData }
         if let tags { try applyTags(tags, ino: ino, name: name, id: x.id, value: x.value, adding: false) }
         try removeXattrItems(ino, x)
@@ -145,10 +149,10 @@ extension FSCore {
 }
 
 extension LockPlan {
-    /// Writing xattr `name`: its inode, and the search and totals zones when it is tagged.
+    /// Writing xattr `name`: its inode, and the search, totals and index zones when it is tagged.
     mutating func xattr(_ ino: UInt64, _ name: [UInt8]) {
         write(ino)
-        if let tags = try? XattrTags.parse(name), tags.srch || tags.totl { xattrTags() }
+        if let tags = try? XattrTags.parse(name), tags.srch || tags.totl || tags.indx { xattrTags() }
     }
 }
 

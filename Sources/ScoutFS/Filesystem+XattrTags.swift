@@ -12,12 +12,19 @@ public import SystemPackage
 /// - `.totl.` names end in three dotted u64s A.B.C and hold a u64 value; every change adds a
 ///   delta `{total, count}` to the item `(totl, A, 0, B, C)`, so writers never read the total
 ///   and deltas from many log trees add up.
+/// - `.indx.` names end in `.MAJOR.MINOR` (a u8 and a u64) and hold no value; the inode is
+///   listed at that position by `read-xattr-index`. Each xattr adds a count delta to the item
+///   `(indx, MAJOR, 0, MINOR, ino)`, so two xattrs of one inode at one position make one entry
+///   that stays until both are gone.
 struct XattrTags: Equatable {
     var hide = false
     var srch = false
     var totl = false
+    var indx = false
     /// A, B and C of a `.totl.` name.
     var totlName: XattrTotalName?
+    /// MAJOR and MINOR of an `.indx.` name.
+    var indexPosition: XattrIndexPosition?
 
     static let prefix = Array("scoutfs.".utf8)
     static let tagLength = 5
@@ -25,8 +32,9 @@ struct XattrTags: Equatable {
     static let maxTotlDigits = 23
 
     /// The tags of `name`, nil for a name outside `scoutfs.`. EINVAL for a `scoutfs.` name
-    /// without a tag, with a tag twice, with nothing after its tags, with the `.indx.` tag
-    /// (not kept here: EOPNOTSUPP), or a `.totl.` name that does not end in three numbers.
+    /// without a tag, with a tag twice, with nothing after its tags, with both `.totl.` and
+    /// `.indx.`, a `.totl.` name that does not end in three numbers or an `.indx.` name that
+    /// does not end in a u8 and a u64.
     static func parse(_ name: [UInt8]) throws(Errno) -> XattrTags? {
         guard name.starts(with: prefix) else { return nil }
         var tags = XattrTags()
@@ -44,27 +52,38 @@ struct XattrTags: Equatable {
                 if tags.totl { throw .invalidArgument }
                 tags.totl = true
             } else if tag.elementsEqual("indx.".utf8) {
-                throw .notSupported
+                if tags.indx { throw .invalidArgument }
+                tags.indx = true
             } else {
                 break
             }
             found = true
             at += tagLength
         }
-        guard found, at < name.count else { throw .invalidArgument }
+        guard found, at < name.count, !(tags.totl && tags.indx) else { throw .invalidArgument }
         if tags.totl {
             guard let n = totlName(name) else { throw .invalidArgument }
             tags.totlName = n
+        }
+        if tags.indx {
+            guard let p = trailingNumbers(name, 2), p[0] <= UInt64(UInt8.max) else { throw .invalidArgument }
+            tags.indexPosition = XattrIndexPosition(major: UInt8(p[0]), minor: p[1])
         }
         return tags
     }
 
     /// The last three dot-separated numbers of a `.totl.` name.
     static func totlName(_ name: [UInt8]) -> XattrTotalName? {
+        guard let p = trailingNumbers(name, 3) else { return nil }
+        return XattrTotalName(a: p[0], b: p[1], c: p[2])
+    }
+
+    /// The last `count` dot-separated numbers of `name`, in order.
+    static func trailingNumbers(_ name: [UInt8], _ count: Int) -> [UInt64]? {
         var parts: [UInt64] = []
         var end = name.count
         var i = name.count - 1
-        while i >= 0 && parts.count < 3 {
+        while i >= 0 && parts.count < count {
             if name[i] == UInt8(ascii: ".") {
                 guard let v = parseNumber(name[(i + 1)..<end]) else { return nil }
                 parts.append(v)
@@ -72,8 +91,8 @@ struct XattrTags: Equatable {
             }
             i -= 1
         }
-        guard parts.count == 3 else { return nil }
-        return XattrTotalName(a: parts[2], b: parts[1], c: parts[0])
+        guard parts.count == count else { return nil }
+        return parts.reversed()
     }
 
     /// A u64 as C's strtoull reads it with base 0 (`0x` hex, a leading `0` octal, else decimal),
@@ -124,6 +143,9 @@ extension Keys {
     static func totl(_ n: XattrTotalName) -> Key {
         Key(zone: Zone.xattrTotl, first: n.a, second: n.b, third: n.c)
     }
+    static func indx(_ p: XattrIndexPosition, _ ino: UInt64) -> Key {
+        Key(zone: Zone.xattrIndx, first: UInt64(p.major), second: p.minor, third: ino)
+    }
 }
 
 extension FSCore {
@@ -132,6 +154,14 @@ extension FSCore {
     func applyTags(_ tags: XattrTags, ino: UInt64, name: [UInt8], id: UInt64, value: [UInt8], adding: Bool) throws {
         try applySearch(tags, ino: ino, name: name, id: id, adding: adding)
         try applyTotal(tags, ino: ino, value: value, adding: adding)
+        try applyIndex(tags, ino: ino, adding: adding)
+    }
+
+    /// Counts an `.indx.` xattr in or out of its inode's entry at its position; nothing for
+    /// other tags.
+    func applyIndex(_ tags: XattrTags, ino: UInt64, adding: Bool) throws {
+        guard let p = tags.indexPosition else { return }
+        try addDelta(Keys.indx(p, ino), [adding ? 1 : -1])
     }
 
     /// Adds or removes the search item of a `.srch.` xattr; nothing for other tags.
@@ -157,7 +187,7 @@ extension FSCore {
     /// `xattr` is the first part of one xattr; the caller passes each as it deletes the items.
     func dropTags(ofXattrItem it: Item) throws {
         let head = try XattrHead(decoding: it.value)
-        guard let tags = try? XattrTags.parse(head.name), tags.srch || tags.totl else { return }
+        guard let tags = try? XattrTags.parse(head.name), tags.srch || tags.totl || tags.indx else { return }
         // A .totl. value always fits the first item.
         try applyTags(tags, ino: it.key.first, name: head.name, id: it.key.third, value: head.valueStart, adding: false)
     }
@@ -180,6 +210,24 @@ extension FSCore {
             return true
         }
         return (inos, end)
+    }
+
+    /// Inodes listed by `.indx.` xattrs from `first` through `last` in (major, minor, ino)
+    /// order, each once, at most `limit`.
+    func xattrIndex(from first: XattrIndexEntry, through last: XattrIndexEntry, limit: Int) throws -> [XattrIndexEntry] {
+        var out: [XattrIndexEntry] = []
+        guard limit > 0, first <= last else { return out }
+        let lo = Keys.indx(XattrIndexPosition(major: first.major, minor: first.minor), first.ino)
+        let hi = Keys.indx(XattrIndexPosition(major: last.major, minor: last.minor), last.ino)
+        try scan(lo, hi) { it in
+            var r = ByteReader(it.value, what: ".indx. count")
+            // The last xattr of a position gone leaves a zero count behind: no entry.
+            if (try? r.i64()) ?? 0 > 0 {
+                out.append(XattrIndexEntry(major: UInt8(truncatingIfNeeded: it.key.first), minor: it.key.second, ino: it.key.third))
+            }
+            return out.count < limit
+        }
+        return out
     }
 
     func xattrTotals(after: XattrTotalName?, limit: Int) throws -> [XattrTotal] {
@@ -215,6 +263,15 @@ extension Filesystem {
         var plan = LockPlan()
         plan.add(.totals, .read)
         return try locked(.reads, plan) { try $0.xattrTotals(after: after, limit: limit) }
+    }
+
+    /// The inodes `.indx.` xattrs list from `first` through `last` (root only at the control
+    /// socket, as the original's CAP_SYS_ADMIN).
+    public func xattrIndex(from first: XattrIndexEntry, through last: XattrIndexEntry, limit: Int = 1024) throws(Errno) -> [XattrIndexEntry] {
+        // A read of the zone: every client's write-only deltas are committed first.
+        var plan = LockPlan()
+        plan.add(.xattrIndex, .read)
+        return try locked(.reads, plan) { try $0.xattrIndex(from: first, through: last, limit: limit) }
     }
 
     /// The names of an inode's `.hide.` xattrs.

@@ -6,7 +6,8 @@ public import ScoutStore
 /// - **Index items** agree with the inodes and xattrs they describe: one meta_seq and one
 ///   data_seq item per inode at the inode's seqs and no others; a search item for every
 ///   `.srch.` xattr and none left for xattrs that are gone; `.totl.` totals equal to the sums
-///   of the xattrs. This is the drift the original shipped fixes for.
+///   of the xattrs; `.indx.` entries counting exactly the xattrs at their positions. This is
+///   the drift the original shipped fixes for.
 /// - **The namespace** (`FilesystemCheck+Namespace.swift`): every entry's three items agree
 ///   and name an inode that exists; link counts equal the links found; every inode is
 ///   reachable from the root or an orphan; modes and sizes are possible.
@@ -69,6 +70,8 @@ public enum FilesystemCheck {
         var seqFound: [UInt8: UInt64] = [:]
         var srchFound: UInt64 = 0
         var totl: [XattrTotalName: (total: Int64, count: Int64)] = [:]
+        /// `.indx.` xattrs found per index item key.
+        var indx: [Key: Int64] = [:]
 
         mutating func problem(_ kind: String, _ s: @autoclosure () -> String) {
             counts[kind, default: 0] += 1
@@ -116,6 +119,7 @@ public enum FilesystemCheck {
             for index in SeqIndex.allCases { try strays(index) }
             try searchStrays()
             try totals()
+            try indexEntries()
             for (kind, n) in counts.sorted(by: { $0.key < $1.key }) where n > FilesystemCheck.listLimit {
                 problems.append("\(n - FilesystemCheck.listLimit) more problems of this kind: \(kind)")
             }
@@ -160,6 +164,7 @@ public enum FilesystemCheck {
                     problem("missing search item", "inode \(ino): .srch. xattr \(String(decoding: n, as: UTF8.self)) has no search item")
                 }
             }
+            if let p = tags.indexPosition { indx[Keys.indx(p, ino), default: 0] += 1 }
             if let t = tags.totlName {
                 guard let v = XattrTags.parseNumber(value[...]) else {
                     problem("bad total", "inode \(ino): .totl. xattr \(String(decoding: n, as: UTF8.self)) holds a value that is not a number")
@@ -222,6 +227,23 @@ public enum FilesystemCheck {
             }
             for (name, want) in totl where !seen.contains(name) {
                 problem("missing total", ".totl. \(name): no total item; the xattrs add up to total \(want.total) count \(want.count)")
+            }
+        }
+
+        mutating func indexEntries() throws {
+            var seen = Set<Key>()
+            try forest.forEach(from: Key(zone: Zone.xattrIndx), through: .last(in: Zone.xattrIndx), in: store) { it in
+                var r = ByteReader(it.value, what: ".indx. count")
+                let have = try r.i64()
+                let want = indx[it.key] ?? 0
+                seen.insert(it.key)
+                if have != want {
+                    problem("wrong index entry", ".indx. entry \(it.key.first).\(it.key.second) of inode \(it.key.third): counts \(have) xattrs; \(want) are there")
+                }
+                return true
+            }
+            for (key, want) in indx where !seen.contains(key) {
+                problem("missing index entry", ".indx. entry \(key.first).\(key.second) of inode \(key.third): no item for its \(want) xattrs")
             }
         }
     }

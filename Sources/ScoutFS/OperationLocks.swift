@@ -76,10 +76,11 @@ struct LockPlan {
         xattrTags()
     }
 
-    /// Changing tagged xattrs adds and removes search items and `.totl.` deltas.
+    /// Changing tagged xattrs adds and removes search items, `.totl.` and `.indx.` deltas.
     mutating func xattrTags() {
         writeOnly(.search)
         writeOnly(.totals)
+        writeOnly(.xattrIndex)
     }
 }
 

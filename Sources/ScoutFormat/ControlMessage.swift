@@ -231,6 +231,90 @@ public struct FiemapExtent: Equatable, Sendable {
     }
 }
 
+/// The MAJOR and MINOR of an `.indx.` xattr name: where it lists its inode.
+public struct XattrIndexPosition: Hashable, Sendable {
+    public var major: UInt8
+    public var minor: UInt64
+    public init(major: UInt8, minor: UInt64) {
+        self.major = major
+        self.minor = minor
+    }
+}
+
+/// One entry of the `.indx.` index, ordered by major, minor, then inode.
+public struct XattrIndexEntry: Hashable, Comparable, Sendable {
+    public var major: UInt8
+    public var minor: UInt64
+    public var ino: UInt64
+    public init(major: UInt8, minor: UInt64, ino: UInt64) {
+        self.major = major
+        self.minor = minor
+        self.ino = ino
+    }
+    public static func < (a: XattrIndexEntry, b: XattrIndexEntry) -> Bool { (a.major, a.minor, a.ino) < (b.major, b.minor, b.ino) }
+}
+
+/// The original's `scoutfs_ioctl_inode_attr_x`: `mask` says which fields a get fills or a set
+/// changes.
+public struct InodeAttrX: Equatable, Sendable {
+    public var mask: UInt64
+    /// Behaviour of the call (`sizeOffline`), not attributes.
+    public var flags: UInt64
+    public var metaSeq: UInt64 = 0
+    public var dataSeq: UInt64 = 0
+    public var dataVersion: UInt64 = 0
+    public var onlineBlocks: UInt64 = 0
+    public var offlineBlocks: UInt64 = 0
+    public var ctime = Timestamp(seconds: 0, nanoseconds: 0)
+    public var crtime = Timestamp(seconds: 0, nanoseconds: 0)
+    public var size: UInt64 = 0
+    /// Single-bit attributes (`retentionBit`).
+    public var bits: UInt64 = 0
+    public var projectID: UInt64 = 0
+
+    public static let metaSeqMask: UInt64 = 1 << 0
+    public static let dataSeqMask: UInt64 = 1 << 1
+    public static let dataVersionMask: UInt64 = 1 << 2
+    public static let onlineBlocksMask: UInt64 = 1 << 3
+    public static let offlineBlocksMask: UInt64 = 1 << 4
+    public static let ctimeMask: UInt64 = 1 << 5
+    public static let crtimeMask: UInt64 = 1 << 6
+    public static let sizeMask: UInt64 = 1 << 7
+    public static let retentionMask: UInt64 = 1 << 8
+    public static let projectIDMask: UInt64 = 1 << 9
+    public static let knownMask: UInt64 = (1 << 10) - 1
+    /// With a size: the file from 0 to it becomes one offline region.
+    public static let sizeOffline: UInt64 = 1 << 0
+    public static let retentionBit: UInt64 = 1 << 0
+
+    public init(mask: UInt64, flags: UInt64 = 0) {
+        self.mask = mask
+        self.flags = flags
+    }
+
+    func encode(into w: inout ByteWriter) {
+        for v in [mask, flags, metaSeq, dataSeq, dataVersion, onlineBlocks, offlineBlocks] { w.u64(v) }
+        w.time(ctime)
+        w.time(crtime)
+        for v in [size, bits, projectID] { w.u64(v) }
+    }
+
+    init(decoding r: inout ByteReader) throws(FormatError) {
+        mask = try r.u64()
+        flags = try r.u64()
+        metaSeq = try r.u64()
+        dataSeq = try r.u64()
+        dataVersion = try r.u64()
+        onlineBlocks = try r.u64()
+        offlineBlocks = try r.u64()
+        ctime = try r.time()
+        crtime = try r.time()
+        size = try r.u64()
+        bits = try r.u64()
+        projectID = try r.u64()
+    }
+}
+
 public enum ControlRequest: Equatable, Sendable {
     /// Entries of a seq index (`index` 0 meta_seq, 1 data_seq) between two (seq, ino) positions.
     case walkInodes(index: UInt8, firstSeq: UInt64, firstIno: UInt64, lastSeq: UInt64, lastIno: UInt64, limit: UInt32)
@@ -260,6 +344,19 @@ public enum ControlRequest: Equatable, Sendable {
     /// The extents of the file sent along from logical block `fromBlock` on, adjacent ones
     /// merged as FIEMAP merges them, at most `limit`.
     case fiemap(fromBlock: UInt64, limit: UInt32)
+    /// Turns the offline extents of `[offset, offset + length)` of the file sent along into
+    /// holes, if its data version matches (the original's PUNCH_OFFLINE).
+    case punchOffline(dataVersion: UInt64, offset: UInt64, length: UInt64)
+    /// Moves the data extents of `[fromOffset, fromOffset + length)` of the request's second
+    /// descriptor into the file sent first at `toOffset` (the original's MOVE_BLOCKS; with
+    /// `stage`, into an offline region of a file whose data version is `dataVersion`).
+    case moveBlocks(fromOffset: UInt64, length: UInt64, toOffset: UInt64, dataVersion: UInt64, stage: Bool)
+    /// The fields of the file sent along that `mask` names (the original's GET_ATTR_X).
+    case getAttrX(mask: UInt64)
+    /// Sets the fields `mask` names (the original's SET_ATTR_X; root only).
+    case setAttrX(InodeAttrX)
+    /// Entries of the `.indx.` index from `first` through `last` (root only).
+    case readXattrIndex(first: XattrIndexEntry, last: XattrIndexEntry, limit: UInt32)
 }
 
 public enum ControlReply: Equatable, Sendable {
@@ -278,6 +375,8 @@ public enum ControlReply: Equatable, Sendable {
     case clusterStatus(ClusterStatus)
     /// Extents of a fiemap request; `end`: the file has no more (the last carries `last`).
     case fiemap([FiemapExtent], end: Bool)
+    case attrX(InodeAttrX)
+    case indexEntries([XattrIndexEntry])
 }
 
 public enum ControlMessage {
@@ -355,6 +454,11 @@ extension ControlRequest {
         case .sync: 14
         case .clusterStatus: 15
         case .fiemap: 16
+        case .punchOffline: 17
+        case .moveBlocks: 18
+        case .getAttrX: 19
+        case .setAttrX: 20
+        case .readXattrIndex: 21
         }
     }
 
@@ -368,8 +472,22 @@ extension ControlRequest {
             w.u32(limit)
         case .statMore, .statfsMore, .sync, .clusterStatus:
             break
-        case let .release(v, off, len):
+        case let .release(v, off, len), let .punchOffline(v, off, len):
             for x in [v, off, len] { w.u64(x) }
+        case let .moveBlocks(from, len, to, v, stage):
+            for x in [from, len, to, v] { w.u64(x) }
+            w.u8(stage ? 1 : 0)
+        case let .getAttrX(mask):
+            w.u64(mask)
+        case let .setAttrX(a):
+            a.encode(into: &w)
+        case let .readXattrIndex(first, last, limit):
+            for e in [first, last] {
+                w.u8(e.major)
+                w.u64(e.minor)
+                w.u64(e.ino)
+            }
+            w.u32(limit)
         case let .stage(v, off, data):
             w.u64(v)
             w.u64(off)
@@ -423,6 +541,15 @@ extension ControlRequest {
         case 14: self = .sync
         case 15: self = .clusterStatus
         case 16: self = .fiemap(fromBlock: try r.u64(), limit: try r.u32())
+        case 17: self = .punchOffline(dataVersion: try r.u64(), offset: try r.u64(), length: try r.u64())
+        case 18:
+            self = .moveBlocks(fromOffset: try r.u64(), length: try r.u64(), toOffset: try r.u64(), dataVersion: try r.u64(),
+                               stage: try r.u8() != 0)
+        case 19: self = .getAttrX(mask: try r.u64())
+        case 20: self = .setAttrX(try InodeAttrX(decoding: &r))
+        case 21:
+            let first = XattrIndexEntry(major: try r.u8(), minor: try r.u64(), ino: try r.u64())
+            self = .readXattrIndex(first: first, last: XattrIndexEntry(major: try r.u8(), minor: try r.u64(), ino: try r.u64()), limit: try r.u32())
         case 4: self = .release(dataVersion: try r.u64(), offset: try r.u64(), length: try r.u64())
         case 5:
             self = .stage(dataVersion: try r.u64(), offset: try r.u64(), data: try r.bytes32(max: ControlMessage.stageChunk))
@@ -538,6 +665,17 @@ extension ControlReply {
                 for x in [e.logical, e.physical, e.length] { w.u64(x) }
                 w.u32(e.flags)
             }
+        case let .attrX(a):
+            w.u8(14)
+            a.encode(into: &w)
+        case let .indexEntries(es):
+            w.u8(15)
+            w.u32(UInt32(es.count))
+            for e in es {
+                w.u8(e.major)
+                w.u64(e.minor)
+                w.u64(e.ino)
+            }
         }
         return w.bytes
     }
@@ -623,6 +761,12 @@ extension ControlReply {
                 es.append(FiemapExtent(logical: try r.u64(), physical: try r.u64(), length: try r.u64(), flags: try r.u32()))
             }
             self = .fiemap(es, end: end == 1)
+        case 14: self = .attrX(try InodeAttrX(decoding: &r))
+        case 15:
+            let n = try r.count(each: 17)
+            var es: [XattrIndexEntry] = []
+            for _ in 0..<n { es.append(XattrIndexEntry(major: try r.u8(), minor: try r.u64(), ino: try r.u64())) }
+            self = .indexEntries(es)
         default:
             throw FormatError("unknown control reply \(code)")
         }

@@ -37,8 +37,22 @@ public struct InodeRecord: Hashable, Sendable {
     public var nextReaddirPos: UInt64
     /// The next xattr id (xattr items are keyed by name hash and id).
     public var nextXattrID: UInt64
+    /// `Flags` bits (the original's inode flags).
+    public var flags: UInt64
+    /// The project this inode counts against (0: none); new inodes take their directory's.
+    public var projectID: UInt64
 
-    public static let encodedSize = 4 * 4 + 8 * 2 + 12 * 4 + 8 * 7
+    public struct Flags {
+        /// Retained (WORM): nothing may change the file but non-`user.` xattrs and clearing
+        /// the flag, not even root (the original's SCOUTFS_INO_FLAG_RETENTION).
+        public static let retention: UInt64 = 0x2
+    }
+
+    public var isRetained: Bool { flags & Flags.retention != 0 }
+
+    public static let encodedSize = 4 * 4 + 8 * 2 + 12 * 4 + 8 * 9
+    /// Inode items written before flags and project ids were kept: read with both zero.
+    public static let encodedSizeWithoutProject = 4 * 4 + 8 * 2 + 12 * 4 + 8 * 7
 
     public init(mode: UInt32, uid: UInt32, gid: UInt32, now: Timestamp) {
         self.mode = mode
@@ -58,6 +72,8 @@ public struct InodeRecord: Hashable, Sendable {
         offlineBlocks = 0
         nextReaddirPos = 2
         nextXattrID = 1
+        flags = 0
+        projectID = 0
     }
 
     public var encoded: [UInt8] {
@@ -72,12 +88,12 @@ public struct InodeRecord: Hashable, Sendable {
             w.i64(t.seconds)
             w.u32(t.nanoseconds)
         }
-        for v in [metaSeq, dataSeq, dataVersion, onlineBlocks, offlineBlocks, nextReaddirPos, nextXattrID] { w.u64(v) }
+        for v in [metaSeq, dataSeq, dataVersion, onlineBlocks, offlineBlocks, nextReaddirPos, nextXattrID, flags, projectID] { w.u64(v) }
         return w.bytes
     }
 
     public init(decoding bytes: [UInt8]) throws(FormatError) {
-        guard bytes.count == Self.encodedSize else {
+        guard bytes.count == Self.encodedSize || bytes.count == Self.encodedSizeWithoutProject else {
             throw FormatError("inode item is \(bytes.count) bytes, expected \(Self.encodedSize)")
         }
         var r = ByteReader(bytes, what: "inode item")
@@ -104,6 +120,9 @@ public struct InodeRecord: Hashable, Sendable {
         offlineBlocks = try r.u64()
         nextReaddirPos = try r.u64()
         nextXattrID = try r.u64()
+        flags = bytes.count == Self.encodedSize ? try r.u64() : 0
+        projectID = bytes.count == Self.encodedSize ? try r.u64() : 0
+        if flags & ~Flags.retention != 0 { throw FormatError("inode item has unknown flags \(hex(flags))") }
     }
 }
 

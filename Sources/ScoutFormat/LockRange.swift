@@ -57,6 +57,9 @@ extension LockRange {
     /// original's do: another node's xattr is found once its transaction is committed.
     public static let search = wholeZone(Zone.srch)
 
+    /// The whole `.indx.` zone: one lock, write-only for the xattrs' count deltas.
+    public static let xattrIndex = wholeZone(Zone.xattrIndx)
+
     /// The one global key that serializes renames across directories (which must not create a
     /// cycle that two per-directory locks could not see).
     public static let rename = LockRange(start: renameKey, end: renameKey)
@@ -79,6 +82,7 @@ extension LockRange {
         case Zone.orphan: return orphan
         case Zone.xattrTotl: return totals
         case Zone.srch: return search
+        case Zone.xattrIndx: return xattrIndex
         case Zone.lock where key == renameKey: return rename
         default: return nil
         }

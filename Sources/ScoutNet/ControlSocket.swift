@@ -33,11 +33,11 @@ public struct PeerCredentials: Sendable, Equatable {
     }
 }
 
-/// Framing shared by both ends: a 4-byte little-endian length, then the body; one descriptor
-/// may ride along with the first bytes (SCM_RIGHTS).
+/// Framing shared by both ends: a 4-byte little-endian length, then the body; up to
+/// `requestDescriptors` descriptors may ride along with the first bytes (SCM_RIGHTS).
 enum ControlFrame {
     enum Received {
-        case message([UInt8], fd: Int32?)
+        case message([UInt8], fds: [Int32])
         case closed
         /// The peer announced more than `ControlMessage.maxBody`; nothing of it was read.
         case oversized(Int)
@@ -47,15 +47,15 @@ enum ControlFrame {
         case tooManyDescriptors
     }
 
-    static func send(_ sock: Int32, _ body: [UInt8], fd: Int32? = nil) throws(ControlSocketError) {
+    static func send(_ sock: Int32, _ body: [UInt8], fds: [Int32] = []) throws(ControlSocketError) {
         var frame = ByteWriter(capacity: 4 + body.count)
         frame.u32(UInt32(body.count))
         frame.raw(body)
         let bytes = frame.bytes
         var sent = 0
-        if let fd {
-            // The descriptor goes with the first chunk of bytes.
-            let n = sendWithDescriptor(sock, bytes, fd)
+        if !fds.isEmpty {
+            // The descriptors go with the first chunk of bytes.
+            let n = sendWithDescriptors(sock, bytes, fds)
             if n < 0 { throw ControlSocketError("sending a control message with a file descriptor") }
             sent = n
         }
@@ -69,9 +69,10 @@ enum ControlFrame {
         }
     }
 
-    private static func sendWithDescriptor(_ sock: Int32, _ bytes: [UInt8], _ fd: Int32) -> Int {
+    private static func sendWithDescriptors(_ sock: Int32, _ bytes: [UInt8], _ fds: [Int32]) -> Int {
         var bytes = bytes
-        let space = MemoryLayout<cmsghdr>.stride + MemoryLayout<Int32>.stride + 8
+        let payload = fds.count * MemoryLayout<Int32>.size
+        let space = MemoryLayout<cmsghdr>.stride + payload + 8
         var control = [UInt8](repeating: 0, count: space)
         return bytes.withUnsafeMutableBytes { buf -> Int in
             control.withUnsafeMutableBytes { cbuf -> Int in
@@ -81,12 +82,14 @@ enum ControlFrame {
                     msg.msg_iov = iovp
                     msg.msg_iovlen = 1
                     msg.msg_control = cbuf.baseAddress
-                    msg.msg_controllen = Int(cmsgLength(MemoryLayout<Int32>.size))
+                    msg.msg_controllen = Int(cmsgLength(payload))
                     let c = cbuf.baseAddress!.assumingMemoryBound(to: cmsghdr.self)
                     c.pointee.cmsg_level = SOL_SOCKET
                     c.pointee.cmsg_type = Int32(SCM_RIGHTS)
-                    c.pointee.cmsg_len = Int(cmsgLength(MemoryLayout<Int32>.size))
-                    (cbuf.baseAddress! + MemoryLayout<cmsghdr>.stride).storeBytes(of: fd, as: Int32.self)
+                    c.pointee.cmsg_len = Int(cmsgLength(payload))
+                    for (i, fd) in fds.enumerated() {
+                        (cbuf.baseAddress! + MemoryLayout<cmsghdr>.stride + i * MemoryLayout<Int32>.size).storeBytes(of: fd, as: Int32.self)
+                    }
                     while true {
                         let n = sendmsg(sock, &msg, Int32(MSG_NOSIGNAL))
                         if n < 0 && errno == EINTR { continue }
@@ -99,16 +102,20 @@ enum ControlFrame {
 
     private static func cmsgLength(_ n: Int) -> Int { MemoryLayout<cmsghdr>.stride + n }
 
-    /// Room for this many descriptors in one message: a well-behaved peer sends one, and more
-    /// than fit make the kernel set MSG_CTRUNC.
+    /// Room for this many descriptors in one message: a well-behaved peer sends at most
+    /// `requestDescriptors`, and more than fit make the kernel set MSG_CTRUNC.
     static let descriptorRoom = 8
+    /// Descriptors a request may carry: the file it is about, and for move-blocks the file the
+    /// blocks come from.
+    public static let requestDescriptors = 2
 
-    /// Reads one frame. A descriptor that arrives is the caller's to close; any others that
-    /// came along are closed here, since a request needs at most one and each one kept would
-    /// pin a file of the mount (unmount would fail with EBUSY).
+    /// Reads one frame. Descriptors that arrive are the caller's to close; any past the first
+    /// `requestDescriptors` are closed here, since each one kept would pin a file of the mount
+    /// (unmount would fail with EBUSY).
     static func receive(_ sock: Int32) -> Received {
         var header = [UInt8](repeating: 0, count: 4)
-        var fd: Int32?
+        var fds: [Int32] = []
+        func closeAll() { for fd in fds { Glibc.close(fd) } }
         var got = 0
         var refused = false
         let space = MemoryLayout<cmsghdr>.stride + descriptorRoom * MemoryLayout<Int32>.stride + 8
@@ -126,7 +133,7 @@ enum ControlFrame {
                         let n = recvmsg(sock, &msg, Int32(MSG_CMSG_CLOEXEC))
                         if n >= 0 {
                             for passed in descriptors(in: msg) {
-                                if fd == nil && !refused { fd = passed } else { Glibc.close(passed) }
+                                if fds.count < requestDescriptors && !refused { fds.append(passed) } else { Glibc.close(passed) }
                             }
                             // Descriptors that did not fit were dropped by the kernel: the
                             // request is not what the peer sent.
@@ -138,19 +145,19 @@ enum ControlFrame {
             }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 {
-                if let fd { Glibc.close(fd) }
+                closeAll()
                 return got == 0 && n == 0 ? .closed : .truncated
             }
             got += n
         }
         if refused {
-            if let fd { Glibc.close(fd) }
+            closeAll()
             return .tooManyDescriptors
         }
         var r = ByteReader(header, what: "control frame")
         let length = Int((try? r.u32()) ?? 0)
         if length > ControlMessage.maxBody {
-            if let fd { Glibc.close(fd) }
+            closeAll()
             return .oversized(length)
         }
         // The body is read with plain reads: descriptors sent along with it are never
@@ -161,12 +168,12 @@ enum ControlFrame {
             let n = body.withUnsafeMutableBytes { read(sock, $0.baseAddress! + at, length - at) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 {
-                if let fd { Glibc.close(fd) }
+                closeAll()
                 return .truncated
             }
             at += n
         }
-        return .message(body, fd: fd)
+        return .message(body, fds: fds)
     }
 
     /// Every descriptor of every SCM_RIGHTS header in a received message.
@@ -195,7 +202,9 @@ enum ControlFrame {
 /// The mount's end: accepts connections on a Unix socket and answers each message through
 /// `handler` on a thread per connection (connections are short: one CLI command each).
 public final class ControlServer: Sendable {
-    public typealias Handler = @Sendable (_ request: [UInt8], _ file: Int32?, _ peer: PeerCredentials) -> [UInt8]
+    /// `files`: the descriptors sent with the request (at most `requestDescriptors`), closed
+    /// once the handler returns.
+    public typealias Handler = @Sendable (_ request: [UInt8], _ files: [Int32], _ peer: PeerCredentials) -> [UInt8]
 
     public let path: String
     private let listener: Int32
@@ -330,12 +339,12 @@ public final class ControlServer: Sendable {
                 try? ControlFrame.send(c, reply.encoded)
                 return
             case .tooManyDescriptors:
-                let reply = ControlReply.failure(errno: EINVAL, message: "a control request carries one file descriptor; more came and all were closed")
+                let reply = ControlReply.failure(errno: EINVAL, message: "a control request carries at most \(ControlFrame.requestDescriptors) file descriptors; more came and all were closed")
                 try? ControlFrame.send(c, reply.encoded)
                 return
-            case .message(let body, let fd):
-                let reply = handler(body, fd, peer)
-                if let fd { Glibc.close(fd) }
+            case .message(let body, let fds):
+                let reply = handler(body, fds, peer)
+                for fd in fds { Glibc.close(fd) }
                 do {
                     try ControlFrame.send(c, reply)
                 } catch {
@@ -380,18 +389,18 @@ public final class ControlClient {
 
     deinit { Glibc.close(sock) }
 
-    /// Sends a request body (with an open file descriptor when the request is about a file)
-    /// and returns the reply body.
-    public func call(_ body: [UInt8], file: Int32? = nil) throws(ControlSocketError) -> [UInt8] {
+    /// Sends a request body (with open file descriptors when the request is about files: the
+    /// one it is about first) and returns the reply body.
+    public func call(_ body: [UInt8], files: [Int32] = []) throws(ControlSocketError) -> [UInt8] {
         do {
-            try ControlFrame.send(sock, body, fd: file)
+            try ControlFrame.send(sock, body, fds: files)
         } catch where error.errno == EAGAIN {
             throw timedOut
         } catch {
             // A daemon that turns the connection away (too many connections) answers first
             // and closes: its reason is worth more than the broken pipe.
-            if case .message(let reply, let fd) = ControlFrame.receive(sock) {
-                if let fd { Glibc.close(fd) }
+            if case .message(let reply, let fds) = ControlFrame.receive(sock) {
+                for fd in fds { Glibc.close(fd) }
                 return reply
             }
             throw error
@@ -408,8 +417,8 @@ public final class ControlClient {
     /// Reads one reply frame (after `sendRaw`).
     public func receiveReply() throws(ControlSocketError) -> [UInt8] {
         switch ControlFrame.receive(sock) {
-        case .message(let reply, let fd):
-            if let fd { Glibc.close(fd) }
+        case .message(let reply, let fds):
+            for fd in fds { Glibc.close(fd) }
             return reply
         case .closed, .truncated, .tooManyDescriptors:
             if errno == EAGAIN { throw timedOut }

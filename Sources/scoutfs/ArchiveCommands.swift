@@ -7,10 +7,21 @@ import ScoutNet
 // scripts written for it work unchanged; every verb also takes --json. They reach the mount
 // through its control socket, sending an open descriptor of the path they name.
 
-/// A failed archive verb: the message is printed as `scoutfs VERB: message`.
+/// A failed archive verb. As the original's utils do, the message is printed on its own line
+/// and then `scoutfs: VERB failed: STRERROR (ERRNO)` (scripts match on that last line); an
+/// error with no errno prints `scoutfs: VERB failed: message`.
 struct VerbError: Error, CustomStringConvertible {
     var description: String
-    init(_ d: String) { description = d }
+    var errno: Int32?
+    init(_ d: String, errno: Int32? = nil) {
+        description = d
+        self.errno = errno
+    }
+
+    /// A failed system call on a path, in the original's words.
+    static func failed(_ what: String, _ path: String, _ e: Int32) -> VerbError {
+        VerbError("failed to \(what) '\(path)': \(String(cString: strerror(e))) (\(e))", errno: e)
+    }
 }
 
 /// A connection to the mount holding a path, with that path open.
@@ -24,7 +35,7 @@ struct ControlTarget {
     static func open(_ given: String?, flags: Int32 = O_RDONLY) throws -> ControlTarget {
         let path = given ?? ProcessInfo.processInfo.environment["SCOUTFS_MOUNT_PATH"] ?? "."
         let fd = Glibc.open(path, flags | O_CLOEXEC)
-        guard fd >= 0 else { throw VerbError("cannot open \(path): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw VerbError.failed("open", path, errno) }
         var st = stat()
         fstat(fd, &st)
         for rec in MountRegistry.all() {
@@ -43,16 +54,18 @@ struct ControlTarget {
         throw VerbError("\(path) is not in a mounted scoutfs filesystem (no running mount daemon serves it)")
     }
 
-    func call(_ request: ControlRequest) throws -> ControlReply {
+    /// Sends `request` about this target's file, and `other`'s descriptor after it when the
+    /// request is about a second file too.
+    func call(_ request: ControlRequest, with other: Int32? = nil) throws -> ControlReply {
         let bytes: [UInt8]
         do {
-            bytes = try client.call(request.encoded, file: fd)
+            bytes = try client.call(request.encoded, files: [fd] + (other.map { [$0] } ?? []))
         } catch {
-            throw VerbError("\(error)")
+            throw VerbError("\(error)", errno: error.errno == 0 ? nil : error.errno)
         }
         let reply = try ControlReply(decoding: bytes)
         if case let .failure(e, message) = reply {
-            throw VerbError("\(message) (\(String(cString: strerror(e))), errno \(e))")
+            throw VerbError(message, errno: e)
         }
         return reply
     }
@@ -73,27 +86,37 @@ func forEachPage<E>(after start: (UInt64, UInt64), _ fetch: ((UInt64, UInt64)) t
     }
 }
 
-/// Runs a verb's body, turning failures into `scoutfs VERB: message` and exit status 1.
+/// Runs a verb's body, turning failures into the original's lines (see `VerbError`) and exit
+/// status 1.
 func runVerb(_ verb: String, _ body: () throws -> Void) throws {
     do {
         try body()
     } catch let e as ExitCode {
         throw e
+    } catch let e as VerbError {
+        if let n = e.errno {
+            FileHandle.standardError.write(Data("\(e.description)\nscoutfs: \(verb) failed: \(String(cString: strerror(n))) (\(n))\n".utf8))
+        } else {
+            FileHandle.standardError.write(Data("scoutfs: \(verb) failed: \(e.description)\n".utf8))
+        }
+        throw ExitCode(1)
     } catch {
-        throw fail(verb, error)
+        FileHandle.standardError.write(Data("scoutfs: \(verb) failed: \(error)\n".utf8))
+        throw ExitCode(1)
     }
 }
 
-/// A byte count with an optional K, M, G, T or P suffix (powers of 1024), as the original takes.
+/// A byte count with an optional K, M, G, T or P suffix (powers of 1024), its number read as
+/// `parseNumber` reads one (0x hex too), as the original's parse_human takes them.
 func parseSize(_ s: String) throws -> UInt64 {
     let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50]
     var digits = Substring(s)
     var scale: UInt64 = 1
-    if let last = s.last?.uppercased().first, let u = units[last] {
+    if !s.lowercased().hasPrefix("0x"), let last = s.last?.uppercased().first, let u = units[last] {
         scale = u
         digits = digits.dropLast()
     }
-    guard let n = UInt64(digits), n.multipliedReportingOverflow(by: scale).overflow == false else {
+    guard let n = parseNumber(String(digits)), n.multipliedReportingOverflow(by: scale).overflow == false else {
         throw ValidationError("'\(s)' is not a size (bytes, or a number with K, M, G, T or P)")
     }
     return n * scale
@@ -324,10 +347,10 @@ struct StageCommand: ParsableCommand {
     func run() throws {
         try runVerb("stage") {
             let afd = Glibc.open(archive, O_RDONLY | O_CLOEXEC)
-            guard afd >= 0 else { throw VerbError("failed to open '\(archive)': \(String(cString: strerror(errno)))") }
+            guard afd >= 0 else { throw VerbError.failed("open", archive, errno) }
             defer { close(afd) }
             var st = stat()
-            guard fstat(afd, &st) == 0 else { throw VerbError("failed to stat '\(archive)': \(String(cString: strerror(errno)))") }
+            guard fstat(afd, &st) == 0 else { throw VerbError.failed("stat", archive, errno) }
             // A directory reads as nothing (or EISDIR): staging from one would stage nothing and
             // look like success.
             if st.st_mode & S_IFMT == S_IFDIR { throw VerbError("'\(archive)' is a directory; give the archive file to read from") }
@@ -383,8 +406,10 @@ struct SetattrCommand: ParsableCommand {
 
     func validate() throws {
         if dataVersion == 0 { throw ValidationError("data version must not be 0") }
-        if size != nil && dataVersion == nil { throw ValidationError("must provide data-version if using --size option") }
-        if offline && size == nil { throw ValidationError("must provide size if using --offline option") }
+        // As the original: a size of 0 is no size (`-s 0` needs no version, and is no size for -o).
+        let sizeValue = try size.map(parseSize) ?? 0
+        if sizeValue != 0 && dataVersion == nil { throw ValidationError("must provide data-version if using --size option") }
+        if offline && sizeValue == 0 { throw ValidationError("must provide size if using --offline option") }
         if let ctime { _ = try Self.parseTime(ctime) }
         if let crtime { _ = try Self.parseTime(crtime) }
     }
@@ -520,12 +545,17 @@ struct GetReferringEntriesCommand: ParsableCommand {
 struct GetFiemapCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "get-fiemap",
-        abstract: "Print a file's extent map: offsets and lengths, O offline, U unwritten, L last.",
+        abstract: "Print a file's extent map: logical and physical offsets, lengths, O offline, U unwritten, L last.",
         discussion: "FUSE does not pass FIEMAP to the filesystem, so filefrag and other FIEMAP users see no extents on a scoutfs mount; this asks the mount over its control socket.")
-    @Flag(name: [.customShort("P"), .customLong("physical")], help: "Print physical offsets instead of logical.") var physical = false
+    @Flag(name: [.customShort("P"), .customLong("physical")], help: "Print physical offsets only.") var physical = false
+    @Flag(name: [.customShort("L"), .customLong("logical")], help: "Print logical offsets only.") var logical = false
     @Flag(name: [.customShort("b"), .customLong("byte")], help: "Print bytes instead of 4 KiB blocks.") var byte = false
     @Flag(help: "Print JSON.") var json = false
     @Argument(help: "A file in a scoutfs mount.") var file: String
+
+    func validate() throws {
+        if physical && logical { throw ValidationError("can't pass both -P and -L options") }
+    }
 
     func run() throws {
         try runVerb("get-fiemap") {
@@ -534,7 +564,6 @@ struct GetFiemapCommand: ParsableCommand {
             let block = UInt64(Layout.dataBlockSize)
             let unit: UInt64 = byte ? 1 : block
             var nr = 0
-            var written = 0
             var rows: [FiemapRow] = []
             var from: UInt64 = 0
             while true {
@@ -542,24 +571,24 @@ struct GetFiemapCommand: ParsableCommand {
                     throw VerbError("unexpected reply from the mount")
                 }
                 for e in es {
-                    let off = (physical ? e.physical : e.logical) / unit
                     let flags = (e.flags & FiemapExtent.unknown != 0 ? "O" : ".") + (e.flags & FiemapExtent.unwritten != 0 ? "U" : ".")
                         + (e.flags & FiemapExtent.last != 0 ? "L" : ".")
+                    let l = e.logical / unit, p = e.physical / unit
                     if json {
-                        rows.append(FiemapRow(offset: off, length: e.length / unit, flags: flags))
+                        rows.append(FiemapRow(logical: l, physical: p, length: e.length / unit, flags: flags))
                     } else {
-                        print("\(nr): offset: \(off), length: \(e.length / unit), flags: \(flags)")
+                        let offsets = physical ? "\(p)" : logical ? "\(l)" : "\(l) \(p)"
+                        print("\(nr): offset: \(offsets) length: \(e.length / unit) flags: \(flags)")
                     }
                     nr += 1
-                    if e.flags & FiemapExtent.unwritten == 0 { written += 1 }
                 }
                 guard !end, let last = es.last else { break }
                 from = (last.logical + last.length) / block
             }
             if json {
-                try printJSON(FiemapJSON(entries: nr, extents: written, map: rows))
+                try printJSON(FiemapJSON(extents: nr, map: rows))
             } else {
-                print("entries: \(nr), extents: \(written)")
+                print("extents: \(nr)")
             }
         }
     }
@@ -567,13 +596,191 @@ struct GetFiemapCommand: ParsableCommand {
 
 /// `get-fiemap --json`: the text output's numbers, in the units asked for.
 struct FiemapJSON: Encodable {
-    var entries: Int
     var extents: Int
     var map: [FiemapRow]
 }
 
 struct FiemapRow: Encodable {
-    var offset: UInt64
+    var logical: UInt64
+    var physical: UInt64
     var length: UInt64
     var flags: String
+}
+
+struct PunchOfflineCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "punch-offline",
+        abstract: "Make a (sparse) hole in a file's offline region at offset and with length, if its data version still matches.",
+        discussion: "Only offline (released) extents are punched: a region with allocated blocks is refused whole. Size, times and data version stay.")
+    @Option(name: [.customShort("V"), .customLong("data-version")], help: "Data version of the file (from `scoutfs stat`).") var dataVersionNumber: ScoutNumber
+    @Option(name: .shortAndLong, help: "Offset (bytes or KMGTP units; 4 KiB aligned).") var offset: String
+    @Option(name: .shortAndLong, help: "Length (bytes or KMGTP units; 4 KiB aligned).") var length: String
+    @Flag(help: "Print JSON.") var json = false
+    @Argument(help: "The file.") var file: String
+
+    func run() throws {
+        try runVerb("punch-offline") {
+            let off = try parseSize(offset)
+            let len = try parseSize(length)
+            let t = try ControlTarget.open(file, flags: O_RDWR)
+            defer { t.close() }
+            _ = try t.call(.punchOffline(dataVersion: dataVersionNumber.value, offset: off, length: len))
+            if json { try printJSON(["punched": len]) }
+        }
+    }
+}
+
+struct MoveBlocksCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "move-blocks",
+        abstract: "Move a fixed-size region of extents from one regular file to another.",
+        discussion: "The blocks change owner without being copied. Offsets and length are 4 KiB multiples (the length may instead end at FROM_FILE's size); the destination region must be a hole, and neither file may have offline data.")
+    @Option(name: [.customShort("f"), .customLong("from-offset")], help: "Byte offset in FROM_FILE of the region to move.") var fromOffset: String
+    @Option(name: .shortAndLong, help: "Length in bytes (or KMGTP units) of the region to move.") var length: String
+    @Option(name: [.customShort("t"), .customLong("to-offset")], help: "Byte offset (or KMGTP units) in TO_FILE where the region goes.") var toOffset: String
+    @Flag(help: "Print JSON.") var json = false
+    @Argument(help: "The file the blocks come from.") var fromFile: String
+    @Argument(help: "The file they go to.") var toFile: String
+
+    func run() throws {
+        try runVerb("move-blocks") {
+            guard let from = parseNumber(fromOffset) else { throw ValidationError("'\(fromOffset)' is not a number") }
+            let len = try parseSize(length)
+            let to = try parseSize(toOffset)
+            let src = Glibc.open(fromFile, O_RDWR | O_CLOEXEC)
+            guard src >= 0 else { throw VerbError.failed("open", fromFile, errno) }
+            defer { Glibc.close(src) }
+            let t = try ControlTarget.open(toFile, flags: O_RDWR)
+            defer { t.close() }
+            do {
+                _ = try t.call(.moveBlocks(fromOffset: from, length: len, toOffset: to, dataVersion: 0, stage: false), with: src)
+            } catch let e as VerbError {
+                // The original names the destination the ioctl was made on.
+                throw VerbError("ioctl failed on '\(toFile)': \(e.description)", errno: e.errno)
+            }
+            if json { try printJSON(["moved": len]) }
+        }
+    }
+}
+
+/// The fields of get-attr-x and set-attr-x in the original's order, with its option letters.
+let attrXFields: [(short: Character, long: String, mask: UInt64)] = [
+    ("m", "meta_seq", InodeAttrX.metaSeqMask), ("d", "data_seq", InodeAttrX.dataSeqMask),
+    ("v", "data_version", InodeAttrX.dataVersionMask), ("n", "online_blocks", InodeAttrX.onlineBlocksMask),
+    ("f", "offline_blocks", InodeAttrX.offlineBlocksMask), ("c", "ctime", InodeAttrX.ctimeMask),
+    ("r", "crtime", InodeAttrX.crtimeMask), ("s", "size", InodeAttrX.sizeMask),
+    ("t", "retention", InodeAttrX.retentionMask), ("p", "project_id", InodeAttrX.projectIDMask),
+]
+
+struct GetAttrXCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "get-attr-x",
+        abstract: "Get extensible file attributes: seqs, data version, block counts, times, size, retention, project id.",
+        discussion: "With no field options, all of them. With one, only its value is printed; with more, `name: value` lines.")
+    @Flag(name: [.customShort("m"), .customLong("meta_seq")], help: "Inode metadata change index sequence number.") var metaSeq = false
+    @Flag(name: [.customShort("d"), .customLong("data_seq")], help: "File data change index sequence number.") var dataSeq = false
+    @Flag(name: [.customShort("v"), .customLong("data_version")], help: "File data contents version.") var dataVersion = false
+    @Flag(name: [.customShort("n"), .customLong("online_blocks")], help: "Online data block count.") var onlineBlocks = false
+    @Flag(name: [.customShort("f"), .customLong("offline_blocks")], help: "Offline data block count.") var offlineBlocks = false
+    @Flag(name: [.customShort("c"), .customLong("ctime")], help: "Inode change time.") var ctime = false
+    @Flag(name: [.customShort("r"), .customLong("crtime")], help: "Creation time.") var crtime = false
+    @Flag(name: [.customShort("s"), .customLong("size")], help: "Size.") var size = false
+    @Flag(name: [.customShort("t"), .customLong("retention")], help: "Retention flag.") var retention = false
+    @Flag(name: [.customShort("p"), .customLong("project_id")], help: "Project ID.") var projectID = false
+    @Flag(help: "Print JSON.") var json = false
+    @Argument(help: "A file in a scoutfs mount.") var file: String
+
+    func run() throws {
+        try runVerb("get-attr-x") {
+            let chosen = [metaSeq, dataSeq, dataVersion, onlineBlocks, offlineBlocks, ctime, crtime, size, retention, projectID]
+            var mask = zip(attrXFields, chosen).reduce(UInt64(0)) { $0 | ($1.1 ? $1.0.mask : 0) }
+            if mask == 0 { mask = InodeAttrX.knownMask }
+            let t = try ControlTarget.open(file)
+            defer { t.close() }
+            let reply: ControlReply
+            do {
+                reply = try t.call(.getAttrX(mask: mask))
+            } catch let e as VerbError {
+                throw VerbError("attr_x ioctl failed on '\(file)': \(e.description)", errno: e.errno)
+            }
+            guard case let .attrX(x) = reply else { throw VerbError("unexpected reply from the mount") }
+            func time(_ t: Timestamp) -> String { "\(UInt64(bitPattern: t.seconds)).\(t.nanoseconds)" }
+            let values: [UInt64: String] = [
+                InodeAttrX.metaSeqMask: "\(x.metaSeq)", InodeAttrX.dataSeqMask: "\(x.dataSeq)",
+                InodeAttrX.dataVersionMask: "\(x.dataVersion)", InodeAttrX.onlineBlocksMask: "\(x.onlineBlocks)",
+                InodeAttrX.offlineBlocksMask: "\(x.offlineBlocks)", InodeAttrX.ctimeMask: time(x.ctime),
+                InodeAttrX.crtimeMask: time(x.crtime), InodeAttrX.sizeMask: "\(x.size)",
+                InodeAttrX.retentionMask: x.bits & InodeAttrX.retentionBit != 0 ? "1" : "0", InodeAttrX.projectIDMask: "\(x.projectID)",
+            ]
+            let shown = attrXFields.filter { mask & $0.mask != 0 }
+            if json {
+                try printJSON(Dictionary(uniqueKeysWithValues: shown.map { ($0.long, values[$0.mask]!) }))
+            } else {
+                for f in shown { print(shown.count > 1 ? "\(f.long): \(values[f.mask]!)" : values[f.mask]!) }
+            }
+        }
+    }
+}
+
+struct SetAttrXCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "set-attr-x",
+        abstract: "Set extensible file attributes (root only): data version, size, times, retention, project id.",
+        discussion: "Size and data version only on a new, never written file. A retained file can be neither changed nor removed, even by root, until its retention flag is cleared (-t 0). meta_seq, data_seq and the block counts are accepted and left to the filesystem.")
+    @Option(name: [.customShort("m"), .customLong("meta_seq")], help: "Inode metadata change index sequence number.") var metaSeq: ScoutNumber?
+    @Option(name: [.customShort("d"), .customLong("data_seq")], help: "File data change index sequence number.") var dataSeq: ScoutNumber?
+    @Option(name: [.customShort("v"), .customLong("data_version")], help: "File data contents version (not 0).") var dataVersion: ScoutNumber?
+    @Option(name: [.customShort("n"), .customLong("online_blocks")], help: "Online data block count.") var onlineBlocks: ScoutNumber?
+    @Option(name: [.customShort("f"), .customLong("offline_blocks")], help: "Offline data block count.") var offlineBlocks: ScoutNumber?
+    @Option(name: [.customShort("c"), .customLong("ctime")], help: "Inode change time, SECS.NSECS.") var ctime: String?
+    @Option(name: [.customShort("r"), .customLong("crtime")], help: "Creation time, SECS.NSECS.") var crtime: String?
+    @Option(name: [.customShort("s"), .customLong("size")], help: "Size.") var size: ScoutNumber?
+    @Option(name: [.customShort("t"), .customLong("retention")], help: "Retention flag, 0 or 1.") var retention: ScoutNumber?
+    @Option(name: [.customShort("p"), .customLong("project_id")], help: "Project ID (0: none).") var projectID: ScoutNumber?
+    @Argument(help: "A file in a scoutfs mount.") var file: String
+
+    func validate() throws {
+        if dataVersion?.value == 0 { throw ValidationError("data version must not be 0") }
+        if let ctime { _ = try SetattrCommand.parseTime(ctime) }
+        if let crtime { _ = try SetattrCommand.parseTime(crtime) }
+    }
+
+    func run() throws {
+        try runVerb("set-attr-x") {
+            var x = InodeAttrX(mask: 0)
+            func set(_ n: ScoutNumber?, _ mask: UInt64, _ field: WritableKeyPath<InodeAttrX, UInt64>) {
+                guard let n else { return }
+                x.mask |= mask
+                x[keyPath: field] = n.value
+            }
+            set(metaSeq, InodeAttrX.metaSeqMask, \.metaSeq)
+            set(dataSeq, InodeAttrX.dataSeqMask, \.dataSeq)
+            set(dataVersion, InodeAttrX.dataVersionMask, \.dataVersion)
+            set(onlineBlocks, InodeAttrX.onlineBlocksMask, \.onlineBlocks)
+            set(offlineBlocks, InodeAttrX.offlineBlocksMask, \.offlineBlocks)
+            set(size, InodeAttrX.sizeMask, \.size)
+            set(projectID, InodeAttrX.projectIDMask, \.projectID)
+            if let ctime {
+                x.mask |= InodeAttrX.ctimeMask
+                x.ctime = try SetattrCommand.parseTime(ctime)
+            }
+            if let crtime {
+                x.mask |= InodeAttrX.crtimeMask
+                x.crtime = try SetattrCommand.parseTime(crtime)
+            }
+            if let retention {
+                x.mask |= InodeAttrX.retentionMask
+                if retention.value != 0 { x.bits |= InodeAttrX.retentionBit }
+            }
+            // Nothing asked: nothing to do, as the original.
+            guard x.mask != 0 else { return }
+            let t = try ControlTarget.open(file)
+            defer { t.close() }
+            do {
+                _ = try t.call(.setAttrX(x))
+            } catch let e as VerbError {
+                throw VerbError("attr_x ioctl failed on '\(file)': \(e.description)", errno: e.errno)
+            }
+        }
+    }
 }

@@ -291,8 +291,8 @@ struct MountCommand: ParsableCommand {
                 }
             }
             try FileManager.default.createDirectory(atPath: MountRegistry.directory, withIntermediateDirectories: true)
-            control = try ControlServer(path: MountRegistry.controlSocket(for: mnt), log: logLine) { body, file, peer in
-                service.handle(body, file: file, peer: peer)
+            control = try ControlServer(path: MountRegistry.controlSocket(for: mnt), log: logLine) { body, files, peer in
+                service.handle(body, files: files, peer: peer)
             }
             try control.start()
         } catch {

@@ -12,7 +12,9 @@ struct ScoutCommand: ParsableCommand {
                       WalkInodesCommand.self, StatCommand.self, StatfsCommand.self, ReleaseCommand.self, StageCommand.self,
                       SetattrCommand.self, DataWaitingCommand.self, DataWaitErrCommand.self, InoPathCommand.self,
                       GetReferringEntriesCommand.self, SearchXattrsCommand.self, ReadXattrTotalsCommand.self,
-                      ListHiddenXattrsCommand.self, DfCommand.self, SyncCommand.self, GetFiemapCommand.self]
+                      ListHiddenXattrsCommand.self, DfCommand.self, SyncCommand.self, GetFiemapCommand.self,
+                      PunchOfflineCommand.self, MoveBlocksCommand.self, GetAttrXCommand.self, SetAttrXCommand.self,
+                      ReadXattrIndexCommand.self]
     )
 }
 

@@ -33,6 +33,72 @@ struct SearchXattrsCommand: ParsableCommand {
     }
 }
 
+struct ReadXattrIndexCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "read-xattr-index",
+        abstract: "Search and print inode numbers indexed by their .indx. xattrs (root only).",
+        discussion: "Entries are MAJOR.MINOR.INO (each number may be 0x hex or 0 octal, -1 the largest); one line per inode and position: MAJOR.MINOR = INO.")
+    @Option(name: .shortAndLong, help: "A path in the filesystem.") var path: String?
+    @Flag(help: "Print JSON.") var json = false
+    @Argument(help: "The first entry (default 0.0.0).") var firstEntry: String?
+    @Argument(help: "The last entry (default 255.-1.-1).") var lastEntry: String?
+
+    struct Entry: Encodable { var major: UInt8; var minor, ino: UInt64 }
+
+    /// "a.b.ino" as the original's sscanf("%i.%lli.%lli") reads it.
+    static func parse(_ s: String) throws -> XattrIndexEntry {
+        let parts = s.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 3, let major = parseSigned(parts[0]), let minor = parseNumber(parts[1]), let ino = parseNumber(parts[2]) else {
+            throw VerbError("bad index position entry argument '\(s)', it must be in the form \"a.b.ino\" where each value can be prefixed by '0' for octal or '0x' for hex", errno: EINVAL)
+        }
+        guard (0...255).contains(major) else {
+            throw VerbError("initial major index position '\(major)' must be between 0 and 255, inclusive.", errno: EINVAL)
+        }
+        return XattrIndexEntry(major: UInt8(major), minor: minor, ino: ino)
+    }
+
+    /// A signed number as %i reads it (decimal, 0x hex, 0 octal, a leading minus).
+    static func parseSigned(_ s: String) -> Int64? {
+        if s.hasPrefix("-") { return parseNumber(String(s.dropFirst())).flatMap { $0 <= UInt64(Int64.max) ? -Int64($0) : nil } }
+        return parseNumber(s).flatMap { $0 <= UInt64(Int64.max) ? Int64($0) : nil }
+    }
+
+    func run() throws {
+        try runVerb("read-xattr-index") {
+            var first = XattrIndexEntry(major: 0, minor: 0, ino: 0)
+            let last = try lastEntry.map(Self.parse) ?? XattrIndexEntry(major: .max, minor: .max, ino: .max)
+            if let firstEntry { first = try Self.parse(firstEntry) }
+            guard first <= last else {
+                throw VerbError("first index position \(first.major).\(first.minor).\(first.ino) must be less than last index position \(last.major).\(last.minor).\(last.ino)", errno: EINVAL)
+            }
+            let t = try ControlTarget.open(path)
+            defer { t.close() }
+            var all: [Entry] = []
+            while true {
+                guard case let .indexEntries(es) = try t.call(.readXattrIndex(first: first, last: last, limit: 1024)) else {
+                    throw VerbError("unexpected reply from the mount")
+                }
+                for e in es {
+                    if json { all.append(Entry(major: e.major, minor: e.minor, ino: e.ino)) } else { print("\(e.major).\(e.minor) = \(e.ino)") }
+                }
+                guard var next = es.last else { break }
+                // The entry after the last one, carrying into minor and major as the original.
+                next.ino &+= 1
+                if next.ino == 0 {
+                    next.minor &+= 1
+                    if next.minor == 0 {
+                        if next.major == .max { break }
+                        next.major += 1
+                    }
+                }
+                guard next <= last else { break }
+                first = next
+            }
+            if json { try printJSON(all) }
+        }
+    }
+}
+
 struct ReadXattrTotalsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "read-xattr-totals",

@@ -258,3 +258,110 @@ extension Result {
         return nil
     }
 }
+
+/// punch-offline and move-blocks, the original's PUNCH_OFFLINE and MOVE_BLOCKS.
+@Suite struct ExtentMoveTests {
+    let devices = MemoryMount()
+    let user = Caller(uid: 1000, gid: 100, umask: 0o022)
+    let t = ArchiveTests()
+
+    func fiemap(_ fs: Filesystem, _ ino: UInt64) throws -> [String] {
+        try fs.fiemap(ino, fromBlock: 0, limit: 1000).extents.map {
+            "\($0.logical / 4096)+\($0.length / 4096)\($0.flags & FiemapExtent.unknown != 0 ? "O" : "")"
+        }
+    }
+
+    @Test func punchingTurnsOfflineExtentsIntoHolesAndRefusesMappedOnes() throws {
+        let fs = try devices.mount()
+        let contents = t.pattern(7 * 4096)
+        let ino = try t.file(fs, "f", contents)
+        let v = try fs.statMore(ino).dataVersion
+        // A mapped block in the region refuses it whole.
+        #expect(t.archiveErrno { () throws(ArchiveError) in try fs.punchOffline(ino, dataVersion: v, offset: 0, length: 8192) } == .invalidArgument)
+        try fs.release(ino, dataVersion: v, offset: 0, length: 7 * 4096)
+        #expect(try fiemap(fs, ino) == ["0+7O"])
+        for b: UInt64 in [1, 3, 5] { try fs.punchOffline(ino, dataVersion: v, offset: b * 4096, length: 4096) }
+        #expect(try fiemap(fs, ino) == ["0+1O", "2+1O", "4+1O", "6+1O"])
+        // Across holes and offline extents alike.
+        try fs.punchOffline(ino, dataVersion: v, offset: 2 * 4096, length: 3 * 4096)
+        #expect(try fiemap(fs, ino) == ["0+1O", "6+1O"])
+        let more = try fs.statMore(ino)
+        #expect(more.offlineBlocks == 2 && more.dataVersion == v)
+        #expect(try fs.getattr(ino).size == 7 * 4096)
+        // Punched blocks are holes: they read as zeros without waiting for a stage.
+        #expect(try fs.read(ino, offset: 4096, count: 4 * 4096) == [UInt8](repeating: 0, count: 4 * 4096))
+        // Unaligned or wrapping ranges are EOVERFLOW, a stale version ESTALE; a zero length does nothing.
+        for (off, len): (UInt64, UInt64) in [(4095, 4096), (4096, 4097), (4096, 1), (.max - 4095, 8192)] {
+            #expect(t.archiveErrno { () throws(ArchiveError) in try fs.punchOffline(ino, dataVersion: v, offset: off, length: len) } == .overflow)
+        }
+        #expect(t.archiveErrno { () throws(ArchiveError) in try fs.punchOffline(ino, dataVersion: v + 1, offset: 0, length: 4096) } == .staleNFSFileHandle)
+        try fs.punchOffline(ino, dataVersion: v, offset: 0, length: 0)
+        #expect(try fiemap(fs, ino) == ["0+1O", "6+1O"])
+        try fs.sync()
+        #expect(Checker.check(meta: devices.meta, data: devices.data).problems == [])
+    }
+
+    @Test func movedBlocksChangeOwnerWithoutACopy() throws {
+        let fs = try devices.mount()
+        let src = t.pattern(8 * 4096 + 123, seed: 2)
+        let from = try t.file(fs, "from", src)
+        let to = try t.file(fs, "to", [])
+        try fs.sync()
+        let fromBefore = try fs.statMore(from)
+        let toBefore = try fs.statMore(to)
+        let freeBefore = try fs.statfsMore().freeDataBlocks
+        let fromBlocks = try fs.fiemap(from, fromBlock: 0, limit: 10).extents.map(\.physical)
+
+        // Blocks 2..<5 to the destination's block 1; the source keeps a hole there.
+        try fs.moveBlocks(from: from, fromOffset: 2 * 4096, length: 3 * 4096, to: to, toOffset: 4096)
+        #expect(try fs.read(to, offset: 0, count: 1 << 20) == [UInt8](repeating: 0, count: 4096) + Array(src[8192..<(5 * 4096)]))
+        var expected = src
+        expected.replaceSubrange(8192..<(5 * 4096), with: [UInt8](repeating: 0, count: 3 * 4096))
+        #expect(try fs.read(from, offset: 0, count: 1 << 20) == expected)
+        #expect(try fs.statfsMore().freeDataBlocks == freeBefore, "nothing is allocated or freed by a move")
+        #expect(try fs.fiemap(to, fromBlock: 0, limit: 10).extents.first?.physical == fromBlocks[0] + 2 * 4096)
+        try fs.sync()
+        let fromAfter = try fs.statMore(from)
+        let toAfter = try fs.statMore(to)
+        #expect(fromAfter.onlineBlocks == fromBefore.onlineBlocks - 3 && toAfter.onlineBlocks == 3)
+        #expect(fromAfter.dataVersion > fromBefore.dataVersion && toAfter.dataVersion > toBefore.dataVersion)
+        #expect(fromAfter.dataSeq > fromBefore.dataSeq && toAfter.dataSeq > toBefore.dataSeq)
+
+        // The final partial block moves with the source's size kept partial in the destination.
+        let other = try t.file(fs, "other", [])
+        try fs.moveBlocks(from: from, fromOffset: 8 * 4096, length: 123, to: other, toOffset: 0)
+        #expect(try fs.getattr(other).size == 123)
+        #expect(try fs.read(other, offset: 0, count: 4096) == Array(src[(8 * 4096)...]))
+
+        // Refusals change nothing.
+        func refused(_ body: () throws(ArchiveError) -> Void) -> Errno? { t.archiveErrno(body) }
+        let mapBefore = try fiemap(fs, to)
+        #expect(refused { () throws(ArchiveError) in try fs.moveBlocks(from: from, fromOffset: 0, length: 2 * 4096, to: to, toOffset: 0) } == .invalidArgument,
+                "the destination's block 1 holds data")
+        #expect(refused { () throws(ArchiveError) in try fs.moveBlocks(from: from, fromOffset: 1, length: 4096, to: to, toOffset: 8 * 4096) } == .invalidArgument)
+        #expect(refused { () throws(ArchiveError) in try fs.moveBlocks(from: from, fromOffset: 0, length: 4095, to: to, toOffset: 8 * 4096) } == .invalidArgument)
+        #expect(refused { () throws(ArchiveError) in try fs.moveBlocks(from: from, fromOffset: 0, length: 4096, to: from, toOffset: 8 * 4096) } == .invalidArgument)
+        #expect(refused { () throws(ArchiveError) in try fs.moveBlocks(from: from, fromOffset: 0xFFFF_FFFF_FFFF_F000, length: 8192, to: to, toOffset: 0) } == .overflow)
+        #expect(refused { () throws(ArchiveError) in try fs.moveBlocks(from: 1, fromOffset: 0, length: 4096, to: to, toOffset: 8 * 4096) } == .isDirectory)
+        #expect(try fiemap(fs, to) == mapBefore)
+        #expect(try fs.read(from, offset: 0, count: 2 * 4096) == Array(src[0..<8192]))
+
+        // Offline data on either side is ENODATA; staging moves blocks into an offline region.
+        let v = try fs.statMore(to).dataVersion
+        try fs.release(to, dataVersion: v, offset: 0, length: 8 * 4096)
+        #expect(refused { () throws(ArchiveError) in try fs.moveBlocks(from: from, fromOffset: 0, length: 4096, to: to, toOffset: 6 * 4096) } == .noData)
+        let toTimes = try fs.getattr(to)
+        try fs.moveBlocks(from: from, fromOffset: 0, length: 2 * 4096, to: to, toOffset: 0, stage: true, dataVersion: v)
+        #expect(try fs.statMore(to).dataVersion == v && fs.statMore(to).offlineBlocks == 2)
+        #expect(try fs.getattr(to).mtime == toTimes.mtime)
+        #expect(try fs.read(to, offset: 0, count: 8192) == Array(src[0..<8192]))
+        #expect(refused { () throws(ArchiveError) in
+            try fs.moveBlocks(from: from, fromOffset: 5 * 4096, length: 4096, to: to, toOffset: 0, stage: true, dataVersion: v)
+        } == .invalidArgument, "staging needs an offline destination")
+        #expect(refused { () throws(ArchiveError) in
+            try fs.moveBlocks(from: from, fromOffset: 5 * 4096, length: 4096, to: to, toOffset: 4 * 4096, stage: true, dataVersion: v + 1)
+        } == .staleNFSFileHandle)
+        try fs.sync()
+        #expect(Checker.check(meta: devices.meta, data: devices.data).problems == [])
+    }
+}

@@ -43,6 +43,8 @@ import Testing
             ("scoutfs.srch.hide.x", XattrTags(hide: true, srch: true)),
             ("scoutfs.totl.disk.1.0x2.010", XattrTags(totl: true, totlName: XattrTotalName(a: 1, b: 2, c: 8))),
             ("scoutfs.hide.totl.18446744073709551615.0.0", XattrTags(hide: true, totl: true, totlName: XattrTotalName(a: .max, b: 0, c: 0))),
+            ("scoutfs.hide.indx.test.255.18446744073709551615", XattrTags(hide: true, indx: true, indexPosition: XattrIndexPosition(major: 255, minor: .max))),
+            ("scoutfs.indx.0x5.0", XattrTags(indx: true, indexPosition: XattrIndexPosition(major: 5, minor: 0))),
         ]
         for (n, tags) in good { #expect(try XattrTags.parse(name(n)) == tags, "\(n)") }
         #expect(try XattrTags.parse(name("user.scoutfs.hide.x")) == nil)
@@ -52,7 +54,9 @@ import Testing
             ("scoutfs.totl.1.2", .invalidArgument), ("scoutfs.totl.a.b.c", .invalidArgument),
             ("scoutfs.totl.x.1.2.+3", .invalidArgument), ("scoutfs.totl.x.1.2.18446744073709551616", .invalidArgument),
             ("scoutfs.totl.x.1.2.", .invalidArgument), ("scoutfs.totl.x.1.2.09", .invalidArgument),
-            ("scoutfs.indx.x.1.2", .notSupported),
+            ("scoutfs.indx.x.1", .invalidArgument), ("scoutfs.indx.x.256.2", .invalidArgument),
+            ("scoutfs.indx.x..2", .invalidArgument), ("scoutfs.indx.x.1.-1", .invalidArgument),
+            ("scoutfs.indx.totl.x.1.2.3", .invalidArgument), ("scoutfs.indx.indx.x.1.2", .invalidArgument),
         ]
         for (n, e) in bad { #expect(errno { _ = try XattrTags.parse(name(n)) } == e, "\(n)") }
     }
@@ -195,6 +199,57 @@ import Testing
         #expect(try allTotals(fs!).isEmpty)
         try fs!.sync()
         #expect(Checker.check(meta: devices.meta, data: devices.data).problems == [])
+    }
+    /// `.indx.` xattrs as the original's tests/golden/basic-xattr-indx: no value, an entry per
+    /// inode and position however many xattrs put it there, gone with the last of them or
+    /// with the inode, kept across commits and merges; `check` agrees.
+    @Test func indexXattrsListTheirInodesAtTheirPositions() throws {
+        let fs = try devices.mount()
+        func make(_ n: String) throws -> UInt64 {
+            let f = try fs.create(1, name(n), mode: 0o644, flags: O_RDWR, caller: user)
+            try fs.release(f.ino)
+            return f.ino
+        }
+        func all(_ first: XattrIndexEntry = XattrIndexEntry(major: 0, minor: 0, ino: 0),
+                 _ last: XattrIndexEntry = XattrIndexEntry(major: 255, minor: .max, ino: .max)) throws -> [XattrIndexEntry] {
+            var out: [XattrIndexEntry] = []
+            var from = first
+            while true {
+                let page = try fs.xattrIndex(from: from, through: last, limit: 2)
+                out += page
+                guard var next = page.last else { return out }
+                next.ino += 1
+                from = next
+            }
+        }
+        let a = try make("a"), b = try make("b"), c = try make("c")
+        #expect(errno { try fs.setXattr(a, name("scoutfs.hide.indx.t.5.100"), [0x30], flags: 0, caller: root) } == .invalidArgument)
+        #expect(errno { try fs.setXattr(a, name("scoutfs.hide.indx.t.5.100"), [], flags: 0, caller: user) } == .notPermitted)
+        try fs.setXattr(a, name("scoutfs.hide.indx.t.5.100"), [], flags: 0, caller: root)
+        try fs.setXattr(a, name("scoutfs.hide.indx.t.5.100"), [], flags: 0, caller: root)
+        try fs.setXattr(b, name("scoutfs.hide.indx.t.5.100"), [], flags: 0, caller: root)
+        try fs.setXattr(c, name("scoutfs.hide.indx.aa.5.200"), [], flags: 0, caller: root)
+        try fs.setXattr(c, name("scoutfs.hide.indx.bb.5.200"), [], flags: 0, caller: root)
+        try fs.setXattr(c, name("scoutfs.indx.x.0.0"), [], flags: 0, caller: root)
+        try fs.setXattr(c, name("scoutfs.indx.y.255.18446744073709551615"), [], flags: 0, caller: root)
+        let e = { (major: UInt8, minor: UInt64, ino: UInt64) in XattrIndexEntry(major: major, minor: minor, ino: ino) }
+        let expected = [e(0, 0, c), e(5, 100, a), e(5, 100, b), e(5, 200, c), e(255, .max, c)]
+        #expect(try all() == expected)
+        try fs.syncAndMerge()
+        #expect(try all() == expected)
+        #expect(try all(e(5, 100, b), e(5, 200, .max)) == [e(5, 100, b), e(5, 200, c)])
+        // One of two xattrs at a position keeps the entry; the last one and the inode take it.
+        try fs.removeXattr(c, name("scoutfs.hide.indx.aa.5.200"), caller: root)
+        #expect(try all(e(5, 200, 0), e(5, 200, .max)) == [e(5, 200, c)])
+        #expect(errno { try fs.removeXattr(c, name("scoutfs.hide.indx.zz.5.999"), caller: root) } == .noData)
+        try fs.removeXattr(a, name("scoutfs.hide.indx.t.5.100"), caller: root)
+        try fs.unlink(1, name("c"))
+        try fs.forget(c, 1)
+        #expect(try all() == [e(5, 100, b)])
+        try fs.sync()
+        #expect(Checker.check(meta: devices.meta, data: devices.data).problems == [])
+        let report = FilesystemCheck.check(try Store.open(meta: devices.meta, data: devices.data))
+        #expect(report.problems == [])
     }
 }
 

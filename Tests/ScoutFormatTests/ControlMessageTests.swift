@@ -17,7 +17,20 @@ import Testing
         .readXattrTotals(after: nil, limit: 5),
         .readXattrTotals(after: XattrTotalName(a: 1, b: .max, c: 3), limit: 5),
         .fiemap(fromBlock: 0, limit: 1024), .fiemap(fromBlock: .max, limit: 0),
+        .punchOffline(dataVersion: 3, offset: 4096, length: .max),
+        .moveBlocks(fromOffset: 0, length: 123, toOffset: 8192, dataVersion: 0, stage: false),
+        .moveBlocks(fromOffset: .max, length: 1, toOffset: 0, dataVersion: 9, stage: true),
+        .getAttrX(mask: InodeAttrX.knownMask), .setAttrX(ControlMessageTests.attrX),
+        .readXattrIndex(first: XattrIndexEntry(major: 0, minor: 0, ino: 0), last: XattrIndexEntry(major: 255, minor: .max, ino: .max), limit: 7),
     ]
+
+    static let attrX: InodeAttrX = {
+        var a = InodeAttrX(mask: InodeAttrX.retentionMask | InodeAttrX.projectIDMask | InodeAttrX.ctimeMask, flags: InodeAttrX.sizeOffline)
+        (a.metaSeq, a.dataSeq, a.dataVersion, a.onlineBlocks, a.offlineBlocks, a.size, a.bits, a.projectID) = (1, 2, 3, 4, 5, 6, 1, .max)
+        a.ctime = Timestamp(seconds: -7, nanoseconds: 8)
+        a.crtime = Timestamp(seconds: 9, nanoseconds: 999_999_999)
+        return a
+    }()
 
     static let replies: [ControlReply] = [
         .failure(errno: 116, message: "data version 3 is not the file's 4"),
@@ -36,6 +49,8 @@ import Testing
         .fiemap([FiemapExtent(logical: 0, physical: 0, length: 4096, flags: FiemapExtent.unknown),
                  FiemapExtent(logical: 8192, physical: 1 << 40, length: 1 << 30, flags: FiemapExtent.last)], end: true),
         .fiemap([], end: false),
+        .attrX(ControlMessageTests.attrX), .attrX(InodeAttrX(mask: 0)),
+        .indexEntries([]), .indexEntries([XattrIndexEntry(major: 5, minor: 100, ino: 4097), XattrIndexEntry(major: 255, minor: .max, ino: 1)]),
     ]
 
     @Test func everyRequestAndReplyRoundTrips() throws {

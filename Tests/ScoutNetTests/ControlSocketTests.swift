@@ -12,11 +12,11 @@ import Testing
         "/tmp/scoutfs-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
     }
 
-    /// Echoes the request with the caller's uid and the passed file's size appended.
+    /// Echoes the request with the caller's uid and the passed files' sizes appended.
     func echoServer(_ path: String) throws -> ControlServer {
-        let server = try ControlServer(path: path) { body, fd, peer in
+        let server = try ControlServer(path: path) { body, fds, peer in
             var out = body + [UInt8(truncatingIfNeeded: peer.uid)]
-            if let fd {
+            for fd in fds {
                 var st = stat()
                 fstat(fd, &st)
                 out += [UInt8(truncatingIfNeeded: st.st_size)]
@@ -37,7 +37,13 @@ import Testing
         let fd = open(file, O_CREAT | O_RDWR | O_TRUNC, 0o600)
         defer { close(fd); unlink(file) }
         _ = write(fd, "hello", 5)
-        #expect(try client.call([9], file: fd) == [9, UInt8(truncatingIfNeeded: getuid()), 5])
+        #expect(try client.call([9], files: [fd]) == [9, UInt8(truncatingIfNeeded: getuid()), 5])
+        // Two descriptors (move-blocks sends the file the blocks come from as well), in order.
+        let other = file + ".2"
+        let fd2 = open(other, O_CREAT | O_RDWR | O_TRUNC, 0o600)
+        defer { close(fd2); unlink(other) }
+        _ = write(fd2, "hi", 2)
+        #expect(try client.call([8], files: [fd2, fd]) == [8, UInt8(truncatingIfNeeded: getuid()), 2, 5])
         // A big body crosses several reads.
         let big = [UInt8](repeating: 7, count: 900_000)
         #expect(try client.call(big).count == big.count + 1)
@@ -107,13 +113,14 @@ import Testing
             close(s)
             for fd in fds { close(fd) }
             if count <= 8 {
-                #expect(answer == [5, UInt8(truncatingIfNeeded: getuid()), 0], "\(answer)")
+                // The first two are the request's; the rest were closed unread.
+                #expect(answer == [5, UInt8(truncatingIfNeeded: getuid()), 0, 0], "\(answer)")
             } else {
                 guard case .failure(let e, let message)? = try? ControlReply(decoding: answer) else {
                     Issue.record("expected a refusal for \(count) descriptors, got \(answer)")
                     continue
                 }
-                #expect(e == EINVAL && message.contains("one file descriptor"))
+                #expect(e == EINVAL && message.contains("at most 2 file descriptors"))
             }
         }
         // Everything the server received was closed again.
