@@ -258,24 +258,35 @@ extension FSCore {
             return true
         }
         guard !runs.isEmpty else { return }
+        // What the destination holds over the whole region, read in one pass: a scan per run
+        // would walk again over the deletions an earlier move left in the cache, for a cost
+        // that grows with the square of the extents moved.
+        var held: [(start: UInt64, end: UInt64, offline: Bool)] = []
+        try forEachExtent(to, from: shift(runs[0].start), through: shift(runs[runs.count - 1].start + runs[runs.count - 1].length - 1)) { key, start, fe in
+            held.append((start, start + key.third, fe.flags.contains(.offline)))
+            return true
+        }
+        var h = 0
         for run in runs {
             let d0 = shift(run.start)
-            let d1 = d0 + run.length - 1
+            let d1 = d0 + run.length
+            while h < held.count && held[h].end <= d0 { h += 1 }
             var covered: UInt64 = 0
             var clash = false
-            try forEachExtent(to, from: d0, through: d1) { key, start, fe in
-                if stage && fe.flags.contains(.offline) {
-                    covered += min(start + key.third, d1 + 1) - max(start, d0)
-                    return true
+            var i = h
+            while i < held.count && held[i].start < d1 {
+                if stage && held[i].offline {
+                    covered += min(held[i].end, d1) - max(held[i].start, d0)
+                } else {
+                    clash = true
                 }
-                clash = true
-                return false
+                i += 1
             }
             if stage && (clash || covered != run.length) {
-                throw ArchiveError(.invalidArgument, "move-blocks: destination blocks \(d0)...\(d1) are not all offline; staging moves blocks only into released regions")
+                throw ArchiveError(.invalidArgument, "move-blocks: destination blocks \(d0)...\(d1 - 1) are not all offline; staging moves blocks only into released regions")
             }
             if !stage && clash {
-                throw ArchiveError(.invalidArgument, "move-blocks: destination blocks \(d0)...\(d1) already hold data; blocks are moved only into holes")
+                throw ArchiveError(.invalidArgument, "move-blocks: destination blocks \(d0)...\(d1 - 1) already hold data; blocks are moved only into holes")
             }
         }
 
