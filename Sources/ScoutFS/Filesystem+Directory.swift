@@ -333,20 +333,21 @@ extension FSCore {
         if offset == 0 {
             guard try Self.dot.withUnsafeBytes({ try emit(dir, rec.direntType, $0, 1) }) else { return }
         }
-        // The entry read and not yet emitted: its name is copied into one buffer, reused.
-        var pending = false
-        var (pendingIno, pendingType, lastPos) = (UInt64(0), UInt8(0), UInt64(1))
-        var pendingName: [UInt8] = []
-        pendingName.reserveCapacity(256)
+        // The entry read and not yet emitted: its item's value (an array kept, not copied), or
+        // "..", which has no item.
+        var pendingValue: [UInt8]?
+        var pendingDotDot = false
+        var lastPos: UInt64 = 1
         func emitPending(next: UInt64) throws -> Bool {
-            guard pending else { return true }
-            pending = false
-            return try pendingName.withUnsafeBytes { try emit(pendingIno, pendingType, $0, next) }
+            if pendingDotDot {
+                pendingDotDot = false
+                return try Self.dotDot.withUnsafeBytes { try emit(try parent(of: dir) ?? dir, UInt8(DT_DIR), $0, next) }
+            }
+            guard let value = pendingValue else { return true }
+            pendingValue = nil
+            return try DirentRecord.withFields(of: value) { ino, type, name in try emit(ino, type, name, next) }
         }
-        if offset <= 1 {
-            (pendingIno, pendingType, pending) = (try parent(of: dir) ?? dir, UInt8(DT_DIR), true)
-            pendingName.append(contentsOf: Self.dotDot)
-        }
+        if offset <= 1 { pendingDotDot = true }
         var stopped = false
         if max(offset, 2) < end {
             try scan(Keys.readdir(dir, max(offset, 2)), Keys.readdir(dir, end - 1)) { it in
@@ -355,11 +356,8 @@ extension FSCore {
                     stopped = true
                     return false
                 }
-                try DirentRecord.withFields(of: it.value) { ino, type, name in
-                    (pendingIno, pendingType, pending, lastPos) = (ino, type, true, pos)
-                    pendingName.removeAll(keepingCapacity: true)
-                    pendingName.append(contentsOf: name)
-                }
+                pendingValue = it.value
+                lastPos = pos
                 return true
             }
         }
