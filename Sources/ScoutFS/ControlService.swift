@@ -178,6 +178,18 @@ public final class ControlService: Sendable {
         case let .readXattrIndex(first, last, n):
             try requireRoot(peer, "read-xattr-index")
             return .indexEntries(try fs.xattrIndex(from: first, through: last, limit: limit(n)))
+        case let .addQuotaRule(rule):
+            try requireRoot(peer, "quota-add")
+            try fs.addQuotaRule(rule)
+            return .done
+        case let .deleteQuotaRule(rule):
+            try requireRoot(peer, "quota-del")
+            try fs.deleteQuotaRule(rule)
+            return .done
+        case let .quotaRules(from, n):
+            try requireRoot(peer, "quota-list")
+            let page = try fs.quotaRules(from: from, limit: limit(n))
+            return .quotaRules(page.rules, next: page.next)
         }
     }
 }

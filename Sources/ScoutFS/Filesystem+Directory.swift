@@ -135,6 +135,7 @@ extension FSCore {
         rec.rdev = rdev
         // Project ids are inherited at creation and never follow a rename or link.
         rec.projectID = parent.projectID
+        try checkQuota(op: QuotaRule.inodeOp, project: rec.projectID, uid: rec.uid, gid: rec.gid)
         if let target = symlinkTarget {
             guard !target.isEmpty, target.count < Int(PATH_MAX) else { throw target.isEmpty ? Errno.noSuchFileOrDirectory : Errno.fileNameTooLong }
             rec.size = UInt64(target.count)
@@ -404,6 +405,7 @@ extension Filesystem {
     /// Creates a node in `dir` under the locks of `dir` and of the new inode's group (a new
     /// `directory` starts a group of its own).
     func makeNode<T>(_ dir: UInt64, directory: Bool = false, _ body: (FSCore, UInt64) throws -> T) throws(Errno) -> T {
+        try prepareQuota()
         var plan = LockPlan()
         plan.write(dir)
         var ino: UInt64?

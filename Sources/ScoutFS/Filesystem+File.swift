@@ -192,6 +192,7 @@ extension FSCore {
         var rec = try inode(ino)
         if rec.isDirectory { throw Errno.isDirectory }
         try checkRetention(rec)
+        try checkQuota(op: QuotaRule.dataOp, project: rec.projectID, uid: rec.uid, gid: rec.gid)
         guard !data.isEmpty else { return 0 }
         // data_version covers the whole file: all of it must be online before it changes.
         try checkOnline(ino, rec, from: 0, count: rec.size, op: .write)
@@ -328,6 +329,7 @@ extension FSCore {
         var rec = try inode(ino)
         guard rec.isRegular else { throw Errno.operationNotSupportedByDevice }
         try checkRetention(rec)
+        try checkQuota(op: QuotaRule.dataOp, project: rec.projectID, uid: rec.uid, gid: rec.gid)
         guard length > 0 else { throw Errno.invalidArgument }
         try checkOnline(ino, rec, from: 0, count: rec.size, op: .write)
         let (end, overflow) = offset.addingReportingOverflow(length)
@@ -529,10 +531,12 @@ extension Filesystem {
     }
 
     public func write(_ ino: UInt64, offset: UInt64, data: [UInt8], cancel: WaitCancellation? = nil) throws(Errno) -> Int {
-        try lockedWaiting(.grows, cancel, inodePlan(ino, write: true)) { try $0.writeData(ino, offset: offset, data: data) }
+        try prepareQuota()
+        return try lockedWaiting(.grows, cancel, inodePlan(ino, write: true)) { try $0.writeData(ino, offset: offset, data: data) }
     }
 
     public func fallocate(_ ino: UInt64, mode: Int32, offset: UInt64, length: UInt64, cancel: WaitCancellation? = nil) throws(Errno) {
+        try prepareQuota()
         try lockedWaiting(.grows, cancel, inodePlan(ino, write: true)) { try $0.fallocate(ino, mode: mode, offset: offset, length: length) }
     }
 

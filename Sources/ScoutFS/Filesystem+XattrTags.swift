@@ -181,6 +181,8 @@ extension FSCore {
         }
         let total = Int64(bitPattern: v)
         try addDelta(Keys.totl(n), adding ? [total, 1] : [0 &- total, -1])
+        // Quota checks computed from the old total are no longer this mount's answer.
+        shared.quotas.forgetChecks()
     }
 
     /// Takes back the search items and totals of every tagged xattr of an inode being deleted.

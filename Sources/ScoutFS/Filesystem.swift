@@ -189,6 +189,11 @@ public final class Filesystem: Sendable {
                 if let group = range.inodeGroupNumber { waits.wake(inGroup: group) }
             }
         }
+        // A rule changed on another node: it took the quota lock from this one.
+        let quotas = shared.quotas
+        cl.addDropHook { range in
+            if range == .quota { quotas.invalidate() }
+        }
         cl.locks.startWorker()
         do {
             if host.recovered > 0 { shared.log("merged \(host.recovered) log tree(s) left by an unclean unmount") }
@@ -456,6 +461,7 @@ final class FSShared: Sendable {
     nonisolated(unsafe) let data: any BlockDevice
     let waits = DataWaits()
     let refs = InodeReferences()
+    let quotas = QuotaState()
     let logSink: Mutex<Callback<String, Void>?>
     /// Blocking flock and POSIX lock requests, waiting for the cluster's table to let them in.
     let recordWaits: RecordLockWaits

@@ -231,6 +231,16 @@ public struct FiemapExtent: Equatable, Sendable {
     }
 }
 
+/// Where a quota rule is kept (its item's key), for paging through the rules.
+public struct QuotaRulePosition: Hashable, Sendable {
+    public var hash: UInt64
+    public var index: UInt64
+    public init(hash: UInt64, index: UInt64) {
+        self.hash = hash
+        self.index = index
+    }
+}
+
 /// The MAJOR and MINOR of an `.indx.` xattr name: where it lists its inode.
 public struct XattrIndexPosition: Hashable, Sendable {
     public var major: UInt8
@@ -357,6 +367,12 @@ public enum ControlRequest: Equatable, Sendable {
     case setAttrX(InodeAttrX)
     /// Entries of the `.indx.` index from `first` through `last` (root only).
     case readXattrIndex(first: XattrIndexEntry, last: XattrIndexEntry, limit: UInt32)
+    /// Adds a quota rule (root only); EEXIST if the same rule is there.
+    case addQuotaRule(QuotaRule)
+    /// Deletes a quota rule equal in every field (root only); ENOENT if there is none.
+    case deleteQuotaRule(QuotaRule)
+    /// Quota rules in storage order from `from` on.
+    case quotaRules(from: QuotaRulePosition, limit: UInt32)
 }
 
 public enum ControlReply: Equatable, Sendable {
@@ -377,6 +393,8 @@ public enum ControlReply: Equatable, Sendable {
     case fiemap([FiemapExtent], end: Bool)
     case attrX(InodeAttrX)
     case indexEntries([XattrIndexEntry])
+    /// A page of quota rules; `next` is where the following page starts (nil: no more).
+    case quotaRules([QuotaRule], next: QuotaRulePosition?)
 }
 
 public enum ControlMessage {
@@ -459,6 +477,9 @@ extension ControlRequest {
         case .getAttrX: 19
         case .setAttrX: 20
         case .readXattrIndex: 21
+        case .addQuotaRule: 22
+        case .deleteQuotaRule: 23
+        case .quotaRules: 24
         }
     }
 
@@ -524,6 +545,12 @@ extension ControlRequest {
         case let .fiemap(block, limit):
             w.u64(block)
             w.u32(limit)
+        case let .addQuotaRule(rule), let .deleteQuotaRule(rule):
+            rule.encode(into: &w)
+        case let .quotaRules(from, limit):
+            w.u64(from.hash)
+            w.u64(from.index)
+            w.u32(limit)
         }
         return w.bytes
     }
@@ -550,6 +577,9 @@ extension ControlRequest {
         case 21:
             let first = XattrIndexEntry(major: try r.u8(), minor: try r.u64(), ino: try r.u64())
             self = .readXattrIndex(first: first, last: XattrIndexEntry(major: try r.u8(), minor: try r.u64(), ino: try r.u64()), limit: try r.u32())
+        case 22: self = .addQuotaRule(try QuotaRule(decoding: &r))
+        case 23: self = .deleteQuotaRule(try QuotaRule(decoding: &r))
+        case 24: self = .quotaRules(from: QuotaRulePosition(hash: try r.u64(), index: try r.u64()), limit: try r.u32())
         case 4: self = .release(dataVersion: try r.u64(), offset: try r.u64(), length: try r.u64())
         case 5:
             self = .stage(dataVersion: try r.u64(), offset: try r.u64(), data: try r.bytes32(max: ControlMessage.stageChunk))
@@ -668,6 +698,13 @@ extension ControlReply {
         case let .attrX(a):
             w.u8(14)
             a.encode(into: &w)
+        case let .quotaRules(rules, next):
+            w.u8(16)
+            w.u8(next == nil ? 0 : 1)
+            w.u64(next?.hash ?? 0)
+            w.u64(next?.index ?? 0)
+            w.u32(UInt32(rules.count))
+            for rule in rules { rule.encode(into: &w) }
         case let .indexEntries(es):
             w.u8(15)
             w.u32(UInt32(es.count))
@@ -762,6 +799,14 @@ extension ControlReply {
             }
             self = .fiemap(es, end: end == 1)
         case 14: self = .attrX(try InodeAttrX(decoding: &r))
+        case 16:
+            let more = try r.u8()
+            if more > 1 { throw FormatError("quota rules' next flag \(more) is neither 0 nor 1") }
+            let next = QuotaRulePosition(hash: try r.u64(), index: try r.u64())
+            let n = try r.count(each: QuotaRule.encodedSize)
+            var rules: [QuotaRule] = []
+            for _ in 0..<n { rules.append(try QuotaRule(decoding: &r)) }
+            self = .quotaRules(rules, next: more == 1 ? next : nil)
         case 15:
             let n = try r.count(each: 17)
             var es: [XattrIndexEntry] = []

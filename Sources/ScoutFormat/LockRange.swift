@@ -57,6 +57,10 @@ extension LockRange {
     /// original's do: another node's xattr is found once its transaction is committed.
     public static let search = wholeZone(Zone.srch)
 
+    /// The whole quota zone: the rules, read by every mount that enforces them and written by
+    /// quota-add and quota-del.
+    public static let quota = wholeZone(Zone.quota)
+
     /// The whole `.indx.` zone: one lock, write-only for the xattrs' count deltas.
     public static let xattrIndex = wholeZone(Zone.xattrIndx)
 
@@ -83,6 +87,7 @@ extension LockRange {
         case Zone.xattrTotl: return totals
         case Zone.srch: return search
         case Zone.xattrIndx: return xattrIndex
+        case Zone.quota: return quota
         case Zone.lock where key == renameKey: return rename
         default: return nil
         }

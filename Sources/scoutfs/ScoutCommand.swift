@@ -14,7 +14,8 @@ struct ScoutCommand: ParsableCommand {
                       GetReferringEntriesCommand.self, SearchXattrsCommand.self, ReadXattrTotalsCommand.self,
                       ListHiddenXattrsCommand.self, DfCommand.self, SyncCommand.self, GetFiemapCommand.self,
                       PunchOfflineCommand.self, MoveBlocksCommand.self, GetAttrXCommand.self, SetAttrXCommand.self,
-                      ReadXattrIndexCommand.self]
+                      ReadXattrIndexCommand.self, QuotaAddCommand.self, QuotaDelCommand.self, QuotaListCommand.self,
+                      QuotaWipeCommand.self, QuotaRestoreCommand.self]
     )
 }
 

@@ -22,6 +22,8 @@ import Testing
         .moveBlocks(fromOffset: .max, length: 1, toOffset: 0, dataVersion: 9, stage: true),
         .getAttrX(mask: InodeAttrX.knownMask), .setAttrX(ControlMessageTests.attrX),
         .readXattrIndex(first: XattrIndexEntry(major: 0, minor: 0, ino: 0), last: XattrIndexEntry(major: 255, minor: .max, ino: .max), limit: 7),
+        .addQuotaRule(ControlMessageTests.rule), .deleteQuotaRule(ControlMessageTests.rule),
+        .quotaRules(from: QuotaRulePosition(hash: .max, index: 3), limit: 9),
     ]
 
     static let attrX: InodeAttrX = {
@@ -31,6 +33,10 @@ import Testing
         a.crtime = Timestamp(seconds: 9, nanoseconds: 999_999_999)
         return a
     }()
+
+    static let rule = QuotaRule(priority: 7, names: [QuotaRule.Name(value: 22222, source: QuotaRule.uid, flags: QuotaRule.select),
+                                                     QuotaRule.Name(value: 15), QuotaRule.Name(value: .max)],
+                                op: QuotaRule.dataOp, limit: 33, flags: QuotaRule.totlCount)
 
     static let replies: [ControlReply] = [
         .failure(errno: 116, message: "data version 3 is not the file's 4"),
@@ -50,6 +56,7 @@ import Testing
                  FiemapExtent(logical: 8192, physical: 1 << 40, length: 1 << 30, flags: FiemapExtent.last)], end: true),
         .fiemap([], end: false),
         .attrX(ControlMessageTests.attrX), .attrX(InodeAttrX(mask: 0)),
+        .quotaRules([], next: nil), .quotaRules([ControlMessageTests.rule, ControlMessageTests.rule], next: QuotaRulePosition(hash: 1, index: 2)),
         .indexEntries([]), .indexEntries([XattrIndexEntry(major: 5, minor: 100, ino: 4097), XattrIndexEntry(major: 255, minor: .max, ino: 1)]),
     ]
 

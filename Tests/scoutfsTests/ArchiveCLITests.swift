@@ -694,5 +694,55 @@ import Testing
         let ck = try m.check()
         #expect(ck.status == 0, "\(ck.stdout)")
     }
+
+    /// The quota verbs as the original's tests/golden/quota drives them: rule strings, the
+    /// list's order and layout, wipe and restore, and EDQUOT for the caller a rule names.
+    @Test(.timeLimit(.minutes(3))) func quotaVerbsAnswerAsTheOriginal() throws {
+        let m = try TestMount()
+        defer { m.cleanup() }
+        try m.mount(["-o", "allow_other"])
+        func q(_ args: [String]) throws -> CLI.Result { try run([args[0], "-p", m.mnt] + args.dropFirst()) }
+        #expect(try q(["quota-list"]).stdout.isEmpty)
+        #expect(try q(["quota-add", "-r", "7 13,L,- 15,L,- 17,L,- I 33 -"]).status == 0)
+        #expect(try q(["quota-list"]).stdout == "  7 13,L,- 15,L,- 17,L,- I 33 -\n")
+        let dup = try q(["quota-add", "-r", "7 13,L,- 15,L,- 17,L,- I 33 -"])
+        #expect(dup.status == 1 && dup.stderr.hasSuffix("scoutfs: quota-add failed: File exists (17)\n"), "\(dup.stderr)")
+        #expect(try q(["quota-del", "-r", "7 13,L,- 15,L,- 17,L,- I 33 -"]).status == 0)
+        #expect(try q(["quota-list"]).stdout.isEmpty)
+        let bad = try q(["quota-add", "-r", "7 13,X,- 15,L,- 17,L,- I 33 -"])
+        #expect(bad.stderr.hasPrefix("invalid name source 'X' in name #1 in rule:"), "\(bad.stderr)")
+        #expect(try q(["quota-add", "-r", "7 13,L,-"]).stderr.hasPrefix("invalid rule, missing fields: 7 13,L,-"))
+        #expect(try asNobody(["quota-list", "-p", m.mnt]).stderr.contains("root only"))
+
+        for a in 10...15 { #expect(try q(["quota-add", "-r", "7 \(a),L,- 0,L,- 0,L,- I 33 -"]).status == 0) }
+        let listed = try q(["quota-list"]).stdout
+        #expect(listed == (10...15).reversed().map { "  7 \($0),L,- 0,L,- 0,L,- I 33 -\n" }.joined(), "\(listed)")
+        #expect(try q(["quota-wipe"]).status == 0)
+        #expect(try q(["quota-list"]).stdout.isEmpty)
+        let restore = try CLI.runTool("/bin/sh", ["-c", "printf '%s' \"$0\" | \(CLI.binary) quota-restore -p \(m.mnt)", listed])
+        #expect(restore.status == 0, "\(restore.stderr)")
+        #expect(try q(["quota-list"]).stdout == listed)
+        #expect(try q(["quota-wipe"]).status == 0)
+
+        // A default rule refuses creates while the total is at the limit, even root's.
+        let dir = m.path("dir")
+        #expect(mkdir(dir, 0o777) == 0 && chmod(dir, 0o777) == 0)
+        #expect(try q(["quota-add", "-r", "1 1,L,- 1,L,- 1,L,- I 1 -"]).status == 0)
+        #expect(Sys.setxattr(m.mnt, "scoutfs.totl.test.1.1.1", "2", 1, 0) == 0)
+        #expect(open(dir + "/file", O_CREAT | O_WRONLY, 0o644) == -1 && errno == EDQUOT)
+        let nobody = try CLI.runTool("/usr/bin/setpriv", ["--reuid=22222", "--regid=44444", "--clear-groups", "/usr/bin/touch", dir + "/file"])
+        #expect(nobody.status != 0 && nobody.stderr.contains("Disk quota exceeded"), "\(nobody.stderr)")
+        #expect(Sys.removexattr(m.mnt, "scoutfs.totl.test.1.1.1") == 0)
+        let fd = open(dir + "/file", O_CREAT | O_WRONLY, 0o644)
+        #expect(fd >= 0, "a lower total lets creates in")
+        // A data rule refuses writes.
+        #expect(try q(["quota-add", "-r", "1 1,L,- 1,L,- 1,L,- D 0 C"]).status == 0)
+        #expect(Sys.setxattr(m.mnt, "scoutfs.totl.test.1.1.1", "0", 1, 0) == 0)
+        #expect(write(fd, "x", 1) == -1 && errno == EDQUOT)
+        close(fd)
+        #expect(try q(["quota-wipe"]).status == 0)
+        try m.unmount()
+        #expect(try m.check().status == 0)
+    }
 }
 
