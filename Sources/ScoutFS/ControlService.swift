@@ -186,6 +186,8 @@ public final class ControlService: Sendable {
             try requireRoot(peer, "quota-del")
             try fs.deleteQuotaRule(rule)
             return .done
+        case let .allocatedInodes(start):
+            return .inodes(try fs.allocatedInodes(from: start), end: true)
         case let .quotaRules(from, n):
             try requireRoot(peer, "quota-list")
             let page = try fs.quotaRules(from: from, limit: limit(n))

@@ -497,6 +497,23 @@ extension Filesystem {
         return x
     }
 
+    /// The inode numbers in use from `start` through the end of its inode group: one group,
+    /// one lock, as the original's GET_ALLOCATED_INOS (not a way to list every inode).
+    public func allocatedInodes(from start: UInt64) throws(Errno) -> [UInt64] {
+        var plan = LockPlan()
+        plan.add(.inodeGroup(start), .read)
+        let last = start | (LockRange.groupSize - 1)
+        return try locked(.reads, plan) { c in
+            var inos: [UInt64] = []
+            var ino = start
+            while true {
+                if try c.get(Keys.inode(ino)) != nil { inos.append(ino) }
+                if ino == last { return inos }
+                ino += 1
+            }
+        }
+    }
+
     public func statMore(_ ino: UInt64) throws(Errno) -> InodeStatMore {
         var plan = LockPlan()
         plan.read(ino)

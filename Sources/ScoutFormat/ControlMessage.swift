@@ -373,6 +373,9 @@ public enum ControlRequest: Equatable, Sendable {
     case deleteQuotaRule(QuotaRule)
     /// Quota rules in storage order from `from` on.
     case quotaRules(from: QuotaRulePosition, limit: UInt32)
+    /// The inode numbers in use from `start` to the end of its inode group (the original's
+    /// GET_ALLOCATED_INOS, a debugging aid).
+    case allocatedInodes(start: UInt64)
 }
 
 public enum ControlReply: Equatable, Sendable {
@@ -480,6 +483,7 @@ extension ControlRequest {
         case .addQuotaRule: 22
         case .deleteQuotaRule: 23
         case .quotaRules: 24
+        case .allocatedInodes: 25
         }
     }
 
@@ -551,6 +555,8 @@ extension ControlRequest {
             w.u64(from.hash)
             w.u64(from.index)
             w.u32(limit)
+        case let .allocatedInodes(start):
+            w.u64(start)
         }
         return w.bytes
     }
@@ -580,6 +586,7 @@ extension ControlRequest {
         case 22: self = .addQuotaRule(try QuotaRule(decoding: &r))
         case 23: self = .deleteQuotaRule(try QuotaRule(decoding: &r))
         case 24: self = .quotaRules(from: QuotaRulePosition(hash: try r.u64(), index: try r.u64()), limit: try r.u32())
+        case 25: self = .allocatedInodes(start: try r.u64())
         case 4: self = .release(dataVersion: try r.u64(), offset: try r.u64(), length: try r.u64())
         case 5:
             self = .stage(dataVersion: try r.u64(), offset: try r.u64(), data: try r.bytes32(max: ControlMessage.stageChunk))

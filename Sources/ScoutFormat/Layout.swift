@@ -34,6 +34,10 @@ public enum Layout {
     /// that the allocators have room to work.
     public static let minMetaDeviceBytes: UInt64 = 256 << 20
     public static let minDataDeviceBytes: UInt64 = 256 << 20
+    /// Smallest devices mkfs accepts when told to allow small ones (`-A`): the metadata
+    /// allocator's first reserve and trees still fit with room to spare.
+    public static let smallestMetaDeviceBytes: UInt64 = 32 << 20
+    public static let smallestDataDeviceBytes: UInt64 = 16 << 20
 
     public static func superOffset(copy: Int) -> UInt64 { superSmallBlkno[copy] * UInt64(smallBlockSize) }
     public static func quorumSmallBlkno(slot: Int) -> UInt64 { quorumFirstSmallBlkno + UInt64(slot) }

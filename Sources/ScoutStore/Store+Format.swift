@@ -6,15 +6,24 @@ extension Store {
     /// Refuses a device smaller than the format's minimum, and a device that already holds a
     /// scoutfs filesystem unless `force` is set. Both superblock copies are cleared first, so a
     /// forced format never leaves an older filesystem's superblock to win on the next open.
+    /// Formats `meta` and `data`, using at most `metaBytes` and `dataBytes` of them (whole
+    /// devices when nil). `allowSmall` accepts sizes below the usual minimums, down to the
+    /// smallest the allocators work with.
     public static func format(
         meta: any BlockDevice, data: any BlockDevice, quorumSlots: [QuorumSlot],
-        force: Bool = false, uuid: [UInt8]? = nil, options: StoreOptions = StoreOptions()
+        force: Bool = false, uuid: [UInt8]? = nil, options: StoreOptions = StoreOptions(),
+        metaBytes: UInt64? = nil, dataBytes: UInt64? = nil, allowSmall: Bool = false
     ) throws -> Store {
-        if meta.size < Layout.minMetaDeviceBytes {
-            throw StoreError(.tooSmall, "metadata device \(meta.name) is \(mib(meta.size)); scoutfs needs at least \(mib(Layout.minMetaDeviceBytes))")
+        let metaSize = min(meta.size, metaBytes ?? .max)
+        let dataSize = min(data.size, dataBytes ?? .max)
+        let metaMin = allowSmall ? Layout.smallestMetaDeviceBytes : Layout.minMetaDeviceBytes
+        let dataMin = allowSmall ? Layout.smallestDataDeviceBytes : Layout.minDataDeviceBytes
+        let hint = allowSmall ? "" : " (-A allows down to \(mib(Layout.smallestMetaDeviceBytes)) of metadata and \(mib(Layout.smallestDataDeviceBytes)) of data)"
+        if metaSize < metaMin {
+            throw StoreError(.tooSmall, "metadata device \(meta.name) is \(mib(metaSize)); scoutfs needs at least \(mib(metaMin))\(hint)")
         }
-        if data.size < Layout.minDataDeviceBytes {
-            throw StoreError(.tooSmall, "data device \(data.name) is \(mib(data.size)); scoutfs needs at least \(mib(Layout.minDataDeviceBytes))")
+        if dataSize < dataMin {
+            throw StoreError(.tooSmall, "data device \(data.name) is \(mib(dataSize)); scoutfs needs at least \(mib(dataMin))\(hint)")
         }
         if quorumSlots.isEmpty {
             throw StoreError(.invalid, "at least one quorum slot is needed (-Q 0,ADDRESS,PORT)")
@@ -40,8 +49,8 @@ extension Store {
         var id = uuid ?? randomUUID()
         precondition(id.count == SuperBlock.uuidLength)
         if id.allSatisfy({ $0 == 0 }) { id = randomUUID() }
-        let metaTotal = meta.size >> UInt64(Layout.metaBlockShift)
-        let dataTotal = data.size >> UInt64(Layout.dataBlockShift)
+        let metaTotal = metaSize >> UInt64(Layout.metaBlockShift)
+        let dataTotal = dataSize >> UInt64(Layout.dataBlockShift)
         let sb = SuperBlock(uuid: id, metaTotalBlocks: metaTotal, dataTotalBlocks: dataTotal, quorumSlots: quorumSlots)
 
         let zeros = [UInt8](repeating: 0, count: Layout.smallBlockSize)

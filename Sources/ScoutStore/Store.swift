@@ -160,7 +160,7 @@ public final class Store: NodeWriter {
         throw StoreError(.notScoutFS, "\(meta.name) holds no readable scoutfs superblock: " + problems.joined(separator: "; "))
     }
 
-    static func checkDataDevice(_ data: any BlockDevice, matches sb: SuperBlock) throws {
+    public static func checkDataDevice(_ data: any BlockDevice, matches sb: SuperBlock) throws {
         if data.size < Layout.dataSuperOffset + UInt64(Layout.smallBlockSize) {
             throw StoreError(.notScoutFS, "\(data.name) is \(data.size) bytes, too small to be a scoutfs data device")
         }

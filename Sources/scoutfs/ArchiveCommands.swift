@@ -784,3 +784,26 @@ struct SetAttrXCommand: ParsableCommand {
         }
     }
 }
+
+struct GetAllocatedInosCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "get-allocated-inos",
+        abstract: "Print allocated inode numbers from a starting inode number to the end of its inode group.",
+        discussion: "A debugging aid, as the original's: it looks at one group of 1024 inode numbers, so it cannot list every inode.")
+    @Option(name: [.customShort("i"), .customLong("ino")], help: "Start from this 64-bit inode number (required).") var inoNumber: ScoutNumber
+    @Option(name: .shortAndLong, help: "A path in the filesystem.") var path: String?
+    @Flag(name: [.customShort("s"), .customLong("single")], help: "Only print the starting inode number, if it is allocated.") var single = false
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        try runVerb("get-allocated-inos") {
+            let t = try ControlTarget.open(path)
+            defer { t.close() }
+            guard case var .inodes(inos, _) = try t.call(.allocatedInodes(start: inoNumber.value)) else {
+                throw VerbError("unexpected reply from the mount")
+            }
+            if single { inos = inos.first == inoNumber.value ? [inoNumber.value] : [] }
+            if json { try printJSON(inos) } else { for i in inos { print(i) } }
+        }
+    }
+}

@@ -21,6 +21,22 @@ struct MkfsCommand: ParsableCommand {
             help: ArgumentHelp("The cluster key file every node proves itself with: used if it exists, else written (owner-only). Default: \(clusterKeyDirectory)/cluster-FSID.key. Copy it to every machine that mounts.", valueName: "PATH"))
     var clusterKey: String?
 
+    @Flag(name: [.customShort("A"), .customLong("allow-small-size")],
+          help: "Allow devices smaller than the 256 MiB minimum (down to 32 MiB of metadata and 16 MiB of data), with a warning.")
+    var allowSmallSize = false
+
+    @Option(name: [.customShort("m"), .customLong("max-meta-size")],
+            help: ArgumentHelp("Use at most this much of the metadata device (bytes or KMGTP units; rounded down to 64 KiB).", valueName: "SIZE"))
+    var maxMetaSize: String?
+
+    @Option(name: [.customShort("d"), .customLong("max-data-size")],
+            help: ArgumentHelp("Use at most this much of the data device (bytes or KMGTP units; rounded down to 4 KiB).", valueName: "SIZE"))
+    var maxDataSize: String?
+
+    @Option(name: [.customShort("V"), .customLong("format-version")],
+            help: ArgumentHelp("The format version to write; this scoutfs writes and reads version \(FormatVersion.current) only.", valueName: "VERSION"))
+    var formatVersion: ScoutNumber?
+
     @Argument(help: "Metadata device (block device or file).")
     var meta: String
 
@@ -32,6 +48,20 @@ struct MkfsCommand: ParsableCommand {
             throw ValidationError("at least one -Q SLOT,ADDRESS,PORT is required")
         }
         for s in quorumSlots { _ = try Self.parseSlot(s) }
+        if let v = formatVersion?.value, v != FormatVersion.current {
+            throw ValidationError("format-version \(v) is outside supported range of \(FormatVersion.current)-\(FormatVersion.current)")
+        }
+        if let maxMetaSize { _ = try parseSize(maxMetaSize) }
+        if let maxDataSize { _ = try parseSize(maxDataSize) }
+    }
+
+    /// A size option rounded down to `unit`, saying so as the original does.
+    static func limit(_ text: String?, unit: UInt64, _ what: String) throws -> UInt64? {
+        guard let text else { return nil }
+        let v = try parseSize(text)
+        let r = v / unit * unit
+        if r != v { FileHandle.standardError.write(Data("\(what) dev size \(v) rounded down to \(r) bytes\n".utf8)) }
+        return r
     }
 
     static func parseSlot(_ text: String) throws -> QuorumSlot {
@@ -65,7 +95,16 @@ struct MkfsCommand: ParsableCommand {
             // they were.
             let given = clusterKey.flatMap { FileManager.default.fileExists(atPath: $0) ? $0 : nil }
             let key = try given.map { try ClusterKey.load(from: $0) } ?? ClusterKey.generate()
-            let store = try Store.format(meta: m, data: d, quorumSlots: slots, force: force)
+            let metaBytes = try Self.limit(maxMetaSize, unit: UInt64(Layout.metaBlockSize), "Meta")
+            let dataBytes = try Self.limit(maxDataSize, unit: UInt64(Layout.dataBlockSize), "Data")
+            if allowSmallSize {
+                for (what, size, minimum) in [("metadata", min(m.size, metaBytes ?? .max), Layout.minMetaDeviceBytes),
+                                              ("data", min(d.size, dataBytes ?? .max), Layout.minDataDeviceBytes)] where size < minimum {
+                    FileHandle.standardError.write(Data("warning: the \(what) device is \(size >> 20) MiB, below the \(minimum >> 20) MiB minimum; it will fill quickly\n".utf8))
+                }
+            }
+            let store = try Store.format(meta: m, data: d, quorumSlots: slots, force: force,
+                                         metaBytes: metaBytes, dataBytes: dataBytes, allowSmall: allowSmallSize)
             let sb = store.superblock
             let keyPath = clusterKey ?? defaultClusterKeyPath(fsid: sb.fsid)
             if given == nil {

@@ -15,8 +15,28 @@ struct ScoutCommand: ParsableCommand {
                       ListHiddenXattrsCommand.self, DfCommand.self, SyncCommand.self, GetFiemapCommand.self,
                       PunchOfflineCommand.self, MoveBlocksCommand.self, GetAttrXCommand.self, SetAttrXCommand.self,
                       ReadXattrIndexCommand.self, QuotaAddCommand.self, QuotaDelCommand.self, QuotaListCommand.self,
-                      QuotaWipeCommand.self, QuotaRestoreCommand.self]
+                      QuotaWipeCommand.self, QuotaRestoreCommand.self, GetAllocatedInosCommand.self,
+                      ChangeQuorumConfigCommand.self, ChangeFormatVersionCommand.self, PrepareEmptyDataDeviceCommand.self]
     )
+
+    /// Runs the command line, answering argument errors in the original's (argp's) form —
+    /// `VERB: message` and a hint — which scripts written for it match on; `--usage` is taken
+    /// as `--help`.
+    static func main() {
+        let args = CommandLine.arguments.dropFirst().map { $0 == "--usage" ? "--help" : $0 }
+        do {
+            var command = try parseAsRoot(args)
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            let verbs = configuration.subcommands.map { $0.configuration.commandName ?? "" }
+            if code == .validationFailure, let verb = args.first(where: { verbs.contains($0) }) {
+                FileHandle.standardError.write(Data("\(verb): \(message(for: error))\nTry `\(verb) --help' or `\(verb) --usage' for more information.\n".utf8))
+                Foundation.exit(code.rawValue)
+            }
+            exit(withError: error)
+        }
+    }
 }
 
 /// Prints `scoutfs VERB: message` on stderr and exits 1: the one-line failure every verb uses

@@ -24,6 +24,7 @@ import Testing
         .readXattrIndex(first: XattrIndexEntry(major: 0, minor: 0, ino: 0), last: XattrIndexEntry(major: 255, minor: .max, ino: .max), limit: 7),
         .addQuotaRule(ControlMessageTests.rule), .deleteQuotaRule(ControlMessageTests.rule),
         .quotaRules(from: QuotaRulePosition(hash: .max, index: 3), limit: 9),
+        .allocatedInodes(start: 1025),
     ]
 
     static let attrX: InodeAttrX = {

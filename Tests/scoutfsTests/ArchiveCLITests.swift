@@ -744,5 +744,47 @@ import Testing
         try m.unmount()
         #expect(try m.check().status == 0)
     }
+
+    /// get-allocated-inos: the inodes in use from a number to the end of its group.
+    @Test(.timeLimit(.minutes(2))) func getAllocatedInosListsOneGroup() throws {
+        let m = try TestMount()
+        defer { m.cleanup() }
+        try m.mount()
+        var inos: [UInt64] = []
+        for i in 0..<5 {
+            try Sys.writeFile(m.path("f\(i)"), [])
+            inos.append(UInt64(try Sys.stat(m.path("f\(i)")).st_ino))
+        }
+        let r = try run(["get-allocated-inos", "-p", m.mnt, "-i", "\(inos[0])"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let listed = r.stdout.split(separator: "\n").compactMap { UInt64($0) }
+        #expect(Array(listed.prefix(5)) == inos, "\(r.stdout)")
+        #expect(listed.allSatisfy { $0 >= inos[0] && $0 / 1024 == inos[0] / 1024 }, "one group only: \(r.stdout)")
+        #expect(try run(["get-allocated-inos", "-p", m.mnt, "-s", "-i", "\(inos[2])"]).stdout == "\(inos[2])\n")
+        let unused = (inos[0] | 1023)
+        #expect(!listed.contains(unused))
+        #expect(try run(["get-allocated-inos", "-p", m.mnt, "-s", "-i", "\(unused)"]).stdout.isEmpty)
+        #expect(try run(["get-allocated-inos", "-p", m.mnt]).status != 0, "the starting number is required")
+        try m.unmount()
+    }
+
+    /// Argument errors in the original's (argp's) form, with its exit status; `--` ends the
+    /// options; `--usage` is answered.
+    @Test(.timeLimit(.minutes(2))) func argumentErrorsAnswerInTheOriginalsForm() throws {
+        let m = try TestMount()
+        defer { m.cleanup() }
+        try m.mount()
+        let f = m.path("f")
+        try Sys.writeFile(f, [1])
+        let missing = try run(["punch-offline", f, "-o", "0", "-l", "4096"])
+        #expect(missing.status == 64 && missing.stderr.hasPrefix("punch-offline: ")
+                && missing.stderr.hasSuffix("Try `punch-offline --help' or `punch-offline --usage' for more information.\n"), "\(missing.stderr)")
+        let zero = try run(["setattr", "-V", "0", "-s", "1", f])
+        #expect(zero.status == 64 && zero.stderr.hasPrefix("setattr: data version must not be 0\n"), "\(zero.stderr)")
+        #expect(try run(["stat", "-s", "data_version", "--", f]).stdout == "1\n")
+        let usage = try run(["punch-offline", "--usage"])
+        #expect(usage.status == 0 && usage.stdout.contains("punch-offline"), "\(usage.stdout)\(usage.stderr)")
+        try m.unmount()
+    }
 }
 

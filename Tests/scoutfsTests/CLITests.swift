@@ -55,6 +55,71 @@ import ScoutFormat
         #expect(cj["metaReferenced"] as? Int == 2)
     }
 
+    /// The original's mkfs options: -A allows small devices (with a warning), -m and -d cap
+    /// the sizes used (rounded down, saying so), -V names the one format version written.
+    @Test func mkfsTakesTheOriginalsSizeAndVersionOptions() throws {
+        let (dir, m, d) = try devices()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let capped = try mkfs(dir, ["-Q", "0,127.0.0.1,7100", "-m", "300M", "-d", "314572801", "-V", "1", m, d])
+        #expect(capped.status == 0, "\(capped.stderr)")
+        #expect(capped.stderr.contains("Data dev size 314572801 rounded down to 314572800 bytes"), "\(capped.stderr)")
+        #expect(capped.stdout.contains("64KB metadata blocks: 4800") && capped.stdout.contains("4KB data blocks:      76800"), "\(capped.stdout)")
+        let v2 = try mkfs(dir, ["-f", "-Q", "0,127.0.0.1,7100", "-V", "2", m, d])
+        #expect(v2.status == 64 && v2.stderr.contains("format-version 2 is outside supported range of 1-1"), "\(v2.stderr)")
+
+        let (dir2, small, d2) = try devices(meta: 64 << 20, data: 64 << 20)
+        defer { try? FileManager.default.removeItem(at: dir2) }
+        let refused = try mkfs(dir2, ["-Q", "0,127.0.0.1,7100", small, d2])
+        #expect(refused.status == 1 && refused.stderr.contains("-A allows down to"), "\(refused.stderr)")
+        let allowed = try mkfs(dir2, ["-A", "-Q", "0,127.0.0.1,7100", small, d2])
+        #expect(allowed.status == 0 && allowed.stderr.contains("warning: the metadata device is 64 MiB, below the 256 MiB minimum"), "\(allowed.stderr)")
+        #expect(allowed.stdout.contains("64KB metadata blocks: 1024"))
+        let ck = try CLI.run(["check", small, d2])
+        #expect(ck.status == 0, "\(ck.stdout)")
+        let tiny = try mkfs(dir2, ["-A", "-f", "-Q", "0,127.0.0.1,7100", "-m", "16M", small, d2])
+        #expect(tiny.status == 1 && tiny.stderr.contains("scoutfs needs at least 32 MiB"), "\(tiny.stderr)")
+    }
+
+    /// change-quorum-config, change-format-version and prepare-empty-data-device, offline.
+    @Test(.timeLimit(.minutes(3))) func offlineVerbsChangeAnUnmountedFilesystem() throws {
+        let m = try TestMount()
+        defer { m.cleanup() }
+        let noF = try CLI.run(["change-quorum-config", "-Q", "0,127.0.0.1,7211", m.meta])
+        #expect(noF.status == 64 && noF.stderr.contains("only offline changes are supported"), "\(noF.stderr)")
+        let p0 = try Sys.freePort(), p2 = try Sys.freePort()
+        let changed = try CLI.run(["change-quorum-config", "-F", "-Q", "0,127.0.0.1,\(p0)", "-Q", "2,127.0.0.1,\(p2)", m.meta])
+        #expect(changed.status == 0 && changed.stdout.contains("to 0: 127.0.0.1:\(p0), 2: 127.0.0.1:\(p2)"), "\(changed.stdout)\(changed.stderr)")
+        let printed = try CLI.run(["print", m.meta])
+        #expect(printed.stdout.contains("2: 127.0.0.1 port \(p2)"), "\(printed.stdout.prefix(600))")
+        #expect(try m.check().status == 0)
+        // It mounts on the new configuration; a mounted filesystem is refused.
+        try m.mount()
+        try Sys.writeFile(m.path("f"), [1, 2, 3], fsync: true)
+        let busy = try CLI.run(["change-quorum-config", "-F", "-Q", "0,127.0.0.1,7100", m.meta])
+        #expect(busy.status == 1 && busy.stderr.contains("in use by a mount"), "\(busy.stderr)")
+        try m.unmount()
+
+        #expect(try CLI.run(["change-format-version", "-F", "-V", "2", m.meta, m.data]).status == 64)
+        let same = try CLI.run(["change-format-version", "-F", m.meta, m.data])
+        #expect(same.status == 0 && same.stdout == "both metadata and data device format version are already 1, nothing to do.\n", "\(same.stdout)\(same.stderr)")
+
+        // A data device with blocks in use cannot be left; once they are freed it can.
+        let other = m.dir.appendingPathComponent("data2").path
+        #expect(FileManager.default.createFile(atPath: other, contents: nil) && truncate(other, 2 << 30) == 0)
+        let inUse = try CLI.run(["prepare-empty-data-device", "-c", m.meta, other])
+        #expect(inUse.status == 1 && inUse.stderr.contains("data blocks are in use"), "\(inUse.stderr)")
+        try m.mount()
+        #expect(unlink(m.path("f")) == 0)
+        try m.unmount()
+        let small = try CLI.run(["prepare-empty-data-device", "-c", m.meta, other])
+        #expect(small.status == 1 && small.stderr.contains("is 2147483648 bytes; the filesystem has 1048576 data blocks"), "\(small.stderr)")
+        #expect(truncate(other, 4 << 30) == 0)
+        #expect(try CLI.run(["prepare-empty-data-device", "-c", m.meta, other]).status == 0)
+        let prepared = try CLI.run(["prepare-empty-data-device", m.meta, other])
+        #expect(prepared.status == 0, "\(prepared.stderr)")
+        #expect(try CLI.run(["check", m.meta, other]).status == 0)
+    }
+
     @Test func mkfsRefusesExistingFilesystemsSmallDevicesAndBadSlots() throws {
         let (dir, m, d) = try devices()
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -71,6 +136,7 @@ import ScoutFormat
         #expect(tooSmall.status == 1)
         #expect(tooSmall.stderr.contains("is 64 MiB; scoutfs needs at least 256 MiB"))
         #expect(tooSmall.stderr.split(separator: "\n").count == 1)
+        #expect(tooSmall.stderr.contains("(-A allows down to 32 MiB of metadata and 16 MiB of data)"))
 
         let missing = try mkfs(dir, ["-Q", "0,127.0.0.1,7100", dir.appendingPathComponent("nope").path, d])
         #expect(missing.status == 1)

@@ -888,5 +888,19 @@ import Testing
         let pid = Int32(rec?["pid"] as? Int ?? 0)
         try m.unmount()
         Sys.waitForExit(pid)
+
+        // The original's form: the data device as the source, the metadata device an option.
+        let orig = try CLI.runToolWithEnvironment(helper, [m.data, m.mnt, "-o", "metadev_path=\(m.meta),quorum_slot_nr=0,noacl,cluster_key=\(m.key),log=\(m.log)"],
+                                                 ["SCOUTFS": CLI.binary])
+        #expect(orig.status == 0, "\(orig.stderr)")
+        #expect(try Sys.readFile(m.path("kept")) == Array("written, never fsynced".utf8))
+        let st2 = try CLI.run(["status", "--json", m.mnt])
+        let rec2 = try JSONSerialization.jsonObject(with: Data(st2.stdout.utf8)) as? [String: Any]
+        try m.unmount()
+        Sys.waitForExit(Int32(rec2?["pid"] as? Int ?? 0))
+        // Its tuning options have no equivalent here: refused by name, nothing mounted.
+        let tuned = try CLI.runToolWithEnvironment(helper, [m.data, m.mnt, "-o", "metadev_path=\(m.meta),orphan_scan_delay_ms=100"],
+                                                  ["SCOUTFS": CLI.binary])
+        #expect(tuned.status != 0 && tuned.stderr.contains("'orphan_scan_delay_ms=100' has no equivalent"), "\(tuned.stderr)")
     }
 }
