@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the build and tests use: libfuse3 for the mount, fio for data verification,
 # iproute2 and util-linux (ip netns, nsenter) for nodes in network namespaces of their own.
-PACKAGES=(fuse3 libfuse3-dev pkg-config fio iproute2 util-linux)
+PACKAGES=(fuse3 libfuse3-dev pkg-config fio iproute2 util-linux acl)
 
 source scripts/setup.sh
 

@@ -125,7 +125,20 @@ extension FSCore {
         if try findEntry(dir, name) != nil { throw Errno.fileExists }
         let now = Timestamp.now
         var perms = mode & 0o7777
-        if mode & UInt32(S_IFMT) != UInt32(S_IFLNK) { perms &= ~caller.umask }
+        let isLink = mode & UInt32(S_IFMT) == UInt32(S_IFLNK)
+        // A directory's default ACL replaces the umask for what is made in it (the kernel
+        // leaves both to us once ACLs are on).
+        var inherited: PosixACL?
+        if !isLink && shared.posixACLs && parent.nextXattrID > 1, let x = try findXattr(dir, PosixACL.defaultName) {
+            inherited = PosixACL(xattr: x.value)
+        }
+        var access = inherited
+        if var acl = access {
+            perms = acl.create(mode: perms)
+            access = acl.isEquivalentToMode ? nil : acl
+        } else if !isLink {
+            perms &= ~caller.umask
+        }
         var rec = InodeRecord(mode: (mode & UInt32(S_IFMT)) | perms, uid: caller.uid, gid: caller.gid, now: now)
         // A setgid directory passes its group on, and its setgid bit to subdirectories.
         if parent.mode & UInt32(S_ISGID) != 0 {
@@ -152,6 +165,9 @@ extension FSCore {
             }
         }
         try putInode(ino, &rec)
+        if let access { try setXattr(ino, PosixACL.accessName, access.encoded, flags: 0, caller: .root) }
+        if let inherited, rec.isDirectory { try setXattr(ino, PosixACL.defaultName, inherited.encoded, flags: 0, caller: .root) }
+        if access != nil || (inherited != nil && rec.isDirectory) { rec = try inode(ino) }
         parent.mtime = now
         parent.ctime = now
         try putInode(dir, &parent)

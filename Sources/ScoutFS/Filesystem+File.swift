@@ -302,7 +302,15 @@ extension FSCore {
             try checkOnline(ino, rec, from: 0, count: size, op: .changeSize)
         }
         let now = Timestamp.now
-        if let m = ch.mode { rec.mode = rec.fileType | (m & 0o7777) }
+        if let m = ch.mode {
+            rec.mode = rec.fileType | (m & 0o7777)
+            // An access ACL takes the new owner, mask (or group) and other bits, as chmod on a
+            // disk filesystem does.
+            if shared.posixACLs, rec.nextXattrID > 1, let x = try findXattr(ino, PosixACL.accessName), var acl = PosixACL(xattr: x.value) {
+                acl.chmod(rec.mode)
+                try replaceXattrValue(ino, x, PosixACL.accessName, acl.encoded)
+            }
+        }
         if let u = ch.uid { rec.uid = u }
         if let g = ch.gid { rec.gid = g }
         if let size = ch.size {

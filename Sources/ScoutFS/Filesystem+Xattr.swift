@@ -57,8 +57,10 @@ extension FSCore {
         }
         let known = ["user.", "trusted.", "security.", "system."].map { Array($0.utf8) }
         guard known.contains(where: { name.starts(with: $0) && name.count > $0.count }) else { throw Errno.notSupported }
-        // POSIX ACLs are not kept; the kernel's default_permissions checks the mode bits.
-        if name.starts(with: Array("system.".utf8)) { throw Errno.notSupported }
+        // Of the system. names only the POSIX ACLs are kept, and only when ACLs are on.
+        if name.starts(with: Array("system.".utf8)) && !(shared.posixACLs && (name == PosixACL.accessName || name == PosixACL.defaultName)) {
+            throw Errno.notSupported
+        }
         return nil
     }
 
@@ -91,6 +93,24 @@ extension FSCore {
         var rec = try inode(ino)
         try checkRetention(rec, xattr: name)
         let existing = try findXattr(ino, name)
+        if name == PosixACL.accessName || name == PosixACL.defaultName {
+            guard let acl = PosixACL(xattr: value) else { throw Errno.invalidArgument }
+            if name == PosixACL.accessName {
+                // The mode follows the ACL; the kernel left it to us. Setting an ACL drops
+                // setgid for a caller outside the file's group (the kernel's
+                // FUSE_SETXATTR_ACL_KILL_SGID, which libfuse 3.14 does not pass on; its owner
+                // group is all we can test here).
+                rec.mode = (rec.mode & ~UInt32(0o777)) | acl.modeBits
+                if caller.uid != 0 && caller.gid != rec.gid { rec.mode &= ~UInt32(S_ISGID) }
+                if acl.isEquivalentToMode {
+                    // An ACL the mode says all of is not kept, as disk filesystems do.
+                    if let existing { try removeXattrItems(ino, existing) }
+                    rec.ctime = .now
+                    try putInode(ino, &rec)
+                    return
+                }
+            }
+        }
         if flags & LinuxABI.xattrCreate != 0 && existing != nil { throw Errno.fileExists }
         if flags & LinuxABI.xattrReplace != 0 && existing == nil { throw Errno.noData }
         let id = existing?.id ?? rec.nextXattrID
@@ -107,6 +127,13 @@ extension FSCore {
             try applyTotal(tags, ino: ino, value: value, adding: true)
         }
         if let existing { try removeXattrItems(ino, existing) }
+        try putXattrItems(ino, name, id: id, value)
+        rec.ctime = .now
+        try putInode(ino, &rec)
+    }
+
+    /// The items of xattr `name` with `value` under `id`; the caller updates the inode.
+    func putXattrItems(_ ino: UInt64, _ name: [UInt8], id: UInt64, _ value: [UInt8]) throws {
         let head = XattrHead.encode(name: name, value: value)
         try put(Keys.xattr(ino, nameHash(name), id, 0), head.bytes)
         var at = head.held
@@ -117,8 +144,12 @@ extension FSCore {
             at += n
             part += 1
         }
-        rec.ctime = .now
-        try putInode(ino, &rec)
+    }
+
+    /// A new value for an existing untagged xattr, keeping its id.
+    func replaceXattrValue(_ ino: UInt64, _ x: FoundXattr, _ name: [UInt8], _ value: [UInt8]) throws {
+        try removeXattrItems(ino, x)
+        try putXattrItems(ino, name, id: x.id, value)
     }
 
     func removeXattr(_ ino: UInt64, _ name: [UInt8], caller: Caller) throws {

@@ -117,13 +117,17 @@ public struct FilesystemOptions: Sendable {
     /// This client's id (its log tree's key), the same at every mount of one quorum slot so a
     /// client that comes back finds its own log tree; nil picks a random one (tests).
     public var clientID: UInt64?
+    /// POSIX ACLs kept and inherited (the original's `acl`, its default); false refuses the
+    /// ACL xattrs (`noacl`).
+    public var posixACLs: Bool
 
     public init(commitInterval: Duration = .seconds(5), dirtyBlockLimit: Int = 1024, mergeThreshold: UInt64 = 100_000,
-                clientID: UInt64? = nil) {
+                clientID: UInt64? = nil, posixACLs: Bool = true) {
         self.commitInterval = commitInterval
         self.dirtyBlockLimit = dirtyBlockLimit
         self.mergeThreshold = mergeThreshold
         self.clientID = clientID
+        self.posixACLs = posixACLs
     }
 
     /// The client id of the mount of quorum slot `slot`: never 0.
@@ -169,10 +173,13 @@ public final class Filesystem: Sendable {
         try self.init(host: node, options: options)
     }
 
+    /// Whether POSIX ACLs are kept (FilesystemOptions.posixACLs).
+    public var posixACLs: Bool { shared.posixACLs }
+
     init(host: any ClusterHost, options: FilesystemOptions) throws {
         let id = host.clientID(asked: options.clientID)
         let cl = try host.makeClient(id: id)
-        let shared = FSShared(host: host, cluster: cl)
+        let shared = FSShared(host: host, cluster: cl, posixACLs: options.posixACLs)
         // Before the object is whole: a refused join must not run `deinit`, which would take
         // the client already holding this id out of the cluster.
         try host.join(id, shared)
@@ -462,6 +469,7 @@ final class FSShared: Sendable {
     let waits = DataWaits()
     let refs = InodeReferences()
     let quotas = QuotaState()
+    let posixACLs: Bool
     let logSink: Mutex<Callback<String, Void>?>
     /// Blocking flock and POSIX lock requests, waiting for the cluster's table to let them in.
     let recordWaits: RecordLockWaits
@@ -482,9 +490,10 @@ final class FSShared: Sendable {
         var owner: UInt64
     }
 
-    init(host: any ClusterHost, cluster: ClusterClient) {
+    init(host: any ClusterHost, cluster: ClusterClient, posixACLs: Bool) {
         self.host = host
         self.cluster = cluster
+        self.posixACLs = posixACLs
         layout = host.layout
         data = host.dataDevice
         let sink = Mutex<Callback<String, Void>?>(nil)

@@ -342,8 +342,13 @@ func fillDirectory(_ req: fuse_req_t?, _ ino: fuse_ino_t, size: Int, offset: off
 
 func makeOperations() -> fuse_lowlevel_ops {
     var ops = fuse_lowlevel_ops()
-    ops.`init` = { _, conn in
+    ops.`init` = { userdata, conn in
         guard let conn else { return }
+        // POSIX ACLs: the kernel caches and enforces them; the filesystem keeps them, keeps the
+        // mode in step and hands default ACLs down (Filesystem+Xattr, PosixACL).
+        if let userdata, Unmanaged<FUSEContext>.fromOpaque(userdata).takeUnretainedValue().fs.posixACLs {
+            scout_conn_want(conn, UInt32(FUSE_CAP_POSIX_ACL))
+        }
         // Writes must reach the filesystem before the syscall returns, so that a lock
         // downgrade can flush them: no writeback cache.
         scout_conn_unwant(conn, UInt32(FUSE_CAP_WRITEBACK_CACHE))

@@ -39,8 +39,24 @@ struct MountCommand: ParsableCommand {
     @Option(name: .customLong("recovery-timeout"), help: "Seconds the server waits for a node that lost its connection (or a node of the previous server) to come back before fencing it.")
     var recoveryTimeout: Int = 30
 
-    @Option(name: .customShort("o"), help: "Comma-separated FUSE mount options (allow_other, …).")
+    @Option(name: .customShort("o"), help: "Comma-separated FUSE mount options (allow_other, …); acl (the default) or noacl for POSIX ACLs.")
     var options: [String] = []
+
+    /// Every -o option, one by one.
+    var splitOptions: [String] {
+        var out: [String] = []
+        for o in options { out += o.split(separator: ",").map { String($0) } }
+        return out
+    }
+
+    /// The -o options for FUSE: all but acl and noacl, which are the filesystem's.
+    var fuseOptions: [String] { splitOptions.filter { $0 != "acl" && $0 != "noacl" } }
+
+    /// POSIX ACLs on unless the last of acl and noacl given says otherwise.
+    var posixACLs: Bool {
+        let said: String? = splitOptions.last { $0 == "acl" || $0 == "noacl" }
+        return said != "noacl"
+    }
 
     @Flag(name: .customShort("f"), help: "Stay in the foreground; log to stderr.")
     var foreground = false
@@ -217,7 +233,8 @@ struct MountCommand: ParsableCommand {
                 // above every slot's.
                 let id = quorumSlot.map { FilesystemOptions.clientID(slot: $0) }
                     ?? UInt64.random(in: UInt64(Layout.maxQuorumSlots) + 1 ... UInt64.max)
-                let fsOptions = FilesystemOptions(commitInterval: .seconds(commitInterval), mergeThreshold: mergeThreshold, clientID: id)
+                let fsOptions = FilesystemOptions(commitInterval: .seconds(commitInterval), mergeThreshold: mergeThreshold, clientID: id,
+                                                  posixACLs: posixACLs)
                 let agent: any FenceAgent = fenceAgent.map { ScriptFenceAgent(path: $0) } ?? LocalFenceAgent()
                 let fencer = Fencer(agent: agent, log: logLine)
                 var leads: UInt64?
@@ -268,7 +285,7 @@ struct MountCommand: ParsableCommand {
                 }
                 // Before the mount: its request timers are made through the metrics system.
                 if metrics != nil { mountMetrics = MountMetrics.start(fsys) }
-                fuse = try FUSEMount(filesystem: fsys, mountpoint: mnt, source: "\(meta):\(data)", options: options,
+                fuse = try FUSEMount(filesystem: fsys, mountpoint: mnt, source: "\(meta):\(data)", options: fuseOptions,
                                      requestTimerLabel: metrics == nil ? nil : MountMetrics.requestTimerLabel)
             } catch {
                 leadership?.finish()

@@ -903,4 +903,49 @@ import Testing
                                                   ["SCOUTFS": CLI.binary])
         #expect(tuned.status != 0 && tuned.stderr.contains("'orphan_scan_delay_ms=100' has no equivalent"), "\(tuned.stderr)")
     }
+
+    /// POSIX ACLs through setfacl and getfacl, enforced by the kernel: a named user reads a
+    /// file its mode keeps from it; default ACLs are handed down; chmod moves the mask;
+    /// `-o noacl` refuses them.
+    @Test(.timeLimit(.minutes(2))) func posixACLsAreKeptInheritedAndEnforced() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/setfacl") else {
+            Issue.record("setfacl is missing: install the acl package (scripts/test.sh does)")
+            return
+        }
+        let m = try TestMount()
+        defer { m.cleanup() }
+        try m.mount(["-o", "allow_other"])
+        let f = m.path("secret")
+        try Sys.writeFile(f, Array("s".utf8))
+        #expect(chmod(f, 0o600) == 0)
+        func asUser(_ args: [String]) throws -> CLI.Result {
+            try CLI.runTool("/usr/bin/setpriv", ["--reuid=22222", "--regid=22222", "--clear-groups"] + args)
+        }
+        #expect(try asUser(["/bin/cat", f]).status != 0)
+        let set = try CLI.runTool("/usr/bin/setfacl", ["-m", "u:22222:r", f])
+        #expect(set.status == 0, "\(set.stderr)")
+        let got = try CLI.runTool("/usr/bin/getfacl", ["--omit-header", f]).stdout
+        #expect(got.contains("user:22222:r--") && got.contains("mask::r--"), "\(got)")
+        #expect(try Sys.stat(f).st_mode & 0o777 == 0o640, "the group bits show the mask")
+        #expect(try asUser(["/bin/cat", f]).stdout == "s")
+        #expect(chmod(f, 0o600) == 0)
+        #expect(try CLI.runTool("/usr/bin/getfacl", ["--omit-header", f]).stdout.contains("mask::---"))
+        #expect(try asUser(["/bin/cat", f]).status != 0, "chmod took the mask away")
+
+        let d = m.path("d")
+        #expect(mkdir(d, 0o755) == 0)
+        #expect(try CLI.runTool("/usr/bin/setfacl", ["-d", "-m", "u:22222:rwx", d]).status == 0)
+        try Sys.writeFile(d + "/new", [])
+        #expect(mkdir(d + "/sub", 0o777) == 0)
+        let inherited = try CLI.runTool("/usr/bin/getfacl", ["--omit-header", d + "/new"]).stdout
+        #expect(inherited.contains("user:22222:rwx"), "\(inherited)")
+        #expect(try CLI.runTool("/usr/bin/getfacl", ["--omit-header", d + "/sub"]).stdout.contains("default:user:22222:rwx"))
+        try m.unmount()
+        #expect(try m.check().status == 0)
+
+        try m.mount(["-o", "noacl"])
+        let refused = try CLI.runTool("/usr/bin/setfacl", ["-m", "u:22222:r", f])
+        #expect(refused.status != 0 && refused.stderr.contains("Operation not supported"), "\(refused.stderr)")
+        try m.unmount()
+    }
 }
