@@ -422,9 +422,14 @@ extension FSCore {
 extension Filesystem {
     /// Runs an archive operation on `inos` (write-locked), passing its reason along with the errno.
     func archive<T>(_ space: SpaceUse, _ inos: UInt64..., body: (FSCore) throws -> T) throws(ArchiveError) -> T {
-        var reason: ArchiveError?
         var plan = LockPlan()
         for ino in inos { plan.write(ino) }
+        return try archive(space, plan: plan, body: body)
+    }
+
+    /// Runs an operation under `plan`, passing the reason of an `ArchiveError` along with its errno.
+    func archive<T>(_ space: SpaceUse, plan: LockPlan, body: (FSCore) throws -> T) throws(ArchiveError) -> T {
+        var reason: ArchiveError?
         do {
             return try locked(space, plan) { c in
                 do {

@@ -193,21 +193,9 @@ extension Filesystem {
     }
 
     private func quotaChange(_ body: (FSCore) throws -> Void) throws(ArchiveError) {
-        var reason: ArchiveError?
         var plan = LockPlan()
         plan.add(.quota, .write)
-        do {
-            try locked(.grows, plan) { c in
-                do {
-                    try body(c)
-                } catch let e as ArchiveError {
-                    reason = e
-                    throw e.errno
-                }
-            }
-        } catch {
-            throw reason ?? ArchiveError(error, "\(error)")
-        }
+        try archive(.grows, plan: plan, body: body)
         shared.quotas.invalidate()
     }
 
