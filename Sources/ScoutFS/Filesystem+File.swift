@@ -413,7 +413,9 @@ extension FSCore {
         }
     }
 
-    func open(_ ino: UInt64, flags: Int32, caller: Caller? = nil) throws {
+    /// Opens `ino` (truncating for O_TRUNC); true when the file has offline data.
+    @discardableResult
+    func open(_ ino: UInt64, flags: Int32, caller: Caller? = nil) throws -> Bool {
         var rec = try inode(ino)
         if flags & O_TRUNC != 0 && rec.isRegular && (flags & O_ACCMODE) != O_RDONLY {
             try checkRetention(rec)
@@ -427,6 +429,7 @@ extension FSCore {
             try putInode(ino, &rec)
         }
         shared.refs.withLock(ino) { $0.openCount[ino, default: 0] += 1 }
+        return rec.offlineBlocks > 0
     }
 
     func stats() -> FilesystemStats {
@@ -459,9 +462,12 @@ extension Filesystem {
     }
 
     /// Opens `ino`; with O_TRUNC a writable open truncates (the mount negotiates atomic O_TRUNC).
-    public func open(_ ino: UInt64, flags: Int32, caller: Caller? = nil) throws(Errno) {
+    /// Opens `ino`; with O_TRUNC a writable open truncates. True when the file has offline
+    /// data at the open (the FUSE layer reads such files past the page cache).
+    @discardableResult
+    public func open(_ ino: UInt64, flags: Int32, caller: Caller? = nil) throws(Errno) -> Bool {
         let truncates = flags & O_TRUNC != 0 && (flags & O_ACCMODE) != O_RDONLY
-        try locked(.frees, inodePlan(ino, write: truncates)) { try $0.open(ino, flags: flags, caller: caller) }
+        return try locked(.frees, inodePlan(ino, write: truncates)) { try $0.open(ino, flags: flags, caller: caller) }
     }
 
     /// Creates and opens a regular file.

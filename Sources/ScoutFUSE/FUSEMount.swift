@@ -428,8 +428,13 @@ func makeOperations() -> fuse_lowlevel_ops {
     ops.open = { req, ino, fi in
         do {
             guard let fi else { throw Errno.invalidArgument }
-            try fs(req).open(ino, flags: fi.pointee.flags, caller: caller(req))
-            scout_fi_set_keep_cache(fi, 1)
+            let offline = try fs(req).open(ino, flags: fi.pointee.flags, caller: caller(req))
+            // A file with offline data is read past the page cache: each reader's read is its
+            // own request, listed by data-waiting and interrupted when the reader is killed.
+            // Through the page cache one readahead request stands for every reader of a page,
+            // and the kernel never interrupts it.
+            scout_fi_set_direct_io(fi, offline ? 1 : 0)
+            scout_fi_set_keep_cache(fi, offline ? 0 : 1)
             scout_fi_set_noflush(fi, fs(req).closesMatter(ino) ? 0 : 1)
             fi.pointee.fh = newFileHandle()
             fuse_reply_open(req, fi)

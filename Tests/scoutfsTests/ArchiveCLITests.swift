@@ -786,5 +786,33 @@ import Testing
         #expect(usage.status == 0 && usage.stdout.contains("punch-offline"), "\(usage.stdout)\(usage.stderr)")
         try m.unmount()
     }
+
+    /// data-waiting lists every reader of offline data, not one per page: files with offline
+    /// data are read past the page cache, so each reader's read is its own request, and a
+    /// killed reader's request is interrupted and leaves the list.
+    @Test(.timeLimit(.minutes(2))) func everyWaitingReaderIsListedAndAKilledOneLeaves() throws {
+        let m = try TestMount()
+        defer { m.cleanup() }
+        try m.mount()
+        let file = m.path("f")
+        let contents = (0..<(256 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        try Sys.writeFile(file, contents, fsync: true)
+        let ino = UInt64(try Sys.stat(file).st_ino)
+        let version = try field(file, "data_version")
+        #expect(try run(["release", file, "-V", "\(version)"]).status == 0)
+        let a = try startCat(file, m.dir.appendingPathComponent("a").path)
+        let b = try startCat(file, m.dir.appendingPathComponent("b").path)
+        try waitUntil("both readers to be listed") { try waiting(m) == ["ino \(ino) iblock 0 ops read", "ino \(ino) iblock 0 ops read"] }
+        kill(a.processIdentifier, SIGKILL)
+        a.waitUntilExit()
+        try waitUntil("the killed reader to leave the list") { try waiting(m) == ["ino \(ino) iblock 0 ops read"] }
+        let archive = m.dir.appendingPathComponent("archive").path
+        try Data(contents).write(to: URL(fileURLWithPath: archive))
+        #expect(try run(["stage", archive, file, "-V", "\(version)"]).status == 0)
+        #expect(finished(b) && b.terminationStatus == 0)
+        #expect(FileManager.default.contents(atPath: m.dir.appendingPathComponent("b").path) == Data(contents))
+        #expect(try waiting(m).isEmpty)
+        try m.unmount()
+    }
 }
 
