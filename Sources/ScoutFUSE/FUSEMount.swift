@@ -346,8 +346,11 @@ func makeOperations() -> fuse_lowlevel_ops {
         guard let conn else { return }
         // POSIX ACLs: the kernel caches and enforces them; the filesystem keeps them, keeps the
         // mode in step and hands default ACLs down (Filesystem+Xattr, PosixACL).
+        // The umask too: a directory's default ACL replaces it, so the kernel must send modes
+        // unmasked (FUSE_CAP_DONT_MASK) and leave applying it to the filesystem.
         if let userdata, Unmanaged<FUSEContext>.fromOpaque(userdata).takeUnretainedValue().fs.posixACLs {
             scout_conn_want(conn, UInt32(FUSE_CAP_POSIX_ACL))
+            scout_conn_want(conn, UInt32(FUSE_CAP_DONT_MASK))
         }
         // Writes must reach the filesystem before the syscall returns, so that a lock
         // downgrade can flush them: no writeback cache.

@@ -940,6 +940,12 @@ import Testing
         let inherited = try CLI.runTool("/usr/bin/getfacl", ["--omit-header", d + "/new"]).stdout
         #expect(inherited.contains("user:22222:rwx"), "\(inherited)")
         #expect(try CLI.runTool("/usr/bin/getfacl", ["--omit-header", d + "/sub"]).stdout.contains("default:user:22222:rwx"))
+        // The default ACL, not the umask, limits what is made in the directory: the kernel
+        // must pass the mode unmasked (generic/319 found it masked).
+        let old = umask(0o022)
+        defer { umask(old) }
+        #expect(mkdir(d + "/wide", 0o777) == 0)
+        #expect(try Sys.stat(d + "/wide").st_mode & 0o070 == 0o070, "the mask is rwx, as the default ACL and the mode 0777 allow")
         try m.unmount()
         #expect(try m.check().status == 0)
 
