@@ -164,10 +164,13 @@ extension FSCore {
                 try put(Keys.symlink(ino, UInt64(nr)), Array(target[start..<min(start + Item.maxValueLength, target.count)]))
             }
         }
+        // The new inode's ACLs are its first xattrs: written with it, its mode already theirs.
+        for (name, acl) in [(PosixACL.accessName, access), (PosixACL.defaultName, rec.isDirectory ? inherited : nil)] {
+            guard let acl else { continue }
+            try putXattrItems(ino, name, id: rec.nextXattrID, acl.encoded)
+            rec.nextXattrID += 1
+        }
         try putInode(ino, &rec)
-        if let access { try setXattr(ino, PosixACL.accessName, access.encoded, flags: 0, caller: .root) }
-        if let inherited, rec.isDirectory { try setXattr(ino, PosixACL.defaultName, inherited.encoded, flags: 0, caller: .root) }
-        if access != nil || (inherited != nil && rec.isDirectory) { rec = try inode(ino) }
         parent.mtime = now
         parent.ctime = now
         try putInode(dir, &parent)
