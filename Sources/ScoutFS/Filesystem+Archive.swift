@@ -346,38 +346,19 @@ extension FSCore {
         }
         guard x.mask != 0 else { return }
         var rec = try inode(ino)
-        let setsSize = x.mask & InodeAttrX.sizeMask != 0
-        let setsVersion = x.mask & InodeAttrX.dataVersionMask != 0
         let setsRetention = x.mask & InodeAttrX.retentionMask != 0
-        if setsVersion && x.dataVersion == 0 { throw ArchiveError(.invalidArgument, "set-attr-x: a data version must not be 0") }
-        if (setsSize || setsVersion) && (!rec.isRegular || rec.dataVersion != 0) {
-            throw ArchiveError(.invalidArgument, "set-attr-x: size and data version can only be set on a new, never written regular file")
-        }
-        if setsSize && x.size > 0 && !setsVersion {
-            throw ArchiveError(.invalidArgument, "set-attr-x: a non-zero size needs a non-zero data version")
-        }
+        let version = x.mask & InodeAttrX.dataVersionMask != 0 ? x.dataVersion : nil
+        let size = x.mask & InodeAttrX.sizeMask != 0 ? x.size : nil
         let offline = x.flags & InodeAttrX.sizeOffline != 0
-        if offline && (!setsSize || x.size == 0) {
-            throw ArchiveError(.invalidArgument, "set-attr-x: offline needs a non-zero size")
-        }
+        try checkRestore(rec, version: version, size: size, offline: offline, "set-attr-x")
         if setsRetention && !rec.isRegular { throw ArchiveError(.invalidArgument, "set-attr-x: only regular files can be retained") }
         if rec.isRetained && !(setsRetention && x.bits & InodeAttrX.retentionBit == 0) {
             throw ArchiveError(.notPermitted, "set-attr-x: the file is retained; a change must clear its retention flag too (-t 0)")
         }
-        if setsSize && x.size > UInt64(Int64.max) { throw ArchiveError(.fileTooLarge, "set-attr-x: size \(x.size) is too large") }
-        if offline {
-            guard rec.onlineBlocks == 0 && rec.offlineBlocks == 0 else {
-                throw ArchiveError(.invalidArgument, "set-attr-x: offline needs a file with no blocks")
-            }
-            let blocks = (x.size + blockSize - 1) / blockSize
-            try putOfflineExtent(ino, from: 0, through: blocks - 1)
-            rec.offlineBlocks = blocks
+        if offline && (rec.onlineBlocks != 0 || rec.offlineBlocks != 0) {
+            throw ArchiveError(.invalidArgument, "set-attr-x: offline needs a file with no blocks")
         }
-        if setsVersion {
-            rec.dataVersion = x.dataVersion
-            try markDataChanged(ino, &rec)
-        }
-        if setsSize { rec.size = x.size }
+        try restore(ino, &rec, version: version, size: size, offline: offline)
         if x.mask & InodeAttrX.ctimeMask != 0 { rec.ctime = x.ctime }
         if x.mask & InodeAttrX.crtimeMask != 0 { rec.crtime = x.crtime }
         if setsRetention {
@@ -387,6 +368,37 @@ extension FSCore {
         try putInode(ino, &rec)
     }
 
+    /// The rules SETATTR_MORE and SET_ATTR_X share for restoring a file's contents (`verb`
+    /// names the caller in refusals): a data version is not 0; size and data version only on
+    /// a new, never written regular file; a non-zero size needs a data version; offline needs
+    /// a non-zero size; sizes within the largest file.
+    func checkRestore(_ rec: InodeRecord, version: UInt64?, size: UInt64?, offline: Bool, _ verb: String) throws {
+        if version == 0 { throw ArchiveError(.invalidArgument, "\(verb): a data version must not be 0") }
+        if (size != nil || version != nil) && (!rec.isRegular || rec.dataVersion != 0) {
+            throw ArchiveError(.invalidArgument, "\(verb): size and data version can only be set on a new, never written regular file")
+        }
+        if let size, size > 0, version == nil {
+            throw ArchiveError(.invalidArgument, "\(verb): a non-zero size needs a non-zero data version")
+        }
+        if offline && (size ?? 0) == 0 { throw ArchiveError(.invalidArgument, "\(verb): offline needs a non-zero size") }
+        if let size, size > UInt64(Int64.max) { throw ArchiveError(.fileTooLarge, "\(verb): size \(size) is too large") }
+    }
+
+    /// Applies what `checkRestore` allowed: with `offline`, the whole size as one offline
+    /// region (the file has no extents: it was never written), then version and size.
+    func restore(_ ino: UInt64, _ rec: inout InodeRecord, version: UInt64?, size: UInt64?, offline: Bool) throws {
+        if offline, let size {
+            let blocks = (size + blockSize - 1) / blockSize
+            try putOfflineExtent(ino, from: 0, through: blocks - 1)
+            rec.offlineBlocks = blocks
+        }
+        if let version {
+            rec.dataVersion = version
+            try markDataChanged(ino, &rec)
+        }
+        if let size { rec.size = size }
+    }
+
     /// Restores a new, never written file's metadata (root only): size, data_version, times;
     /// with `offline`, the whole size as one offline region to be staged later.
     func setattrMore(_ ino: UInt64, _ s: SetattrMore) throws {
@@ -394,25 +406,9 @@ extension FSCore {
         guard rec.dataVersion == 0 else {
             throw ArchiveError(.invalidArgument, "setattr: the file has data version \(rec.dataVersion); only a new, never written file can be restored")
         }
-        guard s.size == 0 || s.dataVersion != 0 else {
-            throw ArchiveError(.invalidArgument, "setattr: a size needs a non-zero data version")
-        }
-        guard !s.offline || s.size > 0 else {
-            throw ArchiveError(.invalidArgument, "setattr: offline needs a non-zero size")
-        }
-        guard s.size <= UInt64(Int64.max) else { throw ArchiveError(.fileTooLarge, "setattr: size \(s.size) is too large") }
-        if s.offline {
-            let blocks = (s.size + blockSize - 1) / blockSize
-            let cut = try cutExtents(ino, from: 0, through: .max)
-            try putOfflineExtent(ino, from: 0, through: blocks - 1)
-            rec.onlineBlocks -= min(rec.onlineBlocks, cut.online)
-            rec.offlineBlocks = blocks
-        }
-        if s.dataVersion != 0 {
-            rec.dataVersion = s.dataVersion
-            try markDataChanged(ino, &rec)
-        }
-        rec.size = s.size
+        let version = s.dataVersion != 0 ? s.dataVersion : nil
+        try checkRestore(rec, version: version, size: s.size, offline: s.offline, "setattr")
+        try restore(ino, &rec, version: version, size: s.size, offline: s.offline)
         if let t = s.ctime { rec.ctime = t } else { rec.ctime = .now }
         if let t = s.crtime { rec.crtime = t }
         try putInode(ino, &rec)

@@ -259,6 +259,36 @@ extension Result {
     }
 }
 
+/// set-attr-x restores a file as setattr does, under the same rules.
+@Suite struct AttrXTests {
+    let devices = MemoryMount()
+    let t = ArchiveTests()
+
+    @Test func setAttrXRestoresAnOfflineStubUnderSetattrsRules() throws {
+        let fs = try devices.mount()
+        let ino = try t.file(fs, "stub", [])
+        func refused(_ x: InodeAttrX) -> Errno? { t.archiveErrno { () throws(ArchiveError) in try fs.setAttrX(ino, x) } }
+        var x = InodeAttrX(mask: InodeAttrX.sizeMask, flags: InodeAttrX.sizeOffline)
+        x.size = 10_000
+        #expect(refused(x) == .invalidArgument, "a non-zero size needs a data version")
+        x.mask |= InodeAttrX.dataVersionMask
+        #expect(refused(x) == .invalidArgument, "a data version must not be 0")
+        x.dataVersion = 5
+        x.size = 0
+        #expect(refused(x) == .invalidArgument, "offline needs a non-zero size")
+        x.size = UInt64(Int64.max) + 1
+        #expect(refused(x) == .fileTooLarge)
+        x.size = 10_000
+        try fs.setAttrX(ino, x)
+        let more = try fs.statMore(ino)
+        #expect(more.dataVersion == 5 && more.offlineBlocks == 3 && more.onlineBlocks == 0)
+        #expect(try fs.getattr(ino).size == 10_000)
+        #expect(refused(x) == .invalidArgument, "only a never written file")
+        try fs.sync()
+        #expect(Checker.check(meta: devices.meta, data: devices.data).problems == [])
+    }
+}
+
 /// punch-offline and move-blocks, the original's PUNCH_OFFLINE and MOVE_BLOCKS.
 @Suite struct ExtentMoveTests {
     let devices = MemoryMount()
