@@ -55,17 +55,18 @@ struct ControlTarget {
     }
 
     /// Sends `request` about this target's file, and `other`'s descriptor after it when the
-    /// request is about a second file too.
-    func call(_ request: ControlRequest, with other: Int32? = nil) throws -> ControlReply {
+    /// request is about a second file too. A failure's message starts with `failing`, the
+    /// original's words for the call that failed where it has its own.
+    func call(_ request: ControlRequest, with other: Int32? = nil, failing: String = "") throws -> ControlReply {
         let bytes: [UInt8]
         do {
             bytes = try client.call(request.encoded, files: [fd] + (other.map { [$0] } ?? []))
         } catch {
-            throw VerbError("\(error)", errno: error.errno == 0 ? nil : error.errno)
+            throw VerbError(failing + "\(error)", errno: error.errno == 0 ? nil : error.errno)
         }
         let reply = try ControlReply(decoding: bytes)
         if case let .failure(e, message) = reply {
-            throw VerbError(message, errno: e)
+            throw VerbError(failing + message, errno: e)
         }
         return reply
     }
@@ -652,12 +653,9 @@ struct MoveBlocksCommand: ParsableCommand {
             defer { Glibc.close(src) }
             let t = try ControlTarget.open(toFile, flags: O_RDWR)
             defer { t.close() }
-            do {
-                _ = try t.call(.moveBlocks(fromOffset: from, length: len, toOffset: to, dataVersion: 0, stage: false), with: src)
-            } catch let e as VerbError {
-                // The original names the destination the ioctl was made on.
-                throw VerbError("ioctl failed on '\(toFile)': \(e.description)", errno: e.errno)
-            }
+            // The original names the destination the ioctl was made on.
+            _ = try t.call(.moveBlocks(fromOffset: from, length: len, toOffset: to, dataVersion: 0, stage: false), with: src,
+                           failing: "ioctl failed on '\(toFile)': ")
             if json { try printJSON(["moved": len]) }
         }
     }
@@ -697,13 +695,7 @@ struct GetAttrXCommand: ParsableCommand {
             if mask == 0 { mask = InodeAttrX.knownMask }
             let t = try ControlTarget.open(file)
             defer { t.close() }
-            let reply: ControlReply
-            do {
-                reply = try t.call(.getAttrX(mask: mask))
-            } catch let e as VerbError {
-                throw VerbError("attr_x ioctl failed on '\(file)': \(e.description)", errno: e.errno)
-            }
-            guard case let .attrX(x) = reply else { throw VerbError("unexpected reply from the mount") }
+            guard case let .attrX(x) = try t.call(.getAttrX(mask: mask), failing: "attr_x ioctl failed on '\(file)': ") else { throw VerbError("unexpected reply from the mount") }
             func time(_ t: Timestamp) -> String { "\(UInt64(bitPattern: t.seconds)).\(t.nanoseconds)" }
             let values: [UInt64: String] = [
                 InodeAttrX.metaSeqMask: "\(x.metaSeq)", InodeAttrX.dataSeqMask: "\(x.dataSeq)",
@@ -776,11 +768,7 @@ struct SetAttrXCommand: ParsableCommand {
             guard x.mask != 0 else { return }
             let t = try ControlTarget.open(file)
             defer { t.close() }
-            do {
-                _ = try t.call(.setAttrX(x))
-            } catch let e as VerbError {
-                throw VerbError("attr_x ioctl failed on '\(file)': \(e.description)", errno: e.errno)
-            }
+            _ = try t.call(.setAttrX(x), failing: "attr_x ioctl failed on '\(file)': ")
         }
     }
 }

@@ -126,11 +126,7 @@ struct QuotaWipeCommand: ParsableCommand {
             let t = try ControlTarget.open(path)
             defer { t.close() }
             for r in try QuotaText.all(t) {
-                do {
-                    _ = try t.call(.deleteQuotaRule(r))
-                } catch let e as VerbError {
-                    throw VerbError("Failed to delete following rule:\n    \(QuotaText.format(r))\n\(e.description)", errno: e.errno)
-                }
+                _ = try t.call(.deleteQuotaRule(r), failing: "Failed to delete following rule:\n    \(QuotaText.format(r))\n")
             }
         }
     }
@@ -148,11 +144,7 @@ struct QuotaRestoreCommand: ParsableCommand {
             while let line = readLine() {
                 if line.allSatisfy({ $0 == " " || $0 == "\t" }) { continue }
                 let r = try QuotaText.parse(line)
-                do {
-                    _ = try t.call(.addQuotaRule(r))
-                } catch let e as VerbError {
-                    throw VerbError("Failed to add following rule:\n    \(QuotaText.format(r))\n\(e.description)", errno: e.errno)
-                }
+                _ = try t.call(.addQuotaRule(r), failing: "Failed to add following rule:\n    \(QuotaText.format(r))\n")
             }
         }
     }
