@@ -75,8 +75,13 @@ public final class MountClaim: Sendable {
     /// Takes the on-machine lock of both devices whole (mkfs); false while another process
     /// holds either, or any part of it (a mount).
     public static func lockDevices(meta: FileBlockDevice, data: FileBlockDevice) throws -> Bool {
-        guard try meta.tryLock(offset: 0, length: lockLength) else { return false }
-        return try data.tryLock(offset: 0, length: lockLength)
+        try lockDevice(meta) && lockDevice(data)
+    }
+
+    /// Takes the on-machine lock of one device whole (the offline verbs); false while another
+    /// process holds any part of it.
+    public static func lockDevice(_ device: FileBlockDevice) throws -> Bool {
+        try device.tryLock(offset: 0, length: lockLength)
     }
 
     /// Takes a mount's on-machine locks: shared ones of both devices (any number of mounts,

@@ -64,6 +64,11 @@ struct MkfsCommand: ParsableCommand {
         return r
     }
 
+    /// Quorum slots as mkfs and change-quorum-config print them: `0: ADDRESS:PORT, …`.
+    static func describe(_ slots: [QuorumSlot]) -> String {
+        slots.map { "\($0.slot): \($0.address):\($0.port)" }.joined(separator: ", ")
+    }
+
     static func parseSlot(_ text: String) throws -> QuorumSlot {
         let parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
         guard parts.count == 3, let slot = UInt8(parts[0]), Int(slot) < Layout.maxQuorumSlots,
@@ -124,7 +129,7 @@ struct MkfsCommand: ParsableCommand {
                   format version:       \(sb.formatVersion)
                   64KB metadata blocks: \(sb.metaTotalBlocks)
                   4KB data blocks:      \(sb.dataTotalBlocks)
-                  quorum slots:         \(sb.quorumSlots.map { "\($0.slot): \($0.address):\($0.port)" }.joined(separator: ", "))
+                  quorum slots:         \(Self.describe(sb.quorumSlots))
                   cluster key:          \(keyPath)\(given == nil ? "" : " (kept)")
                 """)
         } catch let e as ValidationError {

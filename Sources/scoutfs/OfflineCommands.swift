@@ -10,7 +10,7 @@ import ScoutStore
 /// mounts elsewhere (their quorum heartbeats), with its superblock.
 func openUnmounted(_ meta: String) throws -> (FileBlockDevice, SuperBlock) {
     let m = try openDevice(meta)
-    guard try m.tryLock(offset: 0, length: UInt64(Layout.superOffset(copy: 0))) else {
+    guard try MountClaim.lockDevice(m) else {
         throw StoreError(.exists, "\(meta) is in use by a mount on this machine (see `scoutfs status`); unmount it first")
     }
     let sb = try Store.readSuperblock(m)
@@ -53,11 +53,10 @@ struct ChangeQuorumConfigCommand: ParsableCommand {
         do {
             let slots = try quorumSlots.map(MkfsCommand.parseSlot).sorted { $0.slot < $1.slot }
             let (m, sb) = try openUnmounted(meta)
-            let before = sb.quorumSlots.map { "\($0.slot): \($0.address):\($0.port)" }.joined(separator: ", ")
             var next = sb
             next.quorumSlots = slots
             try writeNextSuperblock(next, to: m)
-            print("quorum slots of \(meta) changed from \(before) to \(slots.map { "\($0.slot): \($0.address):\($0.port)" }.joined(separator: ", "))")
+            print("quorum slots of \(meta) changed from \(MkfsCommand.describe(sb.quorumSlots)) to \(MkfsCommand.describe(slots))")
         } catch {
             throw fail("change-quorum-config", error)
         }
@@ -121,7 +120,7 @@ struct PrepareEmptyDataDeviceCommand: ParsableCommand {
                 print("\(data) can be the data device of \(meta): all \(usable) data blocks are free and it holds \(d.size) bytes")
                 return
             }
-            guard try d.tryLock(offset: 0, length: UInt64(Layout.superOffset(copy: 0))) else {
+            guard try MountClaim.lockDevice(d) else {
                 throw StoreError(.exists, "\(data) is in use by a mount on this machine")
             }
             var dsb = sb
