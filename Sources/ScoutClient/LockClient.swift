@@ -952,7 +952,7 @@ public final class LockClient: Sendable {
     }
 
     /// CLOCK_MONOTONIC in nanoseconds.
-    static func monotonicNow() -> UInt64 {
+    public static func monotonicNow() -> UInt64 {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)

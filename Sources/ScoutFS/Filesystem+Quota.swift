@@ -1,6 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#endif
+import ScoutClient
 public import ScoutFormat
 import ScoutStore
 import Synchronization
@@ -33,9 +31,8 @@ final class QuotaState: Sendable {
     /// few on most systems.
     static let checkLimit = 100_000
 
-    /// The rules to check against, or nil when they must be read first. Stale rules kept from
-    /// before an invalidation are still handed out; `needsLoad` says to refresh them.
-    var rules: [QuotaRule] { state.withLock { $0.rules } }
+    /// No rules read, or they changed since: `Filesystem.prepareQuota` reads them again. Until
+    /// then checks use the rules read before.
     var needsLoad: Bool { state.withLock { !$0.loaded } }
 
     func install(_ rules: [QuotaRule]) {
@@ -149,7 +146,7 @@ extension FSCore {
     func checkQuota(op: UInt8, project: UInt64, uid: UInt32, gid: UInt32) throws {
         let q = shared.quotas
         let input = QuotaState.Input(op: op, project: project, uid: UInt64(uid), gid: UInt64(gid))
-        let now = monotonicNanos()
+        let now = LockClient.monotonicNow()
         let (rules, cached) = q.lookup(input, now: now)
         if rules.isEmpty { return }
         if let cached {
@@ -173,12 +170,6 @@ extension FSCore {
         q.remember(input, refused: refused, now: now)
         if refused { throw Errno.diskQuotaExceeded }
     }
-}
-
-func monotonicNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
 
 extension Filesystem {
