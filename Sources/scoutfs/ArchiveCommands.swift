@@ -38,8 +38,10 @@ struct ControlTarget {
         guard fd >= 0 else { throw VerbError.failed("open", path, errno) }
         var st = stat()
         fstat(fd, &st)
-        for rec in MountRegistry.all() {
-            guard let socket = rec.control else { continue }
+        for rec in MountRegistry.all() where rec.lingering == nil {
+            // A daemon whose mount point is not (or no longer) mounted would otherwise match
+            // every path on the filesystem that holds the bare directory.
+            guard let socket = rec.control, MountRegistry.isMounted(rec.mountpoint) else { continue }
             var mst = stat()
             if stat(rec.mountpoint, &mst) == 0, mst.st_dev == st.st_dev {
                 do {
