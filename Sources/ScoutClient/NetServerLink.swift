@@ -111,10 +111,23 @@ public final class NetServerLink: ServerLink, Sendable {
     }
 
     public func refillDataPool(rid: UInt64, atLeast count: UInt64) throws -> [Extent] {
-        try refill(.refillDataPool(atLeast: count), \.dataPool) { a in
+        let got = try refill(.refillDataPool(atLeast: count), \.dataPool) { a in
             guard case .dataPool(let extents) = a else { throw unexpected(a, to: "a data pool refill") }
             return extents
         }
+        // Blocks past the end this node knows of: the filesystem grew since its last roots,
+        // and its own extents would fail their checks until it learns the new totals.
+        if got.contains(where: { $0.end > store.dataTotalBlocks }) { try refreshRoots() }
+        return got
+    }
+
+    /// Asks the server to grow the filesystem onto more of its devices, then takes the roots
+    /// of that commit, which carry the new totals.
+    public func resizeDevices(metaTotalBlocks: UInt64, dataTotalBlocks: UInt64) throws {
+        let a = try call(.resizeDevices(metaTotalBlocks: metaTotalBlocks, dataTotalBlocks: dataTotalBlocks))
+        guard case .resized(let e, let reason) = a else { throw unexpected(a, to: "a resize") }
+        if e != 0 { throw StoreError(.invalid, reason) }
+        try refreshRoots()
     }
 
     public func refillMetaPool(rid: UInt64, atLeast count: Int) throws -> [UInt64] {

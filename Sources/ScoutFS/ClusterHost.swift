@@ -42,6 +42,10 @@ protocol ClusterHost: AnyObject, Sendable {
     /// Brings the server's figures (committed roots, stable seq) up to date where they can
     /// lag (a node learns them from answers and grants); a no-op beside the server.
     func refreshServerFigures() throws
+    /// Grows the filesystem onto more of its devices, through the server (0 or the current
+    /// total: that device stays); `.invalid` for a smaller total or one past a device's end.
+    /// This client knows the new totals when it returns.
+    func resizeDevices(metaTotalBlocks: UInt64, dataTotalBlocks: UInt64) throws
     /// Log tree merges the server made since it started (0 where the server is elsewhere).
     func merges(_ items: ClientItems) -> Int
     /// Makes the inode numbers of the root's lock group never handed out (the server's counter).

@@ -188,6 +188,10 @@ public final class ControlService: Sendable {
             return .done
         case let .allocatedInodes(start):
             return .inodes(try fs.allocatedInodes(from: start), end: true)
+        case let .resizeDevices(meta, data):
+            try requireRoot(peer, "resize-devices")
+            try fs.resizeDevices(metaTotalBlocks: meta, dataTotalBlocks: data)
+            return .done
         case let .quotaRules(from, n):
             try requireRoot(peer, "quota-list")
             let page = try fs.quotaRules(from: from, limit: limit(n))

@@ -566,13 +566,35 @@ extension Filesystem {
     }
 
     public func statfsMore() throws(Errno) -> FilesystemStatMore {
-        try runOperation(held: HeldLocks()) { c in
+        try? host.refreshServerFigures()
+        return try runOperation(held: HeldLocks()) { c in
             let sb = c.shared.layout
             let store = c.items.store
             return FilesystemStatMore(fsid: sb.fsid, rid: c.items.rid, committedSeq: c.stableSeq,
-                                      totalMetaBlocks: sb.metaTotalBlocks, totalDataBlocks: sb.dataTotalBlocks,
+                                      totalMetaBlocks: store.metaTotalBlocks, totalDataBlocks: store.dataTotalBlocks,
                                       freeMetaBlocks: c.items.withStore { store.freeMetaBlocks },
                                       freeDataBlocks: c.items.freeDataBlocks)
+        }
+    }
+
+    /// Grows the filesystem onto more of its devices (`scoutfs resize-devices`, the original's
+    /// RESIZE_DEVICES): new totals in 64 KiB metadata and 4 KiB data blocks, 0 or the current
+    /// total leaving a device as it is. The server adds the new blocks to its free space and
+    /// commits; every client checks against the new totals from its next roots on, this one
+    /// at once. EINVAL, with the reason, for a smaller total or one past a device's end.
+    public func resizeDevices(metaTotalBlocks: UInt64, dataTotalBlocks: UInt64) throws {
+        if let why = host.fenced {
+            shared.log("error: \(why)")
+            throw ArchiveError(.ioError, why)
+        }
+        do {
+            try host.resizeDevices(metaTotalBlocks: metaTotalBlocks, dataTotalBlocks: dataTotalBlocks)
+        } catch let e as StoreError where e.code == .invalid {
+            // The verb answers as the original's does, with the errno alone: the reason is here.
+            shared.log("resize-devices refused: \(e.message)")
+            throw ArchiveError(.invalidArgument, e.message)
+        } catch {
+            throw ArchiveError(errno(of: error), "resizing the devices failed: \(error)")
         }
     }
 

@@ -25,7 +25,7 @@ extension FSCore {
     /// its numbers.
     func forEachExtent(_ ino: UInt64, from first: UInt64, through last: UInt64,
                        _ body: (_ key: Key, _ start: UInt64, _ extent: FileExtent) throws -> Bool) throws {
-        let dataBlocks = shared.layout.dataTotalBlocks
+        let dataBlocks = items.store.dataTotalBlocks
         try scan(Keys.extent(ino, last: first, length: 0), Keys.extent(ino, last: .max, length: .max)) { it in
             let e: ExtentItem
             do {
@@ -435,15 +435,16 @@ extension FSCore {
     func stats() -> FilesystemStats {
         let sb = shared.layout
         let store = items.store
+        let metaTotal = store.metaTotalBlocks
         let metaFree = items.withStore { store.freeMetaBlocks }
         let dataFree = items.freeDataBlocks
         // A rough inode count: a small inode takes about 300 bytes of metadata with its entry.
         let perBlock = UInt64(Layout.metaBlockSize / 300)
         return FilesystemStats(
             blockSize: UInt32(Layout.dataBlockSize),
-            totalBlocks: sb.dataTotalBlocks - Layout.dataFirstBlkno,
+            totalBlocks: store.dataTotalBlocks - Layout.dataFirstBlkno,
             freeBlocks: dataFree,
-            totalInodes: (sb.metaTotalBlocks - Layout.metaFirstBlkno) * perBlock,
+            totalInodes: (metaTotal - Layout.metaFirstBlkno) * perBlock,
             freeInodes: metaFree * perBlock,
             nameMax: UInt32(DirentRecord.maxNameLength),
             fsid: sb.fsid)
@@ -558,8 +559,11 @@ extension Filesystem {
         try locked(.reads, inodePlan(ino, write: false)) { try $0.seek(ino, offset: offset, whence: whence) }
     }
 
-    /// Reads only the store's counters: no item, no lock.
+    /// Reads only the store's counters: no item, no lock. A node first asks the server for
+    /// its newest figures (as the original's statfs does), so that space others used or
+    /// freed, and a resize, show; unreachable, it answers with the last it heard.
     public func statfs() throws(Errno) -> FilesystemStats {
-        try runOperation(held: HeldLocks()) { $0.stats() }
+        try? host.refreshServerFigures()
+        return try runOperation(held: HeldLocks()) { $0.stats() }
     }
 }

@@ -369,6 +369,10 @@ public final class LocalCluster: ClusterHost, Sendable {
 
     func refreshServerFigures() throws {}
 
+    func resizeDevices(metaTotalBlocks: UInt64, dataTotalBlocks: UInt64) throws {
+        try storeLock.withLock(store) { try server.resizeDevices(metaTotalBlocks: metaTotalBlocks, dataTotalBlocks: dataTotalBlocks) }
+    }
+
     func merges(_ items: ClientItems) -> Int { items.withStore { server.merges } }
 
     /// The root's whole inode group: every node walks the root on its way to anything, so

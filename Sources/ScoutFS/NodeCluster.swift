@@ -204,6 +204,10 @@ public final class NodeCluster: ClusterHost, Sendable {
 
     func refreshServerFigures() throws { try link.refreshRoots() }
 
+    func resizeDevices(metaTotalBlocks: UInt64, dataTotalBlocks: UInt64) throws {
+        try link.resizeDevices(metaTotalBlocks: metaTotalBlocks, dataTotalBlocks: dataTotalBlocks)
+    }
+
     func merges(_ items: ClientItems) -> Int { 0 }
 
     func reserveRootInode(_ items: ClientItems) {}

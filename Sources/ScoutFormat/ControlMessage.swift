@@ -376,6 +376,10 @@ public enum ControlRequest: Equatable, Sendable {
     /// The inode numbers in use from `start` to the end of its inode group (the original's
     /// GET_ALLOCATED_INOS, a debugging aid).
     case allocatedInodes(start: UInt64)
+    /// Grows the filesystem onto more of its devices (root only): new totals in 64 KiB
+    /// metadata and 4 KiB data blocks, 0 leaving a device as it is (the original's
+    /// RESIZE_DEVICES).
+    case resizeDevices(metaTotalBlocks: UInt64, dataTotalBlocks: UInt64)
 }
 
 public enum ControlReply: Equatable, Sendable {
@@ -484,6 +488,7 @@ extension ControlRequest {
         case .deleteQuotaRule: 23
         case .quotaRules: 24
         case .allocatedInodes: 25
+        case .resizeDevices: 26
         }
     }
 
@@ -557,6 +562,9 @@ extension ControlRequest {
             w.u32(limit)
         case let .allocatedInodes(start):
             w.u64(start)
+        case let .resizeDevices(meta, data):
+            w.u64(meta)
+            w.u64(data)
         }
         return w.bytes
     }
@@ -587,6 +595,7 @@ extension ControlRequest {
         case 23: self = .deleteQuotaRule(try QuotaRule(decoding: &r))
         case 24: self = .quotaRules(from: QuotaRulePosition(hash: try r.u64(), index: try r.u64()), limit: try r.u32())
         case 25: self = .allocatedInodes(start: try r.u64())
+        case 26: self = .resizeDevices(metaTotalBlocks: try r.u64(), dataTotalBlocks: try r.u64())
         case 4: self = .release(dataVersion: try r.u64(), offset: try r.u64(), length: try r.u64())
         case 5:
             self = .stage(dataVersion: try r.u64(), offset: try r.u64(), data: try r.bytes32(max: ControlMessage.stageChunk))

@@ -38,6 +38,9 @@ public enum ServerCall: Sendable, Equatable {
     /// one to keep (it grants none before every node it waits for has sent them, `last`
     /// ending a node's list, or was given up). The holders' client ids are ignored.
     case reclaimRecordLocks([RecordLock], last: Bool)
+    /// Grow the filesystem onto more of its devices: the new totals in 64 KiB metadata blocks
+    /// and 4 KiB data blocks, 0 (or the current total) leaving a device as it is.
+    case resizeDevices(metaTotalBlocks: UInt64, dataTotalBlocks: UInt64)
 
     /// The most extents a call or an answer carries in one list: more than a body can hold.
     public static let maxExtents = NetFrame.maxBody / 16
@@ -51,7 +54,7 @@ public enum ServerCall: Sendable, Equatable {
 
     enum Kind: UInt8 {
         case roots = 1, allocateInodes, refillDataPool, refillMetaPool, dataSpace, recordedLogTree, commitLogTree, openElsewhere, leave,
-             setRecordLock, testRecordLock, join, reclaimRecordLocks
+             setRecordLock, testRecordLock, join, reclaimRecordLocks, resizeDevices
     }
 
     public var encoded: [UInt8] {
@@ -99,6 +102,10 @@ public enum ServerCall: Sendable, Equatable {
             w.u8(Kind.join.rawValue)
             w.u8(rejoin ? 1 : 0)
             client.encode(into: &w)
+        case .resizeDevices(let meta, let data):
+            w.u8(Kind.resizeDevices.rawValue)
+            w.u64(meta)
+            w.u64(data)
         }
         return w.bytes
     }
@@ -141,6 +148,8 @@ public enum ServerCall: Sendable, Equatable {
             locks.reserveCapacity(n)
             for _ in 0..<n { locks.append(try RecordLock(decoding: &r)) }
             self = .reclaimRecordLocks(locks, last: last == 1)
+        case .resizeDevices:
+            self = .resizeDevices(metaTotalBlocks: try r.u64(), dataTotalBlocks: try r.u64())
         }
         try r.finish()
     }
@@ -163,11 +172,16 @@ public struct ServerRoots: Sendable, Equatable {
     public var metaAllocatable: UInt64
     public var dataFree: UInt64
     public var dataPendingFree: UInt64
+    /// The devices' blocks the filesystem spans as of this commit (64 KiB metadata, 4 KiB
+    /// data): an online resize raises them, and a node checks references against them.
+    public var metaTotalBlocks: UInt64
+    public var dataTotalBlocks: UInt64
 
-    public static let encodedSize = 8 + 2 * BTreeRoot.encodedSize + 40
+    public static let encodedSize = 8 + 2 * BTreeRoot.encodedSize + 56
 
     public init(seq: UInt64, fs: BTreeRoot, logTrees: BTreeRoot, transactionSeq: UInt64, stableSeq: UInt64,
-                metaAllocatable: UInt64 = 0, dataFree: UInt64 = 0, dataPendingFree: UInt64 = 0) {
+                metaAllocatable: UInt64 = 0, dataFree: UInt64 = 0, dataPendingFree: UInt64 = 0,
+                metaTotalBlocks: UInt64 = 0, dataTotalBlocks: UInt64 = 0) {
         self.seq = seq
         self.fs = fs
         self.logTrees = logTrees
@@ -176,6 +190,8 @@ public struct ServerRoots: Sendable, Equatable {
         self.metaAllocatable = metaAllocatable
         self.dataFree = dataFree
         self.dataPendingFree = dataPendingFree
+        self.metaTotalBlocks = metaTotalBlocks
+        self.dataTotalBlocks = dataTotalBlocks
     }
 
     public func encode(into w: inout ByteWriter) {
@@ -187,6 +203,8 @@ public struct ServerRoots: Sendable, Equatable {
         w.u64(metaAllocatable)
         w.u64(dataFree)
         w.u64(dataPendingFree)
+        w.u64(metaTotalBlocks)
+        w.u64(dataTotalBlocks)
     }
 
     public init(decoding r: inout ByteReader) throws(FormatError) {
@@ -198,6 +216,8 @@ public struct ServerRoots: Sendable, Equatable {
         metaAllocatable = try r.u64()
         dataFree = try r.u64()
         dataPendingFree = try r.u64()
+        metaTotalBlocks = try r.u64()
+        dataTotalBlocks = try r.u64()
         guard stableSeq < transactionSeq else {
             throw FormatError("server roots: stable seq \(stableSeq) is not below the open transaction's \(transactionSeq)")
         }
@@ -225,6 +245,8 @@ public enum ServerAnswer: Sendable, Equatable {
     /// Whether the node may go on: false when it rejoined a server that had given it up
     /// (fenced it and reclaimed its log tree).
     case joined(Bool)
+    /// The resize is done and committed (`errno` 0), or refused with `errno` for `reason`.
+    case resized(errno: Int32, reason: String)
 
     public var encoded: [UInt8] {
         var w = ByteWriter(capacity: 64)
@@ -280,6 +302,12 @@ public enum ServerAnswer: Sendable, Equatable {
             w.u8(2)
         case .reclaimed:
             w.u8(ServerCall.Kind.reclaimRecordLocks.rawValue)
+        case .resized(let e, let reason):
+            w.u8(ServerCall.Kind.resizeDevices.rawValue)
+            w.u32(UInt32(bitPattern: e))
+            let text = Array(reason.utf8.prefix(1024))
+            w.u16(UInt16(text.count))
+            w.raw(text)
         }
         return w.bytes
     }
@@ -329,6 +357,11 @@ public enum ServerAnswer: Sendable, Equatable {
             self = .joined(ok == 1)
         case .reclaimRecordLocks:
             self = .reclaimed
+        case .resizeDevices:
+            let e = Int32(bitPattern: try r.u32())
+            let n = Int(try r.u16())
+            guard e >= 0, n <= 1024 else { throw FormatError("server answer: resize refused with errno \(e) and a reason of \(n) bytes") }
+            self = .resized(errno: e, reason: String(decoding: try r.raw(n), as: UTF8.self))
         }
         try r.finish()
     }

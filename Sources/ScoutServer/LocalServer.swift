@@ -218,6 +218,20 @@ public final class LocalServer: ServerLink {
         return got
     }
 
+    /// Grows the filesystem onto more of its devices (`scoutfs resize-devices`) and commits:
+    /// the new totals in 64 KiB metadata and 4 KiB data blocks, 0 or the current total leaving
+    /// a device as it is. Clients learn the totals with the roots of this commit. Refused with
+    /// `.invalid`, nothing changed, for a smaller total or one past the device's end.
+    public func resizeDevices(metaTotalBlocks meta: UInt64, dataTotalBlocks data: UInt64) throws {
+        let sb = store.superblock
+        let m = meta == 0 || meta == sb.metaTotalBlocks ? nil : meta
+        let d = data == 0 || data == sb.dataTotalBlocks ? nil : data
+        guard m != nil || d != nil else { return }
+        try store.grow(metaTotalBlocks: m, dataTotalBlocks: d)
+        try store.commit()
+        report?("server: the filesystem grew to \(store.superblock.metaTotalBlocks) metadata blocks of 64 KiB and \(store.superblock.dataTotalBlocks) data blocks of 4 KiB")
+    }
+
     public var dataSpace: (free: UInt64, pendingFree: UInt64) {
         (store.allocatableDataBlocks, store.pendingFreeDataBlocks)
     }

@@ -236,6 +236,13 @@ public final class ServerService: NetServerHandler {
             let c = try server.commitLogTree(rid: rid, record, freed: freed, freedMeta: freedMeta, merge: merge,
                                              mergesInBackground: false)
             return .committed(c, roots)
+        case .resizeDevices(let meta, let data):
+            do {
+                try server.resizeDevices(metaTotalBlocks: meta, dataTotalBlocks: data)
+            } catch let e as StoreError where e.code == .invalid {
+                return .resized(errno: e.errno, reason: e.message)
+            }
+            return .resized(errno: 0, reason: "")
         case .openElsewhere, .leave, .setRecordLock, .testRecordLock, .join, .reclaimRecordLocks:
             throw NetError("\(call) is answered outside the store lock")
         }
@@ -246,6 +253,7 @@ public final class ServerService: NetServerHandler {
         let space = server.dataSpace
         return ServerRoots(seq: sb.seq, fs: sb.root(.fs), logTrees: sb.root(.logTrees),
                            transactionSeq: server.transactionSeq, stableSeq: server.stableSeq,
-                           metaAllocatable: server.store.allocatableMetaBlocks, dataFree: space.free, dataPendingFree: space.pendingFree)
+                           metaAllocatable: server.store.allocatableMetaBlocks, dataFree: space.free, dataPendingFree: space.pendingFree,
+                           metaTotalBlocks: sb.metaTotalBlocks, dataTotalBlocks: sb.dataTotalBlocks)
     }
 }

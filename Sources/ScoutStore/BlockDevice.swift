@@ -14,6 +14,9 @@ public protocol BlockDevice: AnyObject {
     /// What to call this device in messages (usually its path).
     var name: String { get }
     var size: UInt64 { get }
+    /// Measures the device again and returns its size now: it may have grown since it was
+    /// opened (an online resize), and reads and writes past the old end become possible.
+    func remeasure() throws -> UInt64
     func read(at offset: UInt64, count: Int) throws -> [UInt8]
     /// Reads `buffer.count` bytes into `buffer` (file data goes straight into a reply buffer).
     func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws
@@ -28,6 +31,8 @@ public protocol BlockDevice: AnyObject {
 }
 
 extension BlockDevice {
+    public func remeasure() throws -> UInt64 { size }
+
     public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
         let bytes = try read(at: offset, count: buffer.count)
         bytes.withUnsafeBytes { buffer.copyMemory(from: $0) }
@@ -45,7 +50,8 @@ extension BlockDevice {
 /// A device backed by a file or block device through pread/pwrite/fdatasync.
 public final class FileBlockDevice: BlockDevice {
     public let name: String
-    public let size: UInt64
+    public var size: UInt64 { measured.load(ordering: .acquiring) }
+    private let measured: Atomic<UInt64>
     private let fd: Int32
     /// A second descriptor opened with O_DIRECT, for reads of whole 4 KiB blocks (-1: none).
     private let directFD: Int32
@@ -82,7 +88,7 @@ public final class FileBlockDevice: BlockDevice {
             throw StoreError(.io, "cannot find the size of \(path): \(String(cString: strerror(e)))")
         }
         self.fd = fd
-        size = UInt64(end)
+        measured = Atomic(UInt64(end))
         directFD = directReads ? open(path, O_RDONLY | O_CLOEXEC | linuxODirect) : -1
         if directReads && directFD < 0 {
             _ = posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM)
@@ -161,12 +167,26 @@ public final class FileBlockDevice: BlockDevice {
         try readFully(fd, buffer.baseAddress!, buffer.count, at: offset, "read")
     }
 
-    /// Fails unless `[offset, offset + count)` lies on the device (and does not overflow).
+    /// Fails unless `[offset, offset + count)` lies on the device (and does not overflow). Past
+    /// the end as last measured, the device is measured again first: another node may have
+    /// grown the filesystem onto a device grown since this one opened it.
     private func checkRange(_ what: String, _ offset: UInt64, _ count: Int) throws {
         let (end, overflow) = offset.addingReportingOverflow(UInt64(count))
-        if overflow || end > size {
+        if overflow || end > size, try overflow || end > remeasure() {
             throw StoreError(.io, "\(name): \(what) of \(count) bytes at \(offset) runs past the end of the device (\(size) bytes)")
         }
+    }
+
+    public func remeasure() throws -> UInt64 {
+        let end = lseek(fd, 0, SEEK_END)
+        if end < 0 {
+            let e = Glibc.errno
+            throw StoreError(.io, "cannot find the size of \(name): \(String(cString: strerror(e)))")
+        }
+        // Devices only grow while mounted; a smaller answer is not believed.
+        let now = UInt64(end)
+        _ = measured.max(now, ordering: .acquiringAndReleasing)
+        return size
     }
 
     /// pread until `count` bytes are in, through EINTR and short reads.
@@ -276,14 +296,20 @@ let linuxODirect: Int32 = 0o40000
 // @unchecked Sendable: `pages` is only touched under `lock`.
 public final class MemoryBlockDevice: BlockDevice, @unchecked Sendable {
     public let name: String
-    public let size: UInt64
+    public var size: UInt64 { lock.withLock { _ in bytes } }
+    private var bytes: UInt64
     static let pageSize = 4096
     private var pages: [UInt64: [UInt8]] = [:]
     private let lock = Mutex(())
 
     public init(name: String = "memory", size: UInt64) {
         self.name = name
-        self.size = size
+        bytes = size
+    }
+
+    /// Makes the device larger, as growing a volume does.
+    public func grow(to size: UInt64) {
+        lock.withLock { _ in bytes = max(bytes, size) }
     }
 
     public func read(at offset: UInt64, count: Int) throws -> [UInt8] {

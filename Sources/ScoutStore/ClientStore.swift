@@ -20,6 +20,10 @@ public protocol ClientStore: AnyObject {
     var allocatableDataBlocks: UInt64 { get }
     var pendingFreeDataBlocks: UInt64 { get }
     var dirtyBlocks: Int { get }
+    /// The devices' blocks the filesystem spans now (64 KiB metadata, 4 KiB data): an online
+    /// resize raises them while clients run.
+    var metaTotalBlocks: UInt64 { get }
+    var dataTotalBlocks: UInt64 { get }
     /// Brings the committed roots up to date if they may be behind (another node changed
     /// something this client is about to read); a no-op where the roots are always current.
     func refreshIfStale() throws

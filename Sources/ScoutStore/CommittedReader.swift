@@ -45,7 +45,9 @@ public final class CommittedBlocks: NodeSource, Sendable {
     // nonisolated(unsafe): the devices' reads are safe from any thread (BlockDevice).
     nonisolated(unsafe) let meta: any BlockDevice
     let fsid: UInt64
-    let metaTotalBlocks: UInt64
+    /// The metadata device's blocks in the filesystem: raised by an online resize.
+    var metaTotalBlocks: UInt64 { metaTotal.load(ordering: .acquiring) }
+    private let metaTotal: Atomic<UInt64>
     private let published: Mutex<CommittedRoots>
     private let floor = Atomic<UInt64>(0)
 
@@ -53,8 +55,13 @@ public final class CommittedBlocks: NodeSource, Sendable {
         self.cache = cache
         self.meta = meta
         self.fsid = fsid
-        self.metaTotalBlocks = metaTotalBlocks
+        metaTotal = Atomic(metaTotalBlocks)
         published = Mutex(roots)
+    }
+
+    /// The filesystem grew onto `blocks` of the metadata device: references up to there are good.
+    public func raiseMetaTotal(to blocks: UInt64) {
+        _ = metaTotal.max(blocks, ordering: .acquiringAndReleasing)
     }
 
     /// The roots of the last commit.

@@ -27,6 +27,7 @@ public final class NodeStore: ClientStore, Sendable {
         init(_ call: @escaping @Sendable () throws -> Void) { self.call = call }
     }
     private let stale = Atomic<Bool>(false)
+    private let dataTotal: Atomic<UInt64>
 
     /// Opens the node's view of the filesystem on `meta` and `data`, as of the newest
     /// superblock there; the server's answers move it on.
@@ -36,12 +37,14 @@ public final class NodeStore: ClientStore, Sendable {
         self.data = data
         superblock = sb
         fsid = sb.fsid
+        dataTotal = Atomic(sb.dataTotalBlocks)
         nodeCapacity = options.nodeCapacity
         committed = CommittedBlocks(cache: BlockCache(capacity: options.cacheBlocks), meta: meta, fsid: sb.fsid,
                                     metaTotalBlocks: sb.metaTotalBlocks,
                                     roots: CommittedRoots(seq: sb.seq, fs: sb.root(.fs), records: .success([])))
         state = Mutex(ServerRoots(seq: sb.seq, fs: sb.root(.fs), logTrees: sb.root(.logTrees), transactionSeq: sb.seq + 1,
-                                  stableSeq: sb.seq, metaAllocatable: sb.metaFreeBlocks, dataFree: sb.dataFreeBlocks, dataPendingFree: 0))
+                                  stableSeq: sb.seq, metaAllocatable: sb.metaFreeBlocks, dataFree: sb.dataFreeBlocks, dataPendingFree: 0,
+                                  metaTotalBlocks: sb.metaTotalBlocks, dataTotalBlocks: sb.dataTotalBlocks))
         try update(state.withLock { $0 }, force: true)
     }
 
@@ -53,6 +56,10 @@ public final class NodeStore: ClientStore, Sendable {
     }
 
     private func update(_ roots: ServerRoots, force: Bool) throws {
+        // Totals only grow (an online resize), whichever order answers arrive in; raised
+        // before the roots move on, so nothing read through them is checked against less.
+        committed.raiseMetaTotal(to: roots.metaTotalBlocks)
+        _ = dataTotal.max(roots.dataTotalBlocks, ordering: .acquiringAndReleasing)
         let current = state.withLock { $0 }
         guard force || roots.seq >= current.seq else { return }
         if !force, roots.seq == current.seq, roots.fs == current.fs, roots.logTrees == current.logTrees {
@@ -114,5 +121,7 @@ public final class NodeStore: ClientStore, Sendable {
     public var pendingFreeMetaBlocks: UInt64 { 0 }
     public var freeMetaBlocks: UInt64 { state.withLock { $0.metaAllocatable } }
     public var allocatableDataBlocks: UInt64 { state.withLock { $0.dataFree } }
+    public var metaTotalBlocks: UInt64 { committed.metaTotalBlocks }
+    public var dataTotalBlocks: UInt64 { dataTotal.load(ordering: .acquiring) }
     public var pendingFreeDataBlocks: UInt64 { state.withLock { $0.dataPendingFree } }
 }

@@ -56,6 +56,12 @@ public final class Store: NodeWriter {
 
     public let fsid: UInt64
     public var nodeCapacity: Int { options.nodeCapacity }
+    /// The superblock's totals, readable from clients' threads without the store lock (extent
+    /// checks on every read): only `grow` changes them.
+    public var metaTotalBlocks: UInt64 { metaTotal.load(ordering: .acquiring) }
+    public var dataTotalBlocks: UInt64 { dataTotal.load(ordering: .acquiring) }
+    private let metaTotal: Atomic<UInt64>
+    private let dataTotal: Atomic<UInt64>
 
     init(meta: any BlockDevice, data: any BlockDevice, superblock: SuperBlock, options: StoreOptions) {
         precondition(options.nodeCapacity >= 4 * BTreeBlock.leafEntrySize(Item.maxValueLength)
@@ -66,6 +72,8 @@ public final class Store: NodeWriter {
         self.superblock = superblock
         cache = BlockCache(capacity: options.cacheBlocks)
         fsid = superblock.fsid
+        metaTotal = Atomic(superblock.metaTotalBlocks)
+        dataTotal = Atomic(superblock.dataTotalBlocks)
         committed = CommittedBlocks(cache: cache, meta: meta, fsid: superblock.fsid, metaTotalBlocks: superblock.metaTotalBlocks,
                                     roots: CommittedRoots(seq: superblock.seq, fs: superblock.root(.fs), records: .success([])))
         openSeq = Atomic(superblock.seq + 1)
@@ -305,6 +313,47 @@ public final class Store: NodeWriter {
     /// Frees data blocks; they become allocatable after the next commit.
     public func freeData(_ extent: Extent) {
         dataAlloc.pendingFree.append(extent)
+    }
+
+    // MARK: growing
+
+    /// Grows the filesystem onto devices made larger since mkfs: the blocks from the current
+    /// totals up to `metaTotalBlocks` (64 KiB) and `dataTotalBlocks` (4 KiB) become free space
+    /// in the open transaction, and the caller commits. nil, or the current total, leaves a
+    /// device as it is. Shrinking, and a total past what the device holds now, are refused
+    /// with nothing changed.
+    public func grow(metaTotalBlocks newMeta: UInt64?, dataTotalBlocks newData: UInt64?) throws {
+        try usable()
+        let sb = superblock
+        if let m = newMeta, m < sb.metaTotalBlocks {
+            throw StoreError(.invalid, "the metadata device cannot shrink: \(m) blocks of 64 KiB asked for, the filesystem already spans \(sb.metaTotalBlocks)")
+        }
+        if let d = newData, d < sb.dataTotalBlocks {
+            throw StoreError(.invalid, "the data device cannot shrink: \(d) blocks of 4 KiB asked for, the filesystem already spans \(sb.dataTotalBlocks)")
+        }
+        if let m = newMeta, m > sb.metaTotalBlocks {
+            let has = try meta.remeasure() >> UInt64(Layout.metaBlockShift)
+            guard m <= has else {
+                throw StoreError(.invalid, "metadata device \(meta.name) holds \(has) blocks of 64 KiB, fewer than the \(m) asked for; grow the device first")
+            }
+        }
+        if let d = newData, d > sb.dataTotalBlocks {
+            let has = try data.remeasure() >> UInt64(Layout.dataBlockShift)
+            guard d <= has else {
+                throw StoreError(.invalid, "data device \(data.name) holds \(has) blocks of 4 KiB, fewer than the \(d) asked for; grow the device first")
+            }
+        }
+        if let m = newMeta, m > sb.metaTotalBlocks {
+            superblock.metaTotalBlocks = m
+            metaAlloc.pendingFree.append(Extent(start: sb.metaTotalBlocks, length: m - sb.metaTotalBlocks))
+            metaTotal.store(m, ordering: .releasing)
+            committed.raiseMetaTotal(to: m)
+        }
+        if let d = newData, d > sb.dataTotalBlocks {
+            superblock.dataTotalBlocks = d
+            dataAlloc.pendingFree.append(Extent(start: sb.dataTotalBlocks, length: d - sb.dataTotalBlocks))
+            dataTotal.store(d, ordering: .releasing)
+        }
     }
 
     /// `count` metadata blocks for a client's pool, as at most `maxExtents` runs

@@ -797,3 +797,40 @@ struct GetAllocatedInosCommand: ParsableCommand {
         }
     }
 }
+
+struct ResizeDevicesCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "resize-devices",
+        abstract: "Online resize of metadata and/or data devices (root only).",
+        discussion: "Grows a mounted filesystem onto devices made larger since mkfs (a grown volume, `losetup -c`, a longer file). 0, or the size in use, leaves a device as it is; devices cannot shrink, nor grow past their end. Every mount of the filesystem sees the new size.")
+    @Option(name: .shortAndLong, help: "A path in the filesystem.") var path: String?
+    @Option(name: [.customShort("m"), .customLong("meta-size")],
+            help: ArgumentHelp("New metadata device size (bytes or KMGTP units).", valueName: "SIZE")) var metaSize: String?
+    @Option(name: [.customShort("d"), .customLong("data-size")],
+            help: ArgumentHelp("New data device size (bytes or KMGTP units).", valueName: "SIZE")) var dataSize: String?
+
+    func run() throws {
+        let meta = try metaSize.map(parseSize) ?? 0
+        let data = try dataSize.map(parseSize) ?? 0
+        let metaMask = UInt64(Layout.metaBlockSize - 1)
+        let dataMask = UInt64(Layout.dataBlockSize - 1)
+        if meta & metaMask != 0 {
+            print("metadata device size \(meta) is not a multiple of \(Layout.metaBlockSize) metadata block size, truncating down to \(meta & ~metaMask) byte size")
+        }
+        if data & dataMask != 0 {
+            print("data device size \(data) is not a multiple of \(Layout.dataBlockSize) data block size, truncating down to \(data & ~dataMask) byte size")
+        }
+        try runVerb("resize-devices") {
+            let t = try ControlTarget.open(path)
+            defer { t.close() }
+            do {
+                _ = try t.call(.resizeDevices(metaTotalBlocks: meta >> UInt64(Layout.metaBlockShift),
+                                              dataTotalBlocks: data >> UInt64(Layout.dataBlockShift)))
+            } catch let e as VerbError {
+                // The original's line: the reason is in the mount's log.
+                guard let n = e.errno else { throw e }
+                throw VerbError("resize_devices ioctl failed: \(String(cString: strerror(n))) (\(n))", errno: n)
+            }
+        }
+    }
+}

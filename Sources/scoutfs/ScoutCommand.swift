@@ -16,7 +16,8 @@ struct ScoutCommand: ParsableCommand {
                       PunchOfflineCommand.self, MoveBlocksCommand.self, GetAttrXCommand.self, SetAttrXCommand.self,
                       ReadXattrIndexCommand.self, QuotaAddCommand.self, QuotaDelCommand.self, QuotaListCommand.self,
                       QuotaWipeCommand.self, QuotaRestoreCommand.self, GetAllocatedInosCommand.self,
-                      ChangeQuorumConfigCommand.self, ChangeFormatVersionCommand.self, PrepareEmptyDataDeviceCommand.self]
+                      ChangeQuorumConfigCommand.self, ChangeFormatVersionCommand.self, PrepareEmptyDataDeviceCommand.self,
+                      ResizeDevicesCommand.self]
     )
 
     /// Runs the command line, answering argument errors in the original's (argp's) form —

@@ -25,6 +25,7 @@ import Testing
         .addQuotaRule(ControlMessageTests.rule), .deleteQuotaRule(ControlMessageTests.rule),
         .quotaRules(from: QuotaRulePosition(hash: .max, index: 3), limit: 9),
         .allocatedInodes(start: 1025),
+        .resizeDevices(metaTotalBlocks: 8192, dataTotalBlocks: 1 << 20),
     ]
 
     static let attrX: InodeAttrX = {

@@ -5,7 +5,8 @@ import Testing
     let record = LogTreeRecord(root: BTreeRoot(ref: BlockRef(blkno: 77, seq: 9), height: 2), items: 12,
                                dataPool: [Extent(start: 100, length: 8)], metaPool: [Extent(start: 300, length: 4)])
     let roots = ServerRoots(seq: 41, fs: BTreeRoot(ref: BlockRef(blkno: 5, seq: 40), height: 3), logTrees: .empty,
-                            transactionSeq: 42, stableSeq: 41, metaAllocatable: 900, dataFree: 5000, dataPendingFree: 12)
+                            transactionSeq: 42, stableSeq: 41, metaAllocatable: 900, dataFree: 5000, dataPendingFree: 12,
+                            metaTotalBlocks: 4096, dataTotalBlocks: 1 << 20)
 
     let lock = RecordLock(ino: 4100, kind: .posix, type: .write, start: 10, end: RecordLock.toEnd,
                           holder: RecordLockOwner(client: 3, owner: 0xdead_beef), pid: 4242)
@@ -45,6 +46,7 @@ import Testing
             .setRecordLock(lock, wait: true), .setRecordLock(lock, wait: false), .testRecordLock(lock),
             .join(mounted, rejoin: false), .join(MountedClient(rid: 0, slot: nil, pid: 1, mountedAt: 0, host: "", bootID: "", address: ""), rejoin: true),
             .reclaimRecordLocks([], last: true), .reclaimRecordLocks([lock, lock], last: false),
+            .resizeDevices(metaTotalBlocks: 8192, dataTotalBlocks: 0),
         ]
         for c in calls { #expect(try ServerCall(decoding: c.encoded) == c) }
         let answers: [ServerAnswer] = [
@@ -52,7 +54,8 @@ import Testing
             .dataSpace(free: 10, pendingFree: 3), .recordedLogTree(nil), .recordedLogTree(record),
             .committed(LogCommit(seq: 42, merged: true), roots),
             .held(true), .held(false), .left, .recordLock(conflict: nil), .recordLock(conflict: lock), .joined(true), .joined(false),
-            .recordLocksRecovering, .reclaimed,
+            .recordLocksRecovering, .reclaimed, .resized(errno: 0, reason: ""),
+            .resized(errno: 22, reason: "the data device cannot shrink"),
         ]
         for a in answers { #expect(try ServerAnswer(decoding: a.encoded) == a) }
     }

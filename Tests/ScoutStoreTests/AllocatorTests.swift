@@ -152,3 +152,55 @@ import ScoutFormat
         #expect(ExtentAllocator.firstGap(in: Extent(start: 40, length: 2), avoiding: avoid, upTo: 100) == Extent(start: 40, length: 2))
     }
 }
+
+@Suite struct GrowTests {
+    /// A filesystem made on part of its devices grows onto the rest: the new blocks are free
+    /// after the commit, a full data device has room again, a reopen keeps the totals, and the
+    /// checker finds every block accounted for. Shrinking, and growing past a device's end,
+    /// are refused with nothing changed.
+    @Test func aFilesystemGrowsOntoMoreOfItsDevices() throws {
+        let meta = MemoryBlockDevice(name: "meta", size: 128 << 20)
+        let data = MemoryBlockDevice(name: "data", size: 64 << 20)
+        let s = try Store.format(meta: meta, data: data, quorumSlots: Fixture.slots, options: Fixture.smallNodes,
+                                 metaBytes: 64 << 20, dataBytes: 32 << 20, allowSmall: true)
+        let meta0 = s.superblock.metaTotalBlocks, data0 = s.superblock.dataTotalBlocks
+        #expect(meta0 == 1024 && data0 == 8192)
+        var got: [Extent] = []
+        while true {
+            do { got.append(try s.allocData(1 << 20)) } catch let e as StoreError where e.code == .noSpace { break }
+        }
+        try s.commit()
+        #expect(s.freeDataBlocks == 0)
+        let metaFree0 = s.freeMetaBlocks
+
+        #expect { try s.grow(metaTotalBlocks: meta0 - 1, dataTotalBlocks: nil) } throws: { ($0 as? StoreError)?.code == .invalid }
+        #expect { try s.grow(metaTotalBlocks: nil, dataTotalBlocks: data0 - 1) } throws: { ($0 as? StoreError)?.code == .invalid }
+        // Past the data device's 16,384 blocks, with a good metadata total beside it: neither changes.
+        #expect { try s.grow(metaTotalBlocks: 2048, dataTotalBlocks: 16385) } throws: { ($0 as? StoreError)?.code == .invalid }
+        #expect(s.superblock.metaTotalBlocks == meta0 && s.superblock.dataTotalBlocks == data0 && !s.hasChanges)
+
+        try s.grow(metaTotalBlocks: 2048, dataTotalBlocks: 12288)
+        try s.commit()
+        #expect(s.metaTotalBlocks == 2048 && s.dataTotalBlocks == 12288)
+        #expect(s.freeDataBlocks == 4096)
+        // Less the few blocks the free tree's own edit took.
+        #expect(s.freeMetaBlocks > metaFree0 + 1000 && s.freeMetaBlocks <= metaFree0 + 1024)
+        let more = try s.allocData(4096)
+        #expect(more == Extent(start: data0, length: 4096))
+        try s.commit()
+
+        // The device grows again (a longer file, a grown volume) and the filesystem with it.
+        data.grow(to: 128 << 20)
+        #expect { try s.grow(metaTotalBlocks: nil, dataTotalBlocks: 32769) } throws: { ($0 as? StoreError)?.code == .invalid }
+        try s.grow(metaTotalBlocks: nil, dataTotalBlocks: 32768)
+        try s.commit()
+
+        let again = try Store.open(meta: meta, data: data, options: Fixture.smallNodes)
+        #expect(again.superblock.metaTotalBlocks == 2048 && again.superblock.dataTotalBlocks == 32768)
+        #expect(again.freeDataBlocks == 32768 - 12288)
+        let report = Checker.check(meta: meta, data: data)
+        // Allocated here but referenced by nothing: the only findings are those leaks.
+        #expect(report.problems.allSatisfy { $0.contains("leaked") }, "\(report.problems)")
+        #expect(report.dataBlocks == 32768)
+    }
+}

@@ -814,5 +814,67 @@ import Testing
         #expect(try waiting(m).isEmpty)
         try m.unmount()
     }
-}
 
+    /// resize-devices as the original's tests drive it: nothing asked, nothing done; shrinking
+    /// or growing past a device's end refused with the original's lines and nothing changed;
+    /// growing onto longer devices seen by every node at once. A node on another connection
+    /// than the server's then writes more than the old data device held, and the server's
+    /// mount reads it back.
+    @Test(.timeLimit(.minutes(4))) func resizeDevicesGrowsTheFilesystemOnEveryNode() throws {
+        let m = try TestMount(metaSize: 256 << 20, dataSize: 256 << 20)
+        defer { m.cleanup() }
+        try m.mount(["-o", "allow_other"])
+        let b = try m.mountNode("b", slot: nil)
+        func total(_ which: String, _ at: String) throws -> UInt64 {
+            let r = try run(["statfs", "-s", "total_\(which)_blocks", "-p", at])
+            try #require(r.status == 0, "\(r.stderr)")
+            return try #require(UInt64(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)))
+        }
+        let meta0 = try total("meta", m.mnt), data0 = try total("data", m.mnt)
+        #expect(meta0 == 4096 && data0 == 65536)
+        let einval = "resize_devices ioctl failed: Invalid argument (22)\nscoutfs: resize-devices failed: Invalid argument (22)\n"
+
+        for args in [[], ["-m", "0"], ["-d", "0"], ["-m", "0", "-d", "0"], ["-m", "256M", "-d", "256M"]] {
+            let r = try run(["resize-devices", "-p", m.mnt] + args)
+            #expect(r.status == 0 && r.stdout.isEmpty && r.stderr.isEmpty, "\(args): \(r.stderr)")
+        }
+        for args in [["-m", "128M"], ["-d", "128M"], ["-m", "128M", "-d", "128M"], ["-m", "512M"], ["-d", "512M"], ["-m", "512M", "-d", "512M"],
+                     ["-m", "256M", "-d", "512M"]] {
+            let r = try run(["resize-devices", "-p", b] + args)
+            #expect(r.status == 1 && r.stderr == einval, "\(args): \(r.status) \(r.stderr)")
+        }
+        let nobody = try asNobody(["resize-devices", "-p", m.mnt, "-d", "256M"])
+        #expect(nobody.status == 1 && nobody.stderr.hasPrefix("resize_devices ioctl failed: Operation not permitted (1)\n"), "\(nobody.stderr)")
+        #expect(try total("meta", b) == meta0 && total("data", b) == data0)
+
+        // The devices grow (a longer file, as a grown volume or `losetup -c` would), then the
+        // filesystem, asked through the server's mount: the node learns of it from the
+        // server. An unaligned size is rounded down, as the original says.
+        #expect(truncate(m.meta, 512 << 20) == 0 && truncate(m.data, 512 << 20) == 0)
+        let grow = try run(["resize-devices", "-p", m.mnt, "-m", "512M", "-d", "\((512 << 20) + 100)"])
+        #expect(grow.status == 0, "\(grow.stderr)")
+        #expect(grow.stdout == "data device size \((512 << 20) + 100) is not a multiple of 4096 data block size, truncating down to \(512 << 20) byte size\n")
+
+        // More than the old data device held, written on the node and read on the server's mount.
+        let file = b + "/big"
+        let dd = try CLI.runTool("/bin/dd", ["if=/dev/urandom", "of=\(file)", "bs=1M", "count=300", "conv=fsync", "status=none"])
+        #expect(dd.status == 0, "\(dd.stderr)")
+        let sums = try [file, m.path("big")].map { path in
+            let r = try CLI.runTool("/usr/bin/sha256sum", [path])
+            try #require(r.status == 0, "\(r.stderr)")
+            return String(r.stdout.prefix(64))
+        }
+        #expect(sums[0] == sums[1])
+
+        for at in [m.mnt, b] {
+            #expect(try total("meta", at) == 2 * meta0 && total("data", at) == 2 * data0, "\(at)")
+        }
+        let df = try run(["df", "-p", b])
+        #expect(df.status == 0 && df.stdout.contains("\(2 * data0)"), "\(df.stdout)")
+
+        try m.unmountNode(b)
+        try m.unmount()
+        let check = try m.check()
+        #expect(check.status == 0 && check.stdout.contains("free of \(2 * data0)"), "\(check.stdout)\(check.stderr)")
+    }
+}
