@@ -100,8 +100,33 @@ public struct SuperBlock: Equatable, Sendable {
     /// Metadata blocks taken out of the free tree but not yet used: the allocator's own working
     /// set, which lets it copy-on-write the free tree without allocating from itself.
     public var metaReserve: [UInt64]
+    /// With mkfs -z: the data device is divided into zones of this many blocks, and the server
+    /// fills each mount's pool from zones no other mount's pool holds blocks of, so that mounts
+    /// writing at once do not interleave their files' extents. 0: no zones.
+    public var dataAllocZoneBlocks: UInt64
 
     public static let maxReserve = 240
+    /// The most zones a data device is divided into, and the fewest blocks a zone has (a
+    /// mount's data allocation target in the original, 4 GiB): the original's limits.
+    public static let maxDataAllocZones: UInt64 = 1024
+    public static let minDataAllocZoneBlocks: UInt64 = (4 << 30) >> 12
+
+    /// Why `zoneBlocks` cannot divide a data device of `totalBlocks` blocks into allocation
+    /// zones, in the original's words; nil when it can (0, no zones, always can).
+    public static func dataAllocZoneProblem(_ zoneBlocks: UInt64, totalBlocks: UInt64) -> String? {
+        guard zoneBlocks != 0 else { return nil }
+        if zoneBlocks < minDataAllocZoneBlocks {
+            return "setting data_alloc_zone_blocks to '\(zoneBlocks)' failed, must be at least \(minDataAllocZoneBlocks) mount data allocation target blocks"
+        }
+        let fewest = totalBlocks / maxDataAllocZones
+        if zoneBlocks < fewest {
+            return "setting data_alloc_zone_blocks to '\(zoneBlocks)' failed, must be greater than \(fewest) blocks which results in max \(maxDataAllocZones) zones"
+        }
+        if zoneBlocks > totalBlocks {
+            return "setting data_alloc_zone_blocks to '\(zoneBlocks)' failed, must be at most \(totalBlocks) total data device blocks"
+        }
+        return nil
+    }
     public static let uuidLength = 16
 
     public init(uuid: [UInt8], metaTotalBlocks: UInt64, dataTotalBlocks: UInt64, quorumSlots: [QuorumSlot]) {
@@ -118,6 +143,7 @@ public struct SuperBlock: Equatable, Sendable {
         metaFreeBlocks = 0
         dataFreeBlocks = 0
         metaReserve = []
+        dataAllocZoneBlocks = 0
     }
 
     public var fsid: UInt64 {
@@ -161,6 +187,7 @@ public struct SuperBlock: Equatable, Sendable {
         w.u32(UInt32(metaReserve.count))
         w.zeros(4)
         for b in metaReserve { w.u64(b) }
+        w.u64(dataAllocZoneBlocks)
         w.pad(to: Layout.smallBlockSize)
         var block = w.bytes
         BlockHeader.seal(&block, magic: BlockMagic.superblock, fsid: fsid, seq: seq, blkno: smallBlkno)
@@ -198,6 +225,8 @@ public struct SuperBlock: Equatable, Sendable {
         if n > Self.maxReserve { throw FormatError("superblock reserve of \(n) blocks exceeds \(Self.maxReserve)") }
         metaReserve = []
         for _ in 0..<n { metaReserve.append(try r.u64()) }
+        // Superblocks written before zones existed hold zeros here: no zones.
+        dataAllocZoneBlocks = try r.u64()
         if header.fsid != fsid { throw FormatError("superblock header fsid \(hex(header.fsid)) does not match its uuid") }
     }
 }

@@ -184,10 +184,14 @@ public final class LocalServer: ServerLink {
         // those extents up since: a record full of them is not a full device. Nothing is
         // given, and the client commits (recording the pool it really holds) and asks again.
         if room <= 0 { return [] }
+        let zones = try dataZones(for: rid)
         while have < want, got.count < min(room, 64), store.allocatableDataBlocks > 0 {
-            let e = try store.allocData(want - have)
-            got.append(e)
-            have += e.length
+            let n = want - have
+            var e: Extent?
+            if let zones { e = try store.allocData(n, inZones: zones.exclusive) ?? store.allocData(n, inZones: zones.vacant) }
+            let taken = try e ?? store.allocData(n)
+            got.append(taken)
+            have += taken.length
         }
         guard !got.isEmpty else {
             throw StoreError(.noSpace, "data device is full: no free 4 KiB blocks left; free space or grow the device")
@@ -195,6 +199,26 @@ public final class LocalServer: ServerLink {
         rec.dataPool.append(contentsOf: got)
         try setRecord(rid: rid, rec)
         return got
+    }
+
+    /// With data allocation zones (mkfs -z), where a refill for `rid` looks first: the zones
+    /// only its own pool holds blocks of, then the zones no pool holds blocks of, each in
+    /// ascending order (the original's exclusive and vacant zones); past both, anywhere. So
+    /// mounts writing at once each fill their own zones, and their files' extents stay apart.
+    /// nil without zones.
+    func dataZones(for rid: UInt64) throws -> (exclusive: [UInt64], vacant: [UInt64])? {
+        let size = store.superblock.dataAllocZoneBlocks
+        guard size > 0 else { return nil }
+        let count = (store.superblock.dataTotalBlocks + size - 1) / size
+        var mine = Set<UInt64>(), theirs = Set<UInt64>()
+        for (r, rec) in try store.logTreeRecords() {
+            for e in rec.dataPool where e.length > 0 {
+                for z in (e.start / size)...((e.end - 1) / size) {
+                    if r == rid { mine.insert(z) } else { theirs.insert(z) }
+                }
+            }
+        }
+        return (mine.subtracting(theirs).sorted(), (0..<count).filter { !mine.contains($0) && !theirs.contains($0) })
     }
 
     /// Takes at least `count` metadata blocks (at least `metaPoolRefill`) out of the free

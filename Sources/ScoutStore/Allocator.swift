@@ -190,6 +190,46 @@ final class ExtentAllocator {
         return got
     }
 
+    /// Up to `count` contiguous free blocks inside the first of `zones` (zone numbers, each
+    /// zone `zoneBlocks` blocks from block `number * zoneBlocks`) that holds any: a free extent
+    /// that reaches into a zone is taken from where the zone starts, and may run on past its
+    /// end. nil, nothing taken, when none of the zones has a free block.
+    func allocData(_ count: UInt64, inZones zones: [UInt64], zoneBlocks: UInt64, _ store: Store) throws -> Extent? {
+        precondition(kind == .data && count > 0 && zoneBlocks > 0)
+        var got: Extent?
+        try editing(store) { t in
+            for z in zones {
+                let (zoneStart, overflow) = z.multipliedReportingOverflow(by: zoneBlocks)
+                if overflow { break }
+                let zoneEnd = zoneStart.addingReportingOverflow(zoneBlocks).overflow ? .max : zoneStart + zoneBlocks
+                var candidates: [Extent] = []
+                // A free extent that starts before the zone may reach into it.
+                if let before = isExtentItem(try t.prev(from: Self.startKey(zoneStart, 0), in: store), ItemType.freeByStart) {
+                    let b = try freeExtent(before, store)
+                    if b.end > zoneStart { candidates.append(b) }
+                }
+                var from = Self.startKey(zoneStart, 0)
+                while true {
+                    for ext in candidates {
+                        let inZone = Extent(start: max(ext.start, zoneStart), length: ext.end - max(ext.start, zoneStart))
+                        if let piece = Self.firstGap(in: inZone, avoiding: freedThisTransaction, upTo: count), piece.start < zoneEnd {
+                            try carve(piece, from: ext, &t, store)
+                            got = piece
+                            return
+                        }
+                    }
+                    guard let item = isExtentItem(try t.next(from: from, in: store), ItemType.freeByStart) else { break }
+                    let e = try freeExtent(item, store)
+                    guard e.start < zoneEnd else { break }
+                    candidates = [e]
+                    // Free extents never overlap nor touch: the next one starts past this end.
+                    from = Self.startKey(e.end, 0)
+                }
+            }
+        }
+        return got
+    }
+
     // MARK: freeing
 
     /// Adds a free extent to the tree, merging it with free neighbours. An overlap with an extent

@@ -12,7 +12,8 @@ extension Store {
     public static func format(
         meta: any BlockDevice, data: any BlockDevice, quorumSlots: [QuorumSlot],
         force: Bool = false, uuid: [UInt8]? = nil, options: StoreOptions = StoreOptions(),
-        metaBytes: UInt64? = nil, dataBytes: UInt64? = nil, allowSmall: Bool = false
+        metaBytes: UInt64? = nil, dataBytes: UInt64? = nil, allowSmall: Bool = false,
+        dataAllocZoneBlocks: UInt64 = 0
     ) throws -> Store {
         let metaSize = min(meta.size, metaBytes ?? .max)
         let dataSize = min(data.size, dataBytes ?? .max)
@@ -51,7 +52,11 @@ extension Store {
         if id.allSatisfy({ $0 == 0 }) { id = randomUUID() }
         let metaTotal = metaSize >> UInt64(Layout.metaBlockShift)
         let dataTotal = dataSize >> UInt64(Layout.dataBlockShift)
-        let sb = SuperBlock(uuid: id, metaTotalBlocks: metaTotal, dataTotalBlocks: dataTotal, quorumSlots: quorumSlots)
+        var sb = SuperBlock(uuid: id, metaTotalBlocks: metaTotal, dataTotalBlocks: dataTotal, quorumSlots: quorumSlots)
+        if let why = SuperBlock.dataAllocZoneProblem(dataAllocZoneBlocks, totalBlocks: dataTotal) {
+            throw StoreError(.invalid, why)
+        }
+        sb.dataAllocZoneBlocks = dataAllocZoneBlocks
 
         let zeros = [UInt8](repeating: 0, count: Layout.smallBlockSize)
         for copy in 0..<2 { try meta.write(at: Layout.superOffset(copy: copy), zeros) }

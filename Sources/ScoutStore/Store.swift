@@ -310,6 +310,15 @@ public final class Store: NodeWriter {
         return try dataAlloc.allocData(count, self)
     }
 
+    /// Up to `count` contiguous data blocks from the first of `zones` (zone numbers of the
+    /// superblock's data allocation zones) with free space; nil when none has any.
+    public func allocData(_ count: UInt64, inZones zones: [UInt64]) throws -> Extent? {
+        try usable()
+        let size = superblock.dataAllocZoneBlocks
+        guard size > 0, !zones.isEmpty else { return nil }
+        return try dataAlloc.allocData(count, inZones: zones, zoneBlocks: size, self)
+    }
+
     /// Frees data blocks; they become allocatable after the next commit.
     public func freeData(_ extent: Extent) {
         dataAlloc.pendingFree.append(extent)

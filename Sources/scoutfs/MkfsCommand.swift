@@ -37,6 +37,10 @@ struct MkfsCommand: ParsableCommand {
             help: ArgumentHelp("The format version to write; this scoutfs writes and reads version \(FormatVersion.current) only.", valueName: "VERSION"))
     var formatVersion: ScoutNumber?
 
+    @Option(name: [.customShort("z"), .customLong("data-alloc-zone-blocks")],
+            help: ArgumentHelp("Divide the data device into zones of this many 4 KiB blocks, so that each mount writes into zones of its own (at least \(SuperBlock.minDataAllocZoneBlocks), and at most \(SuperBlock.maxDataAllocZones) zones).", valueName: "BLOCKS"))
+    var dataAllocZoneBlocks: ScoutNumber?
+
     @Argument(help: "Metadata device (block device or file).")
     var meta: String
 
@@ -51,6 +55,7 @@ struct MkfsCommand: ParsableCommand {
         if let v = formatVersion?.value, v != FormatVersion.current {
             throw ValidationError("format-version \(v) is outside supported range of \(FormatVersion.current)-\(FormatVersion.current)")
         }
+        if dataAllocZoneBlocks?.value == 0 { throw ValidationError("must provide non-zero data-alloc-zone-blocks") }
         if let maxMetaSize { _ = try parseSize(maxMetaSize) }
         if let maxDataSize { _ = try parseSize(maxDataSize) }
     }
@@ -109,7 +114,8 @@ struct MkfsCommand: ParsableCommand {
                 }
             }
             let store = try Store.format(meta: m, data: d, quorumSlots: slots, force: force,
-                                         metaBytes: metaBytes, dataBytes: dataBytes, allowSmall: allowSmallSize)
+                                         metaBytes: metaBytes, dataBytes: dataBytes, allowSmall: allowSmallSize,
+                                         dataAllocZoneBlocks: dataAllocZoneBlocks?.value ?? 0)
             let sb = store.superblock
             let keyPath = clusterKey ?? defaultClusterKeyPath(fsid: sb.fsid)
             if given == nil {
@@ -120,6 +126,7 @@ struct MkfsCommand: ParsableCommand {
                     throw StoreError(.io, "the filesystem is made, but its cluster key could not be written: \(error); nothing can mount it until a key is given (`scoutfs mkfs --force --cluster-key PATH …` again)")
                 }
             }
+            let zones = sb.dataAllocZoneBlocks == 0 ? "" : "\n  data alloc zones:     \(sb.dataAllocZoneBlocks) blocks each"
             print("""
                 Created scoutfs filesystem:
                   meta device path:     \(meta)
@@ -129,7 +136,7 @@ struct MkfsCommand: ParsableCommand {
                   format version:       \(sb.formatVersion)
                   64KB metadata blocks: \(sb.metaTotalBlocks)
                   4KB data blocks:      \(sb.dataTotalBlocks)
-                  quorum slots:         \(Self.describe(sb.quorumSlots))
+                  quorum slots:         \(Self.describe(sb.quorumSlots))\(zones)
                   cluster key:          \(keyPath)\(given == nil ? "" : " (kept)")
                 """)
         } catch let e as ValidationError {

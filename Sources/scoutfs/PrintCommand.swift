@@ -24,6 +24,8 @@ struct PrintCommand: ParsableCommand {
         var seq: UInt64
         var metaTotalBlocks: UInt64
         var dataTotalBlocks: UInt64
+        /// mkfs -z: blocks per data allocation zone (absent without zones).
+        var dataAllocZoneBlocks: UInt64?
         var nextIno: UInt64
         var nextSeq: UInt64
         var quorumSlots: [Slot]
@@ -78,6 +80,7 @@ struct PrintCommand: ParsableCommand {
             let out = Output(
                 fsid: hex(sb.fsid), uuid: sb.uuidString, formatVersion: sb.formatVersion, seq: sb.seq,
                 metaTotalBlocks: sb.metaTotalBlocks, dataTotalBlocks: sb.dataTotalBlocks,
+                dataAllocZoneBlocks: sb.dataAllocZoneBlocks == 0 ? nil : sb.dataAllocZoneBlocks,
                 nextIno: sb.nextIno, nextSeq: sb.nextSeq,
                 quorumSlots: sb.quorumSlots.map { .init(slot: Int($0.slot), address: $0.address, port: Int($0.port)) },
                 quorumClaims: claims,
@@ -111,6 +114,7 @@ struct PrintCommand: ParsableCommand {
         print("superblock:")
         print("  fsid \(o.fsid) uuid \(o.uuid) format_version \(o.formatVersion) seq \(o.seq)")
         print("  meta_total_blocks \(o.metaTotalBlocks) (64 KiB)  data_total_blocks \(o.dataTotalBlocks) (4 KiB)")
+        if let z = o.dataAllocZoneBlocks { print("  volume options:\n    data_alloc_zone_blocks: \(z)") }
         print("  next_ino \(o.nextIno) next_seq \(o.nextSeq)")
         print("  quorum_slots:")
         for s in o.quorumSlots { print("    \(s.slot): \(s.address) port \(s.port)") }

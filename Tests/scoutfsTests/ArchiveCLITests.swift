@@ -877,4 +877,45 @@ import Testing
         let check = try m.check()
         #expect(check.status == 0 && check.stdout.contains("free of \(2 * data0)"), "\(check.stdout)\(check.stderr)")
     }
+
+    /// mkfs -z as the original's: its limits and words, `print` showing the zone size, and
+    /// two nodes writing in turn whose files land in zones of their own.
+    @Test(.timeLimit(.minutes(3))) func dataZonesKeepEachNodesFilesApart() throws {
+        let zone: UInt64 = 1 << 20
+        let m = try TestMount(metaSize: 256 << 20, dataSize: 16 << 30, mkfsArgs: ["-z", "\(zone)"])
+        defer { m.cleanup() }
+        let zero = try run(["mkfs", "-f", "-Q", "0,127.0.0.1,7100", "-z", "0", m.meta, m.data])
+        #expect(zero.status == 64 && zero.stderr.hasPrefix("mkfs: must provide non-zero data-alloc-zone-blocks\n"), "\(zero.stderr)")
+        let small = try run(["mkfs", "-f", "-Q", "0,127.0.0.1,7100", "-z", "100", m.meta, m.data])
+        #expect(small.status == 1 && small.stderr.contains("setting data_alloc_zone_blocks to '100' failed, must be at least 1048576 mount data allocation target blocks"),
+                "\(small.stderr)")
+        let printed = try run(["print", m.meta])
+        #expect(printed.stdout.contains("    data_alloc_zone_blocks: \(zone)\n"), "\(printed.stdout.prefix(800))")
+
+        try m.mount()
+        let b = try m.mountNode("b", slot: nil)
+        func zones(_ file: String) throws -> Set<UInt64> {
+            let r = try run(["get-fiemap", "--json", file])
+            try #require(r.status == 0, "\(r.stderr)")
+            let obj = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
+            let map = try #require(obj?["map"] as? [[String: Any]])
+            try #require(!map.isEmpty)
+            return Set(map.flatMap { e -> [UInt64] in
+                let p = UInt64(e["physical"] as? Int ?? 0), n = UInt64(e["length"] as? Int ?? 1)
+                return Array((p / zone)...((p + n - 1) / zone))
+            })
+        }
+        var onA = Set<UInt64>(), onB = Set<UInt64>()
+        for i in 0..<3 {
+            let chunk = [UInt8](repeating: UInt8(i + 1), count: 4 << 20)
+            try Sys.writeFile(m.path("a\(i)"), chunk, fsync: true)
+            try Sys.writeFile(b + "/b\(i)", chunk, fsync: true)
+            onA.formUnion(try zones(m.path("a\(i)")))
+            onB.formUnion(try zones(b + "/b\(i)"))
+        }
+        #expect(onA.count == 1 && onB.count == 1 && onA.isDisjoint(with: onB), "\(onA) \(onB)")
+        try m.unmountNode(b)
+        try m.unmount()
+        #expect(try m.check().status == 0)
+    }
 }

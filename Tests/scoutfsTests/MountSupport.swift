@@ -22,7 +22,7 @@ final class TestMount {
     /// `address`: where the slots' servers listen (loopback unless a test made a network);
     /// `addresses`: each slot's own, by slot number, instead (a node per network namespace).
     init(metaSize: UInt64 = 2 << 30, dataSize: UInt64 = 4 << 30, slots: [Int] = [0], address: String = "127.0.0.1",
-         addresses: [String]? = nil) throws {
+         addresses: [String]? = nil, mkfsArgs: [String] = []) throws {
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("scoutfs-mount-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         meta = dir.appendingPathComponent("meta").path
@@ -33,7 +33,7 @@ final class TestMount {
         port = try Sys.freePort()
         try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
         for (path, size) in [(meta, metaSize), (data, dataSize)] { try Sys.sparseFile(path, size: size) }
-        let mk = try CLI.run(["mkfs", "--cluster-key", key] + slots.flatMap { ["-Q", "\($0),\(addresses?[$0] ?? address),\(port + $0)"] } + [meta, data])
+        let mk = try CLI.run(["mkfs", "--cluster-key", key] + mkfsArgs + slots.flatMap { ["-Q", "\($0),\(addresses?[$0] ?? address),\(port + $0)"] } + [meta, data])
         try #require(mk.status == 0, "\(mk.stderr)")
     }
 
