@@ -114,15 +114,16 @@ extension FSCore {
         return attr
     }
 
-    /// Creates a file, directory, device, fifo, socket or symlink named `name` in `dir`.
-    /// `ino` comes from `allocateIno`, taken before the operation's locks (its group is one
-    /// of them).
-    func makeNode(_ dir: UInt64, _ name: [UInt8], ino: UInt64, mode: UInt32, rdev: UInt64 = 0, symlinkTarget: [UInt8]? = nil,
+    /// Creates a file, directory, device, fifo, socket or symlink named `name` in `dir`; with
+    /// no name, a regular file that no directory holds (O_TMPFILE), an orphan from the start:
+    /// freed at its last close unless a link names it first. `ino` comes from
+    /// `allocateIno`, taken before the operation's locks (its group is one of them).
+    func makeNode(_ dir: UInt64, _ name: [UInt8]?, ino: UInt64, mode: UInt32, rdev: UInt64 = 0, symlinkTarget: [UInt8]? = nil,
                   caller: Caller) throws -> Attributes {
         var parent = try directory(dir)
-        try checkName(name)
+        if let name { try checkName(name) }
         if parent.nlink == 0 { throw Errno.noSuchFileOrDirectory }
-        if try findEntry(dir, name) != nil { throw Errno.fileExists }
+        if let name, try findEntry(dir, name) != nil { throw Errno.fileExists }
         let now = Timestamp.now
         var perms = mode & 0o7777
         let isLink = mode & UInt32(S_IFMT) == UInt32(S_IFLNK)
@@ -158,7 +159,13 @@ extension FSCore {
             parent.nlink = try parent.nlink.adding(1, "link count of directory \(dir)")
         }
         // The entry first: a damaged parent fails before anything of the new inode is written.
-        try addEntry(dir, &parent, name, ino, type: rec.direntType)
+        if let name {
+            try addEntry(dir, &parent, name, ino, type: rec.direntType)
+        } else {
+            rec.nlink = 0
+            try put(Keys.orphan(ino), [])
+            shared.refs.withLock(ino) { _ = $0.unlinked.insert(ino) }
+        }
         if let target = symlinkTarget {
             for (nr, start) in stride(from: 0, to: target.count, by: Item.maxValueLength).enumerated() {
                 try put(Keys.symlink(ino, UInt64(nr)), Array(target[start..<min(start + Item.maxValueLength, target.count)]))
@@ -171,10 +178,12 @@ extension FSCore {
             rec.nextXattrID += 1
         }
         try putInode(ino, &rec)
-        parent.mtime = now
-        parent.ctime = now
-        try putInode(dir, &parent)
-        noteLookup(ino, in: dir, name: name)
+        if name != nil {
+            parent.mtime = now
+            parent.ctime = now
+            try putInode(dir, &parent)
+        }
+        noteLookup(ino, in: name == nil ? nil : dir, name: name)
         return attributes(ino, rec)
     }
 

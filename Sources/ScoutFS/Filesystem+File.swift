@@ -480,6 +480,25 @@ extension Filesystem {
         }
     }
 
+    /// Creates and opens a regular file in `dir` that no directory holds (O_TMPFILE): it is
+    /// freed at its last close and forget, or at the next mount's orphan scan after a crash,
+    /// unless a link (linkat of its descriptor) names it first.
+    public func tmpfile(_ dir: UInt64, mode: UInt32, flags: Int32, caller: Caller) throws(Errno) -> Attributes {
+        try prepareQuota()
+        var plan = LockPlan()
+        plan.read(dir)
+        plan.writeOnly(.orphan)
+        var ino: UInt64?
+        return try locked(.grows, plan, discover: { c, p in
+            if ino == nil { ino = try c.allocateIno(parent: dir, directory: false) }
+            p.write(ino!)
+        }) { c in
+            let a = try c.makeNode(dir, nil, ino: ino!, mode: UInt32(S_IFREG) | (mode & 0o7777), caller: caller)
+            try c.open(a.ino, flags: flags & ~O_TRUNC)
+            return a
+        }
+    }
+
     /// Ends an open; the last close of an unlinked inode frees it.
     public func release(_ ino: UInt64) throws(Errno) {
         if shared.refs.withLock(ino, { $0.close(ino) }) { try freeIfUnused(ino) }

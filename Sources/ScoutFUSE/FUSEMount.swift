@@ -70,6 +70,12 @@ public final class FUSEMount {
             ctx.release()
             throw MountError("cannot mount on \(mountpoint) (see the message above); is it an existing empty directory, and is /dev/fuse available?")
         }
+        guard TmpfileRequests.install(on: se) else {
+            fuse_session_unmount(se)
+            fuse_session_destroy(se)
+            ctx.release()
+            throw MountError("libfuse refused the session's own device reads (custom I/O), which answer O_TMPFILE")
+        }
         mounted = true
         self.maxThreads = maxThreads
         do {
@@ -357,7 +363,6 @@ func makeOperations() -> fuse_lowlevel_ops {
         scout_conn_unwant(conn, UInt32(FUSE_CAP_WRITEBACK_CACHE))
         scout_conn_want(conn, UInt32(FUSE_CAP_ATOMIC_O_TRUNC))
         scout_conn_want(conn, UInt32(FUSE_CAP_READDIRPLUS))
-        scout_conn_want(conn, UInt32(FUSE_CAP_SPLICE_READ))
         // File handles (open_by_handle_at, NFS): the kernel finds an uncached inode by asking
         // for "." in it. Inode numbers are never reused, so one generation serves all.
         scout_conn_want(conn, UInt32(FUSE_CAP_EXPORT_SUPPORT))

@@ -954,4 +954,52 @@ import Testing
         #expect(refused.status != 0 && refused.stderr.contains("Operation not supported"), "\(refused.stderr)")
         try m.unmount()
     }
+
+    /// O_TMPFILE: a file no directory holds, written and read through its descriptor, named
+    /// later by linkat (AT_EMPTY_PATH) with its data, or freed at its close; O_EXCL makes it
+    /// unlinkable, as on any Linux filesystem. The creator's ids and umask apply.
+    @Test(.timeLimit(.minutes(2))) func unnamedFilesFromOTmpfile() throws {
+        let m = try TestMount()
+        defer { m.cleanup() }
+        try m.mount(["-o", "allow_other"])
+        // O_TMPFILE is __O_TMPFILE with O_DIRECTORY, whose value differs between architectures.
+        let oTmpfile: Int32 = 0o20000000 | O_DIRECTORY
+        let atEmptyPath: Int32 = 0x1000
+        let dir = m.path("d")
+        #expect(mkdir(dir, 0o777) == 0 && chmod(dir, 0o777) == 0)
+
+        let fd = open(dir, oTmpfile | O_RDWR, 0o640)
+        try #require(fd >= 0, "O_TMPFILE: errno \(errno)")
+        let data = [UInt8]((0..<300_000).map { UInt8(truncatingIfNeeded: $0 * 7) })
+        #expect(data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == data.count)
+        var st = Glibc.stat()
+        #expect(fstat(fd, &st) == 0 && st.st_nlink == 0 && st.st_mode == UInt32(S_IFREG) | 0o640 && st.st_size == data.count)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty)
+        #expect(linkat(fd, "", AT_FDCWD, dir + "/named", atEmptyPath) == 0, "linkat: errno \(errno)")
+        #expect(fstat(fd, &st) == 0 && st.st_nlink == 1)
+        close(fd)
+        #expect(try Sys.readFile(dir + "/named") == data)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["named"])
+
+        // Unlinkable with O_EXCL; freed at its close either way.
+        let excl = open(dir, oTmpfile | O_RDWR | O_EXCL, 0o600)
+        try #require(excl >= 0)
+        #expect(linkat(excl, "", AT_FDCWD, dir + "/never", atEmptyPath) != 0 && errno == ENOENT)
+        let big = [UInt8](repeating: 9, count: 8 << 20)
+        #expect(big.withUnsafeBytes { write(excl, $0.baseAddress, $0.count) } == big.count)
+        #expect(fsync(excl) == 0)
+        close(excl)
+
+        // As another user: the file is theirs, with their umask.
+        let asNobody = try CLI.runTool("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sh", "-c",
+            "umask 077; exec python3 -c \"import os; fd = os.open('\(dir)', os.O_TMPFILE | os.O_RDWR, 0o666); st = os.fstat(fd); print(st.st_uid, st.st_gid, oct(st.st_mode & 0o777))\""])
+        #expect(asNobody.status == 0 && asNobody.stdout == "65534 65534 0o600\n", "\(asNobody.stdout)\(asNobody.stderr)")
+        // Not in a directory: the kernel refuses before asking.
+        #expect(open(dir + "/named", oTmpfile | O_RDWR, 0o600) < 0 && errno == ENOTDIR)
+
+        try m.unmount()
+        // Only the root, the directory and the named file are left, and their blocks.
+        let check = try m.check()
+        #expect(check.status == 0 && check.stdout.contains("; 3 inodes,") && check.stdout.contains(" 74 data blocks referenced"), "\(check.stdout)")
+    }
 }
