@@ -142,43 +142,33 @@ extension FSCore {
         }
         let first = offset / blockSize
         let last = (end - 1) / blockSize
-        let online = try onlineBlocks(ino, from: first, through: last)
-        guard online == 0 else {
-            throw ArchiveError(.invalidArgument, "stage: \(online) block(s) of \(offset)..<\(end) are online; only offline (released) data can be staged")
+        // As the original's stage, a write that leaves data_version, seqs and times alone:
+        // released blocks get blocks and data again, holes get blocks, and blocks already
+        // online are written over in place.
+        var offlineRuns: [(first: UInt64, last: UInt64)] = []
+        try forEachExtent(ino, from: first, through: last) { key, start, fe in
+            if fe.flags.contains(.offline) { offlineRuns.append((max(start, first), min(key.second, last))) }
+            return true
         }
-        let count = last - first + 1
-        _ = try rec.onlineBlocks.adding(count, "online block count of inode \(ino)")
-        try ensureDataSpace(count)
-        _ = try cutExtents(ino, from: first, through: last)
-        var staged: [MappedExtent] = []
-        // Allocated but not yet in the extent map: a failure frees it directly.
-        var unmapped: Extent?
-        var at = first
+        let mapped = try extents(ino, from: first, through: last).reduce(0) { $0 + min($1.end, last + 1) - max($1.start, first) }
+        let needed = last - first + 1 - mapped
+        _ = try rec.onlineBlocks.adding(needed, "online block count of inode \(ino)")
+        try ensureDataSpace(needed)
+        for run in offlineRuns { _ = try cutExtents(ino, from: run.first, through: run.last) }
+        var fresh: [MappedExtent] = []
         do {
-            while at <= last {
-                let got = try allocateDataRun(upTo: last + 1 - at)
-                unmapped = got
-                var buf = [UInt8](repeating: 0, count: Int(got.length * blockSize))
-                let lo = Int((at - first) * blockSize)
-                let hi = min(data.count, lo + buf.count)
-                buf.replaceSubrange(0..<(hi - lo), with: data[lo..<hi])
-                try shared.data.write(at: got.start * blockSize, buf)
-                let run = MappedExtent(start: at, length: got.length, blkno: got.start)
-                try addExtent(ino, run)
-                unmapped = nil
-                staged.append(run)
-                at += got.length
-            }
+            fresh = try allocateHoles(ino, from: first, through: last)
+            try writeBlocks(ino, offset: offset, end: end, first: first, last: last, data: data, fresh: fresh)
         } catch {
-            // The region goes back to offline, so readers keep waiting for a stage that works
-            // rather than reading blocks that never got their data.
-            if let unmapped { items.freeData(unmapped) }
-            try unmapFresh(ino, staged)
-            try putOfflineExtent(ino, from: first, through: last)
+            // Released regions go back to offline, so readers keep waiting for a stage that
+            // works rather than reading blocks that never got their data.
+            try unmapFresh(ino, fresh)
+            for run in offlineRuns { try putOfflineExtent(ino, from: run.first, through: run.last) }
             throw error
         }
-        rec.onlineBlocks += count
-        rec.offlineBlocks -= min(rec.offlineBlocks, count)
+        let offline = offlineRuns.reduce(0) { $0 + $1.last + 1 - $1.first }
+        rec.onlineBlocks += fresh.reduce(0) { $0 + $1.length }
+        rec.offlineBlocks -= min(rec.offlineBlocks, offline)
         try putInode(ino, &rec)
         return data.count
     }

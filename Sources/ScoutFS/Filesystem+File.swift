@@ -231,7 +231,7 @@ extension FSCore {
 
     /// The device writes of `writeData`: fresh runs whole, with zeros around the data, and the
     /// data in place into blocks mapped before.
-    private func writeBlocks(_ ino: UInt64, offset: UInt64, end: UInt64, first: UInt64, last: UInt64,
+    func writeBlocks(_ ino: UInt64, offset: UInt64, end: UInt64, first: UInt64, last: UInt64,
                              data: [UInt8], fresh: [MappedExtent]) throws {
         // New blocks get whole-block writes with zeros around the data: whatever a freed block
         // held before must never show through.
