@@ -5,6 +5,8 @@
 #define FUSE_USE_VERSION 312
 
 #include <fuse_lowlevel.h>
+// The kernel protocol's own numbers, for the requests the session reads itself (SessionIO).
+#include <linux/fuse.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/file.h>

@@ -188,7 +188,18 @@ extension FSCore {
         throw Errno.notPermitted
     }
 
-    func writeData(_ ino: UInt64, offset: UInt64, data: [UInt8]) throws -> Int {
+    /// A write takes file capabilities away, whoever writes. The kernel asks for them before
+    /// each write only until it has seen an inode without them (FUSE_HANDLE_KILLPRIV_V2 makes
+    /// it remember that), and another node may have set them since, so the filesystem
+    /// removes them itself.
+    func dropCapabilities(_ ino: UInt64, _ rec: InodeRecord) throws {
+        guard rec.nextXattrID > 1, let x = try findXattr(ino, Self.capabilityXattr) else { return }
+        try removeXattrItems(ino, x)
+    }
+
+    static let capabilityXattr = Array("security.capability".utf8)
+
+    func writeData(_ ino: UInt64, offset: UInt64, data: [UInt8], killSetID: SetIDKill? = nil) throws -> Int {
         var rec = try inode(ino)
         if rec.isDirectory { throw Errno.isDirectory }
         try checkRetention(rec)
@@ -218,6 +229,8 @@ extension FSCore {
         rec.mtime = now
         rec.ctime = now
         rec.dataVersion = version
+        killSetID?.apply(&rec)
+        try dropCapabilities(ino, rec)
         try markDataChanged(ino, &rec)
         try putInode(ino, &rec)
         return data.count
@@ -313,6 +326,7 @@ extension FSCore {
         }
         if let u = ch.uid { rec.uid = u }
         if let g = ch.gid { rec.gid = g }
+        if let kill = ch.killSetID, !rec.isDirectory { kill.apply(&rec) }
         if let size = ch.size {
             if rec.isDirectory { throw Errno.isDirectory }
             if !rec.isRegular { throw Errno.invalidArgument }
@@ -333,7 +347,7 @@ extension FSCore {
         return attributes(ino, rec)
     }
 
-    func fallocate(_ ino: UInt64, mode: Int32, offset: UInt64, length: UInt64) throws {
+    func fallocate(_ ino: UInt64, mode: Int32, offset: UInt64, length: UInt64, killSetID: SetIDKill? = nil) throws {
         var rec = try inode(ino)
         guard rec.isRegular else { throw Errno.operationNotSupportedByDevice }
         try checkRetention(rec)
@@ -381,6 +395,8 @@ extension FSCore {
         let now = Timestamp.now
         rec.ctime = now
         if !keepSize { rec.mtime = now }
+        killSetID?.apply(&rec)
+        try dropCapabilities(ino, rec)
         try markDataChanged(ino, &rec)
         try putInode(ino, &rec)
     }
@@ -415,17 +431,14 @@ extension FSCore {
 
     /// Opens `ino` (truncating for O_TRUNC); true when the file has offline data.
     @discardableResult
-    func open(_ ino: UInt64, flags: Int32, caller: Caller? = nil) throws -> Bool {
+    func open(_ ino: UInt64, flags: Int32, caller: Caller? = nil, killSetID: SetIDKill? = nil) throws -> Bool {
         var rec = try inode(ino)
         if flags & O_TRUNC != 0 && rec.isRegular && (flags & O_ACCMODE) != O_RDONLY {
             try checkRetention(rec)
             try setSize(ino, &rec, 0)
             // With atomic O_TRUNC the kernel sends no setattr, so the truncate's clearing of
-            // setuid/setgid (for callers without CAP_FSETID, which root stands for) is ours.
-            if let caller, caller.uid != 0 {
-                rec.mode &= ~UInt32(S_ISUID)
-                if rec.mode & UInt32(S_IXGRP) != 0 { rec.mode &= ~UInt32(S_ISGID) }
-            }
+            // setuid/setgid (for callers without CAP_FSETID) is ours.
+            killSetID?.apply(&rec)
             try putInode(ino, &rec)
         }
         shared.refs.withLock(ino) { $0.openCount[ino, default: 0] += 1 }
@@ -466,9 +479,10 @@ extension Filesystem {
     /// Opens `ino`; with O_TRUNC a writable open truncates. True when the file has offline
     /// data at the open (the FUSE layer reads such files past the page cache).
     @discardableResult
-    public func open(_ ino: UInt64, flags: Int32, caller: Caller? = nil) throws(Errno) -> Bool {
+    /// `killSetID`: an O_TRUNC open by a caller without CAP_FSETID, which clears setuid/setgid.
+    public func open(_ ino: UInt64, flags: Int32, caller: Caller? = nil, killSetID: SetIDKill? = nil) throws(Errno) -> Bool {
         let truncates = flags & O_TRUNC != 0 && (flags & O_ACCMODE) != O_RDONLY
-        return try locked(.frees, inodePlan(ino, write: truncates)) { try $0.open(ino, flags: flags, caller: caller) }
+        return try locked(.frees, inodePlan(ino, write: truncates)) { try $0.open(ino, flags: flags, caller: caller, killSetID: killSetID) }
     }
 
     /// Creates and opens a regular file.
@@ -564,14 +578,23 @@ extension Filesystem {
         return bytes
     }
 
-    public func write(_ ino: UInt64, offset: UInt64, data: [UInt8], cancel: WaitCancellation? = nil) throws(Errno) -> Int {
+    /// `killSetID`: the writer lacks CAP_FSETID, so setuid/setgid go (the kernel says so once
+    /// FUSE_HANDLE_KILLPRIV_V2 is on).
+    public func write(_ ino: UInt64, offset: UInt64, data: [UInt8], cancel: WaitCancellation? = nil,
+                      killSetID: SetIDKill? = nil) throws(Errno) -> Int {
         try prepareQuota()
-        return try lockedWaiting(.grows, cancel, inodePlan(ino, write: true)) { try $0.writeData(ino, offset: offset, data: data) }
+        return try lockedWaiting(.grows, cancel, inodePlan(ino, write: true)) {
+            try $0.writeData(ino, offset: offset, data: data, killSetID: killSetID)
+        }
     }
 
-    public func fallocate(_ ino: UInt64, mode: Int32, offset: UInt64, length: UInt64, cancel: WaitCancellation? = nil) throws(Errno) {
+    /// `killSetID`: setuid/setgid go, as a write by a caller without CAP_FSETID clears them.
+    public func fallocate(_ ino: UInt64, mode: Int32, offset: UInt64, length: UInt64, cancel: WaitCancellation? = nil,
+                          killSetID: SetIDKill? = nil) throws(Errno) {
         try prepareQuota()
-        try lockedWaiting(.grows, cancel, inodePlan(ino, write: true)) { try $0.fallocate(ino, mode: mode, offset: offset, length: length) }
+        try lockedWaiting(.grows, cancel, inodePlan(ino, write: true)) {
+            try $0.fallocate(ino, mode: mode, offset: offset, length: length, killSetID: killSetID)
+        }
     }
 
     public func seek(_ ino: UInt64, offset: UInt64, whence: Int32) throws(Errno) -> UInt64 {

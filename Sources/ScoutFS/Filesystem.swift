@@ -24,6 +24,34 @@ public struct Caller: Sendable {
     public static let root = Caller(uid: 0, gid: 0)
 }
 
+/// A write, truncate or fallocate by a caller without CAP_FSETID (or a chown), which takes
+/// setuid and setgid away as the kernel rules (since Linux 6.2): setuid always; setgid where
+/// group execute makes it a privilege, or where the caller is not in the file's group (without
+/// group execute it marks mandatory locking, which only a group member may keep).
+/// `dropped` says afterwards whether a bit went, for replies that carry no attributes.
+public final class SetIDKill: Sendable {
+    let inGroup: @Sendable (UInt32) -> Bool
+    private let droppedBits = Atomic<Bool>(false)
+
+    /// `inGroup`: whether the caller belongs to a group (asked only for setgid files without
+    /// group execute).
+    public init(inGroup: @escaping @Sendable (UInt32) -> Bool) {
+        self.inGroup = inGroup
+    }
+
+    public var dropped: Bool { droppedBits.load(ordering: .acquiring) }
+
+    /// Clears the bits the rules above take from `rec`.
+    func apply(_ rec: inout InodeRecord) {
+        let before = rec.mode
+        rec.mode &= ~UInt32(S_ISUID)
+        if rec.mode & UInt32(S_ISGID) != 0 && (rec.mode & UInt32(S_IXGRP) != 0 || !inGroup(rec.gid)) {
+            rec.mode &= ~UInt32(S_ISGID)
+        }
+        if rec.mode != before { droppedBits.store(true, ordering: .releasing) }
+    }
+}
+
 /// What `stat` shows of an inode.
 public struct Attributes: Equatable, Sendable {
     public var ino: UInt64
@@ -58,6 +86,9 @@ public struct AttributeChanges: Sendable {
     public var size: UInt64?
     public var atime: TimeChange?
     public var mtime: TimeChange?
+    /// A truncate by a caller without CAP_FSETID, or a chown: setuid and setgid go (the
+    /// kernel leaves this to the filesystem once FUSE_HANDLE_KILLPRIV_V2 is on).
+    public var killSetID: SetIDKill?
 
     public init(mode: UInt32? = nil, uid: UInt32? = nil, gid: UInt32? = nil, size: UInt64? = nil,
                 atime: TimeChange? = nil, mtime: TimeChange? = nil) {

@@ -4,6 +4,7 @@ import Glibc
 import CFuse3
 public import ScoutFS
 import ScoutFormat
+import Synchronization
 import SystemPackage
 
 /// How long the kernel may cache attributes and names. Every change reaches the filesystem
@@ -21,6 +22,20 @@ public struct MountError: Error, CustomStringConvertible {
 final class FUSEContext: Sendable {
     let fs: Filesystem
     let busy = BusyInodes()
+    /// The INIT request whose reply turns FUSE_HANDLE_KILLPRIV_V2 on (0: none), and whether
+    /// it is on (`SessionIO`).
+    let initToAnswer = Atomic<UInt64>(0)
+    let killprivV2 = Atomic<Bool>(false)
+    /// The session, for the attribute drops requests make themselves (set once it exists).
+    let session = Atomic<UInt>(0)
+
+    /// Drops the kernel's cached attributes of `ino`: after a reply without attributes to an
+    /// operation that changed them (setuid cleared by a write). Attributes only, which never
+    /// waits on a request.
+    func dropAttributes(_ ino: UInt64) {
+        guard let se = OpaquePointer(bitPattern: session.load(ordering: .acquiring)) else { return }
+        _ = fuse_lowlevel_notify_inval_inode(se, ino, -1, 0)
+    }
     init(fs: Filesystem) { self.fs = fs }
 }
 
@@ -70,7 +85,8 @@ public final class FUSEMount {
             ctx.release()
             throw MountError("cannot mount on \(mountpoint) (see the message above); is it an existing empty directory, and is /dev/fuse available?")
         }
-        guard TmpfileRequests.install(on: se) else {
+        ctx.takeUnretainedValue().session.store(UInt(bitPattern: se), ordering: .releasing)
+        guard SessionIO.install(on: se) else {
             fuse_session_unmount(se)
             fuse_session_destroy(se)
             ctx.release()
@@ -158,6 +174,25 @@ func fs(_ req: fuse_req_t?) -> Filesystem {
 /// Runs a request's handler, reply included, with `inodes` marked as held by the kernel for
 /// it (`BusyInodes`).
 @inline(__always)
+/// The caller of `req` as one whose write, truncate or chown takes setuid and setgid away
+/// (`SetIDKill`): a member of a group by its own group, or by its supplementary groups, which
+/// libfuse reads from /proc only when a setgid file without group execute asks. Root counts
+/// as a member of every group (CAP_FSETID).
+func setIDKill(_ req: fuse_req_t?) -> SetIDKill {
+    let c = caller(req)
+    let r = UInt(bitPattern: req)
+    return SetIDKill { gid in
+        if c.uid == 0 || c.gid == gid { return true }
+        var groups = [gid_t](repeating: 0, count: 256)
+        let n = fuse_req_getgroups(OpaquePointer(bitPattern: r), Int32(groups.count), &groups)
+        return n > 0 && groups.prefix(Int(min(n, 256))).contains(gid)
+    }
+}
+
+func context(_ req: fuse_req_t?) -> FUSEContext {
+    Unmanaged<FUSEContext>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue()
+}
+
 func holding(_ req: fuse_req_t?, _ inodes: UInt64..., body: () -> Void) {
     let busy = Unmanaged<FUSEContext>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue().busy
     for i in inodes { busy.enter(i) }
@@ -399,6 +434,7 @@ func makeOperations() -> fuse_lowlevel_ops {
             }
             if toSet & FUSE_SET_ATTR_ATIME_NOW != 0 { ch.atime = .now } else if toSet & FUSE_SET_ATTR_ATIME != 0 { ch.atime = .set(timestamp(a.st_atim)) }
             if toSet & FUSE_SET_ATTR_MTIME_NOW != 0 { ch.mtime = .now } else if toSet & FUSE_SET_ATTR_MTIME != 0 { ch.mtime = .set(timestamp(a.st_mtim)) }
+            if SessionIO.killSetID { ch.killSetID = setIDKill(req) }
             return try interruptible(req) { c throws(Errno) in try fs(req).setattr(ino, ch, cancel: c) }
         }
     } }
@@ -436,7 +472,12 @@ func makeOperations() -> fuse_lowlevel_ops {
     ops.open = { req, ino, fi in
         do {
             guard let fi else { throw Errno.invalidArgument }
-            let offline = try fs(req).open(ino, flags: fi.pointee.flags, caller: caller(req))
+            // Whether an O_TRUNC open clears setuid/setgid: the kernel says so once
+            // FUSE_HANDLE_KILLPRIV_V2 is on; before, root stands for CAP_FSETID.
+            let says = context(req).killprivV2.load(ordering: .acquiring) ? SessionIO.killSetID : caller(req).uid != 0
+            let kill = says ? setIDKill(req) : nil
+            let offline = try fs(req).open(ino, flags: fi.pointee.flags, caller: caller(req), killSetID: kill)
+            if kill?.dropped == true { context(req).dropAttributes(ino) }
             // A file with offline data is read past the page cache: each reader's read is its
             // own request, listed by data-waiting and interrupted when the reader is killed.
             // Through the page cache one readahead request stands for every reader of a page,
@@ -473,7 +514,12 @@ func makeOperations() -> fuse_lowlevel_ops {
     ops.write = { req, ino, buf, size, off, _ in holding(req, ino) {
         do {
             let data = Array(UnsafeRawBufferPointer(start: buf, count: size))
-            let n = try interruptible(req) { c throws(Errno) in try fs(req).write(ino, offset: try fileOffset(off), data: data, cancel: c) }
+            let kill = SessionIO.killSetID ? setIDKill(req) : nil
+            let n = try interruptible(req) { c throws(Errno) in
+                try fs(req).write(ino, offset: try fileOffset(off), data: data, cancel: c, killSetID: kill)
+            }
+            // The reply carries no attributes, and the kernel would go on showing the bits.
+            if kill?.dropped == true { context(req).dropAttributes(ino) }
             fuse_reply_write(req, n)
         } catch {
             replyErr(req, error)
@@ -563,7 +609,14 @@ func makeOperations() -> fuse_lowlevel_ops {
     ops.fallocate = { req, ino, mode, off, len, _ in holding(req, ino) {
         replyOK(req) { () throws(Errno) in
             guard off >= 0, len > 0 else { throw Errno.invalidArgument }
-            try interruptible(req) { c throws(Errno) in try fs(req).fallocate(ino, mode: mode, offset: UInt64(off), length: UInt64(len), cancel: c) }
+            // With FUSE_HANDLE_KILLPRIV_V2 on, the kernel leaves clearing setuid/setgid to the
+            // filesystem but, unlike for writes, does not say whether the caller holds
+            // CAP_FSETID: root stands for it, as for opens before the feature.
+            let kill = context(req).killprivV2.load(ordering: .acquiring) && caller(req).uid != 0 ? setIDKill(req) : nil
+            try interruptible(req) { c throws(Errno) in
+                try fs(req).fallocate(ino, mode: mode, offset: UInt64(off), length: UInt64(len), cancel: c, killSetID: kill)
+            }
+            if kill?.dropped == true { context(req).dropAttributes(ino) }
         }
     } }
     ops.lseek = { req, ino, off, whence, _ in

@@ -344,6 +344,12 @@ enum Sys {
         }
     }
 
+    /// getxattr(2) with no buffer: the value's size, or minus the errno.
+    static func getxattrSize(_ path: String, _ name: String) -> Int {
+        let n = getxattr(path, name, nil, 0)
+        return n >= 0 ? n : -Int(errno)
+    }
+
     static func stat(_ path: String) throws -> Glibc.stat {
         var st = Glibc.stat()
         try check(lstat(path, &st), "stat \(path)")
