@@ -90,7 +90,7 @@ public final class FUSEMount {
             fuse_session_unmount(se)
             fuse_session_destroy(se)
             ctx.release()
-            throw MountError("libfuse refused the session's own device reads (custom I/O), which answer O_TMPFILE")
+            throw MountError("libfuse refused the session's own device I/O (custom I/O), which answers O_TMPFILE and negotiates FUSE_HANDLE_KILLPRIV_V2")
         }
         mounted = true
         self.maxThreads = maxThreads
@@ -167,13 +167,15 @@ public final class FUSEMount {
 
 // MARK: - callbacks (file scope and nonisolated: they run on libfuse's threads)
 
-func fs(_ req: fuse_req_t?) -> Filesystem {
-    Unmanaged<FUSEContext>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue().fs
+func fs(_ req: fuse_req_t?) -> Filesystem { context(req).fs }
+
+func context(_ req: fuse_req_t?) -> FUSEContext { context(userdata: fuse_req_userdata(req)!) }
+
+/// The context libfuse hands back as a session's or request's user data.
+func context(userdata: UnsafeMutableRawPointer) -> FUSEContext {
+    Unmanaged<FUSEContext>.fromOpaque(userdata).takeUnretainedValue()
 }
 
-/// Runs a request's handler, reply included, with `inodes` marked as held by the kernel for
-/// it (`BusyInodes`).
-@inline(__always)
 /// The caller of `req` as one whose write, truncate or chown takes setuid and setgid away
 /// (`SetIDKill`): a member of a group by its own group, or by its supplementary groups, which
 /// libfuse reads from /proc only when a setgid file without group execute asks. Root counts
@@ -189,12 +191,11 @@ func setIDKill(_ req: fuse_req_t?) -> SetIDKill {
     }
 }
 
-func context(_ req: fuse_req_t?) -> FUSEContext {
-    Unmanaged<FUSEContext>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue()
-}
-
+/// Runs a request's handler, reply included, with `inodes` marked as held by the kernel for
+/// it (`BusyInodes`).
+@inline(__always)
 func holding(_ req: fuse_req_t?, _ inodes: UInt64..., body: () -> Void) {
-    let busy = Unmanaged<FUSEContext>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue().busy
+    let busy = context(req).busy
     for i in inodes { busy.enter(i) }
     defer { for i in inodes { busy.leave(i) } }
     body()
@@ -389,7 +390,7 @@ func makeOperations() -> fuse_lowlevel_ops {
         // mode in step and hands default ACLs down (Filesystem+Xattr, PosixACL).
         // The umask too: a directory's default ACL replaces it, so the kernel must send modes
         // unmasked (FUSE_CAP_DONT_MASK) and leave applying it to the filesystem.
-        if let userdata, Unmanaged<FUSEContext>.fromOpaque(userdata).takeUnretainedValue().fs.posixACLs {
+        if let userdata, context(userdata: userdata).fs.posixACLs {
             scout_conn_want(conn, UInt32(FUSE_CAP_POSIX_ACL))
             scout_conn_want(conn, UInt32(FUSE_CAP_DONT_MASK))
         }

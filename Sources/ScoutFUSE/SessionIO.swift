@@ -54,11 +54,11 @@ enum SessionIO {
             var kill = false
             switch header.opcode {
             case FUSE_TMPFILE.rawValue:
-                answerTmpfile(fd, header, request, Unmanaged<FUSEContext>.fromOpaque(userdata).takeUnretainedValue())
+                answerTmpfile(fd, header, request, context(userdata: userdata))
                 continue
             case FUSE_INIT.rawValue:
                 if let offer = argument(request, fuse_init_in.self), offer.flags & UInt32(FUSE_HANDLE_KILLPRIV_V2) != 0 {
-                    Unmanaged<FUSEContext>.fromOpaque(userdata).takeUnretainedValue().initToAnswer.store(header.unique, ordering: .releasing)
+                    context(userdata: userdata).initToAnswer.store(header.unique, ordering: .releasing)
                 }
             case FUSE_WRITE.rawValue:
                 kill = (argument(request, fuse_write_in.self)?.write_flags ?? 0) & UInt32(FUSE_WRITE_KILL_SUIDGID) != 0
@@ -78,7 +78,7 @@ enum SessionIO {
     /// offered it (libfuse 3.14 knows nothing of it, so its reply never asks for it).
     static func writeReply(_ fd: Int32, _ iov: UnsafeMutablePointer<iovec>?, _ count: Int32, _ userdata: UnsafeMutableRawPointer?) -> Int {
         guard let iov, count > 0, let userdata else { return Glibc.writev(fd, iov, count) }
-        let ctx = Unmanaged<FUSEContext>.fromOpaque(userdata).takeUnretainedValue()
+        let ctx = context(userdata: userdata)
         let initUnique = ctx.initToAnswer.load(ordering: .acquiring)
         guard initUnique != 0 else { return Glibc.writev(fd, iov, count) }
         var reply: [UInt8] = []
