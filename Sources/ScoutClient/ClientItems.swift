@@ -375,15 +375,6 @@ public final class ClientItems: @unchecked Sendable {
         }
     }
 
-    /// Up to `count` contiguous data blocks (fewer when free space is fragmented).
-    public func allocateDataRun(upTo count: UInt64) throws -> Extent {
-        try pool.withLock { pool in
-            if pool.availBlocks == 0 { try refill(&pool, toHold: 1) }
-            guard let e = pool.take(count) else { throw DataSpaceShortage(commitMayHelp: false) }
-            return e
-        }
-    }
-
     /// Frees data blocks: the next commit hands them back to the server, and they become
     /// allocatable once that commit is durable.
     public func freeData(_ extent: Extent) {

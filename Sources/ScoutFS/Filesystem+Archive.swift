@@ -30,16 +30,6 @@ extension FSCore {
         return found
     }
 
-    /// Blocks of `[first, last]` that no offline extent covers: mapped blocks and holes.
-    func onlineBlocks(_ ino: UInt64, from first: UInt64, through last: UInt64) throws -> UInt64 {
-        var offline: UInt64 = 0
-        try forEachExtent(ino, from: first, through: last) { key, start, fe in
-            if fe.flags.contains(.offline) { offline += min(key.second, last) + 1 - max(start, first) }
-            return true
-        }
-        return last - first + 1 - offline
-    }
-
     /// Makes a request that touches offline bytes `[from, from + count)` wait (throws
     /// `DataWaitNeeded` with the waiter registered). Files with nothing offline cost nothing.
     func checkOnline(_ ino: UInt64, _ rec: InodeRecord, from: UInt64, count: UInt64, op: DataWaitOperation) throws {
@@ -146,11 +136,12 @@ extension FSCore {
         // released blocks get blocks and data again, holes get blocks, and blocks already
         // online are written over in place.
         var offlineRuns: [(first: UInt64, last: UInt64)] = []
+        var mapped: UInt64 = 0
         try forEachExtent(ino, from: first, through: last) { key, start, fe in
-            if fe.flags.contains(.offline) { offlineRuns.append((max(start, first), min(key.second, last))) }
+            let run = (first: max(start, first), last: min(key.second, last))
+            if fe.flags.contains(.offline) { offlineRuns.append(run) } else { mapped += run.last + 1 - run.first }
             return true
         }
-        let mapped = try extents(ino, from: first, through: last).reduce(0) { $0 + min($1.end, last + 1) - max($1.start, first) }
         let needed = last - first + 1 - mapped
         _ = try rec.onlineBlocks.adding(needed, "online block count of inode \(ino)")
         try ensureDataSpace(needed)

@@ -143,16 +143,6 @@ extension FSCore {
         }
     }
 
-    /// Up to `count` contiguous data blocks from the client's pool (stage fills a region run
-    /// by run; `ensureDataSpace` checked the total before).
-    func allocateDataRun(upTo count: UInt64) throws -> Extent {
-        do {
-            return try items.allocateDataRun(upTo: count)
-        } catch is DataSpaceShortage {
-            throw Errno.noSpace
-        }
-    }
-
     // MARK: data I/O
 
     /// Where the bytes of a read come from: `count` bytes, of which each segment is on the data
