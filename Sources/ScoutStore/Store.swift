@@ -57,10 +57,10 @@ public final class Store: NodeWriter {
     public let fsid: UInt64
     public var nodeCapacity: Int { options.nodeCapacity }
     /// The superblock's totals, readable from clients' threads without the store lock (extent
-    /// checks on every read): only `grow` changes them.
-    public var metaTotalBlocks: UInt64 { metaTotal.load(ordering: .acquiring) }
+    /// checks on every read): only `grow` changes them. The committed reader keeps the
+    /// metadata total it checks references against.
+    public var metaTotalBlocks: UInt64 { committed.metaTotalBlocks }
     public var dataTotalBlocks: UInt64 { dataTotal.load(ordering: .acquiring) }
-    private let metaTotal: Atomic<UInt64>
     private let dataTotal: Atomic<UInt64>
 
     init(meta: any BlockDevice, data: any BlockDevice, superblock: SuperBlock, options: StoreOptions) {
@@ -72,7 +72,6 @@ public final class Store: NodeWriter {
         self.superblock = superblock
         cache = BlockCache(capacity: options.cacheBlocks)
         fsid = superblock.fsid
-        metaTotal = Atomic(superblock.metaTotalBlocks)
         dataTotal = Atomic(superblock.dataTotalBlocks)
         committed = CommittedBlocks(cache: cache, meta: meta, fsid: superblock.fsid, metaTotalBlocks: superblock.metaTotalBlocks,
                                     roots: CommittedRoots(seq: superblock.seq, fs: superblock.root(.fs), records: .success([])))
@@ -355,7 +354,6 @@ public final class Store: NodeWriter {
         if let m = newMeta, m > sb.metaTotalBlocks {
             superblock.metaTotalBlocks = m
             metaAlloc.pendingFree.append(Extent(start: sb.metaTotalBlocks, length: m - sb.metaTotalBlocks))
-            metaTotal.store(m, ordering: .releasing)
             committed.raiseMetaTotal(to: m)
         }
         if let d = newData, d > sb.dataTotalBlocks {
