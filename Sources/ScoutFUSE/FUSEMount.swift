@@ -421,7 +421,10 @@ func makeOperations() -> fuse_lowlevel_ops {
         }
         fuse_reply_none(req)
     }
-    ops.getattr = { req, ino, _ in replyAttr(req) { () throws(Errno) in try fs(req).getattr(ino) } }
+    // The kernel checks a directory's permissions with its lock held (a create in it), and
+    // asks for attributes or an ACL the lock hand-over just dropped: a request in flight on
+    // the directory, like a lookup in it.
+    ops.getattr = { req, ino, _ in holding(req, ino) { replyAttr(req) { () throws(Errno) in try fs(req).getattr(ino) } } }
     ops.setattr = { req, ino, attr, toSet, _ in holding(req, ino) {
         replyAttr(req) { () throws(Errno) in
             guard let a = attr?.pointee else { throw Errno.invalidArgument }
@@ -600,10 +603,12 @@ func makeOperations() -> fuse_lowlevel_ops {
             try fs(req).setXattr(ino, bytes(name), v, flags: flags, caller: caller(req))
         }
     } }
-    ops.getxattr = { req, ino, name, size in replyXattr(req, size: size) { () throws(Errno) in try fs(req).getXattr(ino, bytes(name)) } }
-    ops.listxattr = { req, ino, size in
+    ops.getxattr = { req, ino, name, size in holding(req, ino) {
+        replyXattr(req, size: size) { () throws(Errno) in try fs(req).getXattr(ino, bytes(name)) }
+    } }
+    ops.listxattr = { req, ino, size in holding(req, ino) {
         replyXattr(req, size: size) { () throws(Errno) in try fs(req).listXattrs(ino).flatMap { $0 + [0] } }
-    }
+    } }
     ops.removexattr = { req, ino, name in
         holding(req, ino) { replyOK(req) { () throws(Errno) in try fs(req).removeXattr(ino, bytes(name), caller: caller(req)) } }
     }

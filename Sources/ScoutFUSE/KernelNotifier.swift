@@ -72,24 +72,41 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
     /// request, which may wait for the lock this hand-over gives up. They are dropped as soon
     /// as the request is answered; a later syscall may find the pages still cached for that
     /// moment (attributes are dropped at once, names wait in the directory lock's queue).
+    /// A request that arrives while this waits (the kernel held the directory's lock before
+    /// sending it) moves that bound, so each new one is looked at.
     func flush(within seconds: Double) -> Bool {
         let p = Parker()
-        let done = queue.withLock { q -> Bool in
-            if q.sent >= q.queued || q.stopping { return true }
-            // Not yet sent, in order: the rest of the thread's batch, then the queue.
-            let pending = q.sending[q.sendingDone...] + q.notes
-            let firstBusy = pending.firstIndex { note in
-                switch note {
-                case .entry(let parent, _): busy.contains(parent)
-                case .inode(let ino): busy.contains(ino)
-                }
-            }
-            let upTo = firstBusy.map { q.sent + UInt64($0 - pending.startIndex) } ?? q.queued
-            if q.sent >= upTo { return true }
-            q.waiting.append((upTo, p))
-            return false
+        busy.watch(p)
+        defer {
+            busy.unwatch(p)
+            queue.withLock { q in q.waiting.removeAll { $0.parker === p } }
         }
-        return done || p.park(seconds: seconds)
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        let deadline = Double(now.tv_sec) + Double(now.tv_nsec) / 1e9 + seconds
+        while true {
+            let done = queue.withLock { q -> Bool in
+                q.waiting.removeAll { $0.parker === p }
+                if q.sent >= q.queued || q.stopping { return true }
+                // Not yet sent, in order: the rest of the thread's batch, then the queue.
+                let pending = q.sending[q.sendingDone...] + q.notes
+                let firstBusy = pending.firstIndex { note in
+                    switch note {
+                    case .entry(let parent, _): busy.contains(parent)
+                    case .inode(let ino): busy.contains(ino)
+                    }
+                }
+                let upTo = firstBusy.map { q.sent + UInt64($0 - pending.startIndex) } ?? q.queued
+                if q.sent >= upTo { return true }
+                q.waiting.append((upTo, p))
+                return false
+            }
+            if done { return true }
+            clock_gettime(CLOCK_MONOTONIC, &now)
+            let left = deadline - (Double(now.tv_sec) + Double(now.tv_nsec) / 1e9)
+            if left <= 0 { return false }
+            _ = p.park(seconds: left)
+        }
     }
 
     private func run() {
