@@ -28,13 +28,30 @@ public final class NetServerLink: ServerLink, Sendable {
     /// Makes every grant `locks` receives bring the node's roots up to date before the
     /// lock's users go on: the previous holder committed before it let the lock go, so what
     /// it wrote is in the server's roots, and items written from now on must carry a seq above
-    /// it. Should the refresh fail, the next read tries again.
+    /// it. The server sends its roots right before each grant (`serverSent`); should those
+    /// not be readable, the node asks for the newest, and should that fail too, the next
+    /// read asks again.
     public func follow(_ locks: LockClient) {
-        locks.addGrantHook { [store] _, _ in
+        locks.addGrantHook { [weak self, store] _, _ in
+            if let r = self?.sent.withLock({ $0 }), (try? store.advance(to: r)) != nil { return }
             store.markStale()
             try? store.refreshIfStale()
         }
     }
+
+    /// The roots the server sent last, before a grant. Grants and these arrive in order on
+    /// one connection and are handled in order on one queue, so at a grant this holds the
+    /// roots sent for it or newer ones.
+    private let sent = Mutex<ServerRoots?>(nil)
+
+    /// The server's roots, sent before a grant (`NetNotice.roots`).
+    public func serverSent(_ r: ServerRoots) {
+        sent.withLock { $0 = r }
+    }
+
+    /// How many times this node asked the server for its roots.
+    public var rootsAsked: Int { asked.load(ordering: .relaxed) }
+    private let asked = Atomic<Int>(0)
 
     private let fenced = Mutex<String?>(nil)
     /// The seq of this node's last commit.
@@ -81,6 +98,7 @@ public final class NetServerLink: ServerLink, Sendable {
     public func refreshRoots() throws {
         var tries = 0
         while true {
+            asked.add(1, ordering: .relaxed)
             let a = try call(.roots)
             guard case .roots(let r) = a else { throw unexpected(a, to: "roots") }
             do {

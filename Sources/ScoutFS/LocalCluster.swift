@@ -26,6 +26,15 @@ public final class LocalCluster: ClusterHost, Sendable {
     let lockNetwork: InMemoryLockNetwork
     /// The lock server's links to nodes on the network, once it serves one.
     private let remoteLinks = Mutex<NetLockClientLinks?>(nil)
+    /// The server's roots as of its last commit, which go to a node before each grant.
+    private let committedRoots: RootsBoard
+
+    final class RootsBoard: Sendable {
+        private let roots: Mutex<ServerRoots>
+        init(_ r: ServerRoots) { roots = Mutex(r) }
+        func set(_ r: ServerRoots) { roots.withLock { $0 = r } }
+        var current: ServerRoots { roots.withLock { $0 } }
+    }
     /// Asked before any client frees an unlinked inode: the clients here and the nodes.
     let openInodes = OpenInodeMap()
     /// The cluster's flock and POSIX record locks, for the clients here and the nodes.
@@ -133,6 +142,13 @@ public final class LocalCluster: ClusterHost, Sendable {
         // Recovery of the nodes' locks ends when each has reported them or was fenced
         // (`ClientRecovery`), never on a clock of the lock server's own: a node not heard
         // from may still hold locks that only its fence ends.
+        // Kept by the committing thread, under the store lock: a grant that follows a commit
+        // (the holder before committed, then let the lock go) sends roots that hold it.
+        let board = RootsBoard(server.roots)
+        committedRoots = board
+        store.afterCommit = { [weak server] in
+            if let server { board.set(server.roots) }
+        }
         let ls = LockServer(links: RoutedLockLinks(local: net, remote: remoteLinks), term: takeover?.term ?? 1,
                             recovering: Set(nodes.map(\.rid)), options: LockServerOptions(recoveryTimeoutNanoseconds: .max / 2))
         net.attachServer { client, m in ls.receive(from: client, m) }
@@ -216,7 +232,8 @@ public final class LocalCluster: ClusterHost, Sendable {
         let isGone = takeover?.isGone
         service.setSessions(ServerService.Sessions(leaving: { [weak net] c in net?.leaving(c) }, forget: { [weak net] c in net?.forget(c) },
                                                    isGone: { isGone?(FenceRequest(recovering: $0)) ?? false }))
-        remoteLinks.withLock { $0 = NetLockClientLinks(net) }
+        let board = committedRoots
+        remoteLinks.withLock { $0 = NetLockClientLinks(net, beforeGrant: { .roots(board.current) }) }
         service.serveLocks(lockServer)
         openInodes.setNetwork(net)
         network.withLock { $0 = net }

@@ -1,7 +1,8 @@
 /// The body of a `.notice` frame: what the server and the nodes tell each other outside lock
 /// messages and calls. Today that is the open-inode map (the original's `omap`): before a node
 /// frees an inode whose last link is gone, the server asks every other node whether it holds
-/// it open or cached, and each answers with the question's id.
+/// it open or cached, and each answers with the question's id. And the roots the server
+/// sends right before each lock grant, so that the node need not ask for them.
 public enum NetNotice: Sendable, Equatable {
     /// Server → node: does this node hold `ino` (open, or known to its kernel)? A node that
     /// does marks it unlinked, so its own last close frees it.
@@ -10,13 +11,17 @@ public enum NetNotice: Sendable, Equatable {
     case openReply(id: UInt64, held: Bool)
     /// Server → node: record locks on `ino` changed; a waiter for one tries again.
     case recordLocksChanged(ino: UInt64)
+    /// Server → node: its roots as of its last commit, sent right before a lock grant on the
+    /// same connection. The previous holder committed before it let the lock go, so these
+    /// hold what it wrote.
+    case roots(ServerRoots)
 
     enum Kind: UInt8 {
-        case openQuery = 1, openReply, recordLocksChanged
+        case openQuery = 1, openReply, recordLocksChanged, roots
     }
 
     public var encoded: [UInt8] {
-        var w = ByteWriter(capacity: 17)
+        var w = ByteWriter(capacity: 1 + ServerRoots.encodedSize)
         switch self {
         case .openQuery(let id, let ino):
             w.u8(Kind.openQuery.rawValue)
@@ -29,6 +34,9 @@ public enum NetNotice: Sendable, Equatable {
         case .recordLocksChanged(let ino):
             w.u8(Kind.recordLocksChanged.rawValue)
             w.u64(ino)
+        case .roots(let r):
+            w.u8(Kind.roots.rawValue)
+            r.encode(into: &w)
         }
         return w.bytes
     }
@@ -47,6 +55,8 @@ public enum NetNotice: Sendable, Equatable {
             self = .openReply(id: id, held: held == 1)
         case .recordLocksChanged:
             self = .recordLocksChanged(ino: try r.u64())
+        case .roots:
+            self = .roots(try ServerRoots(decoding: &r))
         }
         try r.finish()
     }

@@ -18,12 +18,18 @@ public struct NetLockServerLink: LockServerLink {
 /// decides what becomes of its locks.
 public struct NetLockClientLinks: LockClientLinks {
     let server: NetServer
+    /// Sent to the node right before each grant, on the same connection (the server's roots:
+    /// without them the node would ask for them before its users go on, a round trip per
+    /// hand-over).
+    let beforeGrant: (@Sendable () -> NetNotice)?
 
-    public init(_ server: NetServer) {
+    public init(_ server: NetServer, beforeGrant: (@Sendable () -> NetNotice)? = nil) {
         self.server = server
+        self.beforeGrant = beforeGrant
     }
 
     public func send(_ message: LockServerMessage, to client: ClientID) {
+        if case .grant = message, let beforeGrant { _ = server.send(.notice, beforeGrant().encoded, to: client) }
         server.send(.lock, message.encoded, to: client)
     }
 }

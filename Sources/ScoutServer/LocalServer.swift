@@ -256,6 +256,16 @@ public final class LocalServer: ServerLink {
         report?("server: the filesystem grew to \(store.superblock.metaTotalBlocks) metadata blocks of 64 KiB and \(store.superblock.dataTotalBlocks) data blocks of 4 KiB")
     }
 
+    /// What a node reads through and counts with, as of the last commit.
+    public var roots: ServerRoots {
+        let sb = store.superblock
+        let space = dataSpace
+        return ServerRoots(seq: sb.seq, fs: sb.root(.fs), logTrees: sb.root(.logTrees),
+                           transactionSeq: transactionSeq, stableSeq: stableSeq,
+                           metaAllocatable: store.allocatableMetaBlocks, dataFree: space.free, dataPendingFree: space.pendingFree,
+                           metaTotalBlocks: sb.metaTotalBlocks, dataTotalBlocks: sb.dataTotalBlocks)
+    }
+
     public var dataSpace: (free: UInt64, pendingFree: UInt64) {
         (store.allocatableDataBlocks, store.pendingFreeDataBlocks)
     }

@@ -85,7 +85,7 @@ public final class OpenInodeMap: Sendable {
             // An answer to a question that was given up on (its asker's session ended) is
             // harmless and dropped.
             state.withLock { $0.open[id] }?.answer(from: client, held: held)
-        case .openQuery, .recordLocksChanged:
+        case .openQuery, .recordLocksChanged, .roots:
             throw NetError("client \(client) sent a notice only the server sends")
         }
     }

@@ -248,12 +248,5 @@ public final class ServerService: NetServerHandler {
         }
     }
 
-    private var roots: ServerRoots {
-        let sb = server.store.superblock
-        let space = server.dataSpace
-        return ServerRoots(seq: sb.seq, fs: sb.root(.fs), logTrees: sb.root(.logTrees),
-                           transactionSeq: server.transactionSeq, stableSeq: server.stableSeq,
-                           metaAllocatable: server.store.allocatableMetaBlocks, dataFree: space.free, dataPendingFree: space.pendingFree,
-                           metaTotalBlocks: sb.metaTotalBlocks, dataTotalBlocks: sb.dataTotalBlocks)
-    }
+    private var roots: ServerRoots { server.roots }
 }

@@ -101,6 +101,12 @@ public final class NodeStore: ClientStore, Sendable {
         }
     }
 
+    /// Roots the server sent with a lock grant: read through from now on, as after a refresh.
+    public func advance(to r: ServerRoots) throws {
+        try update(r)
+        committed.raiseReadFloor(to: roots.seq)
+    }
+
     /// The server on another machine reads these blocks past its page cache once it has
     /// recorded them; on this one they would still sit in the page cache.
     public func makeWritesDurable() throws {

@@ -460,6 +460,10 @@ public final class Store: NodeWriter {
     /// stopped and resumed, a fence that did not hold — must not write over the new one's).
     public var beforeSuperblockWrite: (() throws -> Void)?
 
+    /// Called after each commit, by the committing thread (a server's mount keeps the roots
+    /// it sends with lock grants current this way).
+    public var afterCommit: (() -> Void)?
+
     /// Makes the open transaction durable and atomic, then opens the next one. After a failure
     /// part way the store refuses further work: reopen it from the devices.
     public func commit() throws {
@@ -496,6 +500,7 @@ public final class Store: NodeWriter {
             }
             publishRoots()
             openSeq.add(1, ordering: .releasing)
+            afterCommit?()
         } catch let e as StoreError {
             fail(e)
             throw e

@@ -23,6 +23,8 @@ final class FilesystemCluster {
     let key = ClusterKey.generate()
     private(set) var port = 0
     var clients: [Filesystem?] = []
+    /// The node of each client on one (`overNetwork`).
+    var nodes: [Int: NodeCluster] = [:]
 
     init(clients n: Int, mergeThreshold: UInt64 = 100_000, overNetwork: Bool = false) throws {
         let store = try Store.format(meta: meta, data: data, quorumSlots: [QuorumSlot(slot: 0, address: "127.0.0.1", port: 7100)])
@@ -41,6 +43,7 @@ final class FilesystemCluster {
         guard overNetwork && i > 0 else { return try Filesystem(joining: local, options: options) }
         let node = try NodeCluster(meta: meta, data: data, server: "127.0.0.1", port: port, key: key, id: UInt64(i + 1),
                                    cacheBlocks: 1024, cacheBytes: 64 << 20, log: { _ in })
+        nodes[i] = node
         return try Filesystem(node: node, options: options)
     }
 
@@ -93,6 +96,25 @@ final class FilesystemCluster {
         let a = try fs.lookup(dir, name(n))
         defer { try? fs.forget(a.ino, 1) }
         return try fs.read(a.ino, offset: 0, count: Int(a.size) + 1)
+    }
+
+    /// A lock handed back and forth between a node and a client beside the server: the node
+    /// reads what the other wrote each time, through the roots the server sent with the grant,
+    /// without asking for them (a round trip per hand-over).
+    @Test func aGrantBringsTheRootsThatHoldThePreviousHoldersWrites() throws {
+        let c = try FilesystemCluster(clients: 2, overNetwork: true)
+        let f = try Self.makeFile(c[0], Self.root, "f", [0])
+        _ = try Self.contents(c[1], Self.root, "f")
+        let link = try #require(c.nodes[1]).link
+        let asked = link.rootsAsked
+        for i in 1...20 {
+            _ = try c[0].write(f, offset: 0, data: [UInt8(2 * i)])
+            #expect(try c[1].read(f, offset: 0, count: 1) == [UInt8(2 * i)])
+            _ = try c[1].write(f, offset: 0, data: [UInt8(2 * i + 1)])
+            #expect(try c[0].read(f, offset: 0, count: 1) == [UInt8(2 * i + 1)])
+        }
+        #expect(link.rootsAsked - asked <= 2, "the node asked for roots at its grants")
+        try c.leaveAll()
     }
 
     @Test(arguments: [false, true]) func aFileMadeOnOneClientIsReadAndWrittenOnAnother(overNetwork: Bool) throws {

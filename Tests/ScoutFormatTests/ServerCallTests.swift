@@ -62,9 +62,12 @@ import Testing
 
     @Test func noticesRoundTripAndBadOnesAreRefused() throws {
         for n in [NetNotice.openQuery(id: 1, ino: .max), .openReply(id: 9, held: true), .openReply(id: 0, held: false),
-                  .recordLocksChanged(ino: 4100)] {
+                  .recordLocksChanged(ino: 4100), .roots(roots)] {
             #expect(try NetNotice(decoding: n.encoded) == n)
         }
+        // Roots cut short, and a kind no notice has.
+        #expect(throws: FormatError.self) { try NetNotice(decoding: Array(NetNotice.roots(roots).encoded.dropLast())) }
+        #expect(throws: FormatError.self) { try NetNotice(decoding: [5] + [UInt8](repeating: 0, count: 8)) }
         #expect(throws: FormatError.self) { try NetNotice(decoding: []) }
         #expect(throws: FormatError.self) { try NetNotice(decoding: [3]) }
         #expect(throws: FormatError.self) { try NetNotice(decoding: [4] + [UInt8](repeating: 0, count: 8)) }
