@@ -139,9 +139,6 @@ public final class LocalCluster: ClusterHost, Sendable {
         } else {
             recovered = try server.recoverLogTrees()
         }
-        // Recovery of the nodes' locks ends when each has reported them or was fenced
-        // (`ClientRecovery`), never on a clock of the lock server's own: a node not heard
-        // from may still hold locks that only its fence ends.
         // Kept by the committing thread, under the store lock: a grant that follows a commit
         // (the holder before committed, then let the lock go) sends roots that hold it.
         let board = RootsBoard(server.roots)
@@ -149,6 +146,9 @@ public final class LocalCluster: ClusterHost, Sendable {
         store.afterCommit = { [weak server] in
             if let server { board.set(server.roots) }
         }
+        // Recovery of the nodes' locks ends when each has reported them or was fenced
+        // (`ClientRecovery`), never on a clock of the lock server's own: a node not heard
+        // from may still hold locks that only its fence ends.
         let ls = LockServer(links: RoutedLockLinks(local: net, remote: remoteLinks), term: takeover?.term ?? 1,
                             recovering: Set(nodes.map(\.rid)), options: LockServerOptions(recoveryTimeoutNanoseconds: .max / 2))
         net.attachServer { client, m in ls.receive(from: client, m) }

@@ -205,7 +205,7 @@ public final class ServerService: NetServerHandler {
     func answer(_ call: ServerCall, for rid: ClientID) throws -> ServerAnswer {
         switch call {
         case .roots:
-            return .roots(roots)
+            return .roots(server.roots)
         // What a node is given is durable before it hears of it: a node outlives its server,
         // and a server that takes over after a crash must not hand the same inode numbers or
         // blocks out again (the server's own clients die with it, so theirs ride on the next
@@ -235,7 +235,7 @@ public final class ServerService: NetServerHandler {
             // merge step of the server's may edit it: its merges run inside its commits.
             let c = try server.commitLogTree(rid: rid, record, freed: freed, freedMeta: freedMeta, merge: merge,
                                              mergesInBackground: false)
-            return .committed(c, roots)
+            return .committed(c, server.roots)
         case .resizeDevices(let meta, let data):
             do {
                 try server.resizeDevices(metaTotalBlocks: meta, dataTotalBlocks: data)
@@ -247,6 +247,4 @@ public final class ServerService: NetServerHandler {
             throw NetError("\(call) is answered outside the store lock")
         }
     }
-
-    private var roots: ServerRoots { server.roots }
 }
