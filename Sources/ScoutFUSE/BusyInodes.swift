@@ -14,14 +14,34 @@ import Synchronization
 /// from a lookup through the create that follows: a hand-over can start while the kernel
 /// holds a lock that no request marks yet. Whoever waits on the marks (`watch`) is woken at
 /// each new one, to look again.
+///
+/// Attribute and xattr reads are marked apart (`Kind.inodeLock`): the kernel may hold the
+/// inode's lock for them (a directory whose permissions a create checks), never its pages,
+/// so they hold back a name in that directory but not the dropping of the inode's pages.
 final class BusyInodes: Sendable {
-    private let counts = BlockingMutex<[UInt64: Int]>([:])
+    enum Kind {
+        /// A lookup, create, listing, read, write, …: the directory's lock or the pages.
+        case held
+        /// An attribute or xattr read: at most the inode's lock.
+        case inodeLock
+    }
+
+    private struct Counts {
+        var held: [UInt64: Int] = [:]
+        var inodeLock: [UInt64: Int] = [:]
+    }
+    private let counts = BlockingMutex(Counts())
     private let watchers = BlockingMutex<[Parker]>([])
     /// Checked on every request without the mutex: watchers are rare (a hand-over's flush).
     private let watched = Atomic<Int>(0)
 
-    func enter(_ ino: UInt64) {
-        counts.withLock { $0[ino, default: 0] += 1 }
+    func enter(_ ino: UInt64, _ kind: Kind = .held) {
+        counts.withLock { c in
+            switch kind {
+            case .held: c.held[ino, default: 0] += 1
+            case .inodeLock: c.inodeLock[ino, default: 0] += 1
+            }
+        }
         guard watched.load(ordering: .acquiring) > 0 else { return }
         for p in watchers.withLock({ $0 }) { p.unpark() }
     }
@@ -37,11 +57,22 @@ final class BusyInodes: Sendable {
         watched.subtract(1, ordering: .releasing)
     }
 
-    func leave(_ ino: UInt64) {
+    func leave(_ ino: UInt64, _ kind: Kind = .held) {
         counts.withLock { c in
-            if let n = c[ino], n > 1 { c[ino] = n - 1 } else { c[ino] = nil }
+            switch kind {
+            case .held: Self.drop(ino, from: &c.held)
+            case .inodeLock: Self.drop(ino, from: &c.inodeLock)
+            }
         }
     }
 
-    func contains(_ ino: UInt64) -> Bool { counts.withLock { $0[ino] != nil } }
+    private static func drop(_ ino: UInt64, from m: inout [UInt64: Int]) {
+        if let n = m[ino], n > 1 { m[ino] = n - 1 } else { m[ino] = nil }
+    }
+
+    /// A request may hold directory `ino`'s lock: dropping a name in it may wait for it.
+    func holdsDirectory(_ ino: UInt64) -> Bool { counts.withLock { $0.held[ino] != nil || $0.inodeLock[ino] != nil } }
+
+    /// A request may hold pages of `ino`: dropping them may wait for it.
+    func holdsPages(_ ino: UInt64) -> Bool { counts.withLock { $0.held[ino] != nil } }
 }

@@ -201,6 +201,16 @@ func holding(_ req: fuse_req_t?, _ inodes: UInt64..., body: () -> Void) {
     body()
 }
 
+/// Runs an attribute or xattr read with `ino` marked as one whose inode lock the kernel may
+/// hold for it (`BusyInodes.Kind.inodeLock`).
+@inline(__always)
+func checking(_ req: fuse_req_t?, _ ino: UInt64, body: () -> Void) {
+    let busy = context(req).busy
+    busy.enter(ino, .inodeLock)
+    defer { busy.leave(ino, .inodeLock) }
+    body()
+}
+
 func bytes(_ s: UnsafePointer<CChar>?) -> [UInt8] {
     guard let s else { return [] }
     return Array(UnsafeRawBufferPointer(start: s, count: strlen(s)))
@@ -424,7 +434,7 @@ func makeOperations() -> fuse_lowlevel_ops {
     // The kernel checks a directory's permissions with its lock held (a create in it), and
     // asks for attributes or an ACL the lock hand-over just dropped: a request in flight on
     // the directory, like a lookup in it.
-    ops.getattr = { req, ino, _ in holding(req, ino) { replyAttr(req) { () throws(Errno) in try fs(req).getattr(ino) } } }
+    ops.getattr = { req, ino, _ in checking(req, ino) { replyAttr(req) { () throws(Errno) in try fs(req).getattr(ino) } } }
     ops.setattr = { req, ino, attr, toSet, _ in holding(req, ino) {
         replyAttr(req) { () throws(Errno) in
             guard let a = attr?.pointee else { throw Errno.invalidArgument }
@@ -603,10 +613,10 @@ func makeOperations() -> fuse_lowlevel_ops {
             try fs(req).setXattr(ino, bytes(name), v, flags: flags, caller: caller(req))
         }
     } }
-    ops.getxattr = { req, ino, name, size in holding(req, ino) {
+    ops.getxattr = { req, ino, name, size in checking(req, ino) {
         replyXattr(req, size: size) { () throws(Errno) in try fs(req).getXattr(ino, bytes(name)) }
     } }
-    ops.listxattr = { req, ino, size in holding(req, ino) {
+    ops.listxattr = { req, ino, size in checking(req, ino) {
         replyXattr(req, size: size) { () throws(Errno) in try fs(req).listXattrs(ino).flatMap { $0 + [0] } }
     } }
     ops.removexattr = { req, ino, name in

@@ -92,8 +92,8 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
                 let pending = q.sending[q.sendingDone...] + q.notes
                 let firstBusy = pending.firstIndex { note in
                     switch note {
-                    case .entry(let parent, _): busy.contains(parent)
-                    case .inode(let ino): busy.contains(ino)
+                    case .entry(let parent, _): busy.holdsDirectory(parent)
+                    case .inode(let ino): busy.holdsPages(ino)
                     }
                 }
                 let upTo = firstBusy.map { q.sent + UInt64($0 - pending.startIndex) } ?? q.queued
