@@ -33,7 +33,7 @@ public final class NetServerLink: ServerLink, Sendable {
     /// read asks again.
     public func follow(_ locks: LockClient) {
         locks.addGrantHook { [weak self, store] _, _ in
-            if let r = self?.sent.withLock({ $0 }), (try? store.advance(to: r)) != nil { return }
+            if let sent = self?.sent.withLock({ $0 }), (try? store.advance(to: sent.roots, records: sent.records)) != nil { return }
             store.markStale()
             try? store.refreshIfStale()
         }
@@ -42,11 +42,12 @@ public final class NetServerLink: ServerLink, Sendable {
     /// The roots the server sent last, before a grant. Grants and these arrive in order on
     /// one connection and are handled in order on one queue, so at a grant this holds the
     /// roots sent for it or newer ones.
-    private let sent = Mutex<ServerRoots?>(nil)
+    private let sent = Mutex<(roots: ServerRoots, records: [UInt64: LogTreeRecord]?)?>(nil)
 
-    /// The server's roots, sent before a grant (`NetNotice.roots`).
-    public func serverSent(_ r: ServerRoots) {
-        sent.withLock { $0 = r }
+    /// The server's roots, sent before a grant (`NetNotice.roots`), with the log-tree records
+    /// of their commit when the server sent them too.
+    public func serverSent(_ r: ServerRoots, records: [UInt64: LogTreeRecord]?) {
+        sent.withLock { $0 = (r, records) }
     }
 
     /// How many times this node asked the server for its roots.

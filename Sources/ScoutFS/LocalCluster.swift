@@ -30,10 +30,17 @@ public final class LocalCluster: ClusterHost, Sendable {
     private let committedRoots: RootsBoard
 
     final class RootsBoard: Sendable {
-        private let roots: Mutex<ServerRoots>
-        init(_ r: ServerRoots) { roots = Mutex(r) }
-        func set(_ r: ServerRoots) { roots.withLock { $0 = r } }
-        var current: ServerRoots { roots.withLock { $0 } }
+        private let notice: Mutex<NetNotice>
+        init(_ r: ServerRoots) { notice = Mutex(.roots(r, records: nil)) }
+        /// The roots, and the log-tree records of the same commit while they are few.
+        func set(_ r: ServerRoots, _ records: Result<[(rid: UInt64, record: LogTreeRecord)], StoreError>) {
+            var recs: [UInt64: LogTreeRecord]?
+            if case .success(let list) = records, list.count <= NetNotice.maxRecords {
+                recs = Dictionary(list.map { ($0.rid, $0.record) }, uniquingKeysWith: { a, _ in a })
+            }
+            notice.withLock { $0 = .roots(r, records: recs) }
+        }
+        var current: NetNotice { notice.withLock { $0 } }
     }
     /// Asked before any client frees an unlinked inode: the clients here and the nodes.
     let openInodes = OpenInodeMap()
@@ -144,7 +151,7 @@ public final class LocalCluster: ClusterHost, Sendable {
         let board = RootsBoard(server.roots)
         committedRoots = board
         store.afterCommit = { [weak server] in
-            if let server { board.set(server.roots) }
+            if let server { board.set(server.roots, server.store.committed.roots.records) }
         }
         // Recovery of the nodes' locks ends when each has reported them or was fenced
         // (`ClientRecovery`), never on a clock of the lock server's own: a node not heard
@@ -233,7 +240,7 @@ public final class LocalCluster: ClusterHost, Sendable {
         service.setSessions(ServerService.Sessions(leaving: { [weak net] c in net?.leaving(c) }, forget: { [weak net] c in net?.forget(c) },
                                                    isGone: { isGone?(FenceRequest(recovering: $0)) ?? false }))
         let board = committedRoots
-        remoteLinks.withLock { $0 = NetLockClientLinks(net, beforeGrant: { .roots(board.current) }) }
+        remoteLinks.withLock { $0 = NetLockClientLinks(net, beforeGrant: { board.current }) }
         service.serveLocks(lockServer)
         openInodes.setNetwork(net)
         network.withLock { $0 = net }

@@ -94,9 +94,9 @@ public final class NodeCluster: ClusterHost, Sendable {
                     inbox.net.withLock { $0 }?.send(.notice, NetNotice.openReply(id: qid, held: held).encoded)
                 case .recordLocksChanged(let ino):
                     inbox.member.withLock { $0?.shared }?.recordWaits.changed(ino)
-                case .roots(let r):
+                case .roots(let r, let records):
                     // Before the grant it comes with, on this same queue.
-                    inbox.link.withLock { $0 }?.serverSent(r)
+                    inbox.link.withLock { $0 }?.serverSent(r, records: records)
                 case .openReply:
                     throw NetError("the server sent a notice only nodes send")
                 }

@@ -13,8 +13,12 @@ public enum NetNotice: Sendable, Equatable {
     case recordLocksChanged(ino: UInt64)
     /// Server → node: its roots as of its last commit, sent right before a lock grant on the
     /// same connection. The previous holder committed before it let the lock go, so these
-    /// hold what it wrote.
-    case roots(ServerRoots)
+    /// hold what it wrote. With them, while there are few, every client's log-tree record of
+    /// that commit (what the node would read from the roots' log-trees tree), by client id.
+    case roots(ServerRoots, records: [UInt64: LogTreeRecord]?)
+
+    /// Records that travel with the roots at most: past that the node reads them itself.
+    public static let maxRecords = 16
 
     enum Kind: UInt8 {
         case openQuery = 1, openReply, recordLocksChanged, roots
@@ -34,9 +38,21 @@ public enum NetNotice: Sendable, Equatable {
         case .recordLocksChanged(let ino):
             w.u8(Kind.recordLocksChanged.rawValue)
             w.u64(ino)
-        case .roots(let r):
+        case .roots(let r, let records):
             w.u8(Kind.roots.rawValue)
             r.encode(into: &w)
+            if let records {
+                w.u8(1)
+                w.u16(UInt16(records.count))
+                for (rid, rec) in records.sorted(by: { $0.key < $1.key }) {
+                    let bytes = rec.encoded
+                    w.u64(rid)
+                    w.u16(UInt16(bytes.count))
+                    w.raw(bytes)
+                }
+            } else {
+                w.u8(0)
+            }
         }
         return w.bytes
     }
@@ -56,7 +72,26 @@ public enum NetNotice: Sendable, Equatable {
         case .recordLocksChanged:
             self = .recordLocksChanged(ino: try r.u64())
         case .roots:
-            self = .roots(try ServerRoots(decoding: &r))
+            let roots = try ServerRoots(decoding: &r)
+            switch try r.u8() {
+            case 0:
+                self = .roots(roots, records: nil)
+            case 1:
+                let n = Int(try r.u16())
+                guard n <= Self.maxRecords else { throw FormatError("notice: roots with \(n) log-tree records, at most \(Self.maxRecords)") }
+                var records: [UInt64: LogTreeRecord] = [:]
+                for _ in 0..<n {
+                    let rid = try r.u64()
+                    let length = Int(try r.u16())
+                    guard length <= Item.maxValueLength else { throw FormatError("notice: a log-tree record of \(length) bytes, at most \(Item.maxValueLength)") }
+                    guard records.updateValue(try LogTreeRecord(decoding: try r.raw(length)), forKey: rid) == nil else {
+                        throw FormatError("notice: two log-tree records of client \(rid)")
+                    }
+                }
+                self = .roots(roots, records: records)
+            case let flag:
+                throw FormatError("notice: roots with records flag \(flag)")
+            }
         }
         try r.finish()
     }

@@ -55,7 +55,7 @@ public final class NodeStore: ClientStore, Sendable {
         try update(roots, force: false)
     }
 
-    private func update(_ roots: ServerRoots, force: Bool) throws {
+    private func update(_ roots: ServerRoots, force: Bool, records given: [UInt64: LogTreeRecord]? = nil) throws {
         // Totals only grow (an online resize), whichever order answers arrive in; raised
         // before the roots move on, so nothing read through them is checked against less.
         committed.raiseMetaTotal(to: roots.metaTotalBlocks)
@@ -68,7 +68,8 @@ public final class NodeStore: ClientStore, Sendable {
             state.withLock { s in if roots.seq == s.seq { s = roots } }
             return
         }
-        let records = try LogTreeRecord.all(in: BTree(root: roots.logTrees, name: TreeID.logTrees.description), from: committed)
+        let records = try given.map { $0.sorted { $0.key < $1.key }.map { (rid: $0.key, record: $0.value) } }
+            ?? LogTreeRecord.all(in: BTree(root: roots.logTrees, name: TreeID.logTrees.description), from: committed)
         let newer = state.withLock { s in
             guard force || roots.seq >= s.seq else { return false }
             s = roots
@@ -102,8 +103,10 @@ public final class NodeStore: ClientStore, Sendable {
     }
 
     /// Roots the server sent with a lock grant: read through from now on, as after a refresh.
-    public func advance(to r: ServerRoots) throws {
-        try update(r)
+    /// `records`, when it came along, is what the roots' log-trees tree holds, and spares
+    /// reading it from the device.
+    public func advance(to r: ServerRoots, records: [UInt64: LogTreeRecord]? = nil) throws {
+        try update(r, force: false, records: records)
         committed.raiseReadFloor(to: roots.seq)
     }
 

@@ -62,11 +62,15 @@ import Testing
 
     @Test func noticesRoundTripAndBadOnesAreRefused() throws {
         for n in [NetNotice.openQuery(id: 1, ino: .max), .openReply(id: 9, held: true), .openReply(id: 0, held: false),
-                  .recordLocksChanged(ino: 4100), .roots(roots)] {
+                  .recordLocksChanged(ino: 4100), .roots(roots, records: nil), .roots(roots, records: [:]),
+                  .roots(roots, records: [7: LogTreeRecord(root: roots.fs, items: 3, dataPool: [Extent(start: 90, length: 8)], metaPool: [], commits: 2),
+                                          2: LogTreeRecord(root: .empty, items: 0, dataPool: [], metaPool: [])])] {
             #expect(try NetNotice(decoding: n.encoded) == n)
         }
-        // Roots cut short, and a kind no notice has.
-        #expect(throws: FormatError.self) { try NetNotice(decoding: Array(NetNotice.roots(roots).encoded.dropLast())) }
+        // Roots or records cut short, and a kind no notice has.
+        let withRecords = NetNotice.roots(roots, records: [7: LogTreeRecord(root: roots.fs, items: 3, dataPool: [], metaPool: [])]).encoded
+        #expect(throws: FormatError.self) { try NetNotice(decoding: Array(withRecords.dropLast())) }
+        #expect(throws: FormatError.self) { try NetNotice(decoding: Array(NetNotice.roots(roots, records: nil).encoded.dropLast())) }
         #expect(throws: FormatError.self) { try NetNotice(decoding: [5] + [UInt8](repeating: 0, count: 8)) }
         #expect(throws: FormatError.self) { try NetNotice(decoding: []) }
         #expect(throws: FormatError.self) { try NetNotice(decoding: [3]) }
