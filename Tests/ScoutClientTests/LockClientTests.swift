@@ -341,7 +341,8 @@ import Glibc
         while !granted.isSet && clock.now - paused < .seconds(5) { usleep(1_000) }
         #expect(granted.isSet)
         #expect(clock.now - paused < .milliseconds(1000), "the lock stayed \(clock.now - paused) after its users paused")
-        #expect(a.grantedMode(r1) == nil)
+        // Given up: null, or already freed (a slow machine may look between the two).
+        #expect((a.grantedMode(r1) ?? .null) == .null)
         // b uses it without a pause while a asks: it goes when b's hold runs out.
         let bGot = clock.now
         let aGranted = Flag()
