@@ -30,11 +30,10 @@ final class FUSEContext: Sendable {
     let session = Atomic<UInt>(0)
 
     /// Drops the kernel's cached attributes of `ino`: after a reply without attributes to an
-    /// operation that changed them (setuid cleared by a write). Attributes only, which never
-    /// waits on a request.
+    /// operation that changed them (setuid cleared by a write).
     func dropAttributes(_ ino: UInt64) {
         guard let se = OpaquePointer(bitPattern: session.load(ordering: .acquiring)) else { return }
-        _ = fuse_lowlevel_notify_inval_inode(se, ino, -1, 0)
+        dropKernelAttributes(se, ino)
     }
     init(fs: Filesystem) { self.fs = fs }
 }

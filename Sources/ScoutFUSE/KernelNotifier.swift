@@ -6,6 +6,13 @@ import ScoutClient
 import ScoutFS
 import ScoutFormat
 
+/// Drops the kernel's cached attributes of `ino` on `session`. A negative offset: attributes
+/// only, which the kernel drops by bumping a version under a spinlock, so this never waits
+/// on a request.
+func dropKernelAttributes(_ session: OpaquePointer?, _ ino: UInt64) {
+    _ = fuse_lowlevel_notify_inval_inode(session, ino, -1, 0)
+}
+
 /// Tells the kernel what to drop from its caches when this client gives a lock up. Attributes
 /// are dropped on the spot: the kernel only bumps a version under a spinlock. Names and pages
 /// go through a thread of its own, because those notifications can wait inside the kernel:
@@ -47,8 +54,7 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
     }
 
     func invalidateAttributes(_ ino: UInt64) {
-        // A negative offset: attributes only, nothing that can block.
-        _ = fuse_lowlevel_notify_inval_inode(OpaquePointer(bitPattern: session), ino, -1, 0)
+        dropKernelAttributes(OpaquePointer(bitPattern: session), ino)
     }
 
     func invalidateInode(_ ino: UInt64) {
