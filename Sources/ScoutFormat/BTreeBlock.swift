@@ -52,8 +52,8 @@ public struct LeafValue: Hashable, Sendable {
 /// A parent entry's key is the largest key its child's subtree may hold; the last entry of each
 /// level on the right spine holds `Key.max`, so every key has a child to descend into.
 ///
-/// A leaf read from the device stays in its encoded form: one copy of the block's entry bytes
-/// and where each entry begins. A cold lookup reads one or two items of a leaf of hundreds, and
+/// A leaf read from the device stays in its encoded form: the block's bytes where the read put
+/// them (`BlockBytes`, no copy) and where each entry begins. A cold lookup reads one or two items of a leaf of hundreds, and
 /// decoding every key (48 bytes each in memory) and payload of the leaf was most of the daemon's
 /// CPU per cold block, much of it the kernel handing out and zeroing the pages those arrays
 /// took. Keys are compared where they lie (their encoding sorts as the keys do: big-endian
@@ -65,10 +65,12 @@ public struct BTreeBlock: Sendable {
     private var keyList: [Key]
     /// Leaf payloads of an edited leaf, parallel to `keyList`; empty in parents and packed leaves.
     private var edited: [LeafValue]
-    /// A packed leaf: where each entry begins in `packedBytes`, a copy of the block's entries.
+    /// A packed leaf: where each entry begins, from `packedStart` in `packed`, which holds the
+    /// block as it was read (or a copy of its entries).
     private var offsets: [UInt32]
-    private var packedBytes: [UInt8]
-    private var isPacked: Bool
+    private var packed: BlockBytes?
+    private var packedStart: Int
+    private var isPacked: Bool { packed != nil }
     /// Child references, parallel to the keys; empty in leaves.
     public var children: [BlockRef]
     /// Bytes the entries take when encoded (excluding the fixed block prefix).
@@ -91,8 +93,8 @@ public struct BTreeBlock: Sendable {
         keyList = []
         edited = []
         offsets = []
-        packedBytes = []
-        isPacked = false
+        packed = nil
+        packedStart = 0
         children = []
         usedBytes = 0
     }
@@ -152,12 +154,8 @@ public struct BTreeBlock: Sendable {
     /// Lends `body` where each entry of a packed leaf begins.
     @inline(__always)
     private func withPackedEntries<T>(_ body: ((Int) -> UnsafeRawPointer) -> T) -> T {
-        packedBytes.withUnsafeBytes { raw in
-            offsets.withUnsafeBufferPointer { offs in
-                let base = raw.baseAddress!
-                return body { base + Int(offs[$0]) }
-            }
-        }
+        let base = UnsafeRawPointer(packed!.base + packedStart)
+        return offsets.withUnsafeBufferPointer { offs in body { base + Int(offs[$0]) } }
     }
 
     @inline(__always)
@@ -226,8 +224,8 @@ public struct BTreeBlock: Sendable {
         keyList = k
         edited = v
         offsets = []
-        packedBytes = []
-        isPacked = false
+        packed = nil
+        packedStart = 0
     }
 
     // MARK: editing (callers keep keys sorted; these only maintain the byte count)
@@ -386,9 +384,9 @@ public struct BTreeBlock: Sendable {
             w.u8(level)
             w.skip(3)
             w.u32(UInt32(count))
-            if isPacked {
+            if let packed {
                 // Still the entries as they were read.
-                w.raw(packedBytes)
+                w.raw(UnsafeRawBufferPointer(start: packed.base + packedStart, count: usedBytes))
                 return
             }
             for i in 0..<count {
@@ -419,7 +417,17 @@ public struct BTreeBlock: Sendable {
         self = try result.get()
     }
 
+    /// Decodes a block in a buffer the caller keeps: a leaf copies its entries.
     public init(decoding buf: UnsafeRawBufferPointer) throws(FormatError) {
+        try self.init(decoding: buf, keeping: nil)
+    }
+
+    /// Decodes a block read into `bytes`; a leaf keeps them, to be searched where they were read.
+    public init(adopting bytes: BlockBytes) throws(FormatError) {
+        try self.init(decoding: bytes.buffer, keeping: bytes)
+    }
+
+    private init(decoding buf: UnsafeRawBufferPointer, keeping: BlockBytes?) throws(FormatError) {
         var r = RawReader(buf, offset: BlockHeader.encodedSize, what: "btree block")
         level = try r.u8()
         try r.skip(3)
@@ -430,8 +438,8 @@ public struct BTreeBlock: Sendable {
         keyList = []
         edited = []
         offsets = []
-        packedBytes = []
-        isPacked = level == 0
+        packed = nil
+        packedStart = 0
         children = []
         usedBytes = 0
         let entriesStart = r.offset
@@ -454,8 +462,13 @@ public struct BTreeBlock: Sendable {
                 previous = at
             }
             usedBytes = r.offset - entriesStart
-            // One copy of the entries' bytes (not the whole block: split leaves are part full).
-            packedBytes = Array(UnsafeRawBufferPointer(rebasing: buf[entriesStart..<r.offset]))
+            if let keeping {
+                packed = keeping
+                packedStart = entriesStart
+            } else {
+                // A copy of the entries alone (not the whole block: split leaves are part full).
+                packed = BlockBytes(copying: UnsafeRawBufferPointer(rebasing: buf[entriesStart..<r.offset]))
+            }
             return
         }
         keyList.reserveCapacity(nr)

@@ -143,6 +143,12 @@ public struct RawWriter: FieldWriter {
         offset += bytes.count
     }
 
+    public mutating func raw(_ bytes: UnsafeRawBufferPointer) {
+        precondition(offset + bytes.count <= buffer.count, "encoding past the end of a \(buffer.count)-byte buffer")
+        if let src = bytes.baseAddress { (buffer.baseAddress! + offset).copyMemory(from: src, byteCount: bytes.count) }
+        offset += bytes.count
+    }
+
     public mutating func skip(_ n: Int) {
         precondition(offset + n <= buffer.count)
         offset += n

@@ -23,6 +23,9 @@ public protocol BlockDevice: AnyObject {
     /// Reads `count` bytes and lends them to `body` (valid only during the call): a metadata
     /// block is checked and decoded straight from the read, without a copy of its own.
     func withBytes<T>(at offset: UInt64, count: Int, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T
+    /// Reads a metadata block into `buffer`, which is aligned for direct I/O: from the medium
+    /// where the device allows it, as `withBytes` reads.
+    func readBlock(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws
     func write(at offset: UInt64, _ bytes: [UInt8]) throws
     func flush() throws
     /// Reads what the medium holds now, past any cache this machine keeps: another machine
@@ -40,6 +43,10 @@ extension BlockDevice {
 
     public func readUncached(at offset: UInt64, count: Int) throws -> [UInt8] {
         try read(at: offset, count: count)
+    }
+
+    public func readBlock(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        try withBytes(at: offset, count: buffer.count) { buffer.copyMemory(from: $0) }
     }
 
     public func withBytes<T>(at offset: UInt64, count: Int, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T {
@@ -138,6 +145,15 @@ public final class FileBlockDevice: BlockDevice {
         try checkRange("read", offset, count)
         guard readsDirectly(offset, count) else { return try read(at: offset, count: count).withUnsafeBytes(body) }
         return try readAligned(directFD, at: offset, count: count, "read", body)
+    }
+
+    public func readBlock(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        try checkRange("read", offset, buffer.count)
+        guard readsDirectly(offset, buffer.count), let p = buffer.baseAddress,
+              Int(bitPattern: p) % Self.directAlignment == 0 else {
+            return try withBytes(at: offset, count: buffer.count) { buffer.copyMemory(from: $0) }
+        }
+        try readFully(directFD, p, buffer.count, at: offset, "read")
     }
 
     /// Reads through an O_DIRECT descriptor into an aligned buffer lent to `body`.

@@ -122,20 +122,21 @@ public final class CommittedBlocks: NodeSource, Sendable {
         guard ref.blkno >= Layout.metaFirstBlkno && ref.blkno < metaTotalBlocks else {
             throw StoreError(.corrupt, "\(tree) tree references metadata block \(ref.blkno), outside the device's \(metaTotalBlocks) blocks; run `scoutfs check`")
         }
-        return try meta.withBytes(at: ref.blkno << UInt64(Layout.metaBlockShift), count: Layout.metaBlockSize) { bytes in
-            switch BlockHeader.verify(bytes, magic: BlockMagic.btree, fsid: fsid, blkno: ref.blkno, seq: ref.seq) {
-            case .valid:
-                break
-            case .stale(let why):
-                throw StoreError(.stale, "metadata block \(ref.blkno) in \(tree) tree: \(why)")
-            case .corrupt(let why):
-                throw StoreError(.corrupt, "metadata block \(ref.blkno) in \(tree) tree: \(why); run `scoutfs check`")
-            }
-            do {
-                return try BTreeBlock(decoding: bytes)
-            } catch {
-                throw StoreError(.corrupt, "metadata block \(ref.blkno) in \(tree) tree: \(error); run `scoutfs check`")
-            }
+        let bytes = try BlockArena.shared.take()
+        try meta.readBlock(at: ref.blkno << UInt64(Layout.metaBlockShift),
+                           into: UnsafeMutableRawBufferPointer(start: bytes.base, count: bytes.count))
+        switch BlockHeader.verify(bytes.buffer, magic: BlockMagic.btree, fsid: fsid, blkno: ref.blkno, seq: ref.seq) {
+        case .valid:
+            break
+        case .stale(let why):
+            throw StoreError(.stale, "metadata block \(ref.blkno) in \(tree) tree: \(why)")
+        case .corrupt(let why):
+            throw StoreError(.corrupt, "metadata block \(ref.blkno) in \(tree) tree: \(why); run `scoutfs check`")
+        }
+        do {
+            return try BTreeBlock(adopting: bytes)
+        } catch {
+            throw StoreError(.corrupt, "metadata block \(ref.blkno) in \(tree) tree: \(error); run `scoutfs check`")
         }
     }
 

@@ -91,6 +91,41 @@ import ScoutFormat
         }
     }
 
+    /// A leaf decoded from memory it adopts searches and edits like one that copied its entries,
+    /// keeps that memory while any copy of it is unedited, and gives it back once none is.
+    @Test func adoptedLeavesKeepTheirMemoryUntilTheLastCopyLetsGo() throws {
+        final class Counter: BlockBytesRecycler, @unchecked Sendable {
+            var recycled: [UnsafeMutableRawPointer] = []
+            func recycle(_ base: UnsafeMutableRawPointer) { recycled.append(base) }
+        }
+        let counter = Counter()
+        let original = sampleLeaf()
+        let encoded = original.encode(fsid: 1, seq: 2, blkno: 3)
+        let memory = UnsafeMutableRawPointer.allocate(byteCount: encoded.count, alignment: 4096)
+        defer { memory.deallocate() }
+        encoded.withUnsafeBytes { memory.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        var copy: BTreeBlock?
+        do {
+            let adopted = try BTreeBlock(adopting: BlockBytes(base: memory, count: encoded.count, recycler: counter))
+            #expect(adopted.keys == original.keys && adopted.values == original.values)
+            #expect(adopted.encode(fsid: 1, seq: 2, blkno: 3) == encoded)
+            copy = adopted
+        }
+        #expect(counter.recycled.isEmpty, "a copy still searches the adopted bytes")
+        copy!.removeLeaf(at: 0)
+        #expect(counter.recycled == [memory], "the last copy's first edit lets go of them")
+        #expect(copy!.keys == Array(original.keys.dropFirst()))
+
+        // A parent decodes its keys and references, keeping nothing.
+        var parent = BTreeBlock(level: 1)
+        parent.insertChild(Key.max, BlockRef(blkno: 77, seq: 5), at: 0)
+        let pbytes = parent.encode(fsid: 1, seq: 2, blkno: 4)
+        pbytes.withUnsafeBytes { memory.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        let decodedParent = try BTreeBlock(adopting: BlockBytes(base: memory, count: pbytes.count, recycler: counter))
+        #expect(counter.recycled.count == 2)
+        #expect(decodedParent.children == [BlockRef(blkno: 77, seq: 5)])
+    }
+
     /// Two entries whose keys differ only in a late field, swapped in the encoded block, are
     /// refused by the decoder's order check.
     @Test func decodingRefusesLeafKeysOutOfOrder() throws {

@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import Testing
 @testable import ScoutStore
+import ScoutFormat
 
 /// Direct reads (the metadata device of a mount) must see what buffered writes just wrote,
 /// aligned or not, uncached or not, and reads past the end must fail.
@@ -33,6 +34,32 @@ import Testing
             #expect(try d.readUncached(at: 128 << 10, count: 8 << 10) == Array(block.map { $0 &+ 2 }[0..<(8 << 10)]))
         }
         #expect(throws: StoreError.self) { try dev.withBytes(at: 1 << 20, count: 64 << 10) { $0.count } }
+
+        // Block reads land in arena slots (aligned: read directly) and in unaligned memory
+        // (read through a bounce buffer), both seeing the last write.
+        let slot = try BlockArena.shared.take()
+        try dev.readBlock(at: 128 << 10, into: UnsafeMutableRawBufferPointer(start: slot.base, count: slot.count))
+        #expect(Array(slot.buffer) == block.map { $0 &+ 2 })
+        let odd = UnsafeMutableRawPointer.allocate(byteCount: (64 << 10) + 8, alignment: 16)
+        defer { odd.deallocate() }
+        try dev.readBlock(at: 128 << 10, into: UnsafeMutableRawBufferPointer(start: odd + 8, count: 64 << 10))
+        #expect(Array(UnsafeRawBufferPointer(start: odd + 8, count: 64 << 10)) == block.map { $0 &+ 2 })
+        #expect(throws: StoreError.self) { try dev.readBlock(at: 1 << 20, into: UnsafeMutableRawBufferPointer(start: slot.base, count: slot.count)) }
+    }
+
+    /// The arena hands out aligned block slots and takes back the ones blocks let go of.
+    @Test func arenaSlotsAreAlignedAndReused() throws {
+        let arena = BlockArena()
+        var held = try (0..<40).map { _ in try arena.take() }
+        #expect(held.allSatisfy { Int(bitPattern: $0.base) % 4096 == 0 && $0.count == Layout.metaBlockSize })
+        #expect(Set(held.map(\.base)).count == 40)
+        #expect(arena.chunkCount == 2)
+        let freed = held.removeLast().base
+        #expect(try arena.take().base == freed)
+        held.removeAll()
+        #expect(arena.freeSlots == 2 * (2 << 20) / Layout.metaBlockSize)
+        _ = try arena.take()
+        #expect(arena.chunkCount == 2)
     }
 
     /// A flush covers the writes completed before it; one with none new to cover skips the
