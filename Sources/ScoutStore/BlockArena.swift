@@ -5,12 +5,12 @@ public import ScoutFormat
 import Synchronization
 
 /// Memory for metadata blocks read from the device, one block-sized slot each, aligned for
-/// direct I/O so a read lands where the cached leaf will be searched. Slots come from 2 MiB
-/// chunks that ask for transparent huge pages and go back on a free list when their block
-/// leaves every cache: a cold lookup that took fresh malloc memory for each block paid sixteen
-/// page faults and the zeroing of 64 KiB for it, a fifth of the daemon's CPU on cold stats.
-/// Chunks are kept for the life of the process; the caches that hold slots are bounded, so
-/// the arena is too (at the most blocks ever held at once).
+/// direct I/O so a read lands where the cached leaf will be searched (no copy). Slots come
+/// from 2 MiB chunks and go back on a free list when their block leaves every cache, to serve
+/// the next read without a page fault. Chunks are kept for the life of the process; the
+/// caches that hold slots are bounded, so the arena is too (at the most blocks ever held at
+/// once). Transparent huge pages were tried for the chunks and cost more CPU than they saved
+/// (the kernel assembling and zeroing 2 MiB pages on cold reads).
 public final class BlockArena: BlockBytesRecycler, @unchecked Sendable {
     /// One arena for the process: blocks move between the caches of its stores and the slots
     /// one store's evictions free serve the next store's reads.
@@ -36,14 +36,30 @@ public final class BlockArena: BlockBytesRecycler, @unchecked Sendable {
         guard posix_memalign(&raw, Self.chunkSize, Self.chunkSize) == 0, let raw else {
             throw StoreError(.io, "no memory for a \(Self.chunkSize >> 20) MiB chunk of metadata blocks; lower --cache-mib or free memory")
         }
-        // Advice only: where huge pages are off, the chunk still saves the copy and is reused.
-        _ = madvise(raw, Self.chunkSize, MADV_HUGEPAGE)
         chunks.add(1, ordering: .relaxed)
         let slots = Self.chunkSize / Self.slotSize
         free.withLock { list in
             for i in 1..<slots { list.append(raw + i * Self.slotSize) }
         }
         return BlockBytes(base: raw, count: Self.slotSize, recycler: self)
+    }
+
+    /// Takes memory for `slots` blocks from the system now, its pages already in place: a
+    /// mount reserves its cache up front, so cold reads while the cache fills pay no page
+    /// faults (with zeroing, a fifth of the daemon's CPU per cold block).
+    public func reserve(slots: Int) throws {
+        let chunkSlots = Self.chunkSize / Self.slotSize
+        let want = (slots + chunkSlots - 1) / chunkSlots - chunkCount
+        guard want > 0 else { return }
+        let bytes = want * Self.chunkSize
+        guard let raw = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0),
+              raw != MAP_FAILED else {
+            throw StoreError(.io, "no memory for \(bytes >> 20) MiB of cached metadata blocks; lower --cache-mib or free memory")
+        }
+        chunks.add(want, ordering: .relaxed)
+        free.withLock { list in
+            for i in 0..<(want * chunkSlots) { list.append(raw + i * Self.slotSize) }
+        }
     }
 
     public func recycle(_ base: UnsafeMutableRawPointer) {

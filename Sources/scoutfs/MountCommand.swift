@@ -76,7 +76,7 @@ struct MountCommand: ParsableCommand {
     @Option(name: .customLong("merge-threshold"), help: ArgumentHelp("Items a node's log tree may hold before the server merges it into the fs tree (at the commit that passes it). Only the server's mount's setting counts, while it serves.", valueName: "ITEMS"))
     var mergeThreshold: UInt64 = 100_000
 
-    @Option(name: .customLong("cache-mib"), help: "Memory for cached metadata blocks, in MiB (the daemon's RSS is about this plus the open transaction's dirty blocks).")
+    @Option(name: .customLong("cache-mib"), help: "Memory for cached metadata blocks, in MiB, reserved at mount (the daemon's RSS is about this plus the open transaction's dirty blocks and cached items).")
     var cacheMiB: Int = 256
 
     @Flag(name: .customLong("daemon-child"), help: .hidden)
@@ -229,6 +229,7 @@ struct MountCommand: ParsableCommand {
             do {
                 try claim?.start()
                 let cacheBlocks = cacheMiB << 20 / Layout.metaBlockSize
+                try BlockArena.shared.reserve(slots: cacheBlocks)
                 // A slot's client id is the same at every mount; a plain client's is random,
                 // above every slot's.
                 let id = quorumSlot.map { FilesystemOptions.clientID(slot: $0) }

@@ -77,13 +77,21 @@ enum MountRegistry {
     }
 
     /// Whether `pid` is still running. A zombie counts as gone: a daemon detached by `mount` is
-    /// reparented to whatever reaps orphans here, and that may not reap promptly.
+    /// reparented to whatever reaps orphans here, and that may not reap promptly. But its main
+    /// thread turns zombie first, while the others still tear down the memory and only then
+    /// close the devices (and release their locks): gone means every thread a zombie.
     static func isAlive(_ pid: pid_t) -> Bool {
         guard kill(pid, 0) == 0 || errno == EPERM else { return false }
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return true }
-        let state = stat[stat.index(after: close)...].drop(while: { $0 == " " }).first
-        return state != "Z" && state != "X"
+        func running(_ statPath: String) -> Bool {
+            guard let stat = try? String(contentsOfFile: statPath, encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return false }
+            let state = stat[stat.index(after: close)...].drop(while: { $0 == " " }).first
+            return state != "Z" && state != "X"
+        }
+        guard FileManager.default.fileExists(atPath: "/proc/\(pid)/stat") else { return true }
+        if running("/proc/\(pid)/stat") { return true }
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        return tasks.contains { running("/proc/\(pid)/task/\($0)/stat") }
     }
 
     /// Records of every live daemon in `searchDirectories`.

@@ -62,6 +62,22 @@ import ScoutFormat
         #expect(arena.chunkCount == 2)
     }
 
+    /// A reservation takes whole chunks once; taking what it reserved takes no more.
+    @Test func reservedSlotsServeTakesWithoutNewChunks() throws {
+        let arena = BlockArena()
+        let perChunk = (2 << 20) / Layout.metaBlockSize
+        try arena.reserve(slots: perChunk + 1)
+        #expect(arena.chunkCount == 2 && arena.freeSlots == 2 * perChunk)
+        try arena.reserve(slots: perChunk)
+        #expect(arena.chunkCount == 2)
+        let held = try (0..<(2 * perChunk)).map { _ in try arena.take() }
+        #expect(arena.chunkCount == 2 && arena.freeSlots == 0)
+        #expect(Set(held.map(\.base)).count == 2 * perChunk)
+        // The pages are there and writable.
+        for b in held { b.base.storeBytes(of: 0xabcd, as: UInt32.self) }
+        #expect(held.allSatisfy { $0.base.load(as: UInt32.self) == 0xabcd })
+    }
+
     /// A flush covers the writes completed before it; one with none new to cover skips the
     /// fdatasync (a device cache flush each), and a write after it makes the next one sync.
     @Test func aFlushWithNothingNewSkipsTheSync() throws {
