@@ -4,7 +4,7 @@ internal import _Builtin_intrinsics.intel
 
 /// CRC-32C (Castagnoli), the checksum of every metadata block. Every block written or read from
 /// the device is summed once, so this bounds cold reads and commits: on x86_64 it runs on the
-/// SSE4.2 crc32 instruction (about 10 GB/s here), elsewhere on slicing-by-8 tables (about 2 GB/s).
+/// SSE4.2 crc32 instruction in three interleaved streams, elsewhere on slicing-by-8 tables (about 2 GB/s).
 public enum CRC32C {
     static let tables: [[UInt32]] = {
         let poly: UInt32 = 0x82F6_3B78
@@ -34,10 +34,57 @@ public enum CRC32C {
     }
 
     #if HARDWARE_CRC32C
+    /// Bytes each of the three interleaved streams sums per round. The crc32 instruction takes
+    /// three cycles and can start one each cycle: one chain of sums runs at a third of what the
+    /// unit can do, three independent ones at nearly all of it.
+    static let lane = 2048
+
+    /// What `lane` zero bytes do to a sum in progress, a linear map kept as four tables of
+    /// 256, one per byte of the sum: a stream summed from zero joins the sum before it as
+    /// `shift(before) ^ stream`.
+    static let laneShift: [UInt32] = {
+        var basis = [UInt32](repeating: 0, count: 32)
+        for bit in 0..<32 {
+            var c = UInt64(UInt32(1) << UInt32(bit))
+            for _ in 0..<(lane / 8) { c = _mm_crc32_u64(c, 0) }
+            basis[bit] = UInt32(truncatingIfNeeded: c)
+        }
+        var t = [UInt32](repeating: 0, count: 4 * 256)
+        for byte in 0..<4 {
+            for v in 0..<256 {
+                var x: UInt32 = 0
+                for b in 0..<8 where v & (1 << b) != 0 { x ^= basis[8 * byte + b] }
+                t[byte * 256 + v] = x
+            }
+        }
+        return t
+    }()
+
     static func hardware(_ buffer: UnsafeRawBufferPointer, crc: UInt32) -> UInt32 {
         var c = UInt64(~crc)
         var i = 0
         let n = buffer.count
+        if n >= 3 * lane {
+            laneShift.withUnsafeBufferPointer { t in
+                func shift(_ x: UInt64) -> UInt64 {
+                    UInt64(t[Int(x & 0xff)] ^ t[256 + Int((x >> 8) & 0xff)]
+                           ^ t[512 + Int((x >> 16) & 0xff)] ^ t[768 + Int((x >> 24) & 0xff)])
+                }
+                while i + 3 * lane <= n {
+                    var c0 = c, c1: UInt64 = 0, c2: UInt64 = 0
+                    var j = i
+                    let end = i + lane
+                    while j < end {
+                        c0 = _mm_crc32_u64(c0, UInt64(littleEndian: buffer.loadUnaligned(fromByteOffset: j, as: UInt64.self)))
+                        c1 = _mm_crc32_u64(c1, UInt64(littleEndian: buffer.loadUnaligned(fromByteOffset: j + lane, as: UInt64.self)))
+                        c2 = _mm_crc32_u64(c2, UInt64(littleEndian: buffer.loadUnaligned(fromByteOffset: j + 2 * lane, as: UInt64.self)))
+                        j += 8
+                    }
+                    c = shift(shift(c0) ^ c1) ^ c2
+                    i += 3 * lane
+                }
+            }
+        }
         while i + 8 <= n {
             c = _mm_crc32_u64(c, UInt64(littleEndian: buffer.loadUnaligned(fromByteOffset: i, as: UInt64.self)))
             i += 8
