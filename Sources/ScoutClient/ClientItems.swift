@@ -56,10 +56,24 @@ public struct StoreSpace: Sendable {
 /// cache still holds that commit's changes as dirty until it has marked them written, and a
 /// read of roots that already hold them would count them twice (a delta) or bring back what
 /// they deleted.
+/// `blocks.reading` over the roots `pick` gives, and on a node, again over newer roots asked
+/// of the server when the newest it had met a block since reused: another node's commit may
+/// have freed it after the roots this node last heard of.
+func readingCommitted<T>(_ blocks: CommittedBlocks, of store: any ClientStore, _ pick: () -> CommittedRoots,
+                         _ body: (CommittedRoots) throws -> T) throws -> T {
+    while true {
+        do {
+            return try blocks.reading(pick, body)
+        } catch let e as StoreError where e.code == .stale || e.code == .corrupt {
+            guard try store.refreshAfterStaleRead() else { throw e }
+        }
+    }
+}
+
 final class CommittedForest: ItemSource, Sendable {
     let blocks: CommittedBlocks
-    // nonisolated(unsafe): only `refreshIfStale` is called on it here, which is thread-safe
-    // (a no-op for the Store; NodeStore's is locked).
+    // nonisolated(unsafe): only `refreshIfStale` and `refreshAfterStaleRead` are called on it
+    // here, which are thread-safe (no-ops for the Store; NodeStore's are locked).
     nonisolated(unsafe) let store: any ClientStore
     let rid: UInt64
     /// Read the log trees other clients recorded too (clients sharing one store); a lone
@@ -135,9 +149,13 @@ final class CommittedForest: ItemSource, Sendable {
         return out
     }
 
+    private func reading<T>(_ pick: () -> CommittedRoots, _ body: (CommittedRoots) throws -> T) throws -> T {
+        try readingCommitted(blocks, of: store, pick, body)
+    }
+
     func committedItem(_ key: Key) throws -> Item? {
         try store.refreshIfStale()
-        return try blocks.reading(pick) { roots in
+        return try reading(pick) { roots in
             let t = try trees(roots)
             if t.count == 1 {
                 guard let it = try t[0].lookup(key, in: blocks), !it.isDeletion else { return nil }
@@ -153,7 +171,7 @@ final class CommittedForest: ItemSource, Sendable {
         try store.refreshIfStale()
         var pos: Key? = start
         var bodyError: (any Error)?
-        try blocks.reading(pick) { roots in
+        try reading(pick) { roots in
             guard let from = pos else { return }
             let t = try trees(roots)
             try Forest(trees: t, mergedIndex: t.count - 1).forEach(from: from, through: end, in: blocks) { it in
@@ -304,7 +322,7 @@ public final class ClientItems: @unchecked Sendable {
     private func fsTreeHolds(sorted keys: [Key]) throws -> [Bool] {
         guard !keys.isEmpty else { return [] }
         let blocks = store.committed
-        return try blocks.reading({ blocks.roots }) { r in
+        return try readingCommitted(blocks, of: store, { blocks.roots }) { r in
             var holds: [Bool] = []
             holds.reserveCapacity(keys.count)
             try BTree(root: r.fs, name: TreeID.fs.description).lookup(sorted: keys, in: blocks) { _, below in

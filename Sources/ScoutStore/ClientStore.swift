@@ -27,6 +27,11 @@ public protocol ClientStore: AnyObject {
     /// Brings the committed roots up to date if they may be behind (another node changed
     /// something this client is about to read); a no-op where the roots are always current.
     func refreshIfStale() throws
+    /// A read through the newest roots this client has met a block that a later commit freed
+    /// and a writer reused: asks for newer roots. True if the roots moved on (read again);
+    /// false if there are none newer to ask for (the block is damaged, or the store's roots
+    /// are always the newest).
+    func refreshAfterStaleRead() throws -> Bool
     /// Makes what this client wrote to the devices itself (its log tree's blocks, file data)
     /// durable, before the server records it. The `Store` does that in its own commit.
     func makeWritesDurable() throws
@@ -34,6 +39,7 @@ public protocol ClientStore: AnyObject {
 
 extension ClientStore {
     public func refreshIfStale() throws {}
+    public func refreshAfterStaleRead() throws -> Bool { false }
 }
 
 extension Store {

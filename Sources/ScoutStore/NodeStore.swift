@@ -102,6 +102,13 @@ public final class NodeStore: ClientStore, Sendable {
         }
     }
 
+    public func refreshAfterStaleRead() throws -> Bool {
+        let before = committed.roots.seq
+        markStale()
+        try refreshIfStale()
+        return committed.roots.seq > before
+    }
+
     /// Roots the server sent with a lock grant: read through from now on, as after a refresh.
     /// `records`, when it came along, is what the roots' log-trees tree holds, and spares
     /// reading it from the device.

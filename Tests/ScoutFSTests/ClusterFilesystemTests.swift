@@ -4,7 +4,7 @@ import Glibc
 import ScoutFormat
 @testable import ScoutFS
 import ScoutNet
-import ScoutStore
+@testable import ScoutStore
 import ScoutTestSupport
 import Synchronization
 import SystemPackage
@@ -114,6 +114,47 @@ final class FilesystemCluster {
             #expect(try c[0].read(f, offset: 0, count: 1) == [UInt8(2 * i + 1)])
         }
         #expect(link.rootsAsked - asked <= 2, "the node asked for roots at its grants")
+        try c.leaveAll()
+    }
+
+    /// A node that holds a lock reads through the roots its grant brought; meanwhile the other
+    /// client's commits free the blocks of its log tree those roots reach (parents shared with
+    /// the leaves it changes), and the server hands them out again. The node's next read of a
+    /// block it does not cache meets a reused one: it asks for newer roots and reads again,
+    /// where it once failed with EIO (two mounts creating, one of them listing).
+    @Test(.timeLimit(.minutes(1))) func aNodeReadingThroughRootsWhoseBlocksWereReusedAsksForNewerOnes() throws {
+        let c = try FilesystemCluster(clients: 2, overNetwork: true)
+        let d = try c[0].mkdir(Self.root, Self.name("d"), mode: 0o755, caller: Self.user).ino
+        let busy = try c[0].mkdir(Self.root, Self.name("busy"), mode: 0o755, caller: Self.user).ino
+        var made: Set<String> = []
+        for i in 0..<300 {
+            _ = try Self.makeFile(c[0], d, "f\(i)", [])
+            made.insert("f\(i)")
+        }
+        try c[0].commitIfDirty()
+        // The node takes the directory's lock and caches one name of it, not its listing.
+        let f0 = try c[1].lookup(d, Self.name("f0"))
+        try c[1].forget(f0.ino, 1)
+        let node = try #require(c.nodes[1])
+        let asked = node.link.rootsAsked
+        let records = try node.store.committed.roots.records.get()
+        let held = try #require(records.first { $0.rid == 1 }).record.root.ref
+        func reused() throws -> Bool {
+            let bytes = try c.meta.read(at: held.blkno << UInt64(Layout.metaBlockShift), count: Layout.metaBlockSize)
+            return BlockHeader.verify(bytes, magic: BlockMagic.btree, fsid: nil, blkno: held.blkno, seq: held.seq) != .valid
+        }
+        var round = 0
+        while try !reused() && round < 1000 {
+            for i in 0..<20 { _ = try Self.makeFile(c[0], busy, "r\(round)-\(i)", [1]) }
+            try c[0].commitIfDirty()
+            round += 1
+        }
+        let wasReused = try reused()
+        try #require(wasReused, "the other client's commits never reused the root the node reads through")
+        // What the node cached of those roots leaves its cache, as under memory pressure.
+        node.store.committed.cache.removeAll()
+        #expect(try Self.names(c[1], d) == made)
+        #expect(node.link.rootsAsked > asked, "the node listed through the roots it had")
         try c.leaveAll()
     }
 
