@@ -99,9 +99,15 @@ def stat_after_change(a, b, n):
 rows = {k: [] for k in ["two_nodes", "one_node", "ratio", "locks_per_1000", "shared_per_node", "pingpong_ms", "stat_ms", "node_alone", "server_alone", "alone_ratio"]}
 for r in range(rounds):
     base = f"r{r}"
-    # Two processes, own directories: one on each node, then both on the server's mount.
-    t2 = timed_parallel([f"{A}/{base}-n-a", f"{B}/{base}-n-b"], files)
-    t1 = timed_parallel([f"{A}/{base}-o-a", f"{A}/{base}-o-b"], files)
+    # Two processes, own directories: one on each node, and both on the server's mount. The
+    # order alternates between rounds: the second run of a round meets a larger tree (and the
+    # first one's merges), which would otherwise favour one side in every round.
+    if r % 2 == 0:
+        t2 = timed_parallel([f"{A}/{base}-n-a", f"{B}/{base}-n-b"], files)
+        t1 = timed_parallel([f"{A}/{base}-o-a", f"{A}/{base}-o-b"], files)
+    else:
+        t1 = timed_parallel([f"{A}/{base}-o-a", f"{A}/{base}-o-b"], files)
+        t2 = timed_parallel([f"{A}/{base}-n-a", f"{B}/{base}-n-b"], files)
     rows["two_nodes"].append(2 * files / t2); rows["one_node"].append(2 * files / t1); rows["ratio"].append(t1 / t2)
     # Lock messages of the node per 1,000 creates in a directory it already created in.
     d = f"{B}/{base}-warm"; create(d, 200)
