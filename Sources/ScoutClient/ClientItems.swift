@@ -46,16 +46,6 @@ public struct StoreSpace: Sendable {
     public var dirtyBlocks: Int
 }
 
-/// The committed items a client reads through: its own log tree (as recorded at its last
-/// commit, less what the server's background merges moved on since) over the others' (clients
-/// sharing the store) over the fs tree, all as of the last commit. The item cache fills from
-/// it from any operation's thread without the store lock: a fill never waits for a commit in
-/// flight, whoever makes it.
-///
-/// While this client's own commit lands, reads keep to the roots from before it (`pin`): the
-/// cache still holds that commit's changes as dirty until it has marked them written, and a
-/// read of roots that already hold them would count them twice (a delta) or bring back what
-/// they deleted.
 /// `blocks.reading` over the roots `pick` gives, and on a node, again over newer roots asked
 /// of the server when the newest it had met a block since reused: another node's commit may
 /// have freed it after the roots this node last heard of.
@@ -70,6 +60,16 @@ func readingCommitted<T>(_ blocks: CommittedBlocks, of store: any ClientStore, _
     }
 }
 
+/// The committed items a client reads through: its own log tree (as recorded at its last
+/// commit, less what the server's background merges moved on since) over the others' (clients
+/// sharing the store) over the fs tree, all as of the last commit. The item cache fills from
+/// it from any operation's thread without the store lock: a fill never waits for a commit in
+/// flight, whoever makes it.
+///
+/// While this client's own commit lands, reads keep to the roots from before it (`pin`): the
+/// cache still holds that commit's changes as dirty until it has marked them written, and a
+/// read of roots that already hold them would count them twice (a delta) or bring back what
+/// they deleted.
 final class CommittedForest: ItemSource, Sendable {
     let blocks: CommittedBlocks
     // nonisolated(unsafe): only `refreshIfStale` and `refreshAfterStaleRead` are called on it
