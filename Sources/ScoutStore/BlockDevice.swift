@@ -23,8 +23,9 @@ public protocol BlockDevice: AnyObject {
     /// Reads `count` bytes and lends them to `body` (valid only during the call): a metadata
     /// block is checked and decoded straight from the read, without a copy of its own.
     func withBytes<T>(at offset: UInt64, count: Int, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T
-    /// Reads a metadata block into `buffer`, which is aligned for direct I/O: from the medium
-    /// where the device allows it, as `withBytes` reads.
+    /// Reads a metadata block into `buffer`, from the medium where the device allows it, as
+    /// `withBytes` reads: straight in when `buffer` is aligned for direct I/O, else through a
+    /// bounce buffer.
     func readBlock(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws
     func write(at offset: UInt64, _ bytes: [UInt8]) throws
     func flush() throws
@@ -105,36 +106,21 @@ public final class FileBlockDevice: BlockDevice {
     deinit {
         close(fd)
         if directFD >= 0 { close(directFD) }
-        for b in buffers.withLock({ $0 }) { free(b) }
     }
 
     /// Bytes O_DIRECT needs offsets, lengths and buffers aligned to (the largest logical block
     /// size of the devices in use).
     static let directAlignment = 4096
 
-    /// Aligned buffers of `pooledSize` bytes kept for direct reads. Each cold block read once
-    /// took a fresh 64 KiB from malloc, which handed it back to the kernel when freed: every
-    /// read paid page faults and zeroing for memory it then threw away.
-    private let buffers = Mutex<[UnsafeMutableRawPointer]>([])
-    private static let pooledSize = 64 << 10
-    private static let pooledMax = 32
-
+    /// A bounce buffer for a direct read. Cold btree blocks do not come through here: they are
+    /// read straight into the block arena's slots (`readBlock`), so what does (superblocks,
+    /// quorum blocks, unaligned callers) is small or rare.
     private func takeBuffer(_ count: Int) throws -> UnsafeMutableRawPointer {
-        if count == Self.pooledSize, let b = buffers.withLock({ $0.popLast() }) { return b }
         var raw: UnsafeMutableRawPointer?
         guard posix_memalign(&raw, Self.directAlignment, count) == 0, let raw else {
             throw StoreError(.io, "\(name): no memory for an aligned read of \(count) bytes")
         }
         return raw
-    }
-
-    private func giveBack(_ b: UnsafeMutableRawPointer, _ count: Int) {
-        let kept = count == Self.pooledSize && buffers.withLock { pool in
-            guard pool.count < Self.pooledMax else { return false }
-            pool.append(b)
-            return true
-        }
-        if !kept { free(b) }
     }
 
     private func readsDirectly(_ offset: UInt64, _ count: Int) -> Bool {
@@ -160,7 +146,7 @@ public final class FileBlockDevice: BlockDevice {
     private func readAligned<T>(_ fd: Int32, at offset: UInt64, count: Int, _ what: String,
                                 _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T {
         let b = try takeBuffer(count)
-        defer { giveBack(b, count) }
+        defer { free(b) }
         try readFully(fd, b, count, at: offset, what)
         return try body(UnsafeRawBufferPointer(start: b, count: count))
     }
