@@ -132,7 +132,7 @@ final class NetCluster {
             service.locks.withLock { $0 = ls }
             return (net, ls, try net.start(host: "127.0.0.1", port: port))
         }
-        var (net, _, port) = try serve(port: 0, recovering: [])
+        var (net, _, port) = try serve(port: TestPorts.block(), recovering: [])
         var clients: [LockClient] = []
         var conns: [NetClient] = []
         for id in 1...2 as ClosedRange<ClientID> {

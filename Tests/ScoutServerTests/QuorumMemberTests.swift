@@ -1,6 +1,4 @@
 import Foundation
-import NIOCore
-import NIOPosix
 import ScoutFormat
 import ScoutNet
 @testable import ScoutServer
@@ -11,17 +9,6 @@ import Testing
 
 /// The election over real UDP on loopback, with the slots' quorum blocks on one device.
 @Suite(.serialized) struct QuorumMemberTests {
-    /// UDP ports free right now (bound and let go; nothing else here takes them in between).
-    static func freePorts(_ n: Int) throws -> [Int] {
-        var channels: [any Channel] = []
-        for _ in 0..<n {
-            channels.append(try DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).wait())
-        }
-        let ports = channels.map { $0.localAddress!.port! }
-        for c in channels { try c.close().wait() }
-        return ports
-    }
-
     final class Seen: Sendable {
         let events = BlockingMutex<[String]>([])
         var all: [String] { events.withLock { $0 } }
@@ -37,8 +24,8 @@ import Testing
         let seen = Seen()
 
         init(_ n: Int) throws {
-            let ports = try QuorumMemberTests.freePorts(n)
-            let slots = (0..<n).map { QuorumSlot(slot: UInt8($0), address: "127.0.0.1", port: UInt16(ports[$0])) }
+            let first = try TestPorts.block(n)
+            let slots = (0..<n).map { QuorumSlot(slot: UInt8($0), address: "127.0.0.1", port: UInt16(first + $0)) }
             _ = try Store.format(meta: meta, data: MemoryBlockDevice(name: "data", size: 256 << 20), quorumSlots: slots)
             sb = try Store.readSuperblock(meta)
             for s in 0..<n {

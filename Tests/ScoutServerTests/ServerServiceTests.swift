@@ -269,7 +269,7 @@ extension ServerServiceTests {
             return (net, handler, try net.start(host: "127.0.0.1", port: port))
         }
         let first = try Store.format(meta: meta, data: data, quorumSlots: Self.slots)
-        let (net1, dying, port) = try serve(first, port: 0)
+        let (net1, dying, port) = try serve(first, port: TestPorts.block())
         let conn = try NetClient.connect(host: "127.0.0.1", port: port, fsid: first.fsid, client: 2, key: key, onMessage: { _, _ in }, log: { _ in })
         defer { conn.close() }
         let link = try NetServerLink(net: conn, store: try NodeStore(meta: meta, data: data))

@@ -1,4 +1,5 @@
 import Foundation
+import ScoutTestSupport
 import Testing
 import ScoutFormat
 
@@ -86,7 +87,7 @@ import ScoutFormat
         defer { m.cleanup() }
         let noF = try CLI.run(["change-quorum-config", "-Q", "0,127.0.0.1,7211", m.meta])
         #expect(noF.status == 64 && noF.stderr.contains("only offline changes are supported"), "\(noF.stderr)")
-        let p0 = try Sys.freePort(), p2 = try Sys.freePort()
+        let p0 = try TestPorts.block(), p2 = try TestPorts.block()
         let changed = try CLI.run(["change-quorum-config", "-F", "-Q", "0,127.0.0.1,\(p0)", "-Q", "2,127.0.0.1,\(p2)", m.meta])
         #expect(changed.status == 0 && changed.stdout.contains("to 0: 127.0.0.1:\(p0), 2: 127.0.0.1:\(p2)"), "\(changed.stdout)\(changed.stderr)")
         let printed = try CLI.run(["print", m.meta])

@@ -12,8 +12,8 @@ final class TestMount {
     let log: String
     /// The cluster key mkfs wrote, beside the devices.
     let key: String
-    /// The port of the lowest slot's server: a free one, so that mounts of several tests at
-    /// once do not meet.
+    /// The port of slot 0's server; slot n's is `port + n` (a block of `TestPorts`, so that
+    /// mounts of several tests at once do not meet).
     let port: Int
     private(set) var pid: Int32 = 0
     /// Further mounts of the same devices (nodes), by mount point: their daemons' pids.
@@ -30,7 +30,7 @@ final class TestMount {
         mnt = dir.appendingPathComponent("mnt").path
         log = dir.appendingPathComponent("log").path
         key = dir.appendingPathComponent("cluster.key").path
-        port = try Sys.freePort()
+        port = try TestPorts.block((slots.max() ?? 0) + 1)
         try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
         for (path, size) in [(meta, metaSize), (data, dataSize)] { try Sys.sparseFile(path, size: size) }
         let mk = try CLI.run(["mkfs", "--cluster-key", key] + mkfsArgs + slots.flatMap { ["-Q", "\($0),\(addresses?[$0] ?? address),\(port + $0)"] } + [meta, data])
@@ -256,28 +256,6 @@ enum Sys {
         var description: String { "\(call): \(String(cString: strerror(errno)))" }
     }
 
-    /// A new sparse file of `size` bytes (a device file for mkfs).
-    /// A TCP port nothing listens on now (the kernel's pick), with the next one free too,
-    /// for filesystems with two slots.
-    static func freePort() throws -> Int {
-        for _ in 0..<50 {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            guard fd >= 0 else { break }
-            defer { close(fd) }
-            var a = sockaddr_in()
-            a.sin_family = sa_family_t(AF_INET)
-            a.sin_addr.s_addr = inet_addr("127.0.0.1")
-            a.sin_port = 0
-            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-            let ok = withUnsafeMutablePointer(to: &a) { p in
-                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
-            }
-            let port = Int(UInt16(bigEndian: a.sin_port))
-            if ok && port < 65000 { return port }
-        }
-        throw POSIXError(.EADDRINUSE)
-    }
-
     /// GET `path` from an HTTP server on 127.0.0.1:`port`; the status line and the body.
     static func httpGet(port: Int, _ path: String) throws -> (status: String, body: String) {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -304,6 +282,7 @@ enum Sys {
         return (status, String(text[split.upperBound...]))
     }
 
+    /// A new sparse file of `size` bytes (a device file for mkfs).
     static func sparseFile(_ path: String, size: UInt64) throws {
         guard FileManager.default.createFile(atPath: path, contents: nil) else {
             throw Failure(call: "create \(path)", errno: errno)

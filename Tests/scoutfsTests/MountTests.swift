@@ -251,7 +251,7 @@ import Testing
     @Test(.timeLimit(.minutes(3))) func nodesCreatingInOneDirectoryNeverStallAHandOver() throws {
         let m = try TestMount(slots: [0, 1])
         defer { m.cleanup() }
-        let ports = (try Sys.freePort(), try Sys.freePort())
+        let ports = (try TestPorts.block(), try TestPorts.block())
         try m.mount(["--metrics", "127.0.0.1:\(ports.0)"])
         let b = try m.mountNode("b", slot: 1, ["--metrics", "127.0.0.1:\(ports.1)"])
         for round in 0..<8 {
@@ -290,7 +290,7 @@ import Testing
     @Test func metricsEndpointCountsRequestsLocksAndCommits() throws {
         let m = try TestMount()
         defer { m.cleanup() }
-        let port = try Sys.freePort()
+        let port = try TestPorts.block()
         try m.mount(["--metrics", "127.0.0.1:\(port)"])
         try FileManager.default.createDirectory(atPath: m.path("d"), withIntermediateDirectories: false)
         for i in 0..<25 { try Sys.writeFile(m.path("d/f\(i)"), Array("metrics \(i)".utf8)) }
