@@ -377,18 +377,25 @@ public struct BTreeBlock: Sendable {
 
     /// Encodes into a whole 64 KiB block and seals the header.
     public func encode(magic: UInt32 = BlockMagic.btree, fsid: UInt64, seq: UInt64, blkno: UInt64) -> [UInt8] {
-        precondition(usedBytes <= Self.capacity, "btree block \(blkno) overfull: \(usedBytes) bytes")
         var block = [UInt8](repeating: 0, count: Layout.metaBlockSize)
-        block.withUnsafeMutableBytes { buf in
-            var w = RawWriter(buf, offset: BlockHeader.encodedSize)
-            w.u8(level)
-            w.skip(3)
-            w.u32(UInt32(count))
-            if let packed {
-                // Still the entries as they were read.
-                w.raw(UnsafeRawBufferPointer(start: packed.base + packedStart, count: usedBytes))
-                return
-            }
+        block.withUnsafeMutableBytes { encode(into: $0, magic: magic, fsid: fsid, seq: seq, blkno: blkno) }
+        return block
+    }
+
+    /// Encodes into `block`, a whole block of memory the caller owns, and seals the header.
+    /// The bytes after the entries are zeroed (the checksum covers them).
+    public func encode(into block: UnsafeMutableRawBufferPointer, magic: UInt32 = BlockMagic.btree, fsid: UInt64, seq: UInt64, blkno: UInt64) {
+        precondition(usedBytes <= Self.capacity, "btree block \(blkno) overfull: \(usedBytes) bytes")
+        precondition(block.count == Layout.metaBlockSize, "a btree block is encoded into \(Layout.metaBlockSize) bytes, not \(block.count)")
+        var w = RawWriter(block, offset: BlockHeader.encodedSize)
+        w.u8(level)
+        // The memory may hold an earlier block: every byte is written, the padding too.
+        w.u8(0); w.u8(0); w.u8(0)
+        w.u32(UInt32(count))
+        if let packed {
+            // Still the entries as they were read.
+            w.raw(UnsafeRawBufferPointer(start: packed.base + packedStart, count: usedBytes))
+        } else {
             for i in 0..<count {
                 keyList[i].encode(into: &w)
                 if isLeaf {
@@ -403,8 +410,8 @@ public struct BTreeBlock: Sendable {
                 }
             }
         }
-        BlockHeader.seal(&block, magic: magic, fsid: fsid, seq: seq, blkno: blkno)
-        return block
+        UnsafeMutableRawBufferPointer(rebasing: block[w.offset...]).initializeMemory(as: UInt8.self, repeating: 0)
+        BlockHeader.seal(block, magic: magic, fsid: fsid, seq: seq, blkno: blkno)
     }
 
     /// Decodes a block whose header the caller has verified. Checks counts, lengths, levels and

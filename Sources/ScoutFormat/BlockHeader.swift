@@ -64,6 +64,18 @@ public struct BlockHeader: Equatable, Sendable {
     }
 
     /// Writes the header into the first bytes of `block` and the crc over the rest.
+    /// The same, on a whole block in memory the caller owns.
+    public static func seal(_ block: UnsafeMutableRawBufferPointer, magic: UInt32, fsid: UInt64, seq: UInt64, blkno: UInt64) {
+        precondition(block.count >= encodedSize)
+        var w = RawWriter(block, offset: 4)
+        w.u32(magic)
+        w.u64(fsid)
+        w.u64(seq)
+        w.u64(blkno)
+        let crc = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: block[4...]))
+        block.storeBytes(of: crc.littleEndian, toByteOffset: 0, as: UInt32.self)
+    }
+
     public static func seal(_ block: inout [UInt8], magic: UInt32, fsid: UInt64, seq: UInt64, blkno: UInt64) {
         precondition(block.count >= encodedSize)
         var w = ByteWriter(capacity: encodedSize)

@@ -525,18 +525,48 @@ public final class Store: NodeWriter {
 
     /// Writes blocks in block order, gathering runs of adjacent blocks into one write of up to
     /// 1 MiB: far fewer syscalls for the mostly sequential blocks a transaction allocates.
+    ///
+    /// Each leaf is encoded into a slot of the block arena and from then on kept in that
+    /// encoded form (what a cold read makes), its edited arrays let go: those took two to three
+    /// times the block's 64 KiB, and a merge's thousands of written fs-tree leaves, kept in
+    /// the cache that way, were most of a busy mount's memory. The content is the same; the
+    /// next edit of a leaf unpacks it again. The nodes are the caller's alone (dirty, or a
+    /// build not yet shared), so nothing reads them while they change form.
     static func write(_ nodes: [CachedNode], to meta: any BlockDevice, fsid: UInt64) throws {
         let maxRun = 16
+        let size = Layout.metaBlockSize
         var i = 0
         while i < nodes.count {
             var j = i + 1
             while j < nodes.count && j - i < maxRun && nodes[j].blkno == nodes[j - 1].blkno + 1 { j += 1 }
-            var buf: [UInt8] = []
-            buf.reserveCapacity((j - i) * Layout.metaBlockSize)
-            for n in nodes[i..<j] {
-                buf += n.block.encode(fsid: fsid, seq: n.seq, blkno: n.blkno)
+            var buf = [UInt8](repeating: 0, count: (j - i) * size)
+            var slots: [BlockBytes?] = []
+            slots.reserveCapacity(j - i)
+            try buf.withUnsafeMutableBytes { run in
+                for (k, n) in nodes[i..<j].enumerated() {
+                    if n.block.isLeaf {
+                        let slot = try BlockArena.shared.take()
+                        let bytes = UnsafeMutableRawBufferPointer(start: slot.base, count: slot.count)
+                        n.block.encode(into: bytes, fsid: fsid, seq: n.seq, blkno: n.blkno)
+                        (run.baseAddress! + k * size).copyMemory(from: slot.base, byteCount: size)
+                        slots.append(slot)
+                    } else {
+                        n.block.encode(into: UnsafeMutableRawBufferPointer(rebasing: run[(k * size)..<((k + 1) * size)]), fsid: fsid, seq: n.seq, blkno: n.blkno)
+                        slots.append(nil)
+                    }
+                }
             }
             try meta.write(at: nodes[i].blkno << UInt64(Layout.metaBlockShift), buf)
+            for (k, n) in nodes[i..<j].enumerated() {
+                guard let slot = slots[k] else { continue }
+                do {
+                    n.block = try BTreeBlock(adopting: slot)
+                } catch {
+                    // The encoder wrote what the decoder refuses: the block on the device is
+                    // wrong too, and nothing may be committed over it.
+                    throw StoreError(.corrupt, "metadata block \(n.blkno) as just written does not decode: \(error); this is a bug, the transaction is given up")
+                }
+            }
             i = j
         }
     }
