@@ -273,7 +273,14 @@ public final class LocalServer: ServerLink {
     /// A merge writes about as many fs tree blocks as the log tree holds before the log tree's
     /// own blocks come free, so a log tree may grow to a third of the free space at most: past
     /// that it is merged while it still fits, however full the device gets.
+    ///
+    /// The record's item count bounds the tree's blocks (each leaf holds an item, and there
+    /// are fewer parents than leaves), so a small tree is let through without reading its
+    /// blocks: the walk read the client's freshly written parents, cold in the server's cache,
+    /// in every commit a lock hand-over waits for.
     func mergeNeededForSpace(_ record: LogTreeRecord) throws -> Bool {
+        let most = (record.items * 2 + UInt64(record.root.height)).multipliedReportingOverflow(by: 3)
+        if !most.overflow && most.partialValue <= store.allocatableMetaBlocks { return false }
         let blocks = try BTree(root: record.root, name: "log tree").blockCount(in: store)
         return UInt64(blocks) * 3 > store.allocatableMetaBlocks
     }
