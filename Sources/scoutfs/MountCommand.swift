@@ -76,7 +76,7 @@ struct MountCommand: ParsableCommand {
     @Option(name: .customLong("merge-threshold"), help: ArgumentHelp("Items a node's log tree may hold before the server merges it into the fs tree (at the commit that passes it). Only the server's mount's setting counts, while it serves.", valueName: "ITEMS"))
     var mergeThreshold: UInt64 = 100_000
 
-    @Option(name: .customLong("cache-mib"), help: "Memory for cached metadata blocks, in MiB, reserved at mount (the daemon's RSS is about this plus the open transaction's dirty blocks and cached items).")
+    @Option(name: .customLong("cache-mib"), help: "Memory for cached metadata blocks, in MiB, reserved at mount. A mount that runs the cluster's server keeps a second cache as large for it, taken as it fills. The daemon's RSS is about this plus the open transaction's dirty blocks, cached items and what it keeps of each inode the kernel holds.")
     var cacheMiB: Int = 256
 
     @Flag(name: .customLong("daemon-child"), help: .hidden)
