@@ -17,7 +17,11 @@ struct KernelNames {
 
     private var inodes: [UInt64: Set<UInt64>] = [:]
     private var names: [UInt64: Set<Name>] = [:]
-    private var namesOf: [UInt64: [Name]] = [:]
+    /// Each inode's names, the first apart: nearly every inode has one name, and an array per
+    /// inode cost one more allocation for each of the millions the kernel may hold (a name's
+    /// bytes are shared with its copy in `names`).
+    private var firstNameOf: [UInt64: Name] = [:]
+    private var moreNamesOf: [UInt64: [Name]] = [:]
 
     private static func group(_ ino: UInt64) -> UInt64 { ino / LockRange.groupSize }
 
@@ -25,7 +29,8 @@ struct KernelNames {
         inodes[Self.group(ino), default: []].insert(ino)
         guard let parent, let name else { return }
         let n = Name(parent: parent, name: name, child: ino)
-        if names[Self.group(parent), default: []].insert(n).inserted { namesOf[ino, default: []].append(n) }
+        guard names[Self.group(parent), default: []].insert(n).inserted else { return }
+        if firstNameOf[ino] == nil { firstNameOf[ino] = n } else { moreNamesOf[ino, default: []].append(n) }
     }
 
     /// The kernel dropped its last reference to `ino`: nothing of it is cached there now.
@@ -33,7 +38,9 @@ struct KernelNames {
         let g = Self.group(ino)
         inodes[g]?.remove(ino)
         if inodes[g]?.isEmpty == true { inodes[g] = nil }
-        for n in namesOf.removeValue(forKey: ino) ?? [] {
+        var gone = moreNamesOf.removeValue(forKey: ino) ?? []
+        if let first = firstNameOf.removeValue(forKey: ino) { gone.append(first) }
+        for n in gone {
             let pg = Self.group(n.parent)
             names[pg]?.remove(n)
             if names[pg]?.isEmpty == true { names[pg] = nil }
