@@ -56,9 +56,10 @@ public struct LeafValue: Hashable, Sendable {
 /// them (`BlockBytes`, no copy) and where each entry begins. A cold lookup reads one or two
 /// items of a leaf of hundreds, and decoding every key (48 bytes each in memory) and payload
 /// of the leaf was most of the daemon's CPU per cold block, much of it the kernel handing out
-/// and zeroing the pages those arrays took. Keys are compared where they lie (their encoding sorts as the keys do: big-endian
-/// fields in key order) and a key or value is made only when asked for. The first edit turns
-/// the leaf into arrays of keys and values, the form edits work on.
+/// and zeroing the pages those arrays took. Keys are compared where they lie (their encoding
+/// sorts as the keys do: big-endian fields in key order) and a key or value is made only when
+/// asked for. The first edit turns the leaf into arrays of keys and values, the form edits
+/// work on.
 public struct BTreeBlock: Sendable {
     public var level: UInt8
     /// Keys of parents and of edited leaves; empty in a packed leaf.

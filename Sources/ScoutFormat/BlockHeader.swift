@@ -64,7 +64,6 @@ public struct BlockHeader: Equatable, Sendable {
     }
 
     /// Writes the header into the first bytes of `block` and the crc over the rest.
-    /// The same, on a whole block in memory the caller owns.
     public static func seal(_ block: UnsafeMutableRawBufferPointer, magic: UInt32, fsid: UInt64, seq: UInt64, blkno: UInt64) {
         precondition(block.count >= encodedSize)
         var w = RawWriter(block, offset: 4)
@@ -76,15 +75,9 @@ public struct BlockHeader: Equatable, Sendable {
         block.storeBytes(of: crc.littleEndian, toByteOffset: 0, as: UInt32.self)
     }
 
+    /// The same, on a block held in an array.
     public static func seal(_ block: inout [UInt8], magic: UInt32, fsid: UInt64, seq: UInt64, blkno: UInt64) {
-        precondition(block.count >= encodedSize)
-        var w = ByteWriter(capacity: encodedSize)
-        BlockHeader(magic: magic, fsid: fsid, seq: seq, blkno: blkno).encode(into: &w)
-        block.replaceSubrange(0..<encodedSize, with: w.bytes)
-        let crc = CRC32C.checksum(block, from: 4)
-        withUnsafeBytes(of: crc.littleEndian) { c in
-            for i in 0..<4 { block[i] = c[i] }
-        }
+        block.withUnsafeMutableBytes { seal($0, magic: magic, fsid: fsid, seq: seq, blkno: blkno) }
     }
 
     /// What a read of a block found, checked against what the reader expected.

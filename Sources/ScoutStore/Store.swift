@@ -544,16 +544,15 @@ public final class Store: NodeWriter {
             slots.reserveCapacity(j - i)
             try buf.withUnsafeMutableBytes { run in
                 for (k, n) in nodes[i..<j].enumerated() {
-                    if n.block.isLeaf {
-                        let slot = try BlockArena.shared.take()
-                        let bytes = UnsafeMutableRawBufferPointer(start: slot.base, count: slot.count)
-                        n.block.encode(into: bytes, fsid: fsid, seq: n.seq, blkno: n.blkno)
-                        (run.baseAddress! + k * size).copyMemory(from: slot.base, byteCount: size)
-                        slots.append(slot)
-                    } else {
-                        n.block.encode(into: UnsafeMutableRawBufferPointer(rebasing: run[(k * size)..<((k + 1) * size)]), fsid: fsid, seq: n.seq, blkno: n.blkno)
+                    let encoded = UnsafeMutableRawBufferPointer(rebasing: run[(k * size)..<((k + 1) * size)])
+                    n.block.encode(into: encoded, fsid: fsid, seq: n.seq, blkno: n.blkno)
+                    guard n.block.isLeaf else {
                         slots.append(nil)
+                        continue
                     }
+                    let slot = try BlockArena.shared.take()
+                    slot.base.copyMemory(from: encoded.baseAddress!, byteCount: size)
+                    slots.append(slot)
                 }
             }
             try meta.write(at: nodes[i].blkno << UInt64(Layout.metaBlockShift), buf)
