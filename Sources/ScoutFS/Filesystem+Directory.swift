@@ -110,7 +110,7 @@ extension FSCore {
         try checkName(name)
         guard let e = try findEntry(dir, name) else { throw Errno.noSuchFileOrDirectory }
         let attr = attributes(e.record.ino, try inode(e.record.ino))
-        noteLookup(e.record.ino, in: dir, name: name)
+        noteLookup(e.record.ino, in: dir, name: name, directory: attr.isDirectory)
         return attr
     }
 
@@ -183,7 +183,7 @@ extension FSCore {
             parent.ctime = now
             try putInode(dir, &parent)
         }
-        noteLookup(ino, in: name == nil ? nil : dir, name: name)
+        noteLookup(ino, in: name == nil ? nil : dir, name: name, directory: rec.isDirectory)
         return attributes(ino, rec)
     }
 
@@ -214,7 +214,7 @@ extension FSCore {
         parent.mtime = now
         parent.ctime = now
         try putInode(dir, &parent)
-        noteLookup(ino, in: dir, name: name)
+        noteLookup(ino, in: dir, name: name, directory: false)
         return attributes(ino, target)
     }
 
@@ -535,7 +535,7 @@ extension Filesystem {
         }) { c in
             let entries = try found.map { e in (e, c.attributes(e.ino, try c.inode(e.ino))) }
             // Only once every entry read: a failure part way must not leave references behind.
-            for (e, _) in entries where e.nextOffset > 2 { c.noteLookup(e.ino, in: dir, name: e.name) }
+            for (e, a) in entries where e.nextOffset > 2 { c.noteLookup(e.ino, in: dir, name: e.name, directory: a.isDirectory) }
             return entries
         }
     }

@@ -424,7 +424,16 @@ public final class Filesystem: Sendable {
         let place = host.place
         return ClusterStatus(isServer: place.isServer, connected: place.connected, nodes: place.nodes,
                              locksHeld: UInt64(cluster.locks.cachedCount), lockRequests: UInt64(s.requests), lockGrants: UInt64(s.grants),
-                             lockInvalidations: UInt64(s.invalidations))
+                             lockInvalidations: UInt64(s.invalidations), memory: memoryUse)
+    }
+
+    /// The parts of the process's memory that grow with use: the block arena is the
+    /// process's (every store in it), the rest this mount's.
+    public var memoryUse: MemoryUse {
+        let arena = BlockArena.shared
+        let taken = arena.chunkCount * BlockArena.chunkSize
+        return MemoryUse(blockBytes: UInt64(taken), blockBytesInUse: UInt64(max(0, taken - arena.freeSlots * BlockArena.slotSize)),
+                         itemBytes: UInt64(cluster.items.cache.cachedBytes), kernelInodes: UInt64(shared.refs.kernelInodeCount))
     }
 
     /// Lines for the mount's log (errors a FUSE reply can only show as an errno).
@@ -572,6 +581,13 @@ final class InodeReferences: Sendable {
     /// only inside a shard's mutex or alone, so an inode's count and names change together.
     private let kernel = Mutex<KernelNames?>(nil)
     private let tracksKernel = Atomic(false)
+    /// Inodes the kernel holds a lookup reference to (entries of the shards' `lookupCount`).
+    private let held = Atomic<Int>(0)
+    /// Past this many, the kernel is asked to drop the names of the oldest it holds (0: no
+    /// bound), through `pruneTarget`, in the order it took them (`age`).
+    private let pruneLimit = Atomic<Int>(0)
+    private let pruneTarget = Mutex<(any KernelInvalidation)?>(nil)
+    private let age = Mutex(KernelAge())
 
     /// Runs `body` on the references of `ino`'s shard.
     func withLock<T>(_ ino: UInt64, _ body: (inout InodeRefs) throws -> T) rethrows -> T {
@@ -579,19 +595,74 @@ final class InodeReferences: Sendable {
     }
 
     /// The kernel now holds one more reference to `ino`, found as `name` in `parent` if given.
-    func noteLookup(_ ino: UInt64, in parent: UInt64?, name: [UInt8]?) {
-        withLock(ino) { r in
-            r.lookupCount[ino, default: 0] += 1
+    /// `prunable`: the kernel may be asked to drop it again to keep within the bound (not a
+    /// directory, whose name's drop would take its subtree and any mounts on it along).
+    func noteLookup(_ ino: UInt64, in parent: UInt64?, name: [UInt8]?, prunable: Bool) {
+        let first = withLock(ino) { r -> Bool in
+            let had = r.lookupCount[ino]
+            r.lookupCount[ino] = (had ?? 0) + 1
             if tracksKernel.load(ordering: .acquiring) { kernel.withLock { $0?.note(ino, in: parent, name: name) } }
+            return had == nil
         }
+        guard first else { return }
+        let count = held.wrappingAdd(1, ordering: .relaxed).newValue
+        let limit = pruneLimit.load(ordering: .relaxed)
+        guard limit > 0, prunable, name != nil else { return }
+        let compact = age.withLock { a in
+            a.push(ino)
+            return a.count > 2 * count + 4096
+        }
+        if compact { compactAge() }
+        if count > limit { pruneOldest(limit: limit) }
     }
 
     /// Drops `n` of the kernel's references to `ino`; true when the inode may now be freed.
     func forget(_ ino: UInt64, _ n: UInt64) -> Bool {
         withLock(ino) { r in
             let (forgotten, unused) = r.forget(ino, n)
-            if forgotten && tracksKernel.load(ordering: .acquiring) { kernel.withLock { $0?.forget(ino) } }
+            if forgotten {
+                held.subtract(1, ordering: .relaxed)
+                if tracksKernel.load(ordering: .acquiring) { kernel.withLock { $0?.forget(ino) } }
+            }
             return unused
+        }
+    }
+
+    /// Inodes the kernel holds a lookup reference to.
+    var kernelInodeCount: Int { held.load(ordering: .relaxed) }
+
+    /// Bounds the inodes the kernel holds to about `limit` (0: none): past it, each inode the
+    /// kernel takes has it asked, through `target`, to drop the names of up to two of the
+    /// oldest it holds. The kernel drops those it does not use (an open file's stays), and its
+    /// forgets end their records here: the daemon's memory per inode the kernel holds stops
+    /// growing with the files touched. Needs the names (`trackKernel`).
+    func prune(through target: any KernelInvalidation, limit: Int) {
+        pruneTarget.withLock { $0 = target }
+        pruneLimit.store(limit, ordering: .relaxed)
+    }
+
+    private func pruneOldest(limit: Int) {
+        guard let target = pruneTarget.withLock({ $0 }) else { return }
+        var asked = 0
+        var looked = 0
+        // Inodes the kernel forgot of itself are passed over, a bounded number per call.
+        while asked < 2, looked < 16, held.load(ordering: .relaxed) > limit {
+            guard let ino = age.withLock({ $0.pop() }) else { return }
+            looked += 1
+            let names = withLock(ino) { r in
+                r.lookupCount[ino] == nil ? [] : kernel.withLock { $0?.names(of: ino) ?? [] }
+            }
+            guard !names.isEmpty else { continue }
+            for n in names { target.pruneEntry(n.parent, n.name) }
+            asked += 1
+        }
+    }
+
+    /// Drops from `age` the inodes the kernel no longer holds: it grows by one for every inode
+    /// the kernel takes, and only a pass over the bound takes from it.
+    private func compactAge() {
+        age.withLock { a in
+            a.keep { ino in withLock(ino) { $0.lookupCount[ino] != nil } }
         }
     }
 
@@ -604,6 +675,33 @@ final class InodeReferences: Sendable {
     /// What the kernel caches under inode group `group`'s lock.
     func kernelCached(inGroup group: UInt64) -> (inodes: [UInt64], names: [(parent: UInt64, name: [UInt8])]) {
         kernel.withLock { $0?.cached(inGroup: group) ?? ([], []) }
+    }
+}
+
+/// Inodes in the order the kernel took them, oldest first (`InodeReferences.prune`).
+struct KernelAge {
+    private var inos: [UInt64] = []
+    private var head = 0
+
+    var count: Int { inos.count - head }
+
+    mutating func push(_ ino: UInt64) { inos.append(ino) }
+
+    mutating func pop() -> UInt64? {
+        guard head < inos.count else { return nil }
+        let ino = inos[head]
+        head += 1
+        // The taken front goes once it is half the array, so each is moved once on average.
+        if head > 1024, head * 2 > inos.count {
+            inos.removeFirst(head)
+            head = 0
+        }
+        return ino
+    }
+
+    mutating func keep(where isKept: (UInt64) -> Bool) {
+        inos = inos[head...].filter(isKept)
+        head = 0
     }
 }
 
@@ -792,8 +890,8 @@ final class FSCore {
     // MARK: lifetime of unlinked inodes
 
     /// The kernel now holds a reference to `ino`, found as `name` in `parent` when given.
-    func noteLookup(_ ino: UInt64, in parent: UInt64? = nil, name: [UInt8]? = nil) {
-        shared.refs.noteLookup(ino, in: parent, name: name)
+    func noteLookup(_ ino: UInt64, in parent: UInt64? = nil, name: [UInt8]? = nil, directory: Bool = true) {
+        shared.refs.noteLookup(ino, in: parent, name: name, prunable: !directory)
     }
 
     /// Deletes an inode with no links once no handle and no kernel reference remain (the

@@ -47,6 +47,12 @@ struct KernelNames {
         }
     }
 
+    /// The names the kernel was given for `ino`.
+    func names(of ino: UInt64) -> [(parent: UInt64, name: [UInt8])] {
+        guard let first = firstNameOf[ino] else { return [] }
+        return [(first.parent, first.name)] + (moreNamesOf[ino] ?? []).map { ($0.parent, $0.name) }
+    }
+
     /// What the kernel caches under inode group `group`'s lock.
     func cached(inGroup group: UInt64) -> (inodes: [UInt64], names: [(parent: UInt64, name: [UInt8])]) {
         (Array(inodes[group] ?? []), (names[group] ?? []).map { ($0.parent, $0.name) })
@@ -62,6 +68,9 @@ public protocol KernelInvalidation: Sendable {
     func invalidateInode(_ ino: UInt64)
     /// Drop the name `name` in directory `parent` (queued).
     func invalidateEntry(_ parent: UInt64, _ name: [UInt8])
+    /// Drop the name `name` in directory `parent` if the kernel does not use it, when nothing
+    /// else waits to be sent (queued apart: `flush` does not wait for it; may be dropped).
+    func pruneEntry(_ parent: UInt64, _ name: [UInt8])
     /// Waits up to `seconds` until everything queued so far has reached the kernel; false if
     /// the time ran out (a request holds what a notification needs).
     func flush(within seconds: Double) -> Bool
@@ -71,9 +80,12 @@ extension Filesystem {
     /// Sends to `target`, from now on, what the kernel must drop whenever this client gives
     /// up an inode group's lock, when other clients can change what it covers (nothing is
     /// tracked for a client alone in its cluster).
-    public func invalidateKernelCaches(through target: any KernelInvalidation) {
+    /// With `kernelInodes` above 0, the kernel is asked to drop the names of the oldest
+    /// inodes it holds past that many (`InodeReferences.prune`).
+    public func invalidateKernelCaches(through target: any KernelInvalidation, kernelInodes: Int = 0) {
         guard host.several else { return }
         shared.refs.trackKernel()
+        if kernelInodes > 0 { shared.refs.prune(through: target, limit: kernelInodes) }
         let refs = shared.refs
         let timeouts = shared
         cluster.addDropHook { [weak timeouts] range in

@@ -124,13 +124,17 @@ public final class LocalCluster: ClusterHost, Sendable {
     let recovery: ClientRecovery?
     /// The takeover settings this server started with.
     let takeover: Takeover?
+    let itemCacheBytes: Int
 
     /// Opens the cluster on a store no client uses yet. Without `takeover`, log trees that
     /// clients of an earlier mount left behind are merged (their pools go back to the free
     /// tree) before anyone joins. With it, only those of clients that were in an earlier
     /// server's process are; nodes recorded as mounted are waited for (`Takeover`).
-    public init(store: Store, mergeThreshold: UInt64 = 100_000, several: Bool = false, takeover: Takeover? = nil) throws {
+    /// `itemCacheBytes` bounds each client's item cache (its clean items).
+    public init(store: Store, mergeThreshold: UInt64 = 100_000, several: Bool = false, takeover: Takeover? = nil,
+                itemCacheBytes: Int = 256 << 20) throws {
         self.store = store
+        self.itemCacheBytes = itemCacheBytes
         self.takeover = takeover
         server = LocalServer(store: store, mergeThreshold: mergeThreshold)
         let reports = mergeReports
@@ -364,7 +368,7 @@ public final class LocalCluster: ClusterHost, Sendable {
         let locks = LockClient(id: id, link: lockNetwork.serverLink(for: id), options: .mount)
         // The store's transaction seq orders every change: whoever hands a lock over commits
         // first, which advances it (see `ClusterClient.ordersByLockSeq`).
-        return ClusterClient(id: id, locks: locks, store: store, server: server, cacheBytes: 256 << 20,
+        return ClusterClient(id: id, locks: locks, store: store, server: server, cacheBytes: itemCacheBytes,
                              sharesStore: several, ordersByLockSeq: false, storeLock: storeLock)
     }
 

@@ -56,9 +56,10 @@ public final class FUSEMount {
     /// setuid/setgid programs work as on a disk filesystem (`dev,suid`, which libfuse leaves
     /// off); `nodev` and `nosuid` given by the user come later and win.
     /// `requestTimerLabel`: time every request into swift-metrics timers of this label, one
-    /// per kind (dimension `op`); bootstrap the metrics system first.
+    /// per kind (dimension `op`); bootstrap the metrics system first. `kernelInodes`: past
+    /// that many inodes held by the kernel, it is asked to drop the oldest (0: no bound).
     public init(filesystem: Filesystem, mountpoint: String, source: String = "scoutfs", options: [String] = [], maxThreads: UInt32 = 16,
-                requestTimerLabel: String? = nil) throws(MountError) {
+                requestTimerLabel: String? = nil, kernelInodes: Int = 0) throws(MountError) {
         self.mountpoint = mountpoint
         let ctx = Unmanaged.passRetained(FUSEContext(fs: filesystem))
         context = ctx
@@ -101,7 +102,7 @@ public final class FUSEMount {
             ctx.release()
             throw MountError("cannot start the kernel cache notifier: \(error)")
         }
-        filesystem.invalidateKernelCaches(through: notifier)
+        filesystem.invalidateKernelCaches(through: notifier, kernelInodes: kernelInodes)
         let exited = UInt(bitPattern: se)
         filesystem.abandonDataWaits { fuse_session_exited(OpaquePointer(bitPattern: exited)) != 0 }
     }

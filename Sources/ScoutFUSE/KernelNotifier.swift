@@ -42,7 +42,15 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
         var queued: UInt64 = 0
         var sent: UInt64 = 0
         var waiting: [(upTo: UInt64, parker: Parker)] = []
+        /// Names to drop to keep the kernel's inodes within their bound: sent when no hook's
+        /// notes wait, never waited for, and dropped past `pruneLimit` (a later pass over the
+        /// bound asks again).
+        var prunes: [(parent: UInt64, name: [UInt8])] = []
+        var prunesSent = 0
     }
+    private static let pruneLimit = 1 << 16
+    /// Prunes sent before the queue is looked at again for a hook's notes.
+    private static let pruneBatch = 32
     private let queue = BlockingMutex(Queue())
     private let wake = Parker()
     private var thread: JoinableThread?
@@ -71,6 +79,15 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
             q.queued += 1
         }
         wake.unpark()
+    }
+
+    func pruneEntry(_ parent: UInt64, _ name: [UInt8]) {
+        let queued = queue.withLock { q in
+            guard q.prunes.count - q.prunesSent < Self.pruneLimit else { return false }
+            q.prunes.append((parent, name))
+            return true
+        }
+        if queued { wake.unpark() }
     }
 
     /// Waits for what is queued to reach the kernel, up to the first name in a directory, or
@@ -118,11 +135,47 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
     private func run() {
         let se = OpaquePointer(bitPattern: session)
         while true {
-            let (notes, stopping) = queue.withLock { q in
+            let (notes, prunes, stopping) = queue.withLock { q in
                 defer { q.notes = [] }
                 q.sending = q.notes
                 q.sendingDone = 0
-                return (q.notes, q.stopping)
+                // Prunes only once the hooks' notes are out, a few at a time.
+                var prunes: ArraySlice<(parent: UInt64, name: [UInt8])> = []
+                if q.notes.isEmpty && !q.stopping {
+                    prunes = q.prunes[q.prunesSent...].prefix(Self.pruneBatch)
+                    q.prunesSent += prunes.count
+                    // The sent front goes once it is half the array: each moves once on average.
+                    if q.prunesSent > Self.pruneBatch * 64, q.prunesSent * 2 > q.prunes.count {
+                        q.prunes.removeFirst(q.prunesSent)
+                        q.prunesSent = 0
+                    } else if q.prunesSent == q.prunes.count {
+                        q.prunes.removeAll(keepingCapacity: true)
+                        q.prunesSent = 0
+                    }
+                }
+                return (q.notes, prunes, q.stopping)
+            }
+            var deferred: [(parent: UInt64, name: [UInt8])] = []
+            for p in prunes {
+                // A directory a request holds would keep this waiting for its lock, and a
+                // hook's notes behind it: its names go to the back of the queue.
+                if busy.holdsDirectory(p.parent) {
+                    deferred.append(p)
+                    continue
+                }
+                _ = p.name.withUnsafeBufferPointer { b in
+                    b.withMemoryRebound(to: CChar.self) { c in
+                        fuse_lowlevel_notify_inval_entry(se, p.parent, c.baseAddress, c.count)
+                    }
+                }
+            }
+            if !deferred.isEmpty {
+                queue.withLock { q in
+                    if q.prunes.count - q.prunesSent < Self.pruneLimit { q.prunes += deferred }
+                }
+                // Every one deferred: their directories are in use; try again in a while
+                // rather than spin.
+                if deferred.count == prunes.count { _ = wake.park(seconds: 0.01) }
             }
             for n in notes {
                 // ENOENT (the kernel no longer holds it) is the common answer and needs nothing.
@@ -151,7 +204,7 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
                 q.sendingDone = 0
             }
             if stopping { return }
-            if notes.isEmpty { wake.park() }
+            if notes.isEmpty && prunes.isEmpty { wake.park() }
         }
     }
 

@@ -196,9 +196,11 @@ public struct ClusterStatus: Equatable, Sendable {
     public var lockRequests: UInt64
     public var lockGrants: UInt64
     public var lockInvalidations: UInt64
+    /// What the daemon's memory holds (absent from a daemon that does not say).
+    public var memory: MemoryUse?
 
     public init(isServer: Bool, connected: Bool, nodes: [UInt64], locksHeld: UInt64, lockRequests: UInt64, lockGrants: UInt64,
-                lockInvalidations: UInt64) {
+                lockInvalidations: UInt64, memory: MemoryUse? = nil) {
         self.isServer = isServer
         self.connected = connected
         self.nodes = nodes
@@ -206,6 +208,25 @@ public struct ClusterStatus: Equatable, Sendable {
         self.lockRequests = lockRequests
         self.lockGrants = lockGrants
         self.lockInvalidations = lockInvalidations
+        self.memory = memory
+    }
+}
+
+/// The parts of a daemon's memory that grow with use, for `scoutfs status`.
+public struct MemoryUse: Equatable, Sendable {
+    /// Memory taken for cached metadata blocks, and how much of it holds blocks now.
+    public var blockBytes: UInt64
+    public var blockBytesInUse: UInt64
+    /// The item cache's clean items, as its bound counts them (an estimate).
+    public var itemBytes: UInt64
+    /// Inodes the kernel holds references to, each with a record in the daemon.
+    public var kernelInodes: UInt64
+
+    public init(blockBytes: UInt64, blockBytesInUse: UInt64, itemBytes: UInt64, kernelInodes: UInt64) {
+        self.blockBytes = blockBytes
+        self.blockBytesInUse = blockBytesInUse
+        self.itemBytes = itemBytes
+        self.kernelInodes = kernelInodes
     }
 }
 
@@ -703,6 +724,10 @@ extension ControlReply {
             for v in [c.locksHeld, c.lockRequests, c.lockGrants, c.lockInvalidations] { w.u64(v) }
             w.u32(UInt32(c.nodes.count))
             for n in c.nodes { w.u64(n) }
+            w.u8(c.memory == nil ? 0 : 1)
+            if let m = c.memory {
+                for v in [m.blockBytes, m.blockBytesInUse, m.itemBytes, m.kernelInodes] { w.u64(v) }
+            }
         case let .fiemap(es, end):
             w.u8(13)
             w.u8(end ? 1 : 0)
@@ -802,8 +827,14 @@ extension ControlReply {
             let n = try r.count(each: 8)
             var nodes: [UInt64] = []
             for _ in 0..<n { nodes.append(try r.u64()) }
+            var memory: MemoryUse?
+            let hasMemory = try r.u8()
+            if hasMemory > 1 { throw FormatError("cluster status memory flag \(hasMemory) is neither 0 nor 1") }
+            if hasMemory == 1 {
+                memory = MemoryUse(blockBytes: try r.u64(), blockBytesInUse: try r.u64(), itemBytes: try r.u64(), kernelInodes: try r.u64())
+            }
             self = .clusterStatus(ClusterStatus(isServer: flags & 1 != 0, connected: flags & 2 != 0, nodes: nodes, locksHeld: held,
-                                                lockRequests: requests, lockGrants: grants, lockInvalidations: invalidations))
+                                                lockRequests: requests, lockGrants: grants, lockInvalidations: invalidations, memory: memory))
         case 13:
             let end = try r.u8()
             if end > 1 { throw FormatError("fiemap end flag \(end) is neither 0 nor 1") }

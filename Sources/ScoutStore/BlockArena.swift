@@ -17,7 +17,7 @@ public final class BlockArena: BlockBytesRecycler, @unchecked Sendable {
     public static let shared = BlockArena()
 
     public static let slotSize = Layout.metaBlockSize
-    static let chunkSize = 2 << 20
+    public static let chunkSize = 2 << 20
 
     private let free = Mutex<[UnsafeMutableRawPointer]>([])
     private let chunks = Atomic<Int>(0)

@@ -76,8 +76,11 @@ struct MountCommand: ParsableCommand {
     @Option(name: .customLong("merge-threshold"), help: ArgumentHelp("Items a node's log tree may hold before the server merges it into the fs tree (at the commit that passes it). Only the server's mount's setting counts, while it serves.", valueName: "ITEMS"))
     var mergeThreshold: UInt64 = 100_000
 
-    @Option(name: .customLong("cache-mib"), help: "Memory for cached metadata blocks, in MiB, reserved at mount. A mount that runs the cluster's server keeps a second cache as large for it, taken as it fills. The daemon's RSS is about this plus the open transaction's dirty blocks, cached items and what it keeps of each inode the kernel holds.")
+    @Option(name: .customLong("cache-mib"), help: "Memory for cached metadata blocks, in MiB, reserved at mount; the items decoded from them are kept to half that. A mount that takes over as the cluster's server after a failover keeps a second block cache as large for it, taken as it fills. The daemon's RSS is about these plus the open transaction's dirty blocks and what it keeps of each inode the kernel holds (see --kernel-inodes).")
     var cacheMiB: Int = 256
+
+    @Option(name: .customLong("kernel-inodes"), help: ArgumentHelp("Most files the kernel may keep cached (names and attributes) before the oldest it does not use are dropped; the daemon keeps about 150 bytes for each it holds. 0: no bound, the kernel keeps them until memory runs short.", valueName: "COUNT"))
+    var kernelInodes: Int = 500_000
 
     @Flag(name: .customLong("daemon-child"), help: .hidden)
     var daemonChild = false
@@ -98,6 +101,7 @@ struct MountCommand: ParsableCommand {
         if commitInterval < 1 { throw ValidationError("--commit-interval must be at least 1 second") }
         if mergeThreshold < 1 { throw ValidationError("--merge-threshold must be at least 1 item") }
         if cacheMiB < 16 { throw ValidationError("--cache-mib must be at least 16") }
+        if kernelInodes < 0 { throw ValidationError("--kernel-inodes must be 0 (no bound) or more") }
         if Logger.Level(rawValue: logLevel) == nil {
             throw ValidationError("--log-level must be trace, debug, info, notice, warning, error or critical, not '\(logLevel)'")
         }
@@ -132,7 +136,7 @@ struct MountCommand: ParsableCommand {
             p.executableURL = URL(fileURLWithPath: exe)
         }
         var args = ["mount", "--daemon-child", "--log", log, "--server-wait", String(serverWait),
-                    "--commit-interval", String(commitInterval), "--cache-mib", String(cacheMiB), "--log-level", logLevel]
+                    "--commit-interval", String(commitInterval), "--cache-mib", String(cacheMiB), "--kernel-inodes", String(kernelInodes), "--log-level", logLevel]
         if let metrics { args += ["--metrics", metrics] }
         if let quorumSlot { args += ["--quorum-slot", String(quorumSlot)] }
         if let fenceAgent { args += ["--fence-agent", fenceAgent] }
@@ -229,6 +233,9 @@ struct MountCommand: ParsableCommand {
             do {
                 try claim?.start()
                 let cacheBlocks = cacheMiB << 20 / Layout.metaBlockSize
+                // Items decoded from those blocks: half as much again, enough for the items of
+                // every directory and inode a busy mount works in.
+                let itemCacheBytes = cacheMiB << 20 / 2
                 try BlockArena.shared.reserve(slots: cacheBlocks)
                 // A slot's client id is the same at every mount; a plain client's is random,
                 // above every slot's.
@@ -241,7 +248,7 @@ struct MountCommand: ParsableCommand {
                 var leads: UInt64?
                 if let quorumSlot, let claim {
                     let l = try MountLeadership(slot: quorumSlot, claim: claim, meta: metaDev, data: dataDev, superblock: sb, key: key,
-                                                fencer: fencer, cacheBlocks: cacheBlocks, recoveryTimeout: .seconds(recoveryTimeout),
+                                                fencer: fencer, cacheBlocks: cacheBlocks, itemCacheBytes: itemCacheBytes, recoveryTimeout: .seconds(recoveryTimeout),
                                                 mergeThreshold: mergeThreshold,
                                                 onServing: { serving in
                                                     published.update {
@@ -266,7 +273,7 @@ struct MountCommand: ParsableCommand {
                     let me = MountClaim.Identity.current.mounted(rid: id, slot: quorumSlot, address: address)
                     logLine("connecting to the server the quorum names as client \(String(id, radix: 16))")
                     let node = try NodeCluster(meta: metaDev, data: dataDev, server: locate,
-                                               key: key, id: id, mounted: me, cacheBlocks: cacheBlocks,
+                                               key: key, id: id, mounted: me, cacheBlocks: cacheBlocks, cacheBytes: itemCacheBytes,
                                                waitForServer: .seconds(serverWait), log: logLine)
                     fsys = try Filesystem(node: node, options: fsOptions)
                     leadership?.becameNode()
@@ -287,7 +294,7 @@ struct MountCommand: ParsableCommand {
                 // Before the mount: its request timers are made through the metrics system.
                 if metrics != nil { mountMetrics = MountMetrics.start(fsys) }
                 fuse = try FUSEMount(filesystem: fsys, mountpoint: mnt, source: "\(meta):\(data)", options: fuseOptions,
-                                     requestTimerLabel: metrics == nil ? nil : MountMetrics.requestTimerLabel)
+                                     requestTimerLabel: metrics == nil ? nil : MountMetrics.requestTimerLabel, kernelInodes: kernelInodes)
             } catch {
                 leadership?.finish()
                 local?.stopServing()

@@ -75,6 +75,7 @@ final class MountLeadership: Sendable {
     let fencer: Fencer
     let localAgent = LocalFenceAgent()
     let cacheBlocks: Int
+    let itemCacheBytes: Int
     let recoveryTimeout: Duration
     let mergeThreshold: UInt64
     let log: @Sendable (String) -> Void
@@ -87,7 +88,7 @@ final class MountLeadership: Sendable {
     private let wake = Parker()
 
     init(slot: Int, claim: MountClaim, meta: any BlockDevice, data: any BlockDevice, superblock sb: SuperBlock, key: ClusterKey,
-         fencer: Fencer, cacheBlocks: Int, recoveryTimeout: Duration, mergeThreshold: UInt64,
+         fencer: Fencer, cacheBlocks: Int, itemCacheBytes: Int, recoveryTimeout: Duration, mergeThreshold: UInt64,
          onServing: @escaping @Sendable (Bool) -> Void, log: @escaping @Sendable (String) -> Void) throws {
         guard let mine = sb.quorumSlots.first(where: { Int($0.slot) == slot }) else {
             throw StoreError(.invalid, "quorum slot \(slot) is not configured in this filesystem")
@@ -101,6 +102,7 @@ final class MountLeadership: Sendable {
         self.key = key
         self.fencer = fencer
         self.cacheBlocks = cacheBlocks
+        self.itemCacheBytes = itemCacheBytes
         self.recoveryTimeout = recoveryTimeout
         self.mergeThreshold = mergeThreshold
         self.onServing = onServing
@@ -177,7 +179,8 @@ final class MountLeadership: Sendable {
         }
         let agent = localAgent
         let cluster = try LocalCluster(store: store, mergeThreshold: mergeThreshold, several: true, takeover: LocalCluster.Takeover(
-            term: term, fencer: fencer, timeout: takeoverWait, linger: recoveryTimeout, isGone: { agent.isGone($0) }))
+            term: term, fencer: fencer, timeout: takeoverWait, linger: recoveryTimeout, isGone: { agent.isGone($0) }),
+            itemCacheBytes: itemCacheBytes)
         let told = reclaimed
         cluster.whenNodeReclaimed { rid in told.call(rid) }
         do {

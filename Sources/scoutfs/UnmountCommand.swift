@@ -45,7 +45,7 @@ struct UnmountCommand: ParsableCommand {
 struct StatusCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "status",
-        abstract: "Show a mount's daemon pid, devices, quorum slot, role in the cluster, the server, the connected nodes, the locks it holds and its last committed seq."
+        abstract: "Show a mount's daemon pid, devices, quorum slot, role in the cluster, the server, the connected nodes, the locks it holds, what its memory holds and its last committed seq."
     )
 
     @Flag(help: "Print JSON instead of text.") var json = false
@@ -71,9 +71,11 @@ struct StatusCommand: ParsableCommand {
                 var lockRequests: UInt64?
                 var lockGrants: UInt64?
                 var lockInvalidations: UInt64?
+                var memory: MemoryUse?
                 func encode(to encoder: any Encoder) throws {
                     try mount.encode(to: encoder)
-                    enum K: String, CodingKey { case connected, nodes, locksHeld, lockRequests, lockGrants, lockInvalidations }
+                    enum K: String, CodingKey { case connected, nodes, locksHeld, lockRequests, lockGrants, lockInvalidations, memory }
+                    enum M: String, CodingKey { case blockBytes, blockBytesInUse, itemBytes, kernelInodes }
                     var c = encoder.container(keyedBy: K.self)
                     try c.encodeIfPresent(connected, forKey: .connected)
                     try c.encodeIfPresent(nodes, forKey: .nodes)
@@ -81,11 +83,18 @@ struct StatusCommand: ParsableCommand {
                     try c.encodeIfPresent(lockRequests, forKey: .lockRequests)
                     try c.encodeIfPresent(lockGrants, forKey: .lockGrants)
                     try c.encodeIfPresent(lockInvalidations, forKey: .lockInvalidations)
+                    if let memory {
+                        var m = c.nestedContainer(keyedBy: M.self, forKey: .memory)
+                        try m.encode(memory.blockBytes, forKey: .blockBytes)
+                        try m.encode(memory.blockBytesInUse, forKey: .blockBytesInUse)
+                        try m.encode(memory.itemBytes, forKey: .itemBytes)
+                        try m.encode(memory.kernelInodes, forKey: .kernelInodes)
+                    }
                 }
             }
             try printJSON(Status(mount: rec, connected: live?.connected, nodes: live.map { $0.nodes.map { hex($0) } },
                                  locksHeld: live?.locksHeld, lockRequests: live?.lockRequests, lockGrants: live?.lockGrants,
-                                 lockInvalidations: live?.lockInvalidations))
+                                 lockInvalidations: live?.lockInvalidations, memory: live?.memory))
         } else {
             print("mountpoint     \(rec.mountpoint)")
             print("pid            \(rec.pid)")
@@ -97,6 +106,10 @@ struct StatusCommand: ParsableCommand {
             if let live {
                 if live.isServer { print("nodes          \(live.nodes.isEmpty ? "none" : live.nodes.map { hex($0) }.joined(separator: " "))") }
                 print("locks held     \(live.locksHeld) (requests \(live.lockRequests), grants \(live.lockGrants), invalidations \(live.lockInvalidations))")
+                if let m = live.memory {
+                    let mib = { (b: UInt64) in String(format: "%.0f MiB", Double(b) / 1_048_576) }
+                    print("memory         blocks \(mib(m.blockBytesInUse)) of \(mib(m.blockBytes)) taken, items \(mib(m.itemBytes)), kernel inodes \(m.kernelInodes)")
+                }
             }
             print("committed seq  \(rec.committedSeq)")
             if let log = rec.log { print("log            \(log)") }

@@ -607,3 +607,62 @@ final class FilesystemCluster {
         #expect(try Self.names(c[0], Self.root) == ["f"])
     }
 }
+
+/// What a mount would send the kernel, recorded.
+final class RecordedInvalidations: KernelInvalidation, @unchecked Sendable {
+    private let pruned = Mutex<[(parent: UInt64, name: String)]>([])
+    var prunes: [(parent: UInt64, name: String)] { pruned.withLock { $0 } }
+    func invalidateAttributes(_ ino: UInt64) {}
+    func invalidateInode(_ ino: UInt64) {}
+    func invalidateEntry(_ parent: UInt64, _ name: [UInt8]) {}
+    func pruneEntry(_ parent: UInt64, _ name: [UInt8]) {
+        pruned.withLock { $0.append((parent, String(decoding: name, as: UTF8.self))) }
+    }
+    func flush(within seconds: Double) -> Bool { true }
+}
+
+@Suite struct KernelInodeBoundTests {
+    /// Past the bound, each inode the kernel takes has it asked to drop the oldest names it
+    /// holds, files only, oldest first; the kernel's forgets bring the count back under, and
+    /// a name the kernel looks up again is held (and prunable) again.
+    @Test func theOldestFilesTheKernelHoldsAreAskedBackPastTheBound() throws {
+        let c = try FilesystemCluster(clients: 1)
+        let fs = c[0]
+        let sent = RecordedInvalidations()
+        fs.invalidateKernelCaches(through: sent, kernelInodes: 10)
+        let user = ClusterFilesystemTests.user
+        let dir = try fs.mkdir(ClusterFilesystemTests.root, Array("d".utf8), mode: 0o755, caller: user).ino
+        var inos: [UInt64] = []
+        for i in 0..<8 {
+            let a = try fs.create(dir, Array("f\(i)".utf8), mode: 0o644, flags: O_RDWR, caller: user)
+            try fs.release(a.ino)
+            inos.append(a.ino)
+        }
+        // The directory and eight files: under the bound, nothing asked.
+        #expect(sent.prunes.isEmpty)
+        #expect(fs.shared.refs.kernelInodeCount == 9)
+        for i in 8..<12 {
+            let a = try fs.create(dir, Array("f\(i)".utf8), mode: 0o644, flags: O_RDWR, caller: user)
+            try fs.release(a.ino)
+            inos.append(a.ino)
+        }
+        // 13 held: the 11th, 12th and 13th each asked for up to two of the oldest files
+        // (never the directory, which came first).
+        let asked = sent.prunes.map(\.name)
+        #expect(asked == ["f0", "f1", "f2", "f3", "f4", "f5"], "asked \(asked)")
+        #expect(sent.prunes.allSatisfy { $0.parent == dir })
+        // The kernel drops them: their forgets end their records.
+        for i in 0..<6 { _ = try fs.forget(inos[i], 1) }
+        #expect(fs.shared.refs.kernelInodeCount == 7)
+        // Looked up again, f0 is held again and the newest.
+        _ = try fs.lookup(dir, Array("f0".utf8))
+        #expect(fs.shared.refs.kernelInodeCount == 8)
+        for i in 12..<15 {
+            let a = try fs.create(dir, Array("f\(i)".utf8), mode: 0o644, flags: O_RDWR, caller: user)
+            try fs.release(a.ino)
+        }
+        // 11 held: the next oldest go, and f0 (now newer than f6…f14) does not.
+        #expect(sent.prunes.dropFirst(6).map(\.name) == ["f6", "f7"], "asked \(sent.prunes.map(\.name))")
+        try c.leaveAll()
+    }
+}

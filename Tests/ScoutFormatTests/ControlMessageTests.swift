@@ -54,6 +54,8 @@ import Testing
         .totals([XattrTotal(name: XattrTotalName(a: 1, b: 2, c: 3), total: -4, count: 5)]),
         .clusterStatus(ClusterStatus(isServer: true, connected: true, nodes: [2, .max], locksHeld: 3, lockRequests: 4, lockGrants: 5, lockInvalidations: 6)),
         .clusterStatus(ClusterStatus(isServer: false, connected: false, nodes: [], locksHeld: 0, lockRequests: 0, lockGrants: 0, lockInvalidations: 0)),
+        .clusterStatus(ClusterStatus(isServer: true, connected: true, nodes: [7], locksHeld: 1, lockRequests: 2, lockGrants: 3, lockInvalidations: 4,
+                                     memory: MemoryUse(blockBytes: 256 << 20, blockBytesInUse: 5 << 16, itemBytes: 12345, kernelInodes: .max))),
         .fiemap([FiemapExtent(logical: 0, physical: 0, length: 4096, flags: FiemapExtent.unknown),
                  FiemapExtent(logical: 8192, physical: 1 << 40, length: 1 << 30, flags: FiemapExtent.last)], end: true),
         .fiemap([], end: false),

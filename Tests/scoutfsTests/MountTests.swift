@@ -230,6 +230,14 @@ import Testing
         let st = try CLI.run(["status", m.mnt])
         #expect(st.stdout.contains("pid            \(m.pid)"))
         #expect(st.stdout.contains("quorum slot    0"))
+        // The kernel holds every file it just created (and the root): the daemon keeps a
+        // record of each and says how many.
+        for i in 0..<25 { try Sys.writeFile(m.path("held\(i)"), [1]) }
+        let js = try JSONSerialization.jsonObject(with: Data(try CLI.run(["status", "--json", m.mnt]).stdout.utf8)) as? [String: Any]
+        let memory = js?["memory"] as? [String: Any]
+        #expect((memory?["kernelInodes"] as? Int ?? 0) >= 25)
+        #expect((memory?["blockBytes"] as? Int ?? 0) >= 16 << 20)
+        #expect(try CLI.run(["status", m.mnt]).stdout.contains("memory         blocks "))
         try Sys.writeFile(m.path("before-term"), [42])
         // SIGTERM commits and unmounts.
         kill(m.pid, SIGTERM)
@@ -239,6 +247,27 @@ import Testing
         #expect(try Sys.readFile(m.path("before-term")) == [42])
         try m.unmount()
         #expect(try CLI.run(["status", m.mnt]).status == 1)
+    }
+
+    /// With a bound on the files the kernel keeps, the daemon's count of them comes back
+    /// under it once the kernel has dropped the oldest, and every file still reads back what
+    /// was written to it (each found again by a fresh lookup).
+    @Test func theKernelKeepsNoMoreFilesThanTheBound() throws {
+        let m = try TestMount()
+        defer { m.cleanup() }
+        try m.mount(["--kernel-inodes", "40"])
+        try Sys.check(mkdir(m.path("d"), 0o755), "mkdir")
+        for i in 0..<300 { try Sys.writeFile(m.path("d/f\(i)"), Array("file \(i)".utf8)) }
+        func held() throws -> Int {
+            let js = try JSONSerialization.jsonObject(with: Data(try CLI.run(["status", "--json", m.mnt]).stdout.utf8)) as? [String: Any]
+            return (js?["memory"] as? [String: Any])?["kernelInodes"] as? Int ?? -1
+        }
+        #expect(try eventually { try held() <= 40 }, "the kernel still holds \((try? held()) ?? -1) inodes")
+        for i in 0..<300 { #expect(try Sys.readFile(m.path("d/f\(i)")) == Array("file \(i)".utf8)) }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: m.path("d")).count == 300)
+        #expect(try eventually { try held() <= 40 }, "after reading them back the kernel holds \((try? held()) ?? -1) inodes")
+        try m.unmount()
+        #expect(try m.check().status == 0)
     }
 
     /// Two nodes creating in one directory at once hand its lock back and forth, and each
