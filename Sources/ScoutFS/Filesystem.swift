@@ -613,7 +613,7 @@ final class InodeReferences: Sendable {
             return a.count > 2 * count + 4096
         }
         if compact { compactAge() }
-        if count > limit { pruneOldest(limit: limit) }
+        if count > limit { pruneOldest(upTo: 2) }
     }
 
     /// Drops `n` of the kernel's references to `ino`; true when the inode may now be freed.
@@ -626,6 +626,12 @@ final class InodeReferences: Sendable {
             }
             return unused
         }
+    }
+
+    /// A rename made here: the kernel moved its entries as `moves` says (`KernelNames.move`).
+    func renamed(_ moves: [(ino: UInt64, from: (parent: UInt64, name: [UInt8]), to: (parent: UInt64, name: [UInt8])?)]) {
+        guard tracksKernel.load(ordering: .acquiring) else { return }
+        kernel.withLock { $0?.move(moves) }
     }
 
     /// Inodes the kernel holds a lookup reference to.
@@ -641,12 +647,17 @@ final class InodeReferences: Sendable {
         pruneLimit.store(limit, ordering: .relaxed)
     }
 
-    private func pruneOldest(limit: Int) {
-        guard let target = pruneTarget.withLock({ $0 }) else { return }
+    /// Asks the kernel to drop up to `most` of the oldest files it holds while it holds more
+    /// than the bound: two for each new inode it takes, and, while it is idle, what that left
+    /// over (names in use then, or whose directory a request held) — a pass from the
+    /// notifier's thread (`KernelInvalidation.whenIdle`).
+    func pruneOldest(upTo most: Int) {
+        let limit = pruneLimit.load(ordering: .relaxed)
+        guard limit > 0, let target = pruneTarget.withLock({ $0 }) else { return }
         var asked = 0
         var looked = 0
         // Inodes the kernel forgot of itself are passed over, a bounded number per call.
-        while asked < 2, looked < 16, held.load(ordering: .relaxed) > limit {
+        while asked < most, looked < 8 * most, held.load(ordering: .relaxed) > limit {
             guard let ino = age.withLock({ $0.pop() }) else { return }
             looked += 1
             let names = withLock(ino) { r in
@@ -655,6 +666,9 @@ final class InodeReferences: Sendable {
             guard !names.isEmpty else { continue }
             for n in names { target.pruneEntry(n.parent, n.name) }
             asked += 1
+            // Back in line: a name in use stays in the kernel, and is asked again once it is
+            // the oldest again (the kernel's forget of one it dropped makes this a no-op).
+            age.withLock { $0.push(ino) }
         }
     }
 

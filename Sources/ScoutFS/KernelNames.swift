@@ -28,9 +28,37 @@ struct KernelNames {
     mutating func note(_ ino: UInt64, in parent: UInt64?, name: [UInt8]?) {
         inodes[Self.group(ino), default: []].insert(ino)
         guard let parent, let name else { return }
+        // The name the kernel was given first, again (every entry of a directory listed
+        // again): known, and spares hashing it into its directory's set.
+        if let first = firstNameOf[ino], first.parent == parent, first.name == name { return }
         let n = Name(parent: parent, name: name, child: ino)
         guard names[Self.group(parent), default: []].insert(n).inserted else { return }
         if firstNameOf[ino] == nil { firstNameOf[ino] = n } else { moreNamesOf[ino, default: []].append(n) }
+    }
+
+    /// Names moved by a rename made here, as the kernel moves its entries: each `moves` entry
+    /// leaves `from` (if it had one: for a replaced target, `to` is nil) and, if the kernel
+    /// holds its inode, takes `to`. All leave first, so an exchange's two names can cross.
+    mutating func move(_ moves: [(ino: UInt64, from: (parent: UInt64, name: [UInt8]), to: (parent: UInt64, name: [UInt8])?)]) {
+        for m in moves { drop(m.ino, in: m.from.parent, name: m.from.name) }
+        for m in moves {
+            guard let to = m.to, inodes[Self.group(m.ino)]?.contains(m.ino) == true else { continue }
+            note(m.ino, in: to.parent, name: to.name)
+        }
+    }
+
+    private mutating func drop(_ ino: UInt64, in parent: UInt64, name: [UInt8]) {
+        let n = Name(parent: parent, name: name, child: ino)
+        let g = Self.group(parent)
+        guard names[g]?.remove(n) != nil else { return }
+        if names[g]?.isEmpty == true { names[g] = nil }
+        var more = moreNamesOf.removeValue(forKey: ino) ?? []
+        if firstNameOf[ino] == n {
+            firstNameOf[ino] = more.isEmpty ? nil : more.removeFirst()
+        } else {
+            more.removeAll { $0 == n }
+        }
+        if !more.isEmpty { moreNamesOf[ino] = more }
     }
 
     /// The kernel dropped its last reference to `ino`: nothing of it is cached there now.
@@ -71,6 +99,8 @@ public protocol KernelInvalidation: Sendable {
     /// Drop the name `name` in directory `parent` if the kernel does not use it, when nothing
     /// else waits to be sent (queued apart: `flush` does not wait for it; may be dropped).
     func pruneEntry(_ parent: UInt64, _ name: [UInt8])
+    /// Calls `body` from time to time while nothing is queued.
+    func whenIdle(_ body: @escaping @Sendable () -> Void)
     /// Waits up to `seconds` until everything queued so far has reached the kernel; false if
     /// the time ran out (a request holds what a notification needs).
     func flush(within seconds: Double) -> Bool
@@ -85,7 +115,11 @@ extension Filesystem {
     public func invalidateKernelCaches(through target: any KernelInvalidation, kernelInodes: Int = 0) {
         guard host.several else { return }
         shared.refs.trackKernel()
-        if kernelInodes > 0 { shared.refs.prune(through: target, limit: kernelInodes) }
+        if kernelInodes > 0 {
+            shared.refs.prune(through: target, limit: kernelInodes)
+            let refs = shared.refs
+            target.whenIdle { [weak refs] in refs?.pruneOldest(upTo: 256) }
+        }
         let refs = shared.refs
         let timeouts = shared
         cluster.addDropHook { [weak timeouts] range in

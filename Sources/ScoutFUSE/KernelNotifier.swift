@@ -5,6 +5,7 @@ import CFuse3
 import ScoutClient
 import ScoutFS
 import ScoutFormat
+import Synchronization
 
 /// Drops the kernel's cached attributes of `ino` on `session`. A negative offset: attributes
 /// only, which the kernel drops by bumping a version under a spinlock, so this never waits
@@ -49,6 +50,7 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
         var prunesSent = 0
     }
     private static let pruneLimit = 1 << 16
+    private let idle = Mutex<(@Sendable () -> Void)?>(nil)
     /// Prunes sent before the queue is looked at again for a hook's notes.
     private static let pruneBatch = 32
     private let queue = BlockingMutex(Queue())
@@ -78,6 +80,11 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
             q.notes.append(.entry(parent, name))
             q.queued += 1
         }
+        wake.unpark()
+    }
+
+    func whenIdle(_ body: @escaping @Sendable () -> Void) {
+        idle.withLock { $0 = body }
         wake.unpark()
     }
 
@@ -204,7 +211,14 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
                 q.sendingDone = 0
             }
             if stopping { return }
-            if notes.isEmpty && prunes.isEmpty { wake.park() }
+            if notes.isEmpty && prunes.isEmpty {
+                // Idle: a pass of whoever asked, at most a few times a second.
+                if let body = idle.withLock({ $0 }) {
+                    if !wake.park(seconds: 0.2) { body() }
+                } else {
+                    wake.park()
+                }
+            }
         }
     }
 

@@ -611,14 +611,19 @@ final class FilesystemCluster {
 /// What a mount would send the kernel, recorded.
 final class RecordedInvalidations: KernelInvalidation, @unchecked Sendable {
     private let pruned = Mutex<[(parent: UInt64, name: String)]>([])
+    private let dropped = Mutex<[(parent: UInt64, name: String)]>([])
     var prunes: [(parent: UInt64, name: String)] { pruned.withLock { $0 } }
+    var entries: [(parent: UInt64, name: String)] { dropped.withLock { $0 } }
     func invalidateAttributes(_ ino: UInt64) {}
     func invalidateInode(_ ino: UInt64) {}
-    func invalidateEntry(_ parent: UInt64, _ name: [UInt8]) {}
+    func invalidateEntry(_ parent: UInt64, _ name: [UInt8]) {
+        dropped.withLock { $0.append((parent, String(decoding: name, as: UTF8.self))) }
+    }
     func pruneEntry(_ parent: UInt64, _ name: [UInt8]) {
         pruned.withLock { $0.append((parent, String(decoding: name, as: UTF8.self))) }
     }
     func flush(within seconds: Double) -> Bool { true }
+    func whenIdle(_ body: @escaping @Sendable () -> Void) {}
 }
 
 @Suite struct KernelInodeBoundTests {
@@ -663,6 +668,37 @@ final class RecordedInvalidations: KernelInvalidation, @unchecked Sendable {
         }
         // 11 held: the next oldest go, and f0 (now newer than f6…f14) does not.
         #expect(sent.prunes.dropFirst(6).map(\.name) == ["f6", "f7"], "asked \(sent.prunes.map(\.name))")
+        try c.leaveAll()
+    }
+
+    /// The kernel moves its entries at a rename made here; the names kept for it follow, so
+    /// the bound asks for the name the kernel has (an exchange's two cross, a replaced
+    /// target's goes), and so does a lock's hand-over.
+    @Test func renamesMoveTheNamesKeptForTheKernel() throws {
+        let c = try FilesystemCluster(clients: 2)
+        let fs = c[0]
+        let sent = RecordedInvalidations()
+        fs.invalidateKernelCaches(through: sent, kernelInodes: 5)
+        let user = ClusterFilesystemTests.user
+        let dir = try fs.mkdir(ClusterFilesystemTests.root, Array("d".utf8), mode: 0o755, caller: user).ino
+        for n in ["a", "b", "c", "x"] {
+            let f = try fs.create(dir, Array(n.utf8), mode: 0o644, flags: O_RDWR, caller: user)
+            try fs.release(f.ino)
+        }
+        try fs.rename(dir, Array("a".utf8), dir, Array("a2".utf8))
+        try fs.rename(dir, Array("b".utf8), dir, Array("c".utf8), flags: LinuxABI.renameExchange)
+        try fs.rename(dir, Array("x".utf8), dir, Array("a2".utf8))
+        // Five held (the directory and four files, "a2" now the file that was "x"): the next
+        // asks for the two oldest files under the names they have now.
+        let f = try fs.create(dir, Array("e".utf8), mode: 0o644, flags: O_RDWR, caller: user)
+        try fs.release(f.ino)
+        #expect(Set(sent.prunes.map(\.name)) == ["c", "b"], "asked \(sent.prunes.map(\.name))")
+        // Another client writing in the directory takes its lock: every name the kernel has
+        // there is dropped, and none it no longer has.
+        let other = try c[1].create(dir, Array("from-b".utf8), mode: 0o644, flags: O_RDWR, caller: user)
+        try c[1].release(other.ino)
+        let names = Set(sent.entries.filter { $0.parent == dir }.map(\.name))
+        #expect(names == ["a2", "b", "c", "e"], "dropped \(names)")
         try c.leaveAll()
     }
 }
