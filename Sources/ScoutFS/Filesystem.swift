@@ -672,8 +672,8 @@ final class InodeReferences: Sendable {
         }
     }
 
-    /// Drops from `age` the inodes the kernel no longer holds: it grows by one for every inode
-    /// the kernel takes, and only a pass over the bound takes from it.
+    /// Drops from `age` the inodes the kernel no longer holds, and repeats: it grows by one for
+    /// every inode the kernel takes, and only a pass over the bound takes from it.
     private func compactAge() {
         age.withLock { a in
             a.keep { ino in withLock(ino) { $0.lookupCount[ino] != nil } }
@@ -713,8 +713,13 @@ struct KernelAge {
         return ino
     }
 
+    /// Keeps the inodes `isKept` says, each once, where it last came in line (an inode the
+    /// kernel dropped and took again, or asked for and put back, is in line more than once).
     mutating func keep(where isKept: (UInt64) -> Bool) {
-        inos = inos[head...].filter(isKept)
+        var seen = Set<UInt64>()
+        var kept: [UInt64] = []
+        for ino in inos[head...].reversed() where seen.insert(ino).inserted && isKept(ino) { kept.append(ino) }
+        inos = kept.reversed()
         head = 0
     }
 }

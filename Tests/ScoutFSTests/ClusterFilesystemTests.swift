@@ -702,3 +702,16 @@ final class RecordedInvalidations: KernelInvalidation, @unchecked Sendable {
         try c.leaveAll()
     }
 }
+
+@Suite struct KernelAgeTests {
+    @Test func compactingKeepsEachHeldInodeOnceWhereItLastCameInLine() {
+        var age = KernelAge()
+        for ino: UInt64 in [1, 2, 3, 1, 4, 2, 5] { age.push(ino) }
+        #expect(age.pop() == 1)
+        // 2 and 1 came back in line; 3 is no longer held.
+        age.keep { $0 != 3 }
+        var order: [UInt64] = []
+        while let ino = age.pop() { order.append(ino) }
+        #expect(order == [1, 4, 2, 5])
+    }
+}
