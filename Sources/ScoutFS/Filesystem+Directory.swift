@@ -341,8 +341,7 @@ extension FSCore {
         // The kernel moves its entries as the reply says: the names kept for dropping them
         // follow, or a later hand-over (or the bound on the kernel's inodes) would drop the
         // old name and leave the new one cached.
-        var moves: [(ino: UInt64, from: (parent: UInt64, name: [UInt8]), to: (parent: UInt64, name: [UInt8])?)] =
-            [(src.record.ino, (oldDir, oldName), (newDir, newName))]
+        var moves: [KernelNames.Move] = [(src.record.ino, (oldDir, oldName), (newDir, newName))]
         if let dst { moves.append((dst.record.ino, (newDir, newName), exchange ? (oldDir, oldName) : nil)) }
         shared.refs.renamed(moves)
     }

@@ -584,10 +584,11 @@ final class InodeReferences: Sendable {
     /// Inodes the kernel holds a lookup reference to (entries of the shards' `lookupCount`).
     private let held = Atomic<Int>(0)
     /// Past this many, the kernel is asked to drop the names of the oldest it holds (0: no
-    /// bound), through `pruneTarget`, in the order it took them (`age`).
+    /// bound), through `pruneTarget`, in the order it took them (`age`: files only; an inode
+    /// dropped and taken again, or asked for and put back, may be in it more than once).
     private let pruneLimit = Atomic<Int>(0)
     private let pruneTarget = Mutex<(any KernelInvalidation)?>(nil)
-    private let age = Mutex(KernelAge())
+    private let age = Mutex(FIFO<UInt64>())
 
     /// Runs `body` on the references of `ino`'s shard.
     func withLock<T>(_ ino: UInt64, _ body: (inout InodeRefs) throws -> T) rethrows -> T {
@@ -609,7 +610,7 @@ final class InodeReferences: Sendable {
         let limit = pruneLimit.load(ordering: .relaxed)
         guard limit > 0, prunable, name != nil else { return }
         let compact = age.withLock { a in
-            a.push(ino)
+            a.append(ino)
             return a.count > 2 * count + 4096
         }
         if compact { compactAge() }
@@ -629,7 +630,7 @@ final class InodeReferences: Sendable {
     }
 
     /// A rename made here: the kernel moved its entries as `moves` says (`KernelNames.move`).
-    func renamed(_ moves: [(ino: UInt64, from: (parent: UInt64, name: [UInt8]), to: (parent: UInt64, name: [UInt8])?)]) {
+    func renamed(_ moves: [KernelNames.Move]) {
         guard tracksKernel.load(ordering: .acquiring) else { return }
         kernel.withLock { $0?.move(moves) }
     }
@@ -658,7 +659,7 @@ final class InodeReferences: Sendable {
         var looked = 0
         // Inodes the kernel forgot of itself are passed over, a bounded number per call.
         while asked < most, looked < 8 * most, held.load(ordering: .relaxed) > limit {
-            guard let ino = age.withLock({ $0.pop() }) else { return }
+            guard let ino = age.withLock({ $0.popFirst() }) else { return }
             looked += 1
             let names = withLock(ino) { r in
                 r.lookupCount[ino] == nil ? [] : kernel.withLock { $0?.names(of: ino) ?? [] }
@@ -668,7 +669,7 @@ final class InodeReferences: Sendable {
             asked += 1
             // Back in line: a name in use stays in the kernel, and is asked again once it is
             // the oldest again (the kernel's forget of one it dropped makes this a no-op).
-            age.withLock { $0.push(ino) }
+            age.withLock { $0.append(ino) }
         }
     }
 
@@ -676,7 +677,7 @@ final class InodeReferences: Sendable {
     /// every inode the kernel takes, and only a pass over the bound takes from it.
     private func compactAge() {
         age.withLock { a in
-            a.keep { ino in withLock(ino) { $0.lookupCount[ino] != nil } }
+            a.keepLast { ino in withLock(ino) { $0.lookupCount[ino] != nil } }
         }
     }
 
@@ -689,38 +690,6 @@ final class InodeReferences: Sendable {
     /// What the kernel caches under inode group `group`'s lock.
     func kernelCached(inGroup group: UInt64) -> (inodes: [UInt64], names: [(parent: UInt64, name: [UInt8])]) {
         kernel.withLock { $0?.cached(inGroup: group) ?? ([], []) }
-    }
-}
-
-/// Inodes in the order the kernel took them, oldest first (`InodeReferences.prune`).
-struct KernelAge {
-    private var inos: [UInt64] = []
-    private var head = 0
-
-    var count: Int { inos.count - head }
-
-    mutating func push(_ ino: UInt64) { inos.append(ino) }
-
-    mutating func pop() -> UInt64? {
-        guard head < inos.count else { return nil }
-        let ino = inos[head]
-        head += 1
-        // The taken front goes once it is half the array, so each is moved once on average.
-        if head > 1024, head * 2 > inos.count {
-            inos.removeFirst(head)
-            head = 0
-        }
-        return ino
-    }
-
-    /// Keeps the inodes `isKept` says, each once, where it last came in line (an inode the
-    /// kernel dropped and took again, or asked for and put back, is in line more than once).
-    mutating func keep(where isKept: (UInt64) -> Bool) {
-        var seen = Set<UInt64>()
-        var kept: [UInt64] = []
-        for ino in inos[head...].reversed() where seen.insert(ino).inserted && isKept(ino) { kept.append(ino) }
-        inos = kept.reversed()
-        head = 0
     }
 }
 

@@ -36,10 +36,14 @@ struct KernelNames {
         if firstNameOf[ino] == nil { firstNameOf[ino] = n } else { moreNamesOf[ino, default: []].append(n) }
     }
 
-    /// Names moved by a rename made here, as the kernel moves its entries: each `moves` entry
-    /// leaves `from` (if it had one: for a replaced target, `to` is nil) and, if the kernel
-    /// holds its inode, takes `to`. All leave first, so an exchange's two names can cross.
-    mutating func move(_ moves: [(ino: UInt64, from: (parent: UInt64, name: [UInt8]), to: (parent: UInt64, name: [UInt8])?)]) {
+    /// One inode's name moved by a rename made here: it leaves `from` and takes `to` (nil for
+    /// a replaced target, whose name is gone).
+    typealias Move = (ino: UInt64, from: (parent: UInt64, name: [UInt8]), to: (parent: UInt64, name: [UInt8])?)
+
+    /// Names moved by a rename made here, as the kernel moves its entries: each leaves `from`
+    /// (if it had one) and, if the kernel holds its inode, takes `to`. All leave first, so an
+    /// exchange's two names can cross.
+    mutating func move(_ moves: [Move]) {
         for m in moves { drop(m.ino, in: m.from.parent, name: m.from.name) }
         for m in moves {
             guard let to = m.to, inodes[Self.group(m.ino)]?.contains(m.ino) == true else { continue }
@@ -115,12 +119,11 @@ extension Filesystem {
     public func invalidateKernelCaches(through target: any KernelInvalidation, kernelInodes: Int = 0) {
         guard host.several else { return }
         shared.refs.trackKernel()
+        let refs = shared.refs
         if kernelInodes > 0 {
-            shared.refs.prune(through: target, limit: kernelInodes)
-            let refs = shared.refs
+            refs.prune(through: target, limit: kernelInodes)
             target.whenIdle { [weak refs] in refs?.pruneOldest(upTo: 256) }
         }
-        let refs = shared.refs
         let timeouts = shared
         cluster.addDropHook { [weak timeouts] range in
             guard let group = range.inodeGroupNumber else { return }

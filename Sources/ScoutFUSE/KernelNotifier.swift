@@ -14,6 +14,16 @@ func dropKernelAttributes(_ session: OpaquePointer?, _ ino: UInt64) {
     _ = fuse_lowlevel_notify_inval_inode(session, ino, -1, 0)
 }
 
+/// Drops the kernel's entry `name` in directory `parent` on `session`: takes the directory's
+/// inode lock in the kernel, so it waits for a request that holds it.
+func dropKernelEntry(_ session: OpaquePointer?, _ parent: UInt64, _ name: [UInt8]) {
+    _ = name.withUnsafeBufferPointer { b in
+        b.withMemoryRebound(to: CChar.self) { c in
+            fuse_lowlevel_notify_inval_entry(session, parent, c.baseAddress, c.count)
+        }
+    }
+}
+
 /// Tells the kernel what to drop from its caches when this client gives a lock up. Attributes
 /// are dropped on the spot: the kernel only bumps a version under a spinlock. Names and pages
 /// go through a thread of its own, because those notifications can wait inside the kernel:
@@ -46,8 +56,7 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
         /// Names to drop to keep the kernel's inodes within their bound: sent when no hook's
         /// notes wait, never waited for, and dropped past `pruneLimit` (a later pass over the
         /// bound asks again).
-        var prunes: [(parent: UInt64, name: [UInt8])] = []
-        var prunesSent = 0
+        var prunes = FIFO<(parent: UInt64, name: [UInt8])>()
     }
     private static let pruneLimit = 1 << 16
     private let idle = Mutex<(@Sendable () -> Void)?>(nil)
@@ -90,7 +99,7 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
 
     func pruneEntry(_ parent: UInt64, _ name: [UInt8]) {
         let queued = queue.withLock { q in
-            guard q.prunes.count - q.prunesSent < Self.pruneLimit else { return false }
+            guard q.prunes.count < Self.pruneLimit else { return false }
             q.prunes.append((parent, name))
             return true
         }
@@ -147,19 +156,7 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
                 q.sending = q.notes
                 q.sendingDone = 0
                 // Prunes only once the hooks' notes are out, a few at a time.
-                var prunes: ArraySlice<(parent: UInt64, name: [UInt8])> = []
-                if q.notes.isEmpty && !q.stopping {
-                    prunes = q.prunes[q.prunesSent...].prefix(Self.pruneBatch)
-                    q.prunesSent += prunes.count
-                    // The sent front goes once it is half the array: each moves once on average.
-                    if q.prunesSent > Self.pruneBatch * 64, q.prunesSent * 2 > q.prunes.count {
-                        q.prunes.removeFirst(q.prunesSent)
-                        q.prunesSent = 0
-                    } else if q.prunesSent == q.prunes.count {
-                        q.prunes.removeAll(keepingCapacity: true)
-                        q.prunesSent = 0
-                    }
-                }
+                let prunes = q.notes.isEmpty && !q.stopping ? q.prunes.popFirst(upTo: Self.pruneBatch) : []
                 return (q.notes, prunes, q.stopping)
             }
             var deferred: [(parent: UInt64, name: [UInt8])] = []
@@ -170,15 +167,11 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
                     deferred.append(p)
                     continue
                 }
-                _ = p.name.withUnsafeBufferPointer { b in
-                    b.withMemoryRebound(to: CChar.self) { c in
-                        fuse_lowlevel_notify_inval_entry(se, p.parent, c.baseAddress, c.count)
-                    }
-                }
+                dropKernelEntry(se, p.parent, p.name)
             }
             if !deferred.isEmpty {
                 queue.withLock { q in
-                    if q.prunes.count - q.prunesSent < Self.pruneLimit { q.prunes += deferred }
+                    if q.prunes.count < Self.pruneLimit { q.prunes.append(contentsOf: deferred) }
                 }
                 // Every one deferred: their directories are in use; try again in a while
                 // rather than spin.
@@ -190,11 +183,7 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
                 case .inode(let ino):
                     _ = fuse_lowlevel_notify_inval_inode(se, ino, 0, 0)
                 case .entry(let parent, let name):
-                    _ = name.withUnsafeBufferPointer { b in
-                        b.withMemoryRebound(to: CChar.self) { c in
-                            fuse_lowlevel_notify_inval_entry(se, parent, c.baseAddress, c.count)
-                        }
-                    }
+                    dropKernelEntry(se, parent, name)
                 }
                 let ready = queue.withLock { q -> [Parker] in
                     q.sendingDone += 1

@@ -627,6 +627,16 @@ final class RecordedInvalidations: KernelInvalidation, @unchecked Sendable {
 }
 
 @Suite struct KernelInodeBoundTests {
+    /// Creates and closes each of `names` in `dir` (the kernel holds each new file): their
+    /// inode numbers.
+    static func created(_ fs: Filesystem, _ dir: UInt64, _ names: [String]) throws -> [UInt64] {
+        try names.map { n in
+            let a = try fs.create(dir, Array(n.utf8), mode: 0o644, flags: O_RDWR, caller: ClusterFilesystemTests.user)
+            try fs.release(a.ino)
+            return a.ino
+        }
+    }
+
     /// Past the bound, each inode the kernel takes has it asked to drop the oldest names it
     /// holds, files only, oldest first; the kernel's forgets bring the count back under, and
     /// a name the kernel looks up again is held (and prunable) again.
@@ -637,20 +647,11 @@ final class RecordedInvalidations: KernelInvalidation, @unchecked Sendable {
         fs.invalidateKernelCaches(through: sent, kernelInodes: 10)
         let user = ClusterFilesystemTests.user
         let dir = try fs.mkdir(ClusterFilesystemTests.root, Array("d".utf8), mode: 0o755, caller: user).ino
-        var inos: [UInt64] = []
-        for i in 0..<8 {
-            let a = try fs.create(dir, Array("f\(i)".utf8), mode: 0o644, flags: O_RDWR, caller: user)
-            try fs.release(a.ino)
-            inos.append(a.ino)
-        }
+        var inos = try Self.created(fs, dir, (0..<8).map { "f\($0)" })
         // The directory and eight files: under the bound, nothing asked.
         #expect(sent.prunes.isEmpty)
         #expect(fs.shared.refs.kernelInodeCount == 9)
-        for i in 8..<12 {
-            let a = try fs.create(dir, Array("f\(i)".utf8), mode: 0o644, flags: O_RDWR, caller: user)
-            try fs.release(a.ino)
-            inos.append(a.ino)
-        }
+        inos += try Self.created(fs, dir, (8..<12).map { "f\($0)" })
         // 13 held: the 11th, 12th and 13th each asked for up to two of the oldest files
         // (never the directory, which came first).
         let asked = sent.prunes.map(\.name)
@@ -662,10 +663,7 @@ final class RecordedInvalidations: KernelInvalidation, @unchecked Sendable {
         // Looked up again, f0 is held again and the newest.
         _ = try fs.lookup(dir, Array("f0".utf8))
         #expect(fs.shared.refs.kernelInodeCount == 8)
-        for i in 12..<15 {
-            let a = try fs.create(dir, Array("f\(i)".utf8), mode: 0o644, flags: O_RDWR, caller: user)
-            try fs.release(a.ino)
-        }
+        _ = try Self.created(fs, dir, (12..<15).map { "f\($0)" })
         // 11 held: the next oldest go, and f0 (now newer than f6…f14) does not.
         #expect(sent.prunes.dropFirst(6).map(\.name) == ["f6", "f7"], "asked \(sent.prunes.map(\.name))")
         try c.leaveAll()
@@ -681,37 +679,19 @@ final class RecordedInvalidations: KernelInvalidation, @unchecked Sendable {
         fs.invalidateKernelCaches(through: sent, kernelInodes: 5)
         let user = ClusterFilesystemTests.user
         let dir = try fs.mkdir(ClusterFilesystemTests.root, Array("d".utf8), mode: 0o755, caller: user).ino
-        for n in ["a", "b", "c", "x"] {
-            let f = try fs.create(dir, Array(n.utf8), mode: 0o644, flags: O_RDWR, caller: user)
-            try fs.release(f.ino)
-        }
+        _ = try Self.created(fs, dir, ["a", "b", "c", "x"])
         try fs.rename(dir, Array("a".utf8), dir, Array("a2".utf8))
         try fs.rename(dir, Array("b".utf8), dir, Array("c".utf8), flags: LinuxABI.renameExchange)
         try fs.rename(dir, Array("x".utf8), dir, Array("a2".utf8))
         // Five held (the directory and four files, "a2" now the file that was "x"): the next
         // asks for the two oldest files under the names they have now.
-        let f = try fs.create(dir, Array("e".utf8), mode: 0o644, flags: O_RDWR, caller: user)
-        try fs.release(f.ino)
+        _ = try Self.created(fs, dir, ["e"])
         #expect(Set(sent.prunes.map(\.name)) == ["c", "b"], "asked \(sent.prunes.map(\.name))")
         // Another client writing in the directory takes its lock: every name the kernel has
         // there is dropped, and none it no longer has.
-        let other = try c[1].create(dir, Array("from-b".utf8), mode: 0o644, flags: O_RDWR, caller: user)
-        try c[1].release(other.ino)
+        _ = try Self.created(c[1], dir, ["from-b"])
         let names = Set(sent.entries.filter { $0.parent == dir }.map(\.name))
         #expect(names == ["a2", "b", "c", "e"], "dropped \(names)")
         try c.leaveAll()
-    }
-}
-
-@Suite struct KernelAgeTests {
-    @Test func compactingKeepsEachHeldInodeOnceWhereItLastCameInLine() {
-        var age = KernelAge()
-        for ino: UInt64 in [1, 2, 3, 1, 4, 2, 5] { age.push(ino) }
-        #expect(age.pop() == 1)
-        // 2 and 1 came back in line; 3 is no longer held.
-        age.keep { $0 != 3 }
-        var order: [UInt64] = []
-        while let ino = age.pop() { order.append(ino) }
-        #expect(order == [1, 4, 2, 5])
     }
 }
