@@ -60,6 +60,56 @@ public struct LeafValue: Hashable, Sendable {
 /// sorts as the keys do: big-endian fields in key order) and a key or value is made only when
 /// asked for. The first edit turns the leaf into arrays of keys and values, the form edits
 /// work on.
+/// Writes a packed leaf's entries for `BTreeBlock.editLeaves`: new entries as they come, and
+/// untouched old ones in runs, each run copied once when something else comes between. A
+/// struct of its own: nested functions capturing the writer paid an exclusivity check at
+/// every access.
+private struct PackedLeafWriter {
+    let entries: UnsafeRawPointer
+    var w = RawWriter(UnsafeMutableRawBufferPointer(start: nil, count: 0))
+    var offsets: [UInt32] = []
+    /// Old entries waiting to be copied: `[runStart, runEnd)` of `entries`.
+    var runStart = 0
+    var runEnd = 0
+
+    init(entries: UnsafeRawPointer, capacity: Int) {
+        self.entries = entries
+        offsets.reserveCapacity(capacity)
+    }
+
+    mutating func copyRun() {
+        if runEnd > runStart { w.raw(UnsafeRawBufferPointer(start: entries + runStart, count: runEnd - runStart)) }
+        runStart = runEnd
+    }
+
+    mutating func write(_ key: Key, _ v: LeafValue) {
+        copyRun()
+        offsets.append(UInt32(w.offset))
+        key.encode(into: &w)
+        w.u64(v.seq)
+        w.u8(v.flags.rawValue)
+        w.u16(UInt16(v.value.count))
+        w.raw(v.value)
+    }
+
+    /// The old entry ending at `end` is left out (removed, or written anew).
+    mutating func skip(to end: Int) {
+        copyRun()
+        runStart = end
+        runEnd = end
+    }
+
+    /// The old entry `[start, end)` goes in as it is.
+    mutating func keep(from start: Int, to end: Int) {
+        if runEnd != start {
+            copyRun()
+            runStart = start
+        }
+        offsets.append(UInt32(w.offset + start - runStart))
+        runEnd = end
+    }
+}
+
 public struct BTreeBlock: Sendable {
     public var level: UInt8
     /// Keys of parents and of edited leaves; empty in a packed leaf.
@@ -269,6 +319,72 @@ public struct BTreeBlock: Sendable {
             }
         }
         for n in new { usedBytes += Self.leafEntrySize(n.value.value.count) }
+    }
+
+    /// Replaces, removes and inserts leaf entries at once, by the indexes of the leaf as it
+    /// stands: replacements and removals ascending and never of one entry, insertions sorted
+    /// and of keys the leaf does not hold. A packed leaf stays packed, its untouched entries
+    /// copied in runs into memory of its own: unpacking makes a key and a value array of every
+    /// entry, which cost a commit of a few items more than all the rest of its work.
+    public mutating func editLeaves(replacing: [(index: Int, value: LeafValue)], removing: [Int],
+                                    inserting: [(key: Key, value: LeafValue)]) {
+        guard let old = packed else {
+            for r in replacing { replaceLeaf(at: r.index, with: r.value) }
+            removeLeaves(at: removing)
+            insertLeaves(sorted: inserting)
+            return
+        }
+        guard !replacing.isEmpty || !removing.isEmpty || !inserting.isEmpty else { return }
+        var size = usedBytes
+        for r in replacing { size += r.value.value.count - valueLength(at: r.index) }
+        for i in removing { size -= Self.leafEntrySize(valueLength(at: i)) }
+        for n in inserting { size += Self.leafEntrySize(n.value.value.count) }
+        let n = count
+        let entries = UnsafeRawPointer(old.base + packedStart)
+        var out = PackedLeafWriter(entries: entries, capacity: n - removing.count + inserting.count)
+        let bytes = BlockBytes(uninitializedCount: size)
+        out.w = RawWriter(UnsafeMutableRawBufferPointer(start: bytes.base, count: size))
+        var (r, d, a) = (0, 0, 0)
+        for i in 0..<n {
+            let start = Int(offsets[i])
+            let entry = entries + start
+            let end = start + Self.leafEntrySize(Int(UInt16(littleEndian: entry.loadUnaligned(fromByteOffset: Self.lengthOffset, as: UInt16.self))))
+            while a < inserting.count && Self.compare(entry, inserting[a].key) > 0 {
+                out.write(inserting[a].key, inserting[a].value)
+                a += 1
+            }
+            if d < removing.count && removing[d] == i {
+                out.skip(to: end)
+                d += 1
+            } else if r < replacing.count && replacing[r].index == i {
+                out.write(Self.rawKey(entry), replacing[r].value)
+                out.skip(to: end)
+                r += 1
+            } else {
+                out.keep(from: start, to: end)
+            }
+        }
+        while a < inserting.count {
+            out.write(inserting[a].key, inserting[a].value)
+            a += 1
+        }
+        out.copyRun()
+        precondition(out.w.offset == size, "a leaf edited packed came to \(out.w.offset) bytes, not the \(size) counted")
+        packed = bytes
+        packedStart = 0
+        offsets = out.offsets
+        usedBytes = size
+    }
+
+    /// Takes `bytes`, this leaf as just encoded (`encode`), as its memory: a packed leaf keeps
+    /// its entries' places, which the encoding does not move; any other block is decoded.
+    public mutating func adoptEncoded(_ bytes: BlockBytes) throws(FormatError) {
+        guard isPacked else {
+            self = try BTreeBlock(adopting: bytes)
+            return
+        }
+        packed = bytes
+        packedStart = Self.prefixSize
     }
 
     public mutating func replaceLeaf(at i: Int, with value: LeafValue) {

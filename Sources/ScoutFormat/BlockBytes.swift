@@ -31,6 +31,13 @@ public final class BlockBytes: @unchecked Sendable {
         recycler = nil
     }
 
+    /// `count` bytes of memory of its own, filled by the caller before any block shares them.
+    public init(uninitializedCount count: Int) {
+        self.count = count
+        base = malloc(Swift.max(1, count))!
+        recycler = nil
+    }
+
     public var buffer: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
 
     deinit {

@@ -212,9 +212,7 @@ public struct BTree: Sendable {
                 continue
             }
             // Replacements and removals by the indexes found before anything moved.
-            for r in replaced { leaf.block.replaceLeaf(at: r.index, with: r.value) }
-            leaf.block.removeLeaves(at: removed)
-            leaf.block.insertLeaves(sorted: added)
+            leaf.block.editLeaves(replacing: replaced, removing: removed, inserting: added)
             if !removed.isEmpty { try joinUpwards(&path, leaf, in: store) }
             applied += j - i
             i = j

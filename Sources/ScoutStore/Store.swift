@@ -559,7 +559,7 @@ public final class Store: NodeWriter {
             for (k, n) in nodes[i..<j].enumerated() {
                 guard let slot = slots[k] else { continue }
                 do {
-                    n.block = try BTreeBlock(adopting: slot)
+                    try n.block.adoptEncoded(slot)
                 } catch {
                     // The encoder wrote what the decoder refuses: the block on the device is
                     // wrong too, and nothing may be committed over it.

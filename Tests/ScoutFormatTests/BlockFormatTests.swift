@@ -60,6 +60,47 @@ import ScoutFormat
         #expect(joined2.keys == original.keys && joined2.values == original.values)
     }
 
+    /// A decoded (packed) leaf edited by replacements, removals and insertions at once stays
+    /// packed and must end as the same edits leave an unpacked leaf: keys, values, bytes and
+    /// encoding; and the encoded block it then adopts must read the same again.
+    @Test func packedLeavesEditInOnePassLikeUnpackedOnes() throws {
+        var rng = SystemRandomNumberGenerator()
+        for round in 0..<200 {
+            var plain = BTreeBlock(level: 0)
+            let held = (0..<Int.random(in: 0...120, using: &rng)).map { UInt64($0 * 4) }
+            for (i, k) in held.enumerated() {
+                plain.insertLeaf(Key(zone: Zone.fs, first: k, type: ItemType.inode),
+                                 LeafValue(seq: k, flags: [], value: Array(repeating: UInt8(truncatingIfNeeded: k), count: Int(k % 50))), at: i)
+            }
+            let packed = try BTreeBlock(decoding: plain.encode(fsid: 1, seq: 2, blkno: 3))
+            var replacing: [(index: Int, value: LeafValue)] = []
+            var removing: [Int] = []
+            for i in held.indices {
+                switch Int.random(in: 0..<6, using: &rng) {
+                case 0: replacing.append((i, LeafValue(seq: 1000 + UInt64(i), flags: .delta, value: Array(repeating: 7, count: Int.random(in: 0...90, using: &rng)))))
+                case 1: removing.append(i)
+                default: break
+                }
+            }
+            // New keys between, before and after the held ones (held keys are multiples of 4).
+            let inserting = Set((0..<Int.random(in: 0...30, using: &rng)).map { _ in UInt64.random(in: 0...500, using: &rng) })
+                .filter { $0 % 4 != 0 }.sorted()
+                .map { (key: Key(zone: Zone.fs, first: $0, type: ItemType.inode), value: LeafValue(seq: $0, flags: [], value: [UInt8(truncatingIfNeeded: $0)])) }
+            var a = plain, b = packed
+            a.editLeaves(replacing: replacing, removing: removing, inserting: inserting)
+            b.editLeaves(replacing: replacing, removing: removing, inserting: inserting)
+            #expect(b.keys == a.keys, "round \(round)")
+            #expect(b.values == a.values, "round \(round)")
+            #expect(b.usedBytes == a.usedBytes, "round \(round)")
+            let encoded = a.encode(fsid: 1, seq: 2, blkno: 3)
+            #expect(b.encode(fsid: 1, seq: 2, blkno: 3) == encoded, "round \(round)")
+            let bytes = encoded.withUnsafeBytes { BlockBytes(copying: $0) }
+            try b.adoptEncoded(bytes)
+            #expect(b.keys == a.keys && b.values == a.values, "round \(round): the adopted encoding")
+            #expect(b.lowerBound(Key(zone: Zone.fs, first: 250, type: ItemType.inode)) == a.lowerBound(Key(zone: Zone.fs, first: 250, type: ItemType.inode)))
+        }
+    }
+
     /// A decoded leaf searches its keys where they lie in the block's bytes: every field of a
     /// key must order there as it does in `Key`, including values whose bytes differ in order
     /// between the little-endian memory form and the big-endian encoding.
