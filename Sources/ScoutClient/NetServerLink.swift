@@ -111,9 +111,9 @@ public final class NetServerLink: ServerLink, Sendable {
         }
     }
 
-    private func moveOn(_ r: ServerRoots) throws {
+    private func moveOn(_ r: ServerRoots, records: [UInt64: LogTreeRecord]? = nil) throws {
         do {
-            try store.update(r)
+            try store.update(r, records: records)
         } catch let e as StoreError where e.code == .stale {
             try refreshRoots()
         }
@@ -263,9 +263,9 @@ public final class NetServerLink: ServerLink, Sendable {
 
     public func commitLogTree(rid: UInt64, _ record: LogTreeRecord, freed: [Extent], freedMeta: [Extent], merge: Bool) throws -> LogCommit {
         let a = try call(.commitLogTree(record, freed: freed, freedMeta: freedMeta, merge: merge))
-        guard case .committed(let c, let roots) = a else { throw unexpected(a, to: "a commit") }
+        guard case .committed(let c, let roots, let records) = a else { throw unexpected(a, to: "a commit") }
         lastCommit.store(c.seq, ordering: .releasing)
-        try moveOn(roots)
+        try moveOn(roots, records: records)
         return c
     }
 }

@@ -34,11 +34,7 @@ public final class LocalCluster: ClusterHost, Sendable {
         init(_ r: ServerRoots) { notice = Mutex(.roots(r, records: nil)) }
         /// The roots, and the log-tree records of the same commit while they are few.
         func set(_ r: ServerRoots, _ records: Result<[(rid: UInt64, record: LogTreeRecord)], StoreError>) {
-            var recs: [UInt64: LogTreeRecord]?
-            if case .success(let list) = records, list.count <= NetNotice.maxRecords {
-                recs = Dictionary(list.map { ($0.rid, $0.record) }, uniquingKeysWith: { a, _ in a })
-            }
-            notice.withLock { $0 = .roots(r, records: recs) }
+            notice.withLock { $0 = .roots(r, records: LogTreeRecord.sendable(records)) }
         }
         var current: NetNotice { notice.withLock { $0 } }
     }

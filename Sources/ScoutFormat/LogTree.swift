@@ -137,3 +137,52 @@ public struct LogCommit: Equatable, Sendable {
         self.merged = merged
     }
 }
+
+extension LogTreeRecord {
+    /// Records that travel with roots (the notice before a grant, a commit's answer) at most:
+    /// past that the node reads them from the roots' log-trees tree itself.
+    public static let maxSent = 16
+
+    /// Every client's record of one commit by client id, to send with its roots; nil when
+    /// they are too many to send, or could not be read.
+    public static func sendable(_ records: Result<[(rid: UInt64, record: LogTreeRecord)], some Error>) -> [UInt64: LogTreeRecord]? {
+        guard case .success(let list) = records, list.count <= maxSent else { return nil }
+        return Dictionary(list.map { ($0.rid, $0.record) }, uniquingKeysWith: { a, _ in a })
+    }
+
+    /// Writes records sent with roots: a flag (none sent, or sent), then each by client id.
+    static func encode(sent records: [UInt64: LogTreeRecord]?, into w: inout ByteWriter) {
+        guard let records else { return w.u8(0) }
+        w.u8(1)
+        w.u16(UInt16(records.count))
+        for (rid, rec) in records.sorted(by: { $0.key < $1.key }) {
+            let bytes = rec.encoded
+            w.u64(rid)
+            w.u16(UInt16(bytes.count))
+            w.raw(bytes)
+        }
+    }
+
+    /// Reads what `encode(sent:into:)` wrote; `what` names the message in errors.
+    static func decodeSent(_ r: inout ByteReader, _ what: String) throws(FormatError) -> [UInt64: LogTreeRecord]? {
+        switch try r.u8() {
+        case 0:
+            return nil
+        case 1:
+            let n = Int(try r.u16())
+            guard n <= maxSent else { throw FormatError("\(what): roots with \(n) log-tree records, at most \(maxSent)") }
+            var records: [UInt64: LogTreeRecord] = [:]
+            for _ in 0..<n {
+                let rid = try r.u64()
+                let length = Int(try r.u16())
+                guard length <= Item.maxValueLength else { throw FormatError("\(what): a log-tree record of \(length) bytes, at most \(Item.maxValueLength)") }
+                guard records.updateValue(try LogTreeRecord(decoding: try r.raw(length)), forKey: rid) == nil else {
+                    throw FormatError("\(what): two log-tree records of client \(rid)")
+                }
+            }
+            return records
+        case let flag:
+            throw FormatError("\(what): roots with records flag \(flag)")
+        }
+    }
+}

@@ -17,9 +17,6 @@ public enum NetNotice: Sendable, Equatable {
     /// that commit (what the node would read from the roots' log-trees tree), by client id.
     case roots(ServerRoots, records: [UInt64: LogTreeRecord]?)
 
-    /// Records that travel with the roots at most: past that the node reads them itself.
-    public static let maxRecords = 16
-
     enum Kind: UInt8 {
         case openQuery = 1, openReply, recordLocksChanged, roots
     }
@@ -41,18 +38,7 @@ public enum NetNotice: Sendable, Equatable {
         case .roots(let r, let records):
             w.u8(Kind.roots.rawValue)
             r.encode(into: &w)
-            if let records {
-                w.u8(1)
-                w.u16(UInt16(records.count))
-                for (rid, rec) in records.sorted(by: { $0.key < $1.key }) {
-                    let bytes = rec.encoded
-                    w.u64(rid)
-                    w.u16(UInt16(bytes.count))
-                    w.raw(bytes)
-                }
-            } else {
-                w.u8(0)
-            }
+            LogTreeRecord.encode(sent: records, into: &w)
         }
         return w.bytes
     }
@@ -72,26 +58,7 @@ public enum NetNotice: Sendable, Equatable {
         case .recordLocksChanged:
             self = .recordLocksChanged(ino: try r.u64())
         case .roots:
-            let roots = try ServerRoots(decoding: &r)
-            switch try r.u8() {
-            case 0:
-                self = .roots(roots, records: nil)
-            case 1:
-                let n = Int(try r.u16())
-                guard n <= Self.maxRecords else { throw FormatError("notice: roots with \(n) log-tree records, at most \(Self.maxRecords)") }
-                var records: [UInt64: LogTreeRecord] = [:]
-                for _ in 0..<n {
-                    let rid = try r.u64()
-                    let length = Int(try r.u16())
-                    guard length <= Item.maxValueLength else { throw FormatError("notice: a log-tree record of \(length) bytes, at most \(Item.maxValueLength)") }
-                    guard records.updateValue(try LogTreeRecord(decoding: try r.raw(length)), forKey: rid) == nil else {
-                        throw FormatError("notice: two log-tree records of client \(rid)")
-                    }
-                }
-                self = .roots(roots, records: records)
-            case let flag:
-                throw FormatError("notice: roots with records flag \(flag)")
-            }
+            self = .roots(try ServerRoots(decoding: &r), records: try LogTreeRecord.decodeSent(&r, "notice"))
         }
         try r.finish()
     }

@@ -232,8 +232,9 @@ public enum ServerAnswer: Sendable, Equatable {
     case metaPool([Extent])
     case dataSpace(free: UInt64, pendingFree: UInt64)
     case recordedLogTree(LogTreeRecord?)
-    /// The commit, and the roots right after it (merged or not).
-    case committed(LogCommit, ServerRoots)
+    /// The commit, and the roots right after it (merged or not), with every client's
+    /// log-tree record of them while they are few (`LogTreeRecord.maxSent`).
+    case committed(LogCommit, ServerRoots, records: [UInt64: LogTreeRecord]?)
     case held(Bool)
     case left
     /// The lock in the way of a record lock call, or nil: taken (set) or free (test).
@@ -276,11 +277,12 @@ public enum ServerAnswer: Sendable, Equatable {
             } else {
                 w.u8(0)
             }
-        case .committed(let c, let roots):
+        case .committed(let c, let roots, let records):
             w.u8(ServerCall.Kind.commitLogTree.rawValue)
             w.u64(c.seq)
             w.u8(c.merged ? 1 : 0)
             roots.encode(into: &w)
+            LogTreeRecord.encode(sent: records, into: &w)
         case .held(let held):
             w.u8(ServerCall.Kind.openElsewhere.rawValue)
             w.u8(held ? 1 : 0)
@@ -338,7 +340,8 @@ public enum ServerAnswer: Sendable, Equatable {
             let seq = try r.u64()
             let merged = try r.u8()
             guard merged <= 1 else { throw FormatError("server answer: merged flag \(merged)") }
-            self = .committed(LogCommit(seq: seq, merged: merged == 1), try ServerRoots(decoding: &r))
+            let roots = try ServerRoots(decoding: &r)
+            self = .committed(LogCommit(seq: seq, merged: merged == 1), roots, records: try LogTreeRecord.decodeSent(&r, "server answer"))
         case .openElsewhere:
             let held = try r.u8()
             guard held <= 1 else { throw FormatError("server answer: held flag \(held)") }

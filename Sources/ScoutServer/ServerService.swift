@@ -235,7 +235,9 @@ public final class ServerService: NetServerHandler {
             // merge step of the server's may edit it: its merges run inside its commits.
             let c = try server.commitLogTree(rid: rid, record, freed: freed, freedMeta: freedMeta, merge: merge,
                                              mergesInBackground: false)
-            return .committed(c, server.roots)
+            // With the records of the commit while few: the node would otherwise read the
+            // roots' log-trees tree from the device, a cold read in every commit it answers.
+            return .committed(c, server.roots, records: LogTreeRecord.sendable(server.store.committed.roots.records))
         case .resizeDevices(let meta, let data):
             do {
                 try server.resizeDevices(metaTotalBlocks: meta, dataTotalBlocks: data)

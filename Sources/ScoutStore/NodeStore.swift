@@ -49,10 +49,11 @@ public final class NodeStore: ClientStore, Sendable {
     }
 
     /// What the server said as of its commit `roots.seq`: reads go through those roots from now
-    /// on, unless newer ones came first. The log-tree records are read here, from the device;
-    /// blocks a later commit already reused make it throw stale, and the caller asks again.
-    public func update(_ roots: ServerRoots) throws {
-        try update(roots, force: false)
+    /// on, unless newer ones came first. The log-tree records are `records` when the server
+    /// sent them, else read here from the device; blocks a later commit already reused make
+    /// that throw stale, and the caller asks again.
+    public func update(_ roots: ServerRoots, records: [UInt64: LogTreeRecord]? = nil) throws {
+        try update(roots, force: false, records: records)
     }
 
     private func update(_ roots: ServerRoots, force: Bool, records given: [UInt64: LogTreeRecord]? = nil) throws {

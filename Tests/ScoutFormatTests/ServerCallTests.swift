@@ -52,7 +52,8 @@ import Testing
         let answers: [ServerAnswer] = [
             .roots(roots), .inodes(1024..<2048), .dataPool([Extent(start: 8, length: 8192)]), .metaPool([]),
             .dataSpace(free: 10, pendingFree: 3), .recordedLogTree(nil), .recordedLogTree(record),
-            .committed(LogCommit(seq: 42, merged: true), roots),
+            .committed(LogCommit(seq: 42, merged: true), roots, records: nil),
+            .committed(LogCommit(seq: 43, merged: false), roots, records: [7: record, 9: record]),
             .held(true), .held(false), .left, .recordLock(conflict: nil), .recordLock(conflict: lock), .joined(true), .joined(false),
             .recordLocksRecovering, .reclaimed, .resized(errno: 0, reason: ""),
             .resized(errno: 22, reason: "the data device cannot shrink"),

@@ -74,13 +74,15 @@ import Testing
         try builder.write()
         let left = LogTreeBuilder.extents(builder.pool)
         let record = LogTreeRecord(root: tree.root, items: 300, dataPool: [], metaPool: left)
-        guard case .committed(let c, let after) = try f.call(a, .commitLogTree(record, freed: [], freedMeta: [], merge: false)) else {
+        guard case .committed(let c, let after, let records) = try f.call(a, .commitLogTree(record, freed: [], freedMeta: [], merge: false)) else {
             Issue.record("no commit")
             return
         }
         builder.committedBlocks()
         #expect(c.seq > before.seq && !c.merged)
         #expect(after.seq == c.seq)
+        // The answer carries the commit's records, so the node need not read them.
+        #expect(records?[1] == record)
         #expect(after.logTrees != before.logTrees)
         // Recorded for node 1 alone; node 2 has none.
         #expect(try f.call(a, .recordedLogTree) == .recordedLogTree(record))
