@@ -19,7 +19,7 @@ public protocol NetServerHandler: AnyObject, Sendable {
     /// or the server forgot it.
     func disconnected(_ client: ClientID)
     /// A message that expects no answer (`.lock`, `.notice`). What it throws closes the node's
-    /// connection (the message is not sent again).
+    /// connection (the message is not sent again). May run on an event loop: must not block.
     func received(_ kind: NetKind, _ body: [UInt8], from client: ClientID) throws
     /// A call; what it returns is the answer, what it throws fails the node's call with its
     /// description.
@@ -154,7 +154,7 @@ public final class NetServer: Sendable {
 
     func began(_ s: ServerSession) {
         let handler = handler
-        s.queue.async { handler.connected(s.client) }
+        s.enqueue { handler.connected(s.client) }
     }
 
     private func end(_ s: ServerSession, why: String) {
@@ -166,7 +166,7 @@ public final class NetServer: Sendable {
         channel?.close(promise: nil)
         log("network: session of client \(String(s.client, radix: 16)) ended: \(why)")
         let handler = handler
-        s.queue.async { handler.disconnected(s.client) }
+        s.enqueue { handler.disconnected(s.client) }
     }
 
     private func endLingeringSessions() {
@@ -202,6 +202,22 @@ final class ServerSession: Sendable {
         self.incarnation = incarnation
         queue = DispatchQueue(label: "scoutfs.net.client-\(client)")
     }
+
+    /// Work on `queue` not finished yet.
+    private let queued = Atomic<Int>(0)
+
+    /// Runs `work` on the session's queue, after everything queued before it.
+    func enqueue(_ work: @escaping @Sendable () -> Void) {
+        queued.add(1, ordering: .relaxed)
+        queue.async { [self] in
+            work()
+            queued.subtract(1, ordering: .releasing)
+        }
+    }
+
+    /// Nothing of this session waits on its queue or runs there: what comes now may be handled
+    /// on the event loop without passing anything sent before it.
+    var queueIsIdle: Bool { queued.load(ordering: .acquiring) == 0 }
 
     /// Numbers and sends `frame`; written under the session's mutex so that frames leave in
     /// the order they were numbered.
@@ -332,7 +348,7 @@ final class ServerConnection: ChannelInboundHandler {
         if f.kind == .lock || f.kind == .notice {
             let server = server
             let kind = f.kind
-            s.queue.async {
+            let receive: @Sendable () -> Void = {
                 do {
                     try handler.received(kind, body, from: c)
                 } catch {
@@ -340,10 +356,14 @@ final class ServerConnection: ChannelInboundHandler {
                     server.dropConnection(c)
                 }
             }
+            // A lock message with nothing before it still to handle is handled here: the
+            // handler's `received` never blocks, and the queue's thread hop was a tenth of a
+            // lock hand-over's network time. Behind a call (which may block), it waits its turn.
+            if s.queueIsIdle { receive() } else { s.enqueue(receive) }
             return
         }
         let id = f.id
-        s.queue.async {
+        s.enqueue {
             let answer: NetFrame
             do {
                 answer = NetFrame(.call, flags: .answer, id: id, body: try handler.call(body, from: c))
