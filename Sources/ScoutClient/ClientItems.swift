@@ -579,7 +579,7 @@ public final class ClientItems: @unchecked Sendable {
             // The server's commit makes the record durable and visible to every node: the
             // blocks it names, and the file data this transaction wrote, must be on the
             // devices first.
-            try store.makeWritesDurable()
+            try store.readyWritesForRecord()
             return try withStore {
                 let writes = logWrites + UInt64(p.snap.items.count)
                 // A pool the record cannot hold (blocks the build freed scatter it) gives the

@@ -88,6 +88,9 @@ public final class LocalServer: ServerLink {
     /// is merged inside this commit instead.
     public func commitLogTree(rid: UInt64, _ record: LogTreeRecord, freed: [Extent] = [], freedMeta: [Extent] = [],
                               merge: Bool = false, mergesInBackground: Bool = true) throws -> LogCommit {
+        // A node wrote the tree's blocks without flushing them (`readyWritesForRecord`):
+        // the flush before the superblock makes them durable, whatever the server wrote.
+        store.meta.noteWritesElsewhere()
         try setRecord(rid: rid, record)
         for e in freed { store.freeData(e) }
         for e in freedMeta { store.freeMeta(e) }

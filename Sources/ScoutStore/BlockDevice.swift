@@ -29,6 +29,13 @@ public protocol BlockDevice: AnyObject {
     func readBlock(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws
     func write(at offset: UInt64, _ bytes: [UInt8]) throws
     func flush() throws
+    /// Puts every write completed before the call on the device, out of this machine's
+    /// caches, without making it durable: another machine reads it there, and the next flush
+    /// of the device, by any machine, makes it durable.
+    func writeBack() throws
+    /// Another machine wrote to this device: the next `flush` must reach the device even if
+    /// this one wrote nothing since its last.
+    func noteWritesElsewhere()
     /// Reads what the medium holds now, past any cache this machine keeps: another machine
     /// sharing the device may have written it since (quorum heartbeats).
     func readUncached(at offset: UInt64, count: Int) throws -> [UInt8]
@@ -36,6 +43,10 @@ public protocol BlockDevice: AnyObject {
 
 extension BlockDevice {
     public func remeasure() throws -> UInt64 { size }
+
+    public func writeBack() throws { try flush() }
+
+    public func noteWritesElsewhere() {}
 
     public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
         let bytes = try read(at: offset, count: buffer.count)
@@ -223,8 +234,25 @@ public final class FileBlockDevice: BlockDevice {
         writesDone.add(1, ordering: .releasing)
     }
 
-    /// Makes every write this device completed before the call durable. Writes of other
-    /// processes to the same device are theirs to flush.
+    /// Writes back this device's dirty pages and waits for them (sync_file_range), without the
+    /// device cache flush and the file's own metadata that fdatasync adds: on one machine the
+    /// server's fdatasync of the same file covers those.
+    public func writeBack() throws {
+        guard let sync = syncFileRange else { return try flush() }
+        // SYNC_FILE_RANGE_WAIT_BEFORE | WRITE | WAIT_AFTER, over the whole file.
+        while sync(fd, 0, 0, 7) != 0 {
+            let e = Glibc.errno
+            if e == EINTR { continue }
+            throw StoreError(.io, "\(name): write-back failed: \(String(cString: strerror(e)))")
+        }
+    }
+
+    public func noteWritesElsewhere() {
+        writesDone.add(1, ordering: .releasing)
+    }
+
+    /// Makes every write this device completed before the call durable, and those of other
+    /// processes and machines it was told of (`noteWritesElsewhere`).
     public func flush() throws {
         let covered = writesDone.load(ordering: .acquiring)
         guard covered != writesFlushed.load(ordering: .acquiring) else { return }
@@ -357,3 +385,11 @@ public final class MemoryBlockDevice: BlockDevice, @unchecked Sendable {
         }
     }
 }
+
+/// sync_file_range(2), which Glibc's Swift overlay leaves out (it needs _GNU_SOURCE), looked up
+/// once; nil where the C library has none (then a write-back is a flush).
+private let syncFileRange: (@convention(c) (Int32, Int64, Int64, UInt32) -> Int32)? = {
+    // RTLD_DEFAULT, null in glibc: every object the process has loaded.
+    guard let symbol = dlsym(nil, "sync_file_range") else { return nil }
+    return unsafeBitCast(symbol, to: (@convention(c) (Int32, Int64, Int64, UInt32) -> Int32).self)
+}()

@@ -32,9 +32,11 @@ public protocol ClientStore: AnyObject {
     /// false if there are none newer to ask for (the block is damaged, or the store's roots
     /// are always the newest).
     func refreshAfterStaleRead() throws -> Bool
-    /// Makes what this client wrote to the devices itself (its log tree's blocks, file data)
-    /// durable, before the server records it. The `Store` does that in its own commit.
-    func makeWritesDurable() throws
+    /// Readies what this client wrote to the devices itself (its log tree's blocks, file data)
+    /// for the server to record it: file data durable, the blocks on the device, which the
+    /// server's own flush before its superblock makes durable. The `Store` does it all in its
+    /// own commit.
+    func readyWritesForRecord() throws
 }
 
 extension ClientStore {
@@ -43,7 +45,7 @@ extension ClientStore {
 }
 
 extension Store {
-    public func makeWritesDurable() throws {}
+    public func readyWritesForRecord() throws {}
 }
 
 extension Store: ClientStore {}

@@ -118,11 +118,14 @@ public final class NodeStore: ClientStore, Sendable {
         committed.raiseReadFloor(to: roots.seq)
     }
 
-    /// The server on another machine reads these blocks past its page cache once it has
-    /// recorded them; on this one they would still sit in the page cache.
-    public func makeWritesDurable() throws {
+    /// The server on another machine reads the log tree's blocks past its page cache once it
+    /// has recorded them, so they must leave this machine's; they need not be durable yet:
+    /// the server flushes the metadata device before its superblock names them, and a flush
+    /// makes every write the device completed before it durable, whichever machine made it.
+    /// That flush skips the data device, so file data is flushed here.
+    public func readyWritesForRecord() throws {
         try data.flush()
-        try meta.flush()
+        try meta.writeBack()
     }
 
     /// The last roots and figures the server gave.
