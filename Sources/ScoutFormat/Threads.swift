@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Synchronization
 
 /// A plain POSIX thread. Background loops of the mount (heartbeat, commit timer, control
 /// connections) block in syscalls, so they get threads of their own rather than tasks, which
@@ -64,4 +65,60 @@ public struct ThreadError: Error, CustomStringConvertible, Sendable {
     public var errno: Int32
 
     public var description: String { "cannot start a thread for \(what): \(String(cString: strerror(errno)))" }
+}
+
+/// A thread of its own that runs one job at a time beside its caller: `start` hands a job
+/// over, `finish` waits for it and rethrows what it threw. The server's commit reads the
+/// quorum blocks on one while its own flushes run, where the read came after them.
+public final class SideThread: Sendable {
+    private final class Shared: Sendable {
+        struct State {
+            var job: (@Sendable () throws -> Void)?
+            var outcome: Result<Void, any Error>?
+            var stopped = false
+        }
+        let state = Mutex(State())
+        let wake = Parker()
+        let done = Parker()
+
+        func run() {
+            while true {
+                wake.park()
+                let (job, stopped) = state.withLock { s in (s.job.take(), s.stopped) }
+                if stopped { return }
+                guard let job else { continue }
+                let outcome = Result { try job() }
+                state.withLock { $0.outcome = outcome }
+                done.unpark()
+            }
+        }
+    }
+    private let shared = Shared()
+
+    /// Starts the thread; `what` names it in the error when the system refuses.
+    public init(_ what: String) throws(ThreadError) {
+        try JoinableThread.detach(what) { [shared] in shared.run() }
+    }
+
+    deinit {
+        shared.state.withLock { $0.stopped = true }
+        shared.wake.unpark()
+    }
+
+    /// Hands `job` to the thread. One job at a time: `finish` before the next `start`.
+    public func start(_ job: @escaping @Sendable () throws -> Void) {
+        shared.state.withLock { s in
+            precondition(s.job == nil && s.outcome == nil, "a side thread's job started before the last one finished")
+            s.job = job
+        }
+        shared.wake.unpark()
+    }
+
+    /// Waits for the job `start` handed over, and rethrows what it threw.
+    public func finish() throws {
+        while true {
+            if let outcome = shared.state.withLock({ $0.outcome.take() }) { return try outcome.get() }
+            shared.done.park()
+        }
+    }
 }

@@ -455,10 +455,23 @@ public final class Store: NodeWriter {
             || nextIno != superblock.nextIno || nextSeq != superblock.nextSeq
     }
 
-    /// Asked right before each superblock write; a throw fails the commit and the store (set
-    /// by a server's mount: a server that another leader has replaced since — its process
-    /// stopped and resumed, a fence that did not hold — must not write over the new one's).
-    public var beforeSuperblockWrite: (() throws -> Void)?
+    /// Asked before each superblock write, beside the flushes that precede it; a throw fails
+    /// the commit and the store (set by a server's mount: a server that another leader has
+    /// replaced since — its process stopped and resumed, a fence that did not hold — must not
+    /// write over the new one's).
+    public var beforeSuperblockWrite: (@Sendable () throws -> Void)?
+
+    /// Runs `beforeSuperblockWrite` beside the flushes before the superblock; made at the
+    /// first commit that has a check, nil if no thread could be started (then the check runs
+    /// after the flushes).
+    private var checkSide: SideThread??
+
+    private func checkThread() -> SideThread? {
+        if let made = checkSide { return made }
+        let made = try? SideThread("the check before each superblock write")
+        checkSide = .some(made)
+        return made
+    }
 
     /// Called after each commit, by the committing thread (a server's mount keeps the roots
     /// it sends with lock grants current this way).
@@ -476,8 +489,15 @@ public final class Store: NodeWriter {
             try settleAllocators()
             let written = dirty.values.sorted { $0.blkno < $1.blkno }
             try writeNodes(written)
-            try data.flush()
-            try meta.flush()
+            // The check before the superblock reads the quorum blocks while the flushes run.
+            let side = beforeSuperblockWrite.flatMap { check in checkThread().map { t in t.start(check); return t } }
+            let flushed = Result { () throws in
+                try data.flush()
+                try meta.flush()
+            }
+            if let side { try side.finish() }
+            try flushed.get()
+            if side == nil { try beforeSuperblockWrite?() }
             var sb = superblock
             sb.seq = txnSeq
             sb.roots = workingRoots
@@ -486,7 +506,6 @@ public final class Store: NodeWriter {
             sb.metaFreeBlocks = metaAlloc.freeBlocks
             sb.dataFreeBlocks = dataAlloc.freeBlocks
             sb.metaReserve = metaAlloc.reserve.sorted()
-            try beforeSuperblockWrite?()
             let copy = Int(sb.seq % 2)
             try meta.write(at: Layout.superOffset(copy: copy), sb.encode(smallBlkno: Layout.superSmallBlkno[copy]))
             try meta.flush()

@@ -171,9 +171,9 @@ final class MountLeadership: Sendable {
         let store = try Store.open(meta: meta.device, data: data.device, options: StoreOptions(cacheBlocks: cacheBlocks))
         // The last check of leadership before each commit lands: the quorum blocks name every
         // slot elected since, whatever this process missed while it did not run.
-        let (device, sb, mySlot) = (meta.device, superblock, slot)
+        let (shared, sb, mySlot) = (meta, superblock, slot)
         store.beforeSuperblockWrite = {
-            if let newer = MountClaim.readAll(device, superblock: sb).first(where: { $0.block.elected.term > term }) {
+            if let newer = MountClaim.readAll(shared.device, superblock: sb).first(where: { $0.block.elected.term > term }) {
                 throw StoreError(.io, "quorum slot \(newer.slot) was elected in term \(newer.block.elected.term), after this server's term \(term) (quorum slot \(mySlot)): this server writes nothing more")
             }
         }
