@@ -97,5 +97,17 @@ import ScoutFormat
         try d.flush()
         #expect(d.syncs.load(ordering: .relaxed) == 2)
         #expect(try d.read(at: 0, count: 1) == [1])
+        // Another machine's writes (a node's log tree) make the next flush sync as well.
+        d.noteWritesElsewhere()
+        try d.flush()
+        #expect(d.syncs.load(ordering: .relaxed) == 3)
+        try d.flush()
+        #expect(d.syncs.load(ordering: .relaxed) == 3)
+        // A write-back is no flush (sync_file_range, not fdatasync), and leaves the write
+        // readable from the medium.
+        try d.write(at: 8192, [UInt8](repeating: 9, count: 4096))
+        try d.writeBack()
+        #expect(d.syncs.load(ordering: .relaxed) == 3)
+        #expect(try d.readUncached(at: 8192, count: 4096) == [UInt8](repeating: 9, count: 4096))
     }
 }
