@@ -464,14 +464,7 @@ public final class Store: NodeWriter {
     /// Runs `beforeSuperblockWrite` beside the flushes before the superblock; made at the
     /// first commit that has a check, nil if no thread could be started (then the check runs
     /// after the flushes).
-    private var checkSide: SideThread??
-
-    private func checkThread() -> SideThread? {
-        if let made = checkSide { return made }
-        let made = try? SideThread("the check before each superblock write")
-        checkSide = .some(made)
-        return made
-    }
+    private lazy var checkThread: SideThread? = try? SideThread("the check before each superblock write")
 
     /// Called after each commit, by the committing thread (a server's mount keeps the roots
     /// it sends with lock grants current this way).
@@ -490,7 +483,7 @@ public final class Store: NodeWriter {
             let written = dirty.values.sorted { $0.blkno < $1.blkno }
             try writeNodes(written)
             // The check before the superblock reads the quorum blocks while the flushes run.
-            let side = beforeSuperblockWrite.flatMap { check in checkThread().map { t in t.start(check); return t } }
+            let side = beforeSuperblockWrite.flatMap { check in checkThread.map { t in t.start(check); return t } }
             let flushed = Result { () throws in
                 try data.flush()
                 try meta.flush()

@@ -637,16 +637,22 @@ final class RecordedInvalidations: KernelInvalidation, @unchecked Sendable {
         }
     }
 
+    /// A cluster of `clients` whose first client tells `sent` what it would have the kernel
+    /// drop, its kernel's inodes bounded at `kernelInodes`, and a directory "d" made there.
+    static func bounded(clients: Int, kernelInodes: Int) throws -> (cluster: FilesystemCluster, sent: RecordedInvalidations, dir: UInt64) {
+        let c = try FilesystemCluster(clients: clients)
+        let sent = RecordedInvalidations()
+        c[0].invalidateKernelCaches(through: sent, kernelInodes: kernelInodes)
+        let dir = try c[0].mkdir(ClusterFilesystemTests.root, Array("d".utf8), mode: 0o755, caller: ClusterFilesystemTests.user).ino
+        return (c, sent, dir)
+    }
+
     /// Past the bound, each inode the kernel takes has it asked to drop the oldest names it
     /// holds, files only, oldest first; the kernel's forgets bring the count back under, and
     /// a name the kernel looks up again is held (and prunable) again.
     @Test func theOldestFilesTheKernelHoldsAreAskedBackPastTheBound() throws {
-        let c = try FilesystemCluster(clients: 1)
+        let (c, sent, dir) = try Self.bounded(clients: 1, kernelInodes: 10)
         let fs = c[0]
-        let sent = RecordedInvalidations()
-        fs.invalidateKernelCaches(through: sent, kernelInodes: 10)
-        let user = ClusterFilesystemTests.user
-        let dir = try fs.mkdir(ClusterFilesystemTests.root, Array("d".utf8), mode: 0o755, caller: user).ino
         var inos = try Self.created(fs, dir, (0..<8).map { "f\($0)" })
         // The directory and eight files: under the bound, nothing asked.
         #expect(sent.prunes.isEmpty)
@@ -673,12 +679,8 @@ final class RecordedInvalidations: KernelInvalidation, @unchecked Sendable {
     /// the bound asks for the name the kernel has (an exchange's two cross, a replaced
     /// target's goes), and so does a lock's hand-over.
     @Test func renamesMoveTheNamesKeptForTheKernel() throws {
-        let c = try FilesystemCluster(clients: 2)
+        let (c, sent, dir) = try Self.bounded(clients: 2, kernelInodes: 5)
         let fs = c[0]
-        let sent = RecordedInvalidations()
-        fs.invalidateKernelCaches(through: sent, kernelInodes: 5)
-        let user = ClusterFilesystemTests.user
-        let dir = try fs.mkdir(ClusterFilesystemTests.root, Array("d".utf8), mode: 0o755, caller: user).ino
         _ = try Self.created(fs, dir, ["a", "b", "c", "x"])
         try fs.rename(dir, Array("a".utf8), dir, Array("a2".utf8))
         try fs.rename(dir, Array("b".utf8), dir, Array("c".utf8), flags: LinuxABI.renameExchange)
