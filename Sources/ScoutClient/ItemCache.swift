@@ -100,6 +100,13 @@ public final class ItemCache: Sendable {
     private let versions = Atomic<UInt64>(0)
     private let cleanBytes = Atomic<Int>(0)
     private let estimate = Atomic<Int>(0)
+    /// The same figures as each partition keeps, summed over all, for a bound on the whole
+    /// commit (`commitBlockEstimate`).
+    private let dirtyCountTotal = Atomic<Int>(0)
+    private let dirtyBytesTotal = Atomic<Int>(0)
+    private let logBytesTotal = Atomic<Int>(0)
+    /// Partitions whose `logBytes` is above zero: what `logTreeRestarted` must reset.
+    private let logged = Mutex<[Partition]>([])
     private let clock = Mutex(0)
     /// Items read from the source, for tests and statistics.
     private let fills = Atomic<Int>(0)
@@ -554,7 +561,9 @@ public final class ItemCache: Sendable {
                         s.generation += 1
                         continue
                     }
+                    if s.logBytes == 0 { logged.withLock { $0.append(p) } }
                     s.logBytes += s.entries[at: at].leafBytes
+                    logBytesTotal.add(s.entries[at: at].leafBytes, ordering: .relaxed)
                     if s.entries[at: at].isDelta {
                         removeDirty(&s, r, at: at)
                         s.generation += 1
@@ -577,13 +586,15 @@ public final class ItemCache: Sendable {
     }
 
     /// The log tree was merged and a new, empty one starts: no range has log leaves to copy.
+    /// Only the partitions written into the last log tree are visited: a cache may hold
+    /// hundreds of thousands (an index range splits into a partition per seq and inode group),
+    /// and this runs after each merge.
     public func logTreeRestarted() {
-        for shard in shards {
-            for p in shard.map.withLock({ Array($0.values) }) {
-                p.state.withLock { s in
-                    s.logBytes = 0
-                    updateEstimate(&s)
-                }
+        logBytesTotal.store(0, ordering: .relaxed)
+        for p in logged.withLock({ l in defer { l = [] }; return l }) {
+            p.state.withLock { s in
+                s.logBytes = 0
+                updateEstimate(&s)
             }
         }
     }
@@ -599,9 +610,18 @@ public final class ItemCache: Sendable {
     /// An upper bound on the log tree blocks the next commit dirties: each range's dirty
     /// entries touch at most the leaves its items fill (a quarter full at least) plus their
     /// parents.
+    ///
+    /// Summed per range, the bound counts a path of parents for every range; changes spread
+    /// over a thousand directories (three ranges each: names, inodes, index) would count
+    /// thousands of blocks for a commit that dirties a few dozen, and the dirty limit would
+    /// commit every hundred creates. The whole tree's figures bound it too: the same leaves
+    /// and parents, counted once.
     public var commitBlockEstimate: Int {
         let e = estimate.load(ordering: .relaxed)
-        return e > 0 ? e + 8 : 0
+        guard e > 0 else { return 0 }
+        let bytes = logBytesTotal.load(ordering: .relaxed) + dirtyBytesTotal.load(ordering: .relaxed)
+        let leaves = min(dirtyCountTotal.load(ordering: .relaxed), bytes / max(1, blockCapacity / 4) + 2)
+        return min(e, 2 * leaves + 2) + 8
     }
 
     // MARK: dropping
@@ -707,6 +727,7 @@ public final class ItemCache: Sendable {
         guard at.found else { return false }
         if s.entries[at: at].dirty {
             s.dirtyBytes -= s.entries[at: at].leafBytes
+            dirtyBytesTotal.subtract(s.entries[at: at].leafBytes, ordering: .relaxed)
             return true
         }
         let bytes = s.entries[at: at].memoryBytes
@@ -721,9 +742,11 @@ public final class ItemCache: Sendable {
         let wasDirty = forgetOld(&s, at: at)
         if at.found { s.entries[at: at] = e } else { s.entries.insert(key, e, at: at) }
         s.dirtyBytes += e.leafBytes
+        dirtyBytesTotal.add(e.leafBytes, ordering: .relaxed)
         if !wasDirty {
             s.dirtyLog.append(key)
             s.dirtyCount += 1
+            dirtyCountTotal.add(1, ordering: .relaxed)
             if s.dirtyCount == 1 { _ = dirtyRanges.withLock { $0.insert(p.range.start) } }
         }
         updateEstimate(&s)
@@ -766,6 +789,7 @@ public final class ItemCache: Sendable {
 
     private func noLongerDirty(_ s: inout PartitionState, _ r: LockRange) {
         s.dirtyCount -= 1
+        dirtyCountTotal.subtract(1, ordering: .relaxed)
         if s.dirtyCount == 0 {
             s.dirtyLog = []
             _ = dirtyRanges.withLock { $0.remove(r.start) }

@@ -175,6 +175,35 @@ private func value(_ n: Int) -> [UInt8] { Array("v\(n)".utf8) }
         #expect(try cache.lookup(key(7))?.value == value(77))
     }
 
+    @Test func changesSpreadOverManyRangesAreBoundByTheWholeTreeNotARangeAtATime() throws {
+        let src = MapSource()
+        let cache = ItemCache(source: src)
+        let groups = 3000
+        for g in 0..<groups { try cache.insert(key(UInt64(g) * LockRange.groupSize + 1), value(g), seq: 2) }
+        // One small item in each of 3,000 ranges fills a handful of leaves: the commit dirties
+        // those and their parents, not a path of parents per range (which the dirty limit
+        // of 1,024 blocks would take for a full transaction every 85 creates).
+        let snap = cache.dirtySnapshot()
+        let bytes = snap.items.reduce(0) { $0 + BTreeBlock.leafEntrySize($1.value.count) }
+        let leaves = bytes / (BTreeBlock.capacity / 4) + 2
+        #expect(cache.commitBlockEstimate == 2 * leaves + 2 + 8)
+        #expect(cache.commitBlockEstimate < 64)
+        // Many items in one range are still bound by the range's own figure, as before.
+        let one = ItemCache(source: MapSource())
+        for i in 0..<3 { try one.insert(key(UInt64(i) + 1), value(i), seq: 2) }
+        #expect(one.commitBlockEstimate == 2 * min(3, 0 + 2) + 2 + 8)
+
+        // What a commit wrote counts until the log tree restarts (a merge took it).
+        src.apply(snap)
+        cache.committed(snap)
+        #expect(cache.commitBlockEstimate == 0)
+        try cache.insert(key(1), value(1), seq: 3)
+        let afterCommit = cache.commitBlockEstimate
+        cache.logTreeRestarted()
+        #expect(cache.commitBlockEstimate == 2 * 1 + 2 + 8)
+        #expect(afterCommit >= cache.commitBlockEstimate)
+    }
+
     @Test func sumsOverAnUnknownValueStayDeltasUntilTheValueIsRead() throws {
         let src = MapSource()
         let k = Key(zone: Zone.xattrTotl, first: 1, second: 2, third: 3)
