@@ -59,7 +59,10 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
         var prunes = FIFO<(parent: UInt64, name: [UInt8])>()
     }
     private static let pruneLimit = 1 << 16
-    private let idle = Mutex<(@Sendable () -> Void)?>(nil)
+    /// Behind a reference: a closure kept as the mutex's value itself grows two conversion
+    /// thunks at each read (`Callback`), and this one is read at every turn of the thread;
+    /// after about 260,000 turns (a million creates) a call overflowed the stack.
+    private let idle = Mutex<Callback<Void, Void>?>(nil)
     /// Prunes sent before the queue is looked at again for a hook's notes.
     private static let pruneBatch = 32
     private let queue = BlockingMutex(Queue())
@@ -93,7 +96,7 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
     }
 
     func whenIdle(_ body: @escaping @Sendable () -> Void) {
-        idle.withLock { $0 = body }
+        idle.withLock { $0 = Callback(body) }
         wake.unpark()
     }
 
@@ -203,7 +206,7 @@ final class KernelNotifier: KernelInvalidation, @unchecked Sendable {
             if notes.isEmpty && prunes.isEmpty {
                 // Idle: a pass of whoever asked, at most a few times a second.
                 if let body = idle.withLock({ $0 }) {
-                    if !wake.park(seconds: 0.2) { body() }
+                    if !wake.park(seconds: 0.2) { body.call(()) }
                 } else {
                     wake.park()
                 }
