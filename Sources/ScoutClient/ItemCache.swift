@@ -168,29 +168,7 @@ public final class ItemCache: Sendable {
             if let p = m[range.start] { return p }
             let p = Partition(range: range)
             m[range.start] = p
-            cleanBytes.add(Self.partitionBytes, ordering: .relaxed)
             return p
-        }
-    }
-
-    /// What a partition costs beyond its entries (its object, state, arrays and map slot; a
-    /// guess good for limits, like `Entry.memoryBytes`), counted with the clean bytes so that
-    /// the bound holds it too. An index range splits into a partition per seq and inode group,
-    /// and creates spread over many directories leave one entry in each: a million such
-    /// creates kept about 400 MB of partitions the bound did not see.
-    public static let partitionBytes = 512
-
-    /// Marks `p`'s state retired and takes it out of the index (its mutex held by the caller;
-    /// the shard's is taken after, as everywhere).
-    private func markRetired(_ s: inout PartitionState) {
-        guard !s.retired else { return }
-        s.retired = true
-        cleanBytes.subtract(Self.partitionBytes, ordering: .relaxed)
-    }
-
-    private func unindex(_ p: Partition) {
-        shard(p.range.start).map.withLock { m in
-            if m[p.range.start] === p { m[p.range.start] = nil }
         }
     }
 
@@ -611,20 +589,13 @@ public final class ItemCache: Sendable {
     /// Only the partitions written into the last log tree are visited: a cache may hold
     /// hundreds of thousands (an index range splits into a partition per seq and inode group),
     /// and this runs after each merge.
-    /// A partition left with nothing in it (its entries dropped while the log tree still
-    /// held some of its items) goes now.
     public func logTreeRestarted() {
         logBytesTotal.store(0, ordering: .relaxed)
         for p in logged.withLock({ l in defer { l = [] }; return l }) {
-            let emptied = p.state.withLock { s -> Bool in
+            p.state.withLock { s in
                 s.logBytes = 0
                 updateEstimate(&s)
-                guard !s.retired, s.entries.isEmpty, s.spans.isEmpty else { return false }
-                s.generation += 1
-                markRetired(&s)
-                return true
             }
-            if emptied { unindex(p) }
         }
     }
 
@@ -671,7 +642,9 @@ public final class ItemCache: Sendable {
                 retire(&s)
                 return n
             }
-            unindex(p)
+            shard(p.range.start).map.withLock { m in
+                if m[p.range.start] === p { m[p.range.start] = nil }
+            }
         }
         return dropped
     }
@@ -694,22 +667,22 @@ public final class ItemCache: Sendable {
             if p.recentlyUsed.exchange(false, ordering: .relaxed) { continue }
             var emptied = false
             p.state.withLock { s in
-                guard !s.retired else { return }
-                if s.cleanBytes > 0 || !s.spans.isEmpty {
-                    dropped += s.entries.removeAll { _, e in !e.dirty }
-                    cleanBytes.subtract(s.cleanBytes, ordering: .relaxed)
-                    s.cleanBytes = 0
-                    s.spans.removeAll()
-                    s.generation += 1
-                }
-                // Empty ones go too, whatever emptied them, once no log leaf of theirs is
-                // left to count.
+                guard !s.retired, s.cleanBytes > 0 || !s.spans.isEmpty else { return }
+                dropped += s.entries.removeAll { _, e in !e.dirty }
+                cleanBytes.subtract(s.cleanBytes, ordering: .relaxed)
+                s.cleanBytes = 0
+                s.spans.removeAll()
+                s.generation += 1
                 if s.entries.isEmpty && s.logBytes == 0 {
-                    markRetired(&s)
+                    s.retired = true
                     emptied = true
                 }
             }
-            if emptied { unindex(p) }
+            if emptied {
+                shard(p.range.start).map.withLock { m in
+                    if m[p.range.start] === p { m[p.range.start] = nil }
+                }
+            }
         }
         clock.withLock { $0 = hand }
         return dropped
@@ -735,11 +708,10 @@ public final class ItemCache: Sendable {
     // MARK: bookkeeping (partition mutex held)
 
     private func retire(_ s: inout PartitionState) {
-        guard !s.retired else { return }
         cleanBytes.subtract(s.cleanBytes, ordering: .relaxed)
         estimate.subtract(s.estimate, ordering: .relaxed)
         s = PartitionState()
-        markRetired(&s)
+        s.retired = true
     }
 
     /// Stores `e` at `key`, whose position `at` is, and counts it clean.

@@ -204,40 +204,6 @@ private func value(_ n: Int) -> [UInt8] { Array("v\(n)".utf8) }
         #expect(afterCommit >= cache.commitBlockEstimate)
     }
 
-    /// Creates spread over many directories leave one index entry in each (seq, inode group)
-    /// piece: the pieces themselves must count against the bound, or it holds a tenth of
-    /// what they take.
-    @Test func partitionsCountAgainstTheBoundAndEmptyOnesGo() throws {
-        let src = MapSource()
-        let limit = 256 * 1024
-        let cache = ItemCache(source: src, cleanByteLimit: limit)
-        func k(_ seq: UInt64, _ ino: UInt64) -> Key { Key(zone: Zone.inodeIndex, type: ItemType.metaSeq, second: seq, third: ino) }
-        for seq: UInt64 in 1...4000 {
-            try cache.insert(k(seq, seq * LockRange.groupSize), [], seq: seq)
-            if seq % 100 == 0 {
-                let snap = cache.dirtySnapshot()
-                src.apply(snap)
-                cache.committed(snap)
-                cache.logTreeRestarted()
-            }
-        }
-        #expect(cache.rangeCount <= limit / ItemCache.partitionBytes)
-        #expect(cache.cachedBytes <= limit)
-        #expect(try cache.lookup(k(17, 17 * LockRange.groupSize)) != nil)
-
-        // A piece whose entries were dropped while the log tree still held its items stays
-        // until the tree restarts, then goes.
-        let other = ItemCache(source: MapSource())
-        try other.insert(key(5), value(5), seq: 2)
-        let snap = other.dirtySnapshot()
-        other.committed(snap)
-        other.shrink(to: 0)
-        #expect(other.rangeCount == 1)
-        other.logTreeRestarted()
-        #expect(other.rangeCount == 0)
-        #expect(other.cachedBytes == 0)
-    }
-
     @Test func sumsOverAnUnknownValueStayDeltasUntilTheValueIsRead() throws {
         let src = MapSource()
         let k = Key(zone: Zone.xattrTotl, first: 1, second: 2, third: 3)
