@@ -69,8 +69,10 @@ public final class ItemCache: Sendable {
         /// Leaf bytes written into the current log tree under this range: how many of its
         /// leaves a commit may have to copy.
         var logBytes = 0
-        /// Bumped whenever entries leave without a write (eviction, invalidation, a committed
-        /// delta), so a fill read before that is not put in.
+        /// Changed whenever entries leave without a write (eviction, invalidation, a committed
+        /// delta), so a fill read before that is not put in. Drawn from one counter for the
+        /// whole cache (`nextGeneration`): a fill whose partition was retired meanwhile meets
+        /// a new partition for the range, which must not match the generation it read.
         var generation: UInt64 = 0
         /// Taken out of the index: callers that still hold it look the range up again.
         var retired = false
@@ -80,9 +82,14 @@ public final class ItemCache: Sendable {
 
     final class Partition: Sendable {
         let range: LockRange
-        let state = Mutex(PartitionState())
+        let state: Mutex<PartitionState>
         let recentlyUsed = Atomic<Bool>(true)
-        init(range: LockRange) { self.range = range }
+        init(range: LockRange, generation: UInt64) {
+            self.range = range
+            var s = PartitionState()
+            s.generation = generation
+            state = Mutex(s)
+        }
     }
 
     final class Shard: Sendable {
@@ -108,6 +115,8 @@ public final class ItemCache: Sendable {
     /// Partitions whose `logBytes` is above zero: what `logTreeRestarted` must reset.
     private let logged = Mutex<[Partition]>([])
     private let clock = Mutex(0)
+    /// Source of every partition's generation (`PartitionState.generation`).
+    private let generations = Atomic<UInt64>(0)
     /// Items read from the source, for tests and statistics.
     private let fills = Atomic<Int>(0)
 
@@ -166,7 +175,7 @@ public final class ItemCache: Sendable {
         let s = shard(range.start)
         return s.map.withLock { m in
             if let p = m[range.start] { return p }
-            let p = Partition(range: range)
+            let p = Partition(range: range, generation: generations.add(1, ordering: .relaxed).newValue)
             m[range.start] = p
             return p
         }
@@ -558,7 +567,7 @@ public final class ItemCache: Sendable {
                         s.entries[at: at].value = Self.subtract(s.entries[at: at].value, snap.items[j].value)
                         // A fill that read the committed value before the commit would add
                         // it to what is left and lose the written part.
-                        s.generation += 1
+                        newGeneration(&s)
                         continue
                     }
                     if s.logBytes == 0 { logged.withLock { $0.append(p) } }
@@ -566,7 +575,7 @@ public final class ItemCache: Sendable {
                     logBytesTotal.add(s.entries[at: at].leafBytes, ordering: .relaxed)
                     if s.entries[at: at].isDelta {
                         removeDirty(&s, r, at: at)
-                        s.generation += 1
+                        newGeneration(&s)
                     } else {
                         markClean(&s, r, k, at: at)
                     }
@@ -589,13 +598,17 @@ public final class ItemCache: Sendable {
     /// Only the partitions written into the last log tree are visited: a cache may hold
     /// hundreds of thousands (an index range splits into a partition per seq and inode group),
     /// and this runs after each merge.
+    /// A partition whose entries were dropped while the log tree held some of its items
+    /// goes now: nothing else would visit it again.
     public func logTreeRestarted() {
         logBytesTotal.store(0, ordering: .relaxed)
         for p in logged.withLock({ l in defer { l = [] }; return l }) {
-            p.state.withLock { s in
+            let emptied = p.state.withLock { s -> Bool in
                 s.logBytes = 0
                 updateEstimate(&s)
+                return retireIfEmpty(&s)
             }
+            if emptied { unindex(p) }
         }
     }
 
@@ -642,9 +655,7 @@ public final class ItemCache: Sendable {
                 retire(&s)
                 return n
             }
-            shard(p.range.start).map.withLock { m in
-                if m[p.range.start] === p { m[p.range.start] = nil }
-            }
+            unindex(p)
         }
         return dropped
     }
@@ -665,24 +676,19 @@ public final class ItemCache: Sendable {
             hand = (hand + 1) % all.count
             visited += 1
             if p.recentlyUsed.exchange(false, ordering: .relaxed) { continue }
-            var emptied = false
-            p.state.withLock { s in
-                guard !s.retired, s.cleanBytes > 0 || !s.spans.isEmpty else { return }
-                dropped += s.entries.removeAll { _, e in !e.dirty }
-                cleanBytes.subtract(s.cleanBytes, ordering: .relaxed)
-                s.cleanBytes = 0
-                s.spans.removeAll()
-                s.generation += 1
-                if s.entries.isEmpty && s.logBytes == 0 {
-                    s.retired = true
-                    emptied = true
+            let emptied = p.state.withLock { s -> Bool in
+                guard !s.retired else { return false }
+                if s.cleanBytes > 0 || !s.spans.isEmpty {
+                    dropped += s.entries.removeAll { _, e in !e.dirty }
+                    cleanBytes.subtract(s.cleanBytes, ordering: .relaxed)
+                    s.cleanBytes = 0
+                    s.spans.removeAll()
+                    newGeneration(&s)
                 }
+                // Empty ones go too, whatever emptied them.
+                return retireIfEmpty(&s)
             }
-            if emptied {
-                shard(p.range.start).map.withLock { m in
-                    if m[p.range.start] === p { m[p.range.start] = nil }
-                }
-            }
+            if emptied { unindex(p) }
         }
         clock.withLock { $0 = hand }
         return dropped
@@ -706,6 +712,27 @@ public final class ItemCache: Sendable {
     }
 
     // MARK: bookkeeping (partition mutex held)
+
+    private func newGeneration(_ s: inout PartitionState) {
+        s.generation = generations.add(1, ordering: .relaxed).newValue
+    }
+
+    /// An empty partition with nothing of it in the log tree holds nothing worth its ~500
+    /// bytes: it is retired, and taken out of the index by the caller (`unindex`) once the
+    /// partition's mutex is let go. An index range splits into a partition per seq and inode
+    /// group, so creates spread over many directories leave hundreds per commit; kept, they
+    /// were a million creates' largest unbounded memory.
+    private func retireIfEmpty(_ s: inout PartitionState) -> Bool {
+        guard !s.retired, s.entries.isEmpty, s.spans.isEmpty, s.logBytes == 0 else { return false }
+        retire(&s)
+        return true
+    }
+
+    private func unindex(_ p: Partition) {
+        shard(p.range.start).map.withLock { m in
+            if m[p.range.start] === p { m[p.range.start] = nil }
+        }
+    }
 
     private func retire(_ s: inout PartitionState) {
         cleanBytes.subtract(s.cleanBytes, ordering: .relaxed)

@@ -204,6 +204,45 @@ private func value(_ n: Int) -> [UInt8] { Array("v\(n)".utf8) }
         #expect(afterCommit >= cache.commitBlockEstimate)
     }
 
+    /// Creates spread over many directories leave one index entry in each (seq, inode group)
+    /// piece. Once a piece's entries are dropped and the log tree that held them is merged,
+    /// nothing of it is left: the piece must go, or a million creates keep hundreds of
+    /// thousands of empty ones.
+    @Test func emptiedPartitionsGoOnceTheLogTreeNoLongerHoldsThem() throws {
+        let src = MapSource()
+        let cache = ItemCache(source: src, cleanByteLimit: 64 * 1024)
+        func k(_ seq: UInt64, _ ino: UInt64) -> Key { Key(zone: Zone.inodeIndex, type: ItemType.metaSeq, second: seq, third: ino) }
+        func commit() {
+            let snap = cache.dirtySnapshot()
+            src.apply(snap)
+            cache.committed(snap)
+        }
+        for seq: UInt64 in 1...4000 {
+            try cache.insert(k(seq, seq * LockRange.groupSize), [], seq: seq)
+            if seq % 100 == 0 {
+                commit()
+                cache.logTreeRestarted()
+            }
+        }
+        // Dropping every clean entry leaves no piece behind, and what went is read again.
+        #expect(cache.rangeCount < 2000)
+        cache.shrink(to: 0)
+        #expect(cache.rangeCount == 0)
+        #expect(cache.cachedBytes == 0)
+        #expect(try cache.lookup(k(17, 17 * LockRange.groupSize)) != nil)
+
+        // A piece whose entries were dropped while the log tree still held its items stays
+        // (the commit estimate counts its leaves) until the tree restarts, then goes.
+        let other = ItemCache(source: MapSource())
+        try other.insert(key(5), value(5), seq: 2)
+        other.committed(other.dirtySnapshot())
+        other.shrink(to: 0)
+        #expect(other.rangeCount == 1)
+        other.logTreeRestarted()
+        #expect(other.rangeCount == 0)
+        #expect(other.cachedBytes == 0)
+    }
+
     @Test func sumsOverAnUnknownValueStayDeltasUntilTheValueIsRead() throws {
         let src = MapSource()
         let k = Key(zone: Zone.xattrTotl, first: 1, second: 2, third: 3)
