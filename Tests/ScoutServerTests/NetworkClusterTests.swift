@@ -1,3 +1,4 @@
+import Dispatch
 import ScoutClient
 import ScoutFormat
 import ScoutNet
@@ -162,7 +163,26 @@ final class NetCluster {
         defer { net.stop() }
         // Node 2 wants what node 1 held before the restart: it must be taken from node 1.
         let before = clients[0].statistics.invalidations
-        let got = try clients[1].lock(g, .write)
+        // Waited for with a bound: a lost message would otherwise block this thread for good,
+        // and the run with it (a time limit cannot stop a blocked synchronous test). What the
+        // failure prints says which side stopped.
+        let granted = DispatchSemaphore(value: 0)
+        let handle = Mutex<LockHandle?>(nil)
+        if let h = try clients[1].acquire(g, .write, { h in
+            handle.withLock { $0 = h }
+            granted.signal()
+        }) {
+            handle.withLock { $0 = h }
+        } else if granted.wait(timeout: .now() + 30) == .timedOut {
+            Issue.record("""
+                node 2's write lock was not granted within 30 s: server recovering \(ls2.isRecovering), \
+                statistics \(ls2.statistics), queues \(ls2.queueStatistics), grants \(ls2.grants(g.start)); \
+                node 1 holds \(String(describing: clients[0].grantedMode(g))), invalidations \(clients[0].statistics.invalidations - before); \
+                connected \(conns.map(\.isConnected)), reconnects \(conns.map(\.reconnects))
+                """)
+            return
+        }
+        let got = handle.withLock { $0! }
         #expect(clients[0].statistics.invalidations > before, "node 1 was never asked to give its recovered lock up")
         #expect(clients[0].grantedMode(g) == nil || clients[0].grantedMode(g) == .null)
         clients[1].unlock(got)
