@@ -940,21 +940,38 @@ import Testing
         // The mount(8) helper: META:DATA as the source, options mapped onto `scoutfs mount`.
         let helper = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("scripts/mount.fuse.scoutfs").path
-        let r = try CLI.runToolWithEnvironment(helper, ["\(m.meta):\(m.data)", m.mnt, "-o", "rw,quorum_slot_nr=0,cluster_key=\(m.key),log=\(m.log)"],
+        let r = try CLI.runToolWithEnvironment(helper, ["\(m.meta):\(m.data)", m.mnt, "-o", "rw,quorum_slot_nr=0,cluster_key=\(m.key),log=\(m.log),commit_interval=3600"],
                                               ["SCOUTFS": CLI.binary])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(try Sys.readFile(m.path("kept")) == Array("written, never fsynced".utf8))
         let st = try CLI.run(["status", "--json", m.mnt])
         let rec = try JSONSerialization.jsonObject(with: Data(st.stdout.utf8)) as? [String: Any]
         let pid = Int32(rec?["pid"] as? Int ?? 0)
-        try m.unmount()
+
+        // A remount (mount(8) passes the mount's options with `remount`) changes the kernel's
+        // flags of the mount there, with the same daemon; going read-only commits first.
+        try Sys.writeFile(m.path("before-ro"), Array("committed by the remount".utf8))
+        let ro = try CLI.runToolWithEnvironment(helper, ["\(m.meta):\(m.data)", m.mnt, "-o", "remount,ro,relatime,user_id=0,group_id=0"],
+                                               ["SCOUTFS": CLI.binary])
+        #expect(ro.status == 0, "\(ro.stderr)")
+        #expect(open(m.path("refused"), O_CREAT | O_WRONLY, 0o644) == -1 && errno == EROFS, "a read-only remount took a create")
+        #expect(try Sys.readFile(m.path("before-ro")) == Array("committed by the remount".utf8))
+        let back = try CLI.runToolWithEnvironment(helper, ["\(m.meta):\(m.data)", m.mnt, "-o", "remount,rw"], ["SCOUTFS": CLI.binary])
+        #expect(back.status == 0, "\(back.stderr)")
+        try Sys.writeFile(m.path("after-rw"), Array("writable again".utf8))
+        let same = try JSONSerialization.jsonObject(with: Data(try CLI.run(["status", "--json", m.mnt]).stdout.utf8)) as? [String: Any]
+        #expect(Int32(same?["pid"] as? Int ?? 0) == pid, "a remount started another daemon")
+        // A crash now (the daemon this test mounted, by its pid) loses only what came after.
+        kill(pid, SIGKILL)
         Sys.waitForExit(pid)
+        _ = umount2(m.mnt, Int32(MNT_DETACH))
 
         // The original's form: the data device as the source, the metadata device an option.
         let orig = try CLI.runToolWithEnvironment(helper, [m.data, m.mnt, "-o", "metadev_path=\(m.meta),quorum_slot_nr=0,noacl,cluster_key=\(m.key),log=\(m.log)"],
                                                  ["SCOUTFS": CLI.binary])
         #expect(orig.status == 0, "\(orig.stderr)")
         #expect(try Sys.readFile(m.path("kept")) == Array("written, never fsynced".utf8))
+        #expect(try Sys.readFile(m.path("before-ro")) == Array("committed by the remount".utf8), "the read-only remount did not commit")
         let st2 = try CLI.run(["status", "--json", m.mnt])
         let rec2 = try JSONSerialization.jsonObject(with: Data(st2.stdout.utf8)) as? [String: Any]
         try m.unmount()
