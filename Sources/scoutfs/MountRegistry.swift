@@ -64,7 +64,23 @@ enum MountRegistry {
     }
 
     /// The record of a live mount at `mountpoint`, or nil (stale records of dead daemons are removed).
+    /// A further mount point of a mount (the mount helper binds one for a second mount of the
+    /// same devices and slot) finds the record of the mount it shares.
     static func lookup(_ mountpoint: String) -> MountRecord? {
+        if let rec = recorded(mountpoint) { return rec }
+        guard let here = mountInfo().last(where: { $0.mountpoint == mountpoint && $0.fstype == "fuse.scoutfs" }) else { return nil }
+        let live = all().filter { $0.lingering == nil }
+        let mounted = mountInfo()
+        if let rec = live.first(where: { r in mounted.contains { $0.mountpoint == r.mountpoint && $0.device == here.device } }) {
+            return rec
+        }
+        // The mount point scoutfs mounted is gone and this one stays: the daemon of the same
+        // devices whose own mount point is not mounted.
+        let orphaned = live.filter { r in "\(r.meta):\(r.data)" == here.source && !mounted.contains { $0.mountpoint == r.mountpoint } }
+        return orphaned.count == 1 ? orphaned[0] : nil
+    }
+
+    private static func recorded(_ mountpoint: String) -> MountRecord? {
         for dir in searchDirectories {
             let path = file(for: mountpoint, in: dir)
             guard let data = FileManager.default.contents(atPath: path),
@@ -107,12 +123,31 @@ enum MountRegistry {
         }
     }
 
-    /// Whether the kernel still has a filesystem mounted at `mountpoint` (field 5 of mountinfo).
+    /// Whether the kernel still has a filesystem mounted at `mountpoint`.
     static func isMounted(_ mountpoint: String) -> Bool {
-        guard let info = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return false }
-        return info.split(separator: "\n").contains { line in
-            let fields = line.split(separator: " ")
-            return fields.count > 4 && fields[4].replacingOccurrences(of: "\\040", with: " ") == mountpoint
+        mountInfo().contains { $0.mountpoint == mountpoint }
+    }
+
+    /// One line of /proc/self/mountinfo: `device` (major:minor) is the same for every mount
+    /// point of one mounted filesystem.
+    struct MountPoint {
+        var device: String
+        var mountpoint: String
+        var fstype: String
+        var source: String
+    }
+
+    static func mountInfo() -> [MountPoint] {
+        guard let info = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+        func unescape(_ s: Substring) -> String {
+            s.replacingOccurrences(of: "\\040", with: " ").replacingOccurrences(of: "\\011", with: "\t")
+                .replacingOccurrences(of: "\\012", with: "\n").replacingOccurrences(of: "\\134", with: "\\")
+        }
+        return info.split(separator: "\n").compactMap { line in
+            // id parent major:minor root mountpoint options [optional fields] - fstype source superoptions
+            let f = line.split(separator: " ", omittingEmptySubsequences: false)
+            guard f.count > 6, let dash = f[6...].firstIndex(of: "-"), dash + 2 < f.count else { return nil }
+            return MountPoint(device: String(f[2]), mountpoint: unescape(f[4]), fstype: String(f[dash + 1]), source: unescape(f[dash + 2]))
         }
     }
 

@@ -18,6 +18,9 @@ struct UnmountCommand: ParsableCommand {
         guard let rec = MountRegistry.lookup(mnt) else {
             throw fail("unmount", "no scoutfs mount at \(mnt) (see `mount -t fuse.scoutfs`)")
         }
+        // Other mount points of the same mount (the mount helper binds one for a second mount
+        // of the same devices and slot) keep it, and its daemon, going.
+        let device = MountRegistry.mountInfo().last { $0.mountpoint == mnt }?.device
         if umount2(mnt, 0) != 0 {
             let e = errno
             let p = Process()
@@ -26,6 +29,10 @@ struct UnmountCommand: ParsableCommand {
             if (try? p.run()) == nil || { p.waitUntilExit(); return p.terminationStatus != 0 }() {
                 throw fail("unmount", "cannot unmount \(mnt): \(String(cString: strerror(e))); is it busy?")
             }
+        }
+        if let device, let other = MountRegistry.mountInfo().first(where: { $0.device == device && $0.fstype == "fuse.scoutfs" }) {
+            print("unmounted \(mnt); the mount stays at \(other.mountpoint) (daemon pid \(rec.pid))")
+            return
         }
         let deadline = Date().addingTimeInterval(TimeInterval(timeout))
         while MountRegistry.isAlive(rec.pid) {

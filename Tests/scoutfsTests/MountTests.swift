@@ -948,6 +948,24 @@ import Testing
         let rec = try JSONSerialization.jsonObject(with: Data(st.stdout.utf8)) as? [String: Any]
         let pid = Int32(rec?["pid"] as? Int ?? 0)
 
+        // A second mount of the same devices and slot is another mount point of the same mount,
+        // as a disk filesystem's second mount shares its superblock: one daemon, one view.
+        let second = m.dir.appendingPathComponent("second").path
+        try FileManager.default.createDirectory(atPath: second, withIntermediateDirectories: true)
+        let twice = try CLI.runToolWithEnvironment(helper, ["\(m.meta):\(m.data)", second, "-o",
+                                                            "rw,quorum_slot_nr=0,cluster_key=\(m.key),log=\(m.log),commit_interval=3600"],
+                                                  ["SCOUTFS": CLI.binary])
+        #expect(twice.status == 0, "\(twice.stderr)")
+        #expect(mkdir(m.path("A"), 0o755) == 0 && mkdir(m.path("B"), 0o755) == 0)
+        try Sys.writeFile(m.path("A/f"), Array("moved".utf8))
+        #expect(rename(second + "/A/f", second + "/B/f") == 0)
+        #expect(try Sys.readFile(m.path("B/f")) == Array("moved".utf8))
+        let viaSecond = try JSONSerialization.jsonObject(with: Data(try CLI.run(["status", "--json", second]).stdout.utf8)) as? [String: Any]
+        #expect(Int32(viaSecond?["pid"] as? Int ?? 0) == pid, "the second mount point has a daemon of its own")
+        let left = try CLI.run(["unmount", second])
+        #expect(left.status == 0 && left.stdout.contains("the mount stays at \(m.mnt)"), "\(left.stdout)\(left.stderr)")
+        #expect(try Sys.readFile(m.path("B/f")) == Array("moved".utf8))
+
         // A remount (mount(8) passes the mount's options with `remount`) changes the kernel's
         // flags of the mount there, with the same daemon; going read-only commits first.
         try Sys.writeFile(m.path("before-ro"), Array("committed by the remount".utf8))
