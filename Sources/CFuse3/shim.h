@@ -26,7 +26,6 @@ static inline int scout_session_loop_mt(struct fuse_session *se, unsigned int ma
 }
 
 static inline void scout_fi_set_keep_cache(struct fuse_file_info *fi, int on) { fi->keep_cache = on ? 1 : 0; }
-static inline void scout_fi_set_noflush(struct fuse_file_info *fi, int on) { fi->noflush = on ? 1 : 0; }
 static inline void scout_fi_set_direct_io(struct fuse_file_info *fi, int on) { fi->direct_io = on ? 1 : 0; }
 static inline void scout_fi_set_cache_readdir(struct fuse_file_info *fi, int on) { fi->cache_readdir = on ? 1 : 0; }
 static inline int scout_fi_flock_release(const struct fuse_file_info *fi) { return fi->flock_release; }

@@ -77,17 +77,6 @@ extension Filesystem {
         shared.recordLockOwners.withLock { _ = $0.removeValue(forKey: use) }
     }
 
-    /// Whether every close of `ino` must reach this filesystem (FUSE flush): POSIX lets go of
-    /// a process's locks on a file at any close of it, and only the close says so. A close of
-    /// a file that never had record locks taken through this client has nothing to let go,
-    /// and the round trip would cost every small-file workload; so a file's opens ask to hear
-    /// of closes once it has had a lock here. A lock taken through an open that did not ask
-    /// goes when that open file is released (its last close), or at a close of another open
-    /// that asked.
-    public func closesMatter(_ ino: UInt64) -> Bool {
-        shared.recordLocked.withLock { $0.contains(ino) }
-    }
-
     /// Blocking lock requests waiting now (status, tests).
     public var recordLockWaiters: Int { shared.recordWaits.waiting }
 
@@ -104,7 +93,6 @@ extension Filesystem {
 
     private static func noteUse(_ shared: FSShared, _ lock: RecordLock, _ handle: UInt64) {
         guard lock.type != .unlock else { return }
-        if lock.kind == .posix { shared.recordLocked.withLock { $0.insert(lock.ino) } }
         let use = FSShared.RecordLockUse(ino: lock.ino, kind: lock.kind, owner: lock.holder.owner)
         shared.recordLockOwners.withLock { _ = $0[use, default: []].insert(handle) }
     }

@@ -517,10 +517,6 @@ final class FSShared: Sendable {
     /// open files (handles) they took them through: a close whose owner took none has none
     /// to let go, and asks nobody.
     let recordLockOwners = Mutex<[RecordLockUse: Set<UInt64>]>([:])
-    /// Inodes that have had record locks taken on them through this client (at most
-    /// `RecordLockedInodes.limit`, the oldest forgotten first): their opens ask to hear of
-    /// every close (`Filesystem.closesMatter`).
-    let recordLocked = Mutex(RecordLockedInodes())
     /// Lock hand-overs that gave up waiting for the kernel to drop what it cached (metrics).
     let kernelFlushTimeouts = Atomic<Int>(0)
 

@@ -135,24 +135,3 @@ final class RecordLockWaits: Sendable {
         }
     }
 }
-
-/// The inodes a client has seen record locks on, remembered up to a bound (oldest dropped).
-struct RecordLockedInodes {
-    static let limit = 65_536
-    private var set = Set<UInt64>()
-    private var order: [UInt64] = []
-    private var head = 0
-
-    func contains(_ ino: UInt64) -> Bool { set.contains(ino) }
-
-    mutating func insert(_ ino: UInt64) {
-        guard set.insert(ino).inserted else { return }
-        if order.count < Self.limit {
-            order.append(ino)
-        } else {
-            set.remove(order[head])
-            order[head] = ino
-            head = (head + 1) % Self.limit
-        }
-    }
-}

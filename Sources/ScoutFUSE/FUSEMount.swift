@@ -498,7 +498,6 @@ func makeOperations() -> fuse_lowlevel_ops {
             // and the kernel never interrupts it.
             scout_fi_set_direct_io(fi, offline ? 1 : 0)
             scout_fi_set_keep_cache(fi, offline ? 0 : 1)
-            scout_fi_set_noflush(fi, fs(req).closesMatter(ino) ? 0 : 1)
             fi.pointee.fh = newFileHandle()
             fuse_reply_open(req, fi)
         } catch {
@@ -510,8 +509,6 @@ func makeOperations() -> fuse_lowlevel_ops {
             guard let fi else { throw Errno.invalidArgument }
             var e = entry(of: try fs(req).create(parent, bytes(name), mode: mode, flags: fi.pointee.flags, caller: caller(req)))
             scout_fi_set_keep_cache(fi, 1)
-            // A new file has had no record locks.
-            scout_fi_set_noflush(fi, 1)
             fi.pointee.fh = newFileHandle()
             fuse_reply_create(req, &e, fi)
         } catch {
@@ -541,9 +538,10 @@ func makeOperations() -> fuse_lowlevel_ops {
     } }
     // No data waits to be flushed at close (every write reached the filesystem before its
     // syscall returned), but a close lets go of the closing process's POSIX locks on the
-    // file, which the cluster keeps. Opens of files that never had a lock here reply with
-    // noflush (FOPEN_NOFLUSH), which spares close() a round trip (`closesMatter`); the others
-    // hear of every close here.
+    // file, which the cluster keeps and the kernel tells of only here. So no open replies
+    // with noflush (FOPEN_NOFLUSH): a lock taken through such an open outlived close() until
+    // the kernel's RELEASE, which it sends after close has returned, and another process's
+    // lock straight after the close was refused (xfstests generic/131).
     ops.flush = { req, ino, fi in
         replyOK(req) { () throws(Errno) in
             guard let fi else { return }

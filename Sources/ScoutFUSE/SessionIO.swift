@@ -152,8 +152,8 @@ enum SessionIO {
         entry.attr.blksize = UInt32(Layout.dataBlockSize)
         var open = fuse_open_out()
         open.fh = newFileHandle()
-        // As a create answers: the page cache kept, and no FLUSH at close (no record locks yet).
-        open.open_flags = UInt32(FOPEN_KEEP_CACHE) | UInt32(FOPEN_NOFLUSH)
+        // As a create answers: the page cache kept, and every close heard of (its POSIX locks).
+        open.open_flags = UInt32(FOPEN_KEEP_CACHE)
         let body = withUnsafeBytes(of: entry) { Array($0) } + withUnsafeBytes(of: open) { Array($0) }
         if !send(fd, header.unique, error: 0, body) {
             // The kernel never took the file (the caller was interrupted, or the mount is

@@ -832,6 +832,24 @@ import Testing
         try Sys.check(fcntl(b, F_OFD_SETLK, &disjoint), "lock b 30..39")
         close(a)
         close(b)
+
+        // A process's POSIX locks on a file are gone when close() of any descriptor of it
+        // returns: here one of two descriptors of the same open file, so no RELEASE follows
+        // (the kernel sends that only at the open file's last close, and after close() has
+        // returned). The kernel tells the daemon of the close only by FLUSH, so every open
+        // must ask for it, not only those of files locked before (xfstests generic/131).
+        try Sys.writeFile(m.path("closed"), [UInt8](repeating: 0, count: 10))
+        let fd = try Sys.check(open(m.path("closed"), O_RDWR), "open")
+        var whole = Sys.byteRange(F_WRLCK, start: 0, length: 0)
+        try Sys.check(fcntl(fd, F_SETLK, &whole), "lock")
+        let kept = try Sys.check(dup(fd), "dup")
+        close(fd)
+        let probe = try Sys.check(open(m.path("closed"), O_RDWR), "open")
+        var ask = Sys.byteRange(F_WRLCK, start: 1, length: 5)
+        try Sys.check(fcntl(probe, F_OFD_GETLK, &ask), "getlk")
+        #expect(ask.l_type == Int16(F_UNLCK), "a POSIX lock outlived the close of a descriptor it was taken through")
+        close(probe)
+        close(kept)
         try m.unmount()
     }
 
