@@ -28,7 +28,7 @@ final class LockServerService: NetServerHandler {
     /// The stress of `LockStressTests` with every lock message over TCP, each client its own
     /// connection, while the connections are broken again and again: no two clients ever hold
     /// incompatible modes at once, every lock is granted, and nothing is left half-done.
-    @Test(.timeLimit(.minutes(2))) func locksOverTheNetworkStaySafeAcrossBrokenConnections() throws {
+    @Test(.timeLimit(.minutes(4))) func locksOverTheNetworkStaySafeAcrossBrokenConnections() throws {
         let key = ClusterKey.generate()
         let service = LockServerService()
         let net = NetServer(fsid: 99, key: key, handler: service, log: { _ in })
@@ -77,13 +77,16 @@ final class LockServerService: NetServerHandler {
         #expect(occ.operations.load(ordering: .relaxed) == 6 * 400)
         #expect(clients.map(\.statistics).reduce(0) { $0 + $1.invalidations } > 20)
         #expect(conns.map(\.reconnects).reduce(0, +) > 3, "the connections broke only \(conns.map(\.reconnects)) times")
-        // Every lock given back over the network: the server forgets every node.
-        for _ in 0..<100 {
+        // Every lock given back over the network: the server forgets every node. Bounded by
+        // time, not by passes: the whole suite on two vCPUs runs this ten times slower than
+        // alone, and two seconds of passes once left a give-back still on its way.
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
             for c in clients {
                 _ = c.shrink(100)
                 _ = c.processInvalidations()
             }
-            if lockServer.queueStatistics.locks == 0 { break }
+            if lockServer.queueStatistics.locks == 0 && clients.allSatisfy({ $0.cachedCount == 0 }) { break }
             usleep(20_000)
         }
         for c in clients { #expect(c.cachedCount == 0) }
