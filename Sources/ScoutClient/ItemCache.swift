@@ -71,7 +71,7 @@ public final class ItemCache: Sendable {
         var logBytes = 0
         /// Changed whenever entries leave without a write (eviction, invalidation, a committed
         /// delta), so a fill read before that is not put in. Drawn from one counter for the
-        /// whole cache (`nextGeneration`): a fill whose partition was retired meanwhile meets
+        /// whole cache (`newGeneration`): a fill whose partition was retired meanwhile meets
         /// a new partition for the range, which must not match the generation it read.
         var generation: UInt64 = 0
         /// Taken out of the index: callers that still hold it look the range up again.
@@ -597,9 +597,8 @@ public final class ItemCache: Sendable {
     /// The log tree was merged and a new, empty one starts: no range has log leaves to copy.
     /// Only the partitions written into the last log tree are visited: a cache may hold
     /// hundreds of thousands (an index range splits into a partition per seq and inode group),
-    /// and this runs after each merge.
-    /// A partition whose entries were dropped while the log tree held some of its items
-    /// goes now: nothing else would visit it again.
+    /// and this runs after each merge. A partition whose entries were dropped while the log
+    /// tree held some of its items goes now: nothing else would visit it again.
     public func logTreeRestarted() {
         logBytesTotal.store(0, ordering: .relaxed)
         for p in logged.withLock({ l in defer { l = [] }; return l }) {
