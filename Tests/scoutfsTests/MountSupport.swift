@@ -140,6 +140,13 @@ final class TestMount {
             _ = try? CLI.run(["unmount", mnt])
             if Sys.isAlive(pid) { crash() }
         }
+        // Mounts a test made past `mount` (through the mount helper, a second mount point of
+        // a mount) would outlive a failed test: what is still mounted here goes too, the
+        // innermost first.
+        for at in Sys.mountPoints(under: dir.path).reversed() {
+            _ = try? CLI.run(["unmount", "--timeout", "30", at])
+            _ = umount2(at, Int32(MNT_DETACH))
+        }
         // SCOUTFS_TEST_KEEP keeps the devices and the daemons' logs for a look after a failure.
         if ProcessInfo.processInfo.environment["SCOUTFS_TEST_KEEP"] != nil {
             print("kept \(dir.path)")
@@ -250,6 +257,18 @@ enum CLI {
 
 /// Thin throwing wrappers over the syscalls the tests drive the mount with.
 enum Sys {
+    /// Mount points at or below `path`, in the order the kernel lists them (field 5 of
+    /// /proc/self/mountinfo).
+    static func mountPoints(under path: String) -> [String] {
+        guard let info = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+        return info.split(separator: "\n").compactMap { line -> String? in
+            let f = line.split(separator: " ")
+            guard f.count > 4 else { return nil }
+            let at = f[4].replacingOccurrences(of: "\\040", with: " ")
+            return at == path || at.hasPrefix(path + "/") ? at : nil
+        }
+    }
+
     struct Failure: Error, CustomStringConvertible {
         var call: String
         var errno: Int32
