@@ -68,9 +68,9 @@ enum MountRegistry {
     /// same devices and slot) finds the record of the mount it shares.
     static func lookup(_ mountpoint: String) -> MountRecord? {
         if let rec = recorded(mountpoint) { return rec }
-        guard let here = mountInfo().last(where: { $0.mountpoint == mountpoint && $0.fstype == "fuse.scoutfs" }) else { return nil }
-        let live = all().filter { $0.lingering == nil }
         let mounted = mountInfo()
+        guard let here = mounted.last(where: { $0.mountpoint == mountpoint && $0.fstype == "fuse.scoutfs" }) else { return nil }
+        let live = all().filter { $0.lingering == nil }
         if let rec = live.first(where: { r in mounted.contains { $0.mountpoint == r.mountpoint && $0.device == here.device } }) {
             return rec
         }
